@@ -1,0 +1,134 @@
+//! The public contract of raibid-ci, defined once.
+//!
+//! Every Redis key, stream, consumer group, environment variable and HTTP path that more than one
+//! component (dispatcher, agent, `raibid-top`, Nushell scripts, Kubernetes manifests, docs) relies on
+//! is a constant in this file. The manifest and script test suites parse the `pub const NAME: &str = "…";`
+//! lines of this file, so keep each constant on one line in exactly that form.
+//!
+//! The key layout is documented in `docs/queue-contract.md`; a test checks that page names every key here.
+
+/// Redis keys. All keys share the `raibid:` prefix so one Redis can be shared and inspected easily.
+pub mod keys {
+    /// The job queue stream. Each entry has one field, `job`, holding the job id.
+    pub const JOBS_STREAM: &str = "raibid:jobs";
+    /// The consumer group every agent reads `JOBS_STREAM` with (KEDA scales on this group's `lag`).
+    pub const AGENTS_GROUP: &str = "raibid-agents";
+    /// Dead-letter stream: jobs delivered more than the retry limit.
+    pub const DEAD_STREAM: &str = "raibid:jobs:dead";
+    /// Events stream for live watchers (job created/claimed/step started/finished/...), capped.
+    pub const EVENTS_STREAM: &str = "raibid:events";
+    /// Consumer group of the dispatcher's commit-status reporter on `EVENTS_STREAM`.
+    pub const STATUS_REPORTER_GROUP: &str = "raibid-status-reporters";
+    /// Sorted set of every job id, scored by receive time in milliseconds (listing and pagination).
+    pub const JOB_INDEX: &str = "raibid:jobs:index";
+    /// Prefix of a job record hash: `raibid:job:{id}` (fields `record` JSON, `rev`, `log_bytes`, `log_truncated`).
+    pub const JOB_PREFIX: &str = "raibid:job:";
+    /// Suffix of a job's log stream: `raibid:job:{id}:log`.
+    pub const JOB_LOG_SUFFIX: &str = ":log";
+    /// Prefix of a forge delivery de-duplication key: `raibid:delivery:{forge}:{delivery id}` → job id.
+    pub const DELIVERY_PREFIX: &str = "raibid:delivery:";
+    /// Set of known agent consumer names.
+    pub const AGENTS_SET: &str = "raibid:agents";
+    /// Prefix of an agent's heartbeat hash: `raibid:agent:{name}` (expires when heartbeats stop).
+    pub const AGENT_PREFIX: &str = "raibid:agent:";
+    /// Pub/sub channel on which cancel requests are broadcast (message: job id).
+    pub const CANCEL_CHANNEL: &str = "raibid:cancel";
+    /// Hash of histogram buckets: enqueue → claim latency (field = bucket upper bound in seconds, `+Inf`, `sum`, `count`).
+    pub const CLAIM_LATENCY_HIST: &str = "raibid:metrics:claim_latency";
+    /// Hash of histogram buckets: job duration from start to finish.
+    pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
+}
+
+/// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
+pub mod env {
+    /// Redis URL, e.g. `redis://:password@redis.raibid-system:6379/0`.
+    pub const REDIS_URL: &str = "RAIBID_REDIS_URL";
+    /// Base URL of the dispatcher as users and agents reach it (used for CLI calls and commit-status links).
+    pub const URL: &str = "RAIBID_URL";
+    /// Bearer token for `/api/v1`.
+    pub const API_TOKEN: &str = "RAIBID_API_TOKEN";
+    /// File holding the bearer token (a mounted Kubernetes secret); read when `RAIBID_API_TOKEN` is unset.
+    pub const API_TOKEN_FILE: &str = "RAIBID_API_TOKEN_FILE";
+    /// Secret for Gitea webhook signatures (`X-Gitea-Signature`).
+    pub const GITEA_WEBHOOK_SECRET: &str = "RAIBID_GITEA_WEBHOOK_SECRET";
+    /// File holding the Gitea webhook secret.
+    pub const GITEA_WEBHOOK_SECRET_FILE: &str = "RAIBID_GITEA_WEBHOOK_SECRET_FILE";
+    /// Secret for GitHub webhook signatures (`X-Hub-Signature-256`).
+    pub const GITHUB_WEBHOOK_SECRET: &str = "RAIBID_GITHUB_WEBHOOK_SECRET";
+    /// File holding the GitHub webhook secret.
+    pub const GITHUB_WEBHOOK_SECRET_FILE: &str = "RAIBID_GITHUB_WEBHOOK_SECRET_FILE";
+    /// Dispatcher listen address.
+    pub const LISTEN: &str = "RAIBID_LISTEN";
+    /// Gitea base URL (e.g. `http://gitea-http.gitea:3000`), for mirror-sync and commit statuses.
+    pub const GITEA_URL: &str = "RAIBID_GITEA_URL";
+    /// Gitea API token (commit statuses, mirror-sync).
+    pub const GITEA_TOKEN: &str = "RAIBID_GITEA_TOKEN";
+    /// File holding the Gitea API token.
+    pub const GITEA_TOKEN_FILE: &str = "RAIBID_GITEA_TOKEN_FILE";
+    /// GitHub → Gitea mirror mapping: `github-owner/name=gitea-owner/name,...`.
+    pub const MIRRORS: &str = "RAIBID_MIRRORS";
+    /// Request body limit in bytes for webhooks and the API.
+    pub const BODY_LIMIT: &str = "RAIBID_BODY_LIMIT";
+    /// The agent's consumer name (unique per agent; the pod name on Kubernetes).
+    pub const AGENT_NAME: &str = "RAIBID_AGENT_NAME";
+    /// Number of jobs a long-running agent runs at once.
+    pub const CONCURRENCY: &str = "RAIBID_CONCURRENCY";
+    /// Claim exactly one job, run it, exit (KEDA ScaledJob mode).
+    pub const ONCE: &str = "RAIBID_ONCE";
+    /// Directory in which per-job workspaces are created (and deleted).
+    pub const WORKSPACE_DIR: &str = "RAIBID_WORKSPACE_DIR";
+    /// Shared cache directory (`CARGO_HOME` of every step lives below it).
+    pub const CACHE_DIR: &str = "RAIBID_CACHE_DIR";
+    /// Comma-separated URL schemes an agent may clone from (`https,http,ssh,file`).
+    pub const ALLOWED_SCHEMES: &str = "RAIBID_ALLOWED_SCHEMES";
+    /// Comma-separated hosts an agent may clone from (empty: any host).
+    pub const ALLOWED_HOSTS: &str = "RAIBID_ALLOWED_HOSTS";
+    /// Username for HTTP(S) git credentials.
+    pub const GIT_USERNAME: &str = "RAIBID_GIT_USERNAME";
+    /// Token / password for HTTP(S) git credentials.
+    pub const GIT_TOKEN: &str = "RAIBID_GIT_TOKEN";
+    /// File holding the git token.
+    pub const GIT_TOKEN_FILE: &str = "RAIBID_GIT_TOKEN_FILE";
+    /// Seconds an agent's claim stays valid without a heartbeat.
+    pub const LEASE_SECS: &str = "RAIBID_LEASE_SECS";
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub const LOG: &str = "RAIBID_LOG";
+}
+
+/// HTTP paths of the dispatcher.
+pub mod http {
+    /// Gitea push webhook.
+    pub const GITEA_WEBHOOK_PATH: &str = "/webhooks/gitea";
+    /// GitHub push webhook.
+    pub const GITHUB_WEBHOOK_PATH: &str = "/webhooks/github";
+    /// Liveness.
+    pub const HEALTHZ_PATH: &str = "/healthz";
+    /// Readiness (Redis reachable).
+    pub const READYZ_PATH: &str = "/readyz";
+    /// Prometheus metrics.
+    pub const METRICS_PATH: &str = "/metrics";
+    /// REST API prefix.
+    pub const API_PREFIX: &str = "/api/v1";
+    /// Default dispatcher port (container port and Service port).
+    pub const DEFAULT_PORT: &str = "8080";
+}
+
+/// Build a job key.
+pub fn job_key(id: &str) -> String {
+    format!("{}{id}", keys::JOB_PREFIX)
+}
+
+/// Build a job's log stream key.
+pub fn job_log_key(id: &str) -> String {
+    format!("{}{id}{}", keys::JOB_PREFIX, keys::JOB_LOG_SUFFIX)
+}
+
+/// Build a delivery de-duplication key.
+pub fn delivery_key(forge: &str, delivery_id: &str) -> String {
+    format!("{}{forge}:{delivery_id}", keys::DELIVERY_PREFIX)
+}
+
+/// Build an agent heartbeat key.
+pub fn agent_key(name: &str) -> String {
+    format!("{}{name}", keys::AGENT_PREFIX)
+}
