@@ -1,1 +1,12 @@
+//! raibid-core: the domain of raibid-ci (jobs, sources, pipelines, statuses), forge webhook parsing and
+//! signature checks, and the Redis queue protocol shared by the dispatcher, the agents and `raibid-top`.
+//!
+//! `contract` holds every shared name; `job`, `pipeline` and `webhook` are pure; `queue` is the only
+//! module that talks to Redis.
+
 pub mod contract;
+pub mod job;
+pub mod pipeline;
+pub mod queue;
+pub mod testkit;
+pub mod webhook;
