@@ -1,0 +1,187 @@
+//! Cloning a job's commit: URL policy (schemes, hosts) and `git` invocations with arguments passed as
+//! argv (never through a shell) and credentials passed through the environment (never on a command
+//! line, so they appear in no process title and no log line).
+
+use std::path::Path;
+use std::process::Stdio;
+use tokio::process::Command;
+use url::Url;
+
+/// Which repositories an agent may clone.
+#[derive(Debug, Clone)]
+pub struct UrlPolicy {
+    /// Allowed schemes (`https`, `http`, `ssh`, `file`).
+    pub schemes: Vec<String>,
+    /// Allowed hosts; empty means any host.
+    pub hosts: Vec<String>,
+}
+
+impl UrlPolicy {
+    /// Parse comma-separated lists.
+    pub fn from_lists(schemes: &str, hosts: &str) -> UrlPolicy {
+        let split = |s: &str| {
+            s.split(',')
+                .map(|x| x.trim().to_ascii_lowercase())
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+        };
+        UrlPolicy { schemes: split(schemes), hosts: split(hosts) }
+    }
+
+    /// Check a clone URL. `git@host:owner/repo` (scp-like ssh) is accepted as ssh.
+    pub fn check(&self, raw: &str) -> Result<(), String> {
+        if raw.starts_with('-') || raw.chars().any(|c| c.is_control()) {
+            return Err("repository URL is not a URL".into());
+        }
+        let (scheme, host) = match Url::parse(raw) {
+            Ok(u) => (u.scheme().to_string(), u.host_str().unwrap_or("").to_ascii_lowercase()),
+            Err(_) => match scp_like_host(raw) {
+                Some(h) => ("ssh".to_string(), h),
+                None => return Err("repository URL is not a URL".into()),
+            },
+        };
+        let scheme = if scheme == "git+ssh" || scheme == "ssh+git" { "ssh".into() } else { scheme };
+        if !self.schemes.iter().any(|s| *s == scheme) {
+            return Err(format!(
+                "scheme `{scheme}` is not allowed (allowed: {})",
+                self.schemes.join(", ")
+            ));
+        }
+        if scheme != "file" && !self.hosts.is_empty() && !self.hosts.iter().any(|h| *h == host) {
+            return Err(format!("host `{host}` is not allowed"));
+        }
+        Ok(())
+    }
+}
+
+/// The URL with any password replaced by `***` (for log lines).
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
+fn scp_like_host(raw: &str) -> Option<String> {
+    let (user_host, path) = raw.split_once(':')?;
+    if path.is_empty() || user_host.contains('/') {
+        return None;
+    }
+    let host = user_host.rsplit('@').next()?;
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// HTTP(S) credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// User name (Gitea accepts any with a token).
+    pub username: Option<String>,
+    /// Token or password.
+    pub token: Option<String>,
+}
+
+/// The outcome of one git command, with its output lines for the job log.
+pub struct GitOutput {
+    /// Exit success.
+    pub ok: bool,
+    /// stdout + stderr lines.
+    pub lines: Vec<String>,
+    /// stdout, trimmed.
+    pub stdout: String,
+}
+
+/// Run `git <args>` in `dir` with a minimal environment.
+pub async fn git(dir: &Path, args: &[&str], creds: &Credentials, url_for_creds: Option<&str>) -> std::io::Result<GitOutput> {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_ALLOW_PROTOCOL", "http:https:ssh:file")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(v) = std::env::var_os("GIT_SSH_COMMAND") {
+        cmd.env("GIT_SSH_COMMAND", v);
+    }
+    // Credentials go in as config through the environment (`GIT_CONFIG_*`), scoped to the URL.
+    if let (Some(token), Some(url)) = (creds.token.as_deref(), url_for_creds) {
+        if url.starts_with("https://") || url.starts_with("http://") {
+            let user = creds.username.as_deref().unwrap_or("raibid");
+            let basic = base64(&format!("{user}:{token}"));
+            cmd.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
+                .env("GIT_CONFIG_VALUE_0", format!("Authorization: Basic {basic}"));
+        }
+    }
+    let out = cmd.output().await?;
+    let mut lines = Vec::new();
+    for chunk in [&out.stdout, &out.stderr] {
+        for l in String::from_utf8_lossy(chunk).lines() {
+            if !l.trim().is_empty() {
+                lines.push(l.to_string());
+            }
+        }
+    }
+    Ok(GitOutput {
+        ok: out.status.success(),
+        lines,
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    })
+}
+
+fn base64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for (i, shift) in [18, 12, 6, 0].iter().enumerate() {
+            if i <= c.len() {
+                out.push(T[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy() {
+        let p = UrlPolicy::from_lists("https,ssh", "gitea.local");
+        assert!(p.check("https://gitea.local/o/r.git").is_ok());
+        assert!(p.check("ssh://git@gitea.local/o/r.git").is_ok());
+        assert!(p.check("git@gitea.local:o/r.git").is_ok());
+        assert!(p.check("https://evil.example/o/r.git").unwrap_err().contains("host"));
+        assert!(p.check("file:///etc").unwrap_err().contains("scheme"));
+        assert!(p.check("--upload-pack=touch /tmp/x").is_err());
+        assert!(p.check("ext::sh -c touch% /tmp/pwned").is_err());
+        let any = UrlPolicy::from_lists("file,https", "");
+        assert!(any.check("file:///tmp/repo").is_ok());
+        assert!(any.check("https://anything/x").is_ok());
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(""), "");
+        assert_eq!(base64("f"), "Zg==");
+        assert_eq!(base64("fo"), "Zm8=");
+        assert_eq!(base64("foo"), "Zm9v");
+        assert_eq!(base64("foobar"), "Zm9vYmFy");
+    }
+}

@@ -1,0 +1,576 @@
+//! HTTP routes: webhooks, the REST API, health and metrics. One error type, mapped to status codes and
+//! JSON bodies `{"error": {"code": "...", "message": "..."}}`; nothing is enqueued on any error.
+
+use crate::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use raibid_core::contract::{http, keys};
+use raibid_core::job::{is_valid_job_id, Job, Source, Status, Trigger, TriggerKind};
+use raibid_core::queue::{Enqueued, QueueError, CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS};
+use raibid_core::webhook::{self, PushOutcome, WebhookError};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// The one HTTP error type.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+    fn unauthorized() -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid credentials")
+    }
+    fn bad_request(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", m)
+    }
+    fn unprocessable(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", m)
+    }
+    fn not_found(m: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", m)
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> ApiError {
+        match e {
+            QueueError::NotFound(id) => ApiError::not_found(format!("job {id} not found")),
+            QueueError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            QueueError::Redis(e) => {
+                tracing::error!(error = %e, "redis error");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", "the job queue is unavailable; retry later")
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            }
+        }
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> ApiError {
+        match e {
+            WebhookError::BadSignature => ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string()),
+            WebhookError::Malformed(m) => ApiError::bad_request(format!("malformed JSON payload: {m}")),
+            WebhookError::Unprocessable(m) => ApiError::unprocessable(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Build the router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/jobs", post(submit_job).get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/logs", get(get_logs))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/jobs/{id}/retry", post(retry_job))
+        .route("/queue", get(queue_stats))
+        .route("/agents", get(agents))
+        .fallback(|| async { ApiError::not_found("no such API route") })
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route(http::GITEA_WEBHOOK_PATH, post(gitea_webhook))
+        .route(http::GITHUB_WEBHOOK_PATH, post(github_webhook))
+        .route(http::HEALTHZ_PATH, get(|| async { Json(json!({"status": "ok"})) }))
+        .route(http::READYZ_PATH, get(readyz))
+        .route(http::METRICS_PATH, get(metrics))
+        .nest(http::API_PREFIX, api)
+        .with_state(state)
+}
+
+/// Constant-time token check: compare SHA-256 digests so neither content nor length leaks.
+fn token_ok(expected: &str, given: &str) -> bool {
+    let a = Sha256::digest(expected.as_bytes());
+    let b = Sha256::digest(given.as_bytes());
+    bool::from(a.ct_eq(&b))
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if given.is_empty() || !token_ok(&state.settings.api_token, given.trim()) {
+        return ApiError::unauthorized().into_response();
+    }
+    next.run(req).await
+}
+
+/// Read a body up to the limit: 413 past it (by Content-Length, or while reading a chunked body).
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {
+    let limit = state.settings.body_limit;
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body is larger than {limit} bytes"))
+    };
+    if let Some(len) = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if s.to_string().contains("length limit") {
+                return too_large();
+            }
+            src = s.source();
+        }
+        ApiError::bad_request(format!("could not read the request body: {e}"))
+    })
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn reject(state: &AppState, e: impl Into<ApiError>) -> ApiError {
+    state.counters.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
+    e.into()
+}
+
+fn ignored(state: &AppState, reason: &str) -> Response {
+    state.counters.webhooks_ignored.fetch_add(1, Ordering::Relaxed);
+    (StatusCode::OK, Json(json!({"status": "ignored", "reason": reason}))).into_response()
+}
+
+async fn enqueue_push(state: &AppState, push: webhook::Push, kind: TriggerKind, forge: &str, delivery: Option<&str>, forge_repo: Option<String>) -> ApiResult<Response> {
+    let now = Utc::now();
+    let job = Job::new(
+        Source {
+            repo_url: push.clone_url,
+            git_ref: push.git_ref,
+            sha: Some(push.sha),
+            trigger: Trigger { kind, actor: push.actor },
+            delivery_id: delivery.map(str::to_string),
+            forge_repo,
+        },
+        now,
+    );
+    match state.queue.enqueue(job, delivery.map(|d| (forge, d))).await? {
+        Enqueued::New(job) => {
+            state.counters.webhooks_enqueued.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(job = %job.id, repo = %job.source.repo_url, git_ref = %job.source.git_ref, "job queued from webhook");
+            Ok((StatusCode::ACCEPTED, Json(json!({"status": "queued", "job": job.id, "duplicate": false}))).into_response())
+        }
+        Enqueued::Duplicate(id) => {
+            state.counters.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
+            Ok((StatusCode::OK, Json(json!({"status": "duplicate", "job": id, "duplicate": true}))).into_response())
+        }
+    }
+}
+
+fn delivery_id<'a>(state: &AppState, h: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a str>> {
+    match header(h, name) {
+        None => Ok(None),
+        Some(d) if webhook::valid_delivery_id(d) => Ok(Some(d)),
+        Some(_) => Err(reject(state, ApiError::bad_request(format!("{name} is not a delivery id")))),
+    }
+}
+
+async fn gitea_webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let body = read_body(&state, &headers, body).await.map_err(|e| reject(&state, e))?;
+    let secret = state.settings.gitea_secret.as_deref().unwrap_or("");
+    webhook::verify_gitea(secret.as_bytes(), &body, header(&headers, webhook::GITEA_SIGNATURE_HEADER)).map_err(|e| reject(&state, e))?;
+    let event = header(&headers, webhook::GITEA_EVENT_HEADER).unwrap_or("");
+    if event != "push" {
+        return Ok(ignored(&state, &format!("event `{event}` is not built")));
+    }
+    let delivery = delivery_id(&state, &headers, webhook::GITEA_DELIVERY_HEADER)?;
+    match webhook::parse_push(&body).map_err(|e| reject(&state, e))? {
+        PushOutcome::Ignore(why) => Ok(ignored(&state, why)),
+        PushOutcome::Build(push) => {
+            let repo = Some(push.repo_full_name.clone());
+            enqueue_push(&state, push, TriggerKind::GiteaPush, "gitea", delivery, repo).await
+        }
+    }
+}
+
+async fn github_webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let body = read_body(&state, &headers, body).await.map_err(|e| reject(&state, e))?;
+    let secret = state.settings.github_secret.as_deref().unwrap_or("");
+    webhook::verify_github(secret.as_bytes(), &body, header(&headers, webhook::GITHUB_SIGNATURE_HEADER)).map_err(|e| reject(&state, e))?;
+    let event = header(&headers, webhook::GITHUB_EVENT_HEADER).unwrap_or("");
+    if event == "ping" {
+        return Ok((StatusCode::OK, Json(json!({"status": "pong"}))).into_response());
+    }
+    if event != "push" {
+        return Ok(ignored(&state, &format!("event `{event}` is not built")));
+    }
+    let delivery = delivery_id(&state, &headers, webhook::GITHUB_DELIVERY_HEADER)?;
+    let push = match webhook::parse_push(&body).map_err(|e| reject(&state, e))? {
+        PushOutcome::Ignore(why) => return Ok(ignored(&state, why)),
+        PushOutcome::Build(p) => p,
+    };
+    if let Some(gitea_repo) = state.settings.mirrors.get(&push.repo_full_name.to_ascii_lowercase()) {
+        let Some(gitea) = state.settings.gitea.as_ref() else {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "gitea_not_configured", "repository is mirrored but no Gitea URL is configured"));
+        };
+        return match gitea.mirror_sync(gitea_repo).await {
+            Ok(()) => {
+                state.counters.mirror_syncs.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(github = %push.repo_full_name, gitea = %gitea_repo, "mirror-sync requested");
+                Ok((StatusCode::ACCEPTED, Json(json!({"status": "mirror_sync", "gitea_repo": gitea_repo}))).into_response())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mirror-sync failed");
+                Err(ApiError::new(StatusCode::BAD_GATEWAY, "mirror_sync_failed", "Gitea did not accept the mirror-sync; redeliver the webhook"))
+            }
+        };
+    }
+    enqueue_push(&state, push, TriggerKind::GithubPush, "github", delivery, None).await
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.queue.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": format!("redis: {e}")}))).into_response(),
+    }
+}
+
+/// `POST /api/v1/jobs` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// Clone URL.
+    pub repo_url: String,
+    /// Ref (`main` means `refs/heads/main`).
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Optional commit sha.
+    #[serde(default)]
+    pub sha: Option<String>,
+}
+
+fn validate_submit(s: SubmitJob) -> ApiResult<(String, String, Option<String>)> {
+    let url = s.repo_url.trim().to_string();
+    if url.is_empty() || url.len() > 2048 || url.starts_with('-') || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::unprocessable("repo_url: must be a clone URL (http(s), ssh or file)"));
+    }
+    let r = s.git_ref.trim();
+    if r.is_empty() || r.len() > 255 || r.starts_with('-') || r.contains("..") || r.chars().any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c)) {
+        return Err(ApiError::unprocessable("ref: not a valid git ref"));
+    }
+    let git_ref = if r.starts_with("refs/") { r.to_string() } else { format!("refs/heads/{r}") };
+    let sha = match s.sha.map(|x| x.trim().to_ascii_lowercase()).filter(|x| !x.is_empty()) {
+        Some(x) if (x.len() == 40 || x.len() == 64) && x.bytes().all(|b| b.is_ascii_hexdigit()) => Some(x),
+        Some(_) => return Err(ApiError::unprocessable("sha: must be a full 40- or 64-character hex commit id")),
+        None => None,
+    };
+    Ok((url, git_ref, sha))
+}
+
+async fn submit_job(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let body = read_body(&state, &headers, body).await?;
+    let req: SubmitJob = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let (repo_url, git_ref, sha) = validate_submit(req)?;
+    let job = Job::new(
+        Source {
+            repo_url,
+            git_ref,
+            sha,
+            trigger: Trigger { kind: TriggerKind::Api, actor: None },
+            delivery_id: None,
+            forge_repo: None,
+        },
+        Utc::now(),
+    );
+    match state.queue.enqueue(job, None).await? {
+        Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
+        Enqueued::Duplicate(id) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("duplicate of {id}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    repo: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_jobs(State(state): State<AppState>, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::unprocessable(format!("status: `{s}` is not one of {}", Status::ALL.map(|s| s.as_str()).join(", ")))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::unprocessable("limit: must be between 1 and 500"));
+    }
+    if let Some(c) = q.cursor.as_deref() {
+        if !is_valid_job_id(c) {
+            return Err(ApiError::unprocessable("cursor: not a cursor returned by this API"));
+        }
+    }
+    let (jobs, next) = state.queue.list(status, q.repo.as_deref().filter(|r| !r.is_empty()), limit, q.cursor.as_deref()).await?;
+    let jobs: Vec<Job> = jobs.iter().map(Job::public).collect();
+    Ok(Json(json!({"jobs": jobs, "next_cursor": next})).into_response())
+}
+
+fn check_id(id: &str) -> ApiResult<()> {
+    if is_valid_job_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("job {id} not found")))
+    }
+}
+
+async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    check_id(&id)?;
+    Ok(Json(state.queue.get(&id).await?.public()))
+}
+
+async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    check_id(&id)?;
+    let job = state.queue.cancel(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(job.public())).into_response())
+}
+
+async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    check_id(&id)?;
+    let old = state.queue.get(&id).await?;
+    if !old.status.is_final() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("job {id} is {}; only a finished job can be retried", old.status)));
+    }
+    let mut source = old.source.clone();
+    source.trigger = Trigger { kind: TriggerKind::Retry, actor: None };
+    source.delivery_id = None;
+    let mut job = Job::new(source, Utc::now());
+    job.retry_of = Some(id);
+    match state.queue.enqueue(job, None).await? {
+        Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
+        Enqueued::Duplicate(d) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("duplicate of {d}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    follow: Option<bool>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+fn valid_seq(s: &str) -> bool {
+    let mut parts = s.split('-');
+    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+async fn get_logs(State(state): State<AppState>, Path(id): Path<String>, q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Response> {
+    check_id(&id)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(a) = q.after.as_deref() {
+        if !valid_seq(a) {
+            return Err(ApiError::unprocessable("after: not a log sequence id"));
+        }
+    }
+    // 404 for unknown jobs.
+    let job = state.queue.get(&id).await?;
+    if q.follow.unwrap_or(false) {
+        return Ok(follow(state, id, q.after).await.into_response());
+    }
+    let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
+    let lines = state.queue.read_log(&id, q.after.as_deref(), limit).await?;
+    let truncated = state.queue.log_truncated(&id).await?;
+    Ok(Json(json!({"job": job.id, "status": job.status, "lines": lines, "truncated": truncated})).into_response())
+}
+
+/// Server-Sent Events: `log` events (one line each, JSON), then one `end` event when the job is final.
+/// Tails the log stream with a blocking `XREAD` on its own connection, not a polling loop.
+async fn follow(state: AppState, id: String, after: Option<String>) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
+    tokio::spawn(async move {
+        let block = Duration::from_millis(1000);
+        let mut last = after.unwrap_or_else(|| "0-0".to_string());
+        let mut con = None;
+        loop {
+            if con.is_none() {
+                match state.queue.blocking_connection(block).await {
+                    Ok(c) => con = Some(c),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if tx.is_closed() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Read the job's status before the lines: a final status is written only after the agent
+            // flushed its log, so an empty read after seeing a final status means the log is complete.
+            let final_status = match state.queue.get(&id).await {
+                Ok(j) if j.status.is_final() => Some(j.status),
+                Ok(_) => None,
+                Err(QueueError::NotFound(_)) => Some(Status::Failed),
+                Err(_) => None,
+            };
+            let Some(c) = con.as_mut() else { continue };
+            let wait = if final_status.is_some() { Duration::from_millis(1) } else { block };
+            let lines = match state.queue.follow_log(c, &id, &last, wait).await {
+                Ok(l) => l,
+                Err(_) => {
+                    con = None;
+                    continue;
+                }
+            };
+            let empty = lines.is_empty();
+            for l in lines {
+                last = l.seq.clone();
+                let ev = SseEvent::default().event("log").id(l.seq.clone()).data(serde_json::to_string(&l).unwrap_or_default());
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            if empty {
+                if let Some(st) = final_status {
+                    let _ = tx.send(SseEvent::default().event("end").data(json!({"status": st}).to_string())).await;
+                    return;
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let stream = futures::StreamExt::map(stream, Ok::<_, Infallible>);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn queue_stats(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(state.queue.stats().await?).into_response())
+}
+
+async fn agents(State(state): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(json!({"agents": state.queue.agents().await?})).into_response())
+}
+
+fn write_histogram(out: &mut String, name: &str, help: &str, buckets: &[f64], h: &std::collections::HashMap<String, f64>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for b in buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", h.get(&b.to_string()).copied().unwrap_or(0.0));
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.get("+Inf").copied().unwrap_or(0.0));
+    let _ = writeln!(out, "{name}_sum {}", h.get("sum").copied().unwrap_or(0.0));
+    let _ = writeln!(out, "{name}_count {}", h.get("count").copied().unwrap_or(0.0));
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    let c = &state.counters;
+    let _ = writeln!(out, "# HELP raibid_webhooks_total Webhook deliveries by result (this replica).\n# TYPE raibid_webhooks_total counter");
+    for (result, v) in [
+        ("enqueued", &c.webhooks_enqueued),
+        ("duplicate", &c.webhooks_duplicate),
+        ("rejected", &c.webhooks_rejected),
+        ("ignored", &c.webhooks_ignored),
+        ("mirror_sync", &c.mirror_syncs),
+    ] {
+        let _ = writeln!(out, "raibid_webhooks_total{{result=\"{result}\"}} {}", v.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(out, "# HELP raibid_commit_statuses_total Commit statuses posted to Gitea (this replica).\n# TYPE raibid_commit_statuses_total counter");
+    let _ = writeln!(out, "raibid_commit_statuses_total{{result=\"posted\"}} {}", c.statuses_posted.load(Ordering::Relaxed));
+    let _ = writeln!(out, "raibid_commit_statuses_total{{result=\"failed\"}} {}", c.statuses_failed.load(Ordering::Relaxed));
+    let mut up = 1;
+    match state.queue.count_by_status().await {
+        Ok(m) => {
+            let _ = writeln!(out, "# HELP raibid_jobs Jobs currently known, by status.\n# TYPE raibid_jobs gauge");
+            for s in Status::ALL {
+                let _ = writeln!(out, "raibid_jobs{{status=\"{s}\"}} {}", m.get(&s).copied().unwrap_or(0));
+            }
+        }
+        Err(_) => up = 0,
+    }
+    match state.queue.stats().await {
+        Ok(s) => {
+            let labels = format!("stream=\"{}\",group=\"{}\"", keys::JOBS_STREAM, keys::AGENTS_GROUP);
+            let _ = writeln!(out, "# HELP raibid_queue_length Entries in the job stream.\n# TYPE raibid_queue_length gauge\nraibid_queue_length{{{labels}}} {}", s.length);
+            let _ = writeln!(out, "# HELP raibid_queue_lag Jobs not yet delivered to any agent (KEDA scales on this).\n# TYPE raibid_queue_lag gauge");
+            let _ = writeln!(out, "raibid_queue_lag{{{labels}}} {}", s.lag.map(|l| l as f64).unwrap_or(f64::NAN));
+            let _ = writeln!(out, "# HELP raibid_queue_pending Jobs delivered and not yet acknowledged.\n# TYPE raibid_queue_pending gauge\nraibid_queue_pending{{{labels}}} {}", s.pending);
+            let _ = writeln!(out, "# HELP raibid_queue_oldest_waiting_age_seconds Age of the oldest unclaimed job.\n# TYPE raibid_queue_oldest_waiting_age_seconds gauge\nraibid_queue_oldest_waiting_age_seconds{{{labels}}} {}", s.oldest_waiting_age_secs.unwrap_or(0.0));
+        }
+        Err(_) => up = 0,
+    }
+    if let Ok(a) = state.queue.agents().await {
+        let _ = writeln!(out, "# HELP raibid_agents Agents with a live heartbeat.\n# TYPE raibid_agents gauge\nraibid_agents {}", a.len());
+    }
+    for (key, name, help, buckets) in [
+        (keys::CLAIM_LATENCY_HIST, "raibid_claim_latency_seconds", "Time from enqueue to claim by an agent.", &CLAIM_LATENCY_BUCKETS[..]),
+        (keys::JOB_DURATION_HIST, "raibid_job_duration_seconds", "Time from job start to its final status.", &JOB_DURATION_BUCKETS[..]),
+    ] {
+        if let Ok(h) = state.queue.histogram(key).await {
+            write_histogram(&mut out, name, help, buckets, &h);
+        }
+    }
+    let _ = writeln!(out, "# HELP raibid_redis_up Whether Redis answered this scrape.\n# TYPE raibid_redis_up gauge\nraibid_redis_up {up}");
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_ok("abc", "abc"));
+        assert!(!token_ok("abc", "abd"));
+        assert!(!token_ok("abc", "abcd"));
+        assert!(!token_ok("abc", ""));
+    }
+
+    #[test]
+    fn submit_validation() {
+        let s = |u: &str, r: &str, sha: Option<&str>| SubmitJob { repo_url: u.into(), git_ref: r.into(), sha: sha.map(Into::into) };
+        assert_eq!(validate_submit(s("file:///r", "main", None)).unwrap().1, "refs/heads/main");
+        assert_eq!(validate_submit(s("file:///r", "refs/tags/v1", None)).unwrap().1, "refs/tags/v1");
+        assert!(validate_submit(s("", "main", None)).is_err());
+        assert!(validate_submit(s("--upload-pack=x", "main", None)).is_err());
+        assert!(validate_submit(s("file:///r", "-x", None)).is_err());
+        assert!(validate_submit(s("file:///r", "a..b", None)).is_err());
+        assert!(validate_submit(s("file:///r", "main", Some("abc"))).is_err());
+        assert!(validate_submit(s("file:///r", "main", Some(&"a".repeat(40)))).is_ok());
+    }
+
+    #[test]
+    fn log_seq_validation() {
+        assert!(valid_seq("1700000000000-0"));
+        assert!(!valid_seq("1-2-3"));
+        assert!(!valid_seq("abc"));
+        assert!(!valid_seq("-"));
+    }
+}

@@ -1,0 +1,221 @@
+//! raibid-dispatcher: receives forge webhooks and API calls, turns them into jobs on `raibid:jobs`,
+//! serves job state and live logs, reports commit statuses to Gitea and exposes metrics.
+
+pub mod api;
+pub mod forge;
+
+use anyhow::Context;
+use clap::Parser;
+use raibid_core::contract::env;
+use raibid_core::queue::{Queue, QueueConfig};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// raibid-dispatcher — webhooks in, jobs out.
+///
+/// Verifies Gitea and GitHub push webhooks, enqueues jobs on the Redis stream raibid:jobs (consumer
+/// group raibid-agents), serves the REST API under /api/v1 (bearer token), live logs as Server-Sent
+/// Events, /healthz, /readyz and /metrics, and reports commit statuses to Gitea.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "raibid-dispatcher", version, about, long_about = None)]
+pub struct DispatcherConfig {
+    /// Address to listen on.
+    #[arg(long, env = env::LISTEN, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (with password if any).
+    #[arg(long, env = env::REDIS_URL, default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Bearer token required by every /api/v1 route.
+    #[arg(long, env = env::API_TOKEN, hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// File holding the API token (a mounted secret); used when --api-token is not set.
+    #[arg(long, env = env::API_TOKEN_FILE)]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Secret Gitea signs push webhooks with (X-Gitea-Signature). Unset: Gitea webhooks are refused.
+    #[arg(long, env = env::GITEA_WEBHOOK_SECRET, hide_env_values = true)]
+    pub gitea_webhook_secret: Option<String>,
+
+    /// File holding the Gitea webhook secret.
+    #[arg(long, env = env::GITEA_WEBHOOK_SECRET_FILE)]
+    pub gitea_webhook_secret_file: Option<PathBuf>,
+
+    /// Secret GitHub signs push webhooks with (X-Hub-Signature-256). Unset: GitHub webhooks are refused.
+    #[arg(long, env = env::GITHUB_WEBHOOK_SECRET, hide_env_values = true)]
+    pub github_webhook_secret: Option<String>,
+
+    /// File holding the GitHub webhook secret.
+    #[arg(long, env = env::GITHUB_WEBHOOK_SECRET_FILE)]
+    pub github_webhook_secret_file: Option<PathBuf>,
+
+    /// Gitea base URL, e.g. http://gitea-http.gitea:3000 (mirror-sync and commit statuses).
+    #[arg(long, env = env::GITEA_URL)]
+    pub gitea_url: Option<String>,
+
+    /// Gitea API token (needs write access to the mirrored repositories).
+    #[arg(long, env = env::GITEA_TOKEN, hide_env_values = true)]
+    pub gitea_token: Option<String>,
+
+    /// File holding the Gitea API token.
+    #[arg(long, env = env::GITEA_TOKEN_FILE)]
+    pub gitea_token_file: Option<PathBuf>,
+
+    /// GitHub repositories mirrored in Gitea: `gh-owner/name=gitea-owner/name,...`. A push to one of
+    /// them triggers a Gitea mirror-sync instead of a job (Gitea's push webhook then makes the job).
+    #[arg(long, env = env::MIRRORS, default_value = "")]
+    pub mirrors: String,
+
+    /// Public base URL of this dispatcher (links in commit statuses).
+    #[arg(long, env = env::URL, default_value = "http://127.0.0.1:8080")]
+    pub public_url: String,
+
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = env::BODY_LIMIT, default_value_t = 5 * 1024 * 1024)]
+    pub body_limit: usize,
+}
+
+fn secret(value: &Option<String>, file: &Option<PathBuf>, what: &str) -> anyhow::Result<Option<String>> {
+    if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
+        return Ok(Some(v.clone()));
+    }
+    match file {
+        Some(f) => {
+            let v = std::fs::read_to_string(f).with_context(|| format!("reading {what} from {}", f.display()))?;
+            let v = v.trim().to_string();
+            if v.is_empty() {
+                anyhow::bail!("{what} file {} is empty", f.display());
+            }
+            Ok(Some(v))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Parse the mirror mapping.
+pub fn parse_mirrors(s: &str) -> anyhow::Result<HashMap<String, String>> {
+    let mut m = HashMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (gh, gt) = pair
+            .split_once('=')
+            .with_context(|| format!("{}: `{pair}` is not github-owner/name=gitea-owner/name", env::MIRRORS))?;
+        for side in [gh, gt] {
+            let parts: Vec<&str> = side.trim().split('/').collect();
+            if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                anyhow::bail!("{}: `{side}` is not owner/name", env::MIRRORS);
+            }
+        }
+        m.insert(gh.trim().to_ascii_lowercase(), gt.trim().to_string());
+    }
+    Ok(m)
+}
+
+/// Resolved settings (secrets read, mapping parsed).
+#[derive(Clone)]
+pub struct Settings {
+    /// API bearer token.
+    pub api_token: String,
+    /// Gitea webhook secret.
+    pub gitea_secret: Option<String>,
+    /// GitHub webhook secret.
+    pub github_secret: Option<String>,
+    /// Gitea client, when configured.
+    pub gitea: Option<forge::Gitea>,
+    /// GitHub → Gitea mapping (lower-case GitHub full name → Gitea full name).
+    pub mirrors: HashMap<String, String>,
+    /// Public URL.
+    pub public_url: String,
+    /// Body limit.
+    pub body_limit: usize,
+}
+
+impl Settings {
+    /// Resolve a configuration.
+    pub fn from_config(cfg: &DispatcherConfig) -> anyhow::Result<Settings> {
+        let api_token = secret(&cfg.api_token, &cfg.api_token_file, "API token")?.with_context(|| {
+            format!("no API token: set {} or {} (every /api/v1 route requires it)", env::API_TOKEN, env::API_TOKEN_FILE)
+        })?;
+        let gitea_token = secret(&cfg.gitea_token, &cfg.gitea_token_file, "Gitea token")?;
+        let gitea = match (&cfg.gitea_url, gitea_token) {
+            (Some(url), token) if !url.is_empty() => Some(forge::Gitea::new(url, token)?),
+            _ => None,
+        };
+        Ok(Settings {
+            api_token,
+            gitea_secret: secret(&cfg.gitea_webhook_secret, &cfg.gitea_webhook_secret_file, "Gitea webhook secret")?,
+            github_secret: secret(&cfg.github_webhook_secret, &cfg.github_webhook_secret_file, "GitHub webhook secret")?,
+            gitea,
+            mirrors: parse_mirrors(&cfg.mirrors)?,
+            public_url: cfg.public_url.trim_end_matches('/').to_string(),
+            body_limit: cfg.body_limit,
+        })
+    }
+}
+
+/// Counters kept in process (per replica).
+#[derive(Default)]
+pub struct Counters {
+    /// Webhooks accepted as new jobs.
+    pub webhooks_enqueued: AtomicU64,
+    /// Duplicate deliveries.
+    pub webhooks_duplicate: AtomicU64,
+    /// Rejected (signature, malformed, ...).
+    pub webhooks_rejected: AtomicU64,
+    /// Acknowledged and ignored.
+    pub webhooks_ignored: AtomicU64,
+    /// Mirror-syncs triggered.
+    pub mirror_syncs: AtomicU64,
+    /// Commit statuses posted.
+    pub statuses_posted: AtomicU64,
+    /// Commit statuses that failed.
+    pub statuses_failed: AtomicU64,
+}
+
+/// Shared application state.
+#[derive(Clone)]
+pub struct AppState {
+    /// The queue.
+    pub queue: Queue,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Counters.
+    pub counters: Arc<Counters>,
+}
+
+/// Connect to Redis, retrying with backoff until `deadline` passes.
+pub async fn connect_queue(url: &str, attempts: u32) -> anyhow::Result<Queue> {
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut last = None;
+    for _ in 0..attempts.max(1) {
+        match Queue::connect(url, QueueConfig::default()).await {
+            Ok(q) => return Ok(q),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unreachable; retrying");
+                last = Some(e);
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+    Err(anyhow::anyhow!("cannot reach redis: {}", last.map(|e| e.to_string()).unwrap_or_default()))
+}
+
+/// Serve on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let reporter = tokio::spawn(forge::status_reporter(state.clone()));
+    let app = api::router(state);
+    tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    reporter.abort();
+    Ok(())
+}
