@@ -1,0 +1,401 @@
+//! Test harness: a real Redis (own process, free port), the real dispatcher on port 0, real agents
+//! in-process, real git repositories, and a fake Gitea. Gitea cannot run here, so the fake checks every
+//! call against the upstream API contract in shared/reference/forgejo-11-gitea-1.22-api.swagger.json
+//! (path template, method, auth header, body fields and types) and answers like Gitea.
+#![allow(dead_code)]
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use raibid_core::queue::{Queue, QueueConfig};
+use raibid_core::testkit::RedisServer;
+use raibid_dispatcher::{forge::Gitea, serve, AppState, Counters, Settings};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "test-api-token-0123456789";
+pub const GITEA_SECRET: &str = "gitea-webhook-secret";
+pub const GITHUB_SECRET: &str = "github-webhook-secret";
+pub const GITEA_TOKEN: &str = "gitea-api-token-abcdef";
+
+/// Path of the shared reference directory (shared/ sits beside the repository).
+pub fn reference_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("RAIBID_REFERENCE_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference")
+}
+
+/// A recorded call to the fake Gitea.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub auth: Option<String>,
+    pub body: Value,
+}
+
+/// A fake Gitea that validates calls against the swagger contract.
+pub struct FakeGitea {
+    pub base: String,
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    pub violations: Arc<Mutex<Vec<String>>>,
+}
+
+struct Swagger {
+    doc: Value,
+}
+
+impl Swagger {
+    fn load() -> Swagger {
+        let p = reference_dir().join("forgejo-11-gitea-1.22-api.swagger.json");
+        let text = std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("the Gitea API contract {} is needed by this test: {e}", p.display()));
+        Swagger { doc: serde_json::from_str(&text).expect("swagger JSON") }
+    }
+
+    fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => {
+                let name = r.trim_start_matches("#/definitions/");
+                &self.doc["definitions"][name]
+            }
+            None => v,
+        }
+    }
+
+    /// Check one call; return the problems found.
+    fn check(&self, method: &str, path: &str, auth: Option<&str>, body: &Value) -> Vec<String> {
+        let mut errs = Vec::new();
+        let base = self.doc["basePath"].as_str().unwrap_or("/api/v1");
+        let Some(rel) = path.strip_prefix(base) else {
+            return vec![format!("{path} is not under {base}")];
+        };
+        let segs: Vec<&str> = rel.split('/').collect();
+        let paths = self.doc["paths"].as_object().expect("paths");
+        let found = paths.iter().find(|(tmpl, _)| {
+            let t: Vec<&str> = tmpl.split('/').collect();
+            t.len() == segs.len() && t.iter().zip(&segs).all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
+        });
+        let Some((tmpl, item)) = found else {
+            return vec![format!("no API path matches {rel}")];
+        };
+        let Some(op) = item.get(method.to_ascii_lowercase()) else {
+            return vec![format!("{method} is not an operation of {tmpl}")];
+        };
+        // Auth: the swagger's AuthorizationHeaderToken scheme is `Authorization: token <t>`.
+        let sec = &self.doc["securityDefinitions"]["AuthorizationHeaderToken"];
+        if sec["in"] != "header" || sec["name"] != "Authorization" {
+            errs.push("swagger has no AuthorizationHeaderToken header scheme".into());
+        }
+        if !auth.is_some_and(|a| a.starts_with("token ")) {
+            errs.push(format!("{method} {tmpl}: missing `Authorization: token …`"));
+        }
+        let params = op["parameters"].as_array().cloned().unwrap_or_default();
+        match params.iter().find(|p| p["in"] == "body") {
+            Some(bp) => {
+                let schema = self.resolve(&bp["schema"]);
+                let props = schema["properties"].as_object().cloned().unwrap_or_default();
+                let Some(obj) = body.as_object() else {
+                    errs.push(format!("{method} {tmpl}: body is not a JSON object"));
+                    return errs;
+                };
+                for req in schema["required"].as_array().cloned().unwrap_or_default() {
+                    let r = req.as_str().unwrap_or("");
+                    if !obj.contains_key(r) {
+                        errs.push(format!("{method} {tmpl}: required field `{r}` missing"));
+                    }
+                }
+                for (k, v) in obj {
+                    let Some(ps) = props.get(k) else {
+                        errs.push(format!("{method} {tmpl}: unknown field `{k}`"));
+                        continue;
+                    };
+                    let ps = self.resolve(ps);
+                    let ty = ps["type"].as_str().unwrap_or("");
+                    let ok = match ty {
+                        "string" => v.is_string(),
+                        "boolean" => v.is_boolean(),
+                        "integer" => v.is_i64() || v.is_u64(),
+                        "array" => v.is_array(),
+                        "object" => v.is_object(),
+                        _ => true,
+                    };
+                    if !ok {
+                        errs.push(format!("{method} {tmpl}: field `{k}` should be {ty}"));
+                    }
+                    // Enumerations documented in the description ("It can be \"pending\", ...").
+                    let desc = ps["description"].as_str().unwrap_or("");
+                    if desc.contains("It can be") {
+                        let allowed: Vec<&str> = desc.split('"').skip(1).step_by(2).collect();
+                        if let Some(s) = v.as_str() {
+                            if !allowed.contains(&s) {
+                                errs.push(format!("{method} {tmpl}: `{k}` = {s} is not one of {allowed:?}"));
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                if !body.is_null() && body != &Value::Object(Default::default()) {
+                    errs.push(format!("{method} {tmpl}: takes no body"));
+                }
+            }
+        }
+        errs
+    }
+}
+
+impl FakeGitea {
+    pub async fn start() -> FakeGitea {
+        let swagger = Arc::new(Swagger::load());
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let (c, v, s) = (calls.clone(), violations.clone(), swagger.clone());
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (c, v, s) = (c.clone(), v.clone(), s.clone());
+            async move {
+                let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::String("<not json>".into())) };
+                let auth = headers.get("authorization").and_then(|h| h.to_str().ok()).map(str::to_string);
+                let errs = s.check(method.as_str(), uri.path(), auth.as_deref(), &body);
+                c.lock().unwrap().push(Call { method: method.to_string(), path: uri.path().to_string(), auth, body: body.clone() });
+                if !errs.is_empty() {
+                    v.lock().unwrap().extend(errs.clone());
+                    return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(serde_json::json!({"message": errs.join("; ")}))).into_response();
+                }
+                if uri.path().ends_with("/mirror-sync") {
+                    StatusCode::OK.into_response()
+                } else {
+                    (StatusCode::CREATED, axum::Json(serde_json::json!({"id": 1, "status": body["state"], "context": body["context"]}))).into_response()
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        FakeGitea { base, calls, violations }
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap().clone()
+    }
+}
+
+/// A running stack: Redis, dispatcher, fake Gitea.
+pub struct TestEnv {
+    pub redis: RedisServer,
+    pub queue: Queue,
+    pub base: String,
+    pub gitea: FakeGitea,
+    pub http: reqwest::Client,
+    pub tmp: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub struct Options {
+    pub body_limit: usize,
+    pub mirrors: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { body_limit: 5 * 1024 * 1024, mirrors: "" }
+    }
+}
+
+pub async fn spawn_app(opts: Options) -> TestEnv {
+    let redis = RedisServer::start().expect("redis-server");
+    let queue = Queue::connect(&redis.url(), QueueConfig::default()).await.expect("connect");
+    let gitea = FakeGitea::start().await;
+    let settings = Settings {
+        api_token: TOKEN.into(),
+        gitea_secret: Some(GITEA_SECRET.into()),
+        github_secret: Some(GITHUB_SECRET.into()),
+        gitea: Some(Gitea::new(&gitea.base, Some(GITEA_TOKEN.into())).unwrap()),
+        mirrors: raibid_dispatcher::parse_mirrors(opts.mirrors).unwrap(),
+        public_url: "http://raibid.test".into(),
+        body_limit: opts.body_limit,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState { queue: queue.clone(), settings: Arc::new(settings), counters: Arc::new(Counters::default()) };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serve(state, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .ok()
+    });
+    TestEnv { redis, queue, base, gitea, http: reqwest::Client::new(), tmp: tempfile::tempdir().unwrap(), shutdown: Some(tx) }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An agent running in this process.
+pub struct AgentHandle {
+    pub name: String,
+    tx: tokio::sync::watch::Sender<bool>,
+    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl AgentHandle {
+    pub async fn stop(self) {
+        let _ = self.tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.join).await;
+    }
+}
+
+impl TestEnv {
+    pub fn agent_config(&self, name: &str) -> raibid_agent::AgentConfig {
+        raibid_agent::AgentConfig {
+            redis_url: self.redis.url(),
+            name: Some(name.into()),
+            once: false,
+            idle_timeout_secs: 60,
+            concurrency: 1,
+            workspace_dir: self.tmp.path().join("ws"),
+            cache_dir: shared_cache_dir(),
+            allowed_schemes: "file".into(),
+            allowed_hosts: String::new(),
+            git_username: None,
+            git_token: None,
+            git_token_file: None,
+            lease_secs: 30,
+            grace_secs: 60,
+            block_ms: 500,
+        }
+    }
+
+    pub fn start_agent(&self, name: &str) -> AgentHandle {
+        self.start_agent_with(self.agent_config(name))
+    }
+
+    pub fn start_agent_with(&self, cfg: raibid_agent::AgentConfig) -> AgentHandle {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let name = cfg.name.clone().unwrap_or_default();
+        let join = tokio::spawn(raibid_agent::run(cfg, rx));
+        AgentHandle { name, tx, join }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn api_get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn api_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(self.url(path)).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn gitea_push(&self, body: &[u8], delivery: &str) -> (u16, Value) {
+        let sig = raibid_core::webhook::sign_hex(GITEA_SECRET.as_bytes(), body);
+        let r = self
+            .http
+            .post(self.url("/webhooks/gitea"))
+            .header("X-Gitea-Event", "push")
+            .header("X-Gitea-Delivery", delivery)
+            .header("X-Gitea-Signature", sig)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Wait until a job reaches a final status.
+    pub async fn wait_final(&self, id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, j) = self.api_get(&format!("/api/v1/jobs/{id}")).await;
+            let st = j["status"].as_str().unwrap_or("");
+            if ["succeeded", "failed", "cancelled", "timed_out"].contains(&st) {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} not final within {within:?}: {j}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn job_count(&self) -> usize {
+        let (_, v) = self.api_get("/api/v1/jobs?limit=500").await;
+        v["jobs"].as_array().map(Vec::len).unwrap_or(0)
+    }
+}
+
+/// One cargo cache for the whole test run (what the cluster mounts from the node).
+pub fn shared_cache_dir() -> PathBuf {
+    std::env::temp_dir().join("raibid-test-cache")
+}
+
+/// Make a git repository from the example crate (plus extra files); returns (file:// URL, head sha).
+pub fn make_repo(dir: &Path, extra: &[(&str, &str)]) -> (String, String) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-raibid");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    for f in ["Cargo.toml", "Cargo.lock", "src/lib.rs", ".gitignore"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    for (name, content) in extra {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=raibid-test", "-c", "user.email=test@raibid.invalid", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "initial"]);
+    let sha = git(&["rev-parse", "HEAD"]);
+    (format!("file://{}", dir.display()), sha)
+}
+
+/// A Gitea push payload (fields per shared/reference/README.md).
+pub fn gitea_payload(clone_url: &str, sha: &str, git_ref: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ref": git_ref,
+        "before": "0000000000000000000000000000000000000001",
+        "after": sha,
+        "compare_url": "http://gitea/o/r/compare",
+        "commits": [{"id": sha, "message": "change"}],
+        "total_commits": 1,
+        "head_commit": {"id": sha},
+        "repository": {"full_name": "owner/hello", "clone_url": clone_url, "html_url": "http://gitea/owner/hello"},
+        "pusher": {"login": "alice", "username": "alice"},
+        "sender": {"login": "alice"}
+    }))
+    .unwrap()
+}
+
+pub fn hash_map_of(v: &Value) -> HashMap<String, Value> {
+    v.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+}
