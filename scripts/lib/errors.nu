@@ -1,0 +1,59 @@
+# One error helper for every raibid-ci script.
+#
+# Errors carry a snake_case code (shown as `raibid::<code>`), a message that says what went wrong and a hint
+# that says what to do. Callers catch them with `try { … } catch {|e| $e.details.code }`.
+
+# Raise a raibid-ci error.
+@example "fail with a hint" { fail missing_tool "sops is not installed" --hint "apt-get install sops" }
+export def fail [
+  code: string          # snake_case error code, e.g. `missing_tool`
+  message: string       # what went wrong, one sentence
+  --hint: string = ""   # what to do about it (shown as `help:`)
+  --span: any = null    # span of the offending argument: `(metadata $arg).span`
+]: nothing -> error {
+  if ($code !~ '^[a-z][a-z0-9]*(_[a-z0-9]+)*$') {
+    error make {msg: $"error code '($code)' is not snake_case", code: "raibid::bad_error_code"}
+  }
+  let err = {msg: $message, code: $"raibid::($code)"}
+    | merge (if ($hint | is-empty) { {} } else { {help: $hint} })
+  if $span == null {
+    error make --unspanned $err
+  } else {
+    error make ($err | merge {labels: [{text: $code, span: $span}]})
+  }
+}
+
+# The snake_case code of a caught error (`null` for errors not raised by `fail`).
+# Errors raised inside closures (`each`, `where`) arrive wrapped; the innermost raibid code wins.
+export def error-code []: record -> any {
+  let e = $in
+  let details = ($e.details? | default $e)
+  let inner = ($details.inner? | default [] | each {|i| $i | error-code } | compact)
+  if ($inner | is-not-empty) { return ($inner | first) }
+  let code = ($details.code? | default "")
+  if ($code | str starts-with "raibid::") { $code | str substring 8.. } else { null }
+}
+
+# Run an external command given as an argv list; on failure raise `code` with its stderr and `hint`.
+# Returns stdout. Arguments are passed as argv, never through a shell.
+export def run-external [
+  argv: list<string>      # program and arguments
+  --code: string = "command_failed"  # error code on a non-zero exit
+  --hint: string = ""     # what to do when it fails
+  --stdin: any = null     # data piped to the command
+]: nothing -> string {
+  let res = try {
+    if $stdin == null {
+      do { ^($argv | first) ...($argv | skip 1) } | complete
+    } else {
+      $stdin | do { ^($argv | first) ...($argv | skip 1) } | complete
+    }
+  } catch {|e|
+    fail $code $"could not run `($argv | first)`: ($e.msg)" --hint $hint
+  }
+  if $res.exit_code != 0 {
+    let err = ($res.stderr | str trim | lines | last 5 | str join "\n")
+    fail $code $"`($argv | str join ' ')` exited with ($res.exit_code): ($err)" --hint $hint
+  }
+  $res.stdout
+}

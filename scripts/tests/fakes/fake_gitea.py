@@ -1,0 +1,275 @@
+"""A fake Gitea for the Nushell tests: checks every call against the Gitea 1.22 API document
+(../../../../shared/reference/forgejo-11-gitea-1.22-api.swagger.json, path given by --swagger) and answers
+like Gitea for the endpoints raibid-ci's scripts use. Any undocumented call, or a documented one this fake
+does not implement, is a violation the tests assert on; the fake's own answers are checked against the
+documented response schemas too, so it cannot drift from Gitea's shapes.
+
+State (JSON, --state): {"users": {login: {"token", "password", "is_admin"}}, "orgs": {name: {}},
+"repos": {full_name: Repository}, "hooks": {full_name: [Hook]}, "statuses": {full_name: state}}
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import itertools
+import re
+
+from fakebase import FakeServer, Reply, serve
+from swagger import Swagger
+
+_ids = itertools.count(100)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def go_duration(text: str) -> int:
+    parts = re.findall(r"(\d+)(h|m|s)", text or "")
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise Reply(422, {"message": f"invalid mirror interval {text!r}"})
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def go_format(secs: int) -> str:
+    h, rest = divmod(secs, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m}m{s}s" if h else (f"{m}m{s}s" if m else f"{s}s")
+
+
+class FakeGitea(FakeServer):
+    def __init__(self, state, args):
+        super().__init__(state)
+        self.swagger = Swagger(args.swagger)
+        for k in ("users", "orgs", "repos", "hooks", "statuses", "tokens", "syncs"):
+            state.setdefault(k, {})
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def user_obj(self, login: str) -> dict:
+        return {"id": abs(hash(login)) % 10000, "login": login, "full_name": login,
+                "email": f"{login}@example.invalid", "is_admin": bool(self.state["users"].get(login, {}).get("is_admin"))}
+
+    def authenticate(self, req) -> str | None:
+        if "token" in req["query"] or "access_token" in req["query"]:
+            self.violation(req, "token passed in the query string (deprecated; use the Authorization header)")
+        auth = req["headers"].get("authorization", "")
+        if auth.startswith("token ") or auth.startswith("Bearer "):
+            tok = auth.split(" ", 1)[1]
+            for login, u in self.state["users"].items():
+                if tok == u.get("token") or tok in self.state["tokens"].get(login, {}).values():
+                    return login
+            raise Reply(401, {"message": "user does not exist", "url": self.base_url + "/api/swagger"})
+        if auth.startswith("Basic "):
+            login, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+            if self.state["users"].get(login, {}).get("password") == pw:
+                return login
+            raise Reply(401, {"message": "user's password is invalid", "url": self.base_url + "/api/swagger"})
+        return None
+
+    def repo(self, owner: str, name: str) -> dict:
+        r = self.state["repos"].get(f"{owner}/{name}")
+        if r is None:
+            raise Reply(404, {"message": "The target couldn't be found.", "url": self.base_url + "/api/swagger", "errors": []})
+        return r
+
+    def owner_exists(self, owner: str) -> bool:
+        return owner in self.state["users"] or owner in self.state["orgs"]
+
+    def new_repo(self, owner: str, name: str, **fields) -> dict:
+        full = f"{owner}/{name}"
+        if full in self.state["repos"]:
+            raise Reply(409, {"message": "The repository with the same name already exists."})
+        r = {
+            "id": next(_ids), "name": name, "full_name": full, "owner": self.user_obj(owner),
+            "description": fields.get("description", ""), "private": bool(fields.get("private", False)),
+            "mirror": bool(fields.get("mirror", False)), "mirror_interval": fields.get("mirror_interval", ""),
+            "mirror_updated": now() if fields.get("mirror") else None, "original_url": fields.get("original_url", ""),
+            "clone_url": f"{self.base_url}/{full}.git", "html_url": f"{self.base_url}/{full}",
+            "default_branch": "main", "empty": bool(fields.get("empty", False)), "created_at": now(), "updated_at": now(),
+        }
+        self.state["repos"][full] = r
+        self.state["hooks"].setdefault(full, [])
+        return r
+
+    # -- dispatch -------------------------------------------------------------------------------------
+    def handle(self, req):
+        has_body = bool(req["raw"])
+        if has_body and "application/json" not in req["headers"].get("content-type", ""):
+            self.violation(req, f"JSON body sent with Content-Type {req['headers'].get('content-type')!r}")
+        problems, template, op = self.swagger.check_request(req["method"], req["path"], req["query"], req["body"], has_body)
+        for p in problems:
+            self.violation(req, p)
+        if template is None or not op:
+            return 404, {"message": "not found"}, {}
+        user = self.authenticate(req)
+        if user is None and template not in ("/version",):
+            return 401, {"message": "token is required", "url": self.base_url + "/api/swagger"}, {}
+        fn = getattr(self, "h_" + req["method"].lower() + re.sub(r"[^a-z]+", "_", template.lower()).rstrip("_"), None)
+        if fn is None:
+            self.violation(req, f"the fake does not implement {req['method']} {template}")
+            return 501, {"message": "not implemented by the fake"}, {}
+        params = self.swagger.match(req["path"])[1]
+        try:
+            status, body, headers = fn(req, user, **params)
+        except Reply as r:
+            status, body, headers = r.status, r.body, r.headers
+        schema = self.swagger.response_schema(op, status)
+        if schema is not None and body is not None:
+            for p in self.swagger.check_value(body, schema, "response", request=False):
+                self.violation(req, "fake answer drifts from the API document: " + p)
+        elif str(status) not in op.get("responses", {}):
+            self.violation(req, f"the fake answered {status}, which the API document does not list")
+        return status, body, headers
+
+    # -- endpoints ------------------------------------------------------------------------------------
+    def h_get_version(self, req, user):
+        return 200, {"version": "1.22.0"}, {}
+
+    def h_get_user(self, req, user):
+        return 200, self.user_obj(user), {}
+
+    def h_get_users_username(self, req, user, username):
+        if username not in self.state["users"]:
+            raise Reply(404, {"message": "user does not exist"})
+        return 200, self.user_obj(username), {}
+
+    def h_get_orgs_org(self, req, user, org):
+        if org not in self.state["orgs"]:
+            raise Reply(404, {"message": "org does not exist"})
+        return 200, {"id": abs(hash(org)) % 10000, "name": org, "username": org, "full_name": org,
+                     "visibility": self.state["orgs"][org].get("visibility", "public")}, {}
+
+    def h_post_orgs(self, req, user):
+        name = req["body"]["username"]
+        if self.owner_exists(name):
+            raise Reply(422, {"message": "user already exists"})
+        self.state["orgs"][name] = {"visibility": req["body"].get("visibility", "public"), "owner": user}
+        return 201, {"id": next(_ids), "name": name, "username": name, "full_name": name,
+                     "visibility": self.state["orgs"][name]["visibility"]}, {}
+
+    def h_get_repos_owner_repo(self, req, user, owner, repo):
+        return 200, self.repo(owner, repo), {}
+
+    def h_patch_repos_owner_repo(self, req, user, owner, repo):
+        r = self.repo(owner, repo)
+        b = req["body"] or {}
+        if "mirror_interval" in b:
+            if not r["mirror"]:
+                raise Reply(422, {"message": "not a mirror"})
+            r["mirror_interval"] = go_format(go_duration(b["mirror_interval"]))
+        for k in ("private", "description"):
+            if k in b:
+                r[k] = b[k]
+        return 200, r, {}
+
+    def h_post_repos_migrate(self, req, user):
+        b = req["body"]
+        owner = b.get("repo_owner") or user
+        if not self.owner_exists(owner):
+            raise Reply(422, {"message": f"owner {owner} does not exist"})
+        interval = ""
+        if b.get("mirror"):
+            secs = go_duration(b.get("mirror_interval", "8h0m0s"))
+            if 0 < secs < 600:
+                raise Reply(422, {"message": "mirror interval is less than the minimum of 10m"})
+            interval = go_format(secs)
+        r = self.new_repo(owner, b["repo_name"], description=b.get("description", ""), private=b.get("private", False),
+                          mirror=b.get("mirror", False), mirror_interval=interval, original_url=b["clone_addr"])
+        return 201, r, {}
+
+    def h_post_repos_owner_repo_mirror_sync(self, req, user, owner, repo):
+        r = self.repo(owner, repo)
+        if not r["mirror"]:
+            raise Reply(403, {"message": "Repository is not a mirror"})
+        self.state["syncs"][r["full_name"]] = self.state["syncs"].get(r["full_name"], 0) + 1
+        r["mirror_updated"] = now()
+        return 200, None, {}
+
+    def _page(self, req, items, path):
+        page = int(req["query"].get("page", 1))
+        limit = int(req["query"].get("limit", 30))
+        chunk = items[(page - 1) * limit: page * limit]
+        headers = {"X-Total-Count": len(items)}
+        links = []
+        last = max(1, -(-len(items) // limit))
+        if page < last:
+            links.append(f'<{self.base_url}{path}?page={page + 1}&limit={limit}>; rel="next"')
+            links.append(f'<{self.base_url}{path}?page={last}&limit={limit}>; rel="last"')
+        if links:
+            headers["Link"] = ", ".join(links)
+        return chunk, headers
+
+    def h_get_repos_search(self, req, user):
+        mode = req["query"].get("mode")
+        items = sorted(self.state["repos"].values(), key=lambda r: r["full_name"])
+        if mode == "mirror":
+            items = [r for r in items if r["mirror"]]
+        chunk, headers = self._page(req, items, req["path"])
+        return 200, {"ok": True, "data": chunk}, headers
+
+    def h_get_repos_owner_repo_hooks(self, req, user, owner, repo):
+        r = self.repo(owner, repo)
+        hooks = [{k: v for k, v in h.items() if k != "secret"} for h in self.state["hooks"][r["full_name"]]]
+        chunk, headers = self._page(req, hooks, req["path"])
+        return 200, chunk, headers
+
+    def h_post_repos_owner_repo_hooks(self, req, user, owner, repo):
+        r = self.repo(owner, repo)
+        b = req["body"]
+        cfg = b["config"]
+        hook = {"id": next(_ids), "type": b["type"], "active": bool(b.get("active", False)),
+                "events": b.get("events") or ["push"], "branch_filter": b.get("branch_filter", "*"),
+                "authorization_header": "", "config": {"url": cfg["url"], "content_type": cfg["content_type"]},
+                "secret": cfg.get("secret", ""), "created_at": now(), "updated_at": now()}
+        self.state["hooks"][r["full_name"]].append(hook)
+        return 201, {k: v for k, v in hook.items() if k != "secret"}, {}
+
+    def h_patch_repos_owner_repo_hooks_id(self, req, user, owner, repo, id):
+        r = self.repo(owner, repo)
+        for h in self.state["hooks"][r["full_name"]]:
+            if str(h["id"]) == id:
+                b = req["body"] or {}
+                for k in ("active", "events", "branch_filter"):
+                    if k in b:
+                        h[k] = b[k]
+                if "config" in b:
+                    c = dict(b["config"])
+                    if "secret" in c:
+                        h["secret"] = c.pop("secret")
+                    h["config"].update(c)
+                h["updated_at"] = now()
+                return 200, {k: v for k, v in h.items() if k != "secret"}, {}
+        raise Reply(404, {"message": "hook not found"})
+
+    def h_get_repos_owner_repo_commits_ref_status(self, req, user, owner, repo, ref):
+        r = self.repo(owner, repo)
+        state = self.state["statuses"].get(r["full_name"])
+        statuses = [] if state is None else [{"id": 1, "status": state, "context": "raibid-ci", "description": "",
+                                               "target_url": "", "created_at": now(), "updated_at": now()}]
+        return 200, {"state": state or "", "sha": "0" * 40, "total_count": len(statuses), "statuses": statuses,
+                     "repository": r, "commit_url": "", "url": ""}, {}
+
+    # Used by bootstrap: tokens and the ops repository.
+    def h_get_users_username_tokens(self, req, user, username):
+        toks = self.state["tokens"].get(username, {})
+        return 200, [{"id": i + 1, "name": n, "scopes": ["all"], "token_last_eight": t[-8:]} for i, (n, t) in enumerate(toks.items())], {}
+
+    def h_post_users_username_tokens(self, req, user, username):
+        if not req["headers"].get("authorization", "").startswith("Basic "):
+            raise Reply(403, {"message": "tokens can only be created with basic authentication"})
+        name = req["body"]["name"]
+        toks = self.state["tokens"].setdefault(username, {})
+        if name in toks:
+            raise Reply(400, {"message": "access token name has been used already"})
+        toks[name] = base64.b16encode(name.encode()).decode().lower().ljust(40, "0")[:40]
+        return 201, {"id": len(toks), "name": name, "scopes": req["body"].get("scopes", []), "sha1": toks[name],
+                     "token_last_eight": toks[name][-8:]}, {}
+
+    def h_post_user_repos(self, req, user):
+        r = self.new_repo(user, req["body"]["name"], private=req["body"].get("private", False),
+                          description=req["body"].get("description", ""), empty=True)
+        return 201, r, {}
+
+
+if __name__ == "__main__":
+    serve(FakeGitea)
