@@ -389,7 +389,7 @@ def check_repo_secrets(root: Path = ROOT) -> list[str]:
         for d in docs:
             if d.get("kind") == "Secret" and not secret_encrypted(d):
                 errs.append(f"{gitops.rel(p)}: {describe(d)} is a plaintext Secret")
-        if p.name.endswith(".sops.yaml") and not all(secret_encrypted(d) or "sops" in d for d in docs):
+        if p.name.endswith(".sops.yaml") and p.name != ".sops.yaml" and not all(secret_encrypted(d) or "sops" in d for d in docs):
             errs.append(f"{gitops.rel(p)}: named *.sops.yaml but not SOPS-encrypted")
     return errs
 
@@ -616,6 +616,52 @@ def check_image_versions(objs: list[Obj]) -> list[str]:
     return errs
 
 
+# ---------------------------------------------------------------------------------------------------------
+# 9. SOPS rules match the secret files
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_sops_rules(sops_file: Path = ROOT / ".sops.yaml", root: Path = ROOT) -> list[str]:
+    """Every secret file of docs/secrets.md is matched by a rule that encrypts data/stringData for age recipients;
+    no rule matches a file that is not named *.sops.yaml (tests/gitops/test_sops.py encrypts for real)."""
+    errs = []
+    conf = yaml.safe_load(sops_file.read_text()) or {}
+    rules = conf.get("creation_rules") or []
+    if not rules:
+        return [f"{sops_file.name}: no creation_rules"]
+    for i, r in enumerate(rules):
+        where = f"{sops_file.name} rule {i} ({r.get('path_regex')!r})"
+        if not r.get("path_regex"):
+            errs.append(f"{where}: no path_regex (a catch-all rule would encrypt anything anywhere)")
+        if r.get("encrypted_regex") != "^(data|stringData)$":
+            errs.append(f"{where}: encrypted_regex must be ^(data|stringData)$")
+        for k in ("pgp", "kms", "gcp_kms", "azure_keyvault", "hc_vault_transit_uri"):
+            if r.get(k):
+                errs.append(f"{where}: {k} recipients: age only")
+        ages = [a for g in (r.get("key_groups") or []) for a in (g.get("age") or [])] + \
+            ([r["age"]] if isinstance(r.get("age"), str) else list(r.get("age") or []))
+        if not ages:
+            errs.append(f"{where}: no age recipient")
+        for g in r.get("key_groups") or []:
+            extra = set(g) - {"age"}
+            if extra:
+                errs.append(f"{where}: key group has non-age recipients {sorted(extra)}")
+        if r.get("path_regex") and re.search(r.get("path_regex"), "apps/base/raibid/dispatcher.yaml"):
+            errs.append(f"{where}: matches plain manifests, not only *.sops.yaml")
+    def first_rule(path: str):
+        for r in rules:
+            if re.search(r.get("path_regex") or "", path):
+                return r
+        return None
+    for row in secrets_table(root):
+        f = row["file"]
+        if not f.endswith(".sops.yaml"):
+            errs.append(f"docs/secrets.md: {f} is not named *.sops.yaml")
+        if first_rule(f) is None:
+            errs.append(f"{sops_file.name}: no creation rule matches {f}")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -630,4 +676,5 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("flux-chain", check_flux_chain),
     ("substitutions", check_substitutions),
     ("image-versions", check_image_versions),
+    ("sops-rules", lambda objs: check_sops_rules()),
 ]
