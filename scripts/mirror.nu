@@ -34,7 +34,11 @@ def run-mirrors [
     $seen = ($seen | append $e.want.owner | uniq)
     $rows = ($rows | append $row)
   }
-  if $dry_run { log info "dry run: nothing was changed" }
+  if $dry_run {
+    log info "dry run: nothing was changed"
+  } else if ($rows | any {|r| $r.mirror == "create" }) {
+    log info "new mirrors: put `nu scripts/mirror.nu mapping` into RAIBID_MIRRORS (docs/mirroring.md) so GitHub pushes sync them at once"
+  }
   $rows
 }
 
@@ -45,7 +49,7 @@ export def "main repo" [
   repo: string                 # GitHub repository, owner/name
   --to: string                 # Gitea owner/name (default: the same as on GitHub)
   --to-owner: string           # Gitea owner (default: the GitHub owner)
-  --interval: string = "8h0m0s"  # Gitea pull-mirror interval (pushes sync at once through the GitHub webhook)
+  --interval: string           # Gitea pull-mirror interval (default: the cluster's, from infrastructure/controllers/gitea.yaml)
   --dry-run                    # show what would be created or updated, change nothing
   --no-github-hook             # do not create or update the GitHub webhook
   --rotate-secrets             # re-send the webhook secrets to existing hooks
@@ -65,7 +69,7 @@ export def "main org" [
   --include: string            # keep names matching this regex
   --exclude: string            # drop names matching this regex
   --to-owner: string           # Gitea owner (default: the same name as on GitHub)
-  --interval: string = "8h0m0s"  # Gitea pull-mirror interval
+  --interval: string           # Gitea pull-mirror interval (default: the cluster's)
   --dry-run                    # show what would be created or updated, change nothing
   --no-github-hook             # do not create or update GitHub webhooks
   --rotate-secrets             # re-send the webhook secrets to existing hooks
@@ -159,4 +163,17 @@ export def "main status" []: nothing -> table {
       last_build: $build
     }
   }
+}
+
+# The dispatcher's RAIBID_MIRRORS value (github-owner/name=gitea-owner/name,...) for every GitHub mirror in
+# Gitea: with it, a GitHub push webhook makes the dispatcher call mirror-sync instead of building from GitHub.
+@example "print the value for the apps overlay" { nu scripts/mirror.nu mapping }
+export def "main mapping" []: nothing -> string {
+  gitea-mirrors
+  | each {|r|
+      let u = ($r.original_url? | default "" | url parse)
+      let src = ($u.path | str trim --char "/" | str replace --regex '\.git$' "")
+      if ($u.host | str ends-with "github.com") or ($src | str contains "/") { $"($src | str lowercase)=($r.full_name)" }
+    }
+  | compact | sort | str join ","
 }

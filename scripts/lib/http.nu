@@ -20,16 +20,24 @@ export def request [
   --hint: string = ""             # what to do when the server cannot be reached
   --timeout: duration = 30sec     # give up after this long
 ]: nothing -> record {
-  let payload = if $body == null { "" } else { $body | to json --raw }
   let m = ($method | str uppercase)
   let res = try {
-    match $m {
-      "GET" => { http get --full --allow-errors --max-time $timeout --headers $headers $url }
-      "DELETE" => { http delete --full --allow-errors --max-time $timeout --headers $headers $url }
-      "POST" => { http post --full --allow-errors --max-time $timeout --headers $headers --content-type application/json $url $payload }
-      "PATCH" => { http patch --full --allow-errors --max-time $timeout --headers $headers --content-type application/json $url $payload }
-      "PUT" => { http put --full --allow-errors --max-time $timeout --headers $headers --content-type application/json $url $payload }
-      _ => { fail bad_method $"unsupported HTTP method ($method)" }
+    if $m in [POST PATCH PUT] and $body == null {
+      # No body: no Content-Type and zero bytes (with a JSON content type Nushell would send `""`).
+      match $m {
+        "POST" => { http post --full --allow-errors --max-time $timeout --headers $headers $url "" }
+        "PATCH" => { http patch --full --allow-errors --max-time $timeout --headers $headers $url "" }
+        _ => { http put --full --allow-errors --max-time $timeout --headers $headers $url "" }
+      }
+    } else {
+      match $m {
+        "GET" => { http get --full --allow-errors --max-time $timeout --headers $headers $url }
+        "DELETE" => { http delete --full --allow-errors --max-time $timeout --headers $headers $url }
+        "POST" => { http post --full --allow-errors --max-time $timeout --headers $headers --content-type application/json $url $body }
+        "PATCH" => { http patch --full --allow-errors --max-time $timeout --headers $headers --content-type application/json $url $body }
+        "PUT" => { http put --full --allow-errors --max-time $timeout --headers $headers --content-type application/json $url $body }
+        _ => { fail bad_method $"unsupported HTTP method ($method)" }
+      }
     }
   } catch {|e|
     if ($e.details?.code? | default "" | str starts-with "raibid::") { return $e.raw }

@@ -6,16 +6,27 @@
 # Every step first reads what exists and only creates or updates what differs, so re-running is a no-op.
 
 use errors.nu [fail]
-use contract.nu [load-contract]
+use contract.nu [load-contract repo-root]
 use secrets.nu [secret secret-or-null]
 use env.nu [public-url]
 use gitea.nu
 use github.nu
 use log.nu
 
-# Gitea's default pull-mirror interval (8 h); the GitHub webhook makes pushes sync at once anyway.
+# Gitea's built-in pull-mirror interval, used when the cluster's Gitea values do not set one.
 export const DEFAULT_INTERVAL = "8h0m0s"
 const ENTRY_KEYS = [repo org to to_owner include exclude interval]
+
+# The pull-mirror interval the cluster's Gitea is configured with (mirror.DEFAULT_INTERVAL in the values of
+# infrastructure/controllers/gitea.yaml); the GitHub webhook makes pushes sync at once, this is the fallback.
+export def default-interval []: nothing -> string {
+  let file = (repo-root | path join infrastructure controllers gitea.yaml)
+  if not ($file | path exists) { return $DEFAULT_INTERVAL }
+  let docs = (open --raw $file | from yaml | if ($in | describe) =~ '^(list|table)' { $in } else { [$in] })
+  $docs | where {|d| $d.kind? == "HelmRelease" }
+  | get -o 0.spec.values.gitea.config.mirror.DEFAULT_INTERVAL
+  | default $DEFAULT_INTERVAL
+}
 
 # Seconds in a Go duration string ("8h0m0s", "10m", "1h30m").
 @example "Gitea's default" { "8h0m0s" | go-duration-secs } --result 28800
@@ -57,7 +68,7 @@ export def parse-mirror-list []: string -> table {
     if $kind == "repo" and (($e.include? != null) or ($e.exclude? != null)) { fail bad_mirror_list $"($where): include/exclude apply to `org` entries only" }
     if ($e.to? != null) and ($e.to !~ '^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$') { fail bad_mirror_list $"($where): to '($e.to)' is not owner/name" }
     for r in [($e.include? | default "") ($e.exclude? | default "")] { check-regex $r $where }
-    let interval = ($e.interval? | default ($defaults.interval? | default $DEFAULT_INTERVAL) | into string)
+    let interval = ($e.interval? | default ($defaults.interval? | default (default-interval)) | into string)
     $interval | go-duration-secs | ignore
     $rows = ($rows | append {
       kind: $kind, source: $source, to: ($e.to? | default null)
@@ -90,7 +101,7 @@ export def desired-mirror [
   gh: record          # GitHub repository (full_name, name, clone_url, private, description)
   --to: any = null    # "owner/name" in Gitea (default: the same as on GitHub)
   --to-owner: any = null  # Gitea owner (default: the GitHub owner)
-  --interval: string = $DEFAULT_INTERVAL
+  --interval: any = null  # Gitea pull-mirror interval (default: default-interval)
 ]: nothing -> record {
   let gh_owner = ($gh.full_name | split row "/" | first)
   let target = if $to != null { $to } else { $"($to_owner | default $gh_owner)/($gh.name)" }
@@ -101,7 +112,7 @@ export def desired-mirror [
     name: $t.1
     clone_addr: $gh.clone_url
     private: ($gh.private? | default false)
-    interval: $interval
+    interval: ($interval | default (default-interval))
     description: ($gh.description? | default "" | default "")
   }
 }

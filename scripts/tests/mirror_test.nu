@@ -6,7 +6,7 @@ use std/assert
 use std/testing *
 use helpers.nu *
 use ../lib/mirroring.nu *
-use ../mirror.nu ["main repo" "main org" "main list" "main sync" "main status"]
+use ../mirror.nu ["main repo" "main org" "main list" "main sync" "main status" "main mapping"]
 
 const GITEA_TOKEN = "gitea-test-token-0123456789"
 const GH_TOKEN = "ghp_testtoken0123456789abcdef"
@@ -97,6 +97,13 @@ def regex_filtering_include_exclude [] {
   assert equal ($repos | filter-repos '^svc-' '-legacy$' | get name) [svc-api svc-worker]
   assert equal ($repos | filter-repos null null | length) 5
   assert equal (error-code-of { $repos | filter-repos '[' null }) bad_regex
+}
+
+@test
+def default_interval_comes_from_the_gitea_values [] {
+  let values = (open --raw ($REPO_ROOT | path join infrastructure controllers gitea.yaml) | from yaml
+    | where {|d| $d.kind? == HelmRelease } | get 0.spec.values.gitea.config.mirror.DEFAULT_INTERVAL)
+  assert equal (default-interval) $values
 }
 
 @test
@@ -193,13 +200,13 @@ def existing_mirror_and_hooks_are_updated_when_settings_differ [] {
     with-clean-env (mirror-env $f) {
       main repo octo/hello | ignore
       # Drift: someone changed the interval and the hook's events by hand.
-      gitea-patch $f "/repos/octo/hello" {mirror_interval: "1h"}
+      gitea-patch $f "/repos/octo/hello" {mirror_interval: "3h"}
       let hook = (http get --headers {Authorization: $"token ($GITEA_TOKEN)"} $"($f.gitea.url)/api/v1/repos/octo/hello/hooks" | first)
       gitea-patch $f $"/repos/octo/hello/hooks/($hook.id)" {events: [push create]}
       let r = (main repo octo/hello)
       assert equal ($r | select mirror gitea_hook github_hook | first) {mirror: update, gitea_hook: update, github_hook: ok}
       let patches = (calls $f.gitea PATCH | get body)
-      assert equal ($patches | last 2 | first) {mirror_interval: "8h0m0s"}
+      assert equal ($patches | last 2 | first) {mirror_interval: (default-interval)}
       assert equal ($patches | last | get events) [push]
       assert equal (main repo octo/hello | get 0.mirror) ok
       assert-no-violations $f.gitea
@@ -312,6 +319,7 @@ def sync_and_status [] {
       ]
       assert equal ($st.last_sync.0 | describe) datetime
       assert equal (error-code-of { main sync }) missing_argument
+      assert equal (main mapping) "acme/svc-api=acme/svc-api,acme/svc-worker=acme/svc-worker"
       assert-no-violations $f.gitea
       assert-no-violations $f.github
     }

@@ -1,0 +1,126 @@
+#!/usr/bin/env nu
+# raibid: a terminal CLI over the dispatcher's API. Every command returns Nushell tables or records, so
+# results pipe into `where`, `sort-by`, `get`:
+#
+#   nu scripts/raibid.nu jobs --status failed | sort-by received | last 5
+#
+# The dispatcher is found through RAIBID_URL and authenticated with RAIBID_API_TOKEN (or
+# RAIBID_API_TOKEN_FILE): `./scripts/dev.sh env` prints both for the local stack, bootstrap's summary for
+# the Spark. Nothing else is read.
+
+use lib/env.nu
+use lib/errors.nu [fail]
+use lib/api.nu *
+use lib/secrets.nu [secret]
+
+# The raibid CLI (see the subcommands).
+export def main []: nothing -> nothing {
+  print (help main)
+}
+
+# List jobs, newest first.
+@example "failed jobs of one repository" { nu scripts/raibid.nu jobs --status failed --repo hello }
+@example "the 200 newest, as records" { nu scripts/raibid.nu jobs --limit 200 --full }
+export def "main jobs" [
+  --status: string          # queued, running, succeeded, failed, cancelled or timed_out
+  --repo: string            # substring of the repository URL
+  --limit: int = 50         # at most this many jobs (pages are fetched as needed)
+  --full                    # whole Job records instead of table rows
+]: nothing -> table {
+  if $status != null and $status not-in $STATUSES {
+    fail bad_status $"'($status)' is not a job status" --hint $"one of ($STATUSES | str join ', ')" --span (metadata $status).span
+  }
+  if $limit < 1 { fail bad_limit "--limit must be at least 1" --span (metadata $limit).span }
+  mut jobs = []
+  mut cursor: any = null
+  loop {
+    let want = ([($limit - ($jobs | length)) 500] | math min)
+    let q = ({status: $status, repo: $repo, limit: $want, cursor: $cursor} | transpose k v | where v != null
+      | reduce --fold {} {|r, acc| $acc | insert $r.k $r.v })
+    let page = (call GET $"/jobs?($q | url build-query)")
+    $jobs = ($jobs | append $page.jobs)
+    $cursor = $page.next_cursor
+    if $cursor == null or ($jobs | length) >= $limit { break }
+  }
+  if $full { $jobs | each {|j| $j | normalize-job } } else { $jobs | each {|j| $j | job-row } }
+}
+
+# Submit a job: build and test a repository at a ref (or an exact commit).
+@example "build main of a Gitea repository" { nu scripts/raibid.nu jobs submit http://git.raibid.internal/octo/hello.git }
+@example "a branch at an exact commit" { nu scripts/raibid.nu jobs submit https://git.example/o/r.git --ref feature --sha 0123456789abcdef0123456789abcdef01234567 }
+export def "main jobs submit" [
+  repo_url: string          # clone URL
+  --ref: string = "main"    # branch name or full ref (refs/heads/…, refs/tags/…)
+  --sha: string             # exact commit (40 or 64 hex characters)
+]: nothing -> record {
+  call POST "/jobs" --body {repo_url: $repo_url, ref: $ref, sha: $sha} | normalize-job
+}
+
+# One job with its steps and timestamps.
+@example "why did it fail?" { nu scripts/raibid.nu jobs show 01JD0000000000000000000000 | get failure_reason }
+export def "main jobs show" [
+  id: string  # job id
+]: nothing -> record {
+  call GET $"/jobs/($id)" | normalize-job
+}
+
+# Log lines of a job; `--follow` streams them live until the job ends.
+@example "stderr of the test step" { nu scripts/raibid.nu jobs logs 01JD0000000000000000000000 | where step == test and stream == stderr }
+@example "watch a running job" { nu scripts/raibid.nu jobs logs 01JD0000000000000000000000 --follow }
+export def "main jobs logs" [
+  id: string     # job id
+  --follow (-f)  # stream new lines until the job is finished
+]: nothing -> any {
+  if not $follow {
+    let r = (call GET $"/jobs/($id)/logs")
+    if $r.truncated { print -e "raibid: the log was truncated by the dispatcher's size limit" }
+    return ($r.lines | each {|l| $l | update ts { into datetime } })
+  }
+  # Fails early (404, 401) with the API's message before streaming starts.
+  call GET $"/jobs/($id)" | ignore
+  let url = (api-url $"/jobs/($id)/logs?follow=true")
+  let token = (secret RAIBID_API_TOKEN)
+  http get --raw --headers {Authorization: $"Bearer ($token)", Accept: "text/event-stream"} $url
+  | lines
+  | where {|l| $l =~ '^(event|data):' }
+  | window 2
+  | where {|w| ($w.0 | str starts-with "event:") and ($w.1 | str starts-with "data:") }
+  | each {|w|
+      let event = ($w.0 | str substring 6.. | str trim)
+      let data = ($w.1 | str substring 5.. | str trim | from json)
+      if $event == "end" {
+        print -e $"raibid: job ($id) finished: ($data.status)"
+        {end: true}
+      } else {
+        $data | update ts { into datetime }
+      }
+    }
+  | take until {|r| $r.end? == true }
+}
+
+# Ask the dispatcher to cancel a queued or running job.
+export def "main jobs cancel" [
+  id: string  # job id
+]: nothing -> record {
+  call POST $"/jobs/($id)/cancel" | normalize-job
+}
+
+# Run a finished job again (a new job whose retry_of is this one).
+export def "main jobs retry" [
+  id: string  # job id
+]: nothing -> record {
+  call POST $"/jobs/($id)/retry" | normalize-job
+}
+
+# Queue figures: stream length, consumer-group lag (what KEDA scales on), pending, oldest waiting job.
+export def "main queue" []: nothing -> record {
+  call GET "/queue"
+}
+
+# Agents with their current job and last heartbeat.
+export def "main agents" []: nothing -> table {
+  (call GET "/agents").agents | each {|a|
+    let hb = ($a.last_heartbeat | into datetime)
+    $a | update last_heartbeat $hb | insert heartbeat_age ((date now) - $hb)
+  }
+}

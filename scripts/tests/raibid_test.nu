@@ -1,0 +1,159 @@
+# Tests of scripts/raibid.nu against a fake of the dispatcher API (fakes/fake_dispatcher.py). The same
+# commands run against the real dispatcher once `./scripts/dev.sh up` is available: raibid.nu reads only
+# RAIBID_URL and RAIBID_API_TOKEN.
+
+use std/assert
+use std/testing *
+use helpers.nu *
+use ../raibid.nu ["main jobs" "main jobs submit" "main jobs show" "main jobs logs" "main jobs cancel" "main jobs retry" "main queue" "main agents"]
+
+const TOKEN = "api-test-token-0123456789"
+
+def job [id: string, status: string, repo: string, --started: string = "2026-11-21T10:00:01Z", --finished: any = "2026-11-21T10:02:01Z"] {
+  {
+    id: $id, status: $status, step: (if $status == running { "test" } else { null }), attempt: 1, agent: "agent-1"
+    source: {repo_url: $"http://git.raibid.internal/($repo).git", ref: "refs/heads/main", sha: ("a" | fill -c a -w 40)
+      trigger: {kind: gitea_push, actor: "octo"}, delivery_id: "d1", forge_repo: $repo}
+    pipeline: "default"
+    timestamps: {received: "2026-11-21T10:00:00Z", queued: "2026-11-21T10:00:00Z", claimed: "2026-11-21T10:00:01Z", started: $started, finished: $finished}
+    steps: [{name: build, status: succeeded, exit_code: 0, duration_ms: 60000} {name: test, status: $status, exit_code: null, duration_ms: null}]
+    failure_reason: (if $status == failed { "step test exited with 101" } else { null }), retry_of: null, cancel_requested: false
+  }
+}
+
+def id [n: int] { $"01JD($n | fill -a r -c '0' -w 22)" }
+
+def state [] {
+  let jobs = (1..7 | each {|n| job (id $n) (if $n mod 3 == 0 { "failed" } else { "succeeded" }) (if $n mod 2 == 0 { "octo/hello" } else { "acme/svc-api" }) })
+  let line = {|s, step, stream, text| {seq: $"1700000000000-($s)", step: $step, stream: $stream, ts: "2026-11-21T10:00:02Z", line: $text} }
+  {
+    token: $TOKEN
+    jobs: ($jobs | append (job (id 8) running "octo/hello" --finished null))
+    logs: {(id 8): [(do $line 0 build stdout "Compiling hello v0.1.0") (do $line 1 test stderr "test result: FAILED")]}
+    live: {(id 8): [(do $line 2 test stdout "running 3 tests") (do $line 3 system system "job finished")]}
+    queue: {length: 4, lag: 2, pending: 1, oldest_waiting_age_secs: 3.5, consumers: 2}
+    agents: [{id: "agent-1", current_job: (id 8), last_heartbeat: "2026-11-21T10:00:05Z", jobs_done: 12}]
+  }
+}
+
+def api-env [f: record] { {RAIBID_URL: $f.dispatcher.url, RAIBID_API_TOKEN: $TOKEN} }
+
+@test
+def jobs_lists_filters_and_follows_cursors [] {
+  with-fakes {dispatcher: (state)} {|f|
+    with-clean-env (api-env $f) {
+      let all = (main jobs)
+      assert equal ($all | length) 8
+      assert equal ($all | columns) [id status repo ref sha step attempt agent trigger received duration]
+      assert equal ($all.0.received | describe) datetime
+      assert equal ($all | where status == succeeded | first | get duration) 2min
+      assert equal (main jobs --status failed | get id) [(id 3) (id 6)]
+      assert equal (main jobs --repo hello | length) 4
+      # Pages of 3: the cursor is followed until the limit.
+      assert equal (main jobs --limit 3 | length) 3
+      let listed = (calls $f.dispatcher GET '^/api/v1/jobs$')
+      assert equal ($listed | last | get query) {limit: "3"}
+      assert equal (main jobs --full | first | get source.forge_repo) "acme/svc-api"
+      assert equal (error-code-of { main jobs --status bogus }) bad_status
+      assert-no-violations $f.dispatcher
+    }
+  }
+}
+
+@test
+def jobs_pages_through_next_cursor [] {
+  # The API caps a page at 500 jobs: 520 take two calls, the second with the first page's next_cursor.
+  let many = (1..520 | each {|n| job (id $n) succeeded "octo/hello" })
+  with-fakes {dispatcher: ((state) | update jobs $many)} {|f|
+    with-clean-env (api-env $f) {
+      let ids = (main jobs --limit 520 | get id)
+      assert equal ($ids | length) 520
+      assert equal ($ids | uniq | length) 520
+      let q = (calls $f.dispatcher GET '^/api/v1/jobs$' | get query)
+      assert equal $q [{limit: "500"} {limit: "20", cursor: (id 501)}]
+      assert-no-violations $f.dispatcher
+    }
+  }
+}
+
+@test
+def submit_show_cancel_retry [] {
+  with-fakes {dispatcher: (state)} {|f|
+    with-clean-env (api-env $f) {
+      let j = (main jobs submit "http://git.raibid.internal/octo/hello.git" --ref dev)
+      assert equal $j.status queued
+      assert equal $j.source.ref "refs/heads/dev"
+      assert equal ($j.timestamps.received | describe) datetime
+      assert equal (calls $f.dispatcher POST '^/api/v1/jobs$' | get 0.body) {repo_url: "http://git.raibid.internal/octo/hello.git", ref: dev, sha: null}
+      assert equal (main jobs show $j.id | get id) $j.id
+      assert equal (main jobs cancel $j.id | get status) cancelled
+      let r = (main jobs retry $j.id)
+      assert equal $r.retry_of $j.id
+      assert equal $r.source.trigger.kind retry
+      assert equal (main jobs show (id 3) | get steps.0.duration) 1min
+      assert-no-violations $f.dispatcher
+    }
+  }
+}
+
+@test
+def api_errors_keep_the_dispatchers_code [] {
+  with-fakes {dispatcher: (state)} {|f|
+    with-clean-env (api-env $f) {
+      assert equal (error-code-of { main jobs show "nope" }) not_found
+      assert equal (error-code-of { main jobs retry (id 8) }) conflict
+      assert equal (error-code-of { main jobs submit "x" --sha "abc" }) unprocessable
+    }
+    with-clean-env ((api-env $f) | update RAIBID_API_TOKEN "wrong") {
+      assert equal (error-code-of { main queue }) unauthorized
+    }
+    with-clean-env ((api-env $f) | reject RAIBID_API_TOKEN) {
+      assert equal (error-code-of { main queue }) secret_missing
+    }
+  }
+}
+
+@test
+def logs_and_follow_stream_records [] {
+  with-fakes {dispatcher: (state)} {|f|
+    with-clean-env (api-env $f) {
+      let lines = (main jobs logs (id 8))
+      assert equal ($lines | get line) ["Compiling hello v0.1.0" "test result: FAILED"]
+      assert equal ($lines | where stream == stderr | get step) [test]
+      assert equal ($lines.0.ts | describe) datetime
+      let followed = (main jobs logs (id 8) --follow)
+      assert equal ($followed | get line) ["Compiling hello v0.1.0" "test result: FAILED" "running 3 tests" "job finished"]
+      assert equal ($followed | columns) [seq step stream ts line]
+      assert-no-violations $f.dispatcher
+    }
+  }
+}
+
+@test
+def queue_and_agents [] {
+  with-fakes {dispatcher: (state)} {|f|
+    with-clean-env (api-env $f) {
+      let q = (main queue)
+      assert equal ($q | select stream group lag) {stream: "raibid:jobs", group: "raibid-agents", lag: 2}
+      let a = (main agents)
+      assert equal ($a | get id) [agent-1]
+      assert equal ($a.0.heartbeat_age | describe) duration
+      assert-no-violations $f.dispatcher
+    }
+  }
+}
+
+@test
+def token_from_file_and_cli_output_is_a_table [] {
+  with-fakes {dispatcher: (state)} {|f|
+    let tok = (mktemp -t api-token-XXXXXX)
+    $TOKEN | save -f $tok
+    with-clean-env {RAIBID_URL: $f.dispatcher.url, RAIBID_API_TOKEN_FILE: $tok} {
+      let out = (do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts raibid.nu) jobs --status failed } | complete)
+      assert equal $out.exit_code 0 $out.stderr
+      assert ($out.stdout | str contains (id 3))
+      assert not ($out.stdout + $out.stderr | str contains $TOKEN)
+    }
+    rm -f $tok
+  }
+}
