@@ -662,6 +662,49 @@ def check_sops_rules(sops_file: Path = ROOT / ".sops.yaml", root: Path = ROOT) -
     return errs
 
 
+# ---------------------------------------------------------------------------------------------------------
+# 10. every Secret a workload reads is one bootstrap writes (docs/secrets.md), with that key
+# ---------------------------------------------------------------------------------------------------------
+
+
+def secret_refs(objs: list[Obj]) -> Iterator[tuple[str, str, str | None, str]]:
+    """(namespace, secret name, key or None for the whole Secret, who) for every Secret reference."""
+    for owner, pod in pod_specs(objs):
+        ns = owner["metadata"].get("namespace")
+        for c in containers(pod):
+            for e in c.get("env") or []:
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and not ref.get("optional"):
+                    yield ns, ref["name"], ref.get("key"), f"{describe(owner)} env {e['name']}"
+            for ef in c.get("envFrom") or []:
+                if ef.get("secretRef"):
+                    yield ns, ef["secretRef"]["name"], None, f"{describe(owner)} envFrom"
+        for v in pod.get("volumes") or []:
+            if v.get("secret") and not v["secret"].get("optional"):
+                items = v["secret"].get("items") or []
+                for it in items or [None]:
+                    yield ns, v["secret"]["secretName"], it and it.get("key"), f"{describe(owner)} volume {v['name']}"
+    for ta in find(objs, "TriggerAuthentication"):
+        for ref in (ta.get("spec") or {}).get("secretTargetRef") or []:
+            yield ta["metadata"]["namespace"], ref["name"], ref.get("key"), describe(ta)
+    for hr in find(objs, "HelmRelease", "gitea"):
+        admin = (((hr["spec"].get("values") or {}).get("gitea") or {}).get("admin") or {})
+        if admin.get("existingSecret"):
+            for k in ("username", "password"):
+                yield hr["metadata"]["namespace"], admin["existingSecret"], k, f"{describe(hr)} gitea.admin"
+
+
+def check_secret_refs(objs: list[Obj]) -> list[str]:
+    table = {(r["namespace"], r["secret"]): set(r["keys"].split(",")) for r in secrets_table()}
+    errs = []
+    for ns, name, key, who in secret_refs(objs):
+        if (ns, name) not in table:
+            errs.append(f"{who}: reads Secret {ns}/{name}, which docs/secrets.md does not define (bootstrap will not create it)")
+        elif key and key not in table[(ns, name)]:
+            errs.append(f"{who}: reads key {key} of Secret {ns}/{name}; docs/secrets.md lists {sorted(table[(ns, name)])}")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -677,4 +720,5 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("substitutions", check_substitutions),
     ("image-versions", check_image_versions),
     ("sops-rules", lambda objs: check_sops_rules()),
+    ("secret-refs", check_secret_refs),
 ]
