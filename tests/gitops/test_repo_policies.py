@@ -49,3 +49,32 @@ def test_bad_sops_rules_fixture_is_caught():
     for want in ("encrypted_regex must be ^(data|stringData)$", "pgp recipients: age only", "no age recipient",
                  "matches plain manifests"):
         assert any(want in e for e in errs), (want, errs)
+
+
+def test_every_helmrelease_links_its_chart_defaults_above_values():
+    root = policies.ROOT
+    files = [p for p in (root / "infrastructure").rglob("*.yaml") if "kind: HelmRelease" in p.read_text()]
+    assert files
+    for f in files:
+        lines = f.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip() == "values:":
+                assert "values.yaml" in lines[i - 1] and "http" in lines[i - 1], \
+                    f"{f.name}:{i + 1}: put a link to the chart's default values above `values:`"
+
+
+def test_one_file_per_controller():
+    ctl = policies.ROOT / "infrastructure" / "controllers"
+    for name in ("gitea", "keda", "redis"):
+        assert (ctl / f"{name}.yaml").exists()
+
+
+def test_docs_exist_with_diagrams_and_runbooks():
+    docs = policies.ROOT / "docs"
+    for f in ("diagrams/flux-dependencies.md", "diagrams/runtime-topology.md"):
+        assert "```mermaid" in (docs / f).read_text(), f
+    ops = (docs / "operations.md").read_text()
+    for section in ("## Reconcile", "## Suspend and resume", "## Upgrade the agent", "## Rotate a secret"):
+        assert section in ops, section
+    adrs = [p.name for p in (docs / "adr").glob("*.md")]
+    assert any("redis-official-image" in a for a in adrs), adrs
