@@ -1,0 +1,304 @@
+# raibid-ci local mode: the whole job flow on one machine (Redis, dispatcher, a warm agent pool as
+# local processes), and the project's test command. Run through ./scripts/dev.sh, which installs the
+# pinned Nushell first.
+
+use lib/errors.nu [fail]
+use lib/contract.nu [load-contract repo-root]
+use lib/log.nu *
+
+const STATE_DIR = ".state"
+
+def root []: nothing -> path { repo-root }
+def state []: nothing -> path { root | path join $STATE_DIR }
+def tools []: nothing -> path { root | path join .tools }
+
+# Run an argv list (never a shell string); on failure raise `code` with the command's stderr.
+def run-cmd [cmd: list<string>, --code: string = "command_failed", --hint: string = ""]: nothing -> string {
+  let r = (do { ^($cmd | first) ...($cmd | skip 1) } | complete)
+  if $r.exit_code != 0 {
+    fail $code $"`($cmd | str join ' ')` exited with ($r.exit_code): ($r.stderr | str trim | lines | last 5 | str join (char nl))" --hint $hint
+  }
+  $r.stdout
+}
+
+# Install a Debian package when its command is missing (as root, or through sudo).
+def ensure-apt [cmd: string, pkg: string] {
+  if (which $cmd | is-not-empty) { return }
+  info $"installing ($pkg) \(needed for `($cmd)`\)"
+  let sudo = if ((^id -u | str trim) == "0") { [] } else if (which sudo | is-not-empty) { [sudo] } else {
+    fail missing_tool $"`($cmd)` is missing and this user cannot install packages" --hint $"install the Debian package ($pkg) and run again"
+  }
+  let marker = ($env.TMPDIR? | default "/tmp" | path join "raibid-apt-updated")
+  if not ($marker | path exists) {
+    run-cmd [...$sudo apt-get update -qq] --code apt_failed --hint "check the package mirror configuration" | ignore
+    touch $marker
+  }
+  with-env {DEBIAN_FRONTEND: noninteractive} {
+    run-cmd [...$sudo apt-get install -y -qq --no-install-recommends $pkg] --code apt_failed --hint $"install ($pkg) by hand" | ignore
+  }
+  if (which $cmd | is-empty) { fail missing_tool $"($pkg) installed but `($cmd)` is still not on PATH" }
+}
+
+# The Python venv the GitOps checks run in (.tools/venv, requirements pinned in tests/gitops).
+def ensure-venv []: nothing -> path {
+  let venv = (tools | path join venv)
+  let py = ($venv | path join bin python)
+  let req = (root | path join tests gitops requirements.txt)
+  let stamp = ($venv | path join .requirements.sha256)
+  let want = (open --raw $req | hash sha256)
+  if ($py | path exists) and ($stamp | path exists) and ((open --raw $stamp | str trim) == $want) { return $py }
+  info "preparing the Python venv for the GitOps checks (.tools/venv)"
+  run-cmd [python3 -m venv $venv] --code venv_failed --hint "install python3-venv" | ignore
+  run-cmd [$py -m pip install -q --disable-pip-version-check -r $req] --code pip_failed --hint "check access to PyPI" | ignore
+  $want | save -f $stamp
+  $py
+}
+
+def ensure-build [--release] {
+  let flags = if $release { ["--release"] } else { [] }
+  step $"building the Rust workspace \(cargo build ($flags | str join ' ')\)"
+  let code = (run-suite (root | path join rust) [cargo build --locked ...$flags --bins])
+  if $code != 0 { fail build_failed "cargo build failed" --hint "see the compiler output above" }
+}
+
+def bin [name: string]: nothing -> path { root | path join rust target release $name }
+
+# Start a program in the background, in its own session, with its output in a log file.
+# Arguments go in as argv; nothing is put through a shell string.
+def spawn-bg [name: string, argv: list<string>, envs: record = {}]: nothing -> int {
+  let logs = (state | path join logs)
+  mkdir $logs
+  let log = ($logs | path join $"($name).log")
+  let pid = (with-env ($envs | merge {RAIBID_BG_LOG: $log}) {
+    ^setsid sh -c 'exec "$@" >>"$RAIBID_BG_LOG" 2>&1 < /dev/null & echo $!' raibid-spawn ...$argv | str trim | into int
+  })
+  let pids = (state | path join pids)
+  mkdir $pids
+  $pid | into string | save -f ($pids | path join $"($name).pid")
+  $pid
+}
+
+def alive [pid: int]: nothing -> bool {
+  (do { ^kill -0 $pid } | complete).exit_code == 0
+}
+
+def free-port []: nothing -> int { port }
+
+def wait-http [url: string, what: string, --seconds: int = 30] {
+  let deadline = (date now) + ($seconds * 1sec)
+  loop {
+    let ok = (try { http get --full --allow-errors $url | get status } catch { 0 }) == 200
+    if $ok { return }
+    if (date now) > $deadline {
+      fail not_ready $"($what) did not become ready at ($url) within ($seconds)s" --hint $"look at (state | path join logs)"
+    }
+    sleep 100ms
+  }
+}
+
+def random-secret []: nothing -> string { random chars --length 40 }
+
+# The settings of the running stack (secrets generated once per state dir, file mode 600).
+def stack-env []: nothing -> record {
+  let f = (state | path join env.json)
+  if not ($f | path exists) {
+    fail not_running "no local stack here" --hint "start one with ./scripts/dev.sh up"
+  }
+  open $f
+}
+
+def print-env-lines [s: record] {
+  let c = (load-contract).env
+  print $"export ($c.URL)=($s.url) ($c.API_TOKEN)=($s.token) ($c.REDIS_URL)=($s.redis_url) ($c.GITEA_WEBHOOK_SECRET)=($s.gitea_secret) ($c.GITHUB_WEBHOOK_SECRET)=($s.github_secret)"
+}
+
+# Start the local stack: Redis (AOF on), the dispatcher and a warm agent pool; then run a demo job.
+@example "start with 4 agents and no demo" { ./scripts/dev.sh up --agents 4 --no-demo }
+@example "a queue without consumers, to watch the lag KEDA scales on" { ./scripts/dev.sh up --agents 0 }
+def "main up" [
+  --agents: int     # warm pool size (default: half the cores, at least 1; 0 = no consumer)
+  --no-demo         # skip the demo job
+  --port: int       # dispatcher port (default: a free one)
+] {
+  start-clock
+  let n = ($agents | default ([1 ((sys cpu | length) // 2)] | math max))
+  if $n < 0 { fail bad_argument "--agents must be 0 or more" --span (metadata $agents).span }
+  if ((state | path join env.json) | path exists) {
+    let s = (open (state | path join env.json))
+    if (alive $s.redis_pid) {
+      fail already_running $"a local stack is already running \(dispatcher ($s.url)\)" --hint "./scripts/dev.sh down first, or ./scripts/dev.sh env to use it"
+    }
+  }
+  ensure-apt redis-server redis-server
+  ensure-apt git git
+  ensure-build --release
+  mkdir (state | path join redis)
+  let redis_port = (free-port)
+  let c = (load-contract)
+  step $"starting redis-server on 127.0.0.1:($redis_port) \(appendonly yes, appendfsync always\)"
+  let redis_pid = (spawn-bg redis [redis-server --bind 127.0.0.1 --port ($redis_port | into string) --appendonly yes --appendfsync always --save "" --dir (state | path join redis)])
+  let s = {
+    url: $"http://127.0.0.1:($port | default (free-port))"
+    token: (random-secret)
+    redis_url: $"redis://127.0.0.1:($redis_port)"
+    gitea_secret: (random-secret)
+    github_secret: (random-secret)
+    redis_pid: $redis_pid
+  }
+  $s | to json | save -f (state | path join env.json)
+  ^chmod 600 (state | path join env.json)
+  let envs = {
+    ($c.env.REDIS_URL): $s.redis_url
+    ($c.env.API_TOKEN): $s.token
+    ($c.env.GITEA_WEBHOOK_SECRET): $s.gitea_secret
+    ($c.env.GITHUB_WEBHOOK_SECRET): $s.github_secret
+    ($c.env.URL): $s.url
+    ($c.env.LISTEN): ($s.url | str replace "http://" "")
+  }
+  sleep 200ms
+  step $"starting raibid-dispatcher on ($s.url)"
+  spawn-bg dispatcher [(bin raibid-dispatcher)] $envs | ignore
+  wait-http $"($s.url)($c.http.READYZ_PATH)" "the dispatcher"
+  let agent_env = {
+    ($c.env.REDIS_URL): $s.redis_url
+    ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
+    ($c.env.WORKSPACE_DIR): (state | path join workspaces)
+    ($c.env.CACHE_DIR): (state | path join cache)
+  }
+  for i in 1..$n {
+    if $n == 0 { break }
+    spawn-bg $"agent-($i)" [(bin raibid-agent) --name $"local-agent-($i)"] $agent_env | ignore
+  }
+  ok $"stack up: redis, dispatcher, ($n) agent\(s\); logs in (state | path join logs)"
+  if not $no_demo and $n > 0 { demo $s }
+  print ""
+  print "Next:"
+  print "  eval \"$(./scripts/dev.sh env)\"        # RAIBID_URL, RAIBID_API_TOKEN, ... for this stack"
+  print "  nu scripts/raibid.nu jobs               # the human CLI over the API"
+  print "  ./scripts/dev.sh status                 # queue, agents"
+  print "  ./scripts/dev.sh down                   # stop everything"
+}
+
+def demo [s: record] {
+  step "demo: a git repository from examples/hello-raibid, submitted to the API, its log followed live"
+  let repo = (state | path join demo-repo)
+  rm -rf $repo
+  mkdir ($repo | path join src)
+  let ex = (root | path join examples hello-raibid)
+  for f in [Cargo.toml Cargo.lock .gitignore src/lib.rs] { cp ($ex | path join $f) ($repo | path join $f) }
+  do {
+    cd $repo
+    run-cmd [git init -q -b main] | ignore
+    run-cmd [git -c user.name=raibid -c user.email=demo@raibid.invalid add -A] | ignore
+    run-cmd [git -c user.name=raibid -c user.email=demo@raibid.invalid commit -qm "demo commit"] | ignore
+  }
+  let headers = {Authorization: $"Bearer ($s.token)"}
+  let job = (http post --content-type application/json --headers $headers $"($s.url)/api/v1/jobs" {repo_url: $"file://($repo)", ref: "main"})
+  info $"submitted job ($job.id); following its log:"
+  follow-log $s $job.id
+  let final = (http get --headers $headers $"($s.url)/api/v1/jobs/($job.id)")
+  let steps = ($final.steps | each {|st| $"($st.name) ($st.status) ($st.duration_ms)ms" } | str join ", ")
+  if $final.status == "succeeded" { ok $"demo job ($job.id) succeeded: ($steps)" } else { warn $"demo job ($job.id) ended ($final.status): ($final.failure_reason)" }
+}
+
+# Print a job's log live (curl reads the SSE stream; the URL and token are argv, not shell text).
+def follow-log [s: record, id: string] {
+  let url = $"($s.url)/api/v1/jobs/($id)/logs?follow=true"
+  ^curl -sN --fail -H $"Authorization: Bearer ($s.token)" $url
+  | lines
+  | each {|l|
+      if ($l | str starts-with "data: ") {
+        let d = ($l | str substring 6.. | from json)
+        if ($d.line? != null) { print $"  [($d.step)] ($d.line)" } else if ($d.status? != null) { print $"  -- job ($d.status)" }
+      }
+    }
+  | ignore
+}
+
+# Stop the local stack; leaves no process behind.
+def "main down" [] {
+  start-clock
+  let pids_dir = (state | path join pids)
+  if not ($pids_dir | path exists) { ok "nothing running"; return }
+  let entries = (ls $pids_dir | where name =~ '\.pid$' | each {|f| {name: ($f.name | path basename | str replace '.pid' ''), pid: (open --raw $f.name | str trim | into int)} })
+  # Agents and the dispatcher first, all at once (SIGTERM: they finish what they do), Redis last.
+  for group in [($entries | where name != "redis") ($entries | where name == "redis")] {
+    for e in $group {
+      if (alive $e.pid) {
+        info $"stopping ($e.name) \(pid ($e.pid)\)"
+        do { ^kill -TERM $e.pid } | complete | ignore
+      }
+    }
+    let deadline = (date now) + 15sec
+    while ($group | any {|e| alive $e.pid }) and ((date now) < $deadline) { sleep 100ms }
+    for e in $group {
+      # Each service runs in its own session: kill whatever is left of it (build steps included).
+      do { ^pkill -KILL -s $e.pid } | complete | ignore
+      do { ^kill -KILL $e.pid } | complete | ignore
+      rm -f ($pids_dir | path join $"($e.name).pid")
+    }
+  }
+  rm -f (state | path join env.json)
+  ok "local stack stopped"
+}
+
+# Print `export …` lines for the running stack (both binaries and raibid.nu read these variables).
+@example "use the running stack from this shell" { eval "$(./scripts/dev.sh env)" }
+def "main env" [] {
+  print-env-lines (stack-env)
+}
+
+# Queue figures and agents of the running stack.
+def "main status" [] {
+  let s = (stack-env)
+  let headers = {Authorization: $"Bearer ($s.token)"}
+  print (http get --headers $headers $"($s.url)/api/v1/queue" | table)
+  print (http get --headers $headers $"($s.url)/api/v1/agents" | get agents | table)
+}
+
+# Run a test command with its output streaming; return its exit code.
+def run-suite [dir: path, cmd: list<string>]: nothing -> int {
+  try {
+    do { cd $dir; ^($cmd | first) ...($cmd | skip 1) }
+    0
+  } catch {|e|
+    if ($env.RAIBID_DEBUG? | default "") != "" { print -e $e }
+    $env.LAST_EXIT_CODE
+  }
+}
+
+# Run every test of the project: Rust (real Redis, git, cargo), Nushell, GitOps checks.
+def "main test" [
+  --only: string   # run one suite: rust, nu or gitops
+] {
+  start-clock
+  ensure-apt redis-server redis-server
+  ensure-apt git git
+  ensure-apt age age
+  ensure-apt curl curl
+  let suites = if $only == null { [rust nu gitops] } else { [$only] }
+  mut failed = []
+  for suite in $suites {
+    step $"suite: ($suite)"
+    let code = match $suite {
+      "rust" => { run-suite (root | path join rust) [cargo test --locked --workspace --no-fail-fast] }
+      "nu" => { run-suite (root) [nu --no-config-file (root | path join scripts tests run.nu)] }
+      "gitops" => {
+        let py = (ensure-venv)
+        run-suite (root) [$py -m pytest -q tests/gitops]
+      }
+      _ => { fail bad_argument $"unknown suite ($suite)" --hint "use rust, nu or gitops" }
+    }
+    if $code != 0 { $failed = ($failed | append $suite) }
+  }
+  if ($failed | is-not-empty) {
+    fail tests_failed $"failing suites: ($failed | str join ', ')" --hint "see the output above"
+  }
+  ok $"all suites passed: ($suites | str join ', ')"
+}
+
+# raibid-ci local mode. Commands: up, down, env, status, test.
+def main [] {
+  print (help main)
+}
+
