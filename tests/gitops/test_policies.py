@@ -89,3 +89,12 @@ def test_every_object_policy_has_a_negative_fixture():
     repo_level = {"containerfiles", "repo-secrets", "secret-dirs", "sops-rules"}  # test_repo_policies.py
     missing = set(CHECKS) - covered - repo_level
     assert not missing, f"policies without a negative fixture: {sorted(missing)}"
+
+
+def test_flux_install_output_is_exempt_but_only_it(deployed):
+    """After bootstrap commits gotk-components.yaml the suite must still pass on Flux's own objects."""
+    fx = yaml.safe_load((Path(__file__).parent / "fixtures" / "policy" / "flux-components-exempt.yaml").read_text())
+    objs = mutate(deployed, fx)
+    for name in ("workloads", "namespaces", "substitutions"):
+        errs = CHECKS[name](objs)
+        assert not [e for e in errs if "flux-system" in e or "kustomizations.kustomize" in e], errs
