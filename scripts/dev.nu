@@ -276,6 +276,7 @@ def "main test" [
   ensure-apt git git
   ensure-apt age age
   ensure-apt curl curl
+  ensure-apt nix-instantiate nix-bin   # the flake.nix parse/eval checks of the GitOps suite
   let suites = if $only == null { [rust nu gitops] } else { [$only] }
   mut failed = []
   for suite in $suites {
