@@ -33,7 +33,7 @@ export def env-spec []: nothing -> table {
     [RAIBID_FAKE_SYSTEM script null "tests only: a NUON file of recorded command outputs that the bootstrap probes read instead of the host"]
     [GITHUB_TOKEN script null "GitHub token (private repositories, webhooks, higher rate limit)"]
     [GITHUB_TOKEN_FILE script null "file holding the GitHub token"]
-    [KUBECONFIG script "/etc/rancher/k3s/k3s.yaml" "kubeconfig of the k3s cluster"]
+    [KUBECONFIG script ($nu.home-dir | path join .kube raibid-ci.yaml) "kubeconfig of the k3s cluster (bootstrap copies /etc/rancher/k3s/k3s.yaml there)"]
   ]
 }
 

@@ -10,7 +10,7 @@ export def fail [
   message: string       # what went wrong, one sentence
   --hint: string = ""   # what to do about it (shown as `help:`)
   --span: any = null    # span of the offending argument: `(metadata $arg).span`
-]: nothing -> error {
+]: nothing -> any {
   if ($code !~ '^[a-z][a-z0-9]*(_[a-z0-9]+)*$') {
     error make {msg: $"error code '($code)' is not snake_case", code: "raibid::bad_error_code"}
   }

@@ -83,3 +83,44 @@ export def ensure-owner [owner: string, --dry-run]: nothing -> string {
 export def hooks [owner: string, name: string]: nothing -> list<any> {
   get-all $"/repos/($owner)/($name)/hooks"
 }
+
+# --- used by bootstrap (admin basic auth) ---------------------------------------------------------------
+
+# Create (or replace) an access token of `user`; returns its value. Needs the user's password.
+export def create-token [
+  user: string
+  name: string
+  scopes: list<string>
+  basic: record          # {username, password}
+]: nothing -> string {
+  let existing = (call GET $"/users/($user)/tokens" --basic $basic).body
+  if ($existing | any {|t| $t.name == $name }) {
+    # Gitea shows a token's value only once: an existing one cannot be reused, so it is replaced.
+    call DELETE $"/users/($user)/tokens/($name)" --basic $basic | ignore
+  }
+  (call POST $"/users/($user)/tokens" --basic $basic --body {name: $name, scopes: $scopes}).body.sha1
+}
+
+# Make sure the organization and the (private) repository exist; returns what was created.
+export def ensure-repo [
+  owner: string
+  name: string
+  --basic: any = null
+  --visibility: string = "private"
+]: nothing -> list<string> {
+  mut made = []
+  if (call GET $"/orgs/($owner)" --ok [200 404] --basic $basic).status == 404 {
+    call POST "/orgs" --basic $basic --body {username: $owner, visibility: $visibility, description: "raibid-ci"} | ignore
+    $made = ($made | append $"org ($owner)")
+  }
+  if (call GET $"/repos/($owner)/($name)" --ok [200 404] --basic $basic).status == 404 {
+    call POST $"/orgs/($owner)/repos" --basic $basic --body {name: $name, private: true, default_branch: "main", description: "raibid-ci ops repository (Flux syncs from it)"} | ignore
+    $made = ($made | append $"repo ($owner)/($name)")
+  }
+  $made
+}
+
+# Does a container image version exist in Gitea's package registry?
+export def package-exists [owner: string, name: string, version: string, --basic: any = null]: nothing -> bool {
+  (call GET $"/packages/($owner)/container/($name)/($version)" --ok [200 404] --basic $basic).status == 200
+}

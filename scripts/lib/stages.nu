@@ -1,0 +1,736 @@
+# The bootstrap's stages, in order. Each stage has
+#   probe: {|ctx| …} → {done: bool, reason: string}   reads the host (through system.nu) and changes nothing
+#   steps: {|ctx| …} → [{show, run}]                   the exact commands, shown by --dry-run, run otherwise
+# A stage whose probe says done is skipped (unless --force), so re-running bootstrap is safe.
+# Order and the reasons for it: docs/operations.md ("What bootstrap does") and docs/adr/0003-*.md.
+
+use errors.nu [fail run-external]
+use system.nu
+use bootstrap.nu *
+use cluster.nu *
+use secrets.nu [write-config-secret config-file-name]
+use gitea.nu
+use log.nu
+
+# The Gitea admin bootstrap creates (Gitea reserves the name `admin`).
+export const GITEA_ADMIN = "raibid-admin"
+
+# Gitea tokens bootstrap creates: name, scopes, where the value goes.
+export const TOKENS = [
+  [name scopes use];
+  [raibid-owner [write:repository write:organization read:user] "owner's copy (RAIBID_GITEA_TOKEN for mirror.nu)"]
+  [raibid-dispatcher [write:repository read:user] "Secret raibid-dispatcher (mirror-sync, commit statuses)"]
+  [raibid-agent [read:repository] "Secret raibid-agent (clones)"]
+  [raibid-flux [read:repository] "Secret flux-system (Flux reads the ops repository)"]
+  [raibid-registry [read:package] "registries.yaml (containerd pulls the raibid images)"]
+]
+
+# --- context and small helpers ---------------------------------------------------------------------------
+
+# Everything the stages share: repository settings, host facts, paths and flags.
+export def context [--force]: nothing -> record {
+  let s = (settings)
+  let facts = (system facts)
+  {
+    s: $s
+    facts: $facts
+    force: $force
+    keyfile: ($env.SOPS_AGE_KEY_FILE? | default ($facts.home | path join .config sops age keys.txt))
+    config_dir: $env.RAIBID_CONFIG_DIR
+    kubeconfig: $env.KUBECONFIG
+    tmp: ($nu.temp-dir | path join raibid-bootstrap)
+  }
+}
+
+# Prefix a command with sudo unless running as root.
+def priv [ctx: record, argv: list<string>]: nothing -> list<string> {
+  if $ctx.facts.uid == 0 { $argv } else { ["sudo" ...$argv] }
+}
+
+def repo-path [ctx: record, rel: string]: nothing -> string { $ctx.s.root | path join $rel }
+
+# `kubectl … -o json` as a record, or null (no cluster yet, no such object).
+def kget [args: list<string>]: nothing -> any {
+  let r = (system run-cmd (["kubectl"] | append $args | append [-o json]))
+  if $r.exit_code != 0 { return null }
+  $r.stdout | from json
+}
+
+def config-copy [ctx: record, name: string]: nothing -> string {
+  $ctx.config_dir | path join (config-file-name $name)
+}
+
+def admin-basic-or-null [ctx: record]: nothing -> any {
+  let pw = (system read (config-copy $ctx RAIBID_GITEA_ADMIN_PASSWORD))
+  if $pw == null { null } else { {username: $GITEA_ADMIN, password: ($pw | str trim)} }
+}
+
+def admin-basic [ctx: record]: nothing -> record {
+  let pw = (system read (config-copy $ctx RAIBID_GITEA_ADMIN_PASSWORD))
+  if $pw == null {
+    fail secret_missing $"the Gitea admin password is not in (config-copy $ctx RAIBID_GITEA_ADMIN_PASSWORD)" --hint "run the secrets stage: nu scripts/bootstrap.nu --only secrets"
+  }
+  {username: $GITEA_ADMIN, password: ($pw | str trim)}
+}
+
+def basic-header [b: record]: nothing -> record {
+  {Authorization: $"Basic ($'($b.username):($b.password)' | encode base64)"}
+}
+
+# A pipeline of external commands (`a | b`), each an argv; the data flows through Nushell, not a shell.
+def pipe-step [cmds: list<list<string>>, --cwd: string = ""]: nothing -> record {
+  nu-step (($cmds | each {|c| show-argv $c }) | str join " | " | if ($cwd | is-empty) { $in } else { $"cd ($cwd) && ($in)" }) {||
+    let dir = if ($cwd | is-empty) { $env.PWD } else { $cwd }
+    cd $dir
+    $cmds | reduce --fold null {|c, input| run-external $c --stdin $input }
+    | ignore
+  }
+}
+
+# Commit `paths` (relative to the repository root) if they changed; identity falls back to raibid-bootstrap.
+def commit-step [ctx: record, paths: list<string>, message: string]: nothing -> record {
+  let root = $ctx.s.root
+  nu-step $"git add ($paths | str join ' ') && git commit -m '($message)' \(if changed\)" {||
+    run-external ([git -C $root add --] | append $paths) | ignore
+    let staged = (do { ^git -C $root diff --cached --quiet -- ...$paths } | complete)
+    if $staged.exit_code == 0 { return }
+    let ident = if ((do { ^git -C $root config user.email } | complete).stdout | str trim | is-empty) {
+      [-c user.name=raibid-bootstrap -c user.email=bootstrap@raibid.invalid]
+    } else { [] }
+    run-external ([git -C $root] | append $ident | append [commit -m $message --] | append $paths) | ignore
+    log ok $"committed: ($message)"
+  }
+}
+
+def ok [reason: string] { {done: true, reason: $reason} }
+def todo [reason: string] { {done: false, reason: $reason} }
+
+def random-hex [bytes: int = 32]: nothing -> string { random binary $bytes | encode hex | str lowercase }
+
+# --- preflight -------------------------------------------------------------------------------------------
+
+def k3s-version []: nothing -> any {
+  let r = (system run-cmd [k3s --version])
+  if $r.exit_code != 0 { return null }
+  $r.stdout | parse --regex '(?<v>v\d+\.\d+\.\d+\+k3s\d+)' | get -o 0.v
+}
+
+def k3s-active []: nothing -> bool {
+  ((system run-cmd [systemctl is-active k3s]).stdout | str trim) == "active"
+}
+
+# What preflight looks at, read through system.nu.
+export def gather-host [ctx: record]: nothing -> record {
+  let mem_kb = (system read /proc/meminfo | default "" | parse --regex 'MemTotal:\s+(?<kb>\d+)' | get -o 0.kb | default "0" | into int)
+  let df = ((system run-cmd [df --output=avail -B1 /var/lib]).stdout | lines | last | default "0" | str trim)
+  let listening = ((system run-cmd [ss -Htln]).stdout | lines
+    | each {|l| $l | split row --regex '\s+' | get -o 3 | default "" | parse --regex ':(?<p>\d+)$' | get -o 0.p }
+    | compact | each { into int } | uniq)
+  let tools = (required-tools | reduce --fold {} {|t, acc|
+    let v = if (system which-path $t.tool) == null { null } else {
+      let r = (system run-cmd $t.version_cmd)
+      if $r.exit_code == 0 { $"($r.stdout)($r.stderr)" | parse-version } else { null }
+    }
+    $acc | insert $t.tool $v
+  })
+  {
+    arch: ((system run-cmd [uname -m]).stdout | str trim)
+    cores: ((system run-cmd [nproc]).stdout | str trim | into int)
+    mem_bytes: ($mem_kb * 1024)
+    disk_free: ($df | into int)
+    cgroup_fs: ((system run-cmd [stat -fc %T /sys/fs/cgroup]).stdout | str trim)
+    listening: $listening
+    uid: $ctx.facts.uid
+    sudo_ok: (if $ctx.facts.uid == 0 { true } else { (system run-cmd [sudo -n "true"]).exit_code == 0 })
+    tools: $tools
+    k3s_version: (k3s-version)
+  }
+}
+
+def preflight-probe [ctx: record]: nothing -> record {
+  let host = (gather-host $ctx)
+  let checks = (evaluate-checks $host $ctx.s.pins)
+  let bad = ($checks | where {|c| (not $c.ok) and $c.fatal })
+  let pin = $ctx.s.pins.K3S_VERSION
+  if ($bad | is-not-empty) {
+    return (todo $"to fix: ($bad | each {|c| $"($c.check) \(($c.found)\)" } | str join ', ')")
+  }
+  if $host.k3s_version == $pin and (k3s-active) {
+    ok $"k3s ($pin) is running and every tool is present"
+  } else {
+    todo "fresh host: check architecture, cores, memory, disk, ports, cgroup v2 and tools"
+  }
+}
+
+def preflight-steps [ctx: record]: nothing -> list<record> {
+  [(nu-step "check the host and the tools (a table; missing tools with the command that installs them)" {||
+    let checks = (evaluate-checks (gather-host $ctx) $ctx.s.pins)
+    print -e ($checks | select check ok found want | table --index false)
+    let warn = ($checks | where {|c| (not $c.ok) and (not $c.fatal) })
+    for w in $warn { log warn $"($w.check): ($w.found), want ($w.want) — ($w.fix)" }
+    let bad = ($checks | where {|c| (not $c.ok) and $c.fatal })
+    if ($bad | is-not-empty) {
+      fail preflight_failed $"the host is not ready: ($bad | get check | str join ', ')" --hint ($bad | each {|c| $"($c.check): ($c.fix)" } | str join "\n")
+    }
+  })]
+}
+
+# --- k3s -------------------------------------------------------------------------------------------------
+
+def host-files [ctx: record]: nothing -> record {
+  let host = {cores: ((system run-cmd [nproc]).stdout | str trim | into int)
+    mem_gib: ((system read /proc/meminfo | default "" | parse --regex 'MemTotal:\s+(?<kb>\d+)' | get -o 0.kb | default "0" | into int) // (1024 * 1024))}
+  let reg_now = (system read /etc/rancher/k3s/registries.yaml)
+  let hosts_now = (system read /etc/hosts | default "")
+  {
+    config: (render-k3s-config $host.cores $host.mem_gib)
+    registries: (render-registries $ctx.s.git_host (registries-auth $reg_now $ctx.s.git_host))
+    hosts: (render-hosts $hosts_now [$ctx.s.git_host $ctx.s.ci_host])
+    config_now: (system read /etc/rancher/k3s/config.yaml)
+    registries_now: $reg_now
+    hosts_now: $hosts_now
+  }
+}
+
+def k3s-probe [ctx: record]: nothing -> record {
+  let pin = $ctx.s.pins.K3S_VERSION
+  let v = (k3s-version)
+  if $v == null { return (todo "k3s is not installed") }
+  if $v != $pin { return (todo $"k3s ($v) is installed, the pin is ($pin)") }
+  if not (k3s-active) { return (todo "the k3s service is not active") }
+  let f = (host-files $ctx)
+  if $f.config_now != $f.config { return (todo "/etc/rancher/k3s/config.yaml differs from the rendered one") }
+  if $f.registries_now != $f.registries { return (todo "/etc/rancher/k3s/registries.yaml differs from the rendered one") }
+  if $f.hosts_now != $f.hosts { return (todo $"/etc/hosts does not map ($ctx.s.git_host) and ($ctx.s.ci_host)") }
+  let owner = ((system run-cmd [stat -c %u:%g $ctx.s.cache_path]).stdout | str trim)
+  if $owner != "1000:1000" { return (todo $"the cache directory ($ctx.s.cache_path) is missing or not owned by 1000:1000") }
+  if not (system exists $ctx.kubeconfig) { return (todo $"no kubeconfig at ($ctx.kubeconfig)") }
+  ok $"k3s ($pin) active, config, registries, /etc/hosts and cache directory as rendered"
+}
+
+def k3s-steps [ctx: record]: nothing -> list<record> {
+  let pin = $ctx.s.pins.K3S_VERSION
+  let f = (host-files $ctx)
+  let installer = ($ctx.tmp | path join k3s-install.sh)
+  let tag = ($pin | str replace --all "+" "%2B")
+  let gid = ((system run-cmd [id -g]).stdout | str trim)
+  let reinstall = ((k3s-version) != $pin)
+  [
+    (ext-step (priv $ctx [install -d -m "0755" /etc/rancher/k3s]))
+    (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/rancher/k3s/config.yaml]) --stdin $f.config --stdin-desc "(rendered k3s config: kubelet reservations for this box)")
+    (ext-step (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin $f.registries --stdin-desc $"\(rendered registries.yaml: ($ctx.s.git_host) over HTTP\)")
+    (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/hosts]) --stdin $f.hosts --stdin-desc $"\(/etc/hosts + '127.0.0.1 ($ctx.s.git_host) ($ctx.s.ci_host) # raibid-ci'\)")
+    (ext-step (priv $ctx [install -d -o "1000" -g "1000" -m "0755" $ctx.s.cache_path]))
+  ] | append (if $reinstall {[
+    (ext-step [mkdir -p $ctx.tmp])
+    (ext-step [curl -sfL -o $installer $"https://raw.githubusercontent.com/k3s-io/k3s/($tag)/install.sh"])
+    (ext-step (priv $ctx [env $"INSTALL_K3S_VERSION=($pin)" sh $installer]))
+  ]} else {[
+    (ext-step (priv $ctx [systemctl restart k3s]))
+  ]}) | append [
+    (nu-step "wait for /etc/rancher/k3s/k3s.yaml (deadline 2 min)" {||
+      wait-until "k3s kubeconfig /etc/rancher/k3s/k3s.yaml" {|| {ok: ("/etc/rancher/k3s/k3s.yaml" | path exists), detail: "not written yet"} } --timeout 2min --inspect ["sudo systemctl status k3s" "sudo journalctl -u k3s -n 100"]
+      | ignore
+    })
+    (ext-step [mkdir -p ($ctx.kubeconfig | path dirname)])
+    (ext-step (priv $ctx [install -m "0600" -o $"($ctx.facts.uid)" -g $gid /etc/rancher/k3s/k3s.yaml $ctx.kubeconfig]))
+  ]
+}
+
+# --- node ------------------------------------------------------------------------------------------------
+
+def nodes-ready []: nothing -> record {
+  let nodes = (kget [get nodes])
+  if $nodes == null { return {ok: false, detail: "the API server does not answer", inspect: ["sudo systemctl status k3s" "sudo journalctl -u k3s -n 100"]} }
+  if ($nodes.items | is-empty) { return {ok: false, detail: "no node registered yet", inspect: ["kubectl get nodes" "sudo journalctl -u k3s -n 100"]} }
+  let bad = ($nodes.items | where {|n| not (ready-condition $n).ok })
+  if ($bad | is-empty) { return {ok: true, detail: ($nodes.items | get metadata.name | str join ", ")} }
+  {ok: false, detail: $"not Ready: ($bad | get metadata.name | str join ', ')",
+    inspect: ($bad | each {|n| $"kubectl describe node ($n.metadata.name)" } | append "sudo journalctl -u k3s -n 100")}
+}
+
+def node-probe [ctx: record]: nothing -> record {
+  let r = (nodes-ready)
+  if $r.ok { ok $"node Ready: ($r.detail)" } else { todo $r.detail }
+}
+
+def node-steps [ctx: record]: nothing -> list<record> {
+  [(nu-step "wait until every node is Ready (deadline 5 min)" {||
+    wait-until "the k3s node" {|| nodes-ready } --timeout 5min | ignore
+  })]
+}
+
+# --- flux ------------------------------------------------------------------------------------------------
+
+def components-path [ctx: record]: nothing -> string { $"clusters/($CLUSTER)/flux-system/gotk-components.yaml" }
+
+def flux-controllers [pin: string]: nothing -> record {
+  let d = (kget [-n $NAMESPACES.flux get deployments])
+  if $d == null or ($d.items | is-empty) { return {ok: false, detail: "no Flux controllers in flux-system", inspect: ["kubectl -n flux-system get deployments,pods" "flux check"]} }
+  let bad = ($d.items | where {|x|
+    ($x.metadata.labels?."app.kubernetes.io/version"? != $"v($pin)") or (($x.status?.availableReplicas? | default 0) < ($x.spec.replicas? | default 1))
+  })
+  if ($bad | is-empty) { {ok: true, detail: ($d.items | get metadata.name | str join ", ")} } else {
+    {ok: false, detail: $"not available at v($pin): ($bad | get metadata.name | str join ', ')",
+      inspect: ($bad | each {|x| $"kubectl -n flux-system describe deployment ($x.metadata.name)" } | append "flux check")}
+  }
+}
+
+def flux-probe [ctx: record]: nothing -> record {
+  let pin = $ctx.s.pins.FLUX_VERSION
+  let comp = (system read (repo-path $ctx (components-path $ctx)) | default "")
+  if not ($comp | str lowercase | str contains $"flux version: v($pin)") {
+    return (todo $"(components-path $ctx) is not generated for Flux v($pin)")
+  }
+  let c = (flux-controllers $pin)
+  if $c.ok { ok $"Flux v($pin) controllers available" } else { todo $c.detail }
+}
+
+def flux-steps [ctx: record]: nothing -> list<record> {
+  let pin = $ctx.s.pins.FLUX_VERSION
+  let comp = (components-path $ctx)
+  [
+    (ext-step [flux install $"--version=v($pin)" --export] --save-to (repo-path $ctx $comp))
+    (ext-step [kubectl apply --server-side --force-conflicts -f (repo-path $ctx $comp)])
+    (nu-step "wait until the Flux controllers are available (deadline 5 min)" {||
+      wait-until "the Flux controllers" {|| flux-controllers $pin } --timeout 5min | ignore
+    })
+    (commit-step $ctx [$comp] $"bootstrap: Flux v($pin) components")
+  ]
+}
+
+# --- age key ---------------------------------------------------------------------------------------------
+
+def age-public [keyfile: string]: nothing -> any {
+  let r = (system run-cmd [age-keygen -y $keyfile])
+  if $r.exit_code == 0 { $r.stdout | str trim } else { null }
+}
+
+def sops-owner-key [text: string]: nothing -> any {
+  $text | lines | where {|l| $l =~ '&owner' } | get -o 0 | default "" | parse --regex '&owner\s+(?<k>\S+)' | get -o 0.k
+}
+
+def age-probe [ctx: record]: nothing -> record {
+  if not (system exists $ctx.keyfile) { return (todo $"no age key at ($ctx.keyfile)") }
+  let pub = (age-public $ctx.keyfile)
+  if $pub == null { return (todo $"($ctx.keyfile) is not an age key") }
+  let owner = (sops-owner-key (system read (repo-path $ctx ".sops.yaml") | default ""))
+  if $owner == $SOPS_PLACEHOLDER { return (todo ".sops.yaml still names the placeholder recipient") }
+  if $owner != $pub { return (todo $".sops.yaml names another age key \(($owner)\); --force makes this key the owner") }
+  if (kget [-n $NAMESPACES.flux get secret $CLUSTER_SECRETS.sops_age.name]) == null { return (todo "no sops-age Secret in flux-system") }
+  ok $"age key ($ctx.keyfile) is the .sops.yaml owner and in the sops-age Secret"
+}
+
+def age-steps [ctx: record]: nothing -> list<record> {
+  let key = $ctx.keyfile
+  let have_key = (system exists $key)
+  let backup = if $have_key {[
+    (nu-step $"mv ($key) ($key).bak-<timestamp>  # --force: the old key is kept, never deleted" {||
+      if ($key | path exists) { mv $key $"($key).bak-(date now | format date '%Y%m%d%H%M%S')" }
+    })
+  ]} else { [] }
+  let gen = if $have_key and not $ctx.force { [] } else {
+    $backup | append [
+      (ext-step [mkdir -p ($key | path dirname)])
+      (ext-step [age-keygen -o $key])
+      (ext-step [chmod "0600" $key])
+    ]
+  }
+  $gen | append [
+    (nu-step $".sops.yaml: replace the recipient on the &owner line with the public key of ($key)" {||
+      let pub = (run-external [age-keygen -y $key] | str trim)
+      let file = (repo-path $ctx ".sops.yaml")
+      let text = (open --raw $file)
+      let current = (sops-owner-key $text)
+      if $current != $SOPS_PLACEHOLDER and $current != $pub and not $ctx.force {
+        fail sops_owner_differs $".sops.yaml names another age key \(($current)\)" --hint "keep that key (put it in ~/.config/sops/age/keys.txt), or re-run with --only age-key --force and re-encrypt the secrets (`sops updatekeys`)"
+      }
+      $text | str replace $"&owner ($current)" $"&owner ($pub)" | save --force $file
+    })
+    (commit-step $ctx [".sops.yaml"] "bootstrap: the owner's age key is the SOPS recipient")
+    (pipe-step [[kubectl create namespace $NAMESPACES.flux --dry-run=client -o yaml] [kubectl apply --server-side -f -]])
+    (pipe-step [[kubectl -n $NAMESPACES.flux create secret generic $CLUSTER_SECRETS.sops_age.name $"--from-file=($CLUSTER_SECRETS.sops_age.key)=($key)" --dry-run=client -o yaml] [kubectl apply --server-side -f -]])
+    (nu-step $"tell the owner: back up ($key)" {||
+      log warn $"BACK UP ($key) \(password manager or offline\): it is the only key that decrypts this repository's secrets"
+    })
+  ]
+}
+
+# --- secrets ---------------------------------------------------------------------------------------------
+
+def secret-files [prefix: string]: nothing -> table { $SECRET_FILES | where {|f| $f.path | str starts-with $prefix } }
+
+# The values in an encrypted file (null when it is missing or cannot be decrypted with the owner's key).
+def decrypt [ctx: record, rel: string]: nothing -> any {
+  let r = (system run-cmd [sops --decrypt (repo-path $ctx $rel)])
+  if $r.exit_code != 0 { return null }
+  try { $r.stdout | from yaml | get stringData } catch { null }
+}
+
+def listed-in-kustomization [ctx: record, rel: string]: nothing -> bool {
+  let dir = ($rel | path dirname)
+  let k = (system read (repo-path $ctx ($dir | path join kustomization.yaml)) | default "")
+  let res = (try { $k | from yaml | get -o resources | default [] } catch { [] })
+  ($rel | path basename) in $res
+}
+
+def secrets-state [ctx: record, files: table, copies: list<string>]: nothing -> record {
+  for f in $files {
+    if (decrypt $ctx $f.path) == null { return (todo $"($f.path) is missing or not decryptable with the owner's key") }
+    if not (listed-in-kustomization $ctx $f.path) { return (todo $"($f.path) is not listed in its kustomization.yaml") }
+  }
+  for c in $copies {
+    if not (system exists (config-copy $ctx $c)) { return (todo $"no copy of ($c) in ($ctx.config_dir)") }
+  }
+  ok $"($files | length) encrypted Secrets present and decryptable; owner's copies in ($ctx.config_dir)"
+}
+
+const LOCAL_SECRETS = [RAIBID_API_TOKEN RAIBID_GITEA_WEBHOOK_SECRET RAIBID_GITHUB_WEBHOOK_SECRET RAIBID_GITEA_ADMIN_PASSWORD]
+
+def secrets-probe [ctx: record]: nothing -> record {
+  secrets-state $ctx (secret-files "infrastructure/") $LOCAL_SECRETS
+}
+
+# Write one Secret, SOPS-encrypted, to its path (the plain manifest only ever lives in a temporary file
+# outside the repository), and list it in its directory's kustomization.yaml.
+def encrypt-secret [ctx: record, f: record, values: record]: nothing -> nothing {
+  let plain = (mktemp -t raibid-plain-XXXXXX.yaml)
+  ^chmod 600 $plain
+  {apiVersion: v1, kind: Secret, metadata: {name: $f.name, namespace: $f.namespace}, type: Opaque, stringData: $values}
+  | to yaml | save --force $plain
+  let out = try {
+    cd $ctx.s.root
+    run-external [sops --encrypt --filename-override $f.path $plain] --code sops_failed --hint "is .sops.yaml's &owner your age public key? (stage age-key)"
+  } catch {|e| rm -f $plain; return $e.raw }
+  rm -f $plain
+  $out | save --force (repo-path $ctx $f.path)
+  let kfile = (repo-path $ctx ($f.path | path dirname | path join kustomization.yaml))
+  let listed = (try { open --raw $kfile | from yaml | get -o resources | default [] } catch { [] })
+  let files = ($listed | append ($f.path | path basename) | uniq)
+  render-secrets-kustomization (open --raw $kfile) $files | save --force $kfile
+}
+
+def encrypt-show [f: record]: nothing -> string {
+  $"sops --encrypt --filename-override ($f.path) <plain Secret ($f.namespace)/($f.name), keys ($f.keys | str join ',')> > ($f.path)  # + listed in ($f.path | path dirname)/kustomization.yaml"
+}
+
+def secrets-steps [ctx: record]: nothing -> list<record> {
+  let files = (secret-files "infrastructure/")
+  let force = $ctx.force
+  [(nu-step $"generate \(or keep\) the owner's secrets in ($ctx.config_dir) \(mode 0600\): ($LOCAL_SECRETS | each {|n| config-file-name $n } | str join ', ')" {||
+    for n in $LOCAL_SECRETS {
+      let value = if $n == "RAIBID_GITEA_ADMIN_PASSWORD" {
+        # Reuse the password of an existing gitea-admin Secret, so the running Gitea keeps matching.
+        let existing = (decrypt $ctx ($files | where name == gitea-admin | first | get path))
+        if $existing != null and not $force { $existing.password } else { random chars --length 32 }
+      } else { random-hex }
+      write-config-secret $n $value --force=$force | ignore
+    }
+  })]
+  | append ($files | each {|f|
+    nu-step (encrypt-show $f) {||
+      let existing = if $force { null } else { decrypt $ctx $f.path }
+      if $existing != null { log info $"($f.path): kept \(decryptable\)"; return }
+      let values = if $f.name == "gitea-admin" {
+        {username: $GITEA_ADMIN, password: (open --raw (config-copy $ctx RAIBID_GITEA_ADMIN_PASSWORD) | str trim)}
+      } else {
+        # Both redis-auth Secrets hold the same password (docs/secrets.md): reuse the other one's.
+        let other = ($files | where name == redis-auth and path != $f.path | each {|o| decrypt $ctx $o.path } | compact)
+        {password: ($other | get -o 0.password | default (random-hex))}
+      }
+      encrypt-secret $ctx $f $values
+      log ok $"($f.path) written"
+    }
+  })
+  | append (commit-step $ctx ($files | each {|f| [$f.path ($f.path | path dirname | path join kustomization.yaml)] } | flatten | uniq) "bootstrap: encrypted infrastructure secrets")
+}
+
+# --- gitea -----------------------------------------------------------------------------------------------
+
+def helmrelease-ready [ns: string, name: string]: nothing -> record {
+  let hr = (kget [-n $ns get helmrelease $name])
+  let inspect = [$"flux -n ($ns) get helmrelease ($name)" $"kubectl -n ($ns) describe helmrelease ($name)" $"kubectl -n ($ns) get pods" $"flux logs --kind=HelmRelease --name=($name) --namespace=($ns)"]
+  if $hr == null { return {ok: false, detail: $"HelmRelease ($ns)/($name) does not exist", inspect: $inspect} }
+  (ready-condition $hr) | insert inspect $inspect
+}
+
+def gitea-api-ready [ctx: record]: nothing -> record {
+  let r = (system http-probe GET $"($ctx.s.gitea_url)/api/v1/version")
+  {ok: ($r.status == 200), detail: (if $r.status == null { $"($ctx.s.gitea_url) does not answer" } else { $"HTTP ($r.status)" }),
+    inspect: [$"curl -sv ($ctx.s.gitea_url)/api/v1/version" $"getent hosts ($ctx.s.git_host)" "kubectl -n gitea get ingress,svc,pods"]}
+}
+
+def gitea-probe [ctx: record]: nothing -> record {
+  let hr = (helmrelease-ready $NAMESPACES.gitea gitea)
+  if not $hr.ok { return (todo $"HelmRelease gitea/gitea: ($hr.detail)") }
+  let api = (gitea-api-ready $ctx)
+  if not $api.ok { return (todo $"Gitea API: ($api.detail)") }
+  ok $"Gitea ready at ($ctx.s.gitea_url)"
+}
+
+def gitea-steps [ctx: record]: nothing -> list<record> {
+  let root = $ctx.s.root
+  let vars = $ctx.s.vars
+  [
+    (nu-step "kubectl kustomize --load-restrictor=LoadRestrictionsNone infrastructure/controllers | (drop the encrypted Secrets) | flux envsubst --strict | kubectl apply --server-side --field-manager=kustomize-controller -f -" {||
+      let rendered = (run-external [kubectl kustomize --load-restrictor=LoadRestrictionsNone ($root | path join infrastructure controllers)])
+      let kept = ($rendered | split row --regex '(?m)^---\s*$' | where {|d| ($d | str trim | is-not-empty) and (($d | from yaml).kind? != "Secret") } | str join "\n---\n")
+      let substituted = (with-env $vars { run-external [flux envsubst --strict] --stdin $kept --hint "a ${VAR} in the manifests is not in clusters/dgx-spark/cluster-settings.yaml" })
+      run-external [kubectl apply --server-side --field-manager=kustomize-controller -f -] --stdin $substituted | ignore
+    })
+  ]
+  | append (secret-files "infrastructure/" | each {|f|
+    pipe-step [[sops --decrypt $f.path] [kubectl apply --server-side --field-manager=kustomize-controller -f -]] --cwd $root
+  })
+  | append [
+    (nu-step "wait until HelmRelease gitea/gitea is Ready (deadline 10 min)" {||
+      wait-until "HelmRelease gitea/gitea" {|| helmrelease-ready $NAMESPACES.gitea gitea } --timeout 10min | ignore
+    })
+    (nu-step $"wait until ($ctx.s.gitea_url)/api/v1/version answers \(deadline 3 min\)" {||
+      wait-until $"Gitea at ($ctx.s.gitea_url)" {|| gitea-api-ready $ctx } --timeout 3min | ignore
+    })
+  ]
+}
+
+# --- tokens ----------------------------------------------------------------------------------------------
+
+def tokens-probe [ctx: record]: nothing -> record {
+  let st = (secrets-state $ctx (secret-files "apps/") [RAIBID_GITEA_TOKEN])
+  if not $st.done { return $st }
+  let tok = (system read (config-copy $ctx RAIBID_GITEA_TOKEN) | default "" | str trim)
+  let me = (system http-probe GET $"($ctx.s.gitea_url)/api/v1/user" --headers {Authorization: $"token ($tok)"})
+  if $me.status != 200 { return (todo $"the owner's Gitea token does not work \(HTTP ($me.status)\)") }
+  if (kget [-n $NAMESPACES.flux get secret $CLUSTER_SECRETS.flux_git.name]) == null { return (todo "no flux-system Secret (Flux's Gitea credentials)") }
+  if (registries-auth (system read /etc/rancher/k3s/registries.yaml) $ctx.s.git_host) == null { return (todo "registries.yaml has no credentials for Gitea's registry") }
+  ok "Gitea tokens in place (owner, dispatcher, agent, Flux, registry)"
+}
+
+def tokens-steps [ctx: record]: nothing -> list<record> {
+  let files = (secret-files "apps/")
+  let admin = $"($ctx.s.gitea_url)/api/v1/users/($GITEA_ADMIN)/tokens"
+  # The new token values live in a 0600 file in the bootstrap's temp dir while the stage runs.
+  let store = ($ctx.tmp | path join tokens.json)
+  let tok = {|name| open $store | get $name }
+  let local = {|n| open --raw (config-copy $ctx $n) | str trim }
+  [
+    (nu-step $"POST ($admin) \(basic auth as ($GITEA_ADMIN)\) for ($TOKENS | get name | str join ', '); an existing token of the same name is replaced \(DELETE …/tokens/{name}\)" {||
+      let basic = (admin-basic $ctx)
+      let made = (with-env {RAIBID_GITEA_URL: $ctx.s.gitea_url} {
+        $TOKENS | reduce --fold {} {|t, acc| $acc | insert $t.name (gitea create-token $GITEA_ADMIN $t.name $t.scopes $basic) }
+      })
+      mkdir $ctx.tmp
+      "" | save --force $store
+      ^chmod 600 $store
+      $made | to json | save --force $store
+      write-config-secret RAIBID_GITEA_TOKEN $made.raibid-owner --force | ignore
+    })
+  ]
+  | append ($files | each {|f|
+    nu-step (encrypt-show $f) {||
+      let values = if $f.name == "raibid-dispatcher" {
+        {
+          RAIBID_API_TOKEN: (do $local RAIBID_API_TOKEN), RAIBID_GITEA_WEBHOOK_SECRET: (do $local RAIBID_GITEA_WEBHOOK_SECRET)
+          RAIBID_GITHUB_WEBHOOK_SECRET: (do $local RAIBID_GITHUB_WEBHOOK_SECRET), RAIBID_GITEA_TOKEN: (do $tok raibid-dispatcher)
+        }
+      } else {
+        {RAIBID_GIT_TOKEN: (do $tok raibid-agent)}
+      }
+      encrypt-secret $ctx $f $values
+    }
+  })
+  | append [
+    (ext-step [kubectl apply --server-side -f -] --stdin-desc "(Secret flux-system/flux-system: username, password = the raibid-flux token)" --stdin-from {||
+      {apiVersion: v1, kind: Secret, type: Opaque
+        metadata: {name: $CLUSTER_SECRETS.flux_git.name, namespace: $CLUSTER_SECRETS.flux_git.namespace}
+        stringData: {username: $GITEA_ADMIN, password: (do $tok raibid-flux)}} | to yaml
+    })
+    (ext-step (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin-desc "(registries.yaml with the raibid-registry token)" --stdin-from {||
+      render-registries $ctx.s.git_host {username: $GITEA_ADMIN, password: (do $tok raibid-registry)}
+    })
+    (nu-step $"rm ($store)" {|| rm -f $store })
+    (ext-step (priv $ctx [systemctl restart k3s]))
+    (nu-step "wait until every node is Ready again (deadline 5 min)" {||
+      wait-until "the k3s node after the restart" {|| nodes-ready } --timeout 5min | ignore
+    })
+    (commit-step $ctx ($files | each {|f| [$f.path ($f.path | path dirname | path join kustomization.yaml)] } | flatten | uniq) "bootstrap: encrypted app secrets")
+  ]
+}
+
+# --- ops repository --------------------------------------------------------------------------------------
+
+def ops-url [ctx: record]: nothing -> string { $"($ctx.s.gitea_url)/($ctx.s.ops.owner)/($ctx.s.ops.name).git" }
+
+# git over HTTP with the admin's credentials from the environment (GIT_ASKPASS), never in argv or URLs.
+def askpass-env [ctx: record]: nothing -> record {
+  let script = ($ctx.tmp | path join askpass.sh)
+  if not (system fake?) {
+    mkdir $ctx.tmp
+    "#!/bin/sh\ncase \"$1\" in Username*) printf '%s\\n' \"$RAIBID_GIT_USER\" ;; *) printf '%s\\n' \"$RAIBID_GIT_PASSWORD\" ;; esac\n" | save --force $script
+    ^chmod 700 $script
+  }
+  let b = (admin-basic $ctx)
+  {GIT_ASKPASS: $script, GIT_TERMINAL_PROMPT: "0", RAIBID_GIT_USER: $b.username, RAIBID_GIT_PASSWORD: $b.password}
+}
+
+def ops-probe [ctx: record]: nothing -> record {
+  let b = (admin-basic-or-null $ctx)
+  if $b == null { return (todo "the Gitea admin password does not exist yet (stage secrets)") }
+  let o = $ctx.s.ops
+  let api = $"($ctx.s.gitea_url)/api/v1/repos/($o.owner)/($o.name)"
+  let repo = (system http-probe GET $api --headers (basic-header $b))
+  if $repo.status != 200 { return (todo $"no repository ($o.owner)/($o.name) in Gitea") }
+  let branch = (system http-probe GET $"($api)/branches/($o.branch)" --headers (basic-header $b))
+  let remote = if $branch.status == 200 { $branch.body.commit.id } else { "" }
+  let local = ((system run-cmd [git -C $ctx.s.root rev-parse HEAD]).stdout | str trim)
+  if $remote != $local { return (todo $"the ops repository's ($o.branch) is not this checkout's HEAD \(($local | str substring 0..7)\)") }
+  ok $"($o.owner)/($o.name) holds HEAD ($local | str substring 0..7)"
+}
+
+def ops-steps [ctx: record]: nothing -> list<record> {
+  let o = $ctx.s.ops
+  [
+    (nu-step $"GET/POST ($ctx.s.gitea_url)/api/v1/orgs \(org ($o.owner), private\) and /api/v1/orgs/($o.owner)/repos \(repo ($o.name), private\) when missing" {||
+      let made = (with-env {RAIBID_GITEA_URL: $ctx.s.gitea_url} { gitea ensure-repo $o.owner $o.name --basic (admin-basic $ctx) })
+      for m in $made { log ok $"created ($m)" }
+    })
+    (nu-step $"git -C ($ctx.s.root) push (ops-url $ctx) HEAD:refs/heads/($o.branch)  # credentials through GIT_ASKPASS" {||
+      let dirty = (run-external [git -C $ctx.s.root status --porcelain --untracked-files=no] | str trim)
+      if ($dirty | is-not-empty) { log warn "uncommitted changes are not pushed (commit them and re-run --only ops-repo)" }
+      with-env (askpass-env $ctx) {
+        run-external [git -C $ctx.s.root push (ops-url $ctx) $"HEAD:refs/heads/($o.branch)"] --code git_push_failed --hint "the ops repository has commits this checkout lacks: pull them (git pull <ops url> main) and re-run" | ignore
+      }
+    })
+  ]
+}
+
+# --- images ----------------------------------------------------------------------------------------------
+
+def image-parts [ref: string]: nothing -> record {
+  let p = ($ref | parse --regex '^(?<host>[^/]+)/(?<owner>[^/]+)/(?<name>[^:]+):(?<tag>.+)$' | first)
+  $p
+}
+
+def images-probe [ctx: record]: nothing -> record {
+  let b = (admin-basic-or-null $ctx)
+  if $b == null { return (todo "the Gitea admin password does not exist yet (stage secrets)") }
+  let missing = ($ctx.s.images | where {|i|
+    let p = (image-parts $i.ref)
+    (system http-probe GET $"($ctx.s.gitea_url)/api/v1/packages/($p.owner)/container/($p.name)/($p.tag)" --headers (basic-header $b)).status != 200
+  })
+  if ($missing | is-empty) { ok $"($ctx.s.images | get ref | str join ', ') in Gitea's registry" } else {
+    todo $"not in Gitea's registry: ($missing | get ref | str join ', ')"
+  }
+}
+
+def images-steps [ctx: record]: nothing -> list<record> {
+  let rust = $ctx.s.pins.RUST_VERSION
+  [(ext-step [buildah login --tls-verify=false --username $GITEA_ADMIN --password-stdin $ctx.s.git_host] --stdin-desc "(the Gitea admin password)" --stdin-from {|| (admin-basic $ctx).password })]
+  | append ($ctx.s.images | each {|i| [
+      (ext-step [buildah build --layers --build-arg $"RUST_VERSION=($rust)" -f $i.containerfile -t $i.ref .] --cwd $ctx.s.root)
+      (ext-step [buildah push --tls-verify=false $i.ref])
+    ] } | flatten)
+}
+
+# --- flux-sync -------------------------------------------------------------------------------------------
+
+def gitrepo-ready [ctx: record]: nothing -> record {
+  let g = (kget [-n $NAMESPACES.flux get gitrepository flux-system])
+  let inspect = ["flux -n flux-system get sources git" "kubectl -n flux-system describe gitrepository flux-system" "flux logs --kind=GitRepository --name=flux-system --namespace=flux-system"]
+  if $g == null { return {ok: false, detail: "GitRepository flux-system/flux-system does not exist", inspect: $inspect} }
+  if $g.spec.url != $ctx.s.ops.cluster_url { return {ok: false, detail: $"it syncs from ($g.spec.url), not ($ctx.s.ops.cluster_url)", inspect: $inspect} }
+  (ready-condition $g) | insert inspect $inspect | insert revision ($g.status?.artifact?.revision? | default "")
+}
+
+def sync-probe [ctx: record]: nothing -> record {
+  let g = (gitrepo-ready $ctx)
+  if $g.ok { ok $"Flux syncs from ($ctx.s.ops.cluster_url)" } else { todo $"GitRepository flux-system: ($g.detail)" }
+}
+
+def sync-steps [ctx: record]: nothing -> list<record> {
+  [
+    (ext-step [kubectl apply --server-side --field-manager=kustomize-controller -k $"clusters/($CLUSTER)/flux-system"] --cwd $ctx.s.root)
+    (ext-step [flux reconcile source git flux-system -n $NAMESPACES.flux])
+    (nu-step "wait until GitRepository flux-system/flux-system is Ready (deadline 3 min)" {||
+      wait-until "GitRepository flux-system/flux-system" {|| gitrepo-ready $ctx } --timeout 3min | ignore
+    })
+  ]
+}
+
+# --- reconcile -------------------------------------------------------------------------------------------
+
+def flux-objects-ready [ctx: record]: nothing -> record {
+  let ks = (kget [get kustomizations.kustomize.toolkit.fluxcd.io -A])
+  let hrs = (kget [get helmreleases.helm.toolkit.fluxcd.io -A])
+  if $ks == null or $hrs == null { return {ok: false, detail: "the Flux CRDs do not answer", inspect: ["flux check"]} }
+  let objs = ($ks.items | each {|o| {kind: Kustomization, o: $o} } | append ($hrs.items | each {|o| {kind: HelmRelease, o: $o} }))
+  let bad = ($objs | where {|x| not (ready-condition $x.o).ok })
+  let head = ((system run-cmd [git -C $ctx.s.root rev-parse HEAD]).stdout | str trim)
+  let rev = ((gitrepo-ready $ctx).revision? | default "")
+  if ($bad | is-empty) and ($rev | str contains $head) {
+    return {ok: true, detail: $"($objs | length) Flux objects Ready at ($head | str substring 0..7)"}
+  }
+  if ($bad | is-empty) {
+    return {ok: false, detail: $"Flux has applied ($rev), not HEAD ($head | str substring 0..7)", inspect: ["flux -n flux-system get sources git" "flux reconcile source git flux-system"]}
+  }
+  {
+    ok: false
+    detail: ($bad | each {|x| $"($x.kind) ($x.o.metadata.namespace)/($x.o.metadata.name): ((ready-condition $x.o).detail)" } | str join "; ")
+    inspect: ($bad | each {|x|
+      let n = $x.o.metadata.name
+      let ns = $x.o.metadata.namespace
+      if $x.kind == "Kustomization" {
+        [$"flux -n ($ns) get kustomization ($n)" $"flux -n ($ns) events --for Kustomization/($n)"]
+      } else {
+        [$"flux -n ($ns) get helmrelease ($n)" $"kubectl -n ($ns) describe helmrelease ($n)" $"flux logs --kind=HelmRelease --name=($n) --namespace=($ns)"]
+      }
+    } | flatten)
+  }
+}
+
+def reconcile-probe [ctx: record]: nothing -> record {
+  let r = (flux-objects-ready $ctx)
+  if $r.ok { ok $r.detail } else { todo $r.detail }
+}
+
+def reconcile-steps [ctx: record]: nothing -> list<record> {
+  [
+    (ext-step [flux reconcile kustomization flux-system -n $NAMESPACES.flux --with-source])
+    (nu-step "wait until every Flux Kustomization and HelmRelease is Ready at HEAD (deadline 20 min)" {||
+      wait-until "the Flux Kustomizations and HelmReleases" {|| flux-objects-ready $ctx } --timeout 20min --interval 10sec | ignore
+    })
+  ]
+}
+
+# --- the list --------------------------------------------------------------------------------------------
+
+# Every stage in order: name, what it does, probe, steps.
+export def all-stages []: nothing -> table {
+  [
+    [name title probe steps];
+    [preflight "host and tools" {|c| preflight-probe $c } {|c| preflight-steps $c }]
+    [k3s "k3s, its config, registries, /etc/hosts, cache dir" {|c| k3s-probe $c } {|c| k3s-steps $c }]
+    [node "wait for the node" {|c| node-probe $c } {|c| node-steps $c }]
+    [flux "Flux controllers" {|c| flux-probe $c } {|c| flux-steps $c }]
+    [age-key "age key, .sops.yaml, sops-age" {|c| age-probe $c } {|c| age-steps $c }]
+    [secrets "generated infrastructure secrets" {|c| secrets-probe $c } {|c| secrets-steps $c }]
+    [gitea "Gitea (and the other controllers) before Flux syncs" {|c| gitea-probe $c } {|c| gitea-steps $c }]
+    [tokens "Gitea tokens, app secrets, Flux and registry credentials" {|c| tokens-probe $c } {|c| tokens-steps $c }]
+    [ops-repo "ops repository in Gitea, pushed" {|c| ops-probe $c } {|c| ops-steps $c }]
+    [images "dispatcher and agent images" {|c| images-probe $c } {|c| images-steps $c }]
+    [flux-sync "Flux pointed at the ops repository" {|c| sync-probe $c } {|c| sync-steps $c }]
+    [reconcile "every Kustomization and HelmRelease Ready" {|c| reconcile-probe $c } {|c| reconcile-steps $c }]
+  ]
+}
+
+# The plan: for each selected stage, run or skip, why, and the exact commands.
+export def plan [ctx: record, selected: list<string>]: nothing -> table {
+  all-stages | where name in $selected | each {|st|
+    let p = (try { do $st.probe $ctx } catch {|e| {done: false, reason: $"probe failed: ($e.msg)"} })
+    let action = if $p.done and not $ctx.force { "skip" } else { "run" }
+    let reason = if $p.done and $ctx.force { $"--force \(($p.reason)\)" } else { $p.reason }
+    let commands = if $action == "run" {
+      try { do $st.steps $ctx | get show } catch {|e| [$"\(cannot compute the commands yet: ($e.msg)\)"] }
+    } else { [] }
+    {stage: $st.name, action: $action, reason: $reason, commands: $commands}
+  }
+}
