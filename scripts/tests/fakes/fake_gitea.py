@@ -265,6 +265,34 @@ class FakeGitea(FakeServer):
         return 201, {"id": len(toks), "name": name, "scopes": req["body"].get("scopes", []), "sha1": toks[name],
                      "token_last_eight": toks[name][-8:]}, {}
 
+    def h_delete_users_username_tokens_token(self, req, user, username, token):
+        toks = self.state["tokens"].get(username, {})
+        for i, name in enumerate(list(toks)):
+            if token in (name, str(i + 1)):
+                del toks[name]
+                return 204, None, {}
+        raise Reply(404, {"message": "token not found"})
+
+    def h_post_orgs_org_repos(self, req, user, org):
+        if org not in self.state["orgs"]:
+            raise Reply(404, {"message": "org does not exist"})
+        r = self.new_repo(org, req["body"]["name"], private=req["body"].get("private", False),
+                          description=req["body"].get("description", ""), empty=True)
+        return 201, r, {}
+
+    def h_get_repos_owner_repo_branches_branch(self, req, user, owner, repo, branch):
+        r = self.repo(owner, repo)
+        sha = self.state.setdefault("branches", {}).get(f"{r['full_name']}:{branch}")
+        if sha is None:
+            raise Reply(404, {"message": "branch does not exist"})
+        return 200, {"name": branch, "commit": {"id": sha, "message": "", "url": ""}, "protected": False}, {}
+
+    def h_get_packages_owner_type_name_version(self, req, user, owner, type, name, version):
+        key = f"{owner}/{type}/{name}/{version}"
+        if key not in self.state.setdefault("packages", []):
+            raise Reply(404, {"message": "package does not exist"})
+        return 200, {"id": 1, "name": name, "type": type, "version": version, "created_at": now()}, {}
+
     def h_post_user_repos(self, req, user):
         r = self.new_repo(user, req["body"]["name"], private=req["body"].get("private", False),
                           description=req["body"].get("description", ""), empty=True)

@@ -1,0 +1,256 @@
+# Tests of scripts/bootstrap.nu. The pure parts (rendered k3s config, registries, /etc/hosts, kustomizations,
+# preflight judgement, stage selection, deadline waits) are unit-tested directly.
+#
+# The plan (`--dry-run`) is tested against a FAKE SYSTEM: recorded outputs of the commands, files and HTTP
+# endpoints the probes read (fixtures/system-fresh.nuon, fixtures/system-finished.nuon), served by
+# lib/system.nu when RAIBID_FAKE_SYSTEM is set. This is a stand-in: k3s, Flux and Gitea cannot run in this
+# CI (no systemd, no privileges, no ARM64 box), so the probes are exercised against what a fresh DGX Spark
+# and a finished one answer, not against a live cluster.
+
+use std/assert
+use std/testing *
+use helpers.nu *
+use ../lib/bootstrap.nu *
+use ../lib/stages.nu *
+use ../lib/pins.nu [load-pins]
+use ../lib/errors.nu [error-code]
+use ../lib/gitea.nu
+
+# A fixture with its placeholders for image tags filled in from the repository (so a version bump needs
+# no re-recording), written to a temp file.
+def fixture [name: string]: nothing -> path {
+  let s = (settings)
+  let text = ($s.images | reduce --fold (open --raw ($REPO_ROOT | path join scripts tests fixtures $"system-($name).nuon")) {|i, acc|
+    $acc | str replace --all $"{tag:($i.name)}" ($i.ref | split row ":" | last)
+  })
+  let f = (mktemp -t $"raibid-system-($name)-XXXXXX.nuon")
+  $text | save -f $f
+  $f
+}
+
+def fake-env [file: path]: nothing -> record {
+  {RAIBID_FAKE_SYSTEM: $file, RAIBID_CONFIG_DIR: "/home/owner/.config/raibid", KUBECONFIG: "/home/owner/.kube/raibid-ci.yaml", SOPS_AGE_KEY_FILE: null}
+}
+
+def plan-for [name: string, --selected: any = null]: nothing -> table {
+  let f = (fixture $name)
+  let p = (with-clean-env (fake-env $f) {
+    let ctx = (context)
+    plan $ctx ($selected | default (all-stages | get name))
+  })
+  rm -f $f
+  $p
+}
+
+# --- pure parts ------------------------------------------------------------------------------------------
+
+@test
+def k3s_config_reserves_resources_for_the_box [] {
+  assert equal (reservations 20 124) {cpu: "1", memory: "4Gi"}
+  assert equal (reservations 4 16) {cpu: "500m", memory: "1Gi"}
+  assert equal (reservations 64 512) {cpu: "3200m", memory: "4Gi"}
+  let cfg = (render-k3s-config 20 124 | from yaml)
+  assert equal $cfg.write-kubeconfig-mode "0600"
+  assert ("system-reserved=cpu=1,memory=4Gi,ephemeral-storage=20Gi" in $cfg.kubelet-arg)
+  assert ("kube-reserved=cpu=1,memory=4Gi,ephemeral-storage=10Gi" in $cfg.kubelet-arg)
+  assert ($cfg.kubelet-arg | any {|a| $a | str starts-with "eviction-hard=" })
+}
+
+@test
+def registries_and_hosts_render_idempotently [] {
+  let reg = (render-registries "git.example" null | from yaml)
+  assert equal $reg.mirrors."git.example".endpoint ["http://git.example"]
+  assert equal (registries-auth (render-registries "git.example" {username: u, password: p}) "git.example") {username: u, password: p}
+  assert equal (registries-auth null "git.example") null
+  let base = "127.0.0.1 localhost\n::1 ip6-localhost\n"
+  let once = (render-hosts $base [git.example ci.example])
+  assert equal (render-hosts $once [git.example ci.example]) $once "re-rendering /etc/hosts adds a second line"
+  assert equal ($once | lines | where {|l| $l | str ends-with "# raibid-ci" }) ["127.0.0.1 git.example ci.example # raibid-ci"]
+  assert equal (render-hosts $once [git.other ci.other] | lines | where {|l| $l =~ "raibid-ci" } | length) 1
+}
+
+@test
+def secrets_kustomization_keeps_its_header_and_sorts [] {
+  let current = "# Written by bootstrap.\n# Empty as shipped.\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: []\n"
+  let out = (render-secrets-kustomization $current [redis-auth.sops.yaml gitea-admin.sops.yaml])
+  assert ($out | str starts-with "# Written by bootstrap.\n# Empty as shipped.\n")
+  assert equal ($out | from yaml | get resources) [gitea-admin.sops.yaml redis-auth.sops.yaml]
+  assert equal (render-secrets-kustomization $current [] | from yaml | get resources) []
+}
+
+@test
+def versions_and_settings_substitution [] {
+  assert equal ("flux: v2.7.5" | parse-version) "2.7.5"
+  assert equal ("sops 3.11.0 (latest)" | parse-version) "3.11.0"
+  assert equal ("buildah version 1.23.1 (image-spec 1.0.1-dev)" | parse-version) "1.23.1"
+  assert equal ("nothing" | parse-version) null
+  assert equal ("git.${RAIBID_DOMAIN}/x" | substitute {RAIBID_DOMAIN: d}) "git.d/x"
+  let s = (settings)
+  assert equal $s.ops.cluster_url $"http://gitea-http.gitea.svc:3000/($s.ops.owner)/($s.ops.name).git"
+  assert ($s.images | all {|i| ($REPO_ROOT | path join $i.containerfile | path exists) }) "an image has no Containerfile"
+}
+
+@test
+def preflight_judges_the_host [] {
+  let pins = (load-pins)
+  let tools = {git: "2.34.1", curl: "7.81.0", sops: $pins.SOPS_VERSION, age-keygen: $pins.AGE_VERSION, flux: $pins.FLUX_VERSION, buildah: "1.23.1"}
+  let host = {arch: aarch64, cores: 20, mem_bytes: (128 * 1024 * 1024 * 1024), disk_free: (3000 * 1024 * 1024 * 1024), cgroup_fs: cgroup2fs,
+    listening: [22 53], uid: 1000, sudo_ok: true, tools: $tools, k3s_version: null}
+  assert equal (evaluate-checks $host $pins | where not ok) []
+  let fresh = ($host | update tools ($tools | update flux null | update sops "3.8.0") | update listening [22 80])
+  let bad = (evaluate-checks $fresh $pins | where {|c| (not $c.ok) and $c.fatal })
+  assert equal ($bad | get check) ["port 80" "tool sops" "tool flux"]
+  assert (($bad | where check == "tool flux" | first | get fix) | str contains $pins.FLUX_VERSION) "the fix names the pinned version"
+  # Once k3s runs, it owns the ports; a smaller x86_64 box is a warning, not a failure.
+  let small = ($host | update listening [80 443 6443 10250] | update k3s_version $pins.K3S_VERSION | update arch x86_64 | update cores 8)
+  let r = (evaluate-checks $small $pins)
+  assert equal ($r | where {|c| (not $c.ok) and $c.fatal }) []
+  assert equal ($r | where not ok | get check) [architecture cores]
+  assert equal (evaluate-checks ($host | update cgroup_fs tmpfs) $pins | where {|c| (not $c.ok) and $c.fatal } | get check) ["cgroup v2"]
+}
+
+@test
+def stage_selection [] {
+  let names = (all-stages | get name)
+  assert equal $names [preflight k3s node flux age-key secrets gitea tokens ops-repo images flux-sync reconcile]
+  assert equal (select-stages $names --only gitea) [gitea]
+  assert equal (select-stages $names --from images) [images flux-sync reconcile]
+  assert equal (error-code-of { select-stages $names --only nope }) unknown_stage
+  assert equal (error-code-of { select-stages $names --only gitea --from k3s }) bad_flags
+}
+
+@test
+def waits_have_deadlines_that_name_the_object_and_the_command [] {
+  let r = (try {
+    wait-until "HelmRelease gitea/gitea" {|| {ok: false, detail: "InstallFailed: timed out", inspect: ["kubectl -n gitea describe helmrelease gitea"]} } --timeout 300ms --interval 50ms
+    null
+  } catch {|e| $e })
+  assert ($r != null) "the wait did not time out"
+  assert equal ($r | error-code) wait_timeout
+  assert ($r.msg | str contains "HelmRelease gitea/gitea is not ready after") $r.msg
+  assert ($r.msg | str contains "InstallFailed") $r.msg
+  assert ($r.details.help | str contains "kubectl -n gitea describe helmrelease gitea") $r.details.help
+  let ok = (wait-until "x" {|| {ok: true, detail: "fine"} } --timeout 1sec)
+  assert equal $ok.detail fine
+}
+
+@test
+def shown_commands_quote_like_a_shell [] {
+  assert equal (show-argv [git commit -m "it's done"]) "git commit -m 'it'\\''s done'"
+  assert equal (show-argv [kubectl apply -f -]) "kubectl apply -f -"
+}
+
+# --- the plan against a fake system (stand-in for a real Spark) -------------------------------------------
+
+@test
+def dry_run_on_a_fresh_machine_runs_every_stage [] {
+  let p = (plan-for fresh)
+  assert equal ($p | get stage) (all-stages | get name)
+  assert equal ($p | where action != run | get stage) [] "a stage would be skipped on a fresh machine"
+  assert equal ($p | where {|r| $r.commands | is-empty } | get stage) [] "a stage shows no commands"
+  assert equal ($p | where {|r| $r.commands | any {|c| $c | str contains "cannot compute" } } | get stage) []
+  let pins = (load-pins)
+  let k3s = ($p | where stage == k3s | first)
+  assert ($k3s.commands | any {|c| $c | str contains $"INSTALL_K3S_VERSION=($pins.K3S_VERSION)" }) "the k3s pin is not used"
+  assert ($k3s.commands | all {|c| not ($c =~ '^(install|systemctl|env) ') }) "host changes must go through sudo for a non-root owner"
+  assert (($p | where stage == flux | first | get commands.0) | str contains $"--version=v($pins.FLUX_VERSION)")
+  assert (($p | where stage == preflight | first | get reason) | str contains "tool flux (missing)")
+}
+
+@test
+def dry_run_on_a_finished_machine_skips_every_stage [] {
+  let p = (plan-for finished)
+  assert equal ($p | where action != skip | select stage reason) [] "a stage would run on a finished machine"
+  assert equal ($p | get commands | flatten) []
+}
+
+@test
+def dry_run_runs_only_what_is_missing [] {
+  # The finished machine, but the registry credentials were lost from registries.yaml: only the tokens stage
+  # (which writes them) runs; and the k3s stage keeps whatever credentials are there when it re-renders.
+  let f = (fixture finished)
+  let sys = (open $f)
+  let reg = (render-registries "git.raibid.internal" null)
+  $sys | update files ($sys.files | update "/etc/rancher/k3s/registries.yaml" $reg) | to nuon | save -f $f
+  let p = (with-clean-env (fake-env $f) { plan (context) (all-stages | get name) })
+  rm -f $f
+  assert equal ($p | where action == run | get stage) [tokens]
+}
+
+@test
+def dry_run_cli_prints_the_plan_and_no_secret [] {
+  let f = (fixture finished)
+  let out = (with-clean-env (fake-env $f) {
+    do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) --dry-run } | complete
+  })
+  assert equal $out.exit_code 0 $out.stderr
+  assert ($out.stdout | str contains "0 of 12 stages would run, 12 would be skipped")
+  assert ($out.stdout | str contains "[7/12] gitea      SKIP")
+  for s in [recorded-admin-password recorded-api-token recorded-owner-token recorded-registry-token AGE-SECRET-KEY] {
+    assert not ($out.stdout + $out.stderr | str contains $s) $"($s) was printed"
+  }
+  let fresh = (fixture fresh)
+  let out2 = (with-clean-env (fake-env $fresh) {
+    do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) --dry-run --from gitea } | complete
+  })
+  assert equal $out2.exit_code 0 $out2.stderr
+  assert ($out2.stdout | str contains "6 of 6 stages would run")
+  assert ($out2.stdout | str contains "$ kubectl kustomize")
+  # Without --dry-run a fake system is refused: nothing can be changed through it.
+  let out3 = (with-clean-env (fake-env $fresh) {
+    do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) --only node } | complete
+  })
+  assert equal $out3.exit_code 1
+  assert ($out3.stderr | str contains "fake_system_readonly")
+  rm -f $f $fresh
+}
+
+@test
+def force_needs_only [] {
+  let f = (fixture finished)
+  let out = (with-clean-env (fake-env $f) {
+    do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) --dry-run --force } | complete
+  })
+  assert equal $out.exit_code 1
+  assert ($out.stderr | str contains "bad_flags")
+  let p = (with-clean-env (fake-env $f) { plan (context --force) [age-key] })
+  assert equal ($p | select stage action) [{stage: age-key, action: run}]
+  assert (($p.0.commands | str join "\n") | str contains ".bak-") "--force keeps the old age key"
+  rm -f $f
+}
+
+@test
+def unrecorded_probe_commands_fail_loudly [] {
+  let f = (mktemp -t raibid-system-empty-XXXXXX.nuon)
+  {facts: {uid: 0, home: "/root", hostname: x}, missing: [], commands: [], files: {}, http: [], unreachable: []} | to nuon | save -f $f
+  let p = (with-clean-env (fake-env $f) { plan (context) [preflight] })
+  assert ($p.0.reason | str contains "probe failed: the fake system has no recording for:") $p.0.reason
+  rm -f $f
+}
+
+# --- the Gitea calls bootstrap makes, against the swagger-checked fake ------------------------------------
+
+@test
+def bootstrap_gitea_calls_follow_the_api_document [] {
+  let state = {users: {raibid-admin: {token: "t", password: "pw", is_admin: true}}}
+  with-fakes {gitea: $state} {|f|
+    with-clean-env {RAIBID_GITEA_URL: $f.gitea.url} {
+      let basic = {username: raibid-admin, password: pw}
+      assert equal (gitea ensure-repo raibid raibid-ci --basic $basic) ["org raibid" "repo raibid/raibid-ci"]
+      assert equal (gitea ensure-repo raibid raibid-ci --basic $basic) [] "the second run created something"
+      let t1 = (gitea create-token raibid-admin raibid-flux [read:repository] $basic)
+      let t2 = (gitea create-token raibid-admin raibid-flux [read:repository] $basic)
+      assert ($t1 | is-not-empty)
+      assert equal (calls $f.gitea DELETE 'tokens/raibid-flux$' | length) 1 "an existing token is replaced"
+      assert equal (gitea package-exists raibid raibid-agent "0.1.0" --basic $basic) false
+      # The probes' URLs (from the finished fixture) are documented Gitea endpoints too.
+      let fin = (fixture finished)
+      for h in (open $fin | get http | where {|h| $h.url | str contains "/api/v1/" }) {
+        let path = ($h.url | str replace "http://git.raibid.internal" "")
+        http get --full --allow-errors --user raibid-admin --password pw $"($f.gitea.url)($path)" | ignore
+      }
+      rm -f $fin
+      assert-no-violations $f.gitea
+    }
+  }
+}
