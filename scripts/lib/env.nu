@@ -1,7 +1,8 @@
 # Every environment variable the raibid-ci scripts read, with its default, in one place.
 #
 # `source: contract` names are defined in rust/raibid-core/src/contract.rs (a test parses that file and
-# checks them); `source: script` names are used by the scripts only. Secrets have no default: they come from
+# checks them); `source: script` names are used by the scripts only; `internal` ones are set by the
+# scripts themselves. tests/contract_test.nu checks that every variable the scripts read is listed here. Secrets have no default: they come from
 # the variable, the `<NAME>_FILE` it points to, or a file in RAIBID_CONFIG_DIR (see lib/secrets.nu).
 #
 # `use lib/env.nu` runs the `export-env` block below, which sets each default that is not already set.
@@ -33,6 +34,11 @@ export def env-spec []: nothing -> table {
     [RAIBID_FAKE_SYSTEM script null "tests only: a NUON file of recorded command outputs that the bootstrap probes read instead of the host"]
     [GITHUB_TOKEN script null "GitHub token (private repositories, webhooks, higher rate limit)"]
     [GITHUB_TOKEN_FILE script null "file holding the GitHub token"]
+    [SOPS_AGE_KEY_FILE script null "the owner's age key (sops' own variable; default ~/.config/sops/age/keys.txt)"]
+    [RAIBID_STAGE internal null "set by bootstrap while a stage runs (progress lines)"]
+    [RAIBID_CLOCK_START internal null "set by log start-clock (elapsed time in progress lines)"]
+    [RAIBID_ASKPASS_USER internal null "set only for git's GIT_ASKPASS helper while bootstrap pushes"]
+    [RAIBID_ASKPASS_PASSWORD internal null "set only for git's GIT_ASKPASS helper while bootstrap pushes"]
     [KUBECONFIG script ($nu.home-dir | path join .kube raibid-ci.yaml) "kubeconfig of the k3s cluster (bootstrap copies /etc/rancher/k3s/k3s.yaml there)"]
   ]
 }

@@ -61,14 +61,14 @@ def config-copy [ctx: record, name: string]: nothing -> string {
 }
 
 def admin-basic-or-null [ctx: record]: nothing -> any {
-  let pw = (system read (config-copy $ctx RAIBID_GITEA_ADMIN_PASSWORD))
+  let pw = (system read (config-copy $ctx GITEA_ADMIN_PASSWORD))
   if $pw == null { null } else { {username: $GITEA_ADMIN, password: ($pw | str trim)} }
 }
 
 def admin-basic [ctx: record]: nothing -> record {
-  let pw = (system read (config-copy $ctx RAIBID_GITEA_ADMIN_PASSWORD))
+  let pw = (system read (config-copy $ctx GITEA_ADMIN_PASSWORD))
   if $pw == null {
-    fail secret_missing $"the Gitea admin password is not in (config-copy $ctx RAIBID_GITEA_ADMIN_PASSWORD)" --hint "run the secrets stage: nu scripts/bootstrap.nu --only secrets"
+    fail secret_missing $"the Gitea admin password is not in (config-copy $ctx GITEA_ADMIN_PASSWORD)" --hint "run the secrets stage: nu scripts/bootstrap.nu --only secrets"
   }
   {username: $GITEA_ADMIN, password: ($pw | str trim)}
 }
@@ -385,7 +385,7 @@ def secrets-state [ctx: record, files: table, copies: list<string>]: nothing -> 
   ok $"($files | length) encrypted Secrets present and decryptable; owner's copies in ($ctx.config_dir)"
 }
 
-const LOCAL_SECRETS = [RAIBID_API_TOKEN RAIBID_GITEA_WEBHOOK_SECRET RAIBID_GITHUB_WEBHOOK_SECRET RAIBID_GITEA_ADMIN_PASSWORD]
+const LOCAL_SECRETS = [RAIBID_API_TOKEN RAIBID_GITEA_WEBHOOK_SECRET RAIBID_GITHUB_WEBHOOK_SECRET GITEA_ADMIN_PASSWORD]
 
 def secrets-probe [ctx: record]: nothing -> record {
   secrets-state $ctx (secret-files "infrastructure/") $LOCAL_SECRETS
@@ -419,7 +419,7 @@ def secrets-steps [ctx: record]: nothing -> list<record> {
   let force = $ctx.force
   [(nu-step $"generate \(or keep\) the owner's secrets in ($ctx.config_dir) \(mode 0600\): ($LOCAL_SECRETS | each {|n| config-file-name $n } | str join ', ')" {||
     for n in $LOCAL_SECRETS {
-      let value = if $n == "RAIBID_GITEA_ADMIN_PASSWORD" {
+      let value = if $n == "GITEA_ADMIN_PASSWORD" {
         # Reuse the password of an existing gitea-admin Secret, so the running Gitea keeps matching.
         let existing = (decrypt $ctx ($files | where name == gitea-admin | first | get path))
         if $existing != null and not $force { $existing.password } else { random chars --length 32 }
@@ -432,7 +432,7 @@ def secrets-steps [ctx: record]: nothing -> list<record> {
       let existing = if $force { null } else { decrypt $ctx $f.path }
       if $existing != null { log info $"($f.path): kept \(decryptable\)"; return }
       let values = if $f.name == "gitea-admin" {
-        {username: $GITEA_ADMIN, password: (open --raw (config-copy $ctx RAIBID_GITEA_ADMIN_PASSWORD) | str trim)}
+        {username: $GITEA_ADMIN, password: (open --raw (config-copy $ctx GITEA_ADMIN_PASSWORD) | str trim)}
       } else {
         # Both redis-auth Secrets hold the same password (docs/secrets.md): reuse the other one's.
         let other = ($files | where name == redis-auth and path != $f.path | each {|o| decrypt $ctx $o.path } | compact)
@@ -565,11 +565,11 @@ def askpass-env [ctx: record]: nothing -> record {
   let script = ($ctx.tmp | path join askpass.sh)
   if not (system fake?) {
     mkdir $ctx.tmp
-    "#!/bin/sh\ncase \"$1\" in Username*) printf '%s\\n' \"$RAIBID_GIT_USER\" ;; *) printf '%s\\n' \"$RAIBID_GIT_PASSWORD\" ;; esac\n" | save --force $script
+    "#!/bin/sh\ncase \"$1\" in Username*) printf '%s\\n' \"$RAIBID_ASKPASS_USER\" ;; *) printf '%s\\n' \"$RAIBID_ASKPASS_PASSWORD\" ;; esac\n" | save --force $script
     ^chmod 700 $script
   }
   let b = (admin-basic $ctx)
-  {GIT_ASKPASS: $script, GIT_TERMINAL_PROMPT: "0", RAIBID_GIT_USER: $b.username, RAIBID_GIT_PASSWORD: $b.password}
+  {GIT_ASKPASS: $script, GIT_TERMINAL_PROMPT: "0", RAIBID_ASKPASS_USER: $b.username, RAIBID_ASKPASS_PASSWORD: $b.password}
 }
 
 def ops-probe [ctx: record]: nothing -> record {
