@@ -82,8 +82,9 @@ pub struct AgentConfig {
     #[arg(long, env = env::LEASE_SECS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
     pub lease_secs: u64,
 
-    /// On SIGTERM, seconds a running job may take to finish before it is killed.
-    #[arg(long, default_value_t = 600)]
+    /// On SIGTERM, seconds a running job may take to finish before it is killed and released back to
+    /// the queue (another agent picks it up at once).
+    #[arg(long, env = env::SHUTDOWN_GRACE_SECS, default_value_t = 600)]
     pub grace_secs: u64,
 
     /// Milliseconds one XREADGROUP blocks before the agent looks at its shutdown flag again.
@@ -146,6 +147,7 @@ impl Masker {
 }
 
 enum StepEnd {
+    Released,
     Exited(i32),
     Signalled(i32),
     TimedOut,
@@ -159,7 +161,13 @@ enum Stop {
     None,
     Cancel,
     LeaseLost,
+    /// Shutdown grace expired: kill the step and give the job back to the queue.
+    Release,
 }
+
+/// How `execute` ended when no final status is to be written by this agent.
+const LOST: Status = Status::Running;
+const RELEASED: Status = Status::Queued;
 
 struct Shared {
     cfg: AgentConfig,
@@ -419,6 +427,23 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
             }
         })
     };
+    // Shutdown: let the job finish within the grace period, then kill it and release it.
+    let grace = {
+        let stop_tx = stop_tx.clone();
+        let mut shutdown = shutdown.clone();
+        let secs = shared.cfg.grace_secs;
+        let id = id.clone();
+        tokio::spawn(async move {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+            tracing::info!(job = %id, grace_secs = secs, "shutdown requested; letting the job finish");
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let _ = stop_tx.send(Stop::Release);
+        })
+    };
     let deadline = Instant::now() + raibid_core::pipeline::DEFAULT_JOB_TIMEOUT;
     let mut ctx = JobCtx { shared, claim, logs: log_tx, stop: stop_rx, deadline };
     let ws = shared.cfg.workspace_dir.join(&id);
@@ -429,27 +454,49 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
     drop(logs);
     let _ = flusher.await;
     heartbeat.abort();
+    grace.abort();
     if let Ok(mut m) = shared.running.lock() {
         m.remove(&id);
     }
     let now = Utc::now();
     let (status, reason) = outcome;
-    if status == Status::Running {
+    if status == RELEASED {
+        match shared.queue.requeue(&id, &claim.entry_id, "its agent shut down before the job finished", Some(&claim.lease)).await {
+            Ok(r) => tracing::warn!(job = %id, outcome = ?r, "job released back to the queue"),
+            Err(e) => tracing::error!(job = %id, error = %e, "could not release the job; the reaper will reclaim it"),
+        }
+        return;
+    }
+    if status == LOST {
         // Lease lost: another agent owns the job now; write nothing.
         tracing::warn!(job = %id, "lease lost; leaving the job to the agent that holds it");
         return;
     }
     claim.job.finish(status, reason, now);
-    match shared.queue.finish_claimed(&mut claim).await {
-        Ok(()) => tracing::info!(job = %id, status = %status, "finished"),
-        Err(QueueError::LeaseLost(_)) => tracing::warn!(job = %id, "lease lost before the final write; result discarded"),
-        Err(e) => tracing::error!(job = %id, error = %e, "could not write the final status"),
+    // The final write survives a Redis restart: retry connection errors for up to a minute (the lease
+    // may expire meanwhile; then the fence refuses the write and the reclaimed attempt decides).
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match shared.queue.finish_claimed(&mut claim).await {
+            Ok(()) => tracing::info!(job = %id, status = %status, "finished"),
+            Err(QueueError::LeaseLost(_)) => tracing::warn!(job = %id, "lease lost before the final write; result discarded"),
+            Err(QueueError::Redis(e)) if Instant::now() < give_up => {
+                tracing::warn!(job = %id, error = %e, "final write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => tracing::error!(job = %id, error = %e, "could not write the final status"),
+        }
+        break;
     }
     let done = shared.jobs_done.load(Ordering::Relaxed) + 1;
     let _ = shared.queue.heartbeat(slot, None, done, Duration::from_secs(shared.cfg.lease_secs)).await;
 }
 
-/// Run clone, config and the pipeline. Returns the final status (`Running` means "lease lost").
+/// Run clone, config and the pipeline. Returns the final status, or `LOST` (lease lost: write nothing)
+/// or `RELEASED` (shutdown: give the job back).
 async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<bool>) -> (Status, Option<String>) {
     let now = Utc::now();
     ctx.claim.job.timestamps.started = Some(now);
@@ -457,12 +504,12 @@ async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<boo
     // clone
     ctx.claim.job.begin_step("clone", Utc::now());
     if !ctx.update("step_started").await {
-        return (Status::Running, None);
+        return (LOST, None);
     }
     let (ok, msg) = clone(ctx, ws).await;
     ctx.claim.job.end_step(if ok { "succeeded" } else { "failed" }, None, Utc::now());
     if !ctx.update("step_finished").await {
-        return (Status::Running, None);
+        return (LOST, None);
     }
     if !ok {
         return (Status::Failed, Some(format!("clone: {msg}")));
@@ -494,13 +541,19 @@ async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<boo
     ctx.deadline = Instant::now() + pipeline.timeout;
     ctx.claim.job.end_step("succeeded", None, Utc::now());
     if !ctx.update("step_finished").await {
-        return (Status::Running, None);
+        return (LOST, None);
     }
     // steps
     for step in &pipeline.steps {
+        match ctx.stopped() {
+            Stop::None => {}
+            Stop::Release => return (RELEASED, None),
+            Stop::LeaseLost => return (LOST, None),
+            Stop::Cancel => return (Status::Cancelled, Some(format!("cancelled before step `{}`", step.name))),
+        }
         ctx.claim.job.begin_step(&step.name, Utc::now());
         if !ctx.update("step_started").await {
-            return (Status::Running, None);
+            return (LOST, None);
         }
         ctx.sys(&step.name, format!("$ {}", step.run)).await;
         let env = step_env(ctx, &pipeline, step);
@@ -537,7 +590,8 @@ async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<boo
                 )),
             ),
             StepEnd::Cancelled => ("cancelled", None, Some((Status::Cancelled, format!("cancelled during step `{}`", step.name)))),
-            StepEnd::LeaseLost => return (Status::Running, None),
+            StepEnd::LeaseLost => return (LOST, None),
+            StepEnd::Released => return (RELEASED, None),
             StepEnd::SpawnFailed(e) => (
                 "failed",
                 None,
@@ -547,7 +601,7 @@ async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<boo
         ctx.sys(&step.name, format!("[raibid] step `{}` {st} in {secs:.2}s", step.name)).await;
         ctx.claim.job.end_step(st, code, Utc::now());
         if !ctx.update("step_finished").await {
-            return (Status::Running, None);
+            return (LOST, None);
         }
         if let Some((status, reason)) = result {
             return (status, Some(reason));
@@ -758,7 +812,7 @@ async fn run_step(
                 if *stop.borrow_and_update() != Stop::None { break; }
                 if stop.changed().await.is_err() { std::future::pending::<()>().await; }
             }
-        } => match ctx.stopped() { Stop::LeaseLost => StepEnd::LeaseLost, _ => StepEnd::Cancelled },
+        } => match ctx.stopped() { Stop::LeaseLost => StepEnd::LeaseLost, Stop::Release => StepEnd::Released, _ => StepEnd::Cancelled },
     };
     // Whatever happened, nothing of the step outlives it: kill the whole process group.
     if pgid > 0 {

@@ -91,6 +91,10 @@ pub mod env {
     pub const GIT_TOKEN_FILE: &str = "RAIBID_GIT_TOKEN_FILE";
     /// Seconds an agent's claim stays valid without a heartbeat.
     pub const LEASE_SECS: &str = "RAIBID_LEASE_SECS";
+    /// Claims of one job before it goes to the dead-letter stream (dispatcher's reaper).
+    pub const MAX_ATTEMPTS: &str = "RAIBID_MAX_ATTEMPTS";
+    /// Seconds a SIGTERMed agent lets its running job finish before it kills it and releases the job.
+    pub const SHUTDOWN_GRACE_SECS: &str = "RAIBID_SHUTDOWN_GRACE_SECS";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
 }

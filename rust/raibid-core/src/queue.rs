@@ -51,6 +51,8 @@ pub struct QueueConfig {
     pub dedup_ttl: Duration,
     /// How long finished job records and logs are kept.
     pub retention: Duration,
+    /// A job claimed this many times without finishing goes to the dead-letter stream.
+    pub max_attempts: u32,
 }
 
 impl Default for QueueConfig {
@@ -60,6 +62,7 @@ impl Default for QueueConfig {
             events_maxlen: 100_000,
             dedup_ttl: Duration::from_secs(3 * 24 * 3600),
             retention: Duration::from_secs(30 * 24 * 3600),
+            max_attempts: 3,
         }
     }
 }
@@ -122,6 +125,19 @@ pub struct Claim {
     pub lease: String,
 }
 
+/// What `requeue` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeued {
+    /// Back in the queue with a fresh entry.
+    Queued,
+    /// Moved to the dead-letter stream, status failed.
+    DeadLettered,
+    /// Finished (a cancel had been requested).
+    Finished,
+    /// The entry was stale or its job gone; it was acknowledged and deleted.
+    Dropped,
+}
+
 /// The result of an enqueue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
@@ -175,6 +191,34 @@ if ARGV[7] ~= '0' then
   redis.call('EXPIRE', KEYS[4], ARGV[7])
 end
 return rev
+"#;
+
+const REQUEUE_LUA: &str = r#"
+-- KEYS: job, stream, events, dead, log
+-- ARGV: expected_rev, record, old_entry, group, job_id, event, events_maxlen, mode ('queue'|'dead'|'final'), attempts, reason, expire_secs
+local rev = redis.call('HGET', KEYS[1], 'rev')
+if not rev then
+  redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
+  redis.call('XDEL', KEYS[2], ARGV[3])
+  return -1
+end
+if rev ~= ARGV[1] then return 0 end
+redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
+redis.call('XDEL', KEYS[2], ARGV[3])
+local nrev = tonumber(rev) + 1
+if ARGV[8] == 'queue' then
+  local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[5])
+  redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', nrev, 'lease', '', 'entry', entry)
+else
+  redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', nrev, 'lease', '', 'entry', '')
+  redis.call('EXPIRE', KEYS[1], ARGV[11])
+  redis.call('EXPIRE', KEYS[5], ARGV[11])
+  if ARGV[8] == 'dead' then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'job', ARGV[5], 'attempts', ARGV[9], 'reason', ARGV[10])
+  end
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'event', ARGV[6])
+return nrev
 "#;
 
 const APPEND_LOG_LUA: &str = r#"
@@ -240,6 +284,7 @@ pub struct Queue {
     enqueue: Script,
     update: Script,
     append: Script,
+    requeue: Script,
 }
 
 fn to_string(v: &Value) -> Option<String> {
@@ -310,6 +355,7 @@ impl Queue {
             enqueue: Script::new(ENQUEUE_LUA),
             update: Script::new(UPDATE_LUA),
             append: Script::new(APPEND_LOG_LUA),
+            requeue: Script::new(REQUEUE_LUA),
         };
         q.ensure_group().await?;
         Ok(q)
@@ -656,6 +702,158 @@ impl Queue {
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not record metric");
         }
+    }
+
+    /// Put a claimed job back in the queue with a fresh stream entry (its old entry acknowledged and
+    /// deleted in the same script), or — when it was already claimed `max_attempts` times — move it to
+    /// the dead-letter stream as failed. With `required_lease` only the lease holder may do it (an agent
+    /// releasing its job on shutdown); without it (the reaper) the record's revision is the fence.
+    /// Returns what happened.
+    pub async fn requeue(&self, job_id: &str, entry_id: &str, reason: &str, required_lease: Option<&str>) -> Result<Requeued> {
+        for _ in 0..100 {
+            let (mut job, rev) = match self.load(job_id).await {
+                Ok(x) => x,
+                Err(QueueError::NotFound(_)) => {
+                    self.ack_delete(entry_id).await?;
+                    return Ok(Requeued::Dropped);
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(l) = required_lease {
+                if job.lease.as_deref() != Some(l) {
+                    return Err(QueueError::LeaseLost(job_id.to_string()));
+                }
+            }
+            let mut con = self.con.clone();
+            let cur_entry: Option<String> = redis::cmd("HGET").arg(contract::job_key(job_id)).arg("entry").query_async(&mut con).await?;
+            if job.status.is_final() || cur_entry.as_deref() != Some(entry_id) {
+                // A stale entry (the job moved on): drop it.
+                self.ack_delete(entry_id).await?;
+                return Ok(Requeued::Dropped);
+            }
+            let now = Utc::now();
+            let (mode, outcome) = if job.cancel_requested {
+                job.finish(Status::Cancelled, Some(format!("cancelled ({reason})")), now);
+                ("final", Requeued::Finished)
+            } else if job.attempt >= self.cfg.max_attempts {
+                job.finish(
+                    Status::Failed,
+                    Some(format!("gave up after {} attempts: {reason}", job.attempt)),
+                    now,
+                );
+                ("dead", Requeued::DeadLettered)
+            } else {
+                job.status = Status::Queued;
+                job.step = None;
+                job.lease = None;
+                job.failure_reason = Some(format!("attempt {} interrupted: {reason}", job.attempt));
+                job.timestamps.queued = Some(now);
+                job.timestamps.claimed = None;
+                job.timestamps.started = None;
+                ("queue", Requeued::Queued)
+            };
+            let record = serde_json::to_string(&job).map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
+            let kind = match outcome {
+                Requeued::Queued => "job_requeued",
+                _ => "job_finished",
+            };
+            let event = serde_json::to_string(&Event::of(kind, &job, now)).map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
+            let r: i64 = self
+                .requeue
+                .key(contract::job_key(job_id))
+                .key(keys::JOBS_STREAM)
+                .key(keys::EVENTS_STREAM)
+                .key(keys::DEAD_STREAM)
+                .key(contract::job_log_key(job_id))
+                .arg(&rev)
+                .arg(record)
+                .arg(entry_id)
+                .arg(keys::AGENTS_GROUP)
+                .arg(job_id)
+                .arg(event)
+                .arg(self.cfg.events_maxlen)
+                .arg(mode)
+                .arg(job.attempt)
+                .arg(reason)
+                .arg(self.cfg.retention.as_secs())
+                .invoke_async(&mut con)
+                .await?;
+            match r {
+                -1 => return Ok(Requeued::Dropped),
+                0 => continue,
+                _ => return Ok(outcome),
+            }
+        }
+        Err(QueueError::Conflict(format!("job {job_id}: too many concurrent updates")))
+    }
+
+    /// Reclaim entries whose lease expired (idle longer than `lease`: their agent stopped heartbeating)
+    /// with `XAUTOCLAIM`, following its cursor to `0-0`, and requeue or dead-letter their jobs. Safe to
+    /// run in several dispatcher replicas at once: `XAUTOCLAIM` hands each entry to one of them.
+    pub async fn reap(&self, reaper: &str, lease: Duration) -> Result<Vec<(String, Requeued)>> {
+        let mut con = self.con.clone();
+        let mut cursor = "0-0".to_string();
+        let mut out = Vec::new();
+        loop {
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(keys::JOBS_STREAM)
+                .arg(keys::AGENTS_GROUP)
+                .arg(reaper)
+                .arg(lease.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(100)
+                .arg("JUSTID")
+                .query_async(&mut con)
+                .await?;
+            let Value::Array(parts) = reply else { break };
+            let next = parts.first().and_then(to_string).unwrap_or_else(|| "0-0".into());
+            let ids: Vec<String> = match parts.get(1) {
+                Some(Value::Array(v)) => v.iter().filter_map(to_string).collect(),
+                _ => Vec::new(),
+            };
+            for id in ids {
+                let entry: Value = redis::cmd("XRANGE").arg(keys::JOBS_STREAM).arg(&id).arg(&id).query_async(&mut con).await?;
+                let Some((_, fields)) = first_range_entry(&entry) else {
+                    self.ack_delete(&id).await?;
+                    continue;
+                };
+                let job_id = fields.get("job").cloned().unwrap_or_default();
+                let reason = match self.get(&job_id).await {
+                    Ok(j) => format!(
+                        "agent {} stopped renewing its lease{}",
+                        j.agent.as_deref().unwrap_or("?"),
+                        j.step.map(|s| format!(" during step `{s}`")).unwrap_or_default()
+                    ),
+                    Err(_) => "its agent stopped renewing its lease".to_string(),
+                };
+                let r = self.requeue(&job_id, &id, &reason, None).await?;
+                tracing::warn!(job = %job_id, entry = %id, outcome = ?r, "reclaimed an expired lease");
+                out.push((job_id, r));
+            }
+            if next == "0-0" {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(out)
+    }
+
+    /// Entries of the dead-letter stream: (entry id, job id, attempts, reason).
+    pub async fn dead_letters(&self) -> Result<Vec<(String, String, u32, String)>> {
+        let mut con = self.con.clone();
+        let reply: Value = redis::cmd("XRANGE").arg(keys::DEAD_STREAM).arg("-").arg("+").query_async(&mut con).await?;
+        Ok(range_entries(&reply)
+            .into_iter()
+            .map(|(id, f)| {
+                (
+                    id,
+                    f.get("job").cloned().unwrap_or_default(),
+                    f.get("attempts").and_then(|a| a.parse().ok()).unwrap_or(0),
+                    f.get("reason").cloned().unwrap_or_default(),
+                )
+            })
+            .collect())
     }
 
     /// Read a histogram: (bucket bound → cumulative count, sum, count).

@@ -76,6 +76,15 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::URL, default_value = "http://127.0.0.1:8080")]
     pub public_url: String,
 
+    /// Seconds a claim stays valid without a heartbeat; the reaper requeues entries idle longer than
+    /// this. Must match the agents' RAIBID_LEASE_SECS.
+    #[arg(long, env = env::LEASE_SECS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+    pub lease_secs: u64,
+
+    /// Claims of one job before the reaper moves it to the dead-letter stream as failed.
+    #[arg(long, env = env::MAX_ATTEMPTS, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
     /// Largest accepted request body in bytes.
     #[arg(long, env = env::BODY_LIMIT, default_value_t = 5 * 1024 * 1024)]
     pub body_limit: usize,
@@ -133,6 +142,8 @@ pub struct Settings {
     pub public_url: String,
     /// Body limit.
     pub body_limit: usize,
+    /// Lease after which the reaper reclaims an entry.
+    pub lease: std::time::Duration,
 }
 
 impl Settings {
@@ -154,6 +165,7 @@ impl Settings {
             mirrors: parse_mirrors(&cfg.mirrors)?,
             public_url: cfg.public_url.trim_end_matches('/').to_string(),
             body_limit: cfg.body_limit,
+            lease: std::time::Duration::from_secs(cfg.lease_secs),
         })
     }
 }
@@ -188,12 +200,12 @@ pub struct AppState {
     pub counters: Arc<Counters>,
 }
 
-/// Connect to Redis, retrying with backoff until `deadline` passes.
-pub async fn connect_queue(url: &str, attempts: u32) -> anyhow::Result<Queue> {
+/// Connect to Redis, retrying with backoff `attempts` times.
+pub async fn connect_queue(url: &str, qcfg: QueueConfig, attempts: u32) -> anyhow::Result<Queue> {
     let mut delay = std::time::Duration::from_millis(200);
     let mut last = None;
     for _ in 0..attempts.max(1) {
-        match Queue::connect(url, QueueConfig::default()).await {
+        match Queue::connect(url, qcfg.clone()).await {
             Ok(q) => return Ok(q),
             Err(e) => {
                 tracing::warn!(error = %e, "redis unreachable; retrying");
@@ -213,9 +225,25 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let reporter = tokio::spawn(forge::status_reporter(state.clone()));
+    let reaper = tokio::spawn(reaper(state.clone()));
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     reporter.abort();
+    reaper.abort();
     Ok(())
+}
+
+/// Reclaim jobs whose agent stopped renewing its lease: requeue them, or dead-letter them after the
+/// configured number of attempts. Runs in every replica; `XAUTOCLAIM` keeps them from colliding.
+pub async fn reaper(state: AppState) {
+    let lease = state.settings.lease;
+    let every = (lease / 4).max(std::time::Duration::from_millis(250));
+    let me = format!("raibid-reaper-{}-{}", gethostname::gethostname().to_string_lossy(), std::process::id());
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = state.queue.reap(&me, lease).await {
+            tracing::warn!(error = %e, "reaper: redis unavailable; retrying");
+        }
+    }
 }

@@ -29,7 +29,8 @@ async fn run(cfg: DispatcherConfig) -> anyhow::Result<()> {
     if settings.github_secret.is_none() {
         tracing::warn!("no GitHub webhook secret configured: /webhooks/github refuses every delivery");
     }
-    let queue = connect_queue(&cfg.redis_url, 30).await?;
+    let qcfg = raibid_core::queue::QueueConfig { max_attempts: cfg.max_attempts, ..Default::default() };
+    let queue = connect_queue(&cfg.redis_url, qcfg, 30).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;

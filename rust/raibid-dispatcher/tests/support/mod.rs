@@ -203,17 +203,19 @@ pub struct TestEnv {
 pub struct Options {
     pub body_limit: usize,
     pub mirrors: &'static str,
+    pub lease_secs: u64,
+    pub max_attempts: u32,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { body_limit: 5 * 1024 * 1024, mirrors: "" }
+        Options { body_limit: 5 * 1024 * 1024, mirrors: "", lease_secs: 30, max_attempts: 3 }
     }
 }
 
 pub async fn spawn_app(opts: Options) -> TestEnv {
     let redis = RedisServer::start().expect("redis-server");
-    let queue = Queue::connect(&redis.url(), QueueConfig::default()).await.expect("connect");
+    let queue = Queue::connect(&redis.url(), QueueConfig { max_attempts: opts.max_attempts, ..QueueConfig::default() }).await.expect("connect");
     let gitea = FakeGitea::start().await;
     let settings = Settings {
         api_token: TOKEN.into(),
@@ -223,6 +225,7 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
         mirrors: raibid_dispatcher::parse_mirrors(opts.mirrors).unwrap(),
         public_url: "http://raibid.test".into(),
         body_limit: opts.body_limit,
+        lease: Duration::from_secs(opts.lease_secs),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
