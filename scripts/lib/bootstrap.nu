@@ -2,7 +2,7 @@
 # registries, /etc/hosts), preflight evaluation, stage selection, plan steps and deadline waits.
 # The stages themselves are in stages.nu; scripts/bootstrap.nu is the command.
 
-use errors.nu [fail run-external]
+use errors.nu [fail run-argv]
 use contract.nu [repo-root]
 use pins.nu [load-pins]
 use cluster.nu *
@@ -221,7 +221,7 @@ export def ext-step [
     run: {||
       let dir = if ($cwd | is-empty) { $env.PWD } else { $cwd }
       let input = if $stdin_from != null { do $stdin_from } else { $stdin }
-      let out = (cd $dir; with-env $extra_env { run-external $argv --stdin $input })
+      let out = (cd $dir; with-env $extra_env { run-argv $argv --stdin $input })
       if ($save_to | is-not-empty) { $out | save --force $save_to }
     }
   }

@@ -36,7 +36,7 @@ export def error-code []: record -> any {
 
 # Run an external command given as an argv list; on failure raise `code` with its stderr and `hint`.
 # Returns stdout. Arguments are passed as argv, never through a shell.
-export def run-external [
+export def run-argv [
   argv: list<string>      # program and arguments
   --code: string = "command_failed"  # error code on a non-zero exit
   --hint: string = ""     # what to do when it fails

@@ -4,7 +4,7 @@
 # A stage whose probe says done is skipped (unless --force), so re-running bootstrap is safe.
 # Order and the reasons for it: docs/operations.md ("What bootstrap does") and docs/adr/0003-*.md.
 
-use errors.nu [fail run-external]
+use errors.nu [fail run-argv]
 use system.nu
 use bootstrap.nu *
 use cluster.nu *
@@ -82,7 +82,7 @@ def pipe-step [cmds: list<list<string>>, --cwd: string = ""]: nothing -> record 
   nu-step (($cmds | each {|c| show-argv $c }) | str join " | " | if ($cwd | is-empty) { $in } else { $"cd ($cwd) && ($in)" }) {||
     let dir = if ($cwd | is-empty) { $env.PWD } else { $cwd }
     cd $dir
-    $cmds | reduce --fold null {|c, input| run-external $c --stdin $input }
+    $cmds | reduce --fold null {|c, input| run-argv $c --stdin $input }
     | ignore
   }
 }
@@ -91,13 +91,13 @@ def pipe-step [cmds: list<list<string>>, --cwd: string = ""]: nothing -> record 
 def commit-step [ctx: record, paths: list<string>, message: string]: nothing -> record {
   let root = $ctx.s.root
   nu-step $"git add ($paths | str join ' ') && git commit -m '($message)' \(if changed\)" {||
-    run-external ([git -C $root add --] | append $paths) | ignore
+    run-argv ([git -C $root add --] | append $paths) | ignore
     let staged = (do { ^git -C $root diff --cached --quiet -- ...$paths } | complete)
     if $staged.exit_code == 0 { return }
     let ident = if ((do { ^git -C $root config user.email } | complete).stdout | str trim | is-empty) {
       [-c user.name=raibid-bootstrap -c user.email=bootstrap@raibid.invalid]
     } else { [] }
-    run-external ([git -C $root] | append $ident | append [commit -m $message --] | append $paths) | ignore
+    run-argv ([git -C $root] | append $ident | append [commit -m $message --] | append $paths) | ignore
     log ok $"committed: ($message)"
   }
 }
@@ -307,7 +307,7 @@ def age-public [keyfile: string]: nothing -> any {
 }
 
 def sops-owner-key [text: string]: nothing -> any {
-  $text | lines | where {|l| $l =~ '&owner' } | get -o 0 | default "" | parse --regex '&owner\s+(?<k>\S+)' | get -o 0.k
+  $text | lines | where {|l| $l !~ '^\s*#' } | each {|l| $l | parse --regex '&owner\s+(?<k>\S+)' | get -o 0.k } | compact | get -o 0
 }
 
 def age-probe [ctx: record]: nothing -> record {
@@ -338,7 +338,7 @@ def age-steps [ctx: record]: nothing -> list<record> {
   }
   $gen | append [
     (nu-step $".sops.yaml: replace the recipient on the &owner line with the public key of ($key)" {||
-      let pub = (run-external [age-keygen -y $key] | str trim)
+      let pub = (run-argv [age-keygen -y $key] | str trim)
       let file = (repo-path $ctx ".sops.yaml")
       let text = (open --raw $file)
       let current = (sops-owner-key $text)
@@ -400,7 +400,7 @@ def encrypt-secret [ctx: record, f: record, values: record]: nothing -> nothing 
   | to yaml | save --force $plain
   let out = try {
     cd $ctx.s.root
-    run-external [sops --encrypt --filename-override $f.path $plain] --code sops_failed --hint "is .sops.yaml's &owner your age public key? (stage age-key)"
+    run-argv [sops --encrypt --filename-override $f.path $plain] --code sops_failed --hint "is .sops.yaml's &owner your age public key? (stage age-key)"
   } catch {|e| rm -f $plain; return $e.raw }
   rm -f $plain
   $out | save --force (repo-path $ctx $f.path)
@@ -468,15 +468,23 @@ def gitea-probe [ctx: record]: nothing -> record {
   ok $"Gitea ready at ($ctx.s.gitea_url)"
 }
 
+# infrastructure/controllers rendered as Flux will build it, minus its (SOPS-encrypted) Secrets, which the
+# gitea stage creates from the decrypted files instead. `${VAR}`s are left for `flux envsubst --strict`.
+export def controllers-manifests [root: string]: nothing -> string {
+  let rendered = (run-argv [kubectl kustomize --load-restrictor=LoadRestrictionsNone ($root | path join infrastructure controllers)] --code kustomize_failed --hint "validate the tree first: ./scripts/dev.sh test --only gitops")
+  $rendered | split row --regex '(?m)^---\s*$'
+  | where {|d| ($d | str trim | is-not-empty) and (($d | from yaml).kind? != "Secret") }
+  | str join "---\n"
+}
+
 def gitea-steps [ctx: record]: nothing -> list<record> {
   let root = $ctx.s.root
   let vars = $ctx.s.vars
   [
     (nu-step "kubectl kustomize --load-restrictor=LoadRestrictionsNone infrastructure/controllers | (drop the encrypted Secrets) | flux envsubst --strict | kubectl apply --server-side --field-manager=kustomize-controller -f -" {||
-      let rendered = (run-external [kubectl kustomize --load-restrictor=LoadRestrictionsNone ($root | path join infrastructure controllers)])
-      let kept = ($rendered | split row --regex '(?m)^---\s*$' | where {|d| ($d | str trim | is-not-empty) and (($d | from yaml).kind? != "Secret") } | str join "\n---\n")
-      let substituted = (with-env $vars { run-external [flux envsubst --strict] --stdin $kept --hint "a ${VAR} in the manifests is not in clusters/dgx-spark/cluster-settings.yaml" })
-      run-external [kubectl apply --server-side --field-manager=kustomize-controller -f -] --stdin $substituted | ignore
+      let kept = (controllers-manifests $root)
+      let substituted = (with-env $vars { run-argv [flux envsubst --strict] --stdin $kept --hint "a ${VAR} in the manifests is not in clusters/dgx-spark/cluster-settings.yaml" })
+      run-argv [kubectl apply --server-side --field-manager=kustomize-controller -f -] --stdin $substituted | ignore
     })
   ]
   | append (secret-files "infrastructure/" | each {|f|
@@ -594,10 +602,10 @@ def ops-steps [ctx: record]: nothing -> list<record> {
       for m in $made { log ok $"created ($m)" }
     })
     (nu-step $"git -C ($ctx.s.root) push (ops-url $ctx) HEAD:refs/heads/($o.branch)  # credentials through GIT_ASKPASS" {||
-      let dirty = (run-external [git -C $ctx.s.root status --porcelain --untracked-files=no] | str trim)
+      let dirty = (run-argv [git -C $ctx.s.root status --porcelain --untracked-files=no] | str trim)
       if ($dirty | is-not-empty) { log warn "uncommitted changes are not pushed (commit them and re-run --only ops-repo)" }
       with-env (askpass-env $ctx) {
-        run-external [git -C $ctx.s.root push (ops-url $ctx) $"HEAD:refs/heads/($o.branch)"] --code git_push_failed --hint "the ops repository has commits this checkout lacks: pull them (git pull <ops url> main) and re-run" | ignore
+        run-argv [git -C $ctx.s.root push (ops-url $ctx) $"HEAD:refs/heads/($o.branch)"] --code git_push_failed --hint "the ops repository has commits this checkout lacks: pull them (git pull <ops url> main) and re-run" | ignore
       }
     })
   ]

@@ -254,3 +254,32 @@ def bootstrap_gitea_calls_follow_the_api_document [] {
     }
   }
 }
+
+# --- building blocks that run for real --------------------------------------------------------------------
+
+@test
+def seeded_controllers_are_what_flux_builds_minus_secrets [] {
+  # The gitea stage's seed (ADR 0003), rendered with the real kubectl kustomize from this repository.
+  let docs = (controllers-manifests $REPO_ROOT | split row --regex '(?m)^---\s*$' | where {|d| $d | str trim | is-not-empty } | each {|d| $d | from yaml })
+  assert equal ($docs | where kind == Secret) []
+  assert equal ($docs | where kind == HelmRelease | get metadata.name | sort) ($docs | where kind == HelmRelease | get metadata.name | sort | uniq)
+  assert ("gitea" in ($docs | where kind == HelmRelease | get metadata.name))
+  assert equal ($docs | where kind == Namespace | get metadata.name | sort) [gitea keda raibid-builds raibid-system]
+  # ${VAR}s stay for flux envsubst --strict, and every one is a cluster setting.
+  let vars = (open ($REPO_ROOT | path join clusters dgx-spark cluster-settings.yaml) | get data | columns)
+  let used = ($docs | to yaml | parse --regex '\$\{(?<v>[A-Z0-9_]+)\}' | get v | uniq)
+  assert ($used | is-not-empty)
+  assert equal ($used | where $it not-in $vars) []
+}
+
+@test
+def steps_run_argv_with_stdin_and_capture [] {
+  let out = (mktemp -t raibid-step-XXXXXX)
+  let st = (ext-step [cat] --stdin-from {|| "made when run" } --stdin-desc "(a value)" --save-to $out)
+  assert equal $st.show $"cat <<< \(a value\) > ($out)"
+  do $st.run
+  assert equal (open --raw $out) "made when run"
+  rm -f $out
+  let bad = (ext-step [ls /nonexistent-raibid])
+  assert equal (error-code-of { do $bad.run }) command_failed
+}
