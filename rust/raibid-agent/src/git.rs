@@ -25,7 +25,10 @@ impl UrlPolicy {
                 .filter(|x| !x.is_empty())
                 .collect::<Vec<_>>()
         };
-        UrlPolicy { schemes: split(schemes), hosts: split(hosts) }
+        UrlPolicy {
+            schemes: split(schemes),
+            hosts: split(hosts),
+        }
     }
 
     /// Check a clone URL. `git@host:owner/repo` (scp-like ssh) is accepted as ssh.
@@ -34,20 +37,27 @@ impl UrlPolicy {
             return Err("repository URL is not a URL".into());
         }
         let (scheme, host) = match Url::parse(raw) {
-            Ok(u) => (u.scheme().to_string(), u.host_str().unwrap_or("").to_ascii_lowercase()),
+            Ok(u) => (
+                u.scheme().to_string(),
+                u.host_str().unwrap_or("").to_ascii_lowercase(),
+            ),
             Err(_) => match scp_like_host(raw) {
                 Some(h) => ("ssh".to_string(), h),
                 None => return Err("repository URL is not a URL".into()),
             },
         };
-        let scheme = if scheme == "git+ssh" || scheme == "ssh+git" { "ssh".into() } else { scheme };
-        if !self.schemes.iter().any(|s| *s == scheme) {
+        let scheme = if scheme == "git+ssh" || scheme == "ssh+git" {
+            "ssh".into()
+        } else {
+            scheme
+        };
+        if !self.schemes.contains(&scheme) {
             return Err(format!(
                 "scheme `{scheme}` is not allowed (allowed: {})",
                 self.schemes.join(", ")
             ));
         }
-        if scheme != "file" && !self.hosts.is_empty() && !self.hosts.iter().any(|h| *h == host) {
+        if scheme != "file" && !self.hosts.is_empty() && !self.hosts.contains(&host) {
             return Err(format!("host `{host}` is not allowed"));
         }
         Ok(())
@@ -94,13 +104,21 @@ pub struct GitOutput {
 }
 
 /// Run `git <args>` in `dir` with a minimal environment.
-pub async fn git(dir: &Path, args: &[&str], creds: &Credentials, url_for_creds: Option<&str>) -> std::io::Result<GitOutput> {
+pub async fn git(
+    dir: &Path,
+    args: &[&str],
+    creds: &Credentials,
+    url_for_creds: Option<&str>,
+) -> std::io::Result<GitOutput> {
     let mut cmd = Command::new("git");
     cmd.current_dir(dir)
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+        .env(
+            "HOME",
+            std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()),
+        )
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_ALLOW_PROTOCOL", "http:https:ssh:file")
@@ -119,7 +137,10 @@ pub async fn git(dir: &Path, args: &[&str], creds: &Credentials, url_for_creds: 
             let basic = base64(&format!("{user}:{token}"));
             cmd.env("GIT_CONFIG_COUNT", "1")
                 .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
-                .env("GIT_CONFIG_VALUE_0", format!("Authorization: Basic {basic}"));
+                .env(
+                    "GIT_CONFIG_VALUE_0",
+                    format!("Authorization: Basic {basic}"),
+                );
         }
     }
     let out = cmd.output().await?;
@@ -167,7 +188,10 @@ mod tests {
         assert!(p.check("https://gitea.local/o/r.git").is_ok());
         assert!(p.check("ssh://git@gitea.local/o/r.git").is_ok());
         assert!(p.check("git@gitea.local:o/r.git").is_ok());
-        assert!(p.check("https://evil.example/o/r.git").unwrap_err().contains("host"));
+        assert!(p
+            .check("https://evil.example/o/r.git")
+            .unwrap_err()
+            .contains("host"));
         assert!(p.check("file:///etc").unwrap_err().contains("scheme"));
         assert!(p.check("--upload-pack=touch /tmp/x").is_err());
         assert!(p.check("ext::sh -c touch% /tmp/pwned").is_err());

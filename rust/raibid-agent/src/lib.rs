@@ -188,7 +188,9 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     let slots: Vec<String> = if cfg.concurrency == 1 {
         vec![name.clone()]
     } else {
-        (0..cfg.concurrency).map(|i| format!("{name}-{i}")).collect()
+        (0..cfg.concurrency)
+            .map(|i| format!("{name}-{i}"))
+            .collect()
     };
     for s in &slots {
         if queue.agent_alive(s).await? {
@@ -205,8 +207,11 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     let token = cfg.git_token()?;
     let shared = Arc::new(Shared {
         policy: git::UrlPolicy::from_lists(&cfg.allowed_schemes, &cfg.allowed_hosts),
-        creds: git::Credentials { username: cfg.git_username.clone(), token: token.clone() },
-        masker: Masker::new(token.into_iter()),
+        creds: git::Credentials {
+            username: cfg.git_username.clone(),
+            token: token.clone(),
+        },
+        masker: Masker::new(token),
         cfg,
         queue,
         running: Mutex::new(HashMap::new()),
@@ -231,12 +236,17 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     result
 }
 
-async fn connect_with_backoff(url: &str, shutdown: &watch::Receiver<bool>) -> anyhow::Result<Option<Queue>> {
+async fn connect_with_backoff(
+    url: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Queue>> {
     let mut delay = Duration::from_millis(200);
     loop {
         match Queue::connect(url, QueueConfig::default()).await {
             Ok(q) => return Ok(Some(q)),
-            Err(QueueError::Redis(e)) if e.is_connection_refusal() || e.is_io_error() || e.is_timeout() => {
+            Err(QueueError::Redis(e))
+                if e.is_connection_refusal() || e.is_io_error() || e.is_timeout() =>
+            {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unreachable; retrying");
             }
             Err(e) => return Err(e).context("connecting to redis"),
@@ -254,7 +264,11 @@ async fn cancel_listener(shared: Arc<Shared>) {
     loop {
         match shared.queue.pubsub().await {
             Ok(mut ps) => {
-                if ps.subscribe(raibid_core::contract::keys::CANCEL_CHANNEL).await.is_ok() {
+                if ps
+                    .subscribe(raibid_core::contract::keys::CANCEL_CHANNEL)
+                    .await
+                    .is_ok()
+                {
                     let mut msgs = ps.on_message();
                     while let Some(m) = msgs.next().await {
                         let id: String = m.get_payload().unwrap_or_default();
@@ -273,7 +287,11 @@ async fn cancel_listener(shared: Arc<Shared>) {
     }
 }
 
-async fn worker(shared: Arc<Shared>, slot: String, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn worker(
+    shared: Arc<Shared>,
+    slot: String,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let cfg = &shared.cfg;
     let block = Duration::from_millis(cfg.block_ms.max(1));
     let idle_deadline = Instant::now() + Duration::from_secs(cfg.idle_timeout_secs);
@@ -343,11 +361,19 @@ struct JobCtx<'a> {
 
 impl JobCtx<'_> {
     async fn sys(&self, step: &str, line: impl Into<String>) {
-        let _ = self.logs.send((step.to_string(), "system".into(), line.into())).await;
+        let _ = self
+            .logs
+            .send((step.to_string(), "system".into(), line.into()))
+            .await;
     }
 
     async fn update(&mut self, event: &'static str) -> bool {
-        match self.shared.queue.update_claimed(&mut self.claim, event).await {
+        match self
+            .shared
+            .queue
+            .update_claimed(&mut self.claim, event)
+            .await
+        {
             Ok(()) => true,
             Err(QueueError::LeaseLost(_)) => false,
             Err(e) => {
@@ -413,7 +439,11 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
             let ttl = Duration::from_secs(shared.cfg.lease_secs);
             loop {
                 let done = shared.jobs_done.load(Ordering::Relaxed);
-                if let Err(e) = shared.queue.heartbeat(&slot, Some((&id, &entry)), done, ttl).await {
+                if let Err(e) = shared
+                    .queue
+                    .heartbeat(&slot, Some((&id, &entry)), done, ttl)
+                    .await
+                {
                     tracing::warn!(job = %id, error = %e, "heartbeat failed");
                 }
                 if let Ok(job) = shared.queue.get(&id).await {
@@ -445,12 +475,20 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
         })
     };
     let deadline = Instant::now() + raibid_core::pipeline::DEFAULT_JOB_TIMEOUT;
-    let mut ctx = JobCtx { shared, claim, logs: log_tx, stop: stop_rx, deadline };
+    let mut ctx = JobCtx {
+        shared,
+        claim,
+        logs: log_tx,
+        stop: stop_rx,
+        deadline,
+    };
     let ws = shared.cfg.workspace_dir.join(&id);
     let outcome = execute(&mut ctx, &ws, shutdown).await;
     let _ = tokio::fs::remove_dir_all(&ws).await;
     // Let the flusher write everything before the final status.
-    let JobCtx { mut claim, logs, .. } = ctx;
+    let JobCtx {
+        mut claim, logs, ..
+    } = ctx;
     drop(logs);
     let _ = flusher.await;
     heartbeat.abort();
@@ -461,9 +499,20 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
     let now = Utc::now();
     let (status, reason) = outcome;
     if status == RELEASED {
-        match shared.queue.requeue(&id, &claim.entry_id, "its agent shut down before the job finished", Some(&claim.lease)).await {
+        match shared
+            .queue
+            .requeue(
+                &id,
+                &claim.entry_id,
+                "its agent shut down before the job finished",
+                Some(&claim.lease),
+            )
+            .await
+        {
             Ok(r) => tracing::warn!(job = %id, outcome = ?r, "job released back to the queue"),
-            Err(e) => tracing::error!(job = %id, error = %e, "could not release the job; the reaper will reclaim it"),
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "could not release the job; the reaper will reclaim it")
+            }
         }
         return;
     }
@@ -480,7 +529,9 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
     loop {
         match shared.queue.finish_claimed(&mut claim).await {
             Ok(()) => tracing::info!(job = %id, status = %status, "finished"),
-            Err(QueueError::LeaseLost(_)) => tracing::warn!(job = %id, "lease lost before the final write; result discarded"),
+            Err(QueueError::LeaseLost(_)) => {
+                tracing::warn!(job = %id, "lease lost before the final write; result discarded")
+            }
             Err(QueueError::Redis(e)) if Instant::now() < give_up => {
                 tracing::warn!(job = %id, error = %e, "final write failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -492,12 +543,19 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
         break;
     }
     let done = shared.jobs_done.load(Ordering::Relaxed) + 1;
-    let _ = shared.queue.heartbeat(slot, None, done, Duration::from_secs(shared.cfg.lease_secs)).await;
+    let _ = shared
+        .queue
+        .heartbeat(slot, None, done, Duration::from_secs(shared.cfg.lease_secs))
+        .await;
 }
 
 /// Run clone, config and the pipeline. Returns the final status, or `LOST` (lease lost: write nothing)
 /// or `RELEASED` (shutdown: give the job back).
-async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<bool>) -> (Status, Option<String>) {
+async fn execute(
+    ctx: &mut JobCtx<'_>,
+    ws: &Path,
+    _shutdown: watch::Receiver<bool>,
+) -> (Status, Option<String>) {
     let now = Utc::now();
     ctx.claim.job.timestamps.started = Some(now);
     let _ = tokio::fs::remove_dir_all(ws).await;
@@ -507,7 +565,9 @@ async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<boo
         return (LOST, None);
     }
     let (ok, msg) = clone(ctx, ws).await;
-    ctx.claim.job.end_step(if ok { "succeeded" } else { "failed" }, None, Utc::now());
+    ctx.claim
+        .job
+        .end_step(if ok { "succeeded" } else { "failed" }, None, Utc::now());
     if !ctx.update("step_finished").await {
         return (LOST, None);
     }
@@ -522,9 +582,16 @@ async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<boo
             ctx.sys(
                 "config",
                 if from_file {
-                    format!("[raibid] pipeline `{}` from {PIPELINE_FILE}: {} step(s)", p.name, p.steps.len())
+                    format!(
+                        "[raibid] pipeline `{}` from {PIPELINE_FILE}: {} step(s)",
+                        p.name,
+                        p.steps.len()
+                    )
                 } else {
-                    format!("[raibid] no {PIPELINE_FILE}; default Rust pipeline: {} step(s)", p.steps.len())
+                    format!(
+                        "[raibid] no {PIPELINE_FILE}; default Rust pipeline: {} step(s)",
+                        p.steps.len()
+                    )
                 },
             )
             .await;
@@ -549,7 +616,12 @@ async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<boo
             Stop::None => {}
             Stop::Release => return (RELEASED, None),
             Stop::LeaseLost => return (LOST, None),
-            Stop::Cancel => return (Status::Cancelled, Some(format!("cancelled before step `{}`", step.name))),
+            Stop::Cancel => {
+                return (
+                    Status::Cancelled,
+                    Some(format!("cancelled before step `{}`", step.name)),
+                )
+            }
         }
         ctx.claim.job.begin_step(&step.name, Utc::now());
         if !ctx.update("step_started").await {
@@ -570,12 +642,18 @@ async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<boo
             StepEnd::Exited(c) => (
                 "failed",
                 Some(c),
-                Some((Status::Failed, format!("step `{}` exited with code {c}", step.name))),
+                Some((
+                    Status::Failed,
+                    format!("step `{}` exited with code {c}", step.name),
+                )),
             ),
             StepEnd::Signalled(s) => (
                 "failed",
                 None,
-                Some((Status::Failed, format!("step `{}` was killed by signal {s}", step.name))),
+                Some((
+                    Status::Failed,
+                    format!("step `{}` was killed by signal {s}", step.name),
+                )),
             ),
             StepEnd::TimedOut => (
                 "timed_out",
@@ -585,20 +663,38 @@ async fn execute(ctx: &mut JobCtx<'_>, ws: &Path, _shutdown: watch::Receiver<boo
                     if limit_is_step {
                         format!("step `{}` timed out after {}s", step.name, limit.as_secs())
                     } else {
-                        format!("job timed out after {}s during step `{}`", pipeline.timeout.as_secs(), step.name)
+                        format!(
+                            "job timed out after {}s during step `{}`",
+                            pipeline.timeout.as_secs(),
+                            step.name
+                        )
                     },
                 )),
             ),
-            StepEnd::Cancelled => ("cancelled", None, Some((Status::Cancelled, format!("cancelled during step `{}`", step.name)))),
+            StepEnd::Cancelled => (
+                "cancelled",
+                None,
+                Some((
+                    Status::Cancelled,
+                    format!("cancelled during step `{}`", step.name),
+                )),
+            ),
             StepEnd::LeaseLost => return (LOST, None),
             StepEnd::Released => return (RELEASED, None),
             StepEnd::SpawnFailed(e) => (
                 "failed",
                 None,
-                Some((Status::Failed, format!("step `{}` could not start: {e}", step.name))),
+                Some((
+                    Status::Failed,
+                    format!("step `{}` could not start: {e}", step.name),
+                )),
             ),
         };
-        ctx.sys(&step.name, format!("[raibid] step `{}` {st} in {secs:.2}s", step.name)).await;
+        ctx.sys(
+            &step.name,
+            format!("[raibid] step `{}` {st} in {secs:.2}s", step.name),
+        )
+        .await;
         ctx.claim.job.end_step(st, code, Utc::now());
         if !ctx.update("step_finished").await {
             return (LOST, None);
@@ -614,12 +710,16 @@ fn load_pipeline(ws: &Path) -> Result<(Pipeline, bool), String> {
     let f = ws.join(PIPELINE_FILE);
     match std::fs::read(&f) {
         Ok(bytes) => {
-            let text = String::from_utf8(bytes).map_err(|_| format!("{PIPELINE_FILE}: not UTF-8"))?;
-            Pipeline::parse(&text).map(|p| (p, true)).map_err(|e| e.to_string())
+            let text =
+                String::from_utf8(bytes).map_err(|_| format!("{PIPELINE_FILE}: not UTF-8"))?;
+            Pipeline::parse(&text)
+                .map(|p| (p, true))
+                .map_err(|e| e.to_string())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok((Pipeline::default_rust(ws.join("Cargo.lock").exists()), false))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
+            Pipeline::default_rust(ws.join("Cargo.lock").exists()),
+            false,
+        )),
         Err(e) => Err(format!("{PIPELINE_FILE}: {e}")),
     }
 }
@@ -654,7 +754,16 @@ async fn clone(ctx: &mut JobCtx<'_>, ws: &Path) -> (bool, String) {
         want.clone(),
     ]);
     for (i, args) in steps.iter().enumerate() {
-        let shown: Vec<String> = args.iter().map(|a| if a == url { git::redact_url(a) } else { a.clone() }).collect();
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a == url {
+                    git::redact_url(a)
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
         ctx.sys("clone", format!("$ git {}", shown.join(" "))).await;
         match run(args.clone()).await {
             Ok(out) => {
@@ -664,7 +773,14 @@ async fn clone(ctx: &mut JobCtx<'_>, ws: &Path) -> (bool, String) {
                 if !out.ok {
                     if i == 2 && src.sha.is_some() {
                         // The server does not serve arbitrary shas shallowly: fetch the ref and find the commit.
-                        let args = vec!["fetch".into(), "-q".into(), "--no-tags".into(), "origin".into(), "--".into(), src.git_ref.clone()];
+                        let args = vec![
+                            "fetch".into(),
+                            "-q".into(),
+                            "--no-tags".into(),
+                            "origin".into(),
+                            "--".into(),
+                            src.git_ref.clone(),
+                        ];
                         ctx.sys("clone", format!("$ git {}", args.join(" "))).await;
                         match run(args).await {
                             Ok(o) if o.ok => break,
@@ -677,14 +793,26 @@ async fn clone(ctx: &mut JobCtx<'_>, ws: &Path) -> (bool, String) {
                             Err(e) => return (false, format!("git: {e}")),
                         }
                     }
-                    return (false, format!("`git {}` failed", args.first().map(String::as_str).unwrap_or("")));
+                    return (
+                        false,
+                        format!(
+                            "`git {}` failed",
+                            args.first().map(String::as_str).unwrap_or("")
+                        ),
+                    );
                 }
             }
             Err(e) => return (false, format!("cannot run git: {e}")),
         }
     }
     let target = src.sha.clone().unwrap_or_else(|| "FETCH_HEAD".into());
-    let args = vec!["checkout".into(), "-q".into(), "--detach".into(), target, "--".into()];
+    let args = vec![
+        "checkout".into(),
+        "-q".into(),
+        "--detach".into(),
+        target,
+        "--".into(),
+    ];
     ctx.sys("clone", format!("$ git {}", args.join(" "))).await;
     match run(args).await {
         Ok(o) if o.ok => {}
@@ -698,7 +826,8 @@ async fn clone(ctx: &mut JobCtx<'_>, ws: &Path) -> (bool, String) {
     }
     if let Ok(o) = run(vec!["rev-parse".into(), "HEAD".into()]).await {
         if o.ok {
-            ctx.sys("clone", format!("[raibid] at commit {}", o.stdout)).await;
+            ctx.sys("clone", format!("[raibid] at commit {}", o.stdout))
+                .await;
             if ctx.claim.job.source.sha.is_none() {
                 ctx.claim.job.source.sha = Some(o.stdout);
             }
@@ -707,16 +836,32 @@ async fn clone(ctx: &mut JobCtx<'_>, ws: &Path) -> (bool, String) {
     (true, String::new())
 }
 
-fn step_env(ctx: &JobCtx<'_>, pipeline: &Pipeline, step: &raibid_core::pipeline::Step) -> Vec<(String, String)> {
+fn step_env(
+    ctx: &JobCtx<'_>,
+    pipeline: &Pipeline,
+    step: &raibid_core::pipeline::Step,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
-    for k in ["PATH", "HOME", "LANG", "LC_ALL", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "TMPDIR", "USER"] {
+    for k in [
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "TMPDIR",
+        "USER",
+    ] {
         if let Ok(v) = std::env::var(k) {
             env.push((k.into(), v));
         }
     }
     let job = &ctx.claim.job;
     let cargo_home = ctx.shared.cfg.cache_dir.join("cargo");
-    env.push(("CARGO_HOME".into(), cargo_home.to_string_lossy().into_owned()));
+    env.push((
+        "CARGO_HOME".into(),
+        cargo_home.to_string_lossy().into_owned(),
+    ));
     if std::env::var_os("RUSTUP_HOME").is_none() {
         if let Some(home) = std::env::var_os("HOME") {
             let r = PathBuf::from(home).join(".rustup");
@@ -731,7 +876,10 @@ fn step_env(ctx: &JobCtx<'_>, pipeline: &Pipeline, step: &raibid_core::pipeline:
     env.push(("RAIBID_ATTEMPT".into(), job.attempt.to_string()));
     env.push(("RAIBID_REPO_URL".into(), job.source.repo_url.clone()));
     env.push(("RAIBID_REF".into(), job.source.git_ref.clone()));
-    env.push(("RAIBID_SHA".into(), job.source.sha.clone().unwrap_or_default()));
+    env.push((
+        "RAIBID_SHA".into(),
+        job.source.sha.clone().unwrap_or_default(),
+    ));
     env.push(("RAIBID_STEP".into(), step.name.clone()));
     for (k, v) in pipeline.env.iter().chain(step.env.iter()) {
         env.retain(|(ek, _)| ek != k);
@@ -753,7 +901,11 @@ async fn pump<R: AsyncRead + Unpin>(r: R, step: String, stream: &'static str, tx
                 }
                 buf.truncate(64 * 1024);
                 let line = String::from_utf8_lossy(&buf).into_owned();
-                if tx.send((step.clone(), stream.to_string(), line)).await.is_err() {
+                if tx
+                    .send((step.clone(), stream.to_string(), line))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -791,8 +943,14 @@ async fn run_step(
         Err(e) => return StepEnd::SpawnFailed(e.to_string()),
     };
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    let out = child.stdout.take().map(|o| tokio::spawn(pump(o, name.to_string(), "stdout", ctx.logs.clone())));
-    let err = child.stderr.take().map(|o| tokio::spawn(pump(o, name.to_string(), "stderr", ctx.logs.clone())));
+    let out = child
+        .stdout
+        .take()
+        .map(|o| tokio::spawn(pump(o, name.to_string(), "stdout", ctx.logs.clone())));
+    let err = child
+        .stderr
+        .take()
+        .map(|o| tokio::spawn(pump(o, name.to_string(), "stderr", ctx.logs.clone())));
     let mut stop = ctx.stop.clone();
     let end = tokio::select! {
         st = child.wait() => match st {
@@ -831,7 +989,11 @@ mod tests {
 
     #[test]
     fn masker_masks_longest_first() {
-        let m = Masker::new(vec!["abcd".to_string(), "abcdef".to_string(), "x".to_string()]);
+        let m = Masker::new(vec![
+            "abcd".to_string(),
+            "abcdef".to_string(),
+            "x".to_string(),
+        ]);
         assert_eq!(m.mask("token=abcdef and abcd, x"), "token=*** and ***, x");
     }
 }

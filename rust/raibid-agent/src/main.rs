@@ -16,18 +16,21 @@ async fn main() -> ExitCode {
         .init();
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install SIGTERM handler");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install SIGTERM handler");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
         }
-        tracing::info!("shutting down: no new jobs; running jobs finish (signal again to stop now)");
+        tracing::info!(
+            "shutting down: no new jobs; running jobs finish (signal again to stop now)"
+        );
         let _ = tx.send(true);
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},

@@ -4,6 +4,7 @@
 //! The total-queue check runs at CI size by default; the large size is
 //! `RAIBID_FAULT_JOBS=10000 RAIBID_FAULT_AGENT_KILLS=20 RAIBID_FAULT_REDIS_RESTARTS=5 \
 //!  cargo test --release -p raibid-agent --test faults total_queue -- --nocapture` (see docs/benchmarks.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use raibid_core::queue::{Queue, QueueConfig};
 use raibid_core::testkit::RedisServer;
@@ -30,7 +31,10 @@ struct Stack {
 
 async fn stack(max_attempts: u32) -> Stack {
     let redis = RedisServer::start().expect("redis-server");
-    let qcfg = QueueConfig { max_attempts, ..QueueConfig::default() };
+    let qcfg = QueueConfig {
+        max_attempts,
+        ..QueueConfig::default()
+    };
     let queue = Queue::connect(&redis.url(), qcfg).await.unwrap();
     let settings = Settings {
         api_token: TOKEN.into(),
@@ -44,7 +48,11 @@ async fn stack(max_attempts: u32) -> Stack {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState { queue: queue.clone(), settings: Arc::new(settings), counters: Arc::new(Counters::default()) };
+    let state = AppState {
+        queue: queue.clone(),
+        settings: Arc::new(settings),
+        counters: Arc::new(Counters::default()),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         serve(state, listener, async {
@@ -53,7 +61,14 @@ async fn stack(max_attempts: u32) -> Stack {
         .await
         .ok()
     });
-    Stack { redis, queue, base, http: reqwest::Client::new(), tmp: tempfile::tempdir().unwrap(), _shutdown: tx }
+    Stack {
+        redis,
+        queue,
+        base,
+        http: reqwest::Client::new(),
+        tmp: tempfile::tempdir().unwrap(),
+        _shutdown: tx,
+    }
 }
 
 impl Stack {
@@ -84,14 +99,25 @@ impl Stack {
             .send()
             .await;
         match r {
-            Ok(r) if r.status().as_u16() == 201 => Ok(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()),
+            Ok(r) if r.status().as_u16() == 201 => Ok(r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()),
             Ok(r) => Err(r.status().as_u16()),
             Err(_) => Err(0),
         }
     }
 
     async fn job(&self, id: &str) -> Value {
-        self.http.get(format!("{}/api/v1/jobs/{id}", self.base)).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/api/v1/jobs/{id}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     async fn wait(&self, id: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
@@ -101,7 +127,10 @@ impl Stack {
             if pred(&j) {
                 return j;
             }
-            assert!(Instant::now() < deadline, "job {id} did not get there within {within:?}: {j}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} did not get there within {within:?}: {j}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -116,12 +145,23 @@ fn make_repo(dir: &Path, pipeline: &str) -> String {
     std::fs::write(dir.join(".raibid.yaml"), pipeline).unwrap();
     let git = |args: &[&str]| {
         let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .current_dir(dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     git(&["init", "-q"]);
     git(&["add", "-A"]);
@@ -130,14 +170,20 @@ fn make_repo(dir: &Path, pipeline: &str) -> String {
 }
 
 fn kill(child: &mut Child, sig: &str) {
-    let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status();
 }
 
 fn pids_in_group(pgid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let f: Vec<&str> = after.split(' ').collect();
         if f[0] != "Z" && f[2].parse::<i32>().ok() == Some(pgid) {
@@ -153,11 +199,17 @@ async fn sigkill_mid_step_is_reclaimed_by_another_agent() {
     let started = s.tmp.path().join("started");
     let repo = make_repo(
         &s.tmp.path().join("repo"),
-        &format!("steps:\n  - name: work\n    run: echo $RAIBID_ATTEMPT >> {}; sleep 2\n", started.display()),
+        &format!(
+            "steps:\n  - name: work\n    run: echo $RAIBID_ATTEMPT >> {}; sleep 2\n",
+            started.display()
+        ),
     );
     let mut a = s.agent("agent-a");
     let id = s.submit(&repo).await.unwrap();
-    s.wait(&id, Duration::from_secs(30), |j| j["status"] == "running" && j["step"] == "work").await;
+    s.wait(&id, Duration::from_secs(30), |j| {
+        j["status"] == "running" && j["step"] == "work"
+    })
+    .await;
     kill(&mut a, "-KILL");
     let _ = a.wait();
     let killed_at = chrono::Utc::now();
@@ -168,7 +220,11 @@ async fn sigkill_mid_step_is_reclaimed_by_another_agent() {
     assert_eq!(j["status"], "succeeded", "{j}");
     assert_eq!(j["attempt"], 2);
     assert_eq!(j["agent"], "agent-b");
-    let claimed: chrono::DateTime<chrono::Utc> = j["timestamps"]["claimed"].as_str().unwrap().parse().unwrap();
+    let claimed: chrono::DateTime<chrono::Utc> = j["timestamps"]["claimed"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let reclaim = (claimed - killed_at).num_milliseconds() as f64 / 1000.0;
     println!("time to reclaim after SIGKILL: {reclaim:.2}s (lease {LEASE}s)");
     assert!(reclaim <= (LEASE + 5) as f64, "reclaimed after {reclaim}s");
@@ -191,7 +247,8 @@ async fn a_stale_agent_cannot_overwrite_the_result_of_the_one_that_took_over() {
     );
     let mut a = s.agent("agent-stale");
     let id = s.submit(&repo).await.unwrap();
-    s.wait(&id, Duration::from_secs(30), |j| j["step"] == "work").await;
+    s.wait(&id, Duration::from_secs(30), |j| j["step"] == "work")
+        .await;
     kill(&mut a, "-STOP");
     let mut b = s.agent("agent-fresh");
     let j = s.wait(&id, Duration::from_secs(LEASE + 30), is_final).await;
@@ -201,13 +258,31 @@ async fn a_stale_agent_cannot_overwrite_the_result_of_the_one_that_took_over() {
     // Give the stale agent time to try its final write (its step ends ~7s after it started).
     tokio::time::sleep(Duration::from_secs(8)).await;
     let j2 = s.job(&id).await;
-    assert_eq!(j2["status"], "succeeded", "the stale agent overwrote the result: {j2}");
+    assert_eq!(
+        j2["status"], "succeeded",
+        "the stale agent overwrote the result: {j2}"
+    );
     assert_eq!(j2["agent"], "agent-fresh");
     assert_eq!(j2["attempt"], 2);
-    let logs: Value = s.http.get(format!("{}/api/v1/jobs/{id}/logs", s.base)).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+    let logs: Value = s
+        .http
+        .get(format!("{}/api/v1/jobs/{id}/logs", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let lines = logs["lines"].as_array().unwrap();
-    assert!(lines.iter().any(|l| l["line"] == "done"), "the fresh agent's output is in the log");
-    assert!(!lines.iter().any(|l| l["line"] == "stale-line"), "the stale agent appended to the log after losing its lease");
+    assert!(
+        lines.iter().any(|l| l["line"] == "done"),
+        "the fresh agent's output is in the log"
+    );
+    assert!(
+        !lines.iter().any(|l| l["line"] == "stale-line"),
+        "the stale agent appended to the log after losing its lease"
+    );
     kill(&mut a, "-TERM");
     kill(&mut b, "-TERM");
     let _ = (a.wait(), b.wait());
@@ -218,8 +293,14 @@ async fn a_poison_job_is_dead_lettered_after_exactly_k_deliveries_while_others_f
     let k = 3;
     let s = stack(k).await;
     // The step kills its agent (its shell's parent) every time.
-    let poison = make_repo(&s.tmp.path().join("poison"), "steps:\n  - name: boom\n    run: kill -9 $PPID; sleep 5\n");
-    let fine = make_repo(&s.tmp.path().join("fine"), "steps:\n  - name: ok\n    run: echo fine\n");
+    let poison = make_repo(
+        &s.tmp.path().join("poison"),
+        "steps:\n  - name: boom\n    run: kill -9 $PPID; sleep 5\n",
+    );
+    let fine = make_repo(
+        &s.tmp.path().join("fine"),
+        "steps:\n  - name: ok\n    run: echo fine\n",
+    );
     let pid = s.submit(&poison).await.unwrap();
     let mut others = Vec::new();
     for _ in 0..4 {
@@ -239,22 +320,44 @@ async fn a_poison_job_is_dead_lettered_after_exactly_k_deliveries_while_others_f
         if is_final(&s.job(&pid).await) {
             break;
         }
-        assert!(Instant::now() < deadline, "poison job never dead-lettered: {}", s.job(&pid).await);
+        assert!(
+            Instant::now() < deadline,
+            "poison job never dead-lettered: {}",
+            s.job(&pid).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let j = s.job(&pid).await;
     assert_eq!(j["status"], "failed");
     assert_eq!(j["attempt"], k);
-    assert!(j["failure_reason"].as_str().unwrap().starts_with(&format!("gave up after {k} attempts")), "{j}");
+    assert!(
+        j["failure_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("gave up after {k} attempts")),
+        "{j}"
+    );
     let dead = s.queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].1, pid);
     assert_eq!(dead[0].2, k);
     for id in &others {
-        assert_eq!(s.wait(id, Duration::from_secs(60), is_final).await["status"], "succeeded");
+        assert_eq!(
+            s.wait(id, Duration::from_secs(60), is_final).await["status"],
+            "succeeded"
+        );
     }
     // Retry enqueues a fresh attempt.
-    let r: Value = s.http.post(format!("{}/api/v1/jobs/{pid}/retry", s.base)).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+    let r: Value = s
+        .http
+        .post(format!("{}/api/v1/jobs/{pid}/retry", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["status"], "queued");
     assert_eq!(r["retry_of"], pid.as_str());
     for a in agents.iter_mut() {
@@ -274,10 +377,27 @@ async fn cancel_during_cargo_test_and_forked_grandchildren_leaves_no_process() {
         "#[test]\nfn spawns_and_waits() {\n    let _c = std::process::Command::new(\"sh\").args([\"-c\", \"sleep 300 & sleep 300\"]).spawn().unwrap();\n    std::thread::sleep(std::time::Duration::from_secs(300));\n}\n",
     )
     .unwrap();
-    std::fs::write(crate_dir.join(".raibid.yaml"), "steps:\n  - name: test\n    run: cargo test\n").unwrap();
+    std::fs::write(
+        crate_dir.join(".raibid.yaml"),
+        "steps:\n  - name: test\n    run: cargo test\n",
+    )
+    .unwrap();
     let repo = {
         let git = |args: &[&str]| {
-            assert!(Command::new("git").args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]).args(args).current_dir(&crate_dir).status().unwrap().success());
+            assert!(Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "-c",
+                    "init.defaultBranch=main"
+                ])
+                .args(args)
+                .current_dir(&crate_dir)
+                .status()
+                .unwrap()
+                .success());
         };
         git(&["init", "-q"]);
         git(&["add", "-A"]);
@@ -305,13 +425,25 @@ async fn cancel_during_cargo_test_and_forked_grandchildren_leaves_no_process() {
         if let Some(p) = found {
             break p;
         }
-        assert!(Instant::now() < deadline, "cargo test never started its grandchildren");
+        assert!(
+            Instant::now() < deadline,
+            "cargo test never started its grandchildren"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let before = pids_in_group(pgid);
-    assert!(before.len() >= 3, "expected cargo, the test binary and sleeps in group {pgid}: {before:?}");
+    assert!(
+        before.len() >= 3,
+        "expected cargo, the test binary and sleeps in group {pgid}: {before:?}"
+    );
     let t0 = Instant::now();
-    let r = s.http.post(format!("{}/api/v1/jobs/{id}/cancel", s.base)).bearer_auth(TOKEN).send().await.unwrap();
+    let r = s
+        .http
+        .post(format!("{}/api/v1/jobs/{id}/cancel", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 202);
     let j = s.wait(&id, Duration::from_secs(5), is_final).await;
     let took = t0.elapsed();
@@ -322,8 +454,15 @@ async fn cancel_during_cargo_test_and_forked_grandchildren_leaves_no_process() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         left = pids_in_group(pgid);
     }
-    println!("cancel → cancelled in {took:?}; processes of the step before: {}, after: {}", before.len(), left.len());
-    assert!(left.is_empty(), "processes of the cancelled step survive: {left:?}");
+    println!(
+        "cancel → cancelled in {took:?}; processes of the step before: {}, after: {}",
+        before.len(),
+        left.len()
+    );
+    assert!(
+        left.is_empty(),
+        "processes of the cancelled step survive: {left:?}"
+    );
     assert!(took < Duration::from_secs(2), "cancel took {took:?}");
     kill(&mut a, "-TERM");
     let _ = a.wait();
@@ -338,25 +477,48 @@ async fn timeouts_name_the_step_and_sigterm_releases_the_job_at_once() {
     let j = s.wait(&id, Duration::from_secs(30), is_final).await;
     assert_eq!(j["status"], "timed_out", "{j}");
     assert_eq!(j["step"], "slow");
-    assert!(j["failure_reason"].as_str().unwrap().contains("step `slow` timed out after 1s"));
+    assert!(j["failure_reason"]
+        .as_str()
+        .unwrap()
+        .contains("step `slow` timed out after 1s"));
     // Job-level timeout.
-    let repo2 = make_repo(&s.tmp.path().join("t2"), "timeout: 2\nsteps:\n  - name: long\n    run: sleep 30\n");
+    let repo2 = make_repo(
+        &s.tmp.path().join("t2"),
+        "timeout: 2\nsteps:\n  - name: long\n    run: sleep 30\n",
+    );
     let id2 = s.submit(&repo2).await.unwrap();
     let j2 = s.wait(&id2, Duration::from_secs(30), is_final).await;
     assert_eq!(j2["status"], "timed_out");
-    assert!(j2["failure_reason"].as_str().unwrap().contains("job timed out after 2s during step `long`"), "{j2}");
+    assert!(
+        j2["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("job timed out after 2s during step `long`"),
+        "{j2}"
+    );
     // SIGTERM with a job running past the grace period (2 s): the job is released and another agent
     // claims it at once, without waiting for the lease.
     let repo3 = make_repo(&s.tmp.path().join("t3"), "steps:\n  - name: long\n    run: if [ \"$RAIBID_ATTEMPT\" = 1 ]; then sleep 60; fi; echo second\n");
     let id3 = s.submit(&repo3).await.unwrap();
-    s.wait(&id3, Duration::from_secs(30), |j| j["step"] == "long").await;
+    s.wait(&id3, Duration::from_secs(30), |j| j["step"] == "long")
+        .await;
     kill(&mut a, "-TERM");
-    let status = tokio::task::spawn_blocking(move || a.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "agent exits 0 after a clean shutdown: {status:?}");
+    let status = tokio::task::spawn_blocking(move || a.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "agent exits 0 after a clean shutdown: {status:?}"
+    );
     let j3 = s.job(&id3).await;
     assert_eq!(j3["status"], "queued", "released back to the queue: {j3}");
     let q = s.queue.stats().await.unwrap();
-    assert_eq!((q.lag, q.pending), (Some(1), 0), "the released job is claimable at once");
+    assert_eq!(
+        (q.lag, q.pending),
+        (Some(1), 0),
+        "the released job is claimable at once"
+    );
     let mut b = s.agent("agent-next");
     let j3 = s.wait(&id3, Duration::from_secs(20), is_final).await;
     assert_eq!(j3["status"], "succeeded");
@@ -371,16 +533,25 @@ async fn two_agents_with_one_consumer_name_cannot_both_run() {
     let mut a = s.agent("same-name");
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut b = s.agent("same-name");
-    let st = tokio::task::spawn_blocking(move || b.wait()).await.unwrap().unwrap();
+    let st = tokio::task::spawn_blocking(move || b.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st.code(), Some(1), "the second agent refuses to start");
     let log = std::fs::read_to_string(s.tmp.path().join("same-name.log")).unwrap();
-    assert!(log.contains("another agent with consumer name `same-name` is alive"), "{log}");
+    assert!(
+        log.contains("another agent with consumer name `same-name` is alive"),
+        "{log}"
+    );
     kill(&mut a, "-TERM");
     let _ = a.wait();
 }
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Jepsen-style total-queue check: every accepted job ends with exactly one final status, none is lost,
@@ -395,9 +566,14 @@ async fn total_queue_check_under_agent_and_redis_crashes() {
     let execs = s.tmp.path().join("executions");
     let repo = make_repo(
         &s.tmp.path().join("repo"),
-        &format!("steps:\n  - name: record\n    run: echo \"$RAIBID_JOB_ID\" >> {}; sleep 0.05\n", execs.display()),
+        &format!(
+            "steps:\n  - name: record\n    run: echo \"$RAIBID_JOB_ID\" >> {}; sleep 0.05\n",
+            execs.display()
+        ),
     );
-    let mut agents: Vec<Child> = (0..n_agents).map(|i| s.agent(&format!("fault-{i}"))).collect();
+    let mut agents: Vec<Child> = (0..n_agents)
+        .map(|i| s.agent(&format!("fault-{i}")))
+        .collect();
     let mut next_agent = n_agents;
     let t0 = Instant::now();
     let mut accepted: Vec<String> = Vec::new();
@@ -405,8 +581,12 @@ async fn total_queue_check_under_agent_and_redis_crashes() {
     let mut rejected = 0usize;
     let mut rng = rand::thread_rng();
     // Fault schedule: spread over the submissions.
-    let mut kills_at: Vec<usize> = (0..agent_kills).map(|_| rng.gen_range(1..n_jobs.max(2))).collect();
-    let mut restarts_at: Vec<usize> = (0..redis_restarts).map(|i| (i + 1) * n_jobs / (redis_restarts + 1)).collect();
+    let mut kills_at: Vec<usize> = (0..agent_kills)
+        .map(|_| rng.gen_range(1..n_jobs.max(2)))
+        .collect();
+    let mut restarts_at: Vec<usize> = (0..redis_restarts)
+        .map(|i| (i + 1) * n_jobs / (redis_restarts + 1))
+        .collect();
     kills_at.sort_unstable();
     let (mut kills_done, mut restarts_done) = (0, 0);
     let mut submitted = 0usize;
@@ -450,7 +630,10 @@ async fn total_queue_check_under_agent_and_redis_crashes() {
                 finals.insert(id.clone(), j["status"].as_str().unwrap().to_string());
                 break;
             }
-            assert!(Instant::now() < deadline, "job {id} not final after the drain deadline: {j}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not final after the drain deadline: {j}"
+            );
             for a in agents.iter_mut() {
                 if let Ok(Some(_)) = a.try_wait() {
                     *a = s.agent(&format!("fault-{next_agent}"));
@@ -470,15 +653,25 @@ async fn total_queue_check_under_agent_and_redis_crashes() {
     // Every job in the store was accepted (or is one of the indeterminate requests).
     let (all, _) = s.queue.list(None, None, usize::MAX, None).await.unwrap();
     let accepted_set: HashSet<&String> = accepted.iter().collect();
-    let unexpected: Vec<&String> = all.iter().map(|j| &j.id).filter(|id| !accepted_set.contains(id)).collect();
-    let missing: Vec<&String> = accepted.iter().filter(|id| !all.iter().any(|j| &&j.id == id)).collect();
+    let unexpected: Vec<&String> = all
+        .iter()
+        .map(|j| &j.id)
+        .filter(|id| !accepted_set.contains(id))
+        .collect();
+    let missing: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !all.iter().any(|j| &&j.id == id))
+        .collect();
     let text = std::fs::read_to_string(&execs).unwrap_or_default();
     let mut runs: HashMap<&str, usize> = HashMap::new();
     for l in text.lines() {
         *runs.entry(l.trim()).or_default() += 1;
     }
     let extra: usize = runs.values().map(|c| c.saturating_sub(1)).sum();
-    let not_succeeded: Vec<(&String, &String)> = finals.iter().filter(|(_, s)| s.as_str() != "succeeded").collect();
+    let not_succeeded: Vec<(&String, &String)> = finals
+        .iter()
+        .filter(|(_, s)| s.as_str() != "succeeded")
+        .collect();
     let crash_budget = kills_done + restarts_done * n_agents;
     let q = s.queue.stats().await.unwrap();
     println!(
@@ -490,13 +683,25 @@ async fn total_queue_check_under_agent_and_redis_crashes() {
     assert_eq!(kills_done, agent_kills);
     assert_eq!(restarts_done, redis_restarts);
     assert!(missing.is_empty(), "accepted jobs lost: {missing:?}");
-    assert!(unexpected.len() <= indeterminate, "jobs nobody submitted: {unexpected:?}");
+    assert!(
+        unexpected.len() <= indeterminate,
+        "jobs nobody submitted: {unexpected:?}"
+    );
     assert_eq!(finals.len(), accepted.len());
-    assert!(not_succeeded.is_empty(), "jobs that did not succeed: {not_succeeded:?}");
+    assert!(
+        not_succeeded.is_empty(),
+        "jobs that did not succeed: {not_succeeded:?}"
+    );
     for id in &accepted {
-        assert!(runs.get(id.as_str()).copied().unwrap_or(0) >= 1, "job {id} is final but never executed");
+        assert!(
+            runs.get(id.as_str()).copied().unwrap_or(0) >= 1,
+            "job {id} is final but never executed"
+        );
     }
-    assert!(extra <= crash_budget, "{extra} re-executions exceed the {crash_budget} crashes injected");
+    assert!(
+        extra <= crash_budget,
+        "{extra} re-executions exceed the {crash_budget} crashes injected"
+    );
     assert_eq!((q.lag, q.pending), (Some(0), 0));
     let _ = PathBuf::new();
 }

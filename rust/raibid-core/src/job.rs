@@ -319,7 +319,11 @@ mod tests {
         let t0 = Utc::now();
         let mut j = Job::new(src(), t0);
         j.begin_step("build", t0);
-        j.end_step("failed", Some(101), t0 + chrono::Duration::milliseconds(1500));
+        j.end_step(
+            "failed",
+            Some(101),
+            t0 + chrono::Duration::milliseconds(1500),
+        );
         assert_eq!(j.steps[0].exit_code, Some(101));
         assert_eq!(j.steps[0].duration_ms, Some(1500));
         j.finish(Status::Failed, Some("step build exited 101".into()), t0);

@@ -288,14 +288,26 @@ mod tests {
     fn bad_values_are_named() {
         let cases = [
             ("steps: []\n", "steps"),
-            ("steps:\n  - name: a\n    run: x\n    timeout: soon\n", "steps[0].timeout"),
+            (
+                "steps:\n  - name: a\n    run: x\n    timeout: soon\n",
+                "steps[0].timeout",
+            ),
             ("timeout: 0\nsteps:\n  - name: a\n    run: x\n", "timeout"),
             ("steps:\n  - name: clone\n    run: x\n", "steps[0].name"),
-            ("steps:\n  - name: a\n    run: x\n  - name: a\n    run: y\n", "steps[1].name"),
+            (
+                "steps:\n  - name: a\n    run: x\n  - name: a\n    run: y\n",
+                "steps[1].name",
+            ),
             ("steps:\n  - name: 'a b'\n    run: x\n", "steps[0].name"),
             ("steps:\n  - name: a\n    run: '  '\n", "steps[0].run"),
-            ("env: {'1BAD': x}\nsteps:\n  - name: a\n    run: x\n", "env.1BAD"),
-            ("name: 'no/slash'\nsteps:\n  - name: a\n    run: x\n", "name"),
+            (
+                "env: {'1BAD': x}\nsteps:\n  - name: a\n    run: x\n",
+                "env.1BAD",
+            ),
+            (
+                "name: 'no/slash'\nsteps:\n  - name: a\n    run: x\n",
+                "name",
+            ),
         ];
         for (text, key) in cases {
             let e = Pipeline::parse(text).unwrap_err();

@@ -139,6 +139,7 @@ pub enum Requeued {
 }
 
 /// The result of an enqueue.
+#[allow(clippy::large_enum_variant)] // built once per request and matched at once
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// A new job.
@@ -151,8 +152,9 @@ pub enum Enqueued {
 pub const CLAIM_LATENCY_BUCKETS: [f64; 10] =
     [0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 /// Bucket upper bounds (seconds) of the job duration histogram.
-pub const JOB_DURATION_BUCKETS: [f64; 10] =
-    [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+pub const JOB_DURATION_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
 
 const ENQUEUE_LUA: &str = r#"
 -- KEYS: job, stream, index, events, dedup   ARGV: id, record, score, dedup_ttl, event, events_maxlen, has_dedup, prune_before
@@ -394,7 +396,11 @@ impl Queue {
                 .arg("CREATE")
                 .arg(stream)
                 .arg(group)
-                .arg(if stream == keys::JOBS_STREAM { "0" } else { "$" })
+                .arg(if stream == keys::JOBS_STREAM {
+                    "0"
+                } else {
+                    "$"
+                })
                 .arg("MKSTREAM")
                 .query_async(&mut con)
                 .await;
@@ -418,8 +424,8 @@ impl Queue {
     /// the de-duplication key. A delivery seen before returns the job it made and enqueues nothing.
     pub async fn enqueue(&self, job: Job, delivery: Option<(&str, &str)>) -> Result<Enqueued> {
         let mut con = self.con.clone();
-        let record =
-            serde_json::to_string(&job).map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
+        let record = serde_json::to_string(&job)
+            .map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
         let now = job.timestamps.queued.unwrap_or_else(Utc::now);
         let event = serde_json::to_string(&Event::of("job_created", &job, now))
             .map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
@@ -431,7 +437,11 @@ impl Queue {
             .key(keys::JOBS_STREAM)
             .key(keys::JOB_INDEX)
             .key(keys::EVENTS_STREAM)
-            .key(dedup.clone().unwrap_or_else(|| contract::delivery_key("none", "none")))
+            .key(
+                dedup
+                    .clone()
+                    .unwrap_or_else(|| contract::delivery_key("none", "none")),
+            )
             .arg(&job.id)
             .arg(record)
             .arg(now.timestamp_millis())
@@ -444,8 +454,13 @@ impl Queue {
             .await?;
         match r.as_slice() {
             [Value::Int(1), _] => Ok(Enqueued::New(job)),
-            [Value::Int(0), existing] => Ok(Enqueued::Duplicate(to_string(existing).unwrap_or_default())),
-            other => Err(QueueError::Corrupt(job.id, format!("unexpected enqueue reply {other:?}"))),
+            [Value::Int(0), existing] => {
+                Ok(Enqueued::Duplicate(to_string(existing).unwrap_or_default()))
+            }
+            other => Err(QueueError::Corrupt(
+                job.id,
+                format!("unexpected enqueue reply {other:?}"),
+            )),
         }
     }
 
@@ -486,14 +501,18 @@ impl Queue {
         entry: Option<&str>,
     ) -> Result<bool> {
         let mut con = self.con.clone();
-        let record =
-            serde_json::to_string(job).map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
+        let record = serde_json::to_string(job)
+            .map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
         let event = match event {
             Some(kind) => serde_json::to_string(&Event::of(kind, job, Utc::now()))
                 .map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?,
             None => String::new(),
         };
-        let expire = if job.status.is_final() { self.cfg.retention.as_secs() } else { 0 };
+        let expire = if job.status.is_final() {
+            self.cfg.retention.as_secs()
+        } else {
+            0
+        };
         let r: i64 = self
             .update
             .key(contract::job_key(&job.id))
@@ -540,7 +559,9 @@ impl Queue {
                 return Ok(job);
             }
         }
-        Err(QueueError::Conflict(format!("job {id}: too many concurrent updates")))
+        Err(QueueError::Conflict(format!(
+            "job {id}: too many concurrent updates"
+        )))
     }
 
     /// Update a claimed job's record as its lease holder (step progress). Fails with `LeaseLost` when
@@ -554,13 +575,24 @@ impl Queue {
             // Keep a concurrent cancel request.
             claim.job.cancel_requested |= cur.cancel_requested;
             if self
-                .cas(&claim.job, &rev, Some(event), None, &claim.lease, Some(&claim.lease), None)
+                .cas(
+                    &claim.job,
+                    &rev,
+                    Some(event),
+                    None,
+                    &claim.lease,
+                    Some(&claim.lease),
+                    None,
+                )
                 .await?
             {
                 return Ok(());
             }
         }
-        Err(QueueError::Conflict(format!("job {}: too many concurrent updates", claim.job.id)))
+        Err(QueueError::Conflict(format!(
+            "job {}: too many concurrent updates",
+            claim.job.id
+        )))
     }
 
     /// Write the final status, acknowledge and delete the stream entry, in one fenced step.
@@ -583,12 +615,19 @@ impl Queue {
                 )
                 .await?
             {
-                self.observe(keys::JOB_DURATION_HIST, &JOB_DURATION_BUCKETS, claim.job.duration_secs())
-                    .await;
+                self.observe(
+                    keys::JOB_DURATION_HIST,
+                    &JOB_DURATION_BUCKETS,
+                    claim.job.duration_secs(),
+                )
+                .await;
                 return Ok(());
             }
         }
-        Err(QueueError::Conflict(format!("job {}: too many concurrent updates", claim.job.id)))
+        Err(QueueError::Conflict(format!(
+            "job {}: too many concurrent updates",
+            claim.job.id
+        )))
     }
 
     /// Block up to `block` for the next undelivered entry and claim its job for `agent`. Entries of jobs
@@ -619,7 +658,12 @@ impl Queue {
     }
 
     /// Claim the job of a delivered entry.
-    pub async fn claim_entry(&self, agent: &str, entry_id: &str, job_id: &str) -> Result<Option<Claim>> {
+    pub async fn claim_entry(
+        &self,
+        agent: &str,
+        entry_id: &str,
+        job_id: &str,
+    ) -> Result<Option<Claim>> {
         for _ in 0..100 {
             let (mut job, rev) = match self.load(job_id).await {
                 Ok(x) => x,
@@ -635,9 +679,21 @@ impl Queue {
                 return Ok(None);
             }
             if job.cancel_requested {
-                job.finish(Status::Cancelled, Some("cancelled before it started".into()), now);
+                job.finish(
+                    Status::Cancelled,
+                    Some("cancelled before it started".into()),
+                    now,
+                );
                 if self
-                    .cas(&job, &rev, Some("job_finished"), Some(entry_id), "", None, None)
+                    .cas(
+                        &job,
+                        &rev,
+                        Some("job_finished"),
+                        Some(entry_id),
+                        "",
+                        None,
+                        None,
+                    )
                     .await?
                 {
                     return Ok(None);
@@ -652,11 +708,23 @@ impl Queue {
             job.timestamps.claimed = Some(now);
             job.failure_reason = None;
             if self
-                .cas(&job, &rev, Some("job_claimed"), None, &lease, None, Some(entry_id))
+                .cas(
+                    &job,
+                    &rev,
+                    Some("job_claimed"),
+                    None,
+                    &lease,
+                    None,
+                    Some(entry_id),
+                )
                 .await?
             {
-                self.observe(keys::CLAIM_LATENCY_HIST, &CLAIM_LATENCY_BUCKETS, job.claim_latency_secs())
-                    .await;
+                self.observe(
+                    keys::CLAIM_LATENCY_HIST,
+                    &CLAIM_LATENCY_BUCKETS,
+                    job.claim_latency_secs(),
+                )
+                .await;
                 return Ok(Some(Claim {
                     job,
                     entry_id: entry_id.to_string(),
@@ -664,7 +732,9 @@ impl Queue {
                 }));
             }
         }
-        Err(QueueError::Conflict(format!("job {job_id}: too many concurrent updates")))
+        Err(QueueError::Conflict(format!(
+            "job {job_id}: too many concurrent updates"
+        )))
     }
 
     async fn ack_delete(&self, entry_id: &str) -> Result<()> {
@@ -709,7 +779,13 @@ impl Queue {
     /// the dead-letter stream as failed. With `required_lease` only the lease holder may do it (an agent
     /// releasing its job on shutdown); without it (the reaper) the record's revision is the fence.
     /// Returns what happened.
-    pub async fn requeue(&self, job_id: &str, entry_id: &str, reason: &str, required_lease: Option<&str>) -> Result<Requeued> {
+    pub async fn requeue(
+        &self,
+        job_id: &str,
+        entry_id: &str,
+        reason: &str,
+        required_lease: Option<&str>,
+    ) -> Result<Requeued> {
         for _ in 0..100 {
             let (mut job, rev) = match self.load(job_id).await {
                 Ok(x) => x,
@@ -725,7 +801,11 @@ impl Queue {
                 }
             }
             let mut con = self.con.clone();
-            let cur_entry: Option<String> = redis::cmd("HGET").arg(contract::job_key(job_id)).arg("entry").query_async(&mut con).await?;
+            let cur_entry: Option<String> = redis::cmd("HGET")
+                .arg(contract::job_key(job_id))
+                .arg("entry")
+                .query_async(&mut con)
+                .await?;
             if job.status.is_final() || cur_entry.as_deref() != Some(entry_id) {
                 // A stale entry (the job moved on): drop it.
                 self.ack_delete(entry_id).await?;
@@ -733,7 +813,11 @@ impl Queue {
             }
             let now = Utc::now();
             let (mode, outcome) = if job.cancel_requested {
-                job.finish(Status::Cancelled, Some(format!("cancelled ({reason})")), now);
+                job.finish(
+                    Status::Cancelled,
+                    Some(format!("cancelled ({reason})")),
+                    now,
+                );
                 ("final", Requeued::Finished)
             } else if job.attempt >= self.cfg.max_attempts {
                 job.finish(
@@ -752,12 +836,14 @@ impl Queue {
                 job.timestamps.started = None;
                 ("queue", Requeued::Queued)
             };
-            let record = serde_json::to_string(&job).map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
+            let record = serde_json::to_string(&job)
+                .map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
             let kind = match outcome {
                 Requeued::Queued => "job_requeued",
                 _ => "job_finished",
             };
-            let event = serde_json::to_string(&Event::of(kind, &job, now)).map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
+            let event = serde_json::to_string(&Event::of(kind, &job, now))
+                .map_err(|e| QueueError::Corrupt(job.id.clone(), e.to_string()))?;
             let r: i64 = self
                 .requeue
                 .key(contract::job_key(job_id))
@@ -784,7 +870,9 @@ impl Queue {
                 _ => return Ok(outcome),
             }
         }
-        Err(QueueError::Conflict(format!("job {job_id}: too many concurrent updates")))
+        Err(QueueError::Conflict(format!(
+            "job {job_id}: too many concurrent updates"
+        )))
     }
 
     /// Reclaim entries whose lease expired (idle longer than `lease`: their agent stopped heartbeating)
@@ -807,13 +895,21 @@ impl Queue {
                 .query_async(&mut con)
                 .await?;
             let Value::Array(parts) = reply else { break };
-            let next = parts.first().and_then(to_string).unwrap_or_else(|| "0-0".into());
+            let next = parts
+                .first()
+                .and_then(to_string)
+                .unwrap_or_else(|| "0-0".into());
             let ids: Vec<String> = match parts.get(1) {
                 Some(Value::Array(v)) => v.iter().filter_map(to_string).collect(),
                 _ => Vec::new(),
             };
             for id in ids {
-                let entry: Value = redis::cmd("XRANGE").arg(keys::JOBS_STREAM).arg(&id).arg(&id).query_async(&mut con).await?;
+                let entry: Value = redis::cmd("XRANGE")
+                    .arg(keys::JOBS_STREAM)
+                    .arg(&id)
+                    .arg(&id)
+                    .query_async(&mut con)
+                    .await?;
                 let Some((_, fields)) = first_range_entry(&entry) else {
                     self.ack_delete(&id).await?;
                     continue;
@@ -823,7 +919,9 @@ impl Queue {
                     Ok(j) => format!(
                         "agent {} stopped renewing its lease{}",
                         j.agent.as_deref().unwrap_or("?"),
-                        j.step.map(|s| format!(" during step `{s}`")).unwrap_or_default()
+                        j.step
+                            .map(|s| format!(" during step `{s}`"))
+                            .unwrap_or_default()
                     ),
                     Err(_) => "its agent stopped renewing its lease".to_string(),
                 };
@@ -842,7 +940,12 @@ impl Queue {
     /// Entries of the dead-letter stream: (entry id, job id, attempts, reason).
     pub async fn dead_letters(&self) -> Result<Vec<(String, String, u32, String)>> {
         let mut con = self.con.clone();
-        let reply: Value = redis::cmd("XRANGE").arg(keys::DEAD_STREAM).arg("-").arg("+").query_async(&mut con).await?;
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(keys::DEAD_STREAM)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await?;
         Ok(range_entries(&reply)
             .into_iter()
             .map(|(id, f)| {
@@ -859,20 +962,30 @@ impl Queue {
     /// Read a histogram: (bucket bound → cumulative count, sum, count).
     pub async fn histogram(&self, key: &str) -> Result<HashMap<String, f64>> {
         let mut con = self.con.clone();
-        let m: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(&mut con).await?;
-        Ok(m.into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect())
+        let m: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(key).query_async(&mut con).await?;
+        Ok(m.into_iter()
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect())
     }
 
     /// Append log lines for a claimed job (capped; fenced by the lease). Returns false when the lease
     /// was lost.
-    pub async fn append_log(&self, job_id: &str, lease: &str, lines: &[(String, String, String)]) -> Result<bool> {
+    pub async fn append_log(
+        &self,
+        job_id: &str,
+        lease: &str,
+        lines: &[(String, String, String)],
+    ) -> Result<bool> {
         if lines.is_empty() {
             return Ok(true);
         }
         let mut con = self.con.clone();
         let ts = ts_string(Utc::now());
         let mut inv = self.append.key(contract::job_log_key(job_id));
-        inv.key(contract::job_key(job_id)).arg(self.cfg.log_cap_bytes).arg(lease);
+        inv.key(contract::job_key(job_id))
+            .arg(self.cfg.log_cap_bytes)
+            .arg(lease);
         for (step, stream, line) in lines {
             inv.arg(step).arg(stream).arg(&ts).arg(line);
         }
@@ -881,7 +994,12 @@ impl Queue {
     }
 
     /// Read log lines after `after` (exclusive; `None` = from the start), at most `count`.
-    pub async fn read_log(&self, job_id: &str, after: Option<&str>, count: usize) -> Result<Vec<LogLine>> {
+    pub async fn read_log(
+        &self,
+        job_id: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<LogLine>> {
         let mut con = self.con.clone();
         let start = match after {
             Some(a) => format!("({a}"),
@@ -957,7 +1075,11 @@ impl Queue {
                 }
                 job.cancel_requested = true;
                 if job.status == Status::Queued {
-                    job.finish(Status::Cancelled, Some("cancelled before it started".into()), now);
+                    job.finish(
+                        Status::Cancelled,
+                        Some("cancelled before it started".into()),
+                        now,
+                    );
                     Ok(Some("job_finished"))
                 } else {
                     Ok(Some("job_cancel_requested"))
@@ -1025,7 +1147,9 @@ impl Queue {
                     start -= 1;
                     continue;
                 };
-                let Ok(job) = serde_json::from_str::<Job>(&rec) else { continue };
+                let Ok(job) = serde_json::from_str::<Job>(&rec) else {
+                    continue;
+                };
                 if status.is_some_and(|s| s != job.status) {
                     continue;
                 }
@@ -1054,7 +1178,10 @@ impl Queue {
     /// Queue figures from `XLEN` and `XINFO GROUPS`.
     pub async fn stats(&self) -> Result<QueueStats> {
         let mut con = self.con.clone();
-        let length: u64 = redis::cmd("XLEN").arg(keys::JOBS_STREAM).query_async(&mut con).await?;
+        let length: u64 = redis::cmd("XLEN")
+            .arg(keys::JOBS_STREAM)
+            .query_async(&mut con)
+            .await?;
         let groups: Value = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(keys::JOBS_STREAM)
@@ -1185,7 +1312,10 @@ impl Queue {
     /// Agents with a live heartbeat; stale members of the set are removed.
     pub async fn agents(&self) -> Result<Vec<AgentInfo>> {
         let mut con = self.con.clone();
-        let names: Vec<String> = redis::cmd("SMEMBERS").arg(keys::AGENTS_SET).query_async(&mut con).await?;
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::AGENTS_SET)
+            .query_async(&mut con)
+            .await?;
         let mut out = Vec::new();
         for name in names {
             let m: HashMap<String, String> = redis::cmd("HGETALL")
@@ -1193,7 +1323,11 @@ impl Queue {
                 .query_async(&mut con)
                 .await?;
             if m.is_empty() {
-                let _: i64 = redis::cmd("SREM").arg(keys::AGENTS_SET).arg(&name).query_async(&mut con).await?;
+                let _: i64 = redis::cmd("SREM")
+                    .arg(keys::AGENTS_SET)
+                    .arg(&name)
+                    .query_async(&mut con)
+                    .await?;
                 continue;
             }
             out.push(AgentInfo {
@@ -1210,7 +1344,10 @@ impl Queue {
     /// Is another live agent using this consumer name?
     pub async fn agent_alive(&self, agent: &str) -> Result<bool> {
         let mut con = self.con.clone();
-        let n: i64 = redis::cmd("EXISTS").arg(contract::agent_key(agent)).query_async(&mut con).await?;
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(contract::agent_key(agent))
+            .query_async(&mut con)
+            .await?;
         Ok(n > 0)
     }
 
@@ -1236,17 +1373,23 @@ impl Queue {
             .await?;
         let mut out = Vec::new();
         for (id, fields) in stream_entries(&reply) {
-            if let Some(ev) = fields.get("event").and_then(|e| serde_json::from_str::<Event>(e).ok()) {
+            if let Some(ev) = fields
+                .get("event")
+                .and_then(|e| serde_json::from_str::<Event>(e).ok())
+            {
                 out.push((id, ev));
             } else {
-                out.push((id, Event {
-                    kind: "unknown".into(),
-                    job: String::new(),
-                    status: Status::Queued,
-                    step: None,
-                    agent: None,
-                    ts: Utc::now(),
-                }));
+                out.push((
+                    id,
+                    Event {
+                        kind: "unknown".into(),
+                        job: String::new(),
+                        status: Status::Queued,
+                        step: None,
+                        agent: None,
+                        ts: Utc::now(),
+                    },
+                ));
             }
         }
         Ok(out)

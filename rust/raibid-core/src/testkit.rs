@@ -54,7 +54,12 @@ impl RedisServer {
             let port = free_port()?;
             match Self::spawn(&dir, port) {
                 Ok(child) => {
-                    return Ok(RedisServer { child: Some(child), port, dir, _tmp: Some(tmp) });
+                    return Ok(RedisServer {
+                        child: Some(child),
+                        port,
+                        dir,
+                        _tmp: Some(tmp),
+                    });
                 }
                 Err(e) => last_err = Some(e),
             }

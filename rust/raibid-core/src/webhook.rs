@@ -54,8 +54,7 @@ fn verify_hex(secret: &[u8], body: &[u8], given_hex: &str) -> Result<(), Webhook
         return Err(WebhookError::BadSignature);
     }
     let given = hex::decode(given_hex.trim()).map_err(|_| WebhookError::BadSignature)?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret).map_err(|_| WebhookError::BadSignature)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| WebhookError::BadSignature)?;
     mac.update(body);
     let expected = mac.finalize().into_bytes();
     if given.len() == expected.len() && bool::from(expected.as_slice().ct_eq(&given)) {
@@ -71,11 +70,7 @@ pub fn verify_gitea(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<
 }
 
 /// Verify a GitHub `X-Hub-Signature-256: sha256=<hex>` header value (constant time).
-pub fn verify_github(
-    secret: &[u8],
-    body: &[u8],
-    header: Option<&str>,
-) -> Result<(), WebhookError> {
+pub fn verify_github(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), WebhookError> {
     let h = header.ok_or(WebhookError::BadSignature)?;
     let hexpart = h
         .trim()
@@ -213,12 +208,18 @@ mod tests {
             verify_gitea(b"s3cret", b"tampered", Some(&sig)),
             Err(WebhookError::BadSignature)
         );
-        assert_eq!(verify_gitea(b"s3cret", BODY, None), Err(WebhookError::BadSignature));
+        assert_eq!(
+            verify_gitea(b"s3cret", BODY, None),
+            Err(WebhookError::BadSignature)
+        );
         assert_eq!(
             verify_gitea(b"s3cret", BODY, Some("zz")),
             Err(WebhookError::BadSignature)
         );
-        assert_eq!(verify_gitea(b"", BODY, Some(&sign_hex(b"", BODY))), Err(WebhookError::BadSignature));
+        assert_eq!(
+            verify_gitea(b"", BODY, Some(&sign_hex(b"", BODY))),
+            Err(WebhookError::BadSignature)
+        );
     }
 
     #[test]
@@ -251,18 +252,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let del = String::from_utf8_lossy(BODY).replace("2222222222222222222222222222222222222222", ZERO_SHA);
-        assert!(matches!(parse_push(del.as_bytes()).unwrap(), PushOutcome::Ignore(_)));
+        let del = String::from_utf8_lossy(BODY)
+            .replace("2222222222222222222222222222222222222222", ZERO_SHA);
+        assert!(matches!(
+            parse_push(del.as_bytes()).unwrap(),
+            PushOutcome::Ignore(_)
+        ));
         let tag = String::from_utf8_lossy(BODY).replace("refs/heads/main", "refs/tags/v1");
-        assert!(matches!(parse_push(tag.as_bytes()).unwrap(), PushOutcome::Ignore(_)));
+        assert!(matches!(
+            parse_push(tag.as_bytes()).unwrap(),
+            PushOutcome::Ignore(_)
+        ));
     }
 
     #[test]
     fn malformed_and_unprocessable() {
         assert!(matches!(parse_push(b"{"), Err(WebhookError::Malformed(_))));
-        assert!(matches!(parse_push(b"{\"ref\":1}"), Err(WebhookError::Malformed(_))));
-        let bad = String::from_utf8_lossy(BODY).replace("2222222222222222222222222222222222222222", "nothex");
-        assert!(matches!(parse_push(bad.as_bytes()), Err(WebhookError::Unprocessable(_))));
+        assert!(matches!(
+            parse_push(b"{\"ref\":1}"),
+            Err(WebhookError::Malformed(_))
+        ));
+        let bad = String::from_utf8_lossy(BODY)
+            .replace("2222222222222222222222222222222222222222", "nothex");
+        assert!(matches!(
+            parse_push(bad.as_bytes()),
+            Err(WebhookError::Unprocessable(_))
+        ));
     }
 
     #[test]

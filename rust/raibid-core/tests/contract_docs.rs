@@ -1,5 +1,6 @@
 //! The docs agree with the one definition of the contract: every Redis key, environment variable and HTTP
 //! path defined in contract.rs is documented.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
@@ -14,7 +15,10 @@ fn consts(module: &str) -> Vec<(String, String)> {
         } else if let Some(rest) = t.strip_prefix("pub const ") {
             if current == module {
                 let (name, value) = rest.split_once(": &str = ").expect("const form");
-                out.push((name.to_string(), value.trim_end_matches(';').trim_matches('"').to_string()));
+                out.push((
+                    name.to_string(),
+                    value.trim_end_matches(';').trim_matches('"').to_string(),
+                ));
             }
         }
     }
@@ -23,7 +27,9 @@ fn consts(module: &str) -> Vec<(String, String)> {
 }
 
 fn doc(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs")
+        .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -31,8 +37,15 @@ fn doc(name: &str) -> String {
 fn every_redis_key_is_in_the_key_layout_table() {
     let page = doc("queue-contract.md");
     for (name, value) in consts("keys") {
-        let needle = if name.ends_with("_SUFFIX") { format!("{value}`") } else { format!("`{value}") };
-        assert!(page.contains(&needle), "docs/queue-contract.md does not document {name} = {value}");
+        let needle = if name.ends_with("_SUFFIX") {
+            format!("{value}`")
+        } else {
+            format!("`{value}")
+        };
+        assert!(
+            page.contains(&needle),
+            "docs/queue-contract.md does not document {name} = {value}"
+        );
     }
 }
 
@@ -40,7 +53,10 @@ fn every_redis_key_is_in_the_key_layout_table() {
 fn every_env_var_is_documented() {
     let page = doc("configuration.md");
     for (name, value) in consts("env") {
-        assert!(page.contains(&format!("`{value}`")), "docs/configuration.md does not document {name} = {value}");
+        assert!(
+            page.contains(&format!("`{value}`")),
+            "docs/configuration.md does not document {name} = {value}"
+        );
     }
 }
 
@@ -49,9 +65,15 @@ fn every_http_path_is_documented() {
     let page = doc("api.md");
     for (name, value) in consts("http") {
         if name == "DEFAULT_PORT" {
-            assert!(page.contains(&format!("port {value}")), "docs/api.md does not name the default port");
+            assert!(
+                page.contains(&format!("port {value}")),
+                "docs/api.md does not name the default port"
+            );
         } else {
-            assert!(page.contains(&value), "docs/api.md does not document {name} = {value}");
+            assert!(
+                page.contains(&value),
+                "docs/api.md does not document {name} = {value}"
+            );
         }
     }
 }

@@ -34,10 +34,18 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn unauthorized() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid credentials")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid credentials",
+        )
     }
     fn bad_request(m: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", m)
@@ -57,11 +65,19 @@ impl From<QueueError> for ApiError {
             QueueError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             QueueError::Redis(e) => {
                 tracing::error!(error = %e, "redis error");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", "the job queue is unavailable; retry later")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue_unavailable",
+                    "the job queue is unavailable; retry later",
+                )
             }
             other => {
                 tracing::error!(error = %other, "internal error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }
@@ -70,8 +86,12 @@ impl From<QueueError> for ApiError {
 impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> ApiError {
         match e {
-            WebhookError::BadSignature => ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string()),
-            WebhookError::Malformed(m) => ApiError::bad_request(format!("malformed JSON payload: {m}")),
+            WebhookError::BadSignature => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())
+            }
+            WebhookError::Malformed(m) => {
+                ApiError::bad_request(format!("malformed JSON payload: {m}"))
+            }
             WebhookError::Unprocessable(m) => ApiError::unprocessable(m),
         }
     }
@@ -79,7 +99,11 @@ impl From<WebhookError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
@@ -100,7 +124,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(http::GITEA_WEBHOOK_PATH, post(gitea_webhook))
         .route(http::GITHUB_WEBHOOK_PATH, post(github_webhook))
-        .route(http::HEALTHZ_PATH, get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            http::HEALTHZ_PATH,
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
         .route(http::READYZ_PATH, get(readyz))
         .route(http::METRICS_PATH, get(metrics))
         .nest(http::API_PREFIX, api)
@@ -131,9 +158,17 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {
     let limit = state.settings.body_limit;
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body is larger than {limit} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
     };
-    if let Some(len) = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         if len > limit {
             return Err(too_large());
         }
@@ -155,37 +190,75 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn reject(state: &AppState, e: impl Into<ApiError>) -> ApiError {
-    state.counters.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
+    state
+        .counters
+        .webhooks_rejected
+        .fetch_add(1, Ordering::Relaxed);
     e.into()
 }
 
 fn ignored(state: &AppState, reason: &str) -> Response {
-    state.counters.webhooks_ignored.fetch_add(1, Ordering::Relaxed);
-    (StatusCode::OK, Json(json!({"status": "ignored", "reason": reason}))).into_response()
+    state
+        .counters
+        .webhooks_ignored
+        .fetch_add(1, Ordering::Relaxed);
+    (
+        StatusCode::OK,
+        Json(json!({"status": "ignored", "reason": reason})),
+    )
+        .into_response()
 }
 
-async fn enqueue_push(state: &AppState, push: webhook::Push, kind: TriggerKind, forge: &str, delivery: Option<&str>, forge_repo: Option<String>) -> ApiResult<Response> {
+async fn enqueue_push(
+    state: &AppState,
+    push: webhook::Push,
+    kind: TriggerKind,
+    forge: &str,
+    delivery: Option<&str>,
+    forge_repo: Option<String>,
+) -> ApiResult<Response> {
     let now = Utc::now();
     let job = Job::new(
         Source {
             repo_url: push.clone_url,
             git_ref: push.git_ref,
             sha: Some(push.sha),
-            trigger: Trigger { kind, actor: push.actor },
+            trigger: Trigger {
+                kind,
+                actor: push.actor,
+            },
             delivery_id: delivery.map(str::to_string),
             forge_repo,
         },
         now,
     );
-    match state.queue.enqueue(job, delivery.map(|d| (forge, d))).await? {
+    match state
+        .queue
+        .enqueue(job, delivery.map(|d| (forge, d)))
+        .await?
+    {
         Enqueued::New(job) => {
-            state.counters.webhooks_enqueued.fetch_add(1, Ordering::Relaxed);
+            state
+                .counters
+                .webhooks_enqueued
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(job = %job.id, repo = %job.source.repo_url, git_ref = %job.source.git_ref, "job queued from webhook");
-            Ok((StatusCode::ACCEPTED, Json(json!({"status": "queued", "job": job.id, "duplicate": false}))).into_response())
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"status": "queued", "job": job.id, "duplicate": false})),
+            )
+                .into_response())
         }
         Enqueued::Duplicate(id) => {
-            state.counters.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
-            Ok((StatusCode::OK, Json(json!({"status": "duplicate", "job": id, "duplicate": true}))).into_response())
+            state
+                .counters
+                .webhooks_duplicate
+                .fetch_add(1, Ordering::Relaxed);
+            Ok((
+                StatusCode::OK,
+                Json(json!({"status": "duplicate", "job": id, "duplicate": true})),
+            )
+                .into_response())
         }
     }
 }
@@ -194,14 +267,28 @@ fn delivery_id<'a>(state: &AppState, h: &'a HeaderMap, name: &str) -> ApiResult<
     match header(h, name) {
         None => Ok(None),
         Some(d) if webhook::valid_delivery_id(d) => Ok(Some(d)),
-        Some(_) => Err(reject(state, ApiError::bad_request(format!("{name} is not a delivery id")))),
+        Some(_) => Err(reject(
+            state,
+            ApiError::bad_request(format!("{name} is not a delivery id")),
+        )),
     }
 }
 
-async fn gitea_webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let body = read_body(&state, &headers, body).await.map_err(|e| reject(&state, e))?;
+async fn gitea_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let body = read_body(&state, &headers, body)
+        .await
+        .map_err(|e| reject(&state, e))?;
     let secret = state.settings.gitea_secret.as_deref().unwrap_or("");
-    webhook::verify_gitea(secret.as_bytes(), &body, header(&headers, webhook::GITEA_SIGNATURE_HEADER)).map_err(|e| reject(&state, e))?;
+    webhook::verify_gitea(
+        secret.as_bytes(),
+        &body,
+        header(&headers, webhook::GITEA_SIGNATURE_HEADER),
+    )
+    .map_err(|e| reject(&state, e))?;
     let event = header(&headers, webhook::GITEA_EVENT_HEADER).unwrap_or("");
     if event != "push" {
         return Ok(ignored(&state, &format!("event `{event}` is not built")));
@@ -211,15 +298,34 @@ async fn gitea_webhook(State(state): State<AppState>, headers: HeaderMap, body: 
         PushOutcome::Ignore(why) => Ok(ignored(&state, why)),
         PushOutcome::Build(push) => {
             let repo = Some(push.repo_full_name.clone());
-            enqueue_push(&state, push, TriggerKind::GiteaPush, "gitea", delivery, repo).await
+            enqueue_push(
+                &state,
+                push,
+                TriggerKind::GiteaPush,
+                "gitea",
+                delivery,
+                repo,
+            )
+            .await
         }
     }
 }
 
-async fn github_webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let body = read_body(&state, &headers, body).await.map_err(|e| reject(&state, e))?;
+async fn github_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let body = read_body(&state, &headers, body)
+        .await
+        .map_err(|e| reject(&state, e))?;
     let secret = state.settings.github_secret.as_deref().unwrap_or("");
-    webhook::verify_github(secret.as_bytes(), &body, header(&headers, webhook::GITHUB_SIGNATURE_HEADER)).map_err(|e| reject(&state, e))?;
+    webhook::verify_github(
+        secret.as_bytes(),
+        &body,
+        header(&headers, webhook::GITHUB_SIGNATURE_HEADER),
+    )
+    .map_err(|e| reject(&state, e))?;
     let event = header(&headers, webhook::GITHUB_EVENT_HEADER).unwrap_or("");
     if event == "ping" {
         return Ok((StatusCode::OK, Json(json!({"status": "pong"}))).into_response());
@@ -232,29 +338,57 @@ async fn github_webhook(State(state): State<AppState>, headers: HeaderMap, body:
         PushOutcome::Ignore(why) => return Ok(ignored(&state, why)),
         PushOutcome::Build(p) => p,
     };
-    if let Some(gitea_repo) = state.settings.mirrors.get(&push.repo_full_name.to_ascii_lowercase()) {
+    if let Some(gitea_repo) = state
+        .settings
+        .mirrors
+        .get(&push.repo_full_name.to_ascii_lowercase())
+    {
         let Some(gitea) = state.settings.gitea.as_ref() else {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "gitea_not_configured", "repository is mirrored but no Gitea URL is configured"));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gitea_not_configured",
+                "repository is mirrored but no Gitea URL is configured",
+            ));
         };
         return match gitea.mirror_sync(gitea_repo).await {
             Ok(()) => {
                 state.counters.mirror_syncs.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(github = %push.repo_full_name, gitea = %gitea_repo, "mirror-sync requested");
-                Ok((StatusCode::ACCEPTED, Json(json!({"status": "mirror_sync", "gitea_repo": gitea_repo}))).into_response())
+                Ok((
+                    StatusCode::ACCEPTED,
+                    Json(json!({"status": "mirror_sync", "gitea_repo": gitea_repo})),
+                )
+                    .into_response())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "mirror-sync failed");
-                Err(ApiError::new(StatusCode::BAD_GATEWAY, "mirror_sync_failed", "Gitea did not accept the mirror-sync; redeliver the webhook"))
+                Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "mirror_sync_failed",
+                    "Gitea did not accept the mirror-sync; redeliver the webhook",
+                ))
             }
         };
     }
-    enqueue_push(&state, push, TriggerKind::GithubPush, "github", delivery, None).await
+    enqueue_push(
+        &state,
+        push,
+        TriggerKind::GithubPush,
+        "github",
+        delivery,
+        None,
+    )
+    .await
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.queue.ping().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": format!("redis: {e}")}))).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": format!("redis: {e}")})),
+        )
+            .into_response(),
     }
 }
 
@@ -274,32 +408,66 @@ pub struct SubmitJob {
 
 fn validate_submit(s: SubmitJob) -> ApiResult<(String, String, Option<String>)> {
     let url = s.repo_url.trim().to_string();
-    if url.is_empty() || url.len() > 2048 || url.starts_with('-') || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::unprocessable("repo_url: must be a clone URL (http(s), ssh or file)"));
+    if url.is_empty()
+        || url.len() > 2048
+        || url.starts_with('-')
+        || url.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(ApiError::unprocessable(
+            "repo_url: must be a clone URL (http(s), ssh or file)",
+        ));
     }
     let r = s.git_ref.trim();
-    if r.is_empty() || r.len() > 255 || r.starts_with('-') || r.contains("..") || r.chars().any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c)) {
+    if r.is_empty()
+        || r.len() > 255
+        || r.starts_with('-')
+        || r.contains("..")
+        || r.chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
+    {
         return Err(ApiError::unprocessable("ref: not a valid git ref"));
     }
-    let git_ref = if r.starts_with("refs/") { r.to_string() } else { format!("refs/heads/{r}") };
-    let sha = match s.sha.map(|x| x.trim().to_ascii_lowercase()).filter(|x| !x.is_empty()) {
-        Some(x) if (x.len() == 40 || x.len() == 64) && x.bytes().all(|b| b.is_ascii_hexdigit()) => Some(x),
-        Some(_) => return Err(ApiError::unprocessable("sha: must be a full 40- or 64-character hex commit id")),
+    let git_ref = if r.starts_with("refs/") {
+        r.to_string()
+    } else {
+        format!("refs/heads/{r}")
+    };
+    let sha = match s
+        .sha
+        .map(|x| x.trim().to_ascii_lowercase())
+        .filter(|x| !x.is_empty())
+    {
+        Some(x) if (x.len() == 40 || x.len() == 64) && x.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(x)
+        }
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "sha: must be a full 40- or 64-character hex commit id",
+            ))
+        }
         None => None,
     };
     Ok((url, git_ref, sha))
 }
 
-async fn submit_job(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+async fn submit_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     let body = read_body(&state, &headers, body).await?;
-    let req: SubmitJob = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let req: SubmitJob = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let (repo_url, git_ref, sha) = validate_submit(req)?;
     let job = Job::new(
         Source {
             repo_url,
             git_ref,
             sha,
-            trigger: Trigger { kind: TriggerKind::Api, actor: None },
+            trigger: Trigger {
+                kind: TriggerKind::Api,
+                actor: None,
+            },
             delivery_id: None,
             forge_repo: None,
         },
@@ -307,7 +475,11 @@ async fn submit_job(State(state): State<AppState>, headers: HeaderMap, body: Bod
     );
     match state.queue.enqueue(job, None).await? {
         Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
-        Enqueued::Duplicate(id) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("duplicate of {id}"))),
+        Enqueued::Duplicate(id) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("duplicate of {id}"),
+        )),
     }
 }
 
@@ -319,11 +491,17 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn list_jobs(State(state): State<AppState>, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Response> {
+async fn list_jobs(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::unprocessable(format!("status: `{s}` is not one of {}", Status::ALL.map(|s| s.as_str()).join(", ")))
+            ApiError::unprocessable(format!(
+                "status: `{s}` is not one of {}",
+                Status::ALL.map(|s| s.as_str()).join(", ")
+            ))
         })?),
         None => None,
     };
@@ -333,10 +511,20 @@ async fn list_jobs(State(state): State<AppState>, q: Result<Query<ListQuery>, ax
     }
     if let Some(c) = q.cursor.as_deref() {
         if !is_valid_job_id(c) {
-            return Err(ApiError::unprocessable("cursor: not a cursor returned by this API"));
+            return Err(ApiError::unprocessable(
+                "cursor: not a cursor returned by this API",
+            ));
         }
     }
-    let (jobs, next) = state.queue.list(status, q.repo.as_deref().filter(|r| !r.is_empty()), limit, q.cursor.as_deref()).await?;
+    let (jobs, next) = state
+        .queue
+        .list(
+            status,
+            q.repo.as_deref().filter(|r| !r.is_empty()),
+            limit,
+            q.cursor.as_deref(),
+        )
+        .await?;
     let jobs: Vec<Job> = jobs.iter().map(Job::public).collect();
     Ok(Json(json!({"jobs": jobs, "next_cursor": next})).into_response())
 }
@@ -364,16 +552,30 @@ async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Api
     check_id(&id)?;
     let old = state.queue.get(&id).await?;
     if !old.status.is_final() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("job {id} is {}; only a finished job can be retried", old.status)));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "job {id} is {}; only a finished job can be retried",
+                old.status
+            ),
+        ));
     }
     let mut source = old.source.clone();
-    source.trigger = Trigger { kind: TriggerKind::Retry, actor: None };
+    source.trigger = Trigger {
+        kind: TriggerKind::Retry,
+        actor: None,
+    };
     source.delivery_id = None;
     let mut job = Job::new(source, Utc::now());
     job.retry_of = Some(id);
     match state.queue.enqueue(job, None).await? {
         Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
-        Enqueued::Duplicate(d) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("duplicate of {d}"))),
+        Enqueued::Duplicate(d) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("duplicate of {d}"),
+        )),
     }
 }
 
@@ -386,11 +588,16 @@ struct LogQuery {
 
 fn valid_seq(s: &str) -> bool {
     let mut parts = s.split('-');
-    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let ok =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
-async fn get_logs(State(state): State<AppState>, Path(id): Path<String>, q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Response> {
+async fn get_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
     check_id(&id)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if let Some(a) = q.after.as_deref() {
@@ -406,12 +613,19 @@ async fn get_logs(State(state): State<AppState>, Path(id): Path<String>, q: Resu
     let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
     let lines = state.queue.read_log(&id, q.after.as_deref(), limit).await?;
     let truncated = state.queue.log_truncated(&id).await?;
-    Ok(Json(json!({"job": job.id, "status": job.status, "lines": lines, "truncated": truncated})).into_response())
+    Ok(
+        Json(json!({"job": job.id, "status": job.status, "lines": lines, "truncated": truncated}))
+            .into_response(),
+    )
 }
 
 /// Server-Sent Events: `log` events (one line each, JSON), then one `end` event when the job is final.
 /// Tails the log stream with a blocking `XREAD` on its own connection, not a polling loop.
-async fn follow(state: AppState, id: String, after: Option<String>) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+async fn follow(
+    state: AppState,
+    id: String,
+    after: Option<String>,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
     tokio::spawn(async move {
         let block = Duration::from_millis(1000);
@@ -439,7 +653,11 @@ async fn follow(state: AppState, id: String, after: Option<String>) -> Sse<impl 
                 Err(_) => None,
             };
             let Some(c) = con.as_mut() else { continue };
-            let wait = if final_status.is_some() { Duration::from_millis(1) } else { block };
+            let wait = if final_status.is_some() {
+                Duration::from_millis(1)
+            } else {
+                block
+            };
             let lines = match state.queue.follow_log(c, &id, &last, wait).await {
                 Ok(l) => l,
                 Err(_) => {
@@ -450,14 +668,23 @@ async fn follow(state: AppState, id: String, after: Option<String>) -> Sse<impl 
             let empty = lines.is_empty();
             for l in lines {
                 last = l.seq.clone();
-                let ev = SseEvent::default().event("log").id(l.seq.clone()).data(serde_json::to_string(&l).unwrap_or_default());
+                let ev = SseEvent::default()
+                    .event("log")
+                    .id(l.seq.clone())
+                    .data(serde_json::to_string(&l).unwrap_or_default());
                 if tx.send(ev).await.is_err() {
                     return;
                 }
             }
             if empty {
                 if let Some(st) = final_status {
-                    let _ = tx.send(SseEvent::default().event("end").data(json!({"status": st}).to_string())).await;
+                    let _ = tx
+                        .send(
+                            SseEvent::default()
+                                .event("end")
+                                .data(json!({"status": st}).to_string()),
+                        )
+                        .await;
                     return;
                 }
             }
@@ -479,14 +706,32 @@ async fn agents(State(state): State<AppState>) -> ApiResult<Response> {
     Ok(Json(json!({"agents": state.queue.agents().await?})).into_response())
 }
 
-fn write_histogram(out: &mut String, name: &str, help: &str, buckets: &[f64], h: &std::collections::HashMap<String, f64>) {
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    h: &std::collections::HashMap<String, f64>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for b in buckets {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", h.get(&b.to_string()).copied().unwrap_or(0.0));
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{b}\"}} {}",
+            h.get(&b.to_string()).copied().unwrap_or(0.0)
+        );
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.get("+Inf").copied().unwrap_or(0.0));
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {}",
+        h.get("+Inf").copied().unwrap_or(0.0)
+    );
     let _ = writeln!(out, "{name}_sum {}", h.get("sum").copied().unwrap_or(0.0));
-    let _ = writeln!(out, "{name}_count {}", h.get("count").copied().unwrap_or(0.0));
+    let _ = writeln!(
+        out,
+        "{name}_count {}",
+        h.get("count").copied().unwrap_or(0.0)
+    );
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -500,27 +745,54 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ("ignored", &c.webhooks_ignored),
         ("mirror_sync", &c.mirror_syncs),
     ] {
-        let _ = writeln!(out, "raibid_webhooks_total{{result=\"{result}\"}} {}", v.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "raibid_webhooks_total{{result=\"{result}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
     }
     let _ = writeln!(out, "# HELP raibid_commit_statuses_total Commit statuses posted to Gitea (this replica).\n# TYPE raibid_commit_statuses_total counter");
-    let _ = writeln!(out, "raibid_commit_statuses_total{{result=\"posted\"}} {}", c.statuses_posted.load(Ordering::Relaxed));
-    let _ = writeln!(out, "raibid_commit_statuses_total{{result=\"failed\"}} {}", c.statuses_failed.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "raibid_commit_statuses_total{{result=\"posted\"}} {}",
+        c.statuses_posted.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "raibid_commit_statuses_total{{result=\"failed\"}} {}",
+        c.statuses_failed.load(Ordering::Relaxed)
+    );
     let mut up = 1;
     match state.queue.count_by_status().await {
         Ok(m) => {
-            let _ = writeln!(out, "# HELP raibid_jobs Jobs currently known, by status.\n# TYPE raibid_jobs gauge");
+            let _ = writeln!(
+                out,
+                "# HELP raibid_jobs Jobs currently known, by status.\n# TYPE raibid_jobs gauge"
+            );
             for s in Status::ALL {
-                let _ = writeln!(out, "raibid_jobs{{status=\"{s}\"}} {}", m.get(&s).copied().unwrap_or(0));
+                let _ = writeln!(
+                    out,
+                    "raibid_jobs{{status=\"{s}\"}} {}",
+                    m.get(&s).copied().unwrap_or(0)
+                );
             }
         }
         Err(_) => up = 0,
     }
     match state.queue.stats().await {
         Ok(s) => {
-            let labels = format!("stream=\"{}\",group=\"{}\"", keys::JOBS_STREAM, keys::AGENTS_GROUP);
+            let labels = format!(
+                "stream=\"{}\",group=\"{}\"",
+                keys::JOBS_STREAM,
+                keys::AGENTS_GROUP
+            );
             let _ = writeln!(out, "# HELP raibid_queue_length Entries in the job stream.\n# TYPE raibid_queue_length gauge\nraibid_queue_length{{{labels}}} {}", s.length);
             let _ = writeln!(out, "# HELP raibid_queue_lag Jobs not yet delivered to any agent (KEDA scales on this).\n# TYPE raibid_queue_lag gauge");
-            let _ = writeln!(out, "raibid_queue_lag{{{labels}}} {}", s.lag.map(|l| l as f64).unwrap_or(f64::NAN));
+            let _ = writeln!(
+                out,
+                "raibid_queue_lag{{{labels}}} {}",
+                s.lag.map(|l| l as f64).unwrap_or(f64::NAN)
+            );
             let _ = writeln!(out, "# HELP raibid_queue_pending Jobs delivered and not yet acknowledged.\n# TYPE raibid_queue_pending gauge\nraibid_queue_pending{{{labels}}} {}", s.pending);
             let _ = writeln!(out, "# HELP raibid_queue_oldest_waiting_age_seconds Age of the oldest unclaimed job.\n# TYPE raibid_queue_oldest_waiting_age_seconds gauge\nraibid_queue_oldest_waiting_age_seconds{{{labels}}} {}", s.oldest_waiting_age_secs.unwrap_or(0.0));
         }
@@ -530,8 +802,18 @@ async fn metrics(State(state): State<AppState>) -> Response {
         let _ = writeln!(out, "# HELP raibid_agents Agents with a live heartbeat.\n# TYPE raibid_agents gauge\nraibid_agents {}", a.len());
     }
     for (key, name, help, buckets) in [
-        (keys::CLAIM_LATENCY_HIST, "raibid_claim_latency_seconds", "Time from enqueue to claim by an agent.", &CLAIM_LATENCY_BUCKETS[..]),
-        (keys::JOB_DURATION_HIST, "raibid_job_duration_seconds", "Time from job start to its final status.", &JOB_DURATION_BUCKETS[..]),
+        (
+            keys::CLAIM_LATENCY_HIST,
+            "raibid_claim_latency_seconds",
+            "Time from enqueue to claim by an agent.",
+            &CLAIM_LATENCY_BUCKETS[..],
+        ),
+        (
+            keys::JOB_DURATION_HIST,
+            "raibid_job_duration_seconds",
+            "Time from job start to its final status.",
+            &JOB_DURATION_BUCKETS[..],
+        ),
     ] {
         if let Ok(h) = state.queue.histogram(key).await {
             write_histogram(&mut out, name, help, buckets, &h);
@@ -555,9 +837,21 @@ mod tests {
 
     #[test]
     fn submit_validation() {
-        let s = |u: &str, r: &str, sha: Option<&str>| SubmitJob { repo_url: u.into(), git_ref: r.into(), sha: sha.map(Into::into) };
-        assert_eq!(validate_submit(s("file:///r", "main", None)).unwrap().1, "refs/heads/main");
-        assert_eq!(validate_submit(s("file:///r", "refs/tags/v1", None)).unwrap().1, "refs/tags/v1");
+        let s = |u: &str, r: &str, sha: Option<&str>| SubmitJob {
+            repo_url: u.into(),
+            git_ref: r.into(),
+            sha: sha.map(Into::into),
+        };
+        assert_eq!(
+            validate_submit(s("file:///r", "main", None)).unwrap().1,
+            "refs/heads/main"
+        );
+        assert_eq!(
+            validate_submit(s("file:///r", "refs/tags/v1", None))
+                .unwrap()
+                .1,
+            "refs/tags/v1"
+        );
         assert!(validate_submit(s("", "main", None)).is_err());
         assert!(validate_submit(s("--upload-pack=x", "main", None)).is_err());
         assert!(validate_submit(s("file:///r", "-x", None)).is_err());

@@ -29,7 +29,8 @@ fn path_segment_ok(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Split and check `owner/name` so it can go into a URL path.
@@ -45,7 +46,11 @@ impl Gitea {
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("raibid-dispatcher/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Gitea { base: base.trim_end_matches('/').to_string(), token, http })
+        Ok(Gitea {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
@@ -59,7 +64,10 @@ impl Gitea {
     /// Ask Gitea to sync a pull mirror now.
     pub async fn mirror_sync(&self, full: &str) -> anyhow::Result<()> {
         let (o, r) = split_repo(full).ok_or_else(|| anyhow::anyhow!("bad repository name"))?;
-        let resp = self.post(&format!("/repos/{o}/{r}/mirror-sync")).send().await?;
+        let resp = self
+            .post(&format!("/repos/{o}/{r}/mirror-sync"))
+            .send()
+            .await?;
         if !resp.status().is_success() {
             anyhow::bail!("Gitea answered {} to mirror-sync of {full}", resp.status());
         }
@@ -67,7 +75,15 @@ impl Gitea {
     }
 
     /// Post a commit status.
-    pub async fn post_status(&self, full: &str, sha: &str, state: &str, context: &str, description: &str, target_url: &str) -> anyhow::Result<()> {
+    pub async fn post_status(
+        &self,
+        full: &str,
+        sha: &str,
+        state: &str,
+        context: &str,
+        description: &str,
+        target_url: &str,
+    ) -> anyhow::Result<()> {
         let (o, r) = split_repo(full).ok_or_else(|| anyhow::anyhow!("bad repository name"))?;
         if !sha.bytes().all(|b| b.is_ascii_hexdigit()) || sha.is_empty() {
             anyhow::bail!("bad sha");
@@ -78,9 +94,16 @@ impl Gitea {
             "description": description,
             "target_url": target_url,
         });
-        let resp = self.post(&format!("/repos/{o}/{r}/statuses/{sha}")).json(&body).send().await?;
+        let resp = self
+            .post(&format!("/repos/{o}/{r}/statuses/{sha}"))
+            .json(&body)
+            .send()
+            .await?;
         if !resp.status().is_success() {
-            anyhow::bail!("Gitea answered {} to a commit status for {full}@{sha}", resp.status());
+            anyhow::bail!(
+                "Gitea answered {} to a commit status for {full}@{sha}",
+                resp.status()
+            );
         }
         Ok(())
     }
@@ -91,7 +114,10 @@ fn description(job: &Job) -> String {
         Status::Queued => "queued".to_string(),
         Status::Running => format!("running on {}", job.agent.as_deref().unwrap_or("an agent")),
         Status::Succeeded => "all steps passed".to_string(),
-        _ => job.failure_reason.clone().unwrap_or_else(|| job.status.to_string()),
+        _ => job
+            .failure_reason
+            .clone()
+            .unwrap_or_else(|| job.status.to_string()),
     };
     // Gitea limits descriptions; keep it short.
     d.chars().take(140).collect()
@@ -104,7 +130,11 @@ pub async fn status_reporter(state: AppState) {
         tracing::info!("no Gitea URL configured: commit statuses are not reported");
         return;
     };
-    let consumer = format!("{}-{}", gethostname::gethostname().to_string_lossy(), std::process::id());
+    let consumer = format!(
+        "{}-{}",
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id()
+    );
     let block = Duration::from_secs(5);
     loop {
         let mut con = match state.queue.blocking_connection(block).await {
@@ -139,20 +169,36 @@ pub async fn status_reporter(state: AppState) {
 }
 
 async fn report(state: &AppState, gitea: &Gitea, job_id: &str, status: Status) {
-    let Ok(mut job) = state.queue.get(job_id).await else { return };
+    let Ok(mut job) = state.queue.get(job_id).await else {
+        return;
+    };
     // Report the state the event announced, not whatever the job has reached since.
     if !status.is_final() {
         job.status = status;
     }
-    let (Some(repo), Some(sha)) = (job.source.forge_repo.as_deref(), job.source.sha.as_deref()) else {
+    let (Some(repo), Some(sha)) = (job.source.forge_repo.as_deref(), job.source.sha.as_deref())
+    else {
         return;
     };
     let target = format!("{}/api/v1/jobs/{}", state.settings.public_url, job.id);
     let st = status_state(job.status);
     for attempt in 0..3u32 {
-        match gitea.post_status(repo, sha, st, &job.status_context(), &description(&job), &target).await {
+        match gitea
+            .post_status(
+                repo,
+                sha,
+                st,
+                &job.status_context(),
+                &description(&job),
+                &target,
+            )
+            .await
+        {
             Ok(()) => {
-                state.counters.statuses_posted.fetch_add(1, Ordering::Relaxed);
+                state
+                    .counters
+                    .statuses_posted
+                    .fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Err(e) => {
@@ -161,5 +207,8 @@ async fn report(state: &AppState, gitea: &Gitea, job_id: &str, status: Status) {
             }
         }
     }
-    state.counters.statuses_failed.fetch_add(1, Ordering::Relaxed);
+    state
+        .counters
+        .statuses_failed
+        .fetch_add(1, Ordering::Relaxed);
 }

@@ -90,13 +90,18 @@ pub struct DispatcherConfig {
     pub body_limit: usize,
 }
 
-fn secret(value: &Option<String>, file: &Option<PathBuf>, what: &str) -> anyhow::Result<Option<String>> {
+fn secret(
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
     if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
         return Ok(Some(v.clone()));
     }
     match file {
         Some(f) => {
-            let v = std::fs::read_to_string(f).with_context(|| format!("reading {what} from {}", f.display()))?;
+            let v = std::fs::read_to_string(f)
+                .with_context(|| format!("reading {what} from {}", f.display()))?;
             let v = v.trim().to_string();
             if v.is_empty() {
                 anyhow::bail!("{what} file {} is empty", f.display());
@@ -111,9 +116,12 @@ fn secret(value: &Option<String>, file: &Option<PathBuf>, what: &str) -> anyhow:
 pub fn parse_mirrors(s: &str) -> anyhow::Result<HashMap<String, String>> {
     let mut m = HashMap::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (gh, gt) = pair
-            .split_once('=')
-            .with_context(|| format!("{}: `{pair}` is not github-owner/name=gitea-owner/name", env::MIRRORS))?;
+        let (gh, gt) = pair.split_once('=').with_context(|| {
+            format!(
+                "{}: `{pair}` is not github-owner/name=gitea-owner/name",
+                env::MIRRORS
+            )
+        })?;
         for side in [gh, gt] {
             let parts: Vec<&str> = side.trim().split('/').collect();
             if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
@@ -149,9 +157,14 @@ pub struct Settings {
 impl Settings {
     /// Resolve a configuration.
     pub fn from_config(cfg: &DispatcherConfig) -> anyhow::Result<Settings> {
-        let api_token = secret(&cfg.api_token, &cfg.api_token_file, "API token")?.with_context(|| {
-            format!("no API token: set {} or {} (every /api/v1 route requires it)", env::API_TOKEN, env::API_TOKEN_FILE)
-        })?;
+        let api_token =
+            secret(&cfg.api_token, &cfg.api_token_file, "API token")?.with_context(|| {
+                format!(
+                    "no API token: set {} or {} (every /api/v1 route requires it)",
+                    env::API_TOKEN,
+                    env::API_TOKEN_FILE
+                )
+            })?;
         let gitea_token = secret(&cfg.gitea_token, &cfg.gitea_token_file, "Gitea token")?;
         let gitea = match (&cfg.gitea_url, gitea_token) {
             (Some(url), token) if !url.is_empty() => Some(forge::Gitea::new(url, token)?),
@@ -159,8 +172,16 @@ impl Settings {
         };
         Ok(Settings {
             api_token,
-            gitea_secret: secret(&cfg.gitea_webhook_secret, &cfg.gitea_webhook_secret_file, "Gitea webhook secret")?,
-            github_secret: secret(&cfg.github_webhook_secret, &cfg.github_webhook_secret_file, "GitHub webhook secret")?,
+            gitea_secret: secret(
+                &cfg.gitea_webhook_secret,
+                &cfg.gitea_webhook_secret_file,
+                "Gitea webhook secret",
+            )?,
+            github_secret: secret(
+                &cfg.github_webhook_secret,
+                &cfg.github_webhook_secret_file,
+                "GitHub webhook secret",
+            )?,
             gitea,
             mirrors: parse_mirrors(&cfg.mirrors)?,
             public_url: cfg.public_url.trim_end_matches('/').to_string(),
@@ -215,7 +236,10 @@ pub async fn connect_queue(url: &str, qcfg: QueueConfig, attempts: u32) -> anyho
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(std::time::Duration::from_secs(5));
     }
-    Err(anyhow::anyhow!("cannot reach redis: {}", last.map(|e| e.to_string()).unwrap_or_default()))
+    Err(anyhow::anyhow!(
+        "cannot reach redis: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
 }
 
 /// Serve on `listener` until `shutdown` resolves; in-flight requests finish first.
@@ -228,7 +252,9 @@ pub async fn serve(
     let reaper = tokio::spawn(reaper(state.clone()));
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     reporter.abort();
     reaper.abort();
     Ok(())
@@ -239,7 +265,11 @@ pub async fn serve(
 pub async fn reaper(state: AppState) {
     let lease = state.settings.lease;
     let every = (lease / 4).max(std::time::Duration::from_millis(250));
-    let me = format!("raibid-reaper-{}-{}", gethostname::gethostname().to_string_lossy(), std::process::id());
+    let me = format!(
+        "raibid-reaper-{}-{}",
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id()
+    );
     loop {
         tokio::time::sleep(every).await;
         if let Err(e) = state.queue.reap(&me, lease).await {

@@ -24,17 +24,28 @@ async fn shutdown_signal() {
 async fn run(cfg: DispatcherConfig) -> anyhow::Result<()> {
     let settings = Settings::from_config(&cfg)?;
     if settings.gitea_secret.is_none() {
-        tracing::warn!("no Gitea webhook secret configured: /webhooks/gitea refuses every delivery");
+        tracing::warn!(
+            "no Gitea webhook secret configured: /webhooks/gitea refuses every delivery"
+        );
     }
     if settings.github_secret.is_none() {
-        tracing::warn!("no GitHub webhook secret configured: /webhooks/github refuses every delivery");
+        tracing::warn!(
+            "no GitHub webhook secret configured: /webhooks/github refuses every delivery"
+        );
     }
-    let qcfg = raibid_core::queue::QueueConfig { max_attempts: cfg.max_attempts, ..Default::default() };
+    let qcfg = raibid_core::queue::QueueConfig {
+        max_attempts: cfg.max_attempts,
+        ..Default::default()
+    };
     let queue = connect_queue(&cfg.redis_url, qcfg, 30).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let state = AppState { queue, settings: Arc::new(settings), counters: Arc::new(Counters::default()) };
+    let state = AppState {
+        queue,
+        settings: Arc::new(settings),
+        counters: Arc::new(Counters::default()),
+    };
     serve(state, listener, shutdown_signal()).await
 }
 

@@ -1,6 +1,7 @@
 //! End to end with real parts: webhook → Redis stream → agent clones a real local git repository →
 //! real `cargo build` / `cargo test` of the example crate → statuses, step results, ordered logs, live
 //! SSE, commit statuses to the (swagger-checked) fake Gitea.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
@@ -10,7 +11,12 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn step_names(job: &Value) -> Vec<String> {
-    job["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
+    job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 async fn logs(env: &TestEnv, id: &str) -> Vec<Value> {
@@ -22,7 +28,12 @@ async fn logs(env: &TestEnv, id: &str) -> Vec<Value> {
 async fn wait_statuses(env: &TestEnv, n: usize) -> Vec<Call> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let calls: Vec<Call> = env.gitea.calls().into_iter().filter(|c| c.path.contains("/statuses/")).collect();
+        let calls: Vec<Call> = env
+            .gitea
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.contains("/statuses/"))
+            .collect();
         if calls.len() >= n || Instant::now() > deadline {
             return calls;
         }
@@ -36,7 +47,12 @@ async fn push_builds_and_tests_the_commit_and_reports_statuses() {
     let repo = env.tmp.path().join("hello");
     let (url, sha) = make_repo(&repo, &[]);
     let agent = env.start_agent("agent-e2e");
-    let (s, v) = env.gitea_push(&gitea_payload(&url, &sha, "refs/heads/main"), "e2e-delivery-1").await;
+    let (s, v) = env
+        .gitea_push(
+            &gitea_payload(&url, &sha, "refs/heads/main"),
+            "e2e-delivery-1",
+        )
+        .await;
     assert_eq!(s, 202, "{v}");
     let id = v["job"].as_str().unwrap().to_string();
     let job = env.wait_final(&id, Duration::from_secs(240)).await;
@@ -50,13 +66,25 @@ async fn push_builds_and_tests_the_commit_and_reports_statuses() {
     }
     assert_eq!(job["steps"][2]["exit_code"], 0);
     for t in ["received", "queued", "claimed", "started", "finished"] {
-        assert!(job["timestamps"][t].is_string(), "timestamp {t} missing: {job}");
+        assert!(
+            job["timestamps"][t].is_string(),
+            "timestamp {t} missing: {job}"
+        );
     }
     // Log lines: in order, per step, with the commands and cargo's own output.
     let lines = logs(&env, &id).await;
-    let text: Vec<String> = lines.iter().map(|l| l["line"].as_str().unwrap().to_string()).collect();
-    let pos = |needle: &str| text.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no log line with {needle:?} in {text:#?}"));
-    assert!(pos(&format!("[raibid] at commit {sha}")) < pos("$ cargo build --all-targets --locked"));
+    let text: Vec<String> = lines
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect();
+    let pos = |needle: &str| {
+        text.iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?} in {text:#?}"))
+    };
+    assert!(
+        pos(&format!("[raibid] at commit {sha}")) < pos("$ cargo build --all-targets --locked")
+    );
     assert!(pos("$ cargo build --all-targets --locked") < pos("$ cargo test --locked"));
     assert!(pos("$ cargo test --locked") < pos("test result: ok. 2 passed"));
     let seqs: Vec<&str> = lines.iter().map(|l| l["seq"].as_str().unwrap()).collect();
@@ -66,23 +94,43 @@ async fn push_builds_and_tests_the_commit_and_reports_statuses() {
         (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap())
     });
     assert_eq!(seqs, sorted, "log sequence ids are ordered");
-    assert!(lines.iter().any(|l| l["step"] == "test" && l["stream"] == "stdout"));
+    assert!(lines
+        .iter()
+        .any(|l| l["step"] == "test" && l["stream"] == "stdout"));
     // Commit statuses: pending on claim, success at the end, on the pushed sha, checked against the swagger.
     let calls = wait_statuses(&env, 2).await;
-    assert!(env.gitea.violations().is_empty(), "{:?}", env.gitea.violations());
+    assert!(
+        env.gitea.violations().is_empty(),
+        "{:?}",
+        env.gitea.violations()
+    );
     assert_eq!(calls.len(), 2, "{calls:?}");
-    assert_eq!(calls[0].path, format!("/api/v1/repos/owner/hello/statuses/{sha}"));
+    assert_eq!(
+        calls[0].path,
+        format!("/api/v1/repos/owner/hello/statuses/{sha}")
+    );
     assert_eq!(calls[0].body["state"], "pending");
     assert_eq!(calls[1].body["state"], "success");
     assert_eq!(calls[1].body["context"], "raibid/ci");
-    assert_eq!(calls[1].body["target_url"], format!("http://raibid.test/api/v1/jobs/{id}"));
+    assert_eq!(
+        calls[1].body["target_url"],
+        format!("http://raibid.test/api/v1/jobs/{id}")
+    );
     // The workspace is gone, the entry acknowledged, nothing pending.
     assert!(!env.tmp.path().join("ws").join(&id).exists());
     let q = env.queue.stats().await.unwrap();
     assert_eq!((q.length, q.lag, q.pending), (0, Some(0), 0));
     let (_, agents) = env.api_get("/api/v1/agents").await;
     assert_eq!(agents["agents"][0]["id"], "agent-e2e");
-    let m = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = env
+        .http
+        .get(env.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("raibid_jobs{status=\"succeeded\"} 1"), "{m}");
     assert!(m.contains("raibid_claim_latency_seconds_count 1"), "{m}");
     assert!(m.contains("raibid_job_duration_seconds_count 1"), "{m}");
@@ -96,7 +144,12 @@ async fn a_failing_test_fails_the_job_naming_the_step() {
     let broken = "pub fn one() -> i32 { 1 }\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn is_two() { assert_eq!(super::one(), 2, \"one is not two\"); }\n}\n";
     let (url, sha) = make_repo(&repo, &[("src/lib.rs", broken)]);
     let agent = env.start_agent("agent-fail");
-    let (_, v) = env.gitea_push(&gitea_payload(&url, &sha, "refs/heads/main"), "e2e-delivery-2").await;
+    let (_, v) = env
+        .gitea_push(
+            &gitea_payload(&url, &sha, "refs/heads/main"),
+            "e2e-delivery-2",
+        )
+        .await;
     let id = v["job"].as_str().unwrap().to_string();
     let job = env.wait_final(&id, Duration::from_secs(240)).await;
     assert_eq!(job["status"], "failed", "{job}");
@@ -104,9 +157,22 @@ async fn a_failing_test_fails_the_job_naming_the_step() {
     assert_eq!(job["steps"][3]["name"], "test");
     assert_eq!(job["steps"][3]["status"], "failed");
     assert_eq!(job["steps"][3]["exit_code"], 101);
-    assert!(job["failure_reason"].as_str().unwrap().contains("step `test` exited with code 101"), "{job}");
-    let text: Vec<String> = logs(&env, &id).await.iter().map(|l| l["line"].as_str().unwrap().to_string()).collect();
-    assert!(text.iter().any(|l| l.contains("one is not two")), "the compiler/test output reaches the log");
+    assert!(
+        job["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("step `test` exited with code 101"),
+        "{job}"
+    );
+    let text: Vec<String> = logs(&env, &id)
+        .await
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        text.iter().any(|l| l.contains("one is not two")),
+        "the compiler/test output reaches the log"
+    );
     let calls = wait_statuses(&env, 2).await;
     assert_eq!(calls.last().unwrap().body["state"], "failure");
     assert!(env.gitea.violations().is_empty());
@@ -117,22 +183,46 @@ async fn a_failing_test_fails_the_job_naming_the_step() {
 async fn pipeline_file_errors_fail_the_config_step_naming_the_key() {
     let env = spawn_app(Options::default()).await;
     let repo = env.tmp.path().join("badcfg");
-    let (url, _sha) = make_repo(&repo, &[(".raibid.yaml", "steps:\n  - name: build\n    run: true\n    timout: 5\n")]);
+    let (url, _sha) = make_repo(
+        &repo,
+        &[(
+            ".raibid.yaml",
+            "steps:\n  - name: build\n    run: true\n    timout: 5\n",
+        )],
+    );
     let agent = env.start_agent("agent-cfg");
-    let (_, v) = env.api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"})).await;
+    let (_, v) = env
+        .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+        .await;
     let id = v["id"].as_str().unwrap().to_string();
     let job = env.wait_final(&id, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["step"], "config");
-    assert!(job["failure_reason"].as_str().unwrap().contains("timout"), "{job}");
+    assert!(
+        job["failure_reason"].as_str().unwrap().contains("timout"),
+        "{job}"
+    );
     // The sha was resolved from the ref at clone time.
     assert_eq!(job["source"]["sha"].as_str().unwrap().len(), 40);
     // A disallowed scheme fails the clone step without running git against it.
-    let (_, v) = env.api_post("/api/v1/jobs", json!({"repo_url": "https://example.invalid/o/r.git", "ref": "main"})).await;
-    let job = env.wait_final(v["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    let (_, v) = env
+        .api_post(
+            "/api/v1/jobs",
+            json!({"repo_url": "https://example.invalid/o/r.git", "ref": "main"}),
+        )
+        .await;
+    let job = env
+        .wait_final(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["step"], "clone");
-    assert!(job["failure_reason"].as_str().unwrap().contains("scheme `https` is not allowed"), "{job}");
+    assert!(
+        job["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("scheme `https` is not allowed"),
+        "{job}"
+    );
     agent.stop().await;
 }
 
@@ -140,10 +230,18 @@ async fn pipeline_file_errors_fail_the_config_step_naming_the_key() {
 async fn lag_counts_unclaimed_jobs_until_an_agent_drains_them() {
     let env = spawn_app(Options::default()).await;
     let repo = env.tmp.path().join("quick");
-    let (url, _) = make_repo(&repo, &[(".raibid.yaml", "steps:\n  - name: hello\n    run: echo hi\n")]);
+    let (url, _) = make_repo(
+        &repo,
+        &[(
+            ".raibid.yaml",
+            "steps:\n  - name: hello\n    run: echo hi\n",
+        )],
+    );
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let (s, v) = env.api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"})).await;
+        let (s, v) = env
+            .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+            .await;
         assert_eq!(s, 201);
         ids.push(v["id"].as_str().unwrap().to_string());
     }
@@ -154,10 +252,21 @@ async fn lag_counts_unclaimed_jobs_until_an_agent_drains_them() {
     assert!(q["oldest_waiting_age_secs"].as_f64().unwrap() >= 0.0);
     let agent = env.start_agent("agent-drain");
     for id in &ids {
-        assert_eq!(env.wait_final(id, Duration::from_secs(60)).await["status"], "succeeded");
+        assert_eq!(
+            env.wait_final(id, Duration::from_secs(60)).await["status"],
+            "succeeded"
+        );
     }
     let (_, q) = env.api_get("/api/v1/queue").await;
-    assert_eq!((q["lag"].as_u64(), q["pending"].as_u64(), q["length"].as_u64()), (Some(0), Some(0), Some(0)), "{q}");
+    assert_eq!(
+        (
+            q["lag"].as_u64(),
+            q["pending"].as_u64(),
+            q["length"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{q}"
+    );
     assert!(q["oldest_waiting_age_secs"].is_null());
     agent.stop().await;
 }
@@ -166,14 +275,26 @@ async fn lag_counts_unclaimed_jobs_until_an_agent_drains_them() {
 async fn sse_follow_streams_lines_while_running_and_ends_with_the_job() {
     let env = spawn_app(Options::default()).await;
     let repo = env.tmp.path().join("slow");
-    let yaml = "steps:\n  - name: count\n    run: for i in 1 2 3 4 5; do echo line-$i; sleep 0.4; done\n";
+    let yaml =
+        "steps:\n  - name: count\n    run: for i in 1 2 3 4 5; do echo line-$i; sleep 0.4; done\n";
     let (url, _) = make_repo(&repo, &[(".raibid.yaml", yaml)]);
     let agent = env.start_agent("agent-sse");
-    let (_, v) = env.api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"})).await;
+    let (_, v) = env
+        .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+        .await;
     let id = v["id"].as_str().unwrap().to_string();
-    let resp = env.http.get(env.url(&format!("/api/v1/jobs/{id}/logs?follow=true"))).bearer_auth(TOKEN).send().await.unwrap();
+    let resp = env
+        .http
+        .get(env.url(&format!("/api/v1/jobs/{id}/logs?follow=true")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let mut body = resp.bytes_stream();
     let mut buf = String::new();
     let mut seen_while_running = false;
@@ -184,8 +305,14 @@ async fn sse_follow_streams_lines_while_running_and_ends_with_the_job() {
         buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
         while let Some(i) = buf.find("\n\n") {
             let ev: String = buf.drain(..i + 2).collect();
-            let kind = ev.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("");
-            let data = ev.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("");
+            let kind = ev
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("");
+            let data = ev
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or("");
             match kind {
                 "log" => {
                     let line: Value = serde_json::from_str(data).unwrap();
@@ -204,12 +331,21 @@ async fn sse_follow_streams_lines_while_running_and_ends_with_the_job() {
             break;
         }
     }
-    assert!(seen_while_running, "line-1 arrived while the job was still running");
-    let counted: Vec<&String> = got_lines.iter().filter(|l| l.starts_with("line-")).collect();
+    assert!(
+        seen_while_running,
+        "line-1 arrived while the job was still running"
+    );
+    let counted: Vec<&String> = got_lines
+        .iter()
+        .filter(|l| l.starts_with("line-"))
+        .collect();
     assert_eq!(counted, ["line-1", "line-2", "line-3", "line-4", "line-5"]);
     assert_eq!(ended.expect("an end event")["status"], "succeeded");
     // The stream is closed after `end`.
-    assert!(tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap().is_none());
+    assert!(tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+        .is_none());
     agent.stop().await;
 }
 
@@ -217,18 +353,40 @@ async fn sse_follow_streams_lines_while_running_and_ends_with_the_job() {
 async fn once_mode_runs_exactly_one_job_and_exits() {
     let env = spawn_app(Options::default()).await;
     let repo = env.tmp.path().join("once");
-    let (url, _) = make_repo(&repo, &[(".raibid.yaml", "steps:\n  - name: hello\n    run: echo hi\n")]);
-    let a = env.api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"})).await.1;
-    let b = env.api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"})).await.1;
+    let (url, _) = make_repo(
+        &repo,
+        &[(
+            ".raibid.yaml",
+            "steps:\n  - name: hello\n    run: echo hi\n",
+        )],
+    );
+    let a = env
+        .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+        .await
+        .1;
+    let b = env
+        .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+        .await
+        .1;
     let mut cfg = env.agent_config("agent-once");
     cfg.once = true;
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let r = tokio::time::timeout(Duration::from_secs(60), raibid_agent::run(cfg, rx)).await;
-    assert!(matches!(r, Ok(Ok(()))), "the agent exits by itself after one job");
-    let (_, ja) = env.api_get(&format!("/api/v1/jobs/{}", a["id"].as_str().unwrap())).await;
-    let (_, jb) = env.api_get(&format!("/api/v1/jobs/{}", b["id"].as_str().unwrap())).await;
+    assert!(
+        matches!(r, Ok(Ok(()))),
+        "the agent exits by itself after one job"
+    );
+    let (_, ja) = env
+        .api_get(&format!("/api/v1/jobs/{}", a["id"].as_str().unwrap()))
+        .await;
+    let (_, jb) = env
+        .api_get(&format!("/api/v1/jobs/{}", b["id"].as_str().unwrap()))
+        .await;
     assert_eq!(ja["status"], "succeeded");
-    assert_eq!(jb["status"], "queued", "the second job is left for another agent");
+    assert_eq!(
+        jb["status"], "queued",
+        "the second job is left for another agent"
+    );
     let q = env.queue.stats().await.unwrap();
     assert_eq!((q.lag, q.pending), (Some(1), 0));
     // Its consumer is removed from the group (nothing pending) and its heartbeat is gone.
@@ -248,7 +406,9 @@ async fn cancel_kills_the_running_step_and_its_children() {
     );
     let (url, _) = make_repo(&repo, &[(".raibid.yaml", &yaml)]);
     let agent = env.start_agent("agent-cancel");
-    let (_, v) = env.api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"})).await;
+    let (_, v) = env
+        .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+        .await;
     let id = v["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !marker.exists() {
@@ -256,9 +416,15 @@ async fn cancel_kills_the_running_step_and_its_children() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let t0 = Instant::now();
-    let (s, _) = env.api_post(&format!("/api/v1/jobs/{id}/cancel"), json!({})).await;
+    let (s, _) = env
+        .api_post(&format!("/api/v1/jobs/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(s, 202);
     let job = env.wait_final(&id, Duration::from_secs(10)).await;
     let took = t0.elapsed();
@@ -267,7 +433,9 @@ async fn cancel_kills_the_running_step_and_its_children() {
     assert!(took < Duration::from_secs(3), "cancel took {took:?}");
     // The grandchild is gone (kill(pid, 0) fails).
     let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
     assert!(!alive, "grandchild {pid} survived the cancel");
     agent.stop().await;
 }

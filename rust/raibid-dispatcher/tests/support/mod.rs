@@ -2,7 +2,7 @@
 //! in-process, real git repositories, and a fake Gitea. Gitea cannot run here, so the fake checks every
 //! call against the upstream API contract in shared/reference/forgejo-11-gitea-1.22-api.swagger.json
 //! (path template, method, auth header, body fields and types) and answers like Gitea.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -53,9 +53,15 @@ struct Swagger {
 impl Swagger {
     fn load() -> Swagger {
         let p = reference_dir().join("forgejo-11-gitea-1.22-api.swagger.json");
-        let text = std::fs::read_to_string(&p)
-            .unwrap_or_else(|e| panic!("the Gitea API contract {} is needed by this test: {e}", p.display()));
-        Swagger { doc: serde_json::from_str(&text).expect("swagger JSON") }
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
+            panic!(
+                "the Gitea API contract {} is needed by this test: {e}",
+                p.display()
+            )
+        });
+        Swagger {
+            doc: serde_json::from_str(&text).expect("swagger JSON"),
+        }
     }
 
     fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
@@ -79,7 +85,10 @@ impl Swagger {
         let paths = self.doc["paths"].as_object().expect("paths");
         let found = paths.iter().find(|(tmpl, _)| {
             let t: Vec<&str> = tmpl.split('/').collect();
-            t.len() == segs.len() && t.iter().zip(&segs).all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
+            t.len() == segs.len()
+                && t.iter()
+                    .zip(&segs)
+                    .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
         });
         let Some((tmpl, item)) = found else {
             return vec![format!("no API path matches {rel}")];
@@ -99,7 +108,10 @@ impl Swagger {
         match params.iter().find(|p| p["in"] == "body") {
             Some(bp) => {
                 let schema = self.resolve(&bp["schema"]);
-                let props = schema["properties"].as_object().cloned().unwrap_or_default();
+                let props = schema["properties"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
                 let Some(obj) = body.as_object() else {
                     errs.push(format!("{method} {tmpl}: body is not a JSON object"));
                     return errs;
@@ -134,7 +146,9 @@ impl Swagger {
                         let allowed: Vec<&str> = desc.split('"').skip(1).step_by(2).collect();
                         if let Some(s) = v.as_str() {
                             if !allowed.contains(&s) {
-                                errs.push(format!("{method} {tmpl}: `{k}` = {s} is not one of {allowed:?}"));
+                                errs.push(format!(
+                                    "{method} {tmpl}: `{k}` = {s} is not one of {allowed:?}"
+                                ));
                             }
                         }
                     }
@@ -177,7 +191,11 @@ impl FakeGitea {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-        FakeGitea { base, calls, violations }
+        FakeGitea {
+            base,
+            calls,
+            violations,
+        }
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -209,13 +227,26 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { body_limit: 5 * 1024 * 1024, mirrors: "", lease_secs: 30, max_attempts: 3 }
+        Options {
+            body_limit: 5 * 1024 * 1024,
+            mirrors: "",
+            lease_secs: 30,
+            max_attempts: 3,
+        }
     }
 }
 
 pub async fn spawn_app(opts: Options) -> TestEnv {
     let redis = RedisServer::start().expect("redis-server");
-    let queue = Queue::connect(&redis.url(), QueueConfig { max_attempts: opts.max_attempts, ..QueueConfig::default() }).await.expect("connect");
+    let queue = Queue::connect(
+        &redis.url(),
+        QueueConfig {
+            max_attempts: opts.max_attempts,
+            ..QueueConfig::default()
+        },
+    )
+    .await
+    .expect("connect");
     let gitea = FakeGitea::start().await;
     let settings = Settings {
         api_token: TOKEN.into(),
@@ -229,7 +260,11 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState { queue: queue.clone(), settings: Arc::new(settings), counters: Arc::new(Counters::default()) };
+    let state = AppState {
+        queue: queue.clone(),
+        settings: Arc::new(settings),
+        counters: Arc::new(Counters::default()),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         serve(state, listener, async {
@@ -238,7 +273,15 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
         .await
         .ok()
     });
-    TestEnv { redis, queue, base, gitea, http: reqwest::Client::new(), tmp: tempfile::tempdir().unwrap(), shutdown: Some(tx) }
+    TestEnv {
+        redis,
+        queue,
+        base,
+        gitea,
+        http: reqwest::Client::new(),
+        tmp: tempfile::tempdir().unwrap(),
+        shutdown: Some(tx),
+    }
 }
 
 impl Drop for TestEnv {
@@ -300,13 +343,26 @@ impl TestEnv {
     }
 
     pub async fn api_get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         let s = r.status().as_u16();
         (s, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn api_post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(self.url(path)).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let s = r.status().as_u16();
         (s, r.json().await.unwrap_or(Value::Null))
     }
@@ -337,7 +393,10 @@ impl TestEnv {
             if ["succeeded", "failed", "cancelled", "timed_out"].contains(&st) {
                 return j;
             }
-            assert!(Instant::now() < deadline, "job {id} not final within {within:?}: {j}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not final within {within:?}: {j}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -367,12 +426,23 @@ pub fn make_repo(dir: &Path, extra: &[(&str, &str)]) -> (String, String) {
     }
     let git = |args: &[&str]| {
         let out = Command::new("git")
-            .args(["-c", "user.name=raibid-test", "-c", "user.email=test@raibid.invalid", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=raibid-test",
+                "-c",
+                "user.email=test@raibid.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .current_dir(dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     git(&["init", "-q"]);
@@ -400,5 +470,7 @@ pub fn gitea_payload(clone_url: &str, sha: &str, git_ref: &str) -> Vec<u8> {
 }
 
 pub fn hash_map_of(v: &Value) -> HashMap<String, Value> {
-    v.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+    v.as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
 }
