@@ -64,6 +64,8 @@ def main [
   if $force and $only == null {
     fail bad_flags "--force needs --only STAGE (it regenerates keys and secrets of that stage)" --hint "e.g. nu scripts/bootstrap.nu --only secrets --force"
   }
+  # kubectl and flux talk to this cluster only, whatever KUBECONFIG the shell has.
+  $env.KUBECONFIG = $env.RAIBID_KUBECONFIG
   let ctx = (context --force=$force)
   if $dry_run {
     print-plan (plan $ctx $selected)

@@ -5,7 +5,7 @@
 #
 #   nu scripts/status.nu | where state != ok
 #
-# Reads the cluster through kubectl (KUBECONFIG), the dispatcher through RAIBID_URL + RAIBID_API_TOKEN, Gitea
+# Reads the cluster through kubectl (RAIBID_KUBECONFIG, ~/.kube/raibid-ci.yaml), the dispatcher through RAIBID_URL + RAIBID_API_TOKEN, Gitea
 # through RAIBID_GITEA_URL + RAIBID_GITEA_TOKEN (bootstrap's summary prints the values for the Spark).
 
 use lib/env.nu
@@ -27,7 +27,7 @@ def guarded [component: string, rows: closure]: nothing -> list<record> {
 def kjson [args: list<string>]: nothing -> record {
   let r = (system run-cmd (["kubectl"] | append $args | append [-o json]))
   if $r.exit_code != 0 {
-    error make --unspanned {msg: $"kubectl ($args | str join ' '): ($r.stderr | str trim | lines | first 1 | str join '')", help: "is KUBECONFIG set to the cluster (bootstrap copies it to ~/.kube/raibid-ci.yaml)?"}
+    error make --unspanned {msg: $"kubectl ($args | str join ' '): ($r.stderr | str trim | lines | first 1 | str join '')", help: $"is ($env.RAIBID_KUBECONFIG) the cluster's kubeconfig? \(bootstrap's k3s stage writes it; set RAIBID_KUBECONFIG otherwise\)"}
   }
   $r.stdout | from json
 }
@@ -42,6 +42,7 @@ def ready-row [component: string, obj: record]: nothing -> record {
 # The status table.
 @example "what is not fine" { nu scripts/status.nu | where state != ok }
 export def main []: nothing -> table {
+  $env.KUBECONFIG = $env.RAIBID_KUBECONFIG
   let nodes = (guarded node {
     (kjson [get nodes]).items | each {|n| ready-row node $n }
   })

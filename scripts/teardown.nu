@@ -21,7 +21,7 @@ def steps [s: record, facts: record, purge: bool]: nothing -> list<record> {
   [
     (if (system exists $UNINSTALL) { ext-step [...$sudo $UNINSTALL] })
     (if $hosts != $without { ext-step [...$sudo install -m "0644" /dev/stdin /etc/hosts] --stdin $without --stdin-desc "(/etc/hosts without the '# raibid-ci' line)" })
-    (if (system exists $env.KUBECONFIG) { ext-step [rm -f $env.KUBECONFIG] })
+    (if (system exists $env.RAIBID_KUBECONFIG) { ext-step [rm -f $env.RAIBID_KUBECONFIG] })
     (if $purge and (system exists $s.cache_path) { ext-step [...$sudo rm -rf $s.cache_path] })
   ] | compact
 }

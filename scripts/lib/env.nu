@@ -39,7 +39,7 @@ export def env-spec []: nothing -> table {
     [RAIBID_CLOCK_START internal null "set by log start-clock (elapsed time in progress lines)"]
     [RAIBID_ASKPASS_USER internal null "set only for git's GIT_ASKPASS helper while bootstrap pushes"]
     [RAIBID_ASKPASS_PASSWORD internal null "set only for git's GIT_ASKPASS helper while bootstrap pushes"]
-    [KUBECONFIG script ($nu.home-dir | path join .kube raibid-ci.yaml) "kubeconfig of the k3s cluster (bootstrap copies /etc/rancher/k3s/k3s.yaml there)"]
+    [RAIBID_KUBECONFIG script ($nu.home-dir | path join .kube raibid-ci.yaml) "kubeconfig of the raibid cluster (bootstrap copies /etc/rancher/k3s/k3s.yaml there); bootstrap, status and teardown use it, never a KUBECONFIG of another cluster"]
   ]
 }
 

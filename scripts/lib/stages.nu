@@ -37,7 +37,7 @@ export def context [--force]: nothing -> record {
     force: $force
     keyfile: ($env.SOPS_AGE_KEY_FILE? | default ($facts.home | path join .config sops age keys.txt))
     config_dir: $env.RAIBID_CONFIG_DIR
-    kubeconfig: $env.KUBECONFIG
+    kubeconfig: $env.RAIBID_KUBECONFIG
     tmp: ($nu.temp-dir | path join raibid-bootstrap)
   }
 }
@@ -48,6 +48,13 @@ def priv [ctx: record, argv: list<string>]: nothing -> list<string> {
 }
 
 def repo-path [ctx: record, rel: string]: nothing -> string { $ctx.s.root | path join $rel }
+
+# A root-only file (registries.yaml is 0600): read directly as root, through `sudo -n cat` otherwise.
+def read-root [ctx: record, path: string]: nothing -> any {
+  if $ctx.facts.uid == 0 or (system fake?) { return (system read $path) }
+  let r = (system run-cmd [sudo -n cat $path])
+  if $r.exit_code == 0 { $r.stdout } else { null }
+}
 
 # `kubectl … -o json` as a record, or null (no cluster yet, no such object).
 def kget [args: list<string>]: nothing -> any {
@@ -180,7 +187,7 @@ def preflight-steps [ctx: record]: nothing -> list<record> {
 def host-files [ctx: record]: nothing -> record {
   let host = {cores: ((system run-cmd [nproc]).stdout | str trim | into int)
     mem_gib: ((system read /proc/meminfo | default "" | parse --regex 'MemTotal:\s+(?<kb>\d+)' | get -o 0.kb | default "0" | into int) // (1024 * 1024))}
-  let reg_now = (system read /etc/rancher/k3s/registries.yaml)
+  let reg_now = (read-root $ctx /etc/rancher/k3s/registries.yaml)
   let hosts_now = (system read /etc/hosts | default "")
   {
     config: (render-k3s-config $host.cores $host.mem_gib)
@@ -509,7 +516,7 @@ def tokens-probe [ctx: record]: nothing -> record {
   let me = (system http-probe GET $"($ctx.s.gitea_url)/api/v1/user" --headers {Authorization: $"token ($tok)"})
   if $me.status != 200 { return (todo $"the owner's Gitea token does not work \(HTTP ($me.status)\)") }
   if (kget [-n $NAMESPACES.flux get secret $CLUSTER_SECRETS.flux_git.name]) == null { return (todo "no flux-system Secret (Flux's Gitea credentials)") }
-  if (registries-auth (system read /etc/rancher/k3s/registries.yaml) $ctx.s.git_host) == null { return (todo "registries.yaml has no credentials for Gitea's registry") }
+  if (registries-auth (read-root $ctx /etc/rancher/k3s/registries.yaml) $ctx.s.git_host) == null { return (todo "registries.yaml has no credentials for Gitea's registry") }
   ok "Gitea tokens in place (owner, dispatcher, agent, Flux, registry)"
 }
 

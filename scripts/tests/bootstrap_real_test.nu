@@ -57,7 +57,7 @@ def secrets_stage_encrypts_lists_commits_and_keeps_values [] {
   mkdir ($key | path dirname)
   ^age-keygen -o $key o+e>| ignore
   let vars = {RAIBID_ROOT: $dir, RAIBID_CONFIG_DIR: ($home | path join raibid), SOPS_AGE_KEY_FILE: $key,
-    PATH: ($env.PATH | prepend $sops), SOPS_DISABLE_VERSION_CHECK: "1", KUBECONFIG: ($home | path join kubeconfig)}
+    PATH: ($env.PATH | prepend $sops), SOPS_DISABLE_VERSION_CHECK: "1", RAIBID_KUBECONFIG: ($home | path join kubeconfig)}
   with-clean-env $vars {
     # The age-key stage's repository part: the owner's public key replaces the placeholder, committed.
     run-stage age-key --only-matching '^(\.sops\.yaml|git add)'

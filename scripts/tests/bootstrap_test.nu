@@ -29,7 +29,7 @@ def fixture [name: string]: nothing -> path {
 }
 
 def fake-env [file: path]: nothing -> record {
-  {RAIBID_FAKE_SYSTEM: $file, RAIBID_CONFIG_DIR: "/home/owner/.config/raibid", KUBECONFIG: "/home/owner/.kube/raibid-ci.yaml", SOPS_AGE_KEY_FILE: null}
+  {RAIBID_FAKE_SYSTEM: $file, RAIBID_CONFIG_DIR: "/home/owner/.config/raibid", RAIBID_KUBECONFIG: "/home/owner/.kube/raibid-ci.yaml", SOPS_AGE_KEY_FILE: null}
 }
 
 def plan-for [name: string, --selected: any = null]: nothing -> table {

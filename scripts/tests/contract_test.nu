@@ -60,7 +60,11 @@ def env_vars_of_the_contract_are_the_contracts [] {
 def every_env_var_the_scripts_read_is_declared [] {
   # Every `$env.X` read is declared in lib/env.nu (with its default)...
   let declared = (env-spec | get name | append [PWD])
-  let reads = (code | each {|s| $s.text | parse --regex '\$env\.(?<n>[A-Za-z_][A-Za-z0-9_]*)' | get n | each {|n| {file: $s.file, name: $n} } } | flatten | uniq)
+  let reads = (code | each {|s|
+    $s.text | parse --regex '\$env\.(?<n>[A-Za-z_][A-Za-z0-9_]*)(?<op>\s*==?)?'
+    | where {|m| ($m.op | default "" | str trim) != "=" }   # `$env.X = …` sets, it does not read
+    | get n | each {|n| {file: $s.file, name: $n} }
+  } | flatten | uniq)
   let undeclared = ($reads | where name not-in $declared)
   assert equal $undeclared [] $"read but not declared in lib/env.nu:\n($undeclared | each {|u| $'($u.file): ($u.name)' } | str join "\n")"
   # ...and every RAIBID_* name the scripts mention is a contract variable, a declared one, or a Flux setting.

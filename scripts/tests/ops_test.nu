@@ -63,7 +63,7 @@ def status_is_one_table_over_cluster_dispatcher_and_gitea [] {
 @test
 def teardown_shows_what_goes_and_asks_first [] {
   let f = (fixture)
-  with-clean-env {RAIBID_FAKE_SYSTEM: $f, KUBECONFIG: "/home/owner/.kube/raibid-ci.yaml", SOPS_AGE_KEY_FILE: null} {
+  with-clean-env {RAIBID_FAKE_SYSTEM: $f, RAIBID_KUBECONFIG: "/home/owner/.kube/raibid-ci.yaml", SOPS_AGE_KEY_FILE: null} {
     let dry = (do { ^$nu.current-exe --no-config-file (script teardown.nu) --dry-run --purge } | complete)
     assert equal $dry.exit_code 0 $dry.stderr
     for expected in ["$ sudo /usr/local/bin/k3s-uninstall.sh" "$ sudo install -m 0644 /dev/stdin /etc/hosts" "$ rm -f /home/owner/.kube/raibid-ci.yaml" "Kept: this repository, the age key (/home/owner/.config/sops/age/keys.txt)" "nothing was changed"] {
