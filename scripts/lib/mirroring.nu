@@ -142,7 +142,9 @@ export def mirror-action [want: record, have: any]: nothing -> record {
   }
 }
 
-# The body of POST /repos/migrate (MigrateRepoOptions). The token is only sent for private repositories.
+# The body of POST /repos/migrate (MigrateRepoOptions). A public repository is a plain git mirror (service
+# `git`: no GitHub API calls from Gitea, no credentials stored); a private one goes through Gitea's GitHub
+# migration with the token (service `github`, `auth_token`), which Gitea keeps to pull.
 export def migrate-body [want: record, token: any]: nothing -> record {
   let body = {
     clone_addr: $want.clone_addr
@@ -152,7 +154,7 @@ export def migrate-body [want: record, token: any]: nothing -> record {
     mirror_interval: $want.interval
     private: $want.private
     description: $want.description
-    service: "github"
+    service: (if $want.private { "github" } else { "git" })
     wiki: false, issues: false, labels: false, milestones: false, pull_requests: false, releases: false, lfs: false
   }
   if $want.private {

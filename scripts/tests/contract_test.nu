@@ -132,4 +132,6 @@ def one_nushell_version_for_the_repo [] {
   assert equal (version | get version) (pin NUSHELL_VERSION) "the suite runs on another Nushell than scripts/pins.env pins"
   let dev = (open --raw ($REPO_ROOT | path join scripts dev.sh))
   assert ($dev | str contains "nushell@$NUSHELL_VERSION") "dev.sh does not install the pinned Nushell"
+  let flake = (open --raw ($REPO_ROOT | path join flake.nix))
+  assert ($flake | str contains "pins.NUSHELL_VERSION") "flake.nix does not provide the pinned Nushell"
 }

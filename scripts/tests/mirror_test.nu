@@ -133,8 +133,8 @@ def plans_detect_what_differs [] {
 @test
 def migrate_body_sends_token_only_for_private [] {
   let want = {github: "acme/a", owner: acme, name: a, clone_addr: "https://github.com/acme/a.git", private: false, interval: "8h0m0s", description: ""}
-  assert equal ((migrate-body $want "tok") | get -o auth_token) null
-  assert equal (migrate-body ($want | update private true) "tok").auth_token "tok"
+  assert equal ((migrate-body $want "tok") | select -o auth_token service) {auth_token: null, service: git}
+  assert equal ((migrate-body ($want | update private true) "tok") | select auth_token service) {auth_token: "tok", service: github}
   assert equal (error-code-of { migrate-body ($want | update private true) null }) github_token_missing
 }
 
