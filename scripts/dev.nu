@@ -261,8 +261,7 @@ def run-suite [dir: path, cmd: list<string>]: nothing -> int {
   try {
     do { cd $dir; ^($cmd | first) ...($cmd | skip 1) }
     0
-  } catch {|e|
-    if ($env.RAIBID_DEBUG? | default "") != "" { print -e $e }
+  } catch {
     $env.LAST_EXIT_CODE
   }
 }
