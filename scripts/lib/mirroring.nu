@@ -37,7 +37,7 @@ export def go-duration-secs []: string -> int {
 }
 
 # Parse a mirror list file (YAML; format in docs/mirroring.md) into one row per entry.
-@example "one repository" { "mirrors:\n  - repo: octo/hello\n" | parse-mirror-list } --result [{kind: repo, source: "octo/hello", to: null, to_owner: null, include: null, exclude: null, interval: "8h0m0s"}]
+@example "one repository" { "mirrors:\n  - repo: octo/hello\n    interval: 2h\n" | parse-mirror-list } --result [{kind: repo, source: "octo/hello", to: null, to_owner: null, include: null, exclude: null, interval: "2h"}]
 export def parse-mirror-list []: string -> table {
   let doc = try { $in | from yaml } catch {|e| fail bad_mirror_list $"the mirror list is not valid YAML: ($e.msg)" --hint "see docs/mirroring.md for the format" }
   if ($doc | describe | str starts-with "record") == false or ($doc.mirrors? == null) {
