@@ -568,6 +568,11 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
       wait-until "the k3s node after the restart" {|| nodes-ready } --timeout 5min | ignore
     })
     (commit-step $ctx ($files | each {|f| [$f.path ($f.path | path dirname | path join kustomization.yaml)] } | flatten | uniq) "bootstrap: encrypted app secrets")
+    (nu-step "note: the tokens were (re)created; a dispatcher or agents already running read the new Secrets only after a restart" {||
+      if (kget [-n $NAMESPACES.system get deployment $SERVICES.dispatcher.name]) != null {
+        log warn "raibid already runs: after the next stages pushed the new Secrets, restart it: kubectl -n raibid-system rollout restart deployment/raibid-dispatcher; kubectl -n raibid-builds rollout restart deployment/raibid-agent-warm"
+      }
+    })
   ]
 }
 
