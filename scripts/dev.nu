@@ -276,6 +276,9 @@ def "main test" [
   ensure-apt age age
   ensure-apt curl curl
   ensure-apt nix-instantiate nix-bin   # the flake.nix parse/eval checks of the GitOps suite
+  # sops (a PyPI package) and the Python tools live in the venv; every suite may use them.
+  let py = (ensure-venv)
+  $env.PATH = ($env.PATH | prepend ($py | path dirname))
   let suites = if $only == null { [rust nu gitops] } else { [$only] }
   mut failed = []
   for suite in $suites {
@@ -283,10 +286,7 @@ def "main test" [
     let code = match $suite {
       "rust" => { run-suite (root | path join rust) [cargo test --locked --workspace --no-fail-fast] }
       "nu" => { run-suite (root) [nu --no-config-file (root | path join scripts tests run.nu)] }
-      "gitops" => {
-        let py = (ensure-venv)
-        run-suite (root) [$py -m pytest -q tests/gitops]
-      }
+      "gitops" => { run-suite (root) [$py -m pytest -q tests/gitops] }
       _ => { fail bad_argument $"unknown suite ($suite)" --hint "use rust, nu or gitops" }
     }
     if $code != 0 { $failed = ($failed | append $suite) }

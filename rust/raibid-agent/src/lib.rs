@@ -134,6 +134,11 @@ impl Masker {
         Masker { secrets }
     }
 
+    /// Also mask these values.
+    pub fn with(&self, more: impl IntoIterator<Item = String>) -> Masker {
+        Masker::new(self.secrets.iter().cloned().chain(more))
+    }
+
     /// Mask a line.
     pub fn mask(&self, line: &str) -> String {
         let mut out = line.to_string();
@@ -357,6 +362,9 @@ struct JobCtx<'a> {
     logs: LogTx,
     stop: watch::Receiver<Stop>,
     deadline: Instant,
+    masker: Arc<Mutex<Masker>>,
+    /// (name, value) of the pipeline's secrets.
+    secrets: Vec<(String, String)>,
 }
 
 impl JobCtx<'_> {
@@ -398,7 +406,9 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
     }
     // Log flusher: batches lines, masks secrets, appends (fenced by the lease).
     let (log_tx, mut log_rx) = mpsc::channel::<(String, String, String)>(4096);
+    let masker = Arc::new(Mutex::new(shared.masker.clone()));
     let flusher = {
+        let masker = masker.clone();
         let shared = shared.clone();
         let id = id.clone();
         let lease = lease.clone();
@@ -413,8 +423,10 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
                         Err(_) => break,
                     }
                 }
-                for l in batch.iter_mut() {
-                    l.2 = shared.masker.mask(&l.2);
+                if let Ok(m) = masker.lock() {
+                    for l in batch.iter_mut() {
+                        l.2 = m.mask(&l.2);
+                    }
                 }
                 match shared.queue.append_log(&id, &lease, &batch).await {
                     Ok(true) => {}
@@ -481,6 +493,8 @@ async fn run_job(shared: &Arc<Shared>, slot: &str, claim: Claim, shutdown: watch
         logs: log_tx,
         stop: stop_rx,
         deadline,
+        masker,
+        secrets: Vec::new(),
     };
     let ws = shared.cfg.workspace_dir.join(&id);
     let outcome = execute(&mut ctx, &ws, shutdown).await;
@@ -604,6 +618,26 @@ async fn execute(
             return (Status::Failed, Some(format!("config: {e}")));
         }
     };
+    let mut secrets = Vec::new();
+    for name in &pipeline.secrets {
+        match std::env::var(format!("{}{name}", env::SECRET_PREFIX)) {
+            Ok(v) => secrets.push((name.clone(), v)),
+            Err(_) => {
+                let msg = format!(
+                    "secret `{name}` is not available to this agent (set {}{name})",
+                    env::SECRET_PREFIX
+                );
+                ctx.sys("config", format!("[raibid] {msg}")).await;
+                ctx.claim.job.end_step("failed", None, Utc::now());
+                ctx.update("step_finished").await;
+                return (Status::Failed, Some(format!("config: {msg}")));
+            }
+        }
+    }
+    if let Ok(mut m) = ctx.masker.lock() {
+        *m = m.with(secrets.iter().map(|(_, v)| v.clone()));
+    }
+    ctx.secrets = secrets;
     ctx.claim.job.pipeline = Some(pipeline.name.clone());
     ctx.deadline = Instant::now() + pipeline.timeout;
     ctx.claim.job.end_step("succeeded", None, Utc::now());
@@ -881,7 +915,12 @@ fn step_env(
         job.source.sha.clone().unwrap_or_default(),
     ));
     env.push(("RAIBID_STEP".into(), step.name.clone()));
-    for (k, v) in pipeline.env.iter().chain(step.env.iter()) {
+    for (k, v) in pipeline
+        .env
+        .iter()
+        .chain(step.env.iter())
+        .chain(ctx.secrets.iter().map(|(k, v)| (k, v)))
+    {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }

@@ -705,3 +705,78 @@ async fn total_queue_check_under_agent_and_redis_crashes() {
     assert_eq!((q.lag, q.pending), (Some(0), 0));
     let _ = PathBuf::new();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_2xx_survives_redis_sigkill_and_dedup_survives_a_dispatcher_restart() {
+    let mut s = stack(3).await;
+    let repo = make_repo(
+        &s.tmp.path().join("r"),
+        "steps:\n  - name: a\n    run: echo ok\n",
+    );
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(s.submit(&repo).await.unwrap());
+    }
+    // SIGKILL right after the last 2xx, no grace.
+    s.redis.kill();
+    s.redis.restart().unwrap();
+    let q = Queue::connect(&s.redis.url(), QueueConfig::default())
+        .await
+        .unwrap();
+    for id in &ids {
+        assert_eq!(
+            q.get(id).await.unwrap().status,
+            raibid_core::job::Status::Queued,
+            "job {id} lost"
+        );
+    }
+    assert_eq!(q.stats().await.unwrap().lag, Some(50));
+    // A webhook delivery, then a brand-new dispatcher process state (new Queue, new server): the same
+    // delivery id is still recognised.
+    let job = raibid_core::job::Job::new(
+        raibid_core::job::Source {
+            repo_url: repo.clone(),
+            git_ref: "refs/heads/main".into(),
+            sha: None,
+            trigger: raibid_core::job::Trigger {
+                kind: raibid_core::job::TriggerKind::GiteaPush,
+                actor: None,
+            },
+            delivery_id: Some("restart-1".into()),
+            forge_repo: None,
+        },
+        chrono::Utc::now(),
+    );
+    let first = q
+        .enqueue(job.clone(), Some(("gitea", "restart-1")))
+        .await
+        .unwrap();
+    s.redis.kill();
+    s.redis.restart().unwrap();
+    let q2 = Queue::connect(&s.redis.url(), QueueConfig::default())
+        .await
+        .unwrap();
+    let mut again = job;
+    again.id = raibid_core::job::new_job_id();
+    match (
+        first,
+        q2.enqueue(again, Some(("gitea", "restart-1")))
+            .await
+            .unwrap(),
+    ) {
+        (raibid_core::queue::Enqueued::New(j), raibid_core::queue::Enqueued::Duplicate(d)) => {
+            assert_eq!(j.id, d)
+        }
+        other => panic!("{other:?}"),
+    }
+    // Agents started now drain everything that was accepted before the crashes.
+    let mut a = s.agent("after-crash");
+    for id in &ids {
+        assert_eq!(
+            s.wait(id, Duration::from_secs(60), is_final).await["status"],
+            "succeeded"
+        );
+    }
+    kill(&mut a, "-TERM");
+    let _ = a.wait();
+}

@@ -95,6 +95,9 @@ pub mod env {
     pub const MAX_ATTEMPTS: &str = "RAIBID_MAX_ATTEMPTS";
     /// Seconds a SIGTERMed agent lets its running job finish before it kills it and releases the job.
     pub const SHUTDOWN_GRACE_SECS: &str = "RAIBID_SHUTDOWN_GRACE_SECS";
+    /// Prefix of the secrets an agent can hand to pipelines: `RAIBID_SECRET_<NAME>` becomes `<NAME>`
+    /// in the steps of a pipeline that lists `<NAME>` under `secrets:`, masked in its log.
+    pub const SECRET_PREFIX: &str = "RAIBID_SECRET_";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
 }

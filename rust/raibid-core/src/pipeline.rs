@@ -41,6 +41,9 @@ pub struct Pipeline {
     pub timeout: Duration,
     /// Steps, in order.
     pub steps: Vec<Step>,
+    /// Names of secrets the steps need: each is taken from the agent's `RAIBID_SECRET_<NAME>`, given to
+    /// the steps as `<NAME>`, and masked as `***` in the job log.
+    pub secrets: Vec<String>,
 }
 
 /// One step.
@@ -69,6 +72,8 @@ struct RawPipeline {
     env: BTreeMap<String, String>,
     timeout: Option<RawDuration>,
     steps: Vec<RawStep>,
+    #[serde(default)]
+    secrets: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -227,11 +232,24 @@ impl Pipeline {
                 timeout,
             });
         }
+        for (i, name) in raw.secrets.iter().enumerate() {
+            if !valid_env_key(name) {
+                return Err(PipelineError(format!(
+                    "secrets[{i}]: `{name}` is not a valid environment variable name"
+                )));
+            }
+            if raw.env.contains_key(name) {
+                return Err(PipelineError(format!(
+                    "secrets[{i}]: `{name}` is also set in env; a secret's value comes from the agent"
+                )));
+            }
+        }
         Ok(Pipeline {
             name,
             env: raw.env,
             timeout,
             steps,
+            secrets: raw.secrets,
         })
     }
 
@@ -253,6 +271,7 @@ impl Pipeline {
                 step("build", format!("cargo build --all-targets{locked}")),
                 step("test", format!("cargo test{locked}")),
             ],
+            secrets: Vec::new(),
         }
     }
 }

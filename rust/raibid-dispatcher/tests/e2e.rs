@@ -439,3 +439,129 @@ async fn cancel_kills_the_running_step_and_its_children() {
     assert!(!alive, "grandchild {pid} survived the cancel");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipeline_secrets_reach_the_step_and_are_masked_in_the_log() {
+    // Process-wide, but the name is unique to this test.
+    std::env::set_var("RAIBID_SECRET_E2E_DEPLOY_TOKEN", "s3cr3t-value-4711");
+    let env = spawn_app(Options::default()).await;
+    let repo = env.tmp.path().join("secret");
+    let yaml = "secrets: [E2E_DEPLOY_TOKEN]\nsteps:\n  - name: use\n    run: echo \"token=$E2E_DEPLOY_TOKEN\"; test \"$E2E_DEPLOY_TOKEN\" = s3cr3t-value-4711\n";
+    let (url, _) = make_repo(&repo, &[(".raibid.yaml", yaml)]);
+    let agent = env.start_agent("agent-secret");
+    let (_, v) = env
+        .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let job = env.wait_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(
+        job["status"], "succeeded",
+        "the step saw the secret's value: {job}"
+    );
+    let lines = logs(&env, &id).await;
+    let all = serde_json::to_string(&lines).unwrap();
+    assert!(
+        !all.contains("s3cr3t-value-4711"),
+        "secret leaked into the log: {all}"
+    );
+    assert!(lines.iter().any(|l| l["line"] == "token=***"), "{all}");
+    // A secret the agent does not have fails the config step, naming it.
+    let repo2 = env.tmp.path().join("nosecret");
+    let (url2, _) = make_repo(
+        &repo2,
+        &[(
+            ".raibid.yaml",
+            "secrets: [NOT_GIVEN_TO_AGENTS]\nsteps:\n  - name: a\n    run: 'true'\n",
+        )],
+    );
+    let (_, v) = env
+        .api_post("/api/v1/jobs", json!({"repo_url": url2, "ref": "main"}))
+        .await;
+    let job = env
+        .wait_final(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        (job["status"].as_str(), job["step"].as_str()),
+        (Some("failed"), Some("config"))
+    );
+    assert!(job["failure_reason"]
+        .as_str()
+        .unwrap()
+        .contains("RAIBID_SECRET_NOT_GIVEN_TO_AGENTS"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_means_503_and_failing_readyz_then_everything_recovers() {
+    let mut env = spawn_app(Options::default()).await;
+    let repo = env.tmp.path().join("r");
+    let (url, sha) = make_repo(
+        &repo,
+        &[(".raibid.yaml", "steps:\n  - name: a\n    run: echo up\n")],
+    );
+    let agent = env.start_agent("agent-redis-down");
+    env.redis.kill();
+    let t0 = Instant::now();
+    let (s, v) = env
+        .gitea_push(&gitea_payload(&url, &sha, "refs/heads/main"), "down-1")
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "queue_unavailable");
+    assert!(
+        t0.elapsed() < Duration::from_secs(11),
+        "answered in {:?}",
+        t0.elapsed()
+    );
+    let (s, _) = env
+        .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+        .await;
+    assert_eq!(s, 503);
+    assert_eq!(
+        env.http
+            .get(env.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        503
+    );
+    assert_eq!(
+        env.http
+            .get(env.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    // Redis comes back: the redelivered webhook makes a job and the (reconnected) agent runs it.
+    env.redis.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if env
+            .http
+            .get(env.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+            == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dispatcher did not reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = env
+        .gitea_push(&gitea_payload(&url, &sha, "refs/heads/main"), "down-1")
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let job = env
+        .wait_final(v["job"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(job["status"], "succeeded");
+    agent.stop().await;
+}
