@@ -1,0 +1,113 @@
+# scripts/raibid.nu against the real thing: a private redis-server, the real raibid-dispatcher and
+# raibid-agent binaries (built from rust/ if needed) and a real git repository of the example crate.
+
+use std/assert
+use std/testing *
+use helpers.nu *
+use ../raibid.nu ["main jobs" "main jobs submit" "main jobs show" "main jobs logs" "main jobs cancel" "main jobs retry" "main queue" "main agents"]
+
+const ROOT = path self ../..
+
+def bg [log: path, argv: list<string>]: nothing -> int {
+  with-env {RAIBID_BG_LOG: $log} {
+    ^setsid sh -c 'exec "$@" >>"$RAIBID_BG_LOG" 2>&1 < /dev/null & echo $!' raibid-test ...$argv | str trim | into int
+  }
+}
+
+def wait-port [port: int] {
+  let deadline = (date now) + 20sec
+  loop {
+    let ok = (try { http get --full --allow-errors $"http://127.0.0.1:($port)/readyz" | get status } catch { 0 }) == 200
+    if $ok { return }
+    assert ((date now) < $deadline) $"nothing ready on port ($port)"
+    sleep 100ms
+  }
+}
+
+# Start redis + dispatcher + one agent, run `body` with RAIBID_URL/RAIBID_API_TOKEN set, stop everything.
+def with-stack [body: closure]: nothing -> any {
+  let build = (do { cd ($ROOT | path join rust); ^cargo build -q --locked --bins } | complete)
+  assert equal $build.exit_code 0 $"cargo build failed: ($build.stderr)"
+  let dir = (mktemp -d -t raibid-real-XXXXXX)
+  let redis_port = (port)
+  let http_port = (port)
+  let token = (random chars --length 32)
+  let redis = (bg ($dir | path join redis.log) [redis-server --bind 127.0.0.1 --port ($redis_port | into string) --save "" --appendonly yes --appendfsync always --dir $dir])
+  sleep 300ms
+  let redis_url = $"redis://127.0.0.1:($redis_port)"
+  let bin = ($ROOT | path join rust target debug)
+  let pids = with-env {RAIBID_REDIS_URL: $redis_url, RAIBID_API_TOKEN: $token, RAIBID_LISTEN: $"127.0.0.1:($http_port)",
+      RAIBID_ALLOWED_SCHEMES: file, RAIBID_WORKSPACE_DIR: ($dir | path join ws), RAIBID_CACHE_DIR: ($dir | path join cache)} {
+    [
+      (bg ($dir | path join dispatcher.log) [($bin | path join raibid-dispatcher)])
+      (bg ($dir | path join agent.log) [($bin | path join raibid-agent) --name real-test-agent --block-ms 300])
+    ]
+  }
+  let r = try {
+    wait-port $http_port
+    {ok: (with-clean-env {RAIBID_URL: $"http://127.0.0.1:($http_port)", RAIBID_API_TOKEN: $token} { do $body $dir })}
+  } catch {|e| {err: $e} }
+  for p in ($pids | append $redis) { do { ^kill -TERM $p } | complete | ignore }
+  sleep 500ms
+  for p in ($pids | append $redis) { do { ^pkill -KILL -s $p } | complete | ignore; do { ^kill -KILL $p } | complete | ignore }
+  rm -rf $dir
+  if ($r.err? != null) { return $r.err.raw }
+  $r.ok
+}
+
+def example-repo [dir: path, pipeline?: string]: nothing -> string {
+  let repo = ($dir | path join repo)
+  mkdir ($repo | path join src)
+  let ex = ($ROOT | path join examples hello-raibid)
+  for f in [Cargo.toml Cargo.lock .gitignore src/lib.rs] { cp ($ex | path join $f) ($repo | path join $f) }
+  if $pipeline != null { $pipeline | save ($repo | path join .raibid.yaml) }
+  do {
+    cd $repo
+    ^git init -q -b main
+    ^git -c user.name=t -c user.email=t@t.invalid add -A
+    ^git -c user.name=t -c user.email=t@t.invalid commit -qm demo
+  }
+  $"file://($repo)"
+}
+
+@test
+def submit_follow_show_queue_agents_against_the_real_dispatcher [] {
+  with-stack {|dir|
+    let url = (example-repo $dir)
+    let job = (main jobs submit $url)
+    assert equal $job.status queued
+    # --follow streams the live log and ends when the job ends.
+    let lines = (main jobs logs $job.id --follow)
+    assert ($lines | any {|l| $l.line =~ 'test result: ok\. 2 passed' }) "cargo test output arrives through --follow"
+    let shown = (main jobs show $job.id)
+    assert equal $shown.status succeeded
+    assert equal ($shown.steps | get name) [clone config build test]
+    let listed = (main jobs --status succeeded)
+    assert equal ($listed | get id) [$job.id]
+    let q = (main queue)
+    assert equal [$q.stream $q.group $q.lag $q.pending] [raibid:jobs raibid-agents 0 0]
+    assert equal (main agents | get id) [real-test-agent]
+    # Retry makes a new job; cancel of a finished job is refused with the API's message.
+    let again = (main jobs retry $job.id)
+    assert equal $again.retry_of $job.id
+    assert equal (error-code-of { main jobs cancel $job.id }) conflict
+  }
+}
+
+@test
+def cancel_a_running_job_through_the_cli [] {
+  with-stack {|dir|
+    let url = (example-repo $dir "steps:\n  - name: wait\n    run: sleep 60\n")
+    let job = (main jobs submit $url)
+    let deadline = (date now) + 30sec
+    while (main jobs show $job.id | get step) != "wait" {
+      assert ((date now) < $deadline) "the job never reached its step"
+      sleep 100ms
+    }
+    main jobs cancel $job.id | ignore
+    sleep 1sec
+    let j = (main jobs show $job.id)
+    assert equal $j.status cancelled
+    assert ($j.failure_reason =~ 'wait')
+  }
+}
