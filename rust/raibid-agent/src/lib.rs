@@ -43,7 +43,7 @@ pub struct AgentConfig {
     pub once: bool,
 
     /// With --once: exit 0 after waiting this many seconds without finding a job.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = env::IDLE_TIMEOUT_SECS, default_value_t = 60)]
     pub idle_timeout_secs: u64,
 
     /// Jobs run at once by a long-running agent.
@@ -88,7 +88,7 @@ pub struct AgentConfig {
     pub grace_secs: u64,
 
     /// Milliseconds one XREADGROUP blocks before the agent looks at its shutdown flag again.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
 }
 

@@ -75,6 +75,10 @@ pub mod env {
     pub const CONCURRENCY: &str = "RAIBID_CONCURRENCY";
     /// Claim exactly one job, run it, exit (KEDA ScaledJob mode).
     pub const ONCE: &str = "RAIBID_ONCE";
+    /// With `--once`: seconds to wait for a job before exiting 0.
+    pub const IDLE_TIMEOUT_SECS: &str = "RAIBID_IDLE_TIMEOUT_SECS";
+    /// Milliseconds one blocking `XREADGROUP` waits before the agent checks its shutdown flag.
+    pub const BLOCK_MS: &str = "RAIBID_BLOCK_MS";
     /// Directory in which per-job workspaces are created (and deleted).
     pub const WORKSPACE_DIR: &str = "RAIBID_WORKSPACE_DIR";
     /// Shared cache directory (`CARGO_HOME` of every step lives below it).
