@@ -565,3 +565,75 @@ async fn redis_down_means_503_and_failing_readyz_then_everything_recovers() {
     assert_eq!(job["status"], "succeeded");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_build_of_the_same_repo_downloads_nothing() {
+    // A real dependency from crates.io (the one registry reachable here), a fresh shared cache.
+    let env = spawn_app(Options::default()).await;
+    let repo = env.tmp.path().join("withdep");
+    let manifest = "[package]\nname = \"withdep\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nitoa = \"=1.0.15\"\n";
+    let lib = "pub fn s(n: u32) -> String { itoa::Buffer::new().format(n).to_string() }\n#[test]\nfn t() { assert_eq!(s(42), \"42\"); }\n";
+    let scratch = env.tmp.path().join("lockgen");
+    std::fs::create_dir_all(scratch.join("src")).unwrap();
+    std::fs::write(scratch.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(scratch.join("src/lib.rs"), lib).unwrap();
+    let out = std::process::Command::new("cargo")
+        .arg("generate-lockfile")
+        .env("CARGO_HOME", env.tmp.path().join("lockgen-home"))
+        .current_dir(&scratch)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lock = std::fs::read_to_string(scratch.join("Cargo.lock")).unwrap();
+    let (url, _) = make_repo(
+        &repo,
+        &[
+            ("Cargo.toml", manifest),
+            ("src/lib.rs", lib),
+            ("Cargo.lock", &lock),
+        ],
+    );
+    let mut cfg = env.agent_config("agent-cache");
+    cfg.cache_dir = env.tmp.path().join("fresh-cache");
+    let agent = env.start_agent_with(cfg);
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let (_, v) = env
+            .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+            .await;
+        let id = v["id"].as_str().unwrap().to_string();
+        let job = env.wait_final(&id, Duration::from_secs(300)).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let text: Vec<String> = logs(&env, &id)
+            .await
+            .iter()
+            .map(|l| l["line"].as_str().unwrap().to_string())
+            .collect();
+        outputs.push(text);
+    }
+    assert!(
+        outputs[0]
+            .iter()
+            .any(|l| l.contains("Downloaded itoa v1.0.15")),
+        "first build downloads: {:#?}",
+        outputs[0]
+    );
+    assert!(outputs[0]
+        .iter()
+        .any(|l| l.contains("$ cargo build --all-targets --locked")));
+    let net: Vec<&String> = outputs[1]
+        .iter()
+        .filter(|l| l.contains("Downloaded") || l.contains("Downloading") || l.contains("Updating"))
+        .collect();
+    assert!(net.is_empty(), "the second build used the network: {net:?}");
+    assert!(env
+        .tmp
+        .path()
+        .join("fresh-cache/cargo/registry/cache")
+        .exists());
+    agent.stop().await;
+}
