@@ -937,6 +937,43 @@ impl Queue {
         Ok(out)
     }
 
+    /// Delete consumers of agents that are gone: nothing pending, no live heartbeat, idle longer than
+    /// `idle`. (A crashed pod leaves its consumer behind; its entries were already reclaimed.)
+    pub async fn prune_consumers(&self, idle: Duration) -> Result<Vec<String>> {
+        let mut con = self.con.clone();
+        let reply: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(keys::JOBS_STREAM)
+            .arg(keys::AGENTS_GROUP)
+            .query_async(&mut con)
+            .await?;
+        let mut gone = Vec::new();
+        if let Value::Array(cs) = reply {
+            for c in cs {
+                let m = to_map(&c);
+                let Some(name) = m.get("name").and_then(to_string) else {
+                    continue;
+                };
+                let pending = m.get("pending").and_then(to_u64).unwrap_or(1);
+                let idle_ms = m.get("idle").and_then(to_u64).unwrap_or(0);
+                if pending == 0
+                    && idle_ms > idle.as_millis() as u64
+                    && !self.agent_alive(&name).await?
+                {
+                    let _: i64 = redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(keys::JOBS_STREAM)
+                        .arg(keys::AGENTS_GROUP)
+                        .arg(&name)
+                        .query_async(&mut con)
+                        .await?;
+                    gone.push(name);
+                }
+            }
+        }
+        Ok(gone)
+    }
+
     /// Entries of the dead-letter stream: (entry id, job id, attempts, reason).
     pub async fn dead_letters(&self) -> Result<Vec<(String, String, u32, String)>> {
         let mut con = self.con.clone();

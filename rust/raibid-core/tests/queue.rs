@@ -271,6 +271,19 @@ async fn the_reaper_requeues_then_dead_letters_after_max_attempts() {
     assert_eq!(dead[0].2, 2);
     let s = q.stats().await.unwrap();
     assert_eq!((s.lag, s.pending, s.length), (Some(0), 0, 0));
+    // The crashed consumer is removed once it has nothing pending and no heartbeat; a live one stays.
+    q.heartbeat("alive-idle", None, 0, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let _ = q
+        .claim_next(&mut c, "alive-idle", Duration::from_millis(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let gone = q.prune_consumers(Duration::from_millis(50)).await.unwrap();
+    assert!(gone.contains(&"crashy".to_string()), "{gone:?}");
+    assert!(!gone.contains(&"alive-idle".to_string()), "{gone:?}");
+    assert_eq!(q.stats().await.unwrap().consumers, 1);
     // A live agent's heartbeat keeps its entry from being reaped.
     q.enqueue(job(), None).await.unwrap();
     let cl = q
