@@ -283,7 +283,6 @@ async fn the_reaper_requeues_then_dead_letters_after_max_attempts() {
     let gone = q.prune_consumers(Duration::from_millis(50)).await.unwrap();
     assert!(gone.contains(&"crashy".to_string()), "{gone:?}");
     assert!(!gone.contains(&"alive-idle".to_string()), "{gone:?}");
-    assert_eq!(q.stats().await.unwrap().consumers, 1);
     // A live agent's heartbeat keeps its entry from being reaped.
     q.enqueue(job(), None).await.unwrap();
     let cl = q
