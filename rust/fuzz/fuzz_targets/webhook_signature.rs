@@ -1,7 +1,7 @@
 //! Signature verification: arbitrary secret / body / header must never panic, only a correct HMAC is
 //! accepted, and `sign_hex` / `verify_*` agree with each other.
 //!
-//! Input layout: `[secret_len, header_len, flip_pos, flip_mask, secret.., header.., body..]`
+//! Input layout: `[secret_len, header_len, flip_lo, flip_hi, flip_mask, secret.., header.., body..]`
 //! (lengths are clamped to what is left; the header is decoded as lossy UTF-8).
 #![no_main]
 
@@ -23,10 +23,11 @@ fn flipped(bytes: &[u8], pos: usize, mask: u8) -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
-    let hdr = take(&mut rest, 4);
+    let hdr = take(&mut rest, 5);
     let get = |i: usize| hdr.get(i).copied().unwrap_or(0);
     let (secret_len, header_len) = (get(0) as usize, get(1) as usize);
-    let (flip_pos, flip_mask) = (get(2) as usize, if get(3) == 0 { 1 } else { get(3) });
+    let flip_pos = usize::from(u16::from_le_bytes([get(2), get(3)]));
+    let flip_mask = if get(4) == 0 { 1 } else { get(4) };
     let secret = take(&mut rest, secret_len);
     let header = String::from_utf8_lossy(take(&mut rest, header_len)).into_owned();
     let body = rest;
@@ -61,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
     //    fuzzer-chosen non-zero mask) or of the secret makes verification fail.
     if !body.is_empty() {
         let mut positions = vec![0, body.len() - 1, flip_pos % body.len()];
+        positions.sort_unstable();
         positions.dedup();
         for pos in positions {
             let tampered = flipped(body, pos, flip_mask);
