@@ -8,13 +8,12 @@
 
 use raibid_core::queue::{Queue, QueueConfig};
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{serve, AppState, Counters, Settings};
+use raibid_dispatcher::{serve, AppState, Settings};
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "fault-suite-token";
@@ -48,11 +47,7 @@ async fn stack(max_attempts: u32) -> Stack {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState {
-        queue: queue.clone(),
-        settings: Arc::new(settings),
-        counters: Arc::new(Counters::default()),
-    };
+    let state = AppState::new(queue.clone(), settings);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         serve(state, listener, async {

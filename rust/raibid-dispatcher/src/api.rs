@@ -627,6 +627,7 @@ async fn follow(
     after: Option<String>,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
+    let mut stopping = state.stopping.clone();
     tokio::spawn(async move {
         let block = Duration::from_millis(1000);
         let mut last = after.unwrap_or_else(|| "0-0".to_string());
@@ -688,7 +689,7 @@ async fn follow(
                     return;
                 }
             }
-            if tx.is_closed() {
+            if tx.is_closed() || *stopping.borrow_and_update() {
                 return;
             }
         }

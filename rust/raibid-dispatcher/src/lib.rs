@@ -219,6 +219,24 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Counters.
     pub counters: Arc<Counters>,
+    /// Turns true when the server starts shutting down: long-lived responses (SSE) end then, so the
+    /// graceful shutdown does not wait on them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    stop_tx: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl AppState {
+    /// State over a connected queue.
+    pub fn new(queue: Queue, settings: Settings) -> AppState {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        AppState {
+            queue,
+            settings: Arc::new(settings),
+            counters: Arc::new(Counters::default()),
+            stopping: rx,
+            stop_tx: Arc::new(tx),
+        }
+    }
 }
 
 /// Connect to Redis, retrying with backoff `attempts` times.
@@ -250,10 +268,15 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let reporter = tokio::spawn(forge::status_reporter(state.clone()));
     let reaper = tokio::spawn(reaper(state.clone()));
+    let stop_tx = state.stop_tx.clone();
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // In-flight requests finish; live log streams end now instead of holding the shutdown.
+            let _ = stop_tx.send(true);
+        })
         .await?;
     reporter.abort();
     reaper.abort();
@@ -276,7 +299,9 @@ pub async fn reaper(state: AppState) {
             tracing::warn!(error = %e, "reaper: redis unavailable; retrying");
         }
         match state.queue.prune_consumers(lease * 10).await {
-            Ok(gone) if !gone.is_empty() => tracing::info!(consumers = ?gone, "removed consumers of agents that are gone"),
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(consumers = ?gone, "removed consumers of agents that are gone")
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "reaper: could not prune consumers"),
         }

@@ -1,9 +1,8 @@
 //! raibid-dispatcher binary: parse configuration, connect, serve until SIGTERM/SIGINT.
 
 use clap::Parser;
-use raibid_dispatcher::{connect_queue, serve, AppState, Counters, DispatcherConfig, Settings};
+use raibid_dispatcher::{connect_queue, serve, AppState, DispatcherConfig, Settings};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 async fn shutdown_signal() {
     let term = async {
@@ -41,11 +40,7 @@ async fn run(cfg: DispatcherConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let state = AppState {
-        queue,
-        settings: Arc::new(settings),
-        counters: Arc::new(Counters::default()),
-    };
+    let state = AppState::new(queue, settings);
     serve(state, listener, shutdown_signal()).await
 }
 

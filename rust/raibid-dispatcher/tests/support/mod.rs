@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use raibid_core::queue::{Queue, QueueConfig};
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{forge::Gitea, serve, AppState, Counters, Settings};
+use raibid_dispatcher::{forge::Gitea, serve, AppState, Settings};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -260,11 +260,7 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState {
-        queue: queue.clone(),
-        settings: Arc::new(settings),
-        counters: Arc::new(Counters::default()),
-    };
+    let state = AppState::new(queue.clone(), settings);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         serve(state, listener, async {
