@@ -26,6 +26,25 @@ struct Stack {
     http: reqwest::Client,
     tmp: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
+    /// Every agent process started, killed when the stack is dropped (also when a test fails).
+    spawned: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Ok(pids) = self.spawned.lock() {
+            for pid in pids.iter() {
+                // Only if the pid is still one of our agents (pids are reused).
+                let cmd =
+                    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if cmd.contains("raibid-agent") {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            }
+        }
+    }
 }
 
 async fn stack(max_attempts: u32) -> Stack {
@@ -63,13 +82,14 @@ async fn stack(max_attempts: u32) -> Stack {
         http: reqwest::Client::new(),
         tmp: tempfile::tempdir().unwrap(),
         _shutdown: tx,
+        spawned: std::sync::Mutex::new(Vec::new()),
     }
 }
 
 impl Stack {
     fn agent(&self, name: &str) -> Child {
         let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
+        let child = Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
             .args(["--name", name, "--block-ms", "300"])
             .env("RAIBID_REDIS_URL", self.redis.url())
             .env("RAIBID_ALLOWED_SCHEMES", "file")
@@ -81,7 +101,11 @@ impl Stack {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap()
+            .unwrap();
+        if let Ok(mut v) = self.spawned.lock() {
+            v.push(child.id());
+        }
+        child
     }
 
     async fn submit(&self, repo_url: &str) -> Result<String, u16> {
