@@ -284,7 +284,13 @@ def "main test" [
   for suite in $suites {
     step $"suite: ($suite)"
     let code = match $suite {
-      "rust" => { run-suite (root | path join rust) [cargo test --locked --workspace --no-fail-fast] }
+      "rust" => {
+        # Lints first (rustfmt, clippy with warnings as errors), then every test.
+        let lint = (run-suite (root | path join rust) [cargo fmt --all -- --check])
+        let clippy = (run-suite (root | path join rust) [cargo clippy --locked --workspace --all-targets -- -D warnings])
+        let tests = (run-suite (root | path join rust) [cargo test --locked --workspace --no-fail-fast])
+        [$lint $clippy $tests] | math max
+      }
       "nu" => { run-suite (root) [nu --no-config-file (root | path join scripts tests run.nu)] }
       "gitops" => { run-suite (root) [$py -m pytest -q tests/gitops] }
       _ => { fail bad_argument $"unknown suite ($suite)" --hint "use rust, nu or gitops" }
