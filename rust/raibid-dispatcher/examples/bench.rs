@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use raibid_core::job::{Job, Source, Status, Trigger, TriggerKind};
 use raibid_core::queue::{Enqueued, Queue, QueueConfig};
 use raibid_core::testkit::{free_port, RedisServer};
+use redis::Value as RValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -33,7 +34,11 @@ use tokio::sync::{Notify, Semaphore};
 
 /// raibid-ci benchmarks against a real redis-server and the real release-built dispatcher (loopback only).
 #[derive(Debug, Parser)]
-#[command(name = "bench", about, long_about = None)]
+#[command(
+    name = "bench",
+    about = "raibid-ci benchmarks against a real redis-server and the real release-built dispatcher (loopback only)",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -106,8 +111,11 @@ struct ClaimArgs {
     #[arg(long, value_delimiter = ',', default_value = "warm,burst")]
     modes: Vec<Mode>,
     /// Jobs per second of the paced mode.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 100)]
     rate: u64,
+    /// Jobs of the paced mode (default: --jobs).
+    #[arg(long)]
+    paced_jobs: Option<usize>,
     /// Jobs of the burst mode.
     #[arg(long, default_value_t = 2000)]
     burst_jobs: usize,
@@ -133,27 +141,32 @@ struct IngestArgs {
     /// Measured webhook deliveries per configuration.
     #[arg(long, default_value_t = 50_000)]
     requests: usize,
-    /// Requests in flight (worker tasks on keep-alive connections).
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    /// Requests in flight (worker tasks on keep-alive connections); several values are compared.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    concurrency: Vec<usize>,
     /// Deliveries sent first and left out of the rate (counted in the lost-jobs check).
     #[arg(long, default_value_t = 1000)]
     warmup: usize,
     /// Redis appendfsync policies to compare side by side (raibid runs `always`).
     #[arg(long, value_delimiter = ',', default_value = "always")]
     fsync: Vec<Fsync>,
-    /// The dispatcher binary (default: rust/target/release/raibid-dispatcher).
-    #[arg(long)]
-    dispatcher_bin: Option<PathBuf>,
-    /// RAIBID_LOG for the dispatcher (its default is `info`: one line per queued job).
-    #[arg(long, default_value = "info")]
-    dispatcher_log: String,
+    /// The dispatcher binary (default: rust/target/release/raibid-dispatcher); several (separated by
+    /// `,`) are compared.
+    #[arg(long, value_delimiter = ',')]
+    dispatcher_bin: Vec<PathBuf>,
+    /// RAIBID_LOG for the dispatcher (its default is `info`: one line per queued job); several values
+    /// (separated by `;`) are compared.
+    #[arg(long, value_delimiter = ';', default_value = "info")]
+    dispatcher_log: Vec<String>,
     /// Milliseconds between samples of the dispatcher's VmRSS.
     #[arg(long, default_value_t = 100)]
     rss_sample_ms: u64,
     /// Abandon a configuration after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// Seconds to wait, printing the dispatcher's pid, before the first request (to attach a profiler).
+    #[arg(long, default_value_t = 0)]
+    pause_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -165,8 +178,14 @@ struct AllArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     consumers: Vec<usize>,
     /// Claim-latency arrival patterns.
-    #[arg(long, value_delimiter = ',', default_value = "warm,burst")]
+    #[arg(long, value_delimiter = ',', default_value = "warm,paced,burst")]
     modes: Vec<Mode>,
+    /// Jobs per second of the paced mode.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// Jobs of the paced mode.
+    #[arg(long, default_value_t = 3000)]
+    paced_jobs: usize,
     /// Jobs of the burst mode.
     #[arg(long, default_value_t = 2000)]
     burst_jobs: usize,
@@ -187,12 +206,10 @@ struct AllArgs {
 /// Nearest-rank percentiles of microsecond samples.
 #[derive(Debug, Clone, Copy, Default)]
 struct Pct {
-    n: usize,
     p50: u64,
     p90: u64,
     p99: u64,
     max: u64,
-    mean: f64,
 }
 
 fn pct(mut v: Vec<u64>) -> Pct {
@@ -203,18 +220,22 @@ fn pct(mut v: Vec<u64>) -> Pct {
     let n = v.len();
     let at = |p: f64| v[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1];
     Pct {
-        n,
         p50: at(50.0),
         p90: at(90.0),
         p99: at(99.0),
         max: v[n - 1],
-        mean: v.iter().sum::<u64>() as f64 / n as f64,
     }
 }
 
 impl Pct {
     fn cells(&self) -> String {
-        format!("{} / {} / {} / {}", us(self.p50), us(self.p90), us(self.p99), us(self.max))
+        format!(
+            "{} / {} / {} / {}",
+            us(self.p50),
+            us(self.p90),
+            us(self.p99),
+            us(self.max)
+        )
     }
 }
 
@@ -240,16 +261,25 @@ fn hex_sha256(parts: &[&[u8]]) -> String {
     for p in parts {
         h.update(p);
     }
-    h.finalize().iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    h.finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// A UUID-shaped delivery id (what Gitea sends in X-Gitea-Delivery), unique per (nonce, i).
 fn delivery_uuid(nonce: &str, i: usize) -> String {
     let h = hex_sha256(&[nonce.as_bytes(), b"delivery", &i.to_le_bytes()]);
-    format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 /// A unique 40-hex commit sha per (nonce, i).
@@ -258,7 +288,11 @@ fn commit_sha(nonce: &str, i: usize) -> String {
 }
 
 fn nonce() -> String {
-    format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or_default())
+    format!(
+        "{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    )
 }
 
 const CLONE_URL: &str = "http://gitea-http.gitea:3000/owner/hello.git";
@@ -280,23 +314,101 @@ fn gitea_payload(sha: &str) -> Result<Vec<u8>> {
 }
 
 async fn redis_con(redis: &RedisServer) -> Result<redis::aio::MultiplexedConnection> {
-    Ok(redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?)
+    Ok(redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?)
 }
 
 async fn set_fsync(redis: &RedisServer, f: Fsync) -> Result<()> {
     let mut con = redis_con(redis).await?;
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg(f.as_str()).query_async(&mut con).await?;
-    let (_, got): (String, String) =
-        redis::cmd("CONFIG").arg("GET").arg("appendfsync").query_async(&mut con).await?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg(f.as_str())
+        .query_async(&mut con)
+        .await?;
+    let (_, got): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync")
+        .query_async(&mut con)
+        .await?;
     if got != f.as_str() {
         bail!("redis appendfsync is {got}, wanted {}", f.as_str());
     }
     Ok(())
 }
 
+/// Turn on Redis's latency monitor (events of 1 ms and more), so the run can report its slowest fsync.
+async fn latency_monitor(redis: &RedisServer) -> Result<()> {
+    let mut con = redis_con(redis).await?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("latency-monitor-threshold")
+        .arg(1)
+        .query_async(&mut con)
+        .await?;
+    Ok(())
+}
+
+/// What Redis saw of its own disk: slowest `aof-fsync-always` (ms), seconds in which an fsync took
+/// ≥ 1 ms, AOF rewrites (forks) started.
+#[derive(Debug, Clone, Copy, Default)]
+struct RedisDisk {
+    fsync_max_ms: u64,
+    slow_fsync_secs: usize,
+    aof_rewrites: u64,
+}
+
+async fn redis_disk(redis: &RedisServer) -> Result<RedisDisk> {
+    let mut con = redis_con(redis).await?;
+    let hist: Vec<(i64, i64)> = redis::cmd("LATENCY")
+        .arg("HISTORY")
+        .arg("aof-fsync-always")
+        .query_async(&mut con)
+        .await?;
+    let latest: RValue = redis::cmd("LATENCY")
+        .arg("LATEST")
+        .query_async(&mut con)
+        .await?;
+    let mut fsync_max_ms = 0;
+    if let RValue::Array(events) = &latest {
+        for e in events {
+            if let RValue::Array(f) = e {
+                let name = f.first().and_then(|v| match v {
+                    RValue::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                    RValue::SimpleString(s) => Some(s.clone()),
+                    _ => None,
+                });
+                if name.as_deref() == Some("aof-fsync-always") {
+                    if let Some(RValue::Int(m)) = f.get(3) {
+                        fsync_max_ms = u64::try_from(*m).unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(&mut con)
+        .await?;
+    let aof_rewrites = info
+        .lines()
+        .find_map(|l| l.strip_prefix("aof_rewrites:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(RedisDisk {
+        fsync_max_ms,
+        slow_fsync_secs: hist.len(),
+        aof_rewrites,
+    })
+}
+
 async fn redis_pid(redis: &RedisServer) -> Result<u32> {
     let mut con = redis_con(redis).await?;
-    let info: String = redis::cmd("INFO").arg("server").query_async(&mut con).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut con)
+        .await?;
     info.lines()
         .find_map(|l| l.strip_prefix("process_id:"))
         .and_then(|v| v.trim().parse().ok())
@@ -306,7 +418,10 @@ async fn redis_pid(redis: &RedisServer) -> Result<u32> {
 /// `fdatasync` latency of 200-byte appends in `dir` (what `appendfsync always` pays per write batch).
 fn fsync_probe(dir: &Path, n: usize) -> Result<Pct> {
     let p = dir.join("fsync-probe");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)?;
     let line = [b'x'; 200];
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
@@ -329,9 +444,14 @@ fn machine() -> Vec<(String, String)> {
     let cpuinfo = read_to_string_or_empty("/proc/cpuinfo");
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
-    let nproc = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_default();
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get().to_string())
+        .unwrap_or_default();
     let mem = read_to_string_or_empty("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:").map(|r| r.trim().to_string()))
@@ -341,11 +461,49 @@ fn machine() -> Vec<(String, String)> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|e| format!("not runnable: {e}"));
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "rust/raibid-core/src",
+        "rust/raibid-dispatcher/src",
+        "rust/raibid-agent/src",
+    ]);
+    let code = if dirty.is_empty() {
+        head
+    } else {
+        format!("{head} + uncommitted changes in rust/*/src")
+    };
+    let load = read_to_string_or_empty("/proc/loadavg");
     vec![
+        ("code".into(), code),
+        (
+            "load average at start".into(),
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         ("nproc".into(), nproc),
         ("CPU".into(), model),
         ("memory".into(), mem),
-        ("kernel".into(), read_to_string_or_empty("/proc/sys/kernel/osrelease").trim().to_string()),
+        (
+            "kernel".into(),
+            read_to_string_or_empty("/proc/sys/kernel/osrelease")
+                .trim()
+                .to_string(),
+        ),
         ("redis".into(), redis),
     ]
 }
@@ -369,6 +527,23 @@ fn cpu_secs(pid: &str, tick: f64) -> Option<f64> {
     Some((ut + st) / tick)
 }
 
+/// Busy CPU seconds of the whole machine (all but idle and iowait), from /proc/stat.
+fn machine_cpu(tick: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
+    let busy: f64 = [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| v.get(*i))
+        .sum();
+    Some(busy / tick)
+}
+
 fn clock_tick() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -390,6 +565,12 @@ fn status_kb(pid: u32, field: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+fn nproc() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0)
 }
 
 fn mib(kb: u64) -> String {
@@ -435,9 +616,15 @@ struct ClaimResult {
     leftover_entries: u64,
     leftover_pending: u64,
     completed: bool,
+    /// fdatasync latency in Redis's directory just before the run.
+    disk: Pct,
+    /// CPU seconds of Redis + this process, and of the rest of the machine, in the measured phase.
+    cpu_ours: f64,
+    cpu_others: f64,
+    wall_secs: f64,
+    redis_seen: RedisDisk,
 }
 
-#[derive(Default)]
 struct ClaimShared {
     /// job id → (sequence number, Instant before enqueue)
     started: Mutex<HashMap<String, (usize, Instant)>>,
@@ -471,7 +658,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The warm agent loop without the build: heartbeat, XREADGROUP … BLOCK, claim, final write at once.
-async fn consumer(q: Queue, url: String, name: String, sh: Arc<ClaimShared>, block: Duration, heartbeat: bool) {
+async fn consumer(
+    q: Queue,
+    url: String,
+    name: String,
+    sh: Arc<ClaimShared>,
+    block: Duration,
+    heartbeat: bool,
+) {
     let mut con = None;
     let mut done = 0u64;
     let mut announce = true;
@@ -487,7 +681,10 @@ async fn consumer(q: Queue, url: String, name: String, sh: Arc<ClaimShared>, blo
             }
         }
         if heartbeat {
-            if let Err(e) = q.heartbeat(&name, None, done, Duration::from_secs(30)).await {
+            if let Err(e) = q
+                .heartbeat(&name, None, done, Duration::from_secs(30))
+                .await
+            {
                 sh.error(format!("{name}: heartbeat: {e}"));
             }
         }
@@ -500,7 +697,11 @@ async fn consumer(q: Queue, url: String, name: String, sh: Arc<ClaimShared>, blo
         match q.claim_next(c, &name, block).await {
             Ok(Some(mut claim)) => {
                 let got = Instant::now();
-                let record = claim.job.claim_latency_secs().map(|s| (s * 1e6).max(0.0) as u64).unwrap_or(u64::MAX);
+                let record = claim
+                    .job
+                    .claim_latency_secs()
+                    .map(|s| (s * 1e6).max(0.0) as u64)
+                    .unwrap_or(u64::MAX);
                 let started = lock(&sh.started).remove(&claim.job.id);
                 claim.job.finish(Status::Succeeded, None, Utc::now());
                 let f0 = Instant::now();
@@ -538,7 +739,10 @@ fn bench_job(nonce: &str, seq: usize) -> (Job, String) {
             repo_url: CLONE_URL.into(),
             git_ref: "refs/heads/main".into(),
             sha: Some(commit_sha(nonce, seq)),
-            trigger: Trigger { kind: TriggerKind::GiteaPush, actor: Some("alice".into()) },
+            trigger: Trigger {
+                kind: TriggerKind::GiteaPush,
+                actor: Some("alice".into()),
+            },
             delivery_id: Some(delivery.clone()),
             forge_repo: Some("owner/hello".into()),
         },
@@ -550,22 +754,53 @@ fn bench_job(nonce: &str, seq: usize) -> (Job, String) {
 async fn run_claim(run: &ClaimRun) -> Result<ClaimResult> {
     let redis = RedisServer::start()?;
     set_fsync(&redis, run.fsync).await?;
+    let disk = fsync_probe(&redis.dir, 300)?;
+    latency_monitor(&redis).await?;
+    let rpid = redis_pid(&redis).await?.to_string();
+    let tick = clock_tick();
+    let ours = |m: Option<f64>| -> Option<(f64, f64)> {
+        Some((m?, cpu_secs(&rpid, tick)? + cpu_secs("self", tick)?))
+    };
+    let mut cpu0 = None;
     let url = redis.url();
     let total = run.warmup + run.jobs;
-    let sh = Arc::new(ClaimShared { total, ready: Semaphore::new(0), ..ClaimShared::default() });
+    let sh = Arc::new(ClaimShared {
+        started: Mutex::default(),
+        samples: Mutex::default(),
+        enqueues: Mutex::default(),
+        enqueued: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
+        duplicates: AtomicUsize::new(0),
+        errors: AtomicUsize::new(0),
+        first_error: Mutex::default(),
+        stop: AtomicBool::new(false),
+        all_done: Notify::new(),
+        ready: Semaphore::new(0),
+        total,
+    });
 
     // Consumers: each its own Queue (as separate agent processes have) and blocking connection.
     let mut handles = Vec::new();
     for i in 0..run.consumers {
         let q = Queue::connect(&url, QueueConfig::default()).await?;
         let name = format!("bench-agent-{}", i + 1);
-        handles.push(tokio::spawn(consumer(q, url.clone(), name, sh.clone(), run.block, run.heartbeat)));
+        handles.push(tokio::spawn(consumer(
+            q,
+            url.clone(),
+            name,
+            sh.clone(),
+            run.block,
+            run.heartbeat,
+        )));
     }
     let producer = Queue::connect(&url, QueueConfig::default()).await?;
     // Let every consumer reach XREADGROUP … BLOCK.
-    let ready = tokio::time::timeout(Duration::from_secs(30), sh.ready.acquire_many(u32::try_from(run.consumers)?))
-        .await
-        .context("consumers did not reach XREADGROUP within 30 s")??;
+    let ready = tokio::time::timeout(
+        Duration::from_secs(30),
+        sh.ready.acquire_many(u32::try_from(run.consumers)?),
+    )
+    .await
+    .context("consumers did not reach XREADGROUP within 30 s")??;
     ready.forget();
     sh.ready.add_permits(run.consumers);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -582,13 +817,18 @@ async fn run_claim(run: &ClaimRun) -> Result<ClaimResult> {
             sh.error("deadline passed while enqueueing");
             break;
         }
-        let mode = if seq < run.warmup { Mode::Warm } else { run.mode };
+        let mode = if seq < run.warmup {
+            Mode::Warm
+        } else {
+            run.mode
+        };
         if seq == run.warmup {
             // Measured phase: wait until the warm-up jobs are all finished.
             while sh.finished.load(Ordering::SeqCst) < run.warmup && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             measured_start = Some(Instant::now());
+            cpu0 = ours(machine_cpu(tick));
         }
         let burst_permit = match mode {
             Mode::Warm => {
@@ -610,7 +850,10 @@ async fn run_claim(run: &ClaimRun) -> Result<ClaimResult> {
             }
             Mode::Burst => Some(burst_slots.clone().acquire_owned().await?),
         };
-        let backlog = sh.enqueued.load(Ordering::Relaxed).saturating_sub(sh.finished.load(Ordering::Relaxed));
+        let backlog = sh
+            .enqueued
+            .load(Ordering::Relaxed)
+            .saturating_sub(sh.finished.load(Ordering::Relaxed));
         if seq >= run.warmup {
             max_backlog = max_backlog.max(backlog);
         }
@@ -625,7 +868,9 @@ async fn run_claim(run: &ClaimRun) -> Result<ClaimResult> {
             let rtt = micros(t0.elapsed());
             match r {
                 Ok(Enqueued::New(_)) => lock(&sh2.enqueues).push((seq, rtt)),
-                Ok(Enqueued::Duplicate(id)) => sh2.error(format!("delivery {delivery} taken as a duplicate of {id}")),
+                Ok(Enqueued::Duplicate(id)) => {
+                    sh2.error(format!("delivery {delivery} taken as a duplicate of {id}"))
+                }
                 Err(e) => sh2.error(format!("enqueue: {e}")),
             }
             drop(burst_permit);
@@ -640,18 +885,31 @@ async fn run_claim(run: &ClaimRun) -> Result<ClaimResult> {
     .await
     .is_ok();
     let wall = measured_start.map(|s| s.elapsed()).unwrap_or_default();
+    let cpu1 = ours(machine_cpu(tick));
+    let (cpu_ours, cpu_others) = match (cpu0, cpu1) {
+        (Some((m0, o0)), Some((m1, o1))) => (o1 - o0, ((m1 - m0) - (o1 - o0)).max(0.0)),
+        _ => (f64::NAN, f64::NAN),
+    };
     sh.stop.store(true, Ordering::SeqCst);
     for h in handles {
         let _ = tokio::time::timeout(run.block + Duration::from_secs(5), h).await;
     }
 
+    let redis_seen = redis_disk(&redis).await?;
     // The stream must be empty (every entry acknowledged and deleted) and nothing pending.
     let mut con = redis_con(&redis).await?;
-    let leftover_entries: u64 = redis::cmd("XLEN").arg("raibid:jobs").query_async(&mut con).await?;
-    let pending: Value = redis::cmd("XPENDING").arg("raibid:jobs").arg("raibid-agents").query_async(&mut con).await?;
+    let leftover_entries: u64 = redis::cmd("XLEN")
+        .arg("raibid:jobs")
+        .query_async(&mut con)
+        .await?;
+    let pending: RValue = redis::cmd("XPENDING")
+        .arg("raibid:jobs")
+        .arg("raibid-agents")
+        .query_async(&mut con)
+        .await?;
     let leftover_pending = match &pending {
-        Value::Array(v) => v.first().and_then(|x| match x {
-            Value::Int(i) => u64::try_from(*i).ok(),
+        RValue::Array(v) => v.first().and_then(|x| match x {
+            RValue::Int(i) => u64::try_from(*i).ok(),
             _ => None,
         }),
         _ => None,
@@ -660,8 +918,13 @@ async fn run_claim(run: &ClaimRun) -> Result<ClaimResult> {
 
     let samples = std::mem::take(&mut *lock(&sh.samples));
     let measured: Vec<_> = samples.into_iter().filter(|s| s.0 >= run.warmup).collect();
-    let enq: Vec<u64> = lock(&sh.enqueues).iter().filter(|s| s.0 >= run.warmup).map(|s| s.1).collect();
+    let enq: Vec<u64> = lock(&sh.enqueues)
+        .iter()
+        .filter(|s| s.0 >= run.warmup)
+        .map(|s| s.1)
+        .collect();
     let n = measured.len();
+    let first_error = lock(&sh.first_error).clone();
     Ok(ClaimResult {
         fsync: run.fsync,
         mode: run.mode,
@@ -671,14 +934,23 @@ async fn run_claim(run: &ClaimRun) -> Result<ClaimResult> {
         record: pct(measured.iter().map(|s| s.2).collect()),
         enqueue: pct(enq),
         finish: pct(measured.iter().map(|s| s.3).collect()),
-        rate: if wall.is_zero() { 0.0 } else { n as f64 / wall.as_secs_f64() },
+        rate: if wall.is_zero() {
+            0.0
+        } else {
+            n as f64 / wall.as_secs_f64()
+        },
         max_backlog,
         duplicates: sh.duplicates.load(Ordering::Relaxed),
         errors: sh.errors.load(Ordering::Relaxed),
-        first_error: lock(&sh.first_error).clone(),
+        first_error,
         leftover_entries,
         leftover_pending,
         completed,
+        disk,
+        cpu_ours,
+        cpu_others,
+        wall_secs: wall.as_secs_f64(),
+        redis_seen,
     })
 }
 
@@ -686,14 +958,19 @@ fn claim_table(results: &[ClaimResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| appendfsync | mode | consumers | jobs | queued→claimed (record) p50 / p90 / p99 / max µs | enqueue→claim returned (client) p50 / p90 / p99 / max µs | enqueue RTT p50 / p99 µs | finish RTT p50 / p99 µs | jobs/s | max backlog | errors / dup / left in stream |"
+        "| appendfsync | disk fdatasync p50 / p99 µs (just before) | mode | consumers | jobs | queued→claimed (record) p50 / p90 / p99 / max µs | enqueue→claim returned (client) p50 / p90 / p99 / max µs | enqueue RTT p50 / p99 µs | finish RTT p50 / p99 µs | jobs/s | max backlog | Redis: slowest fsync ms · seconds with an fsync ≥ 1 ms · AOF rewrites | CPU s: redis + bench / rest of the machine (of wall × nproc) | errors / dup / left in stream |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in results {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {:.0} | {} | {} / {} / {}{} |",
+            "| {} | {} / {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {:.0} | {} | {} · {} · {} | {:.1} / {:.1} (of {:.1}) | {} / {} / {}{} |",
             r.fsync.as_str(),
+            us(r.disk.p50),
+            us(r.disk.p99),
             r.mode.as_str(),
             r.consumers,
             r.jobs,
@@ -705,6 +982,12 @@ fn claim_table(results: &[ClaimResult]) -> String {
             us(r.finish.p99),
             r.rate,
             r.max_backlog,
+            r.redis_seen.fsync_max_ms,
+            r.redis_seen.slow_fsync_secs,
+            r.redis_seen.aof_rewrites,
+            r.cpu_ours,
+            r.cpu_others,
+            r.wall_secs * nproc(),
             r.errors,
             r.duplicates,
             r.leftover_entries + r.leftover_pending,
@@ -726,7 +1009,11 @@ async fn claim_latency(a: &ClaimArgs) -> Result<Vec<ClaimResult>> {
                     consumers,
                     mode,
                     fsync,
-                    jobs: if mode == Mode::Burst { a.burst_jobs } else { a.jobs },
+                    jobs: match mode {
+                        Mode::Burst => a.burst_jobs,
+                        Mode::Paced => a.paced_jobs.unwrap_or(a.jobs),
+                        Mode::Warm => a.jobs,
+                    },
                     warmup: a.warmup,
                     rate: a.rate,
                     burst_concurrency: a.burst_concurrency,
@@ -739,7 +1026,11 @@ async fn claim_latency(a: &ClaimArgs) -> Result<Vec<ClaimResult>> {
                     fsync.as_str(),
                     mode.as_str(),
                     run.jobs,
-                    if mode == Mode::Paced { format!(" at {}/s", a.rate) } else { String::new() }
+                    if mode == Mode::Paced {
+                        format!(" at {}/s", a.rate)
+                    } else {
+                        String::new()
+                    }
                 );
                 let t = Instant::now();
                 let r = run_claim(&run).await?;
@@ -765,11 +1056,24 @@ async fn claim_latency(a: &ClaimArgs) -> Result<Vec<ClaimResult>> {
 
 const SECRET: &str = "bench-gitea-webhook-secret";
 
+/// What the dispatcher wrote to stderr (read through a pipe, as a container runtime would).
+#[derive(Default)]
+struct LogStats {
+    lines: usize,
+    bytes: u64,
+    /// ERROR, WARN and panic lines (the first 20).
+    bad: Vec<String>,
+    bad_count: usize,
+    /// The first lines (start-up failures).
+    head: Vec<String>,
+}
+
 /// The dispatcher child process; killed on drop.
 struct Dispatcher {
     child: Child,
     base: String,
-    log: PathBuf,
+    log: Arc<Mutex<LogStats>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Dispatcher {
@@ -782,7 +1086,10 @@ impl Dispatcher {
         if let Ok(Some(st)) = self.child.try_wait() {
             return format!("had already exited: {st}");
         }
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -793,6 +1100,49 @@ impl Dispatcher {
         let _ = self.child.kill();
         let _ = self.child.wait();
         "did not exit within 10 s of SIGTERM; killed".into()
+    }
+
+    /// Stop it and wait (at most 5 s: a wrapper's grandchild may hold the pipe) for the end of its log.
+    fn finish(&mut self) -> String {
+        let how = self.stop();
+        if let Some(r) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !r.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
+        how
+    }
+}
+
+fn read_log(stderr: std::process::ChildStderr, stats: Arc<Mutex<LogStats>>) {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut st = lock(&stats);
+                st.lines += 1;
+                st.bytes += n as u64;
+                let text = || String::from_utf8_lossy(&line).trim_end().to_string();
+                if st.head.len() < 20 {
+                    st.head.push(text());
+                }
+                let l = String::from_utf8_lossy(&line);
+                if l.contains("ERROR") || l.contains(" WARN ") || l.contains("panicked") {
+                    st.bad_count += 1;
+                    if st.bad.len() < 20 {
+                        st.bad.push(text());
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -819,7 +1169,10 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
 /// Warn when the binary is older than the sources it is built from.
 fn check_fresh(bin: &Path) -> Result<()> {
     let meta = std::fs::metadata(bin).with_context(|| {
-        format!("{} not found: build it first (cd rust && cargo build --release)", bin.display())
+        format!(
+            "{} not found: build it first (cd rust && cargo build --release)",
+            bin.display()
+        )
     })?;
     let built = meta.modified()?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -835,13 +1188,14 @@ fn check_fresh(bin: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn start_dispatcher(bin: &Path, redis_url: &str, log_filter: &str, dir: &Path) -> Result<Dispatcher> {
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
+async fn start_dispatcher(bin: &Path, redis_url: &str, log_filter: &str) -> Result<Dispatcher> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let mut last = String::new();
-    for attempt in 0..5 {
+    for _ in 0..5 {
         let port = free_port()?;
-        let log = dir.join(format!("dispatcher-{attempt}.log"));
-        let logf = std::fs::File::create(&log)?;
         let mut cmd = Command::new(bin);
         // Only our configuration: nothing from a `dev.sh env` shell (Gitea URL, mirrors, …).
         for (k, _) in std::env::vars_os() {
@@ -856,15 +1210,25 @@ async fn start_dispatcher(bin: &Path, redis_url: &str, log_filter: &str, dir: &P
             .env("RAIBID_LISTEN", format!("127.0.0.1:{port}"))
             .env("RAIBID_LOG", log_filter)
             .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let mut d = Dispatcher { child, base: format!("http://127.0.0.1:{port}"), log };
+        let mut d = Dispatcher {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log: Arc::default(),
+            reader: None,
+        };
+        if let Some(err) = d.child.stderr.take() {
+            let stats = d.log.clone();
+            d.reader = Some(std::thread::spawn(move || read_log(err, stats)));
+        }
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = d.child.try_wait() {
-                last = format!("exited {st}: {}", std::fs::read_to_string(&d.log).unwrap_or_default());
+                d.finish();
+                last = format!("exited {st}: {}", lock(&d.log).head.join("\n"));
                 break;
             }
             if let Ok(r) = client.get(format!("{}/readyz", d.base)).send().await {
@@ -877,7 +1241,7 @@ async fn start_dispatcher(bin: &Path, redis_url: &str, log_filter: &str, dir: &P
         if last.is_empty() {
             last = "not ready within 15 s".into();
         }
-        d.stop();
+        d.finish();
     }
     bail!("dispatcher did not start: {last}")
 }
@@ -911,7 +1275,12 @@ async fn fire(
     let t = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
-        let (client, url, payloads, next) = (client.clone(), url.to_string(), payloads.clone(), next.clone());
+        let (client, url, payloads, next) = (
+            client.clone(),
+            url.to_string(),
+            payloads.clone(),
+            next.clone(),
+        );
         set.spawn(async move {
             let mut out = PhaseOut::default();
             loop {
@@ -938,25 +1307,37 @@ async fn fire(
                         *out.codes.entry(code).or_default() += 1;
                         match body {
                             Ok(b) if code == 202 => {
-                                match serde_json::from_slice::<Value>(&b).ok().and_then(|v| v["job"].as_str().map(String::from)) {
+                                match serde_json::from_slice::<Value>(&b)
+                                    .ok()
+                                    .and_then(|v| v["job"].as_str().map(String::from))
+                                {
                                     Some(id) => out.accepted.push(id),
                                     None => {
-                                        out.first_error.get_or_insert_with(|| format!("202 without a job id: {}", String::from_utf8_lossy(&b)));
+                                        out.first_error.get_or_insert_with(|| {
+                                            format!(
+                                                "202 without a job id: {}",
+                                                String::from_utf8_lossy(&b)
+                                            )
+                                        });
                                     }
                                 }
                             }
                             Ok(b) => {
-                                out.first_error.get_or_insert_with(|| format!("{code}: {}", String::from_utf8_lossy(&b)));
+                                out.first_error.get_or_insert_with(|| {
+                                    format!("{code}: {}", String::from_utf8_lossy(&b))
+                                });
                             }
                             Err(e) => {
                                 out.transport_errors += 1;
-                                out.first_error.get_or_insert_with(|| format!("reading a {code} body: {e}"));
+                                out.first_error
+                                    .get_or_insert_with(|| format!("reading a {code} body: {e}"));
                             }
                         }
                     }
                     Err(e) => {
                         out.transport_errors += 1;
-                        out.first_error.get_or_insert_with(|| format!("request: {e:#}"));
+                        out.first_error
+                            .get_or_insert_with(|| format!("request: {e:#}"));
                     }
                 }
             }
@@ -1007,6 +1388,9 @@ struct IngestResult {
     cpu_dispatcher: f64,
     cpu_redis: f64,
     cpu_bench: f64,
+    /// CPU seconds the rest of the machine used during the measured phase (noise).
+    cpu_others: f64,
+    wall_secs: f64,
     metrics_ms: f64,
     metrics_counters: String,
     log_lines: usize,
@@ -1014,32 +1398,58 @@ struct IngestResult {
     log_bytes: u64,
     exit: String,
     aof_bytes: u64,
+    /// fdatasync latency in Redis's directory just before the run.
+    disk: Pct,
+    log_filter: String,
+    redis_seen: RedisDisk,
+    metrics_bytes: usize,
+    hwm_after_metrics_kb: u64,
+    /// The binary, when several are compared.
+    bin: Option<String>,
 }
 
-async fn run_ingest(a: &IngestArgs, fsync: Fsync, bin: &Path, tick: f64) -> Result<IngestResult> {
+/// One webhook-ingest configuration.
+struct IngestOne {
+    pause_secs: u64,
+    requests: usize,
+    concurrency: usize,
+    warmup: usize,
+    dispatcher_log: String,
+    rss_sample_ms: u64,
+    timeout_secs: u64,
+}
+
+async fn run_ingest(a: &IngestOne, fsync: Fsync, bin: &Path, tick: f64) -> Result<IngestResult> {
     let redis = RedisServer::start()?;
     set_fsync(&redis, fsync).await?;
     let rpid = redis_pid(&redis).await?.to_string();
-    let tmp = std::env::temp_dir().join(format!("raibid-bench-{}", nonce()));
-    std::fs::create_dir_all(&tmp)?;
-    let result = ingest_with(a, fsync, bin, tick, &redis, &rpid, &tmp).await;
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
+    // The disk as it is right now, in Redis's own directory (it varies from minute to minute).
+    let disk = fsync_probe(&redis.dir, 300)?;
+    latency_monitor(&redis).await?;
+    let mut r = ingest_with(a, fsync, bin, tick, &redis, &rpid).await?;
+    r.disk = disk;
+    Ok(r)
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn ingest_with(
-    a: &IngestArgs,
+    a: &IngestOne,
     fsync: Fsync,
     bin: &Path,
     tick: f64,
     redis: &RedisServer,
     rpid: &str,
-    tmp: &Path,
 ) -> Result<IngestResult> {
-    let mut d = start_dispatcher(bin, &redis.url(), &a.dispatcher_log, tmp).await?;
+    let mut d = start_dispatcher(bin, &redis.url(), &a.dispatcher_log).await?;
     let dpid = d.pid();
     let url = format!("{}/webhooks/gitea", d.base);
+    if a.pause_secs > 0 {
+        eprintln!(
+            "dispatcher pid {dpid} at {}; load starts in {} s",
+            d.base, a.pause_secs
+        );
+        tokio::time::sleep(Duration::from_secs(a.pause_secs)).await;
+    }
 
     // Pre-sign every delivery (distinct X-Gitea-Delivery, distinct `after`).
     let total = a.warmup + a.requests;
@@ -1048,7 +1458,11 @@ async fn ingest_with(
     for i in 0..total {
         let body = gitea_payload(&commit_sha(&n, i))?;
         let sig = raibid_core::webhook::sign_hex(SECRET.as_bytes(), &body);
-        payloads.push(Signed { body, sig, delivery: delivery_uuid(&n, i) });
+        payloads.push(Signed {
+            body,
+            sig,
+            delivery: delivery_uuid(&n, i),
+        });
     }
     let payloads = Arc::new(payloads);
     let client = reqwest::Client::builder()
@@ -1077,16 +1491,44 @@ async fn ingest_with(
         })
     };
 
-    let warm = fire(&client, &url, payloads.clone(), 0..a.warmup, a.concurrency, deadline).await;
-    let (c0d, c0r, c0b) = (cpu_secs(&dpid.to_string(), tick), cpu_secs(rpid, tick), cpu_secs("self", tick));
-    let main = fire(&client, &url, payloads.clone(), a.warmup..total, a.concurrency, deadline).await;
-    let (c1d, c1r, c1b) = (cpu_secs(&dpid.to_string(), tick), cpu_secs(rpid, tick), cpu_secs("self", tick));
+    let warm = fire(
+        &client,
+        &url,
+        payloads.clone(),
+        0..a.warmup,
+        a.concurrency,
+        deadline,
+    )
+    .await;
+    let (c0d, c0r, c0b, m0) = (
+        cpu_secs(&dpid.to_string(), tick),
+        cpu_secs(rpid, tick),
+        cpu_secs("self", tick),
+        machine_cpu(tick),
+    );
+    let main = fire(
+        &client,
+        &url,
+        payloads.clone(),
+        a.warmup..total,
+        a.concurrency,
+        deadline,
+    )
+    .await;
+    let (c1d, c1r, c1b, m1) = (
+        cpu_secs(&dpid.to_string(), tick),
+        cpu_secs(rpid, tick),
+        cpu_secs("self", tick),
+        machine_cpu(tick),
+    );
     stop.store(true, Ordering::Relaxed);
     let rss = sampler.join().unwrap_or_default();
     let rss_after_kb = status_kb(dpid, "VmRSS").unwrap_or(0);
     let hwm_kb = status_kb(dpid, "VmHWM").unwrap_or(0);
     let diff = |a: Option<f64>, b: Option<f64>| b.zip(a).map(|(b, a)| b - a).unwrap_or(f64::NAN);
 
+    let redis_seen = redis_disk(redis).await?;
+    let mut metrics_bytes = 0;
     // One /metrics scrape after the load (it lists every job in the index).
     let t = Instant::now();
     let metrics = client.get(format!("{}/metrics", d.base)).send().await;
@@ -1094,6 +1536,7 @@ async fn ingest_with(
         Ok(r) => {
             let text = r.text().await.unwrap_or_default();
             let ms = t.elapsed().as_secs_f64() * 1e3;
+            metrics_bytes = text.len();
             let counters = text
                 .lines()
                 .filter(|l| l.starts_with("raibid_webhooks_total"))
@@ -1104,21 +1547,39 @@ async fn ingest_with(
         }
         Err(e) => (f64::NAN, format!("scrape failed: {e}")),
     };
+    let hwm_after_metrics_kb = status_kb(dpid, "VmHWM").unwrap_or(0);
 
     // What Redis holds, checked job by job.
     let mut con = redis_con(redis).await?;
-    let stream_len: u64 = redis::cmd("XLEN").arg("raibid:jobs").query_async(&mut con).await?;
-    let index_len: u64 = redis::cmd("ZCARD").arg("raibid:jobs:index").query_async(&mut con).await?;
-    let index: HashSet<String> =
-        redis::cmd("ZRANGE").arg("raibid:jobs:index").arg(0).arg(-1).query_async::<Vec<String>>(&mut con).await?.into_iter().collect();
-    let entries: Value = redis::cmd("XRANGE").arg("raibid:jobs").arg("-").arg("+").query_async(&mut con).await?;
+    let stream_len: u64 = redis::cmd("XLEN")
+        .arg("raibid:jobs")
+        .query_async(&mut con)
+        .await?;
+    let index_len: u64 = redis::cmd("ZCARD")
+        .arg("raibid:jobs:index")
+        .query_async(&mut con)
+        .await?;
+    let index: HashSet<String> = redis::cmd("ZRANGE")
+        .arg("raibid:jobs:index")
+        .arg(0)
+        .arg(-1)
+        .query_async::<Vec<String>>(&mut con)
+        .await?
+        .into_iter()
+        .collect();
+    let entries: RValue = redis::cmd("XRANGE")
+        .arg("raibid:jobs")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await?;
     let mut in_stream = HashSet::new();
-    if let Value::Array(items) = &entries {
+    if let RValue::Array(items) = &entries {
         for it in items {
-            if let Value::Array(pair) = it {
-                if let Some(Value::Array(fields)) = pair.get(1) {
+            if let RValue::Array(pair) = it {
+                if let Some(RValue::Array(fields)) = pair.get(1) {
                     for kv in fields.chunks(2) {
-                        if let [Value::BulkString(k), Value::BulkString(v)] = kv {
+                        if let [RValue::BulkString(k), RValue::BulkString(v)] = kv {
                             if k.as_slice() == b"job" {
                                 in_stream.insert(String::from_utf8_lossy(v).into_owned());
                             }
@@ -1128,19 +1589,29 @@ async fn ingest_with(
             }
         }
     }
-    let accepted: Vec<String> = warm.accepted.iter().chain(main.accepted.iter()).cloned().collect();
+    let accepted: Vec<String> = warm
+        .accepted
+        .iter()
+        .chain(main.accepted.iter())
+        .cloned()
+        .collect();
     let distinct: HashSet<&String> = accepted.iter().collect();
     let mut missing_record = 0;
     for chunk in accepted.chunks(1000) {
         let mut p = redis::pipe();
         for id in chunk {
-            p.cmd("HEXISTS").arg(raibid_core::contract::job_key(id)).arg("record");
+            p.cmd("HEXISTS")
+                .arg(raibid_core::contract::job_key(id))
+                .arg("record");
         }
         let have: Vec<bool> = p.query_async(&mut con).await?;
         missing_record += have.iter().filter(|h| !**h).count();
     }
     let missing_index = accepted.iter().filter(|id| !index.contains(*id)).count();
-    let missing_stream = accepted.iter().filter(|id| !in_stream.contains(*id)).count();
+    let missing_stream = accepted
+        .iter()
+        .filter(|id| !in_stream.contains(*id))
+        .count();
     let lost = accepted
         .iter()
         .filter(|id| !index.contains(*id) || !in_stream.contains(*id))
@@ -1149,21 +1620,31 @@ async fn ingest_with(
     let aof_bytes = dir_size(&redis.dir);
 
     let alive = matches!(d.child.try_wait(), Ok(None));
-    let exit = if alive { d.stop() } else { format!("CRASHED during the run: {}", d.stop()) };
-    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
-    let log_errors = log
-        .lines()
-        .filter(|l| l.contains("ERROR") || l.contains("panicked") || l.contains(" WARN "))
-        .count();
-    if log_errors > 0 {
-        eprintln!("dispatcher log has {log_errors} ERROR/WARN/panic lines; first:");
-        for l in log.lines().filter(|l| l.contains("ERROR") || l.contains("panicked") || l.contains(" WARN ")).take(5) {
-            eprintln!("  {l}");
+    let exit = if alive {
+        d.finish()
+    } else {
+        format!("CRASHED during the run: {}", d.finish())
+    };
+    let (log_lines, log_bytes, log_errors) = {
+        let st = lock(&d.log);
+        if st.bad_count > 0 {
+            eprintln!(
+                "dispatcher log has {} ERROR/WARN/panic lines; first:",
+                st.bad_count
+            );
+            for l in st.bad.iter().take(5) {
+                eprintln!("  {l}");
+            }
         }
-    }
+        (st.lines, st.bytes, st.bad_count)
+    };
     let mut codes: Vec<(u16, usize)> = main.codes.iter().map(|(c, n)| (*c, *n)).collect();
     codes.sort_unstable();
-    let rss_mean_kb = if rss.is_empty() { 0 } else { rss.iter().sum::<u64>() / rss.len() as u64 };
+    let rss_mean_kb = if rss.is_empty() {
+        0
+    } else {
+        rss.iter().sum::<u64>() / rss.len() as u64
+    };
     Ok(IngestResult {
         fsync,
         requests: main.latencies.len() + main.transport_errors,
@@ -1190,19 +1671,29 @@ async fn ingest_with(
         cpu_dispatcher: diff(c0d, c1d),
         cpu_redis: diff(c0r, c1r),
         cpu_bench: diff(c0b, c1b),
+        cpu_others: (diff(m0, m1) - diff(c0d, c1d) - diff(c0r, c1r) - diff(c0b, c1b)).max(0.0),
+        wall_secs: main.wall.as_secs_f64(),
         metrics_ms,
         metrics_counters,
-        log_lines: log.lines().count(),
+        log_lines,
         log_errors,
-        log_bytes: log.len() as u64,
+        log_bytes,
         exit,
         aof_bytes,
+        disk: Pct::default(),
+        log_filter: a.dispatcher_log.clone(),
+        redis_seen,
+        metrics_bytes,
+        hwm_after_metrics_kb,
+        bin: None,
     })
 }
 
 fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     for e in rd.flatten() {
         match e.metadata() {
             Ok(m) if m.is_dir() => total += dir_size(&e.path()),
@@ -1214,19 +1705,51 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 async fn webhook_ingest(a: &IngestArgs) -> Result<Vec<IngestResult>> {
-    let bin = a.dispatcher_bin.clone().unwrap_or_else(default_dispatcher_bin);
-    check_fresh(&bin)?;
+    let bins = if a.dispatcher_bin.is_empty() {
+        vec![default_dispatcher_bin()]
+    } else {
+        a.dispatcher_bin.clone()
+    };
+    for bin in &bins {
+        check_fresh(bin)?;
+    }
     let tick = clock_tick();
     let mut out = Vec::new();
-    for &fsync in &a.fsync {
+    let mut runs = Vec::new();
+    for bin in &bins {
+        for &fsync in &a.fsync {
+            for log in &a.dispatcher_log {
+                for &concurrency in &a.concurrency {
+                    let one = IngestOne {
+                        pause_secs: a.pause_secs,
+                        requests: a.requests,
+                        concurrency: concurrency.max(1),
+                        warmup: a.warmup,
+                        dispatcher_log: log.clone(),
+                        rss_sample_ms: a.rss_sample_ms,
+                        timeout_secs: a.timeout_secs,
+                    };
+                    runs.push((bin.clone(), fsync, one));
+                }
+            }
+        }
+    }
+    for (bin, fsync, one) in runs {
         eprintln!(
-            "webhook-ingest: appendfsync {} · {} signed deliveries (+{} warm-up) · {} in flight …",
+            "webhook-ingest: {} · appendfsync {} · RAIBID_LOG {} · {} signed deliveries (+{} warm-up) · {} in flight …",
+            bin.display(),
             fsync.as_str(),
-            a.requests,
-            a.warmup,
-            a.concurrency
+            one.dispatcher_log,
+            one.requests,
+            one.warmup,
+            one.concurrency
         );
-        let r = run_ingest(a, fsync, &bin, tick).await?;
+        let mut r = run_ingest(&one, fsync, &bin, tick).await?;
+        r.bin = if bins.len() > 1 {
+            Some(bin.display().to_string())
+        } else {
+            None
+        };
         eprintln!(
             "  {:.0} req/s; accepted {} lost {}; RSS peak {} (VmHWM {}); latency p50 {} µs p99 {} µs{}",
             r.rate,
@@ -1245,14 +1768,26 @@ async fn webhook_ingest(a: &IngestArgs) -> Result<Vec<IngestResult>> {
 
 fn ingest_table(results: &[IngestResult]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| appendfsync | requests | in flight | req/s | HTTP codes | request latency p50 / p90 / p99 / max µs | accepted (2xx with job) | in Redis: XLEN / ZCARD | lost | dispatcher RSS idle → peak (mean) · VmHWM | CPU s: dispatcher / redis / load generator | /metrics after | dispatcher exit |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| (binary ·) appendfsync | disk fdatasync p50 / p99 µs (just before) | dispatcher RAIBID_LOG | requests | in flight | req/s | HTTP codes | request latency p50 / p90 / p99 / max µs | accepted (2xx with job) | in Redis: XLEN / ZCARD | lost | dispatcher RSS idle → peak (mean) · VmHWM | CPU s: dispatcher / redis / load generator / rest of the machine (of wall × nproc) | /metrics after | dispatcher exit |");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in results {
-        let codes = r.codes.iter().map(|(c, n)| format!("{c}×{n}")).collect::<Vec<_>>().join(", ");
+        let codes = r
+            .codes
+            .iter()
+            .map(|(c, n)| format!("{c}×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {}{} | {} | {}{} | {} / {} | {} | {} → {} ({}) · {} | {:.1} / {:.1} / {:.1} | {:.0} ms | {} |",
+            "| {}{} | {} / {} | {} | {} | {} | {:.0} | {}{} | {} | {}{} | {} / {} | {} | {} → {} ({}) · {} | {:.1} / {:.1} / {:.1} / {:.1} (of {:.1}) | {:.0} ms | {} |",
+            r.bin.as_deref().map(|b| format!("`{b}` · ")).unwrap_or_default(),
             r.fsync.as_str(),
+            us(r.disk.p50),
+            us(r.disk.p99),
+            r.log_filter,
             r.requests,
             r.concurrency,
             r.rate,
@@ -1271,6 +1806,8 @@ fn ingest_table(results: &[IngestResult]) -> String {
             r.cpu_dispatcher,
             r.cpu_redis,
             r.cpu_bench,
+            r.cpu_others,
+            r.wall_secs * nproc(),
             r.metrics_ms,
             r.exit,
         );
@@ -1283,13 +1820,22 @@ fn ingest_details(results: &[IngestResult]) -> String {
     for r in results {
         let _ = writeln!(
             s,
-            "- appendfsync {}: missing record / index / stream entry: {} / {} / {}; RSS after the load {} ({} samples); dispatcher log {} lines, {} bytes, {} ERROR/WARN/panic lines; AOF + data dir {:.1} MiB; /metrics counters: {}{}",
+            "- {}appendfsync {} · RAIBID_LOG {} · {} in flight: {:.1} s of load; Redis's slowest fsync {} ms, seconds with an fsync ≥ 1 ms {}, AOF rewrites {}; missing record / index / stream entry: {} / {} / {}; RSS after the load {} ({} samples); /metrics scrape {} bytes, VmHWM after it {}; dispatcher log {} lines, {} bytes, {} ERROR/WARN/panic lines; AOF + data dir {:.1} MiB; /metrics counters: {}{}",
+            r.bin.as_deref().map(|b| format!("`{b}` · ")).unwrap_or_default(),
             r.fsync.as_str(),
+            r.log_filter,
+            r.concurrency,
+            r.wall_secs,
+            r.redis_seen.fsync_max_ms,
+            r.redis_seen.slow_fsync_secs,
+            r.redis_seen.aof_rewrites,
             r.missing_record,
             r.missing_index,
             r.missing_stream,
             mib(r.rss_after_kb),
             r.rss_samples,
+            r.metrics_bytes,
+            mib(r.hwm_after_metrics_kb),
             r.log_lines,
             r.log_bytes,
             r.log_errors,
@@ -1325,7 +1871,9 @@ fn goal(ok: bool) -> &'static str {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::ClaimLatency(a) => {
@@ -1350,7 +1898,8 @@ fn main() -> Result<()> {
                     warmup: 200,
                     consumers: a.consumers.clone(),
                     modes: a.modes.clone(),
-                    rate: 1000,
+                    rate: a.rate,
+                    paced_jobs: Some(a.paced_jobs),
                     burst_jobs: a.burst_jobs,
                     burst_concurrency: 64,
                     fsync: a.fsync.clone(),
@@ -1360,13 +1909,14 @@ fn main() -> Result<()> {
                 };
                 let ingest = IngestArgs {
                     requests: a.requests,
-                    concurrency: a.concurrency,
+                    concurrency: vec![a.concurrency],
                     warmup: 1000,
                     fsync: a.fsync.clone(),
-                    dispatcher_bin: None,
-                    dispatcher_log: "info".into(),
+                    dispatcher_bin: Vec::new(),
+                    dispatcher_log: vec!["info".into()],
                     rss_sample_ms: 100,
                     timeout_secs: 600,
+                    pause_secs: 0,
                 };
                 let c = claim_latency(&claim).await?;
                 let w = webhook_ingest(&ingest).await?;
