@@ -35,6 +35,8 @@ pub mod keys {
     pub const CANCEL_CHANNEL: &str = "raibid:cancel";
     /// Hash of histogram buckets: enqueue → claim latency (field = bucket upper bound in seconds, `+Inf`, `sum`, `count`).
     pub const CLAIM_LATENCY_HIST: &str = "raibid:metrics:claim_latency";
+    /// Hash of job counts by status, kept by the write scripts (queued/running: current; final: ever).
+    pub const JOB_STATUS_COUNTS: &str = "raibid:metrics:jobs_by_status";
     /// Hash of histogram buckets: job duration from start to finish.
     pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
 }

@@ -15,6 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Script, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Errors of the queue layer.
@@ -157,13 +158,14 @@ pub const JOB_DURATION_BUCKETS: [f64; 10] = [
 ];
 
 const ENQUEUE_LUA: &str = r#"
--- KEYS: job, stream, index, events, dedup   ARGV: id, record, score, dedup_ttl, event, events_maxlen, has_dedup, prune_before
+-- KEYS: job, stream, index, events, dedup, counts   ARGV: id, record, score, dedup_ttl, event, events_maxlen, has_dedup, prune_before
 if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[5])
   if existing then return {0, existing} end
 end
 local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
-redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', 1, 'entry', entry, 'lease', '')
+redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', 1, 'entry', entry, 'lease', '', 'status', 'queued')
+redis.call('HINCRBY', KEYS[6], 'queued', 1)
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
 if ARGV[7] == '1' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[4]) end
@@ -172,12 +174,17 @@ return {1, entry}
 "#;
 
 const UPDATE_LUA: &str = r#"
--- KEYS: job, stream, events, log
--- ARGV: expected_rev, record, event, events_maxlen, ack_entry, group, expire_secs, lease, required_lease, entry
-local cur = redis.call('HMGET', KEYS[1], 'rev', 'lease')
+-- KEYS: job, stream, events, log, counts
+-- ARGV: expected_rev, record, event, events_maxlen, ack_entry, group, expire_secs, lease, required_lease, entry, status
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'lease', 'status')
 if not cur[1] then return -1 end
 if cur[1] ~= ARGV[1] then return 0 end
 if ARGV[9] ~= '' and cur[2] ~= ARGV[9] then return -2 end
+if cur[3] ~= ARGV[11] then
+  if cur[3] then redis.call('HINCRBY', KEYS[5], cur[3], -1) end
+  redis.call('HINCRBY', KEYS[5], ARGV[11], 1)
+  redis.call('HSET', KEYS[1], 'status', ARGV[11])
+end
 local rev = tonumber(cur[1]) + 1
 redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', rev, 'lease', ARGV[8])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'entry', ARGV[10]) end
@@ -196,15 +203,21 @@ return rev
 "#;
 
 const REQUEUE_LUA: &str = r#"
--- KEYS: job, stream, events, dead, log
--- ARGV: expected_rev, record, old_entry, group, job_id, event, events_maxlen, mode ('queue'|'dead'|'final'), attempts, reason, expire_secs
-local rev = redis.call('HGET', KEYS[1], 'rev')
+-- KEYS: job, stream, events, dead, log, counts
+-- ARGV: expected_rev, record, old_entry, group, job_id, event, events_maxlen, mode ('queue'|'dead'|'final'), attempts, reason, expire_secs, status
+local cur = redis.call('HMGET', KEYS[1], 'rev', 'status')
+local rev = cur[1]
 if not rev then
   redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
   redis.call('XDEL', KEYS[2], ARGV[3])
   return -1
 end
 if rev ~= ARGV[1] then return 0 end
+if cur[2] ~= ARGV[12] then
+  if cur[2] then redis.call('HINCRBY', KEYS[6], cur[2], -1) end
+  redis.call('HINCRBY', KEYS[6], ARGV[12], 1)
+  redis.call('HSET', KEYS[1], 'status', ARGV[12])
+end
 redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
 redis.call('XDEL', KEYS[2], ARGV[3])
 local nrev = tonumber(rev) + 1
@@ -283,10 +296,11 @@ pub struct Queue {
     client: redis::Client,
     con: ConnectionManager,
     cfg: QueueConfig,
-    enqueue: Script,
-    update: Script,
-    append: Script,
-    requeue: Script,
+    // Shared, not copied: every HTTP connection clones the router state, and with it the Queue.
+    enqueue: Arc<Script>,
+    update: Arc<Script>,
+    append: Arc<Script>,
+    requeue: Arc<Script>,
 }
 
 fn to_string(v: &Value) -> Option<String> {
@@ -354,10 +368,10 @@ impl Queue {
             client,
             con,
             cfg,
-            enqueue: Script::new(ENQUEUE_LUA),
-            update: Script::new(UPDATE_LUA),
-            append: Script::new(APPEND_LOG_LUA),
-            requeue: Script::new(REQUEUE_LUA),
+            enqueue: Arc::new(Script::new(ENQUEUE_LUA)),
+            update: Arc::new(Script::new(UPDATE_LUA)),
+            append: Arc::new(Script::new(APPEND_LOG_LUA)),
+            requeue: Arc::new(Script::new(REQUEUE_LUA)),
         };
         q.ensure_group().await?;
         Ok(q)
@@ -442,6 +456,7 @@ impl Queue {
                     .clone()
                     .unwrap_or_else(|| contract::delivery_key("none", "none")),
             )
+            .key(keys::JOB_STATUS_COUNTS)
             .arg(&job.id)
             .arg(record)
             .arg(now.timestamp_millis())
@@ -519,6 +534,7 @@ impl Queue {
             .key(keys::JOBS_STREAM)
             .key(keys::EVENTS_STREAM)
             .key(contract::job_log_key(&job.id))
+            .key(keys::JOB_STATUS_COUNTS)
             .arg(rev)
             .arg(record)
             .arg(event)
@@ -529,6 +545,7 @@ impl Queue {
             .arg(new_lease)
             .arg(required_lease.unwrap_or(""))
             .arg(entry.unwrap_or(""))
+            .arg(job.status.as_str())
             .invoke_async(&mut con)
             .await?;
         match r {
@@ -851,6 +868,7 @@ impl Queue {
                 .key(keys::EVENTS_STREAM)
                 .key(keys::DEAD_STREAM)
                 .key(contract::job_log_key(job_id))
+                .key(keys::JOB_STATUS_COUNTS)
                 .arg(&rev)
                 .arg(record)
                 .arg(entry_id)
@@ -862,6 +880,7 @@ impl Queue {
                 .arg(job.attempt)
                 .arg(reason)
                 .arg(self.cfg.retention.as_secs())
+                .arg(job.status.as_str())
                 .invoke_async(&mut con)
                 .await?;
             match r {
@@ -1202,14 +1221,18 @@ impl Queue {
         }
     }
 
-    /// Count jobs per status over the index (for metrics).
+    /// Jobs per status, kept by the write scripts in `raibid:metrics:jobs_by_status` (O(1) per scrape):
+    /// queued and running are current counts; final statuses count every job that ever reached them.
     pub async fn count_by_status(&self) -> Result<HashMap<Status, u64>> {
-        let (jobs, _) = self.list(None, None, usize::MAX, None).await?;
-        let mut m: HashMap<Status, u64> = Status::ALL.iter().map(|s| (*s, 0)).collect();
-        for j in jobs {
-            *m.entry(j.status).or_default() += 1;
-        }
-        Ok(m)
+        let mut con = self.con.clone();
+        let m: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(keys::JOB_STATUS_COUNTS)
+            .query_async(&mut con)
+            .await?;
+        Ok(Status::ALL
+            .iter()
+            .map(|s| (*s, m.get(s.as_str()).copied().unwrap_or(0).max(0) as u64))
+            .collect())
     }
 
     /// Queue figures from `XLEN` and `XINFO GROUPS`.

@@ -768,7 +768,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Ok(m) => {
             let _ = writeln!(
                 out,
-                "# HELP raibid_jobs Jobs currently known, by status.\n# TYPE raibid_jobs gauge"
+                "# HELP raibid_jobs Jobs by status: queued and running now, final statuses since the store began.\n# TYPE raibid_jobs gauge"
             );
             for s in Status::ALL {
                 let _ = writeln!(
