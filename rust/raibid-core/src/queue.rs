@@ -655,17 +655,7 @@ impl Queue {
         agent: &str,
         block: Duration,
     ) -> Result<Option<Claim>> {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(keys::AGENTS_GROUP)
-            .arg(agent)
-            .arg("COUNT")
-            .arg(1)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(keys::JOBS_STREAM)
-            .arg(">")
+        let reply: Value = xreadgroup(keys::JOBS_STREAM, keys::AGENTS_GROUP, agent, 1, block)
             .query_async(con)
             .await?;
         let Some((entry_id, job_id)) = first_entry(&reply) else {
@@ -1418,19 +1408,15 @@ impl Queue {
         consumer: &str,
         block: Duration,
     ) -> Result<Vec<(String, Event)>> {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(keys::STATUS_REPORTER_GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(100)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(keys::EVENTS_STREAM)
-            .arg(">")
-            .query_async(con)
-            .await?;
+        let reply: Value = xreadgroup(
+            keys::EVENTS_STREAM,
+            keys::STATUS_REPORTER_GROUP,
+            consumer,
+            100,
+            block,
+        )
+        .query_async(con)
+        .await?;
         let mut out = Vec::new();
         for (id, fields) in stream_entries(&reply) {
             if let Some(ev) = fields
@@ -1469,6 +1455,28 @@ impl Queue {
             .await?;
         Ok(())
     }
+}
+
+/// `XREADGROUP GROUP <group> <consumer> COUNT <count> BLOCK <ms> STREAMS <stream> >`: new entries only.
+fn xreadgroup(
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block: Duration,
+) -> redis::Cmd {
+    let mut c = redis::cmd("XREADGROUP");
+    c.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">");
+    c
 }
 
 /// Entries of an `XREAD`/`XREADGROUP` reply (first stream) as (id, fields).
