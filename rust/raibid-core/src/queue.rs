@@ -584,6 +584,24 @@ impl Queue {
     /// Update a claimed job's record as its lease holder (step progress). Fails with `LeaseLost` when
     /// another agent holds the job now.
     pub async fn update_claimed(&self, claim: &mut Claim, event: &'static str) -> Result<()> {
+        self.fenced_write(claim, event, false).await
+    }
+
+    /// Write the final status, acknowledge and delete the stream entry, in one fenced step.
+    pub async fn finish_claimed(&self, claim: &mut Claim) -> Result<()> {
+        self.fenced_write(claim, "job_finished", true).await?;
+        self.observe(
+            keys::JOB_DURATION_HIST,
+            &JOB_DURATION_BUCKETS,
+            claim.job.duration_secs(),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// A record write by the lease holder, retried on revision conflicts; `last` also acknowledges and
+    /// deletes the stream entry and clears the lease.
+    async fn fenced_write(&self, claim: &mut Claim, event: &'static str, last: bool) -> Result<()> {
         for _ in 0..100 {
             let (cur, rev) = self.load(&claim.job.id).await?;
             if cur.lease.as_deref() != Some(claim.lease.as_str()) {
@@ -591,53 +609,23 @@ impl Queue {
             }
             // Keep a concurrent cancel request.
             claim.job.cancel_requested |= cur.cancel_requested;
+            let (ack, new_lease) = if last {
+                (Some(claim.entry_id.as_str()), "")
+            } else {
+                (None, claim.lease.as_str())
+            };
             if self
                 .cas(
                     &claim.job,
                     &rev,
                     Some(event),
-                    None,
-                    &claim.lease,
+                    ack,
+                    new_lease,
                     Some(&claim.lease),
                     None,
                 )
                 .await?
             {
-                return Ok(());
-            }
-        }
-        Err(QueueError::Conflict(format!(
-            "job {}: too many concurrent updates",
-            claim.job.id
-        )))
-    }
-
-    /// Write the final status, acknowledge and delete the stream entry, in one fenced step.
-    pub async fn finish_claimed(&self, claim: &mut Claim) -> Result<()> {
-        for _ in 0..100 {
-            let (cur, rev) = self.load(&claim.job.id).await?;
-            if cur.lease.as_deref() != Some(claim.lease.as_str()) {
-                return Err(QueueError::LeaseLost(claim.job.id.clone()));
-            }
-            claim.job.cancel_requested |= cur.cancel_requested;
-            if self
-                .cas(
-                    &claim.job,
-                    &rev,
-                    Some("job_finished"),
-                    Some(&claim.entry_id),
-                    "",
-                    Some(&claim.lease),
-                    None,
-                )
-                .await?
-            {
-                self.observe(
-                    keys::JOB_DURATION_HIST,
-                    &JOB_DURATION_BUCKETS,
-                    claim.job.duration_secs(),
-                )
-                .await;
                 return Ok(());
             }
         }
