@@ -5,6 +5,7 @@
 //! module that talks to Redis.
 
 pub mod contract;
+pub mod event;
 pub mod job;
 pub mod pipeline;
 pub mod queue;

@@ -9,6 +9,7 @@
 //!   same script), so `XINFO GROUPS` → `lag` stays a true count of unclaimed jobs for KEDA.
 
 use crate::contract::{self, keys};
+pub use crate::event::Event;
 use crate::job::{Job, Status};
 use chrono::{DateTime, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -258,37 +259,6 @@ end
 redis.call('HSET', KEYS[2], 'log_bytes', used)
 return n
 "#;
-
-/// A job event for live watchers (`raibid:events`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// `job_created`, `job_claimed`, `step_started`, `step_finished`, `job_finished`, `job_cancel_requested`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Job id.
-    pub job: String,
-    /// Job status after the event.
-    pub status: Status,
-    /// Step concerned.
-    pub step: Option<String>,
-    /// Agent concerned.
-    pub agent: Option<String>,
-    /// When.
-    pub ts: DateTime<Utc>,
-}
-
-impl Event {
-    fn of(kind: &str, job: &Job, now: DateTime<Utc>) -> Event {
-        Event {
-            kind: kind.into(),
-            job: job.id.clone(),
-            status: job.status,
-            step: job.step.clone(),
-            agent: job.agent.clone(),
-            ts: now,
-        }
-    }
-}
 
 /// Handle on raibid's Redis. Cheap to clone (one multiplexed, self-reconnecting connection).
 #[derive(Clone)]
