@@ -122,6 +122,10 @@ pub mod http {
     pub const METRICS_PATH: &str = "/metrics";
     /// REST API prefix.
     pub const API_PREFIX: &str = "/api/v1";
+    /// Live events (Server-Sent Events of `raibid:events` plus queue figures and agents seen/gone).
+    pub const EVENTS_PATH: &str = "/api/v1/events";
+    /// Dead letters: jobs that exhausted their attempts, with the reason.
+    pub const DEAD_LETTERS_PATH: &str = "/api/v1/dead-letters";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
 }
