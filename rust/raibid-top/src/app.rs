@@ -206,7 +206,7 @@ impl SortBy {
             SortBy::Status => "STATUS",
             SortBy::Repo => "REPO",
             SortBy::Ref => "REF",
-            SortBy::Duration => "AGE",
+            SortBy::Duration => "TIME",
             SortBy::Agent => "AGENT",
             SortBy::Attempt => "#",
         }
@@ -545,6 +545,10 @@ impl App {
     /// Apply one action; returns what the network task should do.
     pub fn update(&mut self, action: Action) -> Vec<Command> {
         let mut out = Vec::new();
+        if !matches!(action, Action::Net(_) | Action::Tick(_)) {
+            // Keys act on what the screen shows: the list as filtered and sorted now.
+            self.prepare();
+        }
         match action {
             Action::Quit => {
                 self.quit = true;

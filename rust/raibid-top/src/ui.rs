@@ -202,6 +202,7 @@ fn age(job: &Job, now: DateTime<Utc>) -> String {
 
 fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
     let wide = area.width >= 120;
+    let with_sha = area.width >= 100;
     let filter = if app.filter.is_empty() {
         String::new()
     } else {
@@ -218,24 +219,29 @@ fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
             let j = &app.jobs[*i];
             let (st, sym) = status_style(j.status.as_str());
             let id = if wide { j.id.as_str() } else { short_id(&j.id) };
-            TRow::new(vec![
+            let mut cells = vec![
                 Span::raw(id.to_string()),
                 Span::styled(format!("{sym} {}", j.status.as_str()), st),
                 Span::raw(repo_name(&j.source.repo_url)),
                 Span::raw(short_ref(&j.source.git_ref).to_string()),
-                Span::raw(
+            ];
+            if with_sha {
+                cells.push(Span::raw(
                     j.source
                         .sha
                         .as_deref()
                         .map(|s| s.get(..7).unwrap_or(s))
                         .unwrap_or("-")
                         .to_string(),
-                ),
+                ));
+            }
+            cells.extend([
                 Span::raw(j.step.clone().unwrap_or_default()),
                 Span::raw(age(j, now)),
                 Span::raw(j.agent.clone().unwrap_or_default()),
                 Span::raw(j.attempt.to_string()),
-            ])
+            ]);
+            TRow::new(cells)
         })
         .collect();
     let mark = |s: SortBy| {
@@ -245,33 +251,41 @@ fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
             s.title().to_string()
         }
     };
-    let header = TRow::new(vec![
+    let mut titles = vec![
         mark(SortBy::Created),
         mark(SortBy::Status),
         mark(SortBy::Repo),
         mark(SortBy::Ref),
-        "SHA".to_string(),
+    ];
+    if with_sha {
+        titles.push("SHA".to_string());
+    }
+    titles.extend([
         "STEP".to_string(),
         mark(SortBy::Duration),
         mark(SortBy::Agent),
         mark(SortBy::Attempt),
-    ])
-    .style(
+    ]);
+    let header = TRow::new(titles).style(
         Style::new()
             .fg(Color::DarkGray)
             .add_modifier(Modifier::BOLD),
     );
-    let widths = [
+    let mut widths = vec![
         Constraint::Length(if wide { 26 } else { 8 }),
         Constraint::Length(12),
         Constraint::Fill(3),
         Constraint::Fill(2),
-        Constraint::Length(7),
-        Constraint::Fill(2),
-        Constraint::Length(6),
-        Constraint::Fill(2),
-        Constraint::Length(2),
     ];
+    if with_sha {
+        widths.push(Constraint::Length(7));
+    }
+    widths.extend([
+        Constraint::Fill(1),
+        Constraint::Length(6),
+        Constraint::Fill(1),
+        Constraint::Length(2),
+    ]);
     let mut state = ratatui::widgets::TableState::default();
     if !app.shown.is_empty() {
         state.select(Some(app.cursor - start));
@@ -391,8 +405,11 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
         kv(
             "trigger",
             format!(
-                "{:?}{}{}{}",
-                s.trigger.kind,
+                "{}{}{}{}",
+                serde_json::to_value(s.trigger.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
                 s.trigger
                     .actor
                     .as_deref()
@@ -406,8 +423,7 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
                     .as_deref()
                     .map(|r| format!("  retry of {r}"))
                     .unwrap_or_default()
-            )
-            .to_lowercase(),
+            ),
         ),
     ];
     // Timeline with the gap before each point.
