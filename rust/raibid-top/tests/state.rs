@@ -67,7 +67,7 @@ fn filter_matches_repo_ref_status_and_id_and_esc_clears_it() {
     for (q, want) in [
         ("queued", vec![id(4), id(3)]),
         ("fix/lag", vec![id(2)]),
-        ("0005", vec![id(5)]),
+        ("wdr1wbr", vec![id(5)]),
     ] {
         key(&mut app, KeyCode::Char('/'));
         typed(&mut app, q);
