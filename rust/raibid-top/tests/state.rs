@@ -128,7 +128,7 @@ fn cancel_asks_first_and_retry_only_finished_jobs() {
     let mut app = few();
     // Cursor on id(5), cancelled: nothing to cancel.
     assert!(key(&mut app, KeyCode::Char('c')).is_empty());
-    assert_eq!(app.message.as_ref().unwrap().0, false);
+    assert!(!app.message.as_ref().unwrap().0);
     assert!(app
         .message
         .as_ref()
