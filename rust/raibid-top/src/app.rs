@@ -957,6 +957,8 @@ impl App {
             return;
         }
         self.dirty = false;
+        // At the top of the list the view stays on top: new jobs push in under the cursor.
+        let at_top = self.cursor == 0;
         let q = query_matcher(&self.filter);
         let jobs = &self.jobs;
         let mut shown: Vec<usize> = (0..jobs.len())
@@ -994,6 +996,9 @@ impl App {
         }
         self.shown = shown;
         // Keep the cursor on the selected job.
+        if at_top {
+            self.selected = self.shown.first().map(|i| self.jobs[*i].id.clone());
+        }
         let pos = self.selected.as_ref().and_then(|id| {
             let i = self.index.get(id)?;
             self.shown.iter().position(|s| s == i)
