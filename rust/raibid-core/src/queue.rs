@@ -347,6 +347,12 @@ impl Queue {
         Ok(q)
     }
 
+    /// A clone of the shared, self-reconnecting connection, for modules outside the queue protocol
+    /// that keep their own keys (named in `contract.rs`): diagnostics, caches, notifications.
+    pub fn redis(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &QueueConfig {
         &self.cfg
