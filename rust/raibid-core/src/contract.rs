@@ -13,6 +13,10 @@ pub mod keys {
     pub const JOBS_STREAM: &str = "raibid:jobs";
     /// The consumer group every agent reads `JOBS_STREAM` with (KEDA scales on this group's `lag`).
     pub const AGENTS_GROUP: &str = "raibid-agents";
+    /// The image-job queue stream (Buildah agents; same entry layout as `JOBS_STREAM`).
+    pub const IMAGE_JOBS_STREAM: &str = "raibid:jobs:image";
+    /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
+    pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents-image";
     /// Dead-letter stream: jobs delivered more than the retry limit.
     pub const DEAD_STREAM: &str = "raibid:jobs:dead";
     /// Events stream for live watchers (job created/claimed/step started/finished/...), capped.
@@ -124,6 +128,44 @@ pub mod http {
     pub const API_PREFIX: &str = "/api/v1";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
+}
+
+/// Agent types ("plugin-based" agents): each job kind has its own stream and consumer group, so each
+/// pool scales on its own lag and runs with only the privileges it needs. Adding a type is an entry here,
+/// a variant of `job::JobKind`, an agent capability and a manifest.
+pub mod kinds {
+    use super::keys;
+
+    /// One agent type's routing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Route {
+        /// The kind's name (`job.kind` in JSON, `--kinds` of the agent).
+        pub kind: &'static str,
+        /// Its stream.
+        pub stream: &'static str,
+        /// Its consumer group.
+        pub group: &'static str,
+    }
+
+    /// Rust builds (`cargo build` + `cargo test`, or `.raibid.yaml` steps): restricted pods.
+    pub const RUST: Route = Route {
+        kind: "rust",
+        stream: keys::JOBS_STREAM,
+        group: keys::AGENTS_GROUP,
+    };
+    /// Container image builds with Buildah: pods with the ADR 0002 exception.
+    pub const IMAGE: Route = Route {
+        kind: "image",
+        stream: keys::IMAGE_JOBS_STREAM,
+        group: keys::IMAGE_AGENTS_GROUP,
+    };
+    /// Every agent type.
+    pub const ALL: [Route; 2] = [RUST, IMAGE];
+
+    /// The route of a kind name.
+    pub fn route(kind: &str) -> Option<Route> {
+        ALL.into_iter().find(|r| r.kind == kind)
+    }
 }
 
 /// Build a job key.

@@ -77,6 +77,43 @@ impl fmt::Display for Status {
     }
 }
 
+/// The kind of job, which decides the agent pool (stream and consumer group, `contract::kinds`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// A Rust build (the default pipeline or `.raibid.yaml` steps).
+    #[default]
+    Rust,
+    /// A container image build, test and publish with Buildah.
+    Image,
+}
+
+impl JobKind {
+    /// Every kind.
+    pub const ALL: [JobKind; 2] = [JobKind::Rust, JobKind::Image];
+
+    /// The snake_case name (`contract::kinds::Route::kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Rust => "rust",
+            JobKind::Image => "image",
+        }
+    }
+
+    /// Parse the name.
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// This kind's stream and consumer group.
+    pub fn route(self) -> crate::contract::kinds::Route {
+        match self {
+            JobKind::Rust => crate::contract::kinds::RUST,
+            JobKind::Image => crate::contract::kinds::IMAGE,
+        }
+    }
+}
+
 /// What caused a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,6 +190,9 @@ pub struct StepResult {
 pub struct Job {
     /// Job id.
     pub id: String,
+    /// Kind (decides the agent pool); records written before kinds existed are Rust jobs.
+    #[serde(default)]
+    pub kind: JobKind,
     /// Status.
     pub status: Status,
     /// The step running now (or the step that failed).
@@ -186,6 +226,7 @@ impl Job {
     pub fn new(source: Source, now: DateTime<Utc>) -> Job {
         Job {
             id: new_job_id(),
+            kind: JobKind::Rust,
             status: Status::Queued,
             step: None,
             attempt: 0,
@@ -293,6 +334,24 @@ mod tests {
         assert!(!Status::Running.is_final());
         assert!(Status::TimedOut.is_final());
         assert_eq!(Status::parse("bogus"), None);
+    }
+
+    #[test]
+    fn kinds_route_to_their_own_stream() {
+        for k in JobKind::ALL {
+            let r = k.route();
+            assert_eq!(r.kind, k.as_str());
+            assert_eq!(crate::contract::kinds::route(k.as_str()), Some(r));
+            assert_eq!(JobKind::parse(k.as_str()), Some(k));
+        }
+        assert_ne!(JobKind::Rust.route().stream, JobKind::Image.route().stream);
+        let old: Job = serde_json::from_value(serde_json::json!({
+            "id": "01J00000000000000000000000", "status": "queued", "step": null, "attempt": 0,
+            "agent": null, "source": {"repo_url": "file:///x", "ref": "main", "sha": null,
+            "trigger": {"kind": "api", "actor": null}, "delivery_id": null, "forge_repo": null},
+            "pipeline": null, "timestamps": {}, "steps": [], "failure_reason": null, "retry_of": null
+        })).unwrap();
+        assert_eq!(old.kind, JobKind::Rust);
     }
 
     #[test]
