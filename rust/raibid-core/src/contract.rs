@@ -13,6 +13,11 @@ pub mod keys {
     pub const JOBS_STREAM: &str = "raibid:jobs";
     /// The consumer group every agent reads `JOBS_STREAM` with (KEDA scales on this group's `lag`).
     pub const AGENTS_GROUP: &str = "raibid-agents";
+    /// The image-job queue stream (Buildah agents; same entry layout as `JOBS_STREAM`).
+    pub const IMAGE_JOBS_STREAM: &str = "raibid:jobs:image";
+    /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
+    /// Every job stream's group has the same name, so one `XREADGROUP` serves an agent of several kinds.
+    pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents";
     /// Dead-letter stream: jobs delivered more than the retry limit.
     pub const DEAD_STREAM: &str = "raibid:jobs:dead";
     /// Events stream for live watchers (job created/claimed/step started/finished/...), capped.
@@ -104,6 +109,18 @@ pub mod env {
     /// Prefix of the secrets an agent can hand to pipelines: `RAIBID_SECRET_<NAME>` becomes `<NAME>`
     /// in the steps of a pipeline that lists `<NAME>` under `secrets:`, masked in its log.
     pub const SECRET_PREFIX: &str = "RAIBID_SECRET_";
+    /// Comma-separated job kinds an agent runs (`rust`, `image`; `contract::kinds`).
+    pub const AGENT_KINDS: &str = "RAIBID_AGENT_KINDS";
+    /// Per-job log cap in bytes (payload + per-line overhead).
+    pub const LOG_CAP_BYTES: &str = "RAIBID_LOG_CAP_BYTES";
+    /// Per-job log cap in lines.
+    pub const LOG_CAP_LINES: &str = "RAIBID_LOG_CAP_LINES";
+    /// Seconds finished job records and logs are kept.
+    pub const RETENTION_SECS: &str = "RAIBID_RETENTION_SECS";
+    /// Seconds a forge delivery id is remembered (de-duplication).
+    pub const DEDUP_TTL_SECS: &str = "RAIBID_DEDUP_TTL_SECS";
+    /// Most job records kept (oldest finished ones dropped first; 0 = no count bound).
+    pub const MAX_JOBS: &str = "RAIBID_MAX_JOBS";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
 }
@@ -128,6 +145,44 @@ pub mod http {
     pub const DEAD_LETTERS_PATH: &str = "/api/v1/dead-letters";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
+}
+
+/// Agent types ("plugin-based" agents): each job kind has its own stream and consumer group, so each
+/// pool scales on its own lag and runs with only the privileges it needs. Adding a type is an entry here,
+/// a variant of `job::JobKind`, an agent capability and a manifest.
+pub mod kinds {
+    use super::keys;
+
+    /// One agent type's routing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Route {
+        /// The kind's name (`job.kind` in JSON, `--kinds` of the agent).
+        pub kind: &'static str,
+        /// Its stream.
+        pub stream: &'static str,
+        /// Its consumer group.
+        pub group: &'static str,
+    }
+
+    /// Rust builds (`cargo build` + `cargo test`, or `.raibid.yaml` steps): restricted pods.
+    pub const RUST: Route = Route {
+        kind: "rust",
+        stream: keys::JOBS_STREAM,
+        group: keys::AGENTS_GROUP,
+    };
+    /// Container image builds with Buildah: pods with the ADR 0002 exception.
+    pub const IMAGE: Route = Route {
+        kind: "image",
+        stream: keys::IMAGE_JOBS_STREAM,
+        group: keys::IMAGE_AGENTS_GROUP,
+    };
+    /// Every agent type.
+    pub const ALL: [Route; 2] = [RUST, IMAGE];
+
+    /// The route of a kind name.
+    pub fn route(kind: &str) -> Option<Route> {
+        ALL.into_iter().find(|r| r.kind == kind)
+    }
 }
 
 /// Build a job key.

@@ -1,0 +1,156 @@
+//! The agent's configuration: every option a clap flag with an environment variable.
+
+use anyhow::Context;
+use clap::Parser;
+use raibid_core::contract::env;
+use std::path::PathBuf;
+
+/// raibid-agent — runs raibid-ci jobs from the Redis queue.
+///
+/// Long-running (warm pool): blocks on XREADGROUP and starts a job within milliseconds of it being
+/// queued; `--concurrency N` runs N jobs at once. With `--once` (what a KEDA ScaledJob pod runs) it
+/// claims exactly one job, runs it, acknowledges it and exits.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "raibid-agent", version, about, long_about = None)]
+pub struct AgentConfig {
+    /// Redis URL (with password if any), e.g. redis://:pw@redis:6379/0.
+    #[arg(long, env = env::REDIS_URL, default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Consumer name, unique per agent (the pod name on Kubernetes). Default: <hostname>-<pid>.
+    /// With --concurrency N > 1 each slot is a consumer named <name>-<slot>.
+    #[arg(long, env = env::AGENT_NAME)]
+    pub name: Option<String>,
+
+    /// Claim exactly one job, run it, acknowledge it and exit (KEDA ScaledJob mode).
+    #[arg(long, env = env::ONCE)]
+    pub once: bool,
+
+    /// With --once: exit 0 after waiting this many seconds without finding a job.
+    #[arg(long, env = env::IDLE_TIMEOUT_SECS, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Jobs run at once by a long-running agent.
+    #[arg(long, env = env::CONCURRENCY, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// Directory for per-job workspaces (each is deleted when its job ends).
+    #[arg(long, env = env::WORKSPACE_DIR, default_value = "/tmp/raibid/workspaces")]
+    pub workspace_dir: PathBuf,
+
+    /// Shared cache directory; steps get CARGO_HOME=<cache>/cargo so dependencies download once.
+    #[arg(long, env = env::CACHE_DIR, default_value = "/tmp/raibid/cache")]
+    pub cache_dir: PathBuf,
+
+    /// Comma-separated URL schemes jobs may clone from.
+    #[arg(long, env = env::ALLOWED_SCHEMES, default_value = "https,http,ssh")]
+    pub allowed_schemes: String,
+
+    /// Comma-separated hosts jobs may clone from; empty allows any host.
+    #[arg(long, env = env::ALLOWED_HOSTS, default_value = "")]
+    pub allowed_hosts: String,
+
+    /// User name for HTTP(S) git credentials.
+    #[arg(long, env = env::GIT_USERNAME)]
+    pub git_username: Option<String>,
+
+    /// Token for HTTP(S) git credentials (never logged, never on a command line).
+    #[arg(long, env = env::GIT_TOKEN, hide_env_values = true)]
+    pub git_token: Option<String>,
+
+    /// File holding the git token (a mounted secret); used when --git-token is not set.
+    #[arg(long, env = env::GIT_TOKEN_FILE)]
+    pub git_token_file: Option<PathBuf>,
+
+    /// Seconds a claim stays valid without a heartbeat (heartbeats go out every third of it).
+    #[arg(long, env = env::LEASE_SECS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+    pub lease_secs: u64,
+
+    /// On SIGTERM, seconds a running job may take to finish before it is killed and released back to
+    /// the queue (another agent picks it up at once).
+    #[arg(long, env = env::SHUTDOWN_GRACE_SECS, default_value_t = 600)]
+    pub grace_secs: u64,
+
+    /// Comma-separated job kinds this agent runs (`rust`, `image`): each is its own stream and pool.
+    #[arg(long, env = env::AGENT_KINDS, default_value = "rust")]
+    pub kinds: String,
+
+    /// Per-job log cap in bytes (each line costs its text plus a fixed overhead); one marker past it.
+    #[arg(long, env = env::LOG_CAP_BYTES, default_value_t = 10 * 1024 * 1024)]
+    pub log_cap_bytes: u64,
+
+    /// Per-job log cap in lines.
+    #[arg(long, env = env::LOG_CAP_LINES, default_value_t = 200_000)]
+    pub log_cap_lines: u64,
+
+    /// Seconds finished job records and logs are kept (the final write sets their expiry).
+    #[arg(long, env = env::RETENTION_SECS, default_value_t = 30 * 24 * 3600)]
+    pub retention_secs: u64,
+
+    /// Milliseconds one XREADGROUP blocks before the agent looks at its shutdown flag again.
+    #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub block_ms: u64,
+}
+
+impl AgentConfig {
+    /// The consumer name base.
+    pub fn agent_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                gethostname::gethostname().to_string_lossy(),
+                std::process::id()
+            )
+        })
+    }
+
+    /// The queue settings this agent runs with (kinds, lease, log caps, retention).
+    pub fn queue_config(&self) -> anyhow::Result<raibid_core::queue::QueueConfig> {
+        let mut kinds = Vec::new();
+        for k in self
+            .kinds
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            let kind = raibid_core::job::JobKind::parse(k).with_context(|| {
+                format!(
+                    "{}: unknown job kind `{k}` (known: {})",
+                    env::AGENT_KINDS,
+                    raibid_core::job::JobKind::ALL
+                        .map(|k| k.as_str())
+                        .join(", ")
+                )
+            })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        if kinds.is_empty() {
+            anyhow::bail!("{}: name at least one job kind", env::AGENT_KINDS);
+        }
+        Ok(raibid_core::queue::QueueConfig {
+            log_cap_bytes: self.log_cap_bytes,
+            log_cap_lines: self.log_cap_lines,
+            retention: std::time::Duration::from_secs(self.retention_secs),
+            lease: std::time::Duration::from_secs(self.lease_secs),
+            kinds,
+            ..raibid_core::queue::QueueConfig::default()
+        })
+    }
+
+    pub(crate) fn git_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.git_token {
+            return Ok(Some(t.clone()));
+        }
+        match &self.git_token_file {
+            Some(f) => Ok(Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            )),
+            None => Ok(None),
+        }
+    }
+}

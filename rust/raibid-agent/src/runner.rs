@@ -1,0 +1,234 @@
+//! One claimed job: the log flusher, the heartbeat, the shutdown grace, then the final write.
+
+use crate::executor::execute;
+use crate::{Masker, Shared, Stop, LOST, RELEASED};
+use chrono::Utc;
+use raibid_core::queue::{Claim, QueueError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+pub(crate) type LogTx = mpsc::Sender<(String, String, String)>;
+
+/// Everything a running job needs.
+pub(crate) struct JobCtx<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) claim: Claim,
+    pub(crate) logs: LogTx,
+    pub(crate) stop: watch::Receiver<Stop>,
+    pub(crate) deadline: Instant,
+    pub(crate) masker: Arc<Mutex<Masker>>,
+    /// (name, value) of the pipeline's secrets.
+    pub(crate) secrets: Vec<(String, String)>,
+}
+
+impl JobCtx<'_> {
+    pub(crate) async fn sys(&self, step: &str, line: impl Into<String>) {
+        let _ = self
+            .logs
+            .send((step.to_string(), "system".into(), line.into()))
+            .await;
+    }
+
+    pub(crate) async fn update(&mut self, event: &'static str) -> bool {
+        match self
+            .shared
+            .queue
+            .update_claimed(&mut self.claim, event)
+            .await
+        {
+            Ok(()) => true,
+            Err(QueueError::LeaseLost(_)) => false,
+            Err(e) => {
+                tracing::warn!(job = %self.claim.job.id, error = %e, "could not update job record");
+                true
+            }
+        }
+    }
+
+    pub(crate) fn stopped(&self) -> Stop {
+        *self.stop.borrow()
+    }
+}
+
+pub(crate) async fn run_job(
+    shared: &Arc<Shared>,
+    slot: &str,
+    claim: Claim,
+    shutdown: watch::Receiver<bool>,
+) {
+    let id = claim.job.id.clone();
+    let entry = claim.entry_id.clone();
+    let lease = claim.lease.clone();
+    let (stop_tx, stop_rx) = watch::channel(Stop::None);
+    if let Ok(mut m) = shared.running.lock() {
+        m.insert(id.to_string(), stop_tx.clone());
+    }
+    // Log flusher: batches lines, masks secrets, appends (fenced by the lease).
+    let (log_tx, mut log_rx) = mpsc::channel::<(String, String, String)>(4096);
+    let masker = Arc::new(Mutex::new(shared.masker.clone()));
+    let flusher = {
+        let masker = masker.clone();
+        let shared = shared.clone();
+        let id = id.clone();
+        let lease = lease.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(256);
+            while let Some(first) = log_rx.recv().await {
+                batch.push(first);
+                while batch.len() < 500 {
+                    match log_rx.try_recv() {
+                        Ok(l) => batch.push(l),
+                        Err(_) => break,
+                    }
+                }
+                if let Ok(m) = masker.lock() {
+                    for l in batch.iter_mut() {
+                        l.2 = m.mask(&l.2);
+                    }
+                }
+                match shared.queue.append_log(&id, &lease, &batch).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = stop_tx.send(Stop::LeaseLost);
+                    }
+                    Err(e) => tracing::warn!(job = %id, error = %e, "log append failed"),
+                }
+                batch.clear();
+            }
+        })
+    };
+    // Heartbeat: renews the lease stored with the claim (fenced), notices cancel requests the pub/sub
+    // message may have missed.
+    let heartbeat = {
+        let held = claim.clone();
+        let shared = shared.clone();
+        let id = id.clone();
+        let slot = slot.to_string();
+        let lease = lease.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_millis(shared.cfg.lease_secs * 1000 / 3);
+            let ttl = Duration::from_secs(shared.cfg.lease_secs);
+            loop {
+                let done = shared.jobs_done.load(Ordering::Relaxed);
+                if let Err(e) = shared
+                    .queue
+                    .heartbeat(&slot, Some((&id, &entry)), done, ttl)
+                    .await
+                {
+                    tracing::warn!(job = %id, error = %e, "heartbeat failed");
+                }
+                match shared.queue.renew_lease(&held, &slot).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = stop_tx.send(Stop::LeaseLost);
+                    }
+                    Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed"),
+                }
+                if let Ok(job) = shared.queue.get(&id).await {
+                    if job.lease.as_deref() != Some(lease.as_str()) {
+                        let _ = stop_tx.send(Stop::LeaseLost);
+                    } else if job.cancel_requested {
+                        let _ = stop_tx.send(Stop::Cancel);
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    };
+    // Shutdown: let the job finish within the grace period, then kill it and release it.
+    let grace = {
+        let stop_tx = stop_tx.clone();
+        let mut shutdown = shutdown.clone();
+        let secs = shared.cfg.grace_secs;
+        let id = id.clone();
+        tokio::spawn(async move {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+            tracing::info!(job = %id, grace_secs = secs, "shutdown requested; letting the job finish");
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let _ = stop_tx.send(Stop::Release);
+        })
+    };
+    let deadline = Instant::now() + raibid_core::pipeline::DEFAULT_JOB_TIMEOUT;
+    let mut ctx = JobCtx {
+        shared,
+        claim,
+        logs: log_tx,
+        stop: stop_rx,
+        deadline,
+        masker,
+        secrets: Vec::new(),
+    };
+    let ws = shared.cfg.workspace_dir.join(&id);
+    let outcome = execute(&mut ctx, &ws, shutdown).await;
+    let _ = tokio::fs::remove_dir_all(&ws).await;
+    // Let the flusher write everything before the final status.
+    let JobCtx {
+        mut claim, logs, ..
+    } = ctx;
+    drop(logs);
+    let _ = flusher.await;
+    heartbeat.abort();
+    grace.abort();
+    if let Ok(mut m) = shared.running.lock() {
+        m.remove(id.as_str());
+    }
+    let now = Utc::now();
+    let (status, reason) = outcome;
+    if status == RELEASED {
+        match shared
+            .queue
+            .requeue(
+                &id,
+                &claim.entry_id,
+                "its agent shut down before the job finished",
+                Some(&claim.lease),
+            )
+            .await
+        {
+            Ok(r) => tracing::warn!(job = %id, outcome = ?r, "job released back to the queue"),
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "could not release the job; the reaper will reclaim it")
+            }
+        }
+        return;
+    }
+    if status == LOST {
+        // Lease lost: another agent owns the job now; write nothing.
+        tracing::warn!(job = %id, "lease lost; leaving the job to the agent that holds it");
+        return;
+    }
+    claim.job.finish(status, reason, now);
+    // The final write survives a Redis restart: retry connection errors for up to a minute (the lease
+    // may expire meanwhile; then the fence refuses the write and the reclaimed attempt decides).
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match shared.queue.finish_claimed(&mut claim).await {
+            Ok(()) => tracing::info!(job = %id, status = %status, "finished"),
+            Err(QueueError::LeaseLost(_)) => {
+                tracing::warn!(job = %id, "lease lost before the final write; result discarded")
+            }
+            Err(QueueError::Redis(e)) if Instant::now() < give_up => {
+                tracing::warn!(job = %id, error = %e, "final write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => tracing::error!(job = %id, error = %e, "could not write the final status"),
+        }
+        break;
+    }
+    let done = shared.jobs_done.load(Ordering::Relaxed) + 1;
+    let _ = shared
+        .queue
+        .heartbeat(slot, None, done, Duration::from_secs(shared.cfg.lease_secs))
+        .await;
+}
