@@ -63,9 +63,13 @@ fn render_benchmarks() {
     let jobs = common::many(10_000);
     for size in [(160, 48), (80, 24)] {
         let mut app = common::app_with(jobs.clone());
-        frames("10,000 jobs, scrolling (j)", &mut app, size, 2000, |a, _| {
-            key(a, KeyCode::Char('j'))
-        });
+        frames(
+            "10,000 jobs, scrolling (j)",
+            &mut app,
+            size,
+            2000,
+            |a, _| key(a, KeyCode::Char('j')),
+        );
         let mut app = common::app_with(jobs.clone());
         frames(
             "10,000 jobs, one job event per frame (re-sort)",
@@ -111,9 +115,13 @@ fn render_benchmarks() {
             truncated: false,
         }));
         key(&mut app, KeyCode::Char('g'));
-        frames("100,000-line log, scrolling (PgDn)", &mut app, size, 2000, |a, _| {
-            key(a, KeyCode::PageDown)
-        });
+        frames(
+            "100,000-line log, scrolling (PgDn)",
+            &mut app,
+            size,
+            2000,
+            |a, _| key(a, KeyCode::PageDown),
+        );
         key(&mut app, KeyCode::Char('w'));
         frames(
             "100,000-line log, wrapped, scrolling",
@@ -193,7 +201,9 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).output();
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
     }
 }
 
@@ -268,7 +278,10 @@ async fn live_benchmarks() {
             .await
             .unwrap();
     }
-    println!("\nenqueued 10,000 jobs in {:.1} s", t0.elapsed().as_secs_f64());
+    println!(
+        "\nenqueued 10,000 jobs in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let settings = raibid_dispatcher::Settings {
@@ -282,7 +295,11 @@ async fn live_benchmarks() {
         lease: Duration::from_secs(30),
     };
     let state = raibid_dispatcher::AppState::new(queue.clone(), settings);
-    tokio::spawn(raibid_dispatcher::serve(state, listener, std::future::pending()));
+    tokio::spawn(raibid_dispatcher::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
     let base = format!("http://{addr}");
 
     let tmux = Tmux(format!("raibid-top-bench-{}", std::process::id()));
@@ -308,7 +325,9 @@ async fn live_benchmarks() {
         // First frame with data: a job row (the header of the jobs table counts them).
         tmux.wait(Duration::from_secs(30), |s| s.contains("● queued"));
         starts.push(t0.elapsed().as_secs_f64() * 1000.0);
-        tmux.wait(Duration::from_secs(60), |s| s.contains("jobs (10000/10000)"));
+        tmux.wait(Duration::from_secs(60), |s| {
+            s.contains("jobs (10000/10000)")
+        });
         let pid = top_pid(&tmux);
         rss.push(rss_kb(pid) as f64 / 1024.0);
         if run < 4 {

@@ -583,7 +583,7 @@ impl App {
                 }
             }
             Action::Logs => {
-                if let Some(id) = self.current_job().map(|j| j.id.clone()) {
+                if let Some(id) = self.current_job().map(|j| j.id.to_string()) {
                     if self.log.job != id {
                         self.log = LogView {
                             job: id.clone(),
@@ -632,7 +632,7 @@ impl App {
                     let m = format!("job {} is already {}", short_id(&j.id), j.status);
                     self.say(false, m);
                 }
-                Some(j) => self.input = Input::ConfirmCancel(j.id.clone()),
+                Some(j) => self.input = Input::ConfirmCancel(j.id.to_string()),
                 None => {}
             },
             Action::Confirm(yes) => {
@@ -655,7 +655,7 @@ impl App {
                     self.say(false, m);
                 }
                 Some(j) => {
-                    let id = j.id.clone();
+                    let id = j.id.to_string();
                     self.say(true, format!("retrying {}…", short_id(&id)));
                     out.push(Command::Retry(id));
                 }
@@ -819,7 +819,7 @@ impl App {
                 Vec::new()
             }
             LiveEvent::AgentSeen(a) => {
-                self.agents.insert(a.id.clone(), a);
+                self.agents.insert(a.id.to_string(), a);
                 Vec::new()
             }
             LiveEvent::AgentGone { id } => {
@@ -854,10 +854,10 @@ impl App {
     }
 
     fn upsert(&mut self, j: Job) {
-        match self.index.get(&j.id) {
+        match self.index.get(j.id.as_str()) {
             Some(&i) => self.jobs[i] = j,
             None => {
-                self.index.insert(j.id.clone(), self.jobs.len());
+                self.index.insert(j.id.to_string(), self.jobs.len());
                 self.jobs.push(j);
             }
         }
@@ -897,7 +897,7 @@ impl App {
                 self.selected = self
                     .shown
                     .get(self.cursor)
-                    .map(|i| self.jobs[*i].id.clone());
+                    .map(|i| self.jobs[*i].id.to_string());
             }
             View::Logs => {
                 let max_top = len.saturating_sub(self.page.max(1));
@@ -997,7 +997,7 @@ impl App {
         self.shown = shown;
         // Keep the cursor on the selected job.
         if at_top {
-            self.selected = self.shown.first().map(|i| self.jobs[*i].id.clone());
+            self.selected = self.shown.first().map(|i| self.jobs[*i].id.to_string());
         }
         let pos = self.selected.as_ref().and_then(|id| {
             let i = self.index.get(id)?;
@@ -1010,7 +1010,7 @@ impl App {
                 self.selected = self
                     .shown
                     .get(self.cursor)
-                    .map(|i| self.jobs[*i].id.clone());
+                    .map(|i| self.jobs[*i].id.to_string());
             }
         }
     }

@@ -24,7 +24,10 @@ fn typed(app: &mut App, s: &str) -> Vec<Command> {
 
 fn ids(app: &mut App) -> Vec<String> {
     app.prepare();
-    app.shown.iter().map(|i| app.jobs[*i].id.clone()).collect()
+    app.shown
+        .iter()
+        .map(|i| app.jobs[*i].id.to_string())
+        .collect()
 }
 
 #[test]

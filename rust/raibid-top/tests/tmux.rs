@@ -196,23 +196,17 @@ fn agent(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
-    let cfg = raibid_agent::AgentConfig {
-        redis_url: redis.url(),
-        name: Some("tmux-agent".into()),
-        once: false,
-        idle_timeout_secs: 60,
-        concurrency: 1,
-        workspace_dir: tmp.join("ws"),
-        cache_dir: tmp.join("cache"),
-        allowed_schemes: "file".into(),
-        allowed_hosts: String::new(),
-        git_username: None,
-        git_token: None,
-        git_token_file: None,
-        lease_secs: 30,
-        grace_secs: 5,
-        block_ms: 500,
-    };
+    // Every option at its default (as the binary parses them), then what the test needs.
+    use clap::Parser;
+    let mut cfg = raibid_agent::AgentConfig::parse_from(["raibid-agent"]);
+    cfg.redis_url = redis.url();
+    cfg.name = Some("tmux-agent".into());
+    cfg.workspace_dir = tmp.join("ws");
+    cfg.cache_dir = tmp.join("cache");
+    cfg.allowed_schemes = "file".into();
+    cfg.allowed_hosts = String::new();
+    cfg.grace_secs = 5;
+    cfg.block_ms = 500;
     let (tx, rx) = tokio::sync::watch::channel(false);
     (tx, tokio::spawn(raibid_agent::run(cfg, rx)))
 }

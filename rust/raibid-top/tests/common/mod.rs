@@ -46,7 +46,9 @@ pub fn job(i: usize, status: Status, ago_s: i64) -> Job {
     ];
     let refs = ["main", "feature/sse", "fix/lag-ack", "refs/tags/v1.2.0"];
     let mut j = Job {
-        id: id(i),
+        id: raibid_core::job::JobId::parse(&id(i)).unwrap(),
+        kind: Default::default(),
+        extra: Default::default(),
         status,
         step: None,
         attempt: 0,
@@ -156,6 +158,7 @@ pub fn stats() -> QueueStats {
         pending: 1,
         oldest_waiting_age_secs: Some(12.0),
         consumers: 3,
+        kinds: Vec::new(),
     }
 }
 
