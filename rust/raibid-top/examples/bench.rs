@@ -144,6 +144,14 @@ fn render_benchmarks() {
             |a, _| key(a, KeyCode::Char('n')),
         );
     }
+    let bytes: usize = common::log_lines(100_000)
+        .iter()
+        .map(|l| l.line.len() + 1)
+        .sum();
+    println!(
+        "\nthe 100,000-line log holds {:.1} MiB of text",
+        bytes as f64 / (1024.0 * 1024.0)
+    );
     // The search itself over 100,000 lines (once per Enter, not per frame).
     let mut app = common::few();
     key(&mut app, KeyCode::Char('l'));

@@ -384,6 +384,7 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
         Line::from(vec![
             Span::styled(format!(" {} ", j.id), bold),
             status_span(j.status),
+            Span::styled(format!("  {} job", j.kind.as_str()), dim),
             Span::styled(format!("  attempt {}", j.attempt), dim),
             Span::styled(
                 j.agent

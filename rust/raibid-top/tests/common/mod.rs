@@ -238,7 +238,7 @@ pub fn log_lines(n: usize) -> Vec<LogLine> {
                     format!("warning: unused variable `x{i}` in src/lib.rs:{}", i % 300)
                 } else {
                     format!(
-                        "   Compiling crate-{i} v0.{}.{} (line {i} of the build output)",
+                        "   Compiling crate-{i} v0.{}.{} (/home/ci/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/crate-{i}, line {i})",
                         i % 10,
                         i % 7
                     )
