@@ -242,7 +242,23 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
         &tmp.path().join("fast"),
         "steps:\n  - name: build\n    run: echo compiling-the-crate; sleep 2; echo hello-from-the-build; echo warned >&2\n",
     );
-    let id = submit(&http, &base, &fast).await;
+    // Submitted from the UI: `:submit <url> main`; the status line names the new job.
+    tmux.keys(&[":"]);
+    tmux.literal(&format!("submit {fast} main"));
+    tmux.keys(&["Enter"]);
+    let s = tmux
+        .wait("the submitted job's id", Duration::from_secs(10), |s| {
+            s.contains(" as ")
+        })
+        .await;
+    let id: String = s
+        .lines()
+        .find_map(|l| {
+            l.split_once(" as ")
+                .map(|(_, r)| r.chars().take(26).collect())
+        })
+        .unwrap();
+    assert!(raibid_core::job::is_valid_job_id(&id), "{id:?} in\n{s}");
     tmux.wait_row(&id, "queued", Duration::from_secs(10)).await;
     // An agent starts: running, then succeeded, without a key pressed.
     let (agent_stop, agent_join) = agent(&redis, tmp.path());
