@@ -130,6 +130,9 @@ impl Seen {
         if let Ok(mut q) = state.queue.stats().await {
             // The age grows on its own; whole seconds are enough to show it and bound the chatter.
             q.oldest_waiting_age_secs = q.oldest_waiting_age_secs.map(f64::floor);
+            for k in &mut q.kinds {
+                k.oldest_waiting_age_secs = k.oldest_waiting_age_secs.map(f64::floor);
+            }
             if self.queue.as_ref() != Some(&q) {
                 self.queue = Some(q.clone());
                 out.push(LiveEvent::Queue(q));

@@ -52,17 +52,11 @@ use KeyCode::{Char, Down, End, Enter, Esc, Home, PageDown, PageUp, Up};
 static MOVE: [Binding; 4] = [
     b!("j/k ↑/↓", "move", Action::Down, Char('j'), Down),
     b!("", "", Action::Up, Char('k'), Up),
-    b!(
-        "PgUp/PgDn",
-        "page up / down",
-        Action::PageDown,
-        PageDown,
-        Char(' ')
-    ),
+    b!("PgUp/PgDn", "page up / down", Action::PageDown, PageDown),
     b!("", "", Action::PageUp, PageUp),
 ];
 static EDGES: [Binding; 2] = [
-    b!("g/G", "first / last", Action::Top, Char('g'), Home),
+    b!("g/G Home/End", "first / last", Action::Top, Char('g'), Home),
     b!("", "", Action::Bottom, Char('G'), End),
 ];
 static GLOBAL: [Binding; 4] = [
@@ -508,11 +502,7 @@ impl App {
             return Some(Action::ToggleHelp);
         }
         if ctrl {
-            return match key.code {
-                Char('d') => Some(Action::PageDown),
-                Char('u') => Some(Action::PageUp),
-                _ => None,
-            };
+            return None;
         }
         for table in bindings(self.view()) {
             for b in table {

@@ -773,7 +773,7 @@ fn render_help(f: &mut Frame, app: &App, area: Rect) {
             }
             lines.push(Line::from(vec![
                 Span::styled(
-                    format!(" {:<11}", b.label),
+                    format!(" {:<13}", b.label),
                     Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
                 ),
                 Span::raw(b.help),
