@@ -9,5 +9,6 @@ pub mod event;
 pub mod job;
 pub mod pipeline;
 pub mod queue;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod webhook;

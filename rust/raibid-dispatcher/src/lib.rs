@@ -325,6 +325,9 @@ pub async fn reaper(state: AppState) {
         if let Err(e) = state.queue.reap(&me, lease).await {
             tracing::warn!(error = %e, "reaper: redis unavailable; retrying");
         }
+        if let Err(e) = state.queue.prune_index().await {
+            tracing::debug!(error = %e, "reaper: could not prune the job index");
+        }
         match state.queue.prune_consumers(lease * 10).await {
             Ok(gone) if !gone.is_empty() => {
                 tracing::info!(consumers = ?gone, "removed consumers of agents that are gone")
