@@ -944,6 +944,24 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("https://ghp_TOKEN@gitea.local/o/r.git"),
+            "https://***@gitea.local/o/r.git"
+        );
+        assert_eq!(
+            redact_url("https://user:pass@gitea.local/o/r.git?x=@y"),
+            "https://***@gitea.local/o/r.git?x=@y"
+        );
+        assert_eq!(
+            redact_url("https://gitea.local/o/r.git"),
+            "https://gitea.local/o/r.git"
+        );
+        assert_eq!(redact_url("git@host:o/r"), "git@host:o/r");
+        assert_eq!(redact_url("http://a b@host/x"), "http://***@host/x");
+    }
+
+    #[test]
     fn log_seq_validation() {
         assert!(valid_seq("1700000000000-0"));
         assert!(!valid_seq("1-2-3"));

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -146,17 +146,22 @@ struct Snapshot {
     queue: Option<QueueFigures>,
 }
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
+fn gauge<V: EncodeGaugeValue + std::fmt::Debug>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: V,
+) -> std::fmt::Result {
     let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     ConstGauge::new(v).encode(m)
 }
 
-fn gauge_with(
+fn gauge_with<V: EncodeGaugeValue + std::fmt::Debug>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     labels: &[(&str, &str)],
-    v: f64,
+    v: V,
 ) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     let l = m.encode_family(&labels)?;
@@ -215,7 +220,7 @@ impl Collector for Snapshot {
                 &mut enc,
                 "raibid_redis_up",
                 "Whether Redis answered this scrape.",
-                0.0,
+                0i64,
             );
         };
         let mut m = enc.encode_descriptor(
@@ -234,21 +239,19 @@ impl Collector for Snapshot {
             "raibid_queue_length",
             "Entries in the job stream.",
             &labels,
-            q.length as f64,
+            q.length as i64,
         )?;
-        gauge_with(
-            &mut enc,
-            "raibid_queue_lag",
-            "Jobs not yet delivered to any agent (KEDA scales on this).",
-            &labels,
-            q.lag.map(|l| l as f64).unwrap_or(f64::NAN),
-        )?;
+        let lag_help = "Jobs not yet delivered to any agent (KEDA scales on this); NaN when Redis cannot count it.";
+        match q.lag {
+            Some(l) => gauge_with(&mut enc, "raibid_queue_lag", lag_help, &labels, l as i64)?,
+            None => gauge_with(&mut enc, "raibid_queue_lag", lag_help, &labels, f64::NAN)?,
+        }
         gauge_with(
             &mut enc,
             "raibid_queue_pending",
             "Jobs delivered and not yet acknowledged.",
             &labels,
-            q.pending as f64,
+            q.pending as i64,
         )?;
         gauge_with(
             &mut enc,
@@ -261,7 +264,7 @@ impl Collector for Snapshot {
             &mut enc,
             "raibid_agents",
             "Agents with a live heartbeat.",
-            q.agents as f64,
+            q.agents as i64,
         )?;
         histogram(
             &mut enc,
@@ -281,7 +284,7 @@ impl Collector for Snapshot {
             &mut enc,
             "raibid_redis_up",
             "Whether Redis answered this scrape.",
-            1.0,
+            1i64,
         )
     }
 }
