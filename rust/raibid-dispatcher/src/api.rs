@@ -12,10 +12,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use raibid_core::contract::{http, keys};
-use redis::AsyncCommands;
 use raibid_core::job::{is_valid_job_id, Job, Source, Status, Trigger, TriggerKind};
 use raibid_core::queue::{Enqueued, QueueError};
 use raibid_core::webhook::{self, PushOutcome, WebhookError};
+use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -310,11 +310,12 @@ fn push_key(forge: &str, push: &webhook::Push) -> String {
 }
 
 fn hex_lower(b: &[u8]) -> String {
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 /// Release a push key this request set (`pending:<nonce>`) and did not turn into a job.
@@ -386,10 +387,7 @@ async fn enqueue_push(
         },
         now,
     );
-    let result = state
-        .queue
-        .enqueue(job, delivery.map(|d| (forge, d)))
-        .await;
+    let result = state.queue.enqueue(job, delivery.map(|d| (forge, d))).await;
     let job_id = match &result {
         Ok(Enqueued::New(job)) => Some(job.id.clone()),
         Ok(Enqueued::Duplicate(id)) => Some(id.clone()),

@@ -9,7 +9,7 @@ use raibid_core::job::{Job, Status};
 use raibid_core::queue::QueueError;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoConsumersReply,
-    StreamReadOptions, StreamReadReply,
+    StreamReadOptions,
 };
 use redis::AsyncCommands;
 use std::sync::atomic::Ordering;
@@ -75,7 +75,9 @@ impl Gitea {
         let resp = self
             .post(&format!("/repos/{o}/{r}/mirror-sync"))
             .send()
-            .await?;
+            .await
+            // The URL stays out of the error (and so out of log lines): the base may carry credentials.
+            .map_err(|e| e.without_url())?;
         if !resp.status().is_success() {
             anyhow::bail!("Gitea answered {} to mirror-sync of {full}", resp.status());
         }
@@ -192,7 +194,7 @@ impl Gitea {
             .await
             .map_err(|e| PostError {
                 transient: true,
-                message: format!("Gitea unreachable: {e}"),
+                message: format!("Gitea unreachable: {}", e.without_url()),
             })?;
         let st = resp.status();
         if st.is_success() {
@@ -217,6 +219,60 @@ struct Reporter {
     retry_at: Option<Instant>,
     /// Next take-over of stale entries of other consumers and pruning of dead consumers.
     housekeeping_at: Instant,
+}
+
+/// The entries of an `XREADGROUP` reply for one stream (RESP2 or RESP3); a trimmed entry has no fields.
+fn stream_entries(reply: redis::Value) -> Vec<StreamId> {
+    use redis::Value;
+    let entries = match reply {
+        Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+            Value::Array(mut kv) if kv.len() == 2 => kv.swap_remove(1),
+            _ => Value::Nil,
+        },
+        Value::Map(mut m) if !m.is_empty() => m.swap_remove(0).1,
+        _ => Value::Nil,
+    };
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let Value::Array(mut parts) = e else {
+                return None;
+            };
+            if parts.is_empty() {
+                return None;
+            }
+            let fields = if parts.len() > 1 {
+                parts.swap_remove(1)
+            } else {
+                Value::Nil
+            };
+            let id: String = redis::from_redis_value(parts.swap_remove(0)).ok()?;
+            let map = match fields {
+                Value::Array(kv) => kv
+                    .chunks(2)
+                    .filter_map(|c| match c {
+                        [k, v] => redis::from_redis_value_ref::<String>(k)
+                            .ok()
+                            .map(|k| (k, v.clone())),
+                        _ => None,
+                    })
+                    .collect(),
+                Value::Map(kv) => kv
+                    .into_iter()
+                    .filter_map(|(k, v)| redis::from_redis_value::<String>(k).ok().map(|k| (k, v)))
+                    .collect(),
+                _ => Default::default(),
+            };
+            Some(StreamId {
+                id,
+                map,
+                ..Default::default()
+            })
+        })
+        .collect()
 }
 
 fn is_nogroup(e: &redis::RedisError) -> bool {
@@ -361,12 +417,12 @@ impl Reporter {
         if id == ">" {
             opts = opts.block(block.as_millis() as usize);
         }
-        let reply: Option<StreamReadReply> = con
+        // Raw reply: entries of this consumer's pending list whose stream entry was trimmed come back
+        // as `[id, nil]`, which the typed reply does not take.
+        let reply: redis::Value = con
             .xread_options(&[keys::EVENTS_STREAM], &[id], &opts)
             .await?;
-        Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default())
+        Ok(stream_entries(reply))
     }
 
     /// Take over entries other reporters held past `stale` (they died or hang); false when one of
@@ -516,5 +572,58 @@ impl Reporter {
                 Outcome::GaveUp
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn pending_entries_whose_stream_entry_was_trimmed_parse_without_fields() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("raibid:events"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![bulk("event"), bulk("{}")]),
+                ]),
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let e = stream_entries(reply);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].id, "1-0");
+        assert!(e[0].map.contains_key("event"));
+        assert_eq!(e[1].id, "2-0");
+        assert!(e[1].map.is_empty());
+        assert!(stream_entries(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn descriptions_name_the_pipeline() {
+        let mut j = Job::new(
+            raibid_core::job::Source {
+                repo_url: "http://g/o/r.git".into(),
+                git_ref: "refs/heads/main".into(),
+                sha: None,
+                trigger: raibid_core::job::Trigger {
+                    kind: raibid_core::job::TriggerKind::Api,
+                    actor: None,
+                },
+                delivery_id: None,
+                forge_repo: None,
+            },
+            chrono::Utc::now(),
+        );
+        j.status = Status::Succeeded;
+        assert_eq!(description(&j), "all steps passed");
+        j.pipeline = Some("lint".into());
+        assert_eq!(description(&j), "lint: all steps passed");
     }
 }

@@ -146,7 +146,10 @@ fn summary(job: &Job) -> String {
     };
     row("repository", &crate::api::redact_url(&job.source.repo_url));
     row("ref", &job.source.git_ref);
-    row("commit", job.source.sha.as_deref().unwrap_or("tip of the ref"));
+    row(
+        "commit",
+        job.source.sha.as_deref().unwrap_or("tip of the ref"),
+    );
     if let Some(p) = &job.pipeline {
         row("pipeline", p);
     }
@@ -188,6 +191,9 @@ mod tests {
 
     #[test]
     fn html_is_escaped() {
-        assert_eq!(esc("<a href='x'>&\""), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;");
+        assert_eq!(
+            esc("<a href='x'>&\""),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
+        );
     }
 }

@@ -174,7 +174,12 @@ impl FakeGitea {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let violations = Arc::new(Mutex::new(Vec::new()));
         let down_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
-        let (c, v, s, d) = (calls.clone(), violations.clone(), swagger.clone(), down_until.clone());
+        let (c, v, s, d) = (
+            calls.clone(),
+            violations.clone(),
+            swagger.clone(),
+            down_until.clone(),
+        );
         let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
             let (c, v, s, d) = (c.clone(), v.clone(), s.clone(), d.clone());
             async move {
