@@ -318,7 +318,7 @@ fn hex_lower(b: &[u8]) -> String {
         })
 }
 
-/// Release a push key this request set (`pending:<nonce>`) and did not turn into a job.
+/// Release a push key this request set (to its job's id) when that job was not queued.
 const RELEASE_PUSH_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -345,34 +345,8 @@ async fn enqueue_push(
     forge_repo: Option<String>,
 ) -> ApiResult<Response> {
     check_clone_url(&state.settings.intake, &push.clone_url).map_err(|e| reject(state, e))?;
-    // A signed body replayed with a fresh delivery id: the (repo, ref, sha) was queued within the
-    // window. SET NX makes the check and the claim one step; the key is released again when no job
-    // comes of this request.
-    let window = state.settings.intake.push_dedup;
-    let mut con = state.queue.redis();
-    let claim = if window.is_zero() {
-        None
-    } else {
-        let key = push_key(forge, &push);
-        let nonce = format!("pending:{}", raibid_core::job::new_job_id());
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&nonce)
-            .arg("NX")
-            .arg("EX")
-            .arg(window.as_secs().max(1))
-            .query_async(&mut con)
-            .await
-            .map_err(redis_unavailable)?;
-        if set.is_none() {
-            let existing: Option<String> = con.get(&key).await.map_err(redis_unavailable)?;
-            let id = existing.filter(|v| !v.starts_with("pending:"));
-            tracing::info!(repo = %push.repo_full_name, git_ref = %push.git_ref, sha = %push.sha, "push already queued within the de-duplication window");
-            return Ok(duplicate(state, id.as_deref()));
-        }
-        Some((key, nonce))
-    };
     let now = Utc::now();
+    let key = push_key(forge, &push);
     let job = Job::new(
         Source {
             repo_url: push.clone_url,
@@ -387,15 +361,37 @@ async fn enqueue_push(
         },
         now,
     );
-    let result = state.queue.enqueue(job, delivery.map(|d| (forge, d))).await;
-    let job_id = match &result {
-        Ok(Enqueued::New(job)) => Some(job.id.clone()),
-        Ok(Enqueued::Duplicate(id)) => Some(id.clone()),
-        Err(_) => None,
+    // A signed body replayed with a fresh delivery id: the (repo, ref, sha) was queued within the
+    // window. `SET NX` with the new job's id makes the check and the claim one step (one round trip on
+    // the common path); the key is removed again when no job comes of this request.
+    let window = state.settings.intake.push_dedup;
+    let mut con = state.queue.redis();
+    let claimed = if window.is_zero() {
+        false
+    } else {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&job.id)
+            .arg("NX")
+            .arg("EX")
+            .arg(window.as_secs().max(1))
+            .query_async(&mut con)
+            .await
+            .map_err(redis_unavailable)?;
+        if set.is_none() {
+            let existing: Option<String> = con.get(&key).await.map_err(redis_unavailable)?;
+            tracing::info!(git_ref = %job.source.git_ref, sha = ?job.source.sha, "push already queued within the de-duplication window");
+            return Ok(duplicate(state, existing.as_deref()));
+        }
+        true
     };
-    if let Some((key, nonce)) = claim {
-        let r: redis::RedisResult<()> = match job_id {
-            Some(id) => redis::cmd("SET")
+    let job_id = job.id.clone();
+    let result = state.queue.enqueue(job, delivery.map(|d| (forge, d))).await;
+    if claimed {
+        let r: redis::RedisResult<()> = match &result {
+            Ok(Enqueued::New(_)) => Ok(()),
+            // The delivery id was seen before: the key names that job.
+            Ok(Enqueued::Duplicate(id)) => redis::cmd("SET")
                 .arg(&key)
                 .arg(id)
                 .arg("XX")
@@ -403,9 +399,9 @@ async fn enqueue_push(
                 .query_async(&mut con)
                 .await
                 .map(|_: Option<String>| ()),
-            None => redis::Script::new(RELEASE_PUSH_LUA)
+            Err(_) => redis::Script::new(RELEASE_PUSH_LUA)
                 .key(&key)
-                .arg(&nonce)
+                .arg(&job_id)
                 .invoke_async(&mut con)
                 .await
                 .map(|_: i64| ()),
