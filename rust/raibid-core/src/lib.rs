@@ -9,5 +9,7 @@ pub mod event;
 pub mod job;
 pub mod pipeline;
 pub mod queue;
+pub mod retry;
+pub mod secret_source;
 pub mod testkit;
 pub mod webhook;
