@@ -88,10 +88,15 @@ pub fn prepare_private_dir(dir: &Path, step: Option<&StepUser>) -> anyhow::Resul
         if a.as_os_str().is_empty() || a.exists() {
             continue;
         }
-        std::fs::DirBuilder::new()
+        match std::fs::DirBuilder::new()
             .mode(if step.is_some() { 0o711 } else { 0o700 })
             .create(a)
-            .with_context(|| format!("creating {}", a.display()))?;
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("creating {}", a.display()))
+            }
+            _ => {}
+        }
     }
     for a in &ancestors {
         if a.as_os_str().is_empty() {
@@ -139,10 +144,12 @@ pub fn prepare_private_dir(dir: &Path, step: Option<&StepUser>) -> anyhow::Resul
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(e).with_context(|| format!("creating {}", dir.display()))
+                }
+                _ => {}
+            }
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     }

@@ -12,10 +12,10 @@ use support::*;
 async fn a_setsid_grandchild_holding_stdout_neither_keeps_the_job_running_nor_survives_it() {
     let e = env(None).await;
     // The step's shell starts a shell that double-forks `setsid sleep 600` (stdout inherited: the
-    // pipe stays open), then exits at once.
+    // pipe stays open) and exits once the grandchild is in its own session.
     let repo = make_repo(
         &e.tmp.path().join("orphan"),
-        "steps:\n  - name: daemonize\n    run: \"sh -c 'setsid sleep 600 &' ; echo main-exited\"\n",
+        "steps:\n  - name: daemonize\n    run: |\n      sh -c 'setsid sh -c \"touch up; exec sleep 600\" &'\n      while [ ! -e up ]; do sleep 0.05; done\n      echo main-exited\n",
     );
     let _a = e.agent("agent-orphan", &[]);
     let id = e.submit(&repo).await;
@@ -28,7 +28,10 @@ async fn a_setsid_grandchild_holding_stdout_neither_keeps_the_job_running_nor_su
         started.elapsed() < Duration::from_secs(15),
         "the job ended when its main process exited"
     );
-    assert!(left.is_empty(), "processes of the job survived it: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of the job survived it: {left:?}"
+    );
     let lines = e.logs(&id).await;
     assert!(lines.iter().any(|l| l.line == "main-exited"));
 }
@@ -69,9 +72,7 @@ async fn a_step_finds_none_of_the_agents_secrets_and_only_its_scoped_ones() {
     for f in [&url_file, &token_file] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let patterns = [REDIS_PASSWORD, GIT_TOKEN, UNSCOPED]
-        .map(b64)
-        .join(" ");
+    let patterns = [REDIS_PASSWORD, GIT_TOKEN, UNSCOPED].map(b64).join(" ");
     // Search every process's environment and command line, the secret files and the step's own
     // environment for the agent's secrets; print what was found (LEAK) and what was searched.
     let script = format!(
@@ -118,7 +119,11 @@ tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
     // The Redis password only in the file.
     cmd.env("RAIBID_REDIS_URL", "redis://127.0.0.1:1");
     let _a = e.spawn(cmd);
-    wait_log(&e.log_path("agent-secrets"), "agent started", Duration::from_secs(20));
+    wait_log(
+        &e.log_path("agent-secrets"),
+        "agent started",
+        Duration::from_secs(20),
+    );
     let id = e.submit(&repo).await;
     let j = e.wait_final(&id, Duration::from_secs(60)).await;
     let log: Vec<String> = e.logs(&id).await.into_iter().map(|l| l.line).collect();
@@ -133,7 +138,10 @@ tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
     assert!(all.contains("searched "), "{all}");
     assert!(all.contains("as nobody"), "{all}");
     let leaks: Vec<&String> = log.iter().filter(|l| l.starts_with("LEAK in")).collect();
-    assert!(leaks.is_empty(), "a step found the agent's secrets: {leaks:?}");
+    assert!(
+        leaks.is_empty(),
+        "a step found the agent's secrets: {leaks:?}"
+    );
     assert!(all.contains("scoped-secret-ok"), "{all}");
     // The search finds what is there: the step's own secret in its own /proc entry.
     assert!(all.contains("control-found-in-proc"), "{all}");
@@ -162,7 +170,11 @@ tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
 async fn workspace_and_cache_roots_are_owner_only_and_foreign_ones_are_refused() {
     let e = env(None).await;
     let mut a = e.agent("agent-dirs", &[]);
-    wait_log(&e.log_path("agent-dirs"), "agent started", Duration::from_secs(20));
+    wait_log(
+        &e.log_path("agent-dirs"),
+        "agent started",
+        Duration::from_secs(20),
+    );
     for d in ["ws", "cache", "cache/cargo"] {
         let m = std::fs::metadata(e.tmp.path().join(d)).unwrap();
         assert_eq!(m.mode() & 0o777, 0o700, "{d} is owner-only");

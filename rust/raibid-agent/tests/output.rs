@@ -42,7 +42,9 @@ async fn two_gib_without_a_newline_keeps_the_agent_small_and_the_job_ends_normal
         "one marker says the rest was dropped"
     );
     assert!(
-        lines.iter().any(|l| l.line.contains("step `zeros` succeeded")),
+        lines
+            .iter()
+            .any(|l| l.line.contains("step `zeros` succeeded")),
         "the step's result line is still in the log"
     );
 }
@@ -105,7 +107,9 @@ async fn flood(step: &str) {
         lines.len()
     );
     assert!(
-        lines.iter().any(|l| l.line.contains("step `flood` succeeded")),
+        lines
+            .iter()
+            .any(|l| l.line.contains("step `flood` succeeded")),
         "the step's result line is in the log"
     );
     let after = e.redis.used_memory(&e.queue).await;

@@ -96,7 +96,9 @@ impl Drop for Env {
                 let cmd =
                     std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 if cmd.contains("raibid-agent") {
-                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
                 }
             }
         }
@@ -233,7 +235,11 @@ pub fn make_repo(dir: &Path, pipeline: &str) -> String {
             .current_dir(dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     git(&["init", "-q"]);
     git(&["add", "-A"]);
@@ -249,7 +255,10 @@ pub fn wait_log(path: &Path, needle: &str, within: Duration) -> String {
         if s.contains(needle) {
             return s;
         }
-        assert!(Instant::now() < deadline, "no `{needle}` within {within:?}: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` within {within:?}: {s}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -287,6 +296,8 @@ pub fn pids_with_marker(id: &str) -> Vec<i32> {
 /// SIGKILL processes (test cleanup).
 pub fn kill_pids(pids: &[i32]) {
     for p in pids {
-        let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
     }
 }

@@ -320,6 +320,11 @@ impl TestEnv {
             lease_secs: 30,
             grace_secs: 60,
             block_ms: 500,
+            hardening: raibid_agent::config::Hardening {
+                // The e2e secrets test's secret, for every test repository.
+                secret_scopes: Some("E2E_DEPLOY_TOKEN=*".into()),
+                ..Default::default()
+            },
         }
     }
 
