@@ -1,7 +1,7 @@
 //! What a job runs: clone, config (the pipeline), then each step.
 
 use crate::git;
-use crate::process::{run_step, StepEnd};
+use crate::process::{run_step, StepEnd, StepSpec};
 use crate::runner::JobCtx;
 use crate::{Stop, LOST, RELEASED};
 use chrono::Utc;
@@ -37,6 +37,16 @@ pub(crate) async fn execute(
     if !ok {
         return (Status::Failed, Some(format!("clone: {msg}")));
     }
+    if let Some(u) = &ctx.shared.step_user {
+        // The clone is the agent's; the steps run as the step user and own their workspace.
+        let (ws2, u2) = (ws.to_path_buf(), u.clone());
+        let r = tokio::task::spawn_blocking(move || crate::isolation::chown_tree(&ws2, &u2)).await;
+        if !matches!(r, Ok(Ok(()))) {
+            let msg = "cannot hand the workspace to the step user".to_string();
+            ctx.sys("clone", format!("[raibid] {msg}")).await;
+            return (Status::Failed, Some(format!("clone: {msg}")));
+        }
+    }
     // config
     ctx.claim.job.begin_step("config", Utc::now());
     ctx.update("step_started").await;
@@ -68,13 +78,22 @@ pub(crate) async fn execute(
         }
     };
     let mut secrets = Vec::new();
+    let repo = ctx.claim.job.source.repo_url.clone();
     for name in &pipeline.secrets {
-        match std::env::var(format!("{}{name}", env::SECRET_PREFIX)) {
-            Ok(v) => secrets.push((name.clone(), v)),
-            Err(_) => {
+        // Only what the agent's configuration scopes to this repository (a pipeline cannot ask for
+        // another repository's secrets).
+        let value = if ctx.shared.scopes.allows(name, &repo) {
+            std::env::var(format!("{}{name}", env::SECRET_PREFIX)).ok()
+        } else {
+            None
+        };
+        match value {
+            Some(v) => secrets.push((name.clone(), v)),
+            None => {
                 let msg = format!(
-                    "secret `{name}` is not available to this agent (set {}{name})",
-                    env::SECRET_PREFIX
+                    "secret `{name}` is not available to this repository (the agent needs {}{name} and a scope for the repository in {})",
+                    env::SECRET_PREFIX,
+                    env::SECRET_SCOPES
                 );
                 ctx.sys("config", format!("[raibid] {msg}")).await;
                 ctx.claim.job.end_step("failed", None, Utc::now());
@@ -118,7 +137,14 @@ pub(crate) async fn execute(
             _ => (remaining, false),
         };
         let started = Instant::now();
-        let end = run_step(ctx, &step.name, &step.run, ws, &env, limit).await;
+        let spec = StepSpec {
+            name: &step.name,
+            script: &step.run,
+            workspace: ws,
+            env: &env,
+            limit,
+        };
+        let end = run_step(ctx, spec).await;
         let secs = started.elapsed().as_secs_f64();
         let (st, code, result) = match end {
             StepEnd::Exited(0) => ("succeeded", Some(0), None),
@@ -352,6 +378,12 @@ pub(crate) fn step_env(
                 env.push(("RUSTUP_HOME".into(), r.to_string_lossy().into_owned()));
             }
         }
+    }
+    if let Some(u) = &ctx.shared.step_user {
+        // The agent's HOME is not the step user's to write.
+        env.retain(|(k, _)| k != "HOME" && k != "USER");
+        env.push(("HOME".into(), u.home.to_string_lossy().into_owned()));
+        env.push(("USER".into(), u.name.clone()));
     }
     env.push(("CARGO_TERM_COLOR".into(), "never".into()));
     env.push(("CI".into(), "true".into()));

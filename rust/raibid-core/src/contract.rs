@@ -36,6 +36,8 @@ pub mod keys {
     pub const AGENTS_SET: &str = "raibid:agents";
     /// Prefix of an agent's heartbeat hash: `raibid:agent:{name}` (expires when heartbeats stop).
     pub const AGENT_PREFIX: &str = "raibid:agent:";
+    /// Prefix of an agent's name claim: `raibid:agent-name:{name}` → a token of the process holding it (SET NX, TTL refreshed by its heartbeat, deleted on exit).
+    pub const AGENT_NAME_CLAIM_PREFIX: &str = "raibid:agent-name:";
     /// Pub/sub channel on which cancel requests are broadcast (message: job id).
     pub const CANCEL_CHANNEL: &str = "raibid:cancel";
     /// Hash of histogram buckets: enqueue → claim latency (field = bucket upper bound in seconds, `+Inf`, `sum`, `count`).
@@ -123,6 +125,14 @@ pub mod env {
     pub const DEDUP_TTL_SECS: &str = "RAIBID_DEDUP_TTL_SECS";
     /// Most job records kept (oldest finished ones dropped first; 0 = no count bound).
     pub const MAX_JOBS: &str = "RAIBID_MAX_JOBS";
+    /// Which repositories may receive which `RAIBID_SECRET_*`: `NAME=glob|glob,NAME2=glob` (globs with `*` over the repository URL); a secret without a scope goes to no repository.
+    pub const SECRET_SCOPES: &str = "RAIBID_SECRET_SCOPES";
+    /// File holding the secret scopes (same syntax; commas or newlines); read when `RAIBID_SECRET_SCOPES` is unset.
+    pub const SECRET_SCOPES_FILE: &str = "RAIBID_SECRET_SCOPES_FILE";
+    /// File holding the Redis URL (with its password); when set it is used instead of `RAIBID_REDIS_URL`.
+    pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
+    /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
+    pub const STEP_USER: &str = "RAIBID_STEP_USER";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
     /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.
@@ -202,6 +212,11 @@ pub fn job_log_key(id: &str) -> String {
 /// Build a delivery de-duplication key.
 pub fn delivery_key(forge: &str, delivery_id: &str) -> String {
     format!("{}{forge}:{delivery_id}", keys::DELIVERY_PREFIX)
+}
+
+/// Build an agent name-claim key.
+pub fn agent_name_claim_key(name: &str) -> String {
+    format!("{}{name}", keys::AGENT_NAME_CLAIM_PREFIX)
 }
 
 /// Build an agent heartbeat key.
