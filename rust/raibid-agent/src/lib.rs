@@ -4,8 +4,10 @@
 //!
 //! `config` (options), `worker` (claim loop, cancel listener), `runner` (one claimed job: log flusher,
 //! heartbeat, shutdown grace, final write), `executor` (clone, config, steps), `process` (a step's
-//! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv).
+//! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv), `cache` (git mirrors, cargo
+//! target slots, cache keys).
 
+pub(crate) mod cache;
 pub mod config;
 pub mod executor;
 pub mod git;
@@ -46,4 +48,5 @@ pub(crate) struct Shared {
     pub(crate) masker: Masker,
     pub(crate) running: Mutex<HashMap<String, watch::Sender<Stop>>>,
     pub(crate) jobs_done: AtomicU64,
+    pub(crate) cache: cache::Cache,
 }

@@ -179,6 +179,9 @@ pub struct Job {
     /// A user asked to cancel it.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// What the caches did for this job (git mirror, cargo target slot), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache_stats::CacheStats>,
 }
 
 impl Job {
@@ -202,6 +205,7 @@ impl Job {
             failure_reason: None,
             retry_of: None,
             cancel_requested: false,
+            cache: None,
         }
     }
 

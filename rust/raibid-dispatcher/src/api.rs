@@ -820,6 +820,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             write_histogram(&mut out, name, help, buckets, &h);
         }
     }
+    raibid_core::cache_stats::render_metrics(&mut state.queue.redis(), &mut out).await;
     let _ = writeln!(out, "# HELP raibid_redis_up Whether Redis answered this scrape.\n# TYPE raibid_redis_up gauge\nraibid_redis_up {up}");
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
