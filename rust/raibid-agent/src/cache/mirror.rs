@@ -115,10 +115,17 @@ pub(crate) async fn update(
     let lock_ms = t.elapsed().as_millis() as u64;
     let mut rebuilt = false;
     loop {
+        if dir.join(OK_MARKER).exists() {
+            remove_leftovers(&dir);
+            if let Err(pack) = verify_packs(&dir) {
+                log(format!(
+                    "[raibid] mirror pack {pack} is damaged; rebuilding the mirror"
+                ));
+                invalidate_locked(&dir);
+            }
+        }
         if !dir.join(OK_MARKER).exists() {
             create(&base, &dir, creds, limits, log).await?;
-        } else {
-            remove_leftovers(&dir);
         }
         match fetch(&dir, url, git_ref, sha, creds, limits, log).await {
             Ok((sha, hit, objects, bytes)) => {
@@ -248,6 +255,49 @@ fn remove_leftovers(dir: &Path) {
             }
         }
     }
+}
+
+/// Every pack is whole: it exists beside its index and ends with the checksum the index records
+/// (a truncated or half-written pack fails this; O(1) per pack). Err names the damaged pack.
+fn verify_packs(dir: &Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(rd) = std::fs::read_dir(dir.join("objects/pack")) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let idx = e.path();
+        if idx.extension().is_none_or(|x| x != "idx") {
+            continue;
+        }
+        let name = idx
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pack = idx.with_extension("pack");
+        let check = || -> Option<bool> {
+            let mut i = std::fs::File::open(&idx).ok()?;
+            let ilen = i.metadata().ok()?.len();
+            if ilen < 40 {
+                return Some(false);
+            }
+            i.seek(SeekFrom::Start(ilen - 40)).ok()?;
+            let mut want = [0u8; 20];
+            i.read_exact(&mut want).ok()?;
+            let mut p = std::fs::File::open(&pack).ok()?;
+            let plen = p.metadata().ok()?.len();
+            if plen < 32 {
+                return Some(false);
+            }
+            p.seek(SeekFrom::Start(plen - 20)).ok()?;
+            let mut got = [0u8; 20];
+            p.read_exact(&mut got).ok()?;
+            Some(got == want)
+        };
+        if check() != Some(true) {
+            return Err(name);
+        }
+    }
+    Ok(())
 }
 
 /// Objects and bytes in the mirror's packs (object counts from the `.idx` fan-out tables).

@@ -301,11 +301,16 @@ impl Slot {
             if !donor.is_dir() {
                 continue;
             }
-            // Only a slot nobody builds in is a consistent source; hold its lock while copying.
-            let Ok(Some(_held)) = lock::try_lock(&self.repo_dir.join(format!("{name}.lock")))
-            else {
-                continue;
-            };
+            // A consistent source: a slot nobody holds (hold its lock while copying), or a held slot
+            // in which no cargo runs right now (hold cargo's own build locks while copying).
+            let held: Vec<FileLock> =
+                match lock::try_lock(&self.repo_dir.join(format!("{name}.lock"))) {
+                    Ok(Some(l)) => vec![l],
+                    _ => match cargo_locks(&donor) {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                };
             let tmp = parent.join(format!(".{key}.tmp-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             log(format!(
@@ -334,6 +339,7 @@ impl Slot {
                 _ => log("[raibid] seeding failed or timed out".into()),
             }
             let _ = std::fs::remove_dir_all(&tmp);
+            drop(held);
             break;
         }
         let _ = std::fs::create_dir_all(&target);
@@ -364,6 +370,34 @@ impl Slot {
         write_meta(&self.dir, &self.meta);
         self.meta.src_bytes + self.meta.keys.values().map(|k| k.bytes).sum::<u64>()
     }
+}
+
+/// Take cargo's build-directory locks (`<target>/<profile>/.cargo-lock`, also under a target triple)
+/// without waiting: `None` if a cargo holds one.
+fn cargo_locks(target: &Path) -> Option<Vec<FileLock>> {
+    let mut files = Vec::new();
+    for d1 in std::fs::read_dir(target).ok()?.flatten() {
+        let p1 = d1.path();
+        if p1.join(".cargo-lock").is_file() {
+            files.push(p1.join(".cargo-lock"));
+        }
+        if let Ok(rd) = std::fs::read_dir(&p1) {
+            for d2 in rd.flatten() {
+                let p2 = d2.path().join(".cargo-lock");
+                if p2.is_file() {
+                    files.push(p2);
+                }
+            }
+        }
+    }
+    let mut held = Vec::new();
+    for f in files {
+        match lock::try_lock(&f) {
+            Ok(Some(l)) => held.push(l),
+            _ => return None,
+        }
+    }
+    Some(held)
 }
 
 /// Bytes on disk under `p` (allocated blocks; reflinked or hard-linked data counts in full).
