@@ -213,7 +213,9 @@ fn big_repo(dir: &Path, n: usize) {
         stream.extend_from_slice(
             format!("M 100644 inline history.txt\ndata {}\n{hist}\n", hist.len()).as_bytes(),
         );
-        stream.extend_from_slice(format!("M 100644 inline noise.bin\ndata {}\n", blob.len()).as_bytes());
+        stream.extend_from_slice(
+            format!("M 100644 inline noise.bin\ndata {}\n", blob.len()).as_bytes(),
+        );
         stream.extend_from_slice(&blob);
         stream.extend_from_slice(b"\n\n");
     }
@@ -240,7 +242,11 @@ async fn latency(runs: usize) {
     println!("| repository | runs | p50 ms | p90 ms | max ms | clone step p50 ms | fetched objects p50 |");
     println!("|---|---|---|---|---|---|---|");
     for (name, dir) in [("1 file", &tiny), ("10,000 commits", &big)] {
-        std::fs::write(dir.join(".raibid.yaml"), "steps:\n  - name: check\n    run: \"true\"\n").unwrap();
+        std::fs::write(
+            dir.join(".raibid.yaml"),
+            "steps:\n  - name: check\n    run: \"true\"\n",
+        )
+        .unwrap();
         let url = format!("file://{}", dir.display());
         // The first job creates the mirror and the slot; it is left out.
         let sha = commit(dir, "pipeline");
@@ -330,11 +336,21 @@ async fn fetch_ripgrep(into: &Path) -> Workload {
         .unwrap()
         .success());
     let dir = into.join(format!("ripgrep-{ver}"));
-    assert!(dir.join("Cargo.lock").exists(), "the published crate has a Cargo.lock");
-    println!("workload ripgrep {ver}: {} bytes from crates.io", bytes.len());
+    assert!(
+        dir.join("Cargo.lock").exists(),
+        "the published crate has a Cargo.lock"
+    );
+    println!(
+        "workload ripgrep {ver}: {} bytes from crates.io",
+        bytes.len()
+    );
     git(&dir, &["init", "-q"]);
     let leaf = dir.join("crates/core/main.rs");
-    let leaf = if leaf.exists() { leaf } else { dir.join("src/main.rs") };
+    let leaf = if leaf.exists() {
+        leaf
+    } else {
+        dir.join("src/main.rs")
+    };
     Workload {
         name: "ripgrep",
         dir,
@@ -358,7 +374,11 @@ fn raibid_workspace(into: &Path) -> Workload {
         .spawn()
         .unwrap();
     use std::io::Write;
-    tar.stdin.take().unwrap().write_all(&archive.stdout).unwrap();
+    tar.stdin
+        .take()
+        .unwrap()
+        .write_all(&archive.stdout)
+        .unwrap();
     assert!(tar.wait().unwrap().success());
     git(&dir, &["init", "-q"]);
     Workload {
@@ -449,7 +469,12 @@ async fn builds(names: &[String]) {
         cp_r(&w.dir, &plain);
         let penv = [("CARGO_HOME", cargo_home.as_str())];
         let plain_cold_build = timed(&plain, &penv, &["cargo", "build", "--locked"], &log);
-        let plain_cold_test = timed(&plain, &penv, &["cargo", "test", "--locked", "--no-run"], &log);
+        let plain_cold_test = timed(
+            &plain,
+            &penv,
+            &["cargo", "test", "--locked", "--no-run"],
+            &log,
+        );
         let url = format!("file://{}", w.dir.display());
         let mut rows = Vec::new();
         let (ja, _) = b.run(&url, &sha).await;
@@ -468,15 +493,33 @@ async fn builds(names: &[String]) {
         let rel = w.leaf.strip_prefix(&w.dir).unwrap();
         leaf_change(&plain.join(rel), 1);
         let d_build = timed(&plain, &penv, &["cargo", "build", "--locked"], &log);
-        let d_test = timed(&plain, &penv, &["cargo", "test", "--locked", "--no-run"], &log);
+        let d_test = timed(
+            &plain,
+            &penv,
+            &["cargo", "test", "--locked", "--no-run"],
+            &log,
+        );
         // (e): CARGO_INCREMENTAL=0 in the same checkout (its first build rebuilds the workspace crates
         // non-incrementally; the measured one is the next one-line change).
-        let nenv = [("CARGO_HOME", cargo_home.as_str()), ("CARGO_INCREMENTAL", "0")];
+        let nenv = [
+            ("CARGO_HOME", cargo_home.as_str()),
+            ("CARGO_INCREMENTAL", "0"),
+        ];
         timed(&plain, &nenv, &["cargo", "build", "--locked"], &log);
-        timed(&plain, &nenv, &["cargo", "test", "--locked", "--no-run"], &log);
+        timed(
+            &plain,
+            &nenv,
+            &["cargo", "test", "--locked", "--no-run"],
+            &log,
+        );
         leaf_change(&plain.join(rel), 2);
         let e_build = timed(&plain, &nenv, &["cargo", "build", "--locked"], &log);
-        let e_test = timed(&plain, &nenv, &["cargo", "test", "--locked", "--no-run"], &log);
+        let e_test = timed(
+            &plain,
+            &nenv,
+            &["cargo", "test", "--locked", "--no-run"],
+            &log,
+        );
         println!();
         println!("### {}", w.name);
         println!();
@@ -566,7 +609,9 @@ async fn main() {
             builds(&workloads).await
         }
         _ => {
-            eprintln!("usage: cache_bench latency [--runs N] | builds [--workload ripgrep|raibid]...");
+            eprintln!(
+                "usage: cache_bench latency [--runs N] | builds [--workload ripgrep|raibid]..."
+            );
             std::process::exit(2);
         }
     }
