@@ -7,7 +7,9 @@
 //!   (`git checkout -f` + `git clean -ffdx`), so unchanged files keep their mtimes.
 //! - Inside the slot, each cache key has its own target directory (`CARGO_TARGET_DIR`); a key the
 //!   slot has never built is seeded from another free slot that has it (`cp -a --reflink=auto`, then an
-//!   atomic rename), else starts cold.
+//!   atomic rename), else starts cold. Cargo judges workspace crates by mtimes (dep-info paths are
+//!   package-relative, artifact names path-independent), so after seeding every checked-out file is
+//!   touched: the seeded workspace crates rebuild, never pass for fresh; dependencies stay fresh.
 //! - `meta.json` names the job using the slot; if the next holder finds a job there, that job was
 //!   killed: the checkout is reset anyway, and the target directory is kept, because cargo writes a
 //!   unit's fingerprint only after the unit's outputs, so an interrupted unit is rebuilt, never
@@ -329,6 +331,12 @@ impl Slot {
             match tokio::time::timeout(remaining, cp.output()).await {
                 Ok(Ok(o)) if o.status.success() => {
                     if std::fs::rename(&tmp, &target).is_ok() {
+                        // Cargo judges workspace crates by mtimes against paths relative to the package
+                        // root, so the donor's units of another commit could pass for fresh if they
+                        // were built after this checkout was written. Make every checked-out file newer
+                        // than anything copied: the workspace crates rebuild, dependencies stay fresh.
+                        let src = self.src();
+                        let _ = tokio::task::spawn_blocking(move || touch_tree(&src)).await;
                         return format!("seeded:{name}");
                     }
                 }
@@ -369,6 +377,29 @@ impl Slot {
         self.meta.last_used_ms = now;
         write_meta(&self.dir, &self.meta);
         self.meta.src_bytes + self.meta.keys.values().map(|k| k.bytes).sum::<u64>()
+    }
+}
+
+/// Set the mtime of every file under `dir` (but `.git`) to now.
+fn touch_tree(dir: &Path) {
+    let now = std::time::SystemTime::now();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                if e.file_name() != ".git" {
+                    stack.push(e.path());
+                }
+            } else if t.is_file() {
+                if let Ok(f) = std::fs::File::options().write(true).open(e.path()) {
+                    let _ = f.set_modified(now);
+                }
+            }
+        }
     }
 }
 
@@ -519,5 +550,101 @@ fn remove_aside(parent: &Path, name: &str) {
         let _ = std::fs::remove_dir_all(&trash);
     } else {
         let _ = std::fs::remove_dir_all(&from);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(root: &Path, repo: &str, slot: &str, keys: &[(&str, i64, u64)]) -> PathBuf {
+        let dir = root.join("targets").join(repo).join(slot);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        let mut m = Meta {
+            repo: repo.into(),
+            branch: "main".into(),
+            ..Meta::default()
+        };
+        for (k, used, bytes) in keys {
+            std::fs::create_dir_all(dir.join("target").join(k)).unwrap();
+            m.keys.insert(
+                (*k).to_string(),
+                KeyMeta {
+                    last_used_ms: *used,
+                    bytes: *bytes,
+                },
+            );
+            m.last_used_ms = m.last_used_ms.max(*used);
+        }
+        write_meta(&dir, &m);
+        dir
+    }
+
+    #[test]
+    fn eviction_takes_least_recently_used_targets_of_free_slots_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let a0 = make(root, "a", "slot-0", &[("k1", 100, 1000), ("k2", 400, 1000)]);
+        let a1 = make(root, "a", "slot-1", &[("k1", 200, 1000)]);
+        let b0 = make(root, "b", "slot-0", &[("k9", 50, 5000)]);
+        // b/slot-0 (the oldest and biggest) is held by a running job: a real flock from this process.
+        let held = lock::try_lock(&root.join("targets/b/slot-0.lock"))
+            .unwrap()
+            .unwrap();
+        // 8000 bytes, cap 7000: the oldest free target goes (a/slot-0 k1), then the total fits.
+        let ev = evict(root, 7000, None);
+        assert_eq!(
+            ev.iter()
+                .map(|e| (e.repo_id.as_str(), e.slot.as_str(), e.key.as_deref()))
+                .collect::<Vec<_>>(),
+            [("a", "slot-0", Some("k1"))]
+        );
+        assert!(!a0.join("target/k1").exists());
+        assert!(a0.join("target/k2").exists());
+        assert!(!read_meta(&a0).keys.contains_key("k1"));
+        assert!(
+            b0.join("target/k9").exists(),
+            "a held slot is never evicted"
+        );
+        // Cap 0: everything free goes, slots left without targets too; the held one stays.
+        let ev = evict(root, 0, None);
+        assert!(ev.iter().all(|e| e.repo_id == "a"), "{ev:?}");
+        assert!(!a0.exists() && !a1.exists());
+        assert!(b0.join("target/k9").exists());
+        drop(held);
+        let ev = evict(root, 0, None);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(!b0.join("target/k9").exists());
+    }
+
+    #[test]
+    fn branches_prefer_their_own_slot_then_a_default_branch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("targets/r");
+        for (slot, branch, used) in [
+            ("slot-0", "main", 10),
+            ("slot-1", "feat", 5),
+            ("slot-2", "other", 20),
+        ] {
+            let d = repo.join(slot);
+            std::fs::create_dir_all(&d).unwrap();
+            write_meta(
+                &d,
+                &Meta {
+                    branch: branch.into(),
+                    last_used_ms: used,
+                    ..Meta::default()
+                },
+            );
+        }
+        let defaults = vec!["main".to_string()];
+        let order = |b: &str| {
+            preference(&repo, b, &defaults)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order("feat"), ["slot-1", "slot-0", "slot-2"]);
+        assert_eq!(order("new-branch"), ["slot-0", "slot-2", "slot-1"]);
     }
 }
