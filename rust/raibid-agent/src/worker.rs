@@ -39,12 +39,25 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     isolation::prepare_private_dir(&cfg.cache_dir.join("cargo"), step_user.as_ref())?;
     let names = NameClaims::claim(&queue, &slots, Duration::from_secs(cfg.lease_secs)).await?;
     let token = cfg.git_token()?;
+    let policy = git::UrlPolicy::from_lists(&cfg.allowed_schemes, &cfg.allowed_hosts);
+    if token.is_some() && policy.hosts.is_empty() {
+        anyhow::bail!(
+            "a git token is configured but {} is empty: name the forge host(s) the token may be sent to",
+            env::ALLOWED_HOSTS
+        );
+    }
     let shared = Arc::new(Shared {
-        policy: git::UrlPolicy::from_lists(&cfg.allowed_schemes, &cfg.allowed_hosts),
         creds: git::Credentials {
             username: cfg.git_username.clone(),
             token: token.clone(),
+            hosts: policy.hosts.clone(),
         },
+        policy,
+        cache: crate::cache::Cache::new(
+            cfg.cache_dir.clone(),
+            cfg.cache_max_bytes,
+            &cfg.cache_default_branches,
+        ),
         masker: Masker::new(token),
         step_user,
         scopes,

@@ -48,6 +48,8 @@ pub mod keys {
     pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
     /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
     pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
+    /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
+    pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -104,6 +106,12 @@ pub mod env {
     pub const GIT_TOKEN: &str = "RAIBID_GIT_TOKEN";
     /// File holding the git token.
     pub const GIT_TOKEN_FILE: &str = "RAIBID_GIT_TOKEN_FILE";
+    /// Upper bound in bytes of the cargo target slots under `<cache>/targets`; least recently used slots not in use are evicted past it.
+    pub const CACHE_MAX_BYTES: &str = "RAIBID_CACHE_MAX_BYTES";
+    /// Comma-separated default branch names whose slot a branch without a slot of its own starts from.
+    pub const CACHE_DEFAULT_BRANCHES: &str = "RAIBID_CACHE_DEFAULT_BRANCHES";
+    /// Seconds the clone step (mirror fetch + checkout) may take; it also ends at the job deadline or a cancel.
+    pub const CLONE_TIMEOUT_SECS: &str = "RAIBID_CLONE_TIMEOUT_SECS";
     /// Seconds an agent's claim stays valid without a heartbeat.
     pub const LEASE_SECS: &str = "RAIBID_LEASE_SECS";
     /// Claims of one job before it goes to the dead-letter stream (dispatcher's reaper).
