@@ -101,6 +101,7 @@ pub(crate) async fn connect_with_backoff(
 
 pub(crate) async fn cancel_listener(shared: Arc<Shared>) {
     use futures::StreamExt;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     loop {
         match shared.queue.pubsub().await {
             Ok(mut ps) => {
@@ -109,6 +110,7 @@ pub(crate) async fn cancel_listener(shared: Arc<Shared>) {
                     .await
                     .is_ok()
                 {
+                    backoff.reset();
                     let mut msgs = ps.on_message();
                     while let Some(m) = msgs.next().await {
                         let id: String = m.get_payload().unwrap_or_default();
@@ -123,7 +125,7 @@ pub(crate) async fn cancel_listener(shared: Arc<Shared>) {
             }
             Err(e) => tracing::warn!(error = %e, "cancel channel unavailable; retrying"),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        backoff.wait().await;
     }
 }
 

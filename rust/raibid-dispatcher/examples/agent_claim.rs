@@ -67,7 +67,15 @@ async fn main() -> Result<()> {
     for a in [
         &["init", "-q", "-b", "main"][..],
         &["add", "-A"],
-        &["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "x"],
+        &[
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b",
+            "commit",
+            "-qm",
+            "x",
+        ],
     ] {
         let st = Command::new("git").args(a).current_dir(&repo).status()?;
         anyhow::ensure!(st.success(), "git {a:?}");
@@ -88,7 +96,10 @@ async fn main() -> Result<()> {
     // Wait for the agent to be up (its heartbeat).
     let up = Instant::now();
     while queue.agents().await?.is_empty() {
-        anyhow::ensure!(up.elapsed() < Duration::from_secs(20), "agent did not start");
+        anyhow::ensure!(
+            up.elapsed() < Duration::from_secs(20),
+            "agent did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let url = format!("file://{}", repo.display());
