@@ -387,7 +387,7 @@ pub(crate) fn step_env(
     }
     env.push(("CARGO_TERM_COLOR".into(), "never".into()));
     env.push(("CI".into(), "true".into()));
-    env.push(("RAIBID_JOB_ID".into(), job.id.clone()));
+    env.push(("RAIBID_JOB_ID".into(), job.id.to_string()));
     env.push(("RAIBID_ATTEMPT".into(), job.attempt.to_string()));
     env.push(("RAIBID_REPO_URL".into(), job.source.repo_url.clone()));
     env.push(("RAIBID_REF".into(), job.source.git_ref.clone()));

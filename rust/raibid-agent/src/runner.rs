@@ -68,7 +68,7 @@ pub(crate) async fn run_job(
     let lease = claim.lease.clone();
     let (stop_tx, stop_rx) = watch::channel(Stop::None);
     if let Ok(mut m) = shared.running.lock() {
-        m.insert(id.clone(), stop_tx.clone());
+        m.insert(id.to_string(), stop_tx.clone());
     }
     // Log flusher: batches lines, masks secrets, appends (fenced by the lease).
     let (log_tx, mut log_rx) = mpsc::channel::<(String, String, String)>(4096);
@@ -105,8 +105,10 @@ pub(crate) async fn run_job(
             }
         })
     };
-    // Heartbeat: keeps the lease, notices cancel requests the pub/sub message may have missed.
+    // Heartbeat: renews the lease stored with the claim (fenced), notices cancel requests the pub/sub
+    // message may have missed.
     let heartbeat = {
+        let held = claim.clone();
         let shared = shared.clone();
         let id = id.clone();
         let slot = slot.to_string();
@@ -123,6 +125,13 @@ pub(crate) async fn run_job(
                     .await
                 {
                     tracing::warn!(job = %id, error = %e, "heartbeat failed");
+                }
+                match shared.queue.renew_lease(&held, &slot).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = stop_tx.send(Stop::LeaseLost);
+                    }
+                    Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed"),
                 }
                 if let Ok(job) = shared.queue.get(&id).await {
                     if job.lease.as_deref() != Some(lease.as_str()) {
@@ -161,8 +170,8 @@ pub(crate) async fn run_job(
         deadline,
         masker,
         budget: Arc::new(crate::process::LogBudget::new(
-            shared.cfg.hardening.log_cap_lines,
-            shared.cfg.hardening.log_cap_bytes,
+            shared.cfg.log_cap_lines,
+            shared.cfg.log_cap_bytes,
         )),
         secrets: Vec::new(),
     };
@@ -187,7 +196,7 @@ pub(crate) async fn run_job(
     heartbeat.abort();
     grace.abort();
     if let Ok(mut m) = shared.running.lock() {
-        m.remove(&id);
+        m.remove(id.as_str());
     }
     let now = Utc::now();
     let (status, reason) = outcome;

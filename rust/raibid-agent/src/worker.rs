@@ -23,11 +23,7 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     let step_user = isolation::resolve_step_user(cfg.hardening.step_user.as_deref())?;
     let scopes = isolation::SecretScopes::parse(&cfg.secret_scopes()?)?;
     let redis_url = cfg.redis_url()?;
-    let qcfg = QueueConfig {
-        log_cap_bytes: cfg.hardening.log_cap_bytes,
-        ..QueueConfig::default()
-    };
-    let queue = connect_with_backoff(&redis_url, qcfg, &shutdown).await?;
+    let queue = connect_with_backoff(&redis_url, cfg.queue_config()?, &shutdown).await?;
     let Some(queue) = queue else { return Ok(()) };
     // `--once` is one job: one slot, whatever --concurrency says.
     let slots: Vec<String> = if cfg.concurrency == 1 || cfg.once {

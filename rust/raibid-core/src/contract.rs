@@ -13,6 +13,11 @@ pub mod keys {
     pub const JOBS_STREAM: &str = "raibid:jobs";
     /// The consumer group every agent reads `JOBS_STREAM` with (KEDA scales on this group's `lag`).
     pub const AGENTS_GROUP: &str = "raibid-agents";
+    /// The image-job queue stream (Buildah agents; same entry layout as `JOBS_STREAM`).
+    pub const IMAGE_JOBS_STREAM: &str = "raibid:jobs:image";
+    /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
+    /// Every job stream's group has the same name, so one `XREADGROUP` serves an agent of several kinds.
+    pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents";
     /// Dead-letter stream: jobs delivered more than the retry limit.
     pub const DEAD_STREAM: &str = "raibid:jobs:dead";
     /// Events stream for live watchers (job created/claimed/step started/finished/...), capped.
@@ -41,6 +46,8 @@ pub mod keys {
     pub const JOB_STATUS_COUNTS: &str = "raibid:metrics:jobs_by_status";
     /// Hash of histogram buckets: job duration from start to finish.
     pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
+    /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
+    pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -114,12 +121,24 @@ pub mod env {
     pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
     /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
     pub const STEP_USER: &str = "RAIBID_STEP_USER";
-    /// Per-job log cap in bytes, counting each line's per-entry overhead (the agent stops sending past it, with one marker).
+    /// Comma-separated job kinds an agent runs (`rust`, `image`; `contract::kinds`).
+    pub const AGENT_KINDS: &str = "RAIBID_AGENT_KINDS";
+    /// Per-job log cap in bytes (payload + per-line overhead).
     pub const LOG_CAP_BYTES: &str = "RAIBID_LOG_CAP_BYTES";
-    /// Per-job log cap in lines (entries).
+    /// Per-job log cap in lines.
     pub const LOG_CAP_LINES: &str = "RAIBID_LOG_CAP_LINES";
+    /// Seconds finished job records and logs are kept.
+    pub const RETENTION_SECS: &str = "RAIBID_RETENTION_SECS";
+    /// Seconds a forge delivery id is remembered (de-duplication).
+    pub const DEDUP_TTL_SECS: &str = "RAIBID_DEDUP_TTL_SECS";
+    /// Most job records kept (oldest finished ones dropped first; 0 = no count bound).
+    pub const MAX_JOBS: &str = "RAIBID_MAX_JOBS";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
+    /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.
+    pub const PUSH_DEDUP_SECS: &str = "RAIBID_PUSH_DEDUP_SECS";
+    /// Longest delay in seconds between two retries of a commit status Gitea did not take.
+    pub const STATUS_RETRY_MAX_SECS: &str = "RAIBID_STATUS_RETRY_MAX_SECS";
 }
 
 /// HTTP paths of the dispatcher.
@@ -136,8 +155,48 @@ pub mod http {
     pub const METRICS_PATH: &str = "/metrics";
     /// REST API prefix.
     pub const API_PREFIX: &str = "/api/v1";
+    /// Public read-only job pages (commit-status links): `/public/jobs/{id}/{token}`.
+    pub const PUBLIC_JOBS_PATH: &str = "/public/jobs";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
+}
+
+/// Agent types ("plugin-based" agents): each job kind has its own stream and consumer group, so each
+/// pool scales on its own lag and runs with only the privileges it needs. Adding a type is an entry here,
+/// a variant of `job::JobKind`, an agent capability and a manifest.
+pub mod kinds {
+    use super::keys;
+
+    /// One agent type's routing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Route {
+        /// The kind's name (`job.kind` in JSON, `--kinds` of the agent).
+        pub kind: &'static str,
+        /// Its stream.
+        pub stream: &'static str,
+        /// Its consumer group.
+        pub group: &'static str,
+    }
+
+    /// Rust builds (`cargo build` + `cargo test`, or `.raibid.yaml` steps): restricted pods.
+    pub const RUST: Route = Route {
+        kind: "rust",
+        stream: keys::JOBS_STREAM,
+        group: keys::AGENTS_GROUP,
+    };
+    /// Container image builds with Buildah: pods with the ADR 0002 exception.
+    pub const IMAGE: Route = Route {
+        kind: "image",
+        stream: keys::IMAGE_JOBS_STREAM,
+        group: keys::IMAGE_AGENTS_GROUP,
+    };
+    /// Every agent type.
+    pub const ALL: [Route; 2] = [RUST, IMAGE];
+
+    /// The route of a kind name.
+    pub fn route(kind: &str) -> Option<Route> {
+        ALL.into_iter().find(|r| r.kind == kind)
+    }
 }
 
 /// Build a job key.

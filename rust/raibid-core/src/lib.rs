@@ -11,5 +11,6 @@ pub mod pipeline;
 pub mod queue;
 pub mod retry;
 pub mod secret_source;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod webhook;
