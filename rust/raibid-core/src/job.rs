@@ -15,8 +15,8 @@ pub fn is_valid_job_id(id: &str) -> bool {
     id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Lifecycle status of a job. Image-job phases (building, testing, publishing) will be added as
-/// further running-type variants; consumers must treat unknown statuses as "not final".
+/// Lifecycle status of a job. Image jobs run through `building`, `testing`, `publishing` (running-type
+/// variants) instead of `running`; consumers must treat unknown statuses as "not final".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -24,6 +24,12 @@ pub enum Status {
     Queued,
     /// Claimed by an agent and running.
     Running,
+    /// Image job: `buildah build` is running.
+    Building,
+    /// Image job: the test commands run inside the built image.
+    Testing,
+    /// Image job: `buildah push` of each tag.
+    Publishing,
     /// Every step exited 0.
     Succeeded,
     /// A step failed, or the job could not be run (clone, config).
@@ -36,9 +42,12 @@ pub enum Status {
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 9] = [
         Status::Queued,
         Status::Running,
+        Status::Building,
+        Status::Testing,
+        Status::Publishing,
         Status::Succeeded,
         Status::Failed,
         Status::Cancelled,
@@ -58,6 +67,9 @@ impl Status {
         match self {
             Status::Queued => "queued",
             Status::Running => "running",
+            Status::Building => "building",
+            Status::Testing => "testing",
+            Status::Publishing => "publishing",
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
@@ -219,6 +231,9 @@ pub struct Job {
     /// A user asked to cancel it.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Image jobs: the request, per-phase timestamps, the failed phase, pushed digests (`image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::image::ImageJob>,
 }
 
 impl Job {
@@ -243,6 +258,7 @@ impl Job {
             failure_reason: None,
             retry_of: None,
             cancel_requested: false,
+            image: None,
         }
     }
 
@@ -332,6 +348,9 @@ mod tests {
         }
         assert!(!Status::Queued.is_final());
         assert!(!Status::Running.is_final());
+        for s in [Status::Building, Status::Testing, Status::Publishing] {
+            assert!(!s.is_final());
+        }
         assert!(Status::TimedOut.is_final());
         assert_eq!(Status::parse("bogus"), None);
     }

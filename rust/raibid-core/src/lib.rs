@@ -6,6 +6,7 @@
 
 pub mod contract;
 pub mod event;
+pub mod image;
 pub mod job;
 pub mod pipeline;
 pub mod queue;
