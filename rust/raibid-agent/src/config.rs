@@ -74,6 +74,10 @@ pub struct AgentConfig {
     /// Milliseconds one XREADGROUP blocks before the agent looks at its shutdown flag again.
     #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
+
+    /// Image jobs (Buildah): registry, storage, cache bounds.
+    #[command(flatten)]
+    pub image: crate::image::ImageConfig,
 }
 
 impl AgentConfig {

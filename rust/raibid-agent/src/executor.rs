@@ -19,6 +19,9 @@ pub(crate) async fn execute(
     ws: &Path,
     _shutdown: watch::Receiver<bool>,
 ) -> (Status, Option<String>) {
+    if ctx.claim.job.kind == raibid_core::job::JobKind::Image {
+        return crate::image::execute(ctx, ws).await;
+    }
     let now = Utc::now();
     ctx.claim.job.timestamps.started = Some(now);
     let _ = tokio::fs::remove_dir_all(ws).await;

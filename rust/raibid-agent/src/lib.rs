@@ -9,6 +9,7 @@
 pub mod config;
 pub mod executor;
 pub mod git;
+pub mod image;
 pub mod masking;
 pub mod process;
 pub mod runner;

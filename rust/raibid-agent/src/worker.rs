@@ -17,6 +17,9 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     let name = cfg.agent_name();
     let queue = connect_with_backoff(&cfg.redis_url, &shutdown).await?;
     let Some(queue) = queue else { return Ok(()) };
+    if cfg.image.image_gc {
+        return crate::image::gc_command(&cfg, Some(&queue)).await;
+    }
     let slots: Vec<String> = if cfg.concurrency == 1 {
         vec![name.clone()]
     } else {

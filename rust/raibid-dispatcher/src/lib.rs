@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod forge;
+pub mod images;
 
 use anyhow::Context;
 use clap::Parser;
