@@ -58,3 +58,46 @@ pub struct ImageConfig {
     #[arg(long, default_value = "buildah", hide = true)]
     pub buildah: PathBuf,
 }
+
+impl Default for ImageConfig {
+    /// The defaults of the flags (environment not read): for tests that build an `AgentConfig`.
+    fn default() -> ImageConfig {
+        ImageConfig {
+            registry: None,
+            registry_insecure: false,
+            registry_auth_file: None,
+            registry_username: None,
+            registry_password_file: None,
+            storage_driver: "vfs".into(),
+            cache_repo: None,
+            test_network: true,
+            cache_max_bytes: 50 * 1024 * 1024 * 1024,
+            cache_max_age_hours: 7 * 24,
+            image_gc: false,
+            buildah: "buildah".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        image: ImageConfig,
+    }
+
+    #[test]
+    fn default_matches_the_flag_defaults() {
+        let parsed = Wrap::parse_from(["x"]).image;
+        let d = ImageConfig::default();
+        // Environment variables of the test process could set some; compare the ones they do not.
+        assert_eq!(parsed.cache_max_bytes, d.cache_max_bytes);
+        assert_eq!(parsed.cache_max_age_hours, d.cache_max_age_hours);
+        assert_eq!(parsed.test_network, d.test_network);
+        assert_eq!(parsed.buildah, d.buildah);
+    }
+}

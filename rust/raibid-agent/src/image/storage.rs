@@ -137,7 +137,6 @@ pub async fn gc(b: &Buildah, max_bytes: u64, max_age: Duration) -> Result<GcRepo
                 rep.removed.push(n.clone());
             }
         }
-        let _ = &r.id;
         bytes = dir_bytes(&b.root);
     }
     if !rep.removed.is_empty() {

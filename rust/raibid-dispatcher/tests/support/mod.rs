@@ -320,6 +320,7 @@ impl TestEnv {
             lease_secs: 30,
             grace_secs: 60,
             block_ms: 500,
+            image: Default::default(),
         }
     }
 
