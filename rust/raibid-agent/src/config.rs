@@ -71,6 +71,22 @@ pub struct AgentConfig {
     #[arg(long, env = env::SHUTDOWN_GRACE_SECS, default_value_t = 600)]
     pub grace_secs: u64,
 
+    /// Comma-separated job kinds this agent runs (`rust`, `image`): each is its own stream and pool.
+    #[arg(long, env = env::AGENT_KINDS, default_value = "rust")]
+    pub kinds: String,
+
+    /// Per-job log cap in bytes (each line costs its text plus a fixed overhead); one marker past it.
+    #[arg(long, env = env::LOG_CAP_BYTES, default_value_t = 10 * 1024 * 1024)]
+    pub log_cap_bytes: u64,
+
+    /// Per-job log cap in lines.
+    #[arg(long, env = env::LOG_CAP_LINES, default_value_t = 200_000)]
+    pub log_cap_lines: u64,
+
+    /// Seconds finished job records and logs are kept (the final write sets their expiry).
+    #[arg(long, env = env::RETENTION_SECS, default_value_t = 30 * 24 * 3600)]
+    pub retention_secs: u64,
+
     /// Milliseconds one XREADGROUP blocks before the agent looks at its shutdown flag again.
     #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
@@ -89,6 +105,41 @@ impl AgentConfig {
                 gethostname::gethostname().to_string_lossy(),
                 std::process::id()
             )
+        })
+    }
+
+    /// The queue settings this agent runs with (kinds, lease, log caps, retention).
+    pub fn queue_config(&self) -> anyhow::Result<raibid_core::queue::QueueConfig> {
+        let mut kinds = Vec::new();
+        for k in self
+            .kinds
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            let kind = raibid_core::job::JobKind::parse(k).with_context(|| {
+                format!(
+                    "{}: unknown job kind `{k}` (known: {})",
+                    env::AGENT_KINDS,
+                    raibid_core::job::JobKind::ALL
+                        .map(|k| k.as_str())
+                        .join(", ")
+                )
+            })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        if kinds.is_empty() {
+            anyhow::bail!("{}: name at least one job kind", env::AGENT_KINDS);
+        }
+        Ok(raibid_core::queue::QueueConfig {
+            log_cap_bytes: self.log_cap_bytes,
+            log_cap_lines: self.log_cap_lines,
+            retention: std::time::Duration::from_secs(self.retention_secs),
+            lease: std::time::Duration::from_secs(self.lease_secs),
+            kinds,
+            ..raibid_core::queue::QueueConfig::default()
         })
     }
 

@@ -70,6 +70,9 @@ pub(crate) async fn execute(
             return (Status::Failed, Some(format!("config: {e}")));
         }
     };
+    if let Some(req) = pipeline.image.clone() {
+        return crate::image::hand_over(ctx, &pipeline.name, req).await;
+    }
     let mut secrets = Vec::new();
     for name in &pipeline.secrets {
         match std::env::var(format!("{}{name}", env::SECRET_PREFIX)) {
@@ -358,7 +361,7 @@ pub(crate) fn step_env(
     }
     env.push(("CARGO_TERM_COLOR".into(), "never".into()));
     env.push(("CI".into(), "true".into()));
-    env.push(("RAIBID_JOB_ID".into(), job.id.clone()));
+    env.push(("RAIBID_JOB_ID".into(), job.id.to_string()));
     env.push(("RAIBID_ATTEMPT".into(), job.attempt.to_string()));
     env.push(("RAIBID_REPO_URL".into(), job.source.repo_url.clone()));
     env.push(("RAIBID_REF".into(), job.source.git_ref.clone()));

@@ -63,7 +63,7 @@ pub(crate) async fn run_job(
     let lease = claim.lease.clone();
     let (stop_tx, stop_rx) = watch::channel(Stop::None);
     if let Ok(mut m) = shared.running.lock() {
-        m.insert(id.clone(), stop_tx.clone());
+        m.insert(id.to_string(), stop_tx.clone());
     }
     // Log flusher: batches lines, masks secrets, appends (fenced by the lease).
     let (log_tx, mut log_rx) = mpsc::channel::<(String, String, String)>(4096);
@@ -100,8 +100,10 @@ pub(crate) async fn run_job(
             }
         })
     };
-    // Heartbeat: keeps the lease, notices cancel requests the pub/sub message may have missed.
+    // Heartbeat: renews the lease stored with the claim (fenced), notices cancel requests the pub/sub
+    // message may have missed.
     let heartbeat = {
+        let held = claim.clone();
         let shared = shared.clone();
         let id = id.clone();
         let slot = slot.to_string();
@@ -118,6 +120,13 @@ pub(crate) async fn run_job(
                     .await
                 {
                     tracing::warn!(job = %id, error = %e, "heartbeat failed");
+                }
+                match shared.queue.renew_lease(&held, &slot).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = stop_tx.send(Stop::LeaseLost);
+                    }
+                    Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed"),
                 }
                 if let Ok(job) = shared.queue.get(&id).await {
                     if job.lease.as_deref() != Some(lease.as_str()) {
@@ -169,7 +178,7 @@ pub(crate) async fn run_job(
     heartbeat.abort();
     grace.abort();
     if let Ok(mut m) = shared.running.lock() {
-        m.remove(&id);
+        m.remove(id.as_str());
     }
     let now = Utc::now();
     let (status, reason) = outcome;

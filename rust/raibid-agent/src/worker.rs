@@ -15,7 +15,7 @@ use tokio::sync::watch;
 /// passed).
 pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let name = cfg.agent_name();
-    let queue = connect_with_backoff(&cfg.redis_url, &shutdown).await?;
+    let queue = connect_with_backoff(&cfg.redis_url, cfg.queue_config()?, &shutdown).await?;
     let Some(queue) = queue else { return Ok(()) };
     if cfg.image.image_gc {
         return crate::image::gc_command(&cfg, Some(&queue)).await;
@@ -73,11 +73,12 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
 
 pub(crate) async fn connect_with_backoff(
     url: &str,
+    qcfg: QueueConfig,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Queue>> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match Queue::connect(url, QueueConfig::default()).await {
+        match Queue::connect(url, qcfg.clone()).await {
             Ok(q) => return Ok(Some(q)),
             Err(QueueError::Redis(e))
                 if e.is_connection_refusal() || e.is_io_error() || e.is_timeout() =>

@@ -357,3 +357,59 @@ async fn injection_and_bad_values_are_refused_at_submit_naming_the_field() {
     assert_eq!(s.queue.stats().await.unwrap().length, 0);
     assert!(!std::path::Path::new(&pwned).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipeline_with_an_image_section_is_handed_over_to_the_image_pool() {
+    let s = stack().await;
+    let reg = Registry::start().await;
+    // Two pools: a Rust agent (no Buildah use) and an image agent; each reads only its kind's stream.
+    s.agent_of(
+        "rust-agent",
+        "rust",
+        &reg.addr,
+        &s.tmp.path().join("rust-cache"),
+    );
+    s.agent_of(AGENT, "image", &reg.addr, &s.cache_dir());
+    let repo = make_repo(
+        &s.tmp.path().join("repo"),
+        &[
+            ("Containerfile", CONTAINERFILE),
+            ("msg.txt", "pushed\n"),
+            (".raibid.yaml", "name: app\nimage:\n  name: team/pushed\n  tags: [edge]\n  test:\n    commands: ['grep -q pushed /msg.txt']\n"),
+        ],
+    );
+    // What a push webhook enqueues: a Rust job (the dispatcher cannot read the repository's file).
+    let id = s
+        .submit_ok(serde_json::json!({"repo_url": repo, "ref": "main"}))
+        .await;
+    let j = s.wait_final(&id, LONG).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["kind"], "rust");
+    assert_eq!(j["agent"], "rust-agent");
+    assert_eq!(j["pipeline"], "app-handover");
+    let lines = s.logs(&id, Some("config")).await;
+    let handed = lines
+        .iter()
+        .filter_map(|l| l["line"].as_str())
+        .find_map(|l| {
+            l.split("handed over to image job ")
+                .nth(1)
+                .map(|r| r.split(' ').next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("no hand-over line: {lines:?}"));
+    let img = s.wait_final(&handed, LONG).await;
+    assert_eq!(img["status"], "succeeded", "{img}\n{}", s.agent_log(AGENT));
+    assert_eq!(img["kind"], "image");
+    assert_eq!(img["agent"], AGENT);
+    assert_eq!(img["pipeline"], "app");
+    assert_eq!(img["source"]["sha"], j["source"]["sha"]);
+    let pushed = &img["image"]["pushed"][0];
+    assert_eq!(
+        pushed["reference"],
+        format!("{}/team/pushed:edge", reg.addr)
+    );
+    assert_eq!(
+        reg.inspect("team/pushed:edge").unwrap()["Digest"],
+        pushed["digest"]
+    );
+}

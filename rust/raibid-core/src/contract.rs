@@ -16,7 +16,8 @@ pub mod keys {
     /// The image-job queue stream (Buildah agents; same entry layout as `JOBS_STREAM`).
     pub const IMAGE_JOBS_STREAM: &str = "raibid:jobs:image";
     /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
-    pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents-image";
+    /// Every job stream's group has the same name, so one `XREADGROUP` serves an agent of several kinds.
+    pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents";
     /// Sorted set of job ids whose local images image agents remove (score: request time in ms).
     pub const IMAGE_CLEANUP: &str = "raibid:images:cleanup";
     /// Dead-letter stream: jobs delivered more than the retry limit.
@@ -110,6 +111,18 @@ pub mod env {
     /// Prefix of the secrets an agent can hand to pipelines: `RAIBID_SECRET_<NAME>` becomes `<NAME>`
     /// in the steps of a pipeline that lists `<NAME>` under `secrets:`, masked in its log.
     pub const SECRET_PREFIX: &str = "RAIBID_SECRET_";
+    /// Comma-separated job kinds an agent runs (`rust`, `image`; `contract::kinds`).
+    pub const AGENT_KINDS: &str = "RAIBID_AGENT_KINDS";
+    /// Per-job log cap in bytes (payload + per-line overhead).
+    pub const LOG_CAP_BYTES: &str = "RAIBID_LOG_CAP_BYTES";
+    /// Per-job log cap in lines.
+    pub const LOG_CAP_LINES: &str = "RAIBID_LOG_CAP_LINES";
+    /// Seconds finished job records and logs are kept.
+    pub const RETENTION_SECS: &str = "RAIBID_RETENTION_SECS";
+    /// Seconds a forge delivery id is remembered (de-duplication).
+    pub const DEDUP_TTL_SECS: &str = "RAIBID_DEDUP_TTL_SECS";
+    /// Most job records kept (oldest finished ones dropped first; 0 = no count bound).
+    pub const MAX_JOBS: &str = "RAIBID_MAX_JOBS";
     /// Default OCI registry image jobs push to (`host[:port][/namespace]`); `dev.sh env` prints it.
     pub const REGISTRY: &str = "RAIBID_REGISTRY";
     /// `true`: talk plain HTTP / unverified TLS to `RAIBID_REGISTRY` (the local registry).

@@ -198,6 +198,11 @@ impl Pipeline {
         if let Some(img) = &raw.image {
             img.validate().map_err(|e| PipelineError(e.to_string()))?;
         }
+        if !raw.steps.is_empty() && raw.image.is_some() {
+            return Err(PipelineError(
+                "steps: a pipeline with `image:` is an image job (build, test, publish); leave `steps:` out".into(),
+            ));
+        }
         if raw.steps.is_empty() && raw.image.is_none() {
             return Err(PipelineError(
                 "steps: at least one step is required (or an `image:` section)".into(),
@@ -348,10 +353,8 @@ mod tests {
 
     #[test]
     fn an_image_section_is_parsed_and_checked() {
-        let p = Pipeline::parse(
-            "image:\n  name: team/app\n  test:\n    commands: ['cat /msg']\n",
-        )
-        .unwrap();
+        let p = Pipeline::parse("image:\n  name: team/app\n  test:\n    commands: ['cat /msg']\n")
+            .unwrap();
         let img = p.image.unwrap();
         assert_eq!(img.name, "team/app");
         assert!(p.steps.is_empty());

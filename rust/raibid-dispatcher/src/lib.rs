@@ -86,9 +86,36 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::MAX_ATTEMPTS, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 
+    /// Seconds finished job records and logs are kept (then they expire; the index is pruned too).
+    #[arg(long, env = env::RETENTION_SECS, default_value_t = 30 * 24 * 3600)]
+    pub retention_secs: u64,
+
+    /// Seconds a forge delivery id is remembered: a redelivery within it makes no second job.
+    #[arg(long, env = env::DEDUP_TTL_SECS, default_value_t = 3 * 24 * 3600)]
+    pub dedup_ttl_secs: u64,
+
+    /// Most job records kept: past it the oldest finished ones are deleted at enqueue (0 = no bound).
+    /// Bounds Redis memory by count as well as by age (see docs/queue-contract.md for the arithmetic).
+    #[arg(long, env = env::MAX_JOBS, default_value_t = 100_000)]
+    pub max_jobs: u64,
+
     /// Largest accepted request body in bytes.
     #[arg(long, env = env::BODY_LIMIT, default_value_t = 5 * 1024 * 1024)]
     pub body_limit: usize,
+}
+
+impl DispatcherConfig {
+    /// The queue settings of the dispatcher (retention, de-duplication, bounds, attempts).
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            max_attempts: self.max_attempts,
+            retention: std::time::Duration::from_secs(self.retention_secs),
+            dedup_ttl: std::time::Duration::from_secs(self.dedup_ttl_secs),
+            max_jobs: self.max_jobs,
+            lease: std::time::Duration::from_secs(self.lease_secs),
+            ..QueueConfig::default()
+        }
+    }
 }
 
 fn secret(

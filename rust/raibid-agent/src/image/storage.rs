@@ -95,7 +95,6 @@ pub struct GcReport {
 
 #[derive(serde::Deserialize)]
 struct ImageRow {
-    id: String,
     #[serde(default)]
     names: Option<Vec<String>>,
     #[serde(default)]

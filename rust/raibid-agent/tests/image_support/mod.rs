@@ -198,11 +198,16 @@ impl Stack {
 
     /// Start an agent serving image jobs, pushing to `registry` by default.
     pub fn agent(&self, name: &str, registry: &str, cache: &Path) {
+        self.agent_of(name, "image", registry, cache)
+    }
+
+    /// Start an agent serving `kinds` (RAIBID_AGENT_KINDS).
+    pub fn agent_of(&self, name: &str, kinds: &str, registry: &str, cache: &Path) {
         let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
             .args(["--name", name, "--block-ms", "300"])
             .env("RAIBID_REDIS_URL", self.redis.url())
-            .env("RAIBID_AGENT_KINDS", "image")
+            .env("RAIBID_AGENT_KINDS", kinds)
             .env("RAIBID_ALLOWED_SCHEMES", "file")
             .env("RAIBID_WORKSPACE_DIR", self.tmp.path().join("ws"))
             .env("RAIBID_CACHE_DIR", cache)

@@ -304,24 +304,19 @@ impl AgentHandle {
 
 impl TestEnv {
     pub fn agent_config(&self, name: &str) -> raibid_agent::AgentConfig {
-        raibid_agent::AgentConfig {
-            redis_url: self.redis.url(),
-            name: Some(name.into()),
-            once: false,
-            idle_timeout_secs: 60,
-            concurrency: 1,
-            workspace_dir: self.tmp.path().join("ws"),
-            cache_dir: shared_cache_dir(),
-            allowed_schemes: "file".into(),
-            allowed_hosts: String::new(),
-            git_username: None,
-            git_token: None,
-            git_token_file: None,
-            lease_secs: 30,
-            grace_secs: 60,
-            block_ms: 500,
-            image: Default::default(),
-        }
+        // Every option at its default (as the binary parses them), then what the tests need.
+        use clap::Parser;
+        let mut cfg = raibid_agent::AgentConfig::parse_from(["raibid-agent"]);
+        cfg.redis_url = self.redis.url();
+        cfg.name = Some(name.into());
+        cfg.workspace_dir = self.tmp.path().join("ws");
+        cfg.cache_dir = shared_cache_dir();
+        cfg.allowed_schemes = "file".into();
+        cfg.allowed_hosts = String::new();
+        cfg.lease_secs = 30;
+        cfg.grace_secs = 60;
+        cfg.block_ms = 500;
+        cfg
     }
 
     pub fn start_agent(&self, name: &str) -> AgentHandle {
