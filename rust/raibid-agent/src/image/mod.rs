@@ -465,9 +465,10 @@ async fn phases(
         i.local.into(),
         "--iidfile".into(),
         iidfile.to_string_lossy().into_owned(),
-        "--label".into(),
-        format!("io.raibid.job={}", ctx.claim.job.id),
     ];
+    // No per-job `--label`: it would be a last build step that differs in every job and so is never
+    // served from the layer cache (an unchanged rebuild would commit a new image every time). The job's
+    // local tag (`localhost/raibid-job/<id>`) is what identifies its image.
     if let Some(t) = &req.target {
         args.push("--target".into());
         args.push(t.clone());
