@@ -46,6 +46,8 @@ pub mod keys {
     pub const JOB_STATUS_COUNTS: &str = "raibid:metrics:jobs_by_status";
     /// Hash of histogram buckets: job duration from start to finish.
     pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
+    /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
+    pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -145,6 +147,10 @@ pub mod env {
     pub const IMAGE_CACHE_MAX_AGE_HOURS: &str = "RAIBID_IMAGE_CACHE_MAX_AGE_HOURS";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
+    /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.
+    pub const PUSH_DEDUP_SECS: &str = "RAIBID_PUSH_DEDUP_SECS";
+    /// Longest delay in seconds between two retries of a commit status Gitea did not take.
+    pub const STATUS_RETRY_MAX_SECS: &str = "RAIBID_STATUS_RETRY_MAX_SECS";
 }
 
 /// HTTP paths of the dispatcher.
@@ -161,6 +167,8 @@ pub mod http {
     pub const METRICS_PATH: &str = "/metrics";
     /// REST API prefix.
     pub const API_PREFIX: &str = "/api/v1";
+    /// Public read-only job pages (commit-status links): `/public/jobs/{id}/{token}`.
+    pub const PUBLIC_JOBS_PATH: &str = "/public/jobs";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
 }

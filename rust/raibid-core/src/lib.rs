@@ -10,5 +10,6 @@ pub mod image;
 pub mod job;
 pub mod pipeline;
 pub mod queue;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod webhook;

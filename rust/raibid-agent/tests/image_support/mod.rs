@@ -167,6 +167,12 @@ pub async fn stack() -> Stack {
         public_url: "http://raibid.test".into(),
         body_limit: 8 << 20,
         lease: Duration::from_secs(30),
+        // Jobs here clone file:// repositories; the benchmark submits one commit several times.
+        intake: raibid_dispatcher::Intake {
+            allowed_schemes: raibid_dispatcher::csv_list("file"),
+            push_dedup: Duration::ZERO,
+            ..raibid_dispatcher::Intake::default()
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
