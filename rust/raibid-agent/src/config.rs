@@ -103,6 +103,10 @@ pub struct AgentConfig {
     #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
 
+    /// Image jobs (Buildah): registry, storage, cache bounds.
+    #[command(flatten)]
+    pub image: crate::image::ImageConfig,
+
     /// What steps may read: step user, secret scopes, the Redis URL from a file.
     #[command(flatten)]
     pub hardening: Hardening,

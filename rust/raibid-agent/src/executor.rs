@@ -35,6 +35,9 @@ async fn execute_in_slot(
     _shutdown: watch::Receiver<bool>,
     cache: &mut Option<JobCache>,
 ) -> (Status, Option<String>) {
+    if ctx.claim.job.kind == raibid_core::job::JobKind::Image {
+        return crate::image::execute(ctx, ws, cache).await;
+    }
     let now = Utc::now();
     ctx.claim.job.timestamps.started = Some(now);
     let _ = tokio::fs::remove_dir_all(ws).await;
@@ -109,6 +112,9 @@ async fn execute_in_slot(
             return (Status::Failed, Some(format!("config: {e}")));
         }
     };
+    if let Some(req) = pipeline.image.clone() {
+        return crate::image::hand_over(ctx, &pipeline.name, req).await;
+    }
     let mut secrets = Vec::new();
     let repo = ctx.claim.job.source.repo_url.clone();
     for name in &pipeline.secrets {

@@ -18,6 +18,8 @@ pub mod keys {
     /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
     /// Every job stream's group has the same name, so one `XREADGROUP` serves an agent of several kinds.
     pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents";
+    /// Sorted set of job ids whose local images image agents remove (score: request time in ms).
+    pub const IMAGE_CLEANUP: &str = "raibid:images:cleanup";
     /// Dead-letter stream: jobs delivered more than the retry limit.
     pub const DEAD_STREAM: &str = "raibid:jobs:dead";
     /// Events stream for live watchers (job created/claimed/step started/finished/...), capped.
@@ -141,6 +143,26 @@ pub mod env {
     pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
     /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
     pub const STEP_USER: &str = "RAIBID_STEP_USER";
+    /// Default OCI registry image jobs push to (`host[:port][/namespace]`); `dev.sh env` prints it.
+    pub const REGISTRY: &str = "RAIBID_REGISTRY";
+    /// `true`: talk plain HTTP / unverified TLS to `RAIBID_REGISTRY` (the local registry).
+    pub const REGISTRY_INSECURE: &str = "RAIBID_REGISTRY_INSECURE";
+    /// A containers auth file (`auth.json`, a mounted secret) with the registry credentials.
+    pub const REGISTRY_AUTH_FILE: &str = "RAIBID_REGISTRY_AUTH_FILE";
+    /// Registry user name (with `RAIBID_REGISTRY_PASSWORD_FILE`; the agent writes a 0600 auth file per job).
+    pub const REGISTRY_USERNAME: &str = "RAIBID_REGISTRY_USERNAME";
+    /// File holding the registry password or token.
+    pub const REGISTRY_PASSWORD_FILE: &str = "RAIBID_REGISTRY_PASSWORD_FILE";
+    /// Buildah storage driver (`vfs` works everywhere; `overlay` on the Spark).
+    pub const BUILDAH_STORAGE_DRIVER: &str = "RAIBID_BUILDAH_STORAGE_DRIVER";
+    /// Remote repository for `buildah build --cache-from/--cache-to` (unset: local layer cache only).
+    pub const IMAGE_CACHE_REPO: &str = "RAIBID_IMAGE_CACHE_REPO";
+    /// `false`: image test commands run without network (`buildah run --network none`).
+    pub const IMAGE_TEST_NETWORK: &str = "RAIBID_IMAGE_TEST_NETWORK";
+    /// Bytes the Buildah storage (layer cache) may use before the GC removes the oldest job images.
+    pub const IMAGE_CACHE_MAX_BYTES: &str = "RAIBID_IMAGE_CACHE_MAX_BYTES";
+    /// Hours a job's image is kept as cache before the GC removes it.
+    pub const IMAGE_CACHE_MAX_AGE_HOURS: &str = "RAIBID_IMAGE_CACHE_MAX_AGE_HOURS";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
     /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.
