@@ -9,6 +9,8 @@
 //! mid-fetch or corrupted recovers; the clone ends at its timeout and on cancel; the git token goes
 //! only to forge hosts and never follows a redirect, and is never taken from the command line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Agents are killed (and reaped by the kernel once this process exits) by `Stack`'s Drop.
+#![allow(clippy::zombie_processes)]
 
 use raibid_core::testkit::RedisServer;
 use raibid_dispatcher::{serve, AppState, Settings};
