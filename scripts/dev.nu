@@ -184,6 +184,8 @@ def "main up" [
     ($c.env.GITHUB_WEBHOOK_SECRET): $s.github_secret
     ($c.env.URL): $s.url
     ($c.env.LISTEN): ($s.url | str replace "http://" "")
+    # What the local agents clone (file:// in local mode): the dispatcher refuses anything else at submit.
+    ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
   }
   sleep 200ms
   step $"starting raibid-dispatcher on ($s.url)"
