@@ -63,6 +63,11 @@ async fn stack(max_attempts: u32) -> Stack {
         public_url: "http://raibid.test".into(),
         body_limit: 1 << 20,
         lease: Duration::from_secs(LEASE),
+        // Jobs here clone file:// repositories.
+        intake: raibid_dispatcher::Intake {
+            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
+            ..raibid_dispatcher::Intake::default()
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -33,6 +33,11 @@ async fn start_dispatcher(queue: &Queue, addr: SocketAddr) -> Dispatcher {
         public_url: format!("http://{addr}"),
         body_limit: 1 << 20,
         lease: Duration::from_secs(30),
+        // Jobs here clone file:// repositories.
+        intake: raibid_dispatcher::Intake {
+            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
+            ..raibid_dispatcher::Intake::default()
+        },
     };
     // The port was just released by the previous dispatcher: retry the bind briefly.
     let deadline = Instant::now() + Duration::from_secs(10);

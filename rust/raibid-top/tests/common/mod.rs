@@ -49,6 +49,8 @@ pub fn job(i: usize, status: Status, ago_s: i64) -> Job {
         id: raibid_core::job::JobId::parse(&id(i)).unwrap(),
         kind: Default::default(),
         extra: Default::default(),
+        cache: None,
+        image: None,
         status,
         step: None,
         attempt: 0,

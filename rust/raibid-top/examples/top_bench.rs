@@ -7,7 +7,7 @@
 //!    the dispatcher, 10,000 jobs): start → first frame with data, resident memory with 10,000 jobs, and
 //!    job submitted → visible on screen (event written, SSE, fetch, render, tmux).
 //!
-//! `cargo run --release -p raibid-top --example bench` (needs redis-server and tmux; build the binary
+//! `cargo run --release -p raibid-top --example top_bench` (needs redis-server and tmux; build the binary
 //! first with `cargo build --release -p raibid-top`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -305,6 +305,11 @@ async fn live_benchmarks() {
         public_url: format!("http://{addr}"),
         body_limit: 1 << 20,
         lease: Duration::from_secs(30),
+        // Jobs here clone file:// repositories.
+        intake: raibid_dispatcher::Intake {
+            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
+            ..raibid_dispatcher::Intake::default()
+        },
     };
     let state = raibid_dispatcher::AppState::new(queue.clone(), settings);
     tokio::spawn(raibid_dispatcher::serve(
