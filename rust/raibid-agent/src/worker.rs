@@ -23,8 +23,12 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     let step_user = isolation::resolve_step_user(cfg.hardening.step_user.as_deref())?;
     let scopes = isolation::SecretScopes::parse(&cfg.secret_scopes()?)?;
     let redis_url = cfg.redis_url()?;
-    let queue = connect_with_backoff(&redis_url, cfg.queue_config()?, &shutdown).await?;
+    let qcfg = cfg.queue_config()?;
+    let queue = connect_with_backoff(&redis_url, qcfg, &shutdown).await?;
     let Some(queue) = queue else { return Ok(()) };
+    if cfg.image.image_gc {
+        return crate::image::gc_command(&cfg, Some(&queue)).await;
+    }
     // `--once` is one job: one slot, whatever --concurrency says.
     let slots: Vec<String> = if cfg.concurrency == 1 || cfg.once {
         vec![name.clone()]
@@ -38,12 +42,25 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     isolation::prepare_private_dir(&cfg.cache_dir.join("cargo"), step_user.as_ref())?;
     let names = NameClaims::claim(&queue, &slots, Duration::from_secs(cfg.lease_secs)).await?;
     let token = cfg.git_token()?;
+    let policy = git::UrlPolicy::from_lists(&cfg.allowed_schemes, &cfg.allowed_hosts);
+    if token.is_some() && policy.hosts.is_empty() {
+        anyhow::bail!(
+            "a git token is configured but {} is empty: name the forge host(s) the token may be sent to",
+            env::ALLOWED_HOSTS
+        );
+    }
     let shared = Arc::new(Shared {
-        policy: git::UrlPolicy::from_lists(&cfg.allowed_schemes, &cfg.allowed_hosts),
         creds: git::Credentials {
             username: cfg.git_username.clone(),
             token: token.clone(),
+            hosts: policy.hosts.clone(),
         },
+        policy,
+        cache: crate::cache::Cache::new(
+            cfg.cache_dir.clone(),
+            cfg.cache_max_bytes,
+            &cfg.cache_default_branches,
+        ),
         masker: Masker::new(token),
         step_user,
         scopes,
@@ -97,7 +114,6 @@ pub(crate) async fn connect_with_backoff(
 
 pub(crate) async fn cancel_listener(shared: Arc<Shared>) {
     use futures::StreamExt;
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     loop {
         match shared.queue.pubsub().await {
             Ok(mut ps) => {
@@ -106,7 +122,6 @@ pub(crate) async fn cancel_listener(shared: Arc<Shared>) {
                     .await
                     .is_ok()
                 {
-                    backoff.reset();
                     let mut msgs = ps.on_message();
                     while let Some(m) = msgs.next().await {
                         let id: String = m.get_payload().unwrap_or_default();
@@ -121,7 +136,7 @@ pub(crate) async fn cancel_listener(shared: Arc<Shared>) {
             }
             Err(e) => tracing::warn!(error = %e, "cancel channel unavailable; retrying"),
         }
-        backoff.wait().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

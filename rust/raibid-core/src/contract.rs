@@ -18,6 +18,8 @@ pub mod keys {
     /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
     /// Every job stream's group has the same name, so one `XREADGROUP` serves an agent of several kinds.
     pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents";
+    /// Sorted set of job ids whose local images image agents remove (score: request time in ms).
+    pub const IMAGE_CLEANUP: &str = "raibid:images:cleanup";
     /// Dead-letter stream: jobs delivered more than the retry limit.
     pub const DEAD_STREAM: &str = "raibid:jobs:dead";
     /// Events stream for live watchers (job created/claimed/step started/finished/...), capped.
@@ -48,6 +50,8 @@ pub mod keys {
     pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
     /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
     pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
+    /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
+    pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -104,6 +108,12 @@ pub mod env {
     pub const GIT_TOKEN: &str = "RAIBID_GIT_TOKEN";
     /// File holding the git token.
     pub const GIT_TOKEN_FILE: &str = "RAIBID_GIT_TOKEN_FILE";
+    /// Upper bound in bytes of the cargo target slots under `<cache>/targets`; least recently used slots not in use are evicted past it.
+    pub const CACHE_MAX_BYTES: &str = "RAIBID_CACHE_MAX_BYTES";
+    /// Comma-separated default branch names whose slot a branch without a slot of its own starts from.
+    pub const CACHE_DEFAULT_BRANCHES: &str = "RAIBID_CACHE_DEFAULT_BRANCHES";
+    /// Seconds the clone step (mirror fetch + checkout) may take; it also ends at the job deadline or a cancel.
+    pub const CLONE_TIMEOUT_SECS: &str = "RAIBID_CLONE_TIMEOUT_SECS";
     /// Seconds an agent's claim stays valid without a heartbeat.
     pub const LEASE_SECS: &str = "RAIBID_LEASE_SECS";
     /// Claims of one job before it goes to the dead-letter stream (dispatcher's reaper).
@@ -113,14 +123,6 @@ pub mod env {
     /// Prefix of the secrets an agent can hand to pipelines: `RAIBID_SECRET_<NAME>` becomes `<NAME>`
     /// in the steps of a pipeline that lists `<NAME>` under `secrets:`, masked in its log.
     pub const SECRET_PREFIX: &str = "RAIBID_SECRET_";
-    /// Which repositories may receive which `RAIBID_SECRET_*`: `NAME=glob|glob,NAME2=glob` (globs with `*` over the repository URL); a secret without a scope goes to no repository.
-    pub const SECRET_SCOPES: &str = "RAIBID_SECRET_SCOPES";
-    /// File holding the secret scopes (same syntax; commas or newlines); read when `RAIBID_SECRET_SCOPES` is unset.
-    pub const SECRET_SCOPES_FILE: &str = "RAIBID_SECRET_SCOPES_FILE";
-    /// File holding the Redis URL (with its password); when set it is used instead of `RAIBID_REDIS_URL`.
-    pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
-    /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
-    pub const STEP_USER: &str = "RAIBID_STEP_USER";
     /// Comma-separated job kinds an agent runs (`rust`, `image`; `contract::kinds`).
     pub const AGENT_KINDS: &str = "RAIBID_AGENT_KINDS";
     /// Per-job log cap in bytes (payload + per-line overhead).
@@ -133,6 +135,34 @@ pub mod env {
     pub const DEDUP_TTL_SECS: &str = "RAIBID_DEDUP_TTL_SECS";
     /// Most job records kept (oldest finished ones dropped first; 0 = no count bound).
     pub const MAX_JOBS: &str = "RAIBID_MAX_JOBS";
+    /// Which repositories may receive which `RAIBID_SECRET_*`: `NAME=glob|glob,NAME2=glob` (globs with `*` over the repository URL); a secret without a scope goes to no repository.
+    pub const SECRET_SCOPES: &str = "RAIBID_SECRET_SCOPES";
+    /// File holding the secret scopes (same syntax; commas or newlines); read when `RAIBID_SECRET_SCOPES` is unset.
+    pub const SECRET_SCOPES_FILE: &str = "RAIBID_SECRET_SCOPES_FILE";
+    /// File holding the Redis URL (with its password); when set it is used instead of `RAIBID_REDIS_URL`.
+    pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
+    /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
+    pub const STEP_USER: &str = "RAIBID_STEP_USER";
+    /// Default OCI registry image jobs push to (`host[:port][/namespace]`); `dev.sh env` prints it.
+    pub const REGISTRY: &str = "RAIBID_REGISTRY";
+    /// `true`: talk plain HTTP / unverified TLS to `RAIBID_REGISTRY` (the local registry).
+    pub const REGISTRY_INSECURE: &str = "RAIBID_REGISTRY_INSECURE";
+    /// A containers auth file (`auth.json`, a mounted secret) with the registry credentials.
+    pub const REGISTRY_AUTH_FILE: &str = "RAIBID_REGISTRY_AUTH_FILE";
+    /// Registry user name (with `RAIBID_REGISTRY_PASSWORD_FILE`; the agent writes a 0600 auth file per job).
+    pub const REGISTRY_USERNAME: &str = "RAIBID_REGISTRY_USERNAME";
+    /// File holding the registry password or token.
+    pub const REGISTRY_PASSWORD_FILE: &str = "RAIBID_REGISTRY_PASSWORD_FILE";
+    /// Buildah storage driver (`vfs` works everywhere; `overlay` on the Spark).
+    pub const BUILDAH_STORAGE_DRIVER: &str = "RAIBID_BUILDAH_STORAGE_DRIVER";
+    /// Remote repository for `buildah build --cache-from/--cache-to` (unset: local layer cache only).
+    pub const IMAGE_CACHE_REPO: &str = "RAIBID_IMAGE_CACHE_REPO";
+    /// `false`: image test commands run without network (`buildah run --network none`).
+    pub const IMAGE_TEST_NETWORK: &str = "RAIBID_IMAGE_TEST_NETWORK";
+    /// Bytes the Buildah storage (layer cache) may use before the GC removes the oldest job images.
+    pub const IMAGE_CACHE_MAX_BYTES: &str = "RAIBID_IMAGE_CACHE_MAX_BYTES";
+    /// Hours a job's image is kept as cache before the GC removes it.
+    pub const IMAGE_CACHE_MAX_AGE_HOURS: &str = "RAIBID_IMAGE_CACHE_MAX_AGE_HOURS";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
     /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.

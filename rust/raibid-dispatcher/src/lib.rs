@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod forge;
+pub mod images;
 pub mod metrics;
 pub mod public;
 
