@@ -97,36 +97,6 @@ impl Feed {
     }
 }
 
-/// The agent binary's defaults, spelled out: `support::agent_config` parses them with clap, and the
-/// agent's argument set currently trips clap's debug assertions (a duplicate `cache_max_bytes` name).
-fn agent_config(env: &TestEnv, name: &str) -> raibid_agent::AgentConfig {
-    raibid_agent::AgentConfig {
-        redis_url: env.redis.url(),
-        name: Some(name.into()),
-        once: false,
-        idle_timeout_secs: 60,
-        concurrency: 1,
-        workspace_dir: env.tmp.path().join("ws"),
-        cache_dir: shared_cache_dir(),
-        allowed_schemes: "file".into(),
-        allowed_hosts: String::new(),
-        git_username: None,
-        git_token_file: None,
-        cache_max_bytes: 100 << 30,
-        cache_default_branches: "main,master".into(),
-        clone_timeout_secs: 600,
-        lease_secs: 30,
-        grace_secs: 60,
-        kinds: "rust".into(),
-        log_cap_bytes: 10 * 1024 * 1024,
-        log_cap_lines: 200_000,
-        retention_secs: 30 * 24 * 3600,
-        block_ms: 500,
-        image: Default::default(),
-        hardening: Default::default(),
-    }
-}
-
 fn fast_repo(env: &TestEnv, name: &str) -> String {
     let yaml = "steps:\n  - name: hello\n    run: echo hello from the job\n";
     make_repo(&env.tmp.path().join(name), &[(".raibid.yaml", yaml)]).0
@@ -183,7 +153,7 @@ async fn a_job_live_in_order_with_ids_then_resume_from_last_event_id() {
         matches!(&first[0].1, LiveEvent::Hello { cursor } if cursor == "0-0"),
         "{first:?}"
     );
-    let agent = env.start_agent_with(agent_config(&env, "agent-events"));
+    let agent = env.start_agent("agent-events");
     let seen = feed
         .until(
             Duration::from_secs(20),

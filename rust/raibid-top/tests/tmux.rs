@@ -201,33 +201,17 @@ fn agent(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
-    // The binary's defaults, spelled out (clap's parse is not used here: the agent's argument set
-    // currently trips clap's debug assertions on a duplicate `cache_max_bytes` name).
-    let cfg = raibid_agent::AgentConfig {
-        redis_url: redis.url(),
-        name: Some("tmux-agent".into()),
-        once: false,
-        idle_timeout_secs: 60,
-        concurrency: 1,
-        workspace_dir: tmp.join("ws"),
-        cache_dir: tmp.join("cache"),
-        allowed_schemes: "file".into(),
-        allowed_hosts: String::new(),
-        git_username: None,
-        git_token_file: None,
-        cache_max_bytes: 100 << 30,
-        cache_default_branches: "main,master".into(),
-        clone_timeout_secs: 600,
-        lease_secs: 30,
-        grace_secs: 5,
-        kinds: "rust".into(),
-        log_cap_bytes: 10 * 1024 * 1024,
-        log_cap_lines: 200_000,
-        retention_secs: 30 * 24 * 3600,
-        block_ms: 500,
-        image: Default::default(),
-        hardening: Default::default(),
-    };
+    // Every option at its default (as the binary parses them), then what the test needs.
+    use clap::Parser;
+    let mut cfg = raibid_agent::AgentConfig::parse_from(["raibid-agent"]);
+    cfg.redis_url = redis.url();
+    cfg.name = Some("tmux-agent".into());
+    cfg.workspace_dir = tmp.join("ws");
+    cfg.cache_dir = tmp.join("cache");
+    cfg.allowed_schemes = "file".into();
+    cfg.allowed_hosts = String::new();
+    cfg.grace_secs = 5;
+    cfg.block_ms = 500;
     let (tx, rx) = tokio::sync::watch::channel(false);
     (tx, tokio::spawn(raibid_agent::run(cfg, rx)))
 }
