@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "image-suite-token";
 
+/// The Buildah storage driver of the tests: vfs (works everywhere); the benchmark can also be run with
+/// `RAIBID_TEST_STORAGE_DRIVER=overlay` where the kernel allows it.
+pub fn storage_driver() -> String {
+    std::env::var("RAIBID_TEST_STORAGE_DRIVER").unwrap_or_else(|_| "vfs".into())
+}
+
 /// The tools these tests need, with the Debian package that has each.
 pub fn require_tools() {
     for (cmd, pkg) in [
@@ -219,7 +225,7 @@ impl Stack {
             .env("RAIBID_CACHE_DIR", cache)
             .env("RAIBID_REGISTRY", registry)
             .env("RAIBID_REGISTRY_INSECURE", "true")
-            .env("RAIBID_BUILDAH_STORAGE_DRIVER", "vfs")
+            .env("RAIBID_BUILDAH_STORAGE_DRIVER", storage_driver())
             .env("RAIBID_SHUTDOWN_GRACE_SECS", "2")
             .env("RAIBID_LOG", "info")
             .stdout(Stdio::null())
@@ -370,7 +376,7 @@ pub fn buildah_containers(cache: &Path) -> Vec<Value> {
         .arg(root.join("storage"))
         .arg("--runroot")
         .arg(root.join("run"))
-        .args(["--storage-driver", "vfs", "containers", "--json"])
+        .args(["--storage-driver", &storage_driver(), "containers", "--json"])
         .output()
         .unwrap();
     assert!(
