@@ -178,6 +178,24 @@ async fn a_failing_test_fails_in_testing_and_nothing_is_pushed() {
         "{lines:?}"
     );
     assert!(buildah_containers(&s.cache_dir()).is_empty());
+    // A retry is the same image job again (kind and request carried over, results not).
+    let r: serde_json::Value = s
+        .http
+        .post(format!("{}/api/v1/jobs/{id}/retry", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["kind"], "image", "{r}");
+    assert_eq!(r["image"]["request"], j["image"]["request"]);
+    assert!(r["image"]["failed_phase"].is_null(), "{r}");
+    assert_eq!(
+        s.wait_final(r["id"].as_str().unwrap(), LONG).await["image"]["failed_phase"],
+        "testing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
