@@ -900,6 +900,61 @@ def check_runtime_settings(objs: list[Obj]) -> list[str]:
     return errs
 
 
+# agent caches: the cache directory is the node's volume (hostPath PV), with a size cap that fits it
+# ---------------------------------------------------------------------------------------------------------
+
+_QUANTITY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def quantity_bytes(q: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMGT]i?)?", str(q).strip())
+    if not m:
+        raise ValueError(f"not a quantity: {q}")
+    return int(m.group(1)) * _QUANTITY.get(m.group(2) or "", 1)
+
+
+def check_agent_cache(objs: list[Obj]) -> list[str]:
+    """Every agent (ScaledJob pods and warm pool) mounts the node's cache volume at RAIBID_CACHE_DIR: a PVC
+    bound to a hostPath PersistentVolume, so target slots and git mirrors outlive pods and every pod on a node
+    shares them (their flock locks work across pods on one kernel); RAIBID_CACHE_MAX_BYTES is set and leaves at
+    least a fifth of the volume for CARGO_HOME and the mirrors."""
+    errs = []
+    found = agents(objs)
+    if not found:
+        return ["no agent found"]
+    for owner, pod, c in found:
+        d = describe(owner)
+        ns = owner["metadata"].get("namespace")
+        env = env_of(c, objs, ns)
+        cache_dir = resolve_env_value(env.get("RAIBID_CACHE_DIR") or {}, objs, ns)
+        if not cache_dir:
+            errs.append(f"{d}: RAIBID_CACHE_DIR not set")
+            continue
+        mount = next((m for m in c.get("volumeMounts") or [] if m.get("mountPath") == cache_dir), None)
+        if not mount:
+            errs.append(f"{d}: nothing mounted at RAIBID_CACHE_DIR {cache_dir}")
+            continue
+        vol = next((v for v in pod.get("volumes") or [] if v.get("name") == mount.get("name")), {})
+        claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+        if not claim:
+            errs.append(f"{d}: the cache volume {mount.get('name')} is not the node's cache (a PVC), so caches die with the pod")
+            continue
+        pvc = find(objs, "PersistentVolumeClaim", claim, ns)
+        pv_name = ((pvc[0].get("spec") or {}).get("volumeName") if pvc else None)
+        pv = find(objs, "PersistentVolume", pv_name) if pv_name else []
+        if not pv or "hostPath" not in (pv[0].get("spec") or {}):
+            errs.append(f"{d}: the cache claim {claim} is not bound to a hostPath PersistentVolume on the node")
+            continue
+        cap = resolve_env_value(env.get("RAIBID_CACHE_MAX_BYTES") or {}, objs, ns)
+        if not cap:
+            errs.append(f"{d}: RAIBID_CACHE_MAX_BYTES not set (the slots would grow to the agent's default cap)")
+            continue
+        size = quantity_bytes(((pv[0]["spec"].get("capacity") or {}).get("storage")) or "0")
+        if int(cap) > size * 4 // 5:
+            errs.append(f"{d}: RAIBID_CACHE_MAX_BYTES {cap} leaves less than a fifth of the cache volume ({size} bytes) for CARGO_HOME and mirrors")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -917,4 +972,5 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("sops-rules", lambda objs: check_sops_rules()),
     ("secret-refs", check_secret_refs),
     ("runtime-settings", check_runtime_settings),
+    ("agent-cache", check_agent_cache),
 ]

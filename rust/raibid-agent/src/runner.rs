@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
+/// How long the log flusher may take to write what is left once the job's steps have ended.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(30);
+
 pub(crate) type LogTx = mpsc::Sender<(String, String, String)>;
 
 /// Everything a running job needs.
@@ -19,6 +22,8 @@ pub(crate) struct JobCtx<'a> {
     pub(crate) stop: watch::Receiver<Stop>,
     pub(crate) deadline: Instant,
     pub(crate) masker: Arc<Mutex<Masker>>,
+    /// The job's log budget, shared by its steps' output pumps.
+    pub(crate) budget: Arc<crate::process::LogBudget>,
     /// (name, value) of the pipeline's secrets.
     pub(crate) secrets: Vec<(String, String)>,
 }
@@ -164,6 +169,10 @@ pub(crate) async fn run_job(
         stop: stop_rx,
         deadline,
         masker,
+        budget: Arc::new(crate::process::LogBudget::new(
+            shared.cfg.log_cap_lines,
+            shared.cfg.log_cap_bytes,
+        )),
         secrets: Vec::new(),
     };
     let ws = shared.cfg.workspace_dir.join(&id);
@@ -174,7 +183,16 @@ pub(crate) async fn run_job(
         mut claim, logs, ..
     } = ctx;
     drop(logs);
-    let _ = flusher.await;
+    // Every sender is gone once the steps' pumps have ended (they are aborted, never detached); the
+    // flusher still gets its own deadline so that a stuck Redis write cannot keep the job running.
+    let mut flusher = flusher;
+    if tokio::time::timeout(FLUSH_DEADLINE, &mut flusher)
+        .await
+        .is_err()
+    {
+        tracing::warn!(job = %id, "log flusher did not finish in time; aborting it");
+        flusher.abort();
+    }
     heartbeat.abort();
     grace.abort();
     if let Ok(mut m) = shared.running.lock() {
@@ -208,19 +226,21 @@ pub(crate) async fn run_job(
     claim.job.finish(status, reason, now);
     // The final write survives a Redis restart: retry connection errors for up to a minute (the lease
     // may expire meanwhile; then the fence refuses the write and the reclaimed attempt decides).
-    let give_up = Instant::now() + Duration::from_secs(60);
-    let mut delay = Duration::from_millis(100);
+    let mut backoff =
+        raibid_core::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+            .within(Duration::from_secs(60));
     loop {
         match shared.queue.finish_claimed(&mut claim).await {
             Ok(()) => tracing::info!(job = %id, status = %status, "finished"),
             Err(QueueError::LeaseLost(_)) => {
                 tracing::warn!(job = %id, "lease lost before the final write; result discarded")
             }
-            Err(QueueError::Redis(e)) if Instant::now() < give_up => {
+            Err(QueueError::Redis(e)) => {
                 tracing::warn!(job = %id, error = %e, "final write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-                continue;
+                if backoff.wait().await {
+                    continue;
+                }
+                tracing::error!(job = %id, "could not write the final status within a minute");
             }
             Err(e) => tracing::error!(job = %id, error = %e, "could not write the final status"),
         }

@@ -38,6 +38,8 @@ pub mod keys {
     pub const AGENTS_SET: &str = "raibid:agents";
     /// Prefix of an agent's heartbeat hash: `raibid:agent:{name}` (expires when heartbeats stop).
     pub const AGENT_PREFIX: &str = "raibid:agent:";
+    /// Prefix of an agent's name claim: `raibid:agent-name:{name}` → a token of the process holding it (SET NX, TTL refreshed by its heartbeat, deleted on exit).
+    pub const AGENT_NAME_CLAIM_PREFIX: &str = "raibid:agent-name:";
     /// Pub/sub channel on which cancel requests are broadcast (message: job id).
     pub const CANCEL_CHANNEL: &str = "raibid:cancel";
     /// Hash of histogram buckets: enqueue → claim latency (field = bucket upper bound in seconds, `+Inf`, `sum`, `count`).
@@ -48,6 +50,8 @@ pub mod keys {
     pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
     /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
     pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
+    /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
+    pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -104,6 +108,12 @@ pub mod env {
     pub const GIT_TOKEN: &str = "RAIBID_GIT_TOKEN";
     /// File holding the git token.
     pub const GIT_TOKEN_FILE: &str = "RAIBID_GIT_TOKEN_FILE";
+    /// Upper bound in bytes of the cargo target slots under `<cache>/targets`; least recently used slots not in use are evicted past it.
+    pub const CACHE_MAX_BYTES: &str = "RAIBID_CACHE_MAX_BYTES";
+    /// Comma-separated default branch names whose slot a branch without a slot of its own starts from.
+    pub const CACHE_DEFAULT_BRANCHES: &str = "RAIBID_CACHE_DEFAULT_BRANCHES";
+    /// Seconds the clone step (mirror fetch + checkout) may take; it also ends at the job deadline or a cancel.
+    pub const CLONE_TIMEOUT_SECS: &str = "RAIBID_CLONE_TIMEOUT_SECS";
     /// Seconds an agent's claim stays valid without a heartbeat.
     pub const LEASE_SECS: &str = "RAIBID_LEASE_SECS";
     /// Claims of one job before it goes to the dead-letter stream (dispatcher's reaper).
@@ -145,6 +155,14 @@ pub mod env {
     pub const IMAGE_CACHE_MAX_BYTES: &str = "RAIBID_IMAGE_CACHE_MAX_BYTES";
     /// Hours a job's image is kept as cache before the GC removes it.
     pub const IMAGE_CACHE_MAX_AGE_HOURS: &str = "RAIBID_IMAGE_CACHE_MAX_AGE_HOURS";
+    /// Which repositories may receive which `RAIBID_SECRET_*`: `NAME=glob|glob,NAME2=glob` (globs with `*` over the repository URL); a secret without a scope goes to no repository.
+    pub const SECRET_SCOPES: &str = "RAIBID_SECRET_SCOPES";
+    /// File holding the secret scopes (same syntax; commas or newlines); read when `RAIBID_SECRET_SCOPES` is unset.
+    pub const SECRET_SCOPES_FILE: &str = "RAIBID_SECRET_SCOPES_FILE";
+    /// File holding the Redis URL (with its password); when set it is used instead of `RAIBID_REDIS_URL`.
+    pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
+    /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
+    pub const STEP_USER: &str = "RAIBID_STEP_USER";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
     /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.
@@ -224,6 +242,11 @@ pub fn job_log_key(id: &str) -> String {
 /// Build a delivery de-duplication key.
 pub fn delivery_key(forge: &str, delivery_id: &str) -> String {
     format!("{}{forge}:{delivery_id}", keys::DELIVERY_PREFIX)
+}
+
+/// Build an agent name-claim key.
+pub fn agent_name_claim_key(name: &str) -> String {
+    format!("{}{name}", keys::AGENT_NAME_CLAIM_PREFIX)
 }
 
 /// Build an agent heartbeat key.

@@ -83,37 +83,25 @@ pub(crate) async fn hand_over(
     (Status::Succeeded, None)
 }
 
-/// Run an image job: clone, building, testing, publishing. Same contract as `executor::execute`.
-pub(crate) async fn execute(ctx: &mut JobCtx<'_>, ws: &Path) -> (Status, Option<String>) {
-    ctx.claim.job.timestamps.started = Some(Utc::now());
-    let _ = tokio::fs::remove_dir_all(ws).await;
+/// Run an image job's phases in `src`, the checkout the executor's clone step made (building,
+/// testing, publishing). Same contract as `executor::execute`.
+pub(crate) async fn execute(ctx: &mut JobCtx<'_>, src: &Path) -> (Status, Option<String>) {
     let Some(img) = ctx.claim.job.image.clone() else {
         return fail_config(ctx, "an image job needs an `image` request").await;
     };
-    // clone
-    ctx.claim.job.begin_step("clone", Utc::now());
-    if !ctx.update("step_started").await {
-        return (LOST, None);
-    }
-    let (ok, msg) = crate::executor::clone(ctx, ws).await;
-    ctx.claim
-        .job
-        .end_step(if ok { "succeeded" } else { "failed" }, None, Utc::now());
-    if !ctx.update("step_finished").await {
-        return (LOST, None);
-    }
-    if !ok {
-        return (Status::Failed, Some(format!("clone: {msg}")));
-    }
-    // The job's private directory (auth file, secrets, digest files): beside the workspace, never in the
-    // build context.
-    let private = ws.with_extension("image");
+    // The job's private directory (auth file, secrets, digest files): in the agent's workspace dir,
+    // never in the build context.
+    let private = ctx
+        .shared
+        .cfg
+        .workspace_dir
+        .join(format!("{}.image", ctx.claim.job.id));
     let _ = tokio::fs::remove_dir_all(&private).await;
     if let Err(e) = create_private_dir(&private) {
         return fail_config(ctx, &format!("cannot create {}: {e}", private.display())).await;
     }
     let b = Buildah::under(&ctx.shared.cfg.cache_dir, &ctx.shared.cfg.image);
-    let outcome = run_phases(ctx, ws, &private, &b, img).await;
+    let outcome = run_phases(ctx, src, &private, &b, img).await;
     let _ = tokio::fs::remove_dir_all(&private).await;
     outcome
 }
@@ -189,9 +177,16 @@ async fn run_phases(
         None => None,
     };
     let mut secret_args = Vec::new();
+    let repo = ctx.claim.job.source.repo_url.clone();
     for name in &req.secrets {
-        match std::env::var(format!("{}{name}", env::SECRET_PREFIX)) {
-            Ok(v) => {
+        // Only what the agent's configuration scopes to this repository (as for pipeline secrets).
+        let value = if ctx.shared.scopes.allows(name, &repo) {
+            std::env::var(format!("{}{name}", env::SECRET_PREFIX)).ok()
+        } else {
+            None
+        };
+        match value {
+            Some(v) => {
                 let f = private.join(format!("secret-{name}"));
                 if let Err(e) = auth::write_private(&f, v.as_bytes()) {
                     return fail_config(ctx, &format!("writing secret `{name}`: {e}")).await;
@@ -200,12 +195,13 @@ async fn run_phases(
                 secret_args.push("--secret".to_string());
                 secret_args.push(format!("id={name},src={}", f.display()));
             }
-            Err(_) => {
+            None => {
                 return fail_config(
                     ctx,
                     &format!(
-                        "secret `{name}` is not available to this agent (set {}{name})",
-                        env::SECRET_PREFIX
+                        "secret `{name}` is not available to this repository (the agent needs {}{name} and a scope for the repository in {})",
+                        env::SECRET_PREFIX,
+                        env::SECRET_SCOPES
                     ),
                 )
                 .await
@@ -299,8 +295,8 @@ async fn run_phases(
     if let Err(e) = storage::remove_working_containers(b).await {
         tracing::warn!(job = %ctx.claim.job.id, error = %e, "could not remove working containers");
     }
-    let max_age = Duration::from_secs(icfg.cache_max_age_hours.saturating_mul(3600));
-    match storage::gc(b, icfg.cache_max_bytes, max_age).await {
+    let max_age = Duration::from_secs(icfg.image_cache_max_age_hours.saturating_mul(3600));
+    match storage::gc(b, icfg.image_cache_max_bytes, max_age).await {
         Ok(r) if !r.removed.is_empty() => {
             tracing::info!(removed = ?r.removed, bytes_before = r.bytes_before, bytes_after = r.bytes_after, "image cache GC")
         }
@@ -713,8 +709,8 @@ pub async fn gc_command(
         .map_err(anyhow::Error::msg)?;
     let r = storage::gc(
         &b,
-        cfg.image.cache_max_bytes,
-        Duration::from_secs(cfg.image.cache_max_age_hours.saturating_mul(3600)),
+        cfg.image.image_cache_max_bytes,
+        Duration::from_secs(cfg.image.image_cache_max_age_hours.saturating_mul(3600)),
     )
     .await
     .map_err(anyhow::Error::msg)?;

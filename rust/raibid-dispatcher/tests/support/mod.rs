@@ -344,6 +344,9 @@ impl TestEnv {
         cfg.lease_secs = 30;
         cfg.grace_secs = 60;
         cfg.block_ms = 500;
+        cfg.cache_max_bytes = 2 << 30;
+        // The e2e secrets test's secret, for every test repository.
+        cfg.hardening.secret_scopes = Some("E2E_DEPLOY_TOKEN=*".into());
         cfg
     }
 
