@@ -812,8 +812,9 @@ def _version(s: str) -> tuple[int, ...]:
 def check_runtime_settings(objs: list[Obj]) -> list[str]:
     env, http = gitops.read_contract()["env"], gitops.read_contract()["http"]
     errs: list[str] = []
-    # One lease: the dispatcher's reaper requeues entries idle longer than ITS lease; agents heartbeat
-    # every third of THEIRS. A shorter reaper lease steals live jobs.
+    # One lease: the agents' value is stored with each claim and is what the reaper honours; the
+    # dispatcher's is its orphan timeout and consumer-pruning horizon. One value (cluster-settings), so the
+    # two never drift apart again (a shorter dispatcher lease used to steal live jobs).
     leases: dict[str, int | None] = {}
     for owner, pod, cont in agents(objs) + dispatchers(objs):
         ns = owner["metadata"].get("namespace")

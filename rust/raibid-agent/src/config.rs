@@ -106,6 +106,7 @@ pub struct AgentConfig {
     /// Image jobs (Buildah): registry, storage, cache bounds.
     #[command(flatten)]
     pub image: crate::image::ImageConfig,
+
     /// What steps may read: step user, secret scopes, the Redis URL from a file.
     #[command(flatten)]
     pub hardening: Hardening,

@@ -35,6 +35,9 @@ async fn execute_in_slot(
     _shutdown: watch::Receiver<bool>,
     cache: &mut Option<JobCache>,
 ) -> (Status, Option<String>) {
+    if ctx.claim.job.kind == raibid_core::job::JobKind::Image {
+        return crate::image::execute(ctx, ws, cache).await;
+    }
     let now = Utc::now();
     ctx.claim.job.timestamps.started = Some(now);
     let _ = tokio::fs::remove_dir_all(ws).await;
@@ -78,9 +81,6 @@ async fn execute_in_slot(
             ctx.sys("clone", format!("[raibid] {msg}")).await;
             return (Status::Failed, Some(format!("clone: {msg}")));
         }
-    }
-    if ctx.claim.job.kind == raibid_core::job::JobKind::Image {
-        return crate::image::execute(ctx, ws).await;
     }
     // config
     ctx.claim.job.begin_step("config", Utc::now());

@@ -135,6 +135,14 @@ pub mod env {
     pub const DEDUP_TTL_SECS: &str = "RAIBID_DEDUP_TTL_SECS";
     /// Most job records kept (oldest finished ones dropped first; 0 = no count bound).
     pub const MAX_JOBS: &str = "RAIBID_MAX_JOBS";
+    /// Which repositories may receive which `RAIBID_SECRET_*`: `NAME=glob|glob,NAME2=glob` (globs with `*` over the repository URL); a secret without a scope goes to no repository.
+    pub const SECRET_SCOPES: &str = "RAIBID_SECRET_SCOPES";
+    /// File holding the secret scopes (same syntax; commas or newlines); read when `RAIBID_SECRET_SCOPES` is unset.
+    pub const SECRET_SCOPES_FILE: &str = "RAIBID_SECRET_SCOPES_FILE";
+    /// File holding the Redis URL (with its password); when set it is used instead of `RAIBID_REDIS_URL`.
+    pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
+    /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
+    pub const STEP_USER: &str = "RAIBID_STEP_USER";
     /// Default OCI registry image jobs push to (`host[:port][/namespace]`); `dev.sh env` prints it.
     pub const REGISTRY: &str = "RAIBID_REGISTRY";
     /// `true`: talk plain HTTP / unverified TLS to `RAIBID_REGISTRY` (the local registry).
@@ -155,14 +163,6 @@ pub mod env {
     pub const IMAGE_CACHE_MAX_BYTES: &str = "RAIBID_IMAGE_CACHE_MAX_BYTES";
     /// Hours a job's image is kept as cache before the GC removes it.
     pub const IMAGE_CACHE_MAX_AGE_HOURS: &str = "RAIBID_IMAGE_CACHE_MAX_AGE_HOURS";
-    /// Which repositories may receive which `RAIBID_SECRET_*`: `NAME=glob|glob,NAME2=glob` (globs with `*` over the repository URL); a secret without a scope goes to no repository.
-    pub const SECRET_SCOPES: &str = "RAIBID_SECRET_SCOPES";
-    /// File holding the secret scopes (same syntax; commas or newlines); read when `RAIBID_SECRET_SCOPES` is unset.
-    pub const SECRET_SCOPES_FILE: &str = "RAIBID_SECRET_SCOPES_FILE";
-    /// File holding the Redis URL (with its password); when set it is used instead of `RAIBID_REDIS_URL`.
-    pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
-    /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
-    pub const STEP_USER: &str = "RAIBID_STEP_USER";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
     /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.
@@ -187,6 +187,10 @@ pub mod http {
     pub const API_PREFIX: &str = "/api/v1";
     /// Public read-only job pages (commit-status links): `/public/jobs/{id}/{token}`.
     pub const PUBLIC_JOBS_PATH: &str = "/public/jobs";
+    /// Live events (Server-Sent Events of `raibid:events` plus queue figures and agents seen/gone).
+    pub const EVENTS_PATH: &str = "/api/v1/events";
+    /// Dead letters: jobs that exhausted their attempts, with the reason.
+    pub const DEAD_LETTERS_PATH: &str = "/api/v1/dead-letters";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
 }

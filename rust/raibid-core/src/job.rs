@@ -349,12 +349,12 @@ pub struct Job {
     /// A user asked to cancel it.
     #[serde(default)]
     pub cancel_requested: bool,
-    /// Image jobs: the request, per-phase timestamps, the failed phase, pushed digests (`image`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<crate::image::ImageJob>,
     /// What the caches did for this job (git mirror, cargo target slot), once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::cache_stats::CacheStats>,
+    /// Image jobs: the request, per-phase timestamps, the failed phase, pushed digests (`image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::image::ImageJob>,
     /// Fields this version does not know (written by a newer one), kept as they are through every
     /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -383,8 +383,8 @@ impl Job {
             failure_reason: None,
             retry_of: None,
             cancel_requested: false,
-            image: None,
             cache: None,
+            image: None,
             extra: serde_json::Map::new(),
         }
     }

@@ -83,25 +83,56 @@ pub(crate) async fn hand_over(
     (Status::Succeeded, None)
 }
 
-/// Run an image job's phases in `src`, the checkout the executor's clone step made (building,
-/// testing, publishing). Same contract as `executor::execute`.
-pub(crate) async fn execute(ctx: &mut JobCtx<'_>, src: &Path) -> (Status, Option<String>) {
+/// Run an image job: clone, building, testing, publishing. Same contract as `executor::execute`.
+pub(crate) async fn execute(
+    ctx: &mut JobCtx<'_>,
+    ws: &Path,
+    slot: &mut Option<crate::cache::JobCache>,
+) -> (Status, Option<String>) {
+    ctx.claim.job.timestamps.started = Some(Utc::now());
+    let _ = tokio::fs::remove_dir_all(ws).await;
     let Some(img) = ctx.claim.job.image.clone() else {
         return fail_config(ctx, "an image job needs an `image` request").await;
     };
-    // The job's private directory (auth file, secrets, digest files): in the agent's workspace dir,
-    // never in the build context.
-    let private = ctx
-        .shared
-        .cfg
-        .workspace_dir
-        .join(format!("{}.image", ctx.claim.job.id));
+    // clone
+    ctx.claim.job.begin_step("clone", Utc::now());
+    if !ctx.update("step_started").await {
+        return (LOST, None);
+    }
+    // The clone goes through the repository's git mirror into a slot's stable checkout (held, and so
+    // locked, until the job ends); that checkout is the build context's root.
+    let (st, failure, cache) = match crate::executor::clone(ctx).await {
+        Ok(jc) => ("succeeded", None, Some(jc)),
+        Err((st, failure)) => (st, failure, None),
+    };
+    ctx.claim.job.end_step(st, None, Utc::now());
+    if let Some((status, reason)) = failure {
+        if status == LOST {
+            return (LOST, None);
+        }
+        if !ctx.update("step_finished").await {
+            return (LOST, None);
+        }
+        return (status, reason);
+    }
+    if !ctx.update("step_finished").await {
+        return (LOST, None);
+    }
+    let Some(cache) = cache else {
+        return (Status::Failed, Some("clone: no checkout".into()));
+    };
+    let checkout = cache.slot.src();
+    // Handed back to the executor, which records the slot's figures and releases it after the job.
+    *slot = Some(cache);
+    // The job's private directory (auth file, secrets, digest files): beside the workspace, never in the
+    // build context.
+    let private = ws.with_extension("image");
     let _ = tokio::fs::remove_dir_all(&private).await;
     if let Err(e) = create_private_dir(&private) {
         return fail_config(ctx, &format!("cannot create {}: {e}", private.display())).await;
     }
     let b = Buildah::under(&ctx.shared.cfg.cache_dir, &ctx.shared.cfg.image);
-    let outcome = run_phases(ctx, src, &private, &b, img).await;
+    let outcome = run_phases(ctx, &checkout, &private, &b, img).await;
     let _ = tokio::fs::remove_dir_all(&private).await;
     outcome
 }
