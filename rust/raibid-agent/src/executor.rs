@@ -37,6 +37,9 @@ pub(crate) async fn execute(
     if !ok {
         return (Status::Failed, Some(format!("clone: {msg}")));
     }
+    if let Some(end) = crate::patch::apply_step(ctx, ws).await {
+        return end;
+    }
     // config
     ctx.claim.job.begin_step("config", Utc::now());
     ctx.update("step_started").await;
@@ -276,10 +279,17 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>, ws: &Path) -> (bool, String) {
                             Err(e) => return (false, format!("git: {e}")),
                         }
                     }
+                    let hint = match i {
+                        2 => crate::patch::branches_hint(ctx, ws)
+                            .await
+                            .map(|b| format!("; ref `{want}` not found in {}; {b}", git::redact_url(url)))
+                            .unwrap_or_default(),
+                        _ => String::new(),
+                    };
                     return (
                         false,
                         format!(
-                            "`git {}` failed",
+                            "`git {}` failed{hint}",
                             args.first().map(String::as_str).unwrap_or("")
                         ),
                     );

@@ -6,10 +6,12 @@
 //! heartbeat, shutdown grace, final write), `executor` (clone, config, steps), `process` (a step's
 //! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv).
 
+pub mod cargo_output;
 pub mod config;
 pub mod executor;
 pub mod git;
 pub mod masking;
+pub mod patch;
 pub mod process;
 pub mod runner;
 pub mod worker;

@@ -75,6 +75,7 @@ pub(crate) async fn run_job(
         let lease = lease.clone();
         let stop_tx = stop_tx.clone();
         tokio::spawn(async move {
+            let mut cargo = crate::cargo_output::CargoOutput::default();
             let mut batch = Vec::with_capacity(256);
             while let Some(first) = log_rx.recv().await {
                 batch.push(first);
@@ -84,6 +85,7 @@ pub(crate) async fn run_job(
                         Err(_) => break,
                     }
                 }
+                cargo.rewrite(&mut batch);
                 if let Ok(m) = masker.lock() {
                     for l in batch.iter_mut() {
                         l.2 = m.mask(&l.2);
@@ -98,6 +100,7 @@ pub(crate) async fn run_job(
                 }
                 batch.clear();
             }
+            cargo
         })
     };
     // Heartbeat: keeps the lease, notices cancel requests the pub/sub message may have missed.
@@ -162,10 +165,13 @@ pub(crate) async fn run_job(
     let _ = tokio::fs::remove_dir_all(&ws).await;
     // Let the flusher write everything before the final status.
     let JobCtx {
-        mut claim, logs, ..
+        mut claim,
+        logs,
+        masker,
+        ..
     } = ctx;
     drop(logs);
-    let _ = flusher.await;
+    let cargo = flusher.await.ok();
     heartbeat.abort();
     grace.abort();
     if let Ok(mut m) = shared.running.lock() {
@@ -195,6 +201,10 @@ pub(crate) async fn run_job(
         // Lease lost: another agent owns the job now; write nothing.
         tracing::warn!(job = %id, "lease lost; leaving the job to the agent that holds it");
         return;
+    }
+    if let Some(cargo) = cargo {
+        let masker = masker.lock().map(|m| m.clone()).unwrap_or_default();
+        claim.job.cargo = cargo.store(&shared.queue, &id, &masker).await;
     }
     claim.job.finish(status, reason, now);
     // The final write survives a Redis restart: retry connection errors for up to a minute (the lease

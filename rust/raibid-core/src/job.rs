@@ -2,6 +2,7 @@
 //! happened (timestamps) and what came of it (per-step results, failure reason). No I/O here.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -17,7 +18,7 @@ pub fn is_valid_job_id(id: &str) -> bool {
 
 /// Lifecycle status of a job. Image-job phases (building, testing, publishing) will be added as
 /// further running-type variants; consumers must treat unknown statuses as "not final".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// In the stream, not yet claimed by an agent.
@@ -78,7 +79,7 @@ impl fmt::Display for Status {
 }
 
 /// What caused a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerKind {
     /// A Gitea push webhook.
@@ -92,7 +93,7 @@ pub enum TriggerKind {
 }
 
 /// Who or what triggered a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Trigger {
     /// The kind of trigger.
     pub kind: TriggerKind,
@@ -101,7 +102,7 @@ pub struct Trigger {
 }
 
 /// What to build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Source {
     /// Clone URL.
     pub repo_url: String,
@@ -116,10 +117,26 @@ pub struct Source {
     pub delivery_id: Option<String>,
     /// `owner/name` of the repository in Gitea, when commit statuses can be reported there.
     pub forge_repo: Option<String>,
+    /// An uncommitted change to apply with `git apply` after the clone (the diff lives in `raibid:job:{id}:patch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchRef>,
+    /// Where the dispatcher POSTs the final job record (signed `X-Raibid-Signature`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
+}
+
+/// A patch submitted with a job: its size and digest (the diff itself is in `raibid:job:{id}:patch`,
+/// so the record every reader loads stays small; the agent checks the digest before applying it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PatchRef {
+    /// Size of the unified diff in bytes.
+    pub bytes: u64,
+    /// Hex SHA-256 of the diff.
+    pub sha256: String,
 }
 
 /// When things happened.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Timestamps {
     /// The dispatcher received the request.
     pub received: Option<DateTime<Utc>>,
@@ -134,7 +151,7 @@ pub struct Timestamps {
 }
 
 /// Result of one step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StepResult {
     /// Step name (`clone`, `config`, then the pipeline's steps).
     pub name: String,
@@ -149,7 +166,7 @@ pub struct StepResult {
 }
 
 /// A job record as stored in `raibid:job:{id}` and returned by the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Job {
     /// Job id.
     pub id: String,
@@ -179,6 +196,9 @@ pub struct Job {
     /// A user asked to cancel it.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Cargo compilation units of the job's steps (fresh = reused from the target directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cargo: Option<crate::cargo_messages::CargoUnits>,
 }
 
 impl Job {
@@ -202,6 +222,7 @@ impl Job {
             failure_reason: None,
             retry_of: None,
             cancel_requested: false,
+            cargo: None,
         }
     }
 
@@ -279,6 +300,8 @@ mod tests {
             },
             delivery_id: None,
             forge_repo: None,
+            patch: None,
+            notify_url: None,
         }
     }
 
