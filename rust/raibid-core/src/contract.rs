@@ -43,6 +43,8 @@ pub mod keys {
     pub const JOB_DIAGNOSTICS_SUFFIX: &str = ":diagnostics";
     /// Suffix of a job's submitted patch (a unified diff): `raibid:job:{id}:patch`.
     pub const JOB_PATCH_SUFFIX: &str = ":patch";
+    /// Suffix of the marker that a job's `notify_url` delivery was started: `raibid:job:{id}:notified`.
+    pub const JOB_NOTIFIED_SUFFIX: &str = ":notified";
     /// Consumer group of the dispatcher's `notify_url` sender on `EVENTS_STREAM`.
     pub const NOTIFY_GROUP: &str = "raibid-notifiers";
 }
@@ -174,4 +176,9 @@ pub fn job_diagnostics_key(id: &str) -> String {
 /// Build a job's patch key.
 pub fn job_patch_key(id: &str) -> String {
     format!("{}{id}{}", keys::JOB_PREFIX, keys::JOB_PATCH_SUFFIX)
+}
+
+/// Build a job's notification marker key.
+pub fn job_notified_key(id: &str) -> String {
+    format!("{}{id}{}", keys::JOB_PREFIX, keys::JOB_NOTIFIED_SUFFIX)
 }

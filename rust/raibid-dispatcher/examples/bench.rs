@@ -745,6 +745,8 @@ fn bench_job(nonce: &str, seq: usize) -> (Job, String) {
             },
             delivery_id: Some(delivery.clone()),
             forge_repo: Some("owner/hello".into()),
+            patch: None,
+            notify_url: None,
         },
         Utc::now(),
     );

@@ -3,6 +3,9 @@
 
 pub mod api;
 pub mod forge;
+pub mod mcp;
+pub mod notify;
+pub mod requests;
 
 use anyhow::Context;
 use clap::Parser;
@@ -88,6 +91,35 @@ pub struct DispatcherConfig {
     /// Largest accepted request body in bytes.
     #[arg(long, env = env::BODY_LIMIT, default_value_t = 5 * 1024 * 1024)]
     pub body_limit: usize,
+
+    /// `Host` values /mcp answers for besides loopback: the in-cluster Service name and the Ingress
+    /// host, e.g. `raibid-dispatcher.raibid-system,ci.example.com` (entries may carry a port).
+    #[arg(long, env = env::MCP_ALLOWED_HOSTS, default_value = "")]
+    pub mcp_allowed_hosts: String,
+
+    /// Browser origins allowed to call /mcp (`https://app.example.com`); empty: any request carrying an
+    /// `Origin` header is refused (coding agents send none).
+    #[arg(long, env = env::MCP_ALLOWED_ORIGINS, default_value = "")]
+    pub mcp_allowed_origins: String,
+
+    /// Secret notify_url deliveries are signed with (X-Raibid-Signature). Unset: notify_url is refused.
+    #[arg(long, env = env::NOTIFY_SECRET, hide_env_values = true)]
+    pub notify_secret: Option<String>,
+
+    /// File holding the notification secret.
+    #[arg(long, env = env::NOTIFY_SECRET_FILE)]
+    pub notify_secret_file: Option<PathBuf>,
+
+    /// Hosts a notify_url may name although they are (or resolve to) loopback or private addresses.
+    #[arg(long, env = env::NOTIFY_ALLOWED_HOSTS, default_value = "")]
+    pub notify_allowed_hosts: String,
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
 }
 
 fn secret(
@@ -152,6 +184,14 @@ pub struct Settings {
     pub body_limit: usize,
     /// Lease after which the reaper reclaims an entry.
     pub lease: std::time::Duration,
+    /// Extra `Host` values for /mcp.
+    pub mcp_allowed_hosts: Vec<String>,
+    /// Browser origins allowed on /mcp.
+    pub mcp_allowed_origins: Vec<String>,
+    /// notify_url signing secret.
+    pub notify_secret: Option<String>,
+    /// Hosts notify_url may reach inside the network.
+    pub notify_allowed_hosts: Vec<String>,
 }
 
 impl Settings {
@@ -187,6 +227,14 @@ impl Settings {
             public_url: cfg.public_url.trim_end_matches('/').to_string(),
             body_limit: cfg.body_limit,
             lease: std::time::Duration::from_secs(cfg.lease_secs),
+            mcp_allowed_hosts: list(&cfg.mcp_allowed_hosts),
+            mcp_allowed_origins: list(&cfg.mcp_allowed_origins),
+            notify_secret: secret(
+                &cfg.notify_secret,
+                &cfg.notify_secret_file,
+                "notification secret",
+            )?,
+            notify_allowed_hosts: list(&cfg.notify_allowed_hosts),
         })
     }
 }
@@ -268,6 +316,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let reporter = tokio::spawn(forge::status_reporter(state.clone()));
     let reaper = tokio::spawn(reaper(state.clone()));
+    let notifier = tokio::spawn(notify::notifier(state.clone()));
     let stop_tx = state.stop_tx.clone();
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
@@ -280,6 +329,7 @@ pub async fn serve(
         .await?;
     reporter.abort();
     reaper.abort();
+    notifier.abort();
     Ok(())
 }
 

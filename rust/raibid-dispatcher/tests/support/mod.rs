@@ -257,6 +257,10 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
         public_url: "http://raibid.test".into(),
         body_limit: opts.body_limit,
         lease: Duration::from_secs(opts.lease_secs),
+        mcp_allowed_hosts: Vec::new(),
+        mcp_allowed_origins: Vec::new(),
+        notify_secret: None,
+        notify_allowed_hosts: Vec::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
