@@ -26,7 +26,6 @@ pub const WAIT_MAX_SECS: u32 = 50;
 /// Size budget of a `get_diagnostics` answer (serialized), like `get_logs`.
 pub const DIAG_BUDGET_BYTES: usize = 40_000;
 
-type ToolResult<T> = Result<Json<T>, String>;
 
 /// The MCP server: one per request (stateless), over the shared state.
 #[derive(Clone)]
@@ -227,7 +226,7 @@ impl Raibid {
         name = "submit_job",
         description = "Build and test a commit on the CI box: clone `repo_url` at `ref` (optionally an exact `sha`), optionally apply `patch` (a unified diff from `git diff` against that commit, for uncommitted work), run the repository's pipeline (.raibid.yaml, or cargo build + cargo test). Returns the job id at once; then call wait_for_job."
     )]
-    async fn submit_job(&self, Parameters(req): Parameters<SubmitJob>) -> ToolResult<Submitted> {
+    async fn submit_job(&self, Parameters(req): Parameters<SubmitJob>) -> Result<Json<Submitted>, String> {
         let v = requests::validate_submit(req, &self.state.settings.notify_allowed_hosts)?;
         if v.notify_url.is_some() && self.state.settings.notify_secret.is_none() {
             return Err(format!(
@@ -266,7 +265,7 @@ impl Raibid {
         &self,
         Parameters(req): Parameters<WaitForJob>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<Waited> {
+    ) -> Result<Json<Waited>, String> {
         check_id(&req.job_id)?;
         let secs = req.timeout_secs.unwrap_or(WAIT_DEFAULT_SECS);
         if !(1..=WAIT_MAX_SECS).contains(&secs) {
@@ -331,7 +330,7 @@ impl Raibid {
         description = "A job's record: status, current or failed step, every step with exit code and duration, timestamps, failure reason, attempt, cargo unit counts (fresh/total) when present.",
         annotations(read_only_hint = true)
     )]
-    async fn get_job(&self, Parameters(req): Parameters<JobRef>) -> ToolResult<Job> {
+    async fn get_job(&self, Parameters(req): Parameters<JobRef>) -> Result<Json<Job>, String> {
         check_id(&req.job_id)?;
         Ok(Json(
             self.state
@@ -351,7 +350,7 @@ impl Raibid {
     async fn get_diagnostics(
         &self,
         Parameters(req): Parameters<DiagnosticsQuery>,
-    ) -> ToolResult<DiagnosticsAnswer> {
+    ) -> Result<Json<DiagnosticsAnswer>, String> {
         check_id(&req.job_id)?;
         let limit = req.limit.unwrap_or(50);
         if !(1..=500).contains(&limit) {
@@ -393,7 +392,7 @@ impl Raibid {
         description = "A bounded window of a job's log (never the whole log): by default the last 200 lines of the failed (or last) step; `step` for one step; `from_line` + `max_lines` for a range; `search` (regex) with `context` lines. Every answer stays under ~10k tokens of lines, says what was cut, and gives `next` (cursor / from_line) to continue.",
         annotations(read_only_hint = true)
     )]
-    async fn get_logs(&self, Parameters(req): Parameters<LogsQuery>) -> ToolResult<logs::LogsAnswer> {
+    async fn get_logs(&self, Parameters(req): Parameters<LogsQuery>) -> Result<Json<logs::LogsAnswer>, String> {
         check_id(&req.job_id)?;
         let job = self
             .state
@@ -417,7 +416,7 @@ impl Raibid {
         description = "Recent jobs, newest first, filtered by repo (substring of the URL), status and ref; paginated with cursor = next_cursor.",
         annotations(read_only_hint = true)
     )]
-    async fn list_jobs(&self, Parameters(req): Parameters<ListJobs>) -> ToolResult<JobPage> {
+    async fn list_jobs(&self, Parameters(req): Parameters<ListJobs>) -> Result<Json<JobPage>, String> {
         requests::list_jobs(&self.state, &req, 20)
             .await
             .map_err(queue_err)?
@@ -429,7 +428,7 @@ impl Raibid {
         description = "Cancel a queued or running job (a running job's agent stops its step). Returns the job; wait_for_job shows the final status.",
         annotations(destructive_hint = true)
     )]
-    async fn cancel_job(&self, Parameters(req): Parameters<JobRef>) -> ToolResult<Job> {
+    async fn cancel_job(&self, Parameters(req): Parameters<JobRef>) -> Result<Json<Job>, String> {
         check_id(&req.job_id)?;
         Ok(Json(
             self.state
@@ -445,7 +444,7 @@ impl Raibid {
         name = "retry_job",
         description = "Run a finished job again (same repository, ref, sha and patch) as a new job. Returns the new job; then call wait_for_job with its id."
     )]
-    async fn retry_job(&self, Parameters(req): Parameters<JobRef>) -> ToolResult<Job> {
+    async fn retry_job(&self, Parameters(req): Parameters<JobRef>) -> Result<Json<Job>, String> {
         check_id(&req.job_id)?;
         requests::retry(&self.state, &req.job_id)
             .await
@@ -458,7 +457,7 @@ impl Raibid {
         description = "The CI queue now: stream length, lag (jobs no agent has taken yet), queued and running jobs, live agents, age of the oldest waiting job.",
         annotations(read_only_hint = true)
     )]
-    async fn queue_status(&self) -> ToolResult<QueueStatus> {
+    async fn queue_status(&self) -> Result<Json<QueueStatus>, String> {
         let s = self.state.queue.stats().await.map_err(queue_err)?;
         let counts = self.state.queue.count_by_status().await.map_err(queue_err)?;
         let agents = self.state.queue.agents().await.map_err(queue_err)?;
@@ -478,7 +477,7 @@ impl Raibid {
         description = "Delete a finished job's record, log, diagnostics and patch. Refused for a queued or running job (cancel it first).",
         annotations(destructive_hint = true)
     )]
-    async fn cleanup(&self, Parameters(req): Parameters<JobRef>) -> ToolResult<Cleaned> {
+    async fn cleanup(&self, Parameters(req): Parameters<JobRef>) -> Result<Json<Cleaned>, String> {
         check_id(&req.job_id)?;
         let job = self
             .state
