@@ -87,7 +87,6 @@ def test_type_error_names_file_line_and_code_then_a_patch_fixes_it(stack, tmp_pa
             assert sub["status"] == "queued" and len(sub["job_id"]) == 26
             w = await wait_final(s, sub["job_id"])
             assert w["job"]["status"] == "failed", w
-            assert w["progress_messages"], "wait_for_job sent no progress notification"
             d = await call(s, "get_diagnostics", {"job_id": sub["job_id"]})
             e = d["compiler"][0]
             assert (e["level"], e["code"], e["file"], e["line"]) == ("error", "E0308", "src/lib.rs", 2), e
@@ -171,6 +170,8 @@ def test_a_10_mib_log_is_answered_within_budget_and_ranges_continue(stack, tmp_p
             sub = await call(s, "submit_job", {"repo_url": url, "ref": "main"})
             w = await wait_final(s, sub["job_id"])
             assert w["job"]["status"] == "failed", w
+            # The flood step runs for seconds: the waits reported progress while it did.
+            assert any("flood" in (m or "") for m in w["progress_messages"]), w["progress_messages"]
             budget = 100_000  # bytes of the whole tool result: ≈ 25k tokens is Claude Code's limit
             r = await s.call_tool("get_logs", {"job_id": sub["job_id"], "step": "flood"})
             size = len(json.dumps(r.structured_content)) + sum(len(c.text) for c in r.content)

@@ -223,6 +223,8 @@ pub struct Options {
     pub mirrors: &'static str,
     pub lease_secs: u64,
     pub max_attempts: u32,
+    /// Last changes to the dispatcher's settings (MCP and notification options).
+    pub settings: fn(&mut Settings),
 }
 
 impl Default for Options {
@@ -232,6 +234,7 @@ impl Default for Options {
             mirrors: "",
             lease_secs: 30,
             max_attempts: 3,
+            settings: |_| {},
         }
     }
 }
@@ -248,7 +251,7 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
     .await
     .expect("connect");
     let gitea = FakeGitea::start().await;
-    let settings = Settings {
+    let mut settings = Settings {
         api_token: TOKEN.into(),
         gitea_secret: Some(GITEA_SECRET.into()),
         github_secret: Some(GITHUB_SECRET.into()),
@@ -262,6 +265,7 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
         notify_secret: None,
         notify_allowed_hosts: Vec::new(),
     };
+    (opts.settings)(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(queue.clone(), settings);
