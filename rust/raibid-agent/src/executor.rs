@@ -282,7 +282,9 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>, ws: &Path) -> (bool, String) {
                     let hint = match i {
                         2 => crate::patch::branches_hint(ctx, ws)
                             .await
-                            .map(|b| format!("; ref `{want}` not found in {}; {b}", git::redact_url(url)))
+                            .map(|b| {
+                                format!("; ref `{want}` not found in {}; {b}", git::redact_url(url))
+                            })
                             .unwrap_or_default(),
                         _ => String::new(),
                     };

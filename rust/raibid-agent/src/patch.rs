@@ -54,7 +54,11 @@ pub fn hunks(diff: &str) -> Vec<Hunk> {
                 file: file.clone(),
                 number: n,
                 old_start,
-                header: l.split(" @@").next().map(|h| format!("{h} @@")).unwrap_or_default(),
+                header: l
+                    .split(" @@")
+                    .next()
+                    .map(|h| format!("{h} @@"))
+                    .unwrap_or_default(),
             });
         }
     }
@@ -149,9 +153,21 @@ async fn apply(
         .await
         .map_err(|e| format!("cannot write the patch file: {e}"))?;
     let path = file.to_string_lossy().into_owned();
-    let args = ["apply", "--verbose", "--whitespace=nowarn", "--", path.as_str()];
-    ctx.sys("patch", format!("$ git apply --verbose --whitespace=nowarn -- .git/raibid.patch ({} bytes)", diff.len()))
-        .await;
+    let args = [
+        "apply",
+        "--verbose",
+        "--whitespace=nowarn",
+        "--",
+        path.as_str(),
+    ];
+    ctx.sys(
+        "patch",
+        format!(
+            "$ git apply --verbose --whitespace=nowarn -- .git/raibid.patch ({} bytes)",
+            diff.len()
+        ),
+    )
+    .await;
     let out = git::git(ws, &args, &ctx.shared.creds, None)
         .await
         .map_err(|e| format!("cannot run git: {e}"))?;

@@ -290,7 +290,7 @@ impl Libtest {
 
     fn close(&mut self) {
         if let Some((name, lines, _)) = self.current.take() {
-            if !self.failed.iter().any(|n| *n == name) && self.failed.len() < MAX_FAILING_TESTS {
+            if !self.failed.contains(&name) && self.failed.len() < MAX_FAILING_TESTS {
                 self.failed.push(name.clone());
             }
             self.sections.insert(name, lines);
@@ -388,11 +388,21 @@ fn failing_test(name: &str, lines: &[String], step: &str) -> FailingTest {
     t
 }
 
+/// What makes two compiler messages the same: level, code, message, file, line, column.
+type DedupKey = (
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<u32>,
+    Option<u32>,
+);
+
 /// Collects diagnostics from the lines of a job's steps.
 #[derive(Debug, Default)]
 pub struct Collector {
     compiler: Vec<CompilerMessage>,
-    seen: HashMap<(String, Option<String>, String, Option<String>, Option<u32>, Option<u32>), usize>,
+    seen: HashMap<DedupKey, usize>,
     dropped: u64,
     units: CargoUnits,
     units_seen: bool,
@@ -418,7 +428,12 @@ impl Collector {
                     let shown = m
                         .rendered
                         .as_deref()
-                        .map(|r| r.trim_end_matches('\n').lines().map(str::to_string).collect())
+                        .map(|r| {
+                            r.trim_end_matches('\n')
+                                .lines()
+                                .map(str::to_string)
+                                .collect()
+                        })
                         .unwrap_or_else(|| vec![format!("{}: {}", m.level, m.message)]);
                     self.add(step, m);
                     LineOutcome::Replace(shown)
@@ -550,13 +565,19 @@ mod tests {
     fn artifacts_are_counted_and_dropped() {
         let mut c = Collector::new();
         let a = |fresh: bool| {
-            format!(r#"{{"reason":"compiler-artifact","package_id":"x","target":{{"name":"x"}},"fresh":{fresh}}}"#)
+            format!(
+                r#"{{"reason":"compiler-artifact","package_id":"x","target":{{"name":"x"}},"fresh":{fresh}}}"#
+            )
         };
         assert_eq!(c.line("build", "stdout", &a(true)), LineOutcome::Drop);
         assert_eq!(c.line("build", "stdout", &a(false)), LineOutcome::Drop);
         assert_eq!(c.line("build", "stdout", &a(true)), LineOutcome::Drop);
         assert_eq!(
-            c.line("build", "stdout", r#"{"reason":"build-finished","success":true}"#),
+            c.line(
+                "build",
+                "stdout",
+                r#"{"reason":"build-finished","success":true}"#
+            ),
             LineOutcome::Drop
         );
         assert_eq!(c.line("build", "stderr", &a(true)), LineOutcome::Keep);
@@ -578,7 +599,11 @@ mod tests {
             )
         };
         c.line("build", "stdout", &msg("warning", "unused variable", true));
-        c.line("build", "stdout", &msg("error", "aborting due to 1 previous error", false));
+        c.line(
+            "build",
+            "stdout",
+            &msg("error", "aborting due to 1 previous error", false),
+        );
         c.line("build", "stdout", &msg("error", "cannot find value", true));
         let (d, _) = c.finish();
         let levels: Vec<&str> = d.compiler.iter().map(|m| m.level.as_str()).collect();

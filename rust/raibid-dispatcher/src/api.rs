@@ -1,6 +1,7 @@
 //! HTTP routes: webhooks, the REST API, health and metrics. One error type, mapped to status codes and
 //! JSON bodies `{"error": {"code": "...", "message": "..."}}`; nothing is enqueued on any error.
 
+use crate::requests::{self, validate_submit, ListJobs, SubmitJob};
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -12,7 +13,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use raibid_core::contract::{http, keys};
-use crate::requests::{self, validate_submit, ListJobs, SubmitJob};
 use raibid_core::job::{is_valid_job_id, Job, Source, Status, Trigger, TriggerKind};
 use raibid_core::queue::{Enqueued, QueueError, CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS};
 use raibid_core::webhook::{self, PushOutcome, WebhookError};
@@ -143,7 +143,11 @@ fn token_ok(expected: &str, given: &str) -> bool {
     bool::from(a.ct_eq(&b))
 }
 
-pub(crate) async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let given = req
         .headers()
         .get("authorization")

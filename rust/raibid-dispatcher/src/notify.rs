@@ -83,7 +83,14 @@ pub fn check_url(raw: &str, allowed: &[String]) -> Result<url::Url, String> {
         }
         return Ok(u);
     }
-    let internal = [".localhost", ".local", ".svc", ".cluster.local", ".internal", ".lan"];
+    let internal = [
+        ".localhost",
+        ".local",
+        ".svc",
+        ".cluster.local",
+        ".internal",
+        ".lan",
+    ];
     if host == "localhost" || internal.iter().any(|s| host.ends_with(s)) || !host.contains('.') {
         return Err(format!(
             "`{host}` looks like an internal name (allow it with {})",
@@ -112,17 +119,27 @@ async fn resolve(u: &url::Url, allowed: &[String]) -> Result<SocketAddr, String>
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .collect();
-    let first = *addrs.first().ok_or_else(|| format!("{host} has no address"))?;
+    let first = *addrs
+        .first()
+        .ok_or_else(|| format!("{host} has no address"))?;
     if !host_allowed(host, allowed) {
         if let Some(bad) = addrs.iter().find(|a| non_public(a.ip())) {
-            return Err(format!("{host} resolves to {}, not a public address", bad.ip()));
+            return Err(format!(
+                "{host} resolves to {}, not a public address",
+                bad.ip()
+            ));
         }
     }
     Ok(first)
 }
 
 /// Deliver one final record, retrying with backoff. Returns the attempt that succeeded.
-pub async fn deliver(job: &Job, url: &str, secret: &str, allowed: &[String]) -> Result<u32, String> {
+pub async fn deliver(
+    job: &Job,
+    url: &str,
+    secret: &str,
+    allowed: &[String],
+) -> Result<u32, String> {
     let u = check_url(url, allowed)?;
     let body = serde_json::to_vec(&job.public()).map_err(|e| e.to_string())?;
     let sig = sign(secret.as_bytes(), &body);
@@ -269,7 +286,12 @@ pub async fn notifier(state: AppState) {
         let mut batch = match claimed {
             Ok(Value::Array(parts)) => parts
                 .get(1)
-                .map(|v| entries(&Value::Array(vec![Value::Array(vec![Value::Nil, v.clone()])])))
+                .map(|v| {
+                    entries(&Value::Array(vec![Value::Array(vec![
+                        Value::Nil,
+                        v.clone(),
+                    ])]))
+                })
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
@@ -297,7 +319,10 @@ pub async fn notifier(state: AppState) {
         for (id, ev) in batch {
             let ev = ev.and_then(|e| serde_json::from_str::<Event>(&e).ok());
             let job = match ev {
-                Some(ev) if ev.kind == "job_finished" || (ev.status.is_final() && ev.kind != "job_created") => {
+                Some(ev)
+                    if ev.kind == "job_finished"
+                        || (ev.status.is_final() && ev.kind != "job_created") =>
+                {
                     state.queue.get(&ev.job).await.ok()
                 }
                 _ => None,

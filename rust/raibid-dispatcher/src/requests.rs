@@ -93,13 +93,19 @@ pub fn validate_submit(s: SubmitJob, notify_hosts: &[String]) -> Result<ValidSub
             ))
         }
         Some(p) if p.contains('\0') => return Err("patch: contains a NUL byte".into()),
-        Some(p) if !(p.contains("\n@@ ") || p.starts_with("@@ ")) && !p.contains("GIT binary patch") => {
+        Some(p)
+            if !(p.contains("\n@@ ") || p.starts_with("@@ ") || p.contains("GIT binary patch")) =>
+        {
             return Err("patch: not a unified diff (no `@@` hunk); send `git diff` output".into())
         }
         Some(p) => Some(p),
         None => None,
     };
-    let notify_url = match s.notify_url.map(|u| u.trim().to_string()).filter(|u| !u.is_empty()) {
+    let notify_url = match s
+        .notify_url
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+    {
         Some(u) => {
             crate::notify::check_url(&u, notify_hosts).map_err(|e| format!("notify_url: {e}"))?;
             Some(u)
@@ -122,13 +128,10 @@ pub async fn create_job(
     v: ValidSubmit,
     actor: Option<String>,
 ) -> Result<Enqueued, QueueError> {
-    let patch = match &v.patch {
-        Some(p) => Some(PatchRef {
-            bytes: p.len() as u64,
-            sha256: hex::encode(Sha256::digest(p.as_bytes())),
-        }),
-        None => None,
-    };
+    let patch = v.patch.as_ref().map(|p| PatchRef {
+        bytes: p.len() as u64,
+        sha256: hex::encode(Sha256::digest(p.as_bytes())),
+    });
     let job = Job::new(
         Source {
             repo_url: v.repo_url,

@@ -42,8 +42,7 @@ async fn rpc(env: &TestEnv, method: &str, params: Value) -> (u16, Value) {
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
             .map(str::trim)
-            .filter(|d| d.contains("\"id\""))
-            .next_back()
+            .rfind(|d| d.contains("\"id\""))
             .unwrap_or("null");
         return (status, serde_json::from_str(last).unwrap_or(Value::Null));
     }
@@ -70,10 +69,7 @@ fn resolve<'a>(root: &'a Value, s: &'a Value) -> &'a Value {
 fn types(s: &Value) -> Vec<String> {
     match s.get("type") {
         Some(Value::String(t)) => vec![t.clone()],
-        Some(Value::Array(ts)) => ts
-            .iter()
-            .map(|t| t.as_str().unwrap().to_string())
-            .collect(),
+        Some(Value::Array(ts)) => ts.iter().map(|t| t.as_str().unwrap().to_string()).collect(),
         _ => Vec::new(),
     }
 }
@@ -107,7 +103,11 @@ fn gen(root: &Value, s: &Value, rng: &mut StdRng, field: &str, ids: &[String]) -
             let min = s.get("minimum").and_then(Value::as_i64).unwrap_or(0);
             let max = s.get("maximum").and_then(Value::as_i64).unwrap_or(5_000);
             // Keep waits short: the property is about acceptance, not about waiting.
-            let max = if field == "timeout_secs" { max.min(2) } else { max };
+            let max = if field == "timeout_secs" {
+                max.min(2)
+            } else {
+                max
+            };
             json!(rng.gen_range(min..=max.max(min)))
         }
         "string" => Value::String(random_string(rng, field, ids)),
@@ -270,9 +270,8 @@ async fn random_valid_inputs_are_accepted_or_refused_with_a_tool_error() {
         assert_eq!(output["type"], "object", "{name}: no object output schema");
         for case in 0..40 {
             let args = gen(input, input, &mut rng, "", &ids);
-            validate(input, input, &args, "args").unwrap_or_else(|e| {
-                panic!("generator made an invalid input for {name}: {e}")
-            });
+            validate(input, input, &args, "args")
+                .unwrap_or_else(|e| panic!("generator made an invalid input for {name}: {e}"));
             let (status, reply) = rpc(
                 &env,
                 "tools/call",
@@ -300,12 +299,17 @@ async fn random_valid_inputs_are_accepted_or_refused_with_a_tool_error() {
             } else {
                 answered += 1;
                 validate(output, output, &result["structuredContent"], name).unwrap_or_else(|e| {
-                    panic!("{name}: answer disagrees with the published output schema: {e}\n{result}")
+                    panic!(
+                        "{name}: answer disagrees with the published output schema: {e}\n{result}"
+                    )
                 });
             }
         }
     }
-    assert!(answered > 30, "too few successful calls ({answered}) to check output schemas");
+    assert!(
+        answered > 30,
+        "too few successful calls ({answered}) to check output schemas"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -335,7 +339,10 @@ async fn token_origin_and_host_are_checked_before_mcp() {
     };
     assert_eq!(send(None, vec![]).await, 401);
     assert_eq!(send(Some("wrong"), vec![]).await, 401);
-    assert_eq!(send(None, vec![("origin", "https://evil.example")]).await, 401);
+    assert_eq!(
+        send(None, vec![("origin", "https://evil.example")]).await,
+        401
+    );
     assert_eq!(
         send(Some(TOKEN), vec![("origin", "https://evil.example")]).await,
         403
@@ -349,7 +356,11 @@ async fn token_origin_and_host_are_checked_before_mcp() {
         403
     );
     assert_eq!(
-        send(Some(TOKEN), vec![("host", "raibid-dispatcher.raibid-system")]).await,
+        send(
+            Some(TOKEN),
+            vec![("host", "raibid-dispatcher.raibid-system")]
+        )
+        .await,
         200
     );
     assert_eq!(send(Some(TOKEN), vec![]).await, 200);
@@ -384,7 +395,10 @@ async fn notify_url_gets_the_signed_final_record() {
     let repo = env.tmp.path().join("notify");
     let (url, _) = make_repo(
         &repo,
-        &[(".raibid.yaml", "steps:\n  - name: hello\n    run: echo hi\n")],
+        &[(
+            ".raibid.yaml",
+            "steps:\n  - name: hello\n    run: echo hi\n",
+        )],
     );
     let agent = env.start_agent("agent-notify");
     // A loopback URL is refused unless allowed; here 127.0.0.1 is allowed, localhost is not.
@@ -395,7 +409,10 @@ async fn notify_url_gets_the_signed_final_record() {
         )
         .await;
     assert_eq!(s, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("notify_url:"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("notify_url:"));
     let (s, v) = env
         .api_post(
             "/api/v1/jobs",

@@ -113,7 +113,8 @@ pub struct LogsAnswer {
 pub fn parse_cursor(c: &str) -> Option<(String, u64)> {
     let (seq, n) = c.split_once('@')?;
     let mut parts = seq.split('-');
-    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let ok =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     if !(ok(parts.next()) && ok(parts.next()) && parts.next().is_none()) {
         return None;
     }
@@ -438,7 +439,8 @@ pub async fn answer(
                         block.push(Line { hit: true, ..line });
                         let c: usize = block.iter().map(cost).sum();
                         if used + c > ANSWER_BUDGET_BYTES {
-                            stop = Some(format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget"));
+                            stop =
+                                Some(format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget"));
                             break 'scan;
                         }
                         used += c;
@@ -449,7 +451,8 @@ pub async fn answer(
                     } else if after_left > 0 {
                         let c = cost(&line);
                         if used + c > ANSWER_BUDGET_BYTES {
-                            stop = Some(format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget"));
+                            stop =
+                                Some(format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget"));
                             break 'scan;
                         }
                         used += c;

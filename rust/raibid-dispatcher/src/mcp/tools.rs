@@ -26,7 +26,6 @@ pub const WAIT_MAX_SECS: u32 = 50;
 /// Size budget of a `get_diagnostics` answer (serialized), like `get_logs`.
 pub const DIAG_BUDGET_BYTES: usize = 40_000;
 
-
 /// The MCP server: one per request (stateless), over the shared state.
 #[derive(Clone)]
 pub struct Raibid {
@@ -226,7 +225,10 @@ impl Raibid {
         name = "submit_job",
         description = "Build and test a commit on the CI box: clone `repo_url` at `ref` (optionally an exact `sha`), optionally apply `patch` (a unified diff from `git diff` against that commit, for uncommitted work), run the repository's pipeline (.raibid.yaml, or cargo build + cargo test). Returns the job id at once; then call wait_for_job."
     )]
-    async fn submit_job(&self, Parameters(req): Parameters<SubmitJob>) -> Result<Json<Submitted>, String> {
+    async fn submit_job(
+        &self,
+        Parameters(req): Parameters<SubmitJob>,
+    ) -> Result<Json<Submitted>, String> {
         let v = requests::validate_submit(req, &self.state.settings.notify_allowed_hosts)?;
         if v.notify_url.is_some() && self.state.settings.notify_secret.is_none() {
             return Err(format!(
@@ -367,12 +369,7 @@ impl Raibid {
                 ))
             }
         };
-        let job = self
-            .state
-            .queue
-            .get(&req.job_id)
-            .await
-            .map_err(queue_err)?;
+        let job = self.state.queue.get(&req.job_id).await.map_err(queue_err)?;
         let mut con = self.state.queue.redis();
         let raw: Option<String> = redis::cmd("GET")
             .arg(contract::job_diagnostics_key(&job.id))
@@ -392,23 +389,26 @@ impl Raibid {
         description = "A bounded window of a job's log (never the whole log): by default the last 200 lines of the failed (or last) step; `step` for one step; `from_line` + `max_lines` for a range; `search` (regex) with `context` lines. Every answer stays under ~10k tokens of lines, says what was cut, and gives `next` (cursor / from_line) to continue.",
         annotations(read_only_hint = true)
     )]
-    async fn get_logs(&self, Parameters(req): Parameters<LogsQuery>) -> Result<Json<logs::LogsAnswer>, String> {
+    async fn get_logs(
+        &self,
+        Parameters(req): Parameters<LogsQuery>,
+    ) -> Result<Json<logs::LogsAnswer>, String> {
         check_id(&req.job_id)?;
-        let job = self
-            .state
-            .queue
-            .get(&req.job_id)
-            .await
-            .map_err(queue_err)?;
+        let job = self.state.queue.get(&req.job_id).await.map_err(queue_err)?;
         let step = if job.status == Status::Succeeded {
             None
         } else {
             job.step.clone()
         };
-        logs::answer(&self.state.queue, &req, job.status.as_str(), step.as_deref())
-            .await
-            .map_err(queue_err)?
-            .map(Json)
+        logs::answer(
+            &self.state.queue,
+            &req,
+            job.status.as_str(),
+            step.as_deref(),
+        )
+        .await
+        .map_err(queue_err)?
+        .map(Json)
     }
 
     #[tool(
@@ -416,7 +416,10 @@ impl Raibid {
         description = "Recent jobs, newest first, filtered by repo (substring of the URL), status and ref; paginated with cursor = next_cursor.",
         annotations(read_only_hint = true)
     )]
-    async fn list_jobs(&self, Parameters(req): Parameters<ListJobs>) -> Result<Json<JobPage>, String> {
+    async fn list_jobs(
+        &self,
+        Parameters(req): Parameters<ListJobs>,
+    ) -> Result<Json<JobPage>, String> {
         requests::list_jobs(&self.state, &req, 20)
             .await
             .map_err(queue_err)?
@@ -459,7 +462,12 @@ impl Raibid {
     )]
     async fn queue_status(&self) -> Result<Json<QueueStatus>, String> {
         let s = self.state.queue.stats().await.map_err(queue_err)?;
-        let counts = self.state.queue.count_by_status().await.map_err(queue_err)?;
+        let counts = self
+            .state
+            .queue
+            .count_by_status()
+            .await
+            .map_err(queue_err)?;
         let agents = self.state.queue.agents().await.map_err(queue_err)?;
         Ok(Json(QueueStatus {
             length: s.length,
@@ -479,12 +487,7 @@ impl Raibid {
     )]
     async fn cleanup(&self, Parameters(req): Parameters<JobRef>) -> Result<Json<Cleaned>, String> {
         check_id(&req.job_id)?;
-        let job = self
-            .state
-            .queue
-            .get(&req.job_id)
-            .await
-            .map_err(queue_err)?;
+        let job = self.state.queue.get(&req.job_id).await.map_err(queue_err)?;
         if !job.status.is_final() {
             return Err(format!(
                 "job {} is {}; only a finished job can be cleaned up (cancel_job first)",
@@ -595,7 +598,9 @@ async fn diagnostics_answer(
                 max_lines: Some(40),
                 ..LogsQuery::default()
             };
-            if let Ok(Ok(a)) = logs::answer(&state.queue, &q, job.status.as_str(), Some(&step)).await {
+            if let Ok(Ok(a)) =
+                logs::answer(&state.queue, &q, job.status.as_str(), Some(&step)).await
+            {
                 step_tail = Some(StepTail {
                     note: format!(
                         "step `{step}` failed without compiler errors or failing tests the agent could parse; these are its last {} lines (get_logs for more)",
