@@ -8,6 +8,7 @@ the dispatcher and agent binaries, real cargo builds), the official Python SDK a
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -32,8 +33,12 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def row(name, n, ms, sz) -> None:
+    b, tok = sz
+    print(f"| {name} | {n} | {statistics.median(ms):.1f} | {pct(ms, 99):.1f} | {b:,} | {tok:,} |", flush=True)
+
+
 async def timed(s, name, args, n):
-    print(f"timing {name} {json.dumps(args)[:80]} x{n}", flush=True)
     out = []
     r = None
     for _ in range(n):
@@ -45,6 +50,7 @@ async def timed(s, name, args, n):
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the stack on timeout
     examples = "--examples" in sys.argv
     tmp = Path(tempfile.mkdtemp(prefix="raibid-mcp-bench-"))
     stack = Stack(tmp)
@@ -59,32 +65,33 @@ def main() -> None:
         async def go():
             async with t.session(stack) as s:
                 print(f"negotiated protocol: {s.negotiated}")
+                print("| call | n | p50 ms | p99 ms | answer bytes | ≈ tokens |\n|---|---|---|---|---|---|", flush=True)
                 jw = (await t.call(s, "submit_job", {"repo_url": url_w, "ref": "main"}))["job_id"]
                 jf = (await t.call(s, "submit_job", {"repo_url": url_f, "ref": "main"}))["job_id"]
                 await t.wait_final(s, jw)
                 await t.wait_final(s, jf)
                 await timed(s, "get_job", {"job_id": jw}, 20)  # warm-up
                 ms, r = await timed(s, "get_job", {"job_id": jw}, 500)
-                rows.append(("get_job", 500, ms, size(r)))
+                row(*("get_job", 500, ms, size(r)))
                 ms, r = await timed(s, "queue_status", {}, 200)
-                rows.append(("queue_status", 200, ms, size(r)))
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "search": "^needle-in-the-log$", "context": 2}, 5)
-                rows.append(("get_logs search, 10 MiB log (145,011 lines, 1 match)", 10, ms, size(r)))
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "search": "fox", "max_matches": 500}, 5)
-                rows.append(("get_logs search, 10 MiB log, every line matches (budget stop)", 10, ms, size(r)))
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "step": "flood"}, 20)
-                rows.append(("get_logs tail 200 of a step, 10 MiB log", 20, ms, size(r)))
+                row(*("queue_status", 200, ms, size(r)))
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "search": "^needle-in-the-log$", "context": 2}, 3)
+                row(*("get_logs search, 10 MiB log (145,011 lines, 1 match)", 10, ms, size(r)))
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "search": "fox", "max_matches": 500}, 3)
+                row(*("get_logs search, 10 MiB log, every line matches (budget stop)", 10, ms, size(r)))
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "step": "flood"}, 10)
+                row(*("get_logs tail 200 of a step, 10 MiB log", 20, ms, size(r)))
                 a = await t.call(s, "get_logs", {"job_id": jf, "from_line": 100000, "max_lines": 2000})
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "cursor": a["next"]["cursor"], "max_lines": 2000}, 20)
-                rows.append(("get_logs next range by cursor (2,000 lines at line 100,000+)", 20, ms, size(r)))
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "from_line": 100000, "max_lines": 2000}, 5)
-                rows.append(("get_logs range by from_line=100000 (scan from the start)", 10, ms, size(r)))
-                ms, r = await timed(s, "get_diagnostics", {"job_id": jw}, 50)
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "cursor": a["next"]["cursor"], "max_lines": 2000}, 10)
+                row(*("get_logs next range by cursor (2,000 lines at line 100,000+)", 20, ms, size(r)))
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "from_line": 100000, "max_lines": 2000}, 3)
+                row(*("get_logs range by from_line=100000 (scan from the start)", 10, ms, size(r)))
+                ms, r = await timed(s, "get_diagnostics", {"job_id": jw}, 20)
                 d = r.structured_content
-                rows.append((f"get_diagnostics, {d['total_compiler']} compiler messages (returns {len(d['compiler'])})", 50, ms, size(r)))
-                ms, r = await timed(s, "get_diagnostics", {"job_id": jw, "rendered": False, "limit": 500}, 50)
+                row(*(f"get_diagnostics, {d['total_compiler']} compiler messages (returns {len(d['compiler'])})", 50, ms, size(r)))
+                ms, r = await timed(s, "get_diagnostics", {"job_id": jw, "rendered": False, "limit": 500}, 20)
                 d = r.structured_content
-                rows.append((f"get_diagnostics rendered=false limit=500 (returns {len(d['compiler'])})", 50, ms, size(r)))
+                row(*(f"get_diagnostics rendered=false limit=500 (returns {len(d['compiler'])})", 50, ms, size(r)))
                 if examples:
                     for name, args in [("get_job", {"job_id": jw}), ("get_diagnostics", {"job_id": jw, "limit": 2}),
                                        ("get_logs", {"job_id": jf, "search": "^needle", "context": 1}),
@@ -95,9 +102,6 @@ def main() -> None:
         anyio.run(go)
     finally:
         stack.stop()
-    print("| call | n | p50 ms | p99 ms | answer bytes | ≈ tokens |\n|---|---|---|---|---|---|")
-    for name, n, ms, (b, tok) in rows:
-        print(f"| {name} | {n} | {statistics.median(ms):.1f} | {pct(ms, 99):.1f} | {b:,} | {tok:,} |")
 
 
 if __name__ == "__main__":
