@@ -4,6 +4,9 @@
 #
 #   nu scripts/raibid.nu jobs --status failed | sort-by received | last 5
 #
+# `cache` works on a node's cache directory directly (RAIBID_CACHE_DIR or --dir; on the Spark the
+# hostPath of the raibid-cache PersistentVolume), not through the API.
+#
 # The dispatcher is found through RAIBID_URL and authenticated with RAIBID_API_TOKEN (or
 # RAIBID_API_TOKEN_FILE): `./scripts/dev.sh env` prints both for the local stack, bootstrap's summary for
 # the Spark. Nothing else is read.
@@ -123,4 +126,78 @@ export def "main agents" []: nothing -> table {
     let hb = ($a.last_heartbeat | into datetime)
     $a | update last_heartbeat $hb | insert heartbeat_age ((date now) - $hb)
   }
+}
+
+# The cargo target slots and git mirrors in a node's cache directory: one row per slot with its keys,
+# size, last use and whether a job holds it now (its `flock` lock is taken).
+@example "the biggest slots" { nu scripts/raibid.nu cache --dir /var/lib/raibid/cache | sort-by bytes | last 5 }
+export def "main cache" [
+  --dir: path   # the cache directory (default: RAIBID_CACHE_DIR, else /tmp/raibid/cache)
+]: nothing -> table {
+  let root = (cache-root $dir)
+  let targets = ($root | path join targets)
+  if not ($targets | path exists) { return [] }
+  ls $targets | where type == dir | each {|repo|
+    ls $repo.name | where type == dir and ($it.name | path basename) =~ '^slot-\d+$' | each {|slot|
+      let meta_file = ($slot.name | path join meta.json)
+      let meta = if ($meta_file | path exists) { open $meta_file } else { {repo: "", branch: "", last_used_ms: 0, job: null, keys: {}, src_bytes: 0} }
+      let keys = ($meta.keys? | default {})
+      {
+        repo: ($meta.repo? | default "")
+        repo_id: ($repo.name | path basename)
+        slot: ($slot.name | path basename)
+        branch: ($meta.branch? | default "")
+        keys: ($keys | columns)
+        bytes: ((($keys | values | each {|k| $k.bytes } | math sum) + ($meta.src_bytes? | default 0)) | into filesize)
+        last_used: (($meta.last_used_ms? | default 0) * 1_000_000 | into datetime)
+        in_use: (slot-in-use ($repo.name | path join $"($slot.name | path basename).lock"))
+        job: ($meta.job? | default null)
+        path: $slot.name
+      }
+    }
+  } | flatten
+}
+
+# Delete slots no job holds: the least recently used first until the total is under --max-bytes, and/or
+# those unused for longer than --older-than. Without --force it only lists what it would delete. Each slot
+# is deleted while holding its lock (`flock --nonblock`), so a job can never take a slot being deleted.
+@example "what would go to get under 200 GiB" { nu scripts/raibid.nu cache prune --dir /var/lib/raibid/cache --max-bytes 200GiB }
+@example "delete slots unused for a week" { nu scripts/raibid.nu cache prune --older-than 1wk --force }
+export def "main cache prune" [
+  --dir: path                # the cache directory (default: RAIBID_CACHE_DIR, else /tmp/raibid/cache)
+  --max-bytes: filesize      # delete least recently used slots until the total is at most this
+  --older-than: duration     # delete slots last used longer ago than this
+  --force                    # really delete (default: list what would be deleted)
+]: nothing -> table {
+  if $max_bytes == null and $older_than == null {
+    fail missing_argument "say what to prune" --hint "give --max-bytes and/or --older-than"
+  }
+  if (which flock | is-empty) { fail missing_tool "flock is not installed" --hint "apt-get install util-linux" }
+  let slots = (main cache --dir $dir | sort-by last_used)
+  mut total = ($slots | get bytes | math sum | default 0b)
+  mut out = []
+  for s in $slots {
+    let old = ($older_than != null and $s.last_used < ((date now) - $older_than))
+    let big = ($max_bytes != null and $total > $max_bytes)
+    if not ($old or $big) { continue }
+    if $s.in_use { continue }
+    let lock = ($s.path | path dirname | path join $"($s.slot).lock")
+    let deleted = if $force {
+      (do { ^flock --nonblock $lock rm -rf -- $s.path } | complete).exit_code == 0
+    } else { false }
+    if $deleted or not $force { $total = $total - $s.bytes }
+    $out = ($out | append ($s | select repo slot keys bytes last_used | insert deleted $deleted))
+  }
+  $out
+}
+
+def cache-root [dir: any]: nothing -> path {
+  if $dir != null { return $dir }
+  $env.RAIBID_CACHE_DIR? | default "/tmp/raibid/cache"
+}
+
+# A job holds the slot when its lock file is locked (flock works across pods on one node).
+def slot-in-use [lock: path]: nothing -> bool {
+  if not ($lock | path exists) { return false }
+  (do { ^flock --nonblock --shared $lock true } | complete).exit_code != 0
 }

@@ -1,8 +1,8 @@
 //! The agent's configuration: every option a clap flag with an environment variable.
 
-use anyhow::Context;
 use clap::Parser;
 use raibid_core::contract::env;
+use raibid_core::secret_source::SecretSource;
 use std::path::PathBuf;
 
 /// raibid-agent — runs raibid-ci jobs from the Redis queue.
@@ -54,13 +54,25 @@ pub struct AgentConfig {
     #[arg(long, env = env::GIT_USERNAME)]
     pub git_username: Option<String>,
 
-    /// Token for HTTP(S) git credentials (never logged, never on a command line).
-    #[arg(long, env = env::GIT_TOKEN, hide_env_values = true)]
-    pub git_token: Option<String>,
-
-    /// File holding the git token (a mounted secret); used when --git-token is not set.
+    /// File holding the git token for HTTP(S) (a mounted secret). The token itself is read from the
+    /// environment (RAIBID_GIT_TOKEN) or this file only, never from the command line; it is sent only to
+    /// the hosts of --allowed-hosts, and git does not follow redirects while it carries it.
     #[arg(long, env = env::GIT_TOKEN_FILE)]
     pub git_token_file: Option<PathBuf>,
+
+    /// Size cap in bytes of the cargo target slots under <cache>/targets: past it, the least recently
+    /// used target directories of slots no job holds are evicted after each job.
+    #[arg(long, env = env::CACHE_MAX_BYTES, default_value_t = 100 << 30)]
+    pub cache_max_bytes: u64,
+
+    /// Comma-separated default branch names: a branch without a slot of its own starts from theirs.
+    #[arg(long, env = env::CACHE_DEFAULT_BRANCHES, default_value = "main,master")]
+    pub cache_default_branches: String,
+
+    /// Seconds the clone step (mirror fetch, checkout) may take; it also ends at the job's deadline
+    /// and on cancel, killing git.
+    #[arg(long, env = env::CLONE_TIMEOUT_SECS, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub clone_timeout_secs: u64,
 
     /// Seconds a claim stays valid without a heartbeat (heartbeats go out every third of it).
     #[arg(long, env = env::LEASE_SECS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
@@ -71,9 +83,56 @@ pub struct AgentConfig {
     #[arg(long, env = env::SHUTDOWN_GRACE_SECS, default_value_t = 600)]
     pub grace_secs: u64,
 
+    /// Comma-separated job kinds this agent runs (`rust`, `image`): each is its own stream and pool.
+    #[arg(long, env = env::AGENT_KINDS, default_value = "rust")]
+    pub kinds: String,
+
+    /// Per-job log cap in bytes (each line costs its text plus a fixed overhead); one marker past it.
+    #[arg(long, env = env::LOG_CAP_BYTES, default_value_t = 10 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_cap_bytes: u64,
+
+    /// Per-job log cap in lines (a flood of empty lines hits this one).
+    #[arg(long, env = env::LOG_CAP_LINES, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(16..))]
+    pub log_cap_lines: u64,
+
+    /// Seconds finished job records and logs are kept (the final write sets their expiry).
+    #[arg(long, env = env::RETENTION_SECS, default_value_t = 30 * 24 * 3600)]
+    pub retention_secs: u64,
+
     /// Milliseconds one XREADGROUP blocks before the agent looks at its shutdown flag again.
     #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
+
+    /// Image jobs (Buildah): registry, storage, cache bounds.
+    #[command(flatten)]
+    pub image: crate::image::ImageConfig,
+
+    /// What steps may read: step user, secret scopes, the Redis URL from a file.
+    #[command(flatten)]
+    pub hardening: Hardening,
+}
+
+/// Options that bound what a build step can read or cost (docs/adr/0009-agent-step-isolation.md).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Hardening {
+    /// File holding the Redis URL with its password (a mounted secret); used instead of --redis-url.
+    #[arg(long, env = env::REDIS_URL_FILE)]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// User (name or numeric uid) the steps run as. Needs root; with it steps cannot read the agent's
+    /// environment, its secret files or other agents' processes. Unset: steps run as the agent's user.
+    #[arg(long, env = env::STEP_USER)]
+    pub step_user: Option<String>,
+
+    /// Which repositories get which RAIBID_SECRET_<NAME>: `NAME=glob|glob,...`, each glob (`*` = any
+    /// run of characters) matched against the job's repository URL. A secret without a scope is given
+    /// to no repository.
+    #[arg(long, env = env::SECRET_SCOPES)]
+    pub secret_scopes: Option<String>,
+
+    /// File holding the secret scopes (same syntax, commas or newlines); used when --secret-scopes is not set.
+    #[arg(long, env = env::SECRET_SCOPES_FILE)]
+    pub secret_scopes_file: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -88,18 +147,72 @@ impl AgentConfig {
         })
     }
 
+    /// The queue settings this agent runs with (kinds, lease, log caps, retention).
+    pub fn queue_config(&self) -> anyhow::Result<raibid_core::queue::QueueConfig> {
+        let mut kinds = Vec::new();
+        for k in self
+            .kinds
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            let kind = anyhow::Context::with_context(raibid_core::job::JobKind::parse(k), || {
+                format!(
+                    "{}: unknown job kind `{k}` (known: {})",
+                    env::AGENT_KINDS,
+                    raibid_core::job::JobKind::ALL
+                        .map(|k| k.as_str())
+                        .join(", ")
+                )
+            })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        if kinds.is_empty() {
+            anyhow::bail!("{}: name at least one job kind", env::AGENT_KINDS);
+        }
+        Ok(raibid_core::queue::QueueConfig {
+            log_cap_bytes: self.log_cap_bytes,
+            log_cap_lines: self.log_cap_lines,
+            retention: std::time::Duration::from_secs(self.retention_secs),
+            lease: std::time::Duration::from_secs(self.lease_secs),
+            kinds,
+            ..raibid_core::queue::QueueConfig::default()
+        })
+    }
+
+    /// The git token: `RAIBID_GIT_TOKEN` from the environment, else the token file (never a flag: a
+    /// command line is visible to every process).
     pub(crate) fn git_token(&self) -> anyhow::Result<Option<String>> {
-        if let Some(t) = &self.git_token {
-            return Ok(Some(t.clone()));
+        let from_env = std::env::var(env::GIT_TOKEN).ok().filter(|t| !t.is_empty());
+        Ok(SecretSource {
+            what: env::GIT_TOKEN_FILE,
+            value: from_env.as_deref(),
+            file: self.git_token_file.as_deref(),
         }
-        match &self.git_token_file {
-            Some(f) => Ok(Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("reading {}", f.display()))?
-                    .trim()
-                    .to_string(),
-            )),
-            None => Ok(None),
+        .load()?)
+    }
+
+    /// The Redis URL: from its file when one is given.
+    pub(crate) fn redis_url(&self) -> anyhow::Result<String> {
+        Ok(SecretSource {
+            what: env::REDIS_URL_FILE,
+            value: None,
+            file: self.hardening.redis_url_file.as_deref(),
         }
+        .load()?
+        .unwrap_or_else(|| self.redis_url.clone()))
+    }
+
+    /// The secret scopes text (from the flag/env or its file).
+    pub(crate) fn secret_scopes(&self) -> anyhow::Result<String> {
+        Ok(SecretSource {
+            what: env::SECRET_SCOPES_FILE,
+            value: self.hardening.secret_scopes.as_deref(),
+            file: self.hardening.secret_scopes_file.as_deref(),
+        }
+        .load()?
+        .unwrap_or_default())
     }
 }

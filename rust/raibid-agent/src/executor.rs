@@ -1,15 +1,17 @@
 //! What a job runs: clone, config (the pipeline), then each step.
 
+use crate::cache::{key, mirror, slots, CloneError, JobCache, Sink};
 use crate::git;
-use crate::process::{run_step, StepEnd};
+use crate::process::{run_step, StepEnd, StepSpec};
 use crate::runner::JobCtx;
 use crate::{Stop, LOST, RELEASED};
 use chrono::Utc;
+use raibid_core::cache_stats::CacheStats;
 use raibid_core::contract::env;
 use raibid_core::job::Status;
 use raibid_core::pipeline::{Pipeline, PIPELINE_FILE};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Run clone, config and the pipeline. Returns the final status, or `LOST` (lease lost: write nothing)
@@ -17,8 +19,25 @@ use tokio::sync::watch;
 pub(crate) async fn execute(
     ctx: &mut JobCtx<'_>,
     ws: &Path,
-    _shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> (Status, Option<String>) {
+    let mut cache: Option<JobCache> = None;
+    let outcome = execute_in_slot(ctx, ws, shutdown, &mut cache).await;
+    if let Some(jc) = cache {
+        finish_cache(ctx, jc).await;
+    }
+    outcome
+}
+
+async fn execute_in_slot(
+    ctx: &mut JobCtx<'_>,
+    ws: &Path,
+    _shutdown: watch::Receiver<bool>,
+    cache: &mut Option<JobCache>,
+) -> (Status, Option<String>) {
+    if ctx.claim.job.kind == raibid_core::job::JobKind::Image {
+        return crate::image::execute(ctx, ws, cache).await;
+    }
     let now = Utc::now();
     ctx.claim.job.timestamps.started = Some(now);
     let _ = tokio::fs::remove_dir_all(ws).await;
@@ -27,15 +46,41 @@ pub(crate) async fn execute(
     if !ctx.update("step_started").await {
         return (LOST, None);
     }
-    let (ok, msg) = clone(ctx, ws).await;
-    ctx.claim
-        .job
-        .end_step(if ok { "succeeded" } else { "failed" }, None, Utc::now());
+    let (st, failure) = match clone(ctx).await {
+        Ok(jc) => {
+            *cache = Some(jc);
+            ("succeeded", None)
+        }
+        Err(end) => end,
+    };
+    ctx.claim.job.end_step(st, None, Utc::now());
+    if let Some((status, reason)) = failure {
+        if status == LOST {
+            return (LOST, None);
+        }
+        if !ctx.update("step_finished").await {
+            return (LOST, None);
+        }
+        return (status, reason);
+    }
     if !ctx.update("step_finished").await {
         return (LOST, None);
     }
-    if !ok {
-        return (Status::Failed, Some(format!("clone: {msg}")));
+    // From here on the job works in its slot's stable checkout.
+    let slot_src = match cache.as_ref() {
+        Some(jc) => jc.slot.src(),
+        None => ws.to_path_buf(),
+    };
+    let ws = slot_src.as_path();
+    if let Some(u) = &ctx.shared.step_user {
+        // The clone is the agent's; the steps run as the step user and own their checkout.
+        let (ws2, u2) = (ws.to_path_buf(), u.clone());
+        let r = tokio::task::spawn_blocking(move || crate::isolation::chown_tree(&ws2, &u2)).await;
+        if !matches!(r, Ok(Ok(()))) {
+            let msg = "cannot hand the workspace to the step user".to_string();
+            ctx.sys("clone", format!("[raibid] {msg}")).await;
+            return (Status::Failed, Some(format!("clone: {msg}")));
+        }
     }
     if let Some(end) = crate::patch::apply_step(ctx, ws).await {
         return end;
@@ -70,14 +115,26 @@ pub(crate) async fn execute(
             return (Status::Failed, Some(format!("config: {e}")));
         }
     };
+    if let Some(req) = pipeline.image.clone() {
+        return crate::image::hand_over(ctx, &pipeline.name, req).await;
+    }
     let mut secrets = Vec::new();
+    let repo = ctx.claim.job.source.repo_url.clone();
     for name in &pipeline.secrets {
-        match std::env::var(format!("{}{name}", env::SECRET_PREFIX)) {
-            Ok(v) => secrets.push((name.clone(), v)),
-            Err(_) => {
+        // Only what the agent's configuration scopes to this repository (a pipeline cannot ask for
+        // another repository's secrets).
+        let value = if ctx.shared.scopes.allows(name, &repo) {
+            std::env::var(format!("{}{name}", env::SECRET_PREFIX)).ok()
+        } else {
+            None
+        };
+        match value {
+            Some(v) => secrets.push((name.clone(), v)),
+            None => {
                 let msg = format!(
-                    "secret `{name}` is not available to this agent (set {}{name})",
-                    env::SECRET_PREFIX
+                    "secret `{name}` is not available to this repository (the agent needs {}{name} and a scope for the repository in {})",
+                    env::SECRET_PREFIX,
+                    env::SECRET_SCOPES
                 );
                 ctx.sys("config", format!("[raibid] {msg}")).await;
                 ctx.claim.job.end_step("failed", None, Utc::now());
@@ -92,6 +149,9 @@ pub(crate) async fn execute(
     ctx.secrets = secrets;
     ctx.claim.job.pipeline = Some(pipeline.name.clone());
     ctx.deadline = Instant::now() + pipeline.timeout;
+    if let Some(jc) = cache.as_mut() {
+        prepare_target(ctx, &pipeline, ws, jc).await;
+    }
     ctx.claim.job.end_step("succeeded", None, Utc::now());
     if !ctx.update("step_finished").await {
         return (LOST, None);
@@ -121,7 +181,34 @@ pub(crate) async fn execute(
             _ => (remaining, false),
         };
         let started = Instant::now();
-        let end = run_step(ctx, &step.name, &step.run, ws, &env, limit).await;
+        // Count cargo's units as the output passes by (a tee in front of the job's log channel).
+        let tee = cache.as_ref().map(|jc| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String, String)>(4096);
+            let log = std::mem::replace(&mut ctx.logs, tx);
+            let fwd = log.clone();
+            let units = jc.units.clone();
+            let task = tokio::spawn(async move {
+                while let Some(l) = rx.recv().await {
+                    units.observe(&l.2);
+                    if fwd.send(l).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            (log, task)
+        });
+        let spec = StepSpec {
+            name: &step.name,
+            script: &step.run,
+            workspace: ws,
+            env: &env,
+            limit,
+        };
+        let end = run_step(ctx, spec).await;
+        if let Some((log, task)) = tee {
+            ctx.logs = log;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+        }
         let secs = started.elapsed().as_secs_f64();
         let (st, code, result) = match end {
             StepEnd::Exited(0) => ("succeeded", Some(0), None),
@@ -210,125 +297,214 @@ pub(crate) fn load_pipeline(ws: &Path) -> Result<(Pipeline, bool), String> {
     }
 }
 
-pub(crate) async fn clone(ctx: &mut JobCtx<'_>, ws: &Path) -> (bool, String) {
+/// How the clone step ended when it did not succeed: (step status, (job status, reason)).
+type CloneEnd = (&'static str, Option<(Status, Option<String>)>);
+
+/// Clone step: update the repository's git mirror (only new objects travel), take a target slot and
+/// check the commit out in the slot's stable checkout. Runs under the clone timeout, the job deadline
+/// and the job's stop signal; git's process group is killed when any of them ends it.
+pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
     let src = ctx.claim.job.source.clone();
     if let Err(e) = ctx.shared.policy.check(&src.repo_url) {
         ctx.sys("clone", format!("[raibid] refused: {e}")).await;
-        return (false, e);
+        return Err((
+            "failed",
+            Some((Status::Failed, Some(format!("clone: {e}")))),
+        ));
     }
-    if let Err(e) = tokio::fs::create_dir_all(ws).await {
-        return (false, format!("cannot create workspace: {e}"));
-    }
+    let timeout = Duration::from_secs(ctx.shared.cfg.clone_timeout_secs);
+    let deadline = ctx.deadline.min(Instant::now() + timeout);
+    let limits = git::Limits {
+        deadline,
+        stop: ctx.stop.clone(),
+    };
+    let logs = ctx.logs.clone();
+    let sink = move |l: String| {
+        let _ = logs.try_send(("clone".into(), "system".into(), l));
+    };
+    let sink: Sink<'_> = &sink;
+    let cache = &ctx.shared.cache;
     let creds = &ctx.shared.creds;
     let url = src.repo_url.as_str();
-    let run = |args: Vec<String>| async move {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        git::git(ws, &a, creds, Some(url)).await
-    };
-    let mut steps: Vec<Vec<String>> = vec![
-        vec!["init".into(), "-q".into()],
-        vec!["remote".into(), "add".into(), "origin".into(), url.into()],
-    ];
-    let want = src.sha.clone().unwrap_or_else(|| src.git_ref.clone());
-    steps.push(vec![
-        "fetch".into(),
-        "-q".into(),
-        "--depth=1".into(),
-        "--no-tags".into(),
-        "origin".into(),
-        "--".into(),
-        want.clone(),
-    ]);
-    for (i, args) in steps.iter().enumerate() {
-        let shown: Vec<String> = args
-            .iter()
-            .map(|a| {
-                if a == url {
-                    git::redact_url(a)
-                } else {
-                    a.clone()
-                }
-            })
-            .collect();
-        ctx.sys("clone", format!("$ git {}", shown.join(" "))).await;
-        match run(args.clone()).await {
-            Ok(out) => {
-                for l in &out.lines {
-                    ctx.sys("clone", l.clone()).await;
-                }
-                if !out.ok {
-                    if i == 2 && src.sha.is_some() {
-                        // The server does not serve arbitrary shas shallowly: fetch the ref and find the commit.
-                        let args = vec![
-                            "fetch".into(),
-                            "-q".into(),
-                            "--no-tags".into(),
-                            "origin".into(),
-                            "--".into(),
-                            src.git_ref.clone(),
-                        ];
-                        ctx.sys("clone", format!("$ git {}", args.join(" "))).await;
-                        match run(args).await {
-                            Ok(o) if o.ok => break,
-                            Ok(o) => {
-                                for l in &o.lines {
-                                    ctx.sys("clone", l.clone()).await;
-                                }
-                                return (false, format!("could not fetch {}", src.git_ref));
-                            }
-                            Err(e) => return (false, format!("git: {e}")),
-                        }
-                    }
-                    let hint = match i {
-                        2 => crate::patch::branches_hint(ctx, ws)
-                            .await
-                            .map(|b| {
-                                format!("; ref `{want}` not found in {}; {b}", git::redact_url(url))
-                            })
-                            .unwrap_or_default(),
-                        _ => String::new(),
-                    };
-                    return (
-                        false,
-                        format!(
-                            "`git {}` failed{hint}",
-                            args.first().map(String::as_str).unwrap_or("")
-                        ),
-                    );
-                }
-            }
-            Err(e) => return (false, format!("cannot run git: {e}")),
+    let repo_id = key::repo_id(url);
+    let started = Instant::now();
+    let result = async {
+        let mut m = mirror::update(
+            &cache.root,
+            &repo_id,
+            url,
+            &src.git_ref,
+            src.sha.as_deref(),
+            creds,
+            &limits,
+            sink,
+        )
+        .await?;
+        let branch = slots::branch_of(&src.git_ref);
+        let (slot, slot_lock_ms) = slots::acquire(
+            &cache.root,
+            &repo_id,
+            &git::redact_url(url),
+            &branch,
+            &cache.default_branches,
+            &ctx.claim.job.id,
+            &limits,
+        )
+        .await?;
+        if slot.recovered {
+            sink(format!(
+                "[raibid] slot {}: its previous job ({}) did not finish; resetting the checkout, keeping the target directory (cargo rebuilds unfinished units)",
+                slot.name,
+                slot.meta.job.as_deref().unwrap_or("?")
+            ));
         }
-    }
-    let target = src.sha.clone().unwrap_or_else(|| "FETCH_HEAD".into());
-    let args = vec![
-        "checkout".into(),
-        "-q".into(),
-        "--detach".into(),
-        target,
-        "--".into(),
-    ];
-    ctx.sys("clone", format!("$ git {}", args.join(" "))).await;
-    match run(args).await {
-        Ok(o) if o.ok => {}
-        Ok(o) => {
-            for l in &o.lines {
-                ctx.sys("clone", l.clone()).await;
-            }
-            return (false, "commit not found".into());
+        if let Err(e) = slot.checkout(&m.dir, &m.sha, creds, &limits, sink).await {
+            let CloneError::Failed(msg) = e else { return Err(e) };
+            // The mirror lacks objects it claims to have: never trust it, rebuild and try once more.
+            sink(format!("[raibid] {msg}; rebuilding the mirror"));
+            mirror::invalidate(&cache.root, &repo_id, &limits).await;
+            let m2 = mirror::update(
+                &cache.root,
+                &repo_id,
+                url,
+                &src.git_ref,
+                src.sha.as_deref(),
+                creds,
+                &limits,
+                sink,
+            )
+            .await?;
+            slot.checkout(&m2.dir, &m2.sha, creds, &limits, sink).await?;
+            m.objects += m2.objects;
+            m.bytes += m2.bytes;
+            m.lock_ms += m2.lock_ms;
+            m.hit = false;
         }
-        Err(e) => return (false, format!("git: {e}")),
+        Ok::<_, CloneError>((m, slot, slot_lock_ms))
     }
-    if let Ok(o) = run(vec!["rev-parse".into(), "HEAD".into()]).await {
-        if o.ok {
-            ctx.sys("clone", format!("[raibid] at commit {}", o.stdout))
-                .await;
+    .await;
+    match result {
+        Ok((m, slot, slot_lock_ms)) => {
+            let lock_ms = m.lock_ms + slot_lock_ms;
+            let stats = CacheStats {
+                slot: Some(slot.label()),
+                recovered: slot.recovered,
+                lock_ms,
+                restore_ms: (started.elapsed().as_millis() as u64).saturating_sub(lock_ms),
+                mirror_hit: m.hit,
+                fetched_objects: m.objects,
+                fetched_bytes: m.bytes,
+                ..CacheStats::default()
+            };
+            ctx.sys(
+                "clone",
+                format!("[raibid] at commit {} in slot {}", m.sha, slot.label()),
+            )
+            .await;
             if ctx.claim.job.source.sha.is_none() {
-                ctx.claim.job.source.sha = Some(o.stdout);
+                ctx.claim.job.source.sha = Some(m.sha.clone());
             }
+            ctx.claim.job.cache = Some(stats.clone());
+            Ok(JobCache {
+                repo_id,
+                slot,
+                key: None,
+                units: Default::default(),
+                stats,
+            })
+        }
+        Err(CloneError::TimedOut) => {
+            let secs = deadline.saturating_duration_since(started).as_secs();
+            let msg = format!("clone timed out after {secs}s");
+            ctx.sys("clone", format!("[raibid] {msg}")).await;
+            Err(("timed_out", Some((Status::TimedOut, Some(msg)))))
+        }
+        Err(CloneError::Stopped) => Err(match ctx.stopped() {
+            Stop::LeaseLost => ("failed", Some((LOST, None))),
+            Stop::Release => ("failed", Some((RELEASED, None))),
+            _ => (
+                "cancelled",
+                Some((
+                    Status::Cancelled,
+                    Some("cancelled during step `clone`".into()),
+                )),
+            ),
+        }),
+        Err(CloneError::Failed(e)) => {
+            let e = match crate::patch::missing_ref_hint(ctx).await {
+                Some(hint) => format!("{hint} ({e})"),
+                None => e.to_string(),
+            };
+            ctx.sys("clone", format!("[raibid] {e}")).await;
+            Err((
+                "failed",
+                Some((Status::Failed, Some(format!("clone: {e}")))),
+            ))
         }
     }
-    (true, String::new())
+}
+
+/// After the config step: compute the cache key and make sure the slot has its target directory.
+async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc: &mut JobCache) {
+    let Some(first) = pipeline.steps.first() else {
+        return;
+    };
+    let t = Instant::now();
+    let base = step_env(ctx, pipeline, first);
+    let vv = ctx.shared.cache.memo.rustc_vv(ws, &base).await;
+    let mut all = base;
+    for s in &pipeline.steps {
+        all.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let k = key::key(&jc.repo_id, &vv, &all);
+    let logs = ctx.logs.clone();
+    let sink = move |l: String| {
+        let _ = logs.try_send(("config".into(), "system".into(), l));
+    };
+    let limits = git::Limits {
+        deadline: ctx.deadline,
+        stop: ctx.stop.clone(),
+    };
+    let restore = jc
+        .slot
+        .prepare_target(&k, &ctx.shared.cache.default_branches, &limits, &sink)
+        .await;
+    ctx.sys(
+        "config",
+        format!(
+            "[raibid] cache key {k}: {restore} target directory in slot {}",
+            jc.slot.label()
+        ),
+    )
+    .await;
+    jc.stats.key = Some(k.clone());
+    jc.stats.restore = Some(restore);
+    jc.stats.restore_ms += t.elapsed().as_millis() as u64;
+    jc.key = Some(k);
+    ctx.claim.job.cache = Some(jc.stats.clone());
+}
+
+/// The job is done with its slot: sizes, units, eviction past the cap, node-wide counters.
+async fn finish_cache(ctx: &mut JobCtx<'_>, mut jc: JobCache) {
+    let bytes = jc.slot.finish(jc.key.as_deref()).await;
+    jc.stats.slot_bytes = Some(bytes);
+    if let Some((fresh, total)) = jc.units.counts() {
+        jc.stats.units_fresh = Some(fresh);
+        jc.stats.units_total = Some(total);
+    }
+    let root = ctx.shared.cache.root.clone();
+    let max = ctx.shared.cache.max_bytes;
+    let evicted = tokio::task::block_in_place(|| {
+        slots::evict(&root, max, Some((&jc.slot, jc.key.as_deref())))
+    });
+    for e in evicted {
+        tracing::info!(repo = %e.repo_id, slot = %e.slot, key = ?e.key, bytes = e.bytes, "cache: evicted");
+    }
+    let mut con = ctx.shared.queue.redis();
+    if let Err(e) = raibid_core::cache_stats::record(&mut con, &jc.stats).await {
+        tracing::warn!(error = %e, "could not record cache counters");
+    }
+    ctx.claim.job.cache = Some(jc.stats);
 }
 
 pub(crate) fn step_env(
@@ -365,9 +541,28 @@ pub(crate) fn step_env(
             }
         }
     }
+    if let Some(u) = &ctx.shared.step_user {
+        // The agent's HOME is not the step user's to write.
+        env.retain(|(k, _)| k != "HOME" && k != "USER");
+        env.push(("HOME".into(), u.home.to_string_lossy().into_owned()));
+        env.push(("USER".into(), u.name.clone()));
+    }
+    if let Some(c) = &job.cache {
+        if let (Some(slot), Some(key)) = (&c.slot, &c.key) {
+            let t = ctx
+                .shared
+                .cache
+                .root
+                .join("targets")
+                .join(slot)
+                .join("target")
+                .join(key);
+            env.push(("CARGO_TARGET_DIR".into(), t.to_string_lossy().into_owned()));
+        }
+    }
     env.push(("CARGO_TERM_COLOR".into(), "never".into()));
     env.push(("CI".into(), "true".into()));
-    env.push(("RAIBID_JOB_ID".into(), job.id.clone()));
+    env.push(("RAIBID_JOB_ID".into(), job.id.to_string()));
     env.push(("RAIBID_ATTEMPT".into(), job.attempt.to_string()));
     env.push(("RAIBID_REPO_URL".into(), job.source.repo_url.clone()));
     env.push(("RAIBID_REF".into(), job.source.git_ref.clone()));

@@ -64,11 +64,17 @@ impl UrlPolicy {
     }
 }
 
-/// The URL with any password replaced by `***` (for log lines).
+/// The URL with any user name and password replaced by `***` (for log lines): both
+/// `https://user:TOKEN@host` and `https://TOKEN@host` carry a secret.
 pub fn redact_url(raw: &str) -> String {
     match Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) if u.password().is_some() || !u.username().is_empty() => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if !u.username().is_empty() {
+                let _ = u.set_username("***");
+            }
             u.to_string()
         }
         _ => raw.to_string(),
@@ -91,6 +97,30 @@ pub struct Credentials {
     pub username: Option<String>,
     /// Token or password.
     pub token: Option<String>,
+    /// The forge hosts the token may be sent to (lower case). A token goes to no other host, and a
+    /// git command that carries it does not follow redirects.
+    pub hosts: Vec<String>,
+}
+
+impl Credentials {
+    /// The `Authorization` header value for `url`, if a token is configured and `url` is an HTTP(S)
+    /// URL of one of the forge hosts.
+    fn header_for(&self, url: &str) -> Option<String> {
+        let token = self.token.as_deref()?;
+        let u = Url::parse(url).ok()?;
+        if !matches!(u.scheme(), "https" | "http") {
+            return None;
+        }
+        let host = u.host_str()?.to_ascii_lowercase();
+        if !self.hosts.contains(&host) {
+            return None;
+        }
+        let user = self.username.as_deref().unwrap_or("raibid");
+        Some(format!(
+            "Authorization: Basic {}",
+            base64(&format!("{user}:{token}"))
+        ))
+    }
 }
 
 /// The outcome of one git command, with its output lines for the job log.
@@ -103,13 +133,45 @@ pub struct GitOutput {
     pub stdout: String,
 }
 
-/// Run `git <args>` in `dir` with a minimal environment.
-pub async fn git(
+/// Why a git command did not run to its end.
+#[derive(Debug)]
+pub enum GitError {
+    /// git could not be started.
+    Spawn(std::io::Error),
+    /// The deadline passed; git's process group was killed.
+    TimedOut,
+    /// The job was stopped (cancel, lease lost, shutdown); git's process group was killed.
+    Stopped,
+}
+
+impl std::fmt::Display for GitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitError::Spawn(e) => write!(f, "cannot run git: {e}"),
+            GitError::TimedOut => f.write_str("git timed out"),
+            GitError::Stopped => f.write_str("git was stopped"),
+        }
+    }
+}
+
+/// Limits of one git command: a deadline and the job's stop signal (anything but `Stop::None`).
+#[derive(Clone)]
+pub(crate) struct Limits {
+    /// Kill git at this instant.
+    pub(crate) deadline: std::time::Instant,
+    /// Kill git when the job is stopped (cancel, lease lost, shutdown).
+    pub(crate) stop: tokio::sync::watch::Receiver<crate::Stop>,
+}
+
+/// Run `git <args>` in `dir` with a minimal environment, in its own process group (killed as a whole
+/// at the deadline or a stop), credentials attached only for `url_for_creds` on a forge host.
+pub(crate) async fn git(
     dir: &Path,
     args: &[&str],
     creds: &Credentials,
     url_for_creds: Option<&str>,
-) -> std::io::Result<GitOutput> {
+    limits: &Limits,
+) -> Result<GitOutput, GitError> {
     let mut cmd = Command::new("git");
     cmd.current_dir(dir)
         .args(args)
@@ -126,24 +188,41 @@ pub async fn git(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(v) = std::env::var_os("GIT_SSH_COMMAND") {
         cmd.env("GIT_SSH_COMMAND", v);
     }
-    // Credentials go in as config through the environment (`GIT_CONFIG_*`), scoped to the URL.
-    if let (Some(token), Some(url)) = (creds.token.as_deref(), url_for_creds) {
-        if url.starts_with("https://") || url.starts_with("http://") {
-            let user = creds.username.as_deref().unwrap_or("raibid");
-            let basic = base64(&format!("{user}:{token}"));
-            cmd.env("GIT_CONFIG_COUNT", "1")
-                .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
-                .env(
-                    "GIT_CONFIG_VALUE_0",
-                    format!("Authorization: Basic {basic}"),
-                );
-        }
+    // Credentials go in as config through the environment (`GIT_CONFIG_*`), scoped to the URL, only
+    // for a forge host, and with redirects off so the header cannot follow a redirect elsewhere.
+    if let Some(header) = url_for_creds.and_then(|u| creds.header_for(u).map(|h| (u, h))) {
+        let (url, header) = header;
+        cmd.env("GIT_CONFIG_COUNT", "2")
+            .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
+            .env("GIT_CONFIG_VALUE_0", header)
+            .env("GIT_CONFIG_KEY_1", "http.followRedirects")
+            .env("GIT_CONFIG_VALUE_1", "false");
     }
-    let out = cmd.output().await?;
+    let child = cmd.spawn().map_err(GitError::Spawn)?;
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    let mut stop = limits.stop.clone();
+    let deadline = tokio::time::Instant::from_std(limits.deadline);
+    let out = tokio::select! {
+        o = child.wait_with_output() => o.map_err(GitError::Spawn)?,
+        _ = tokio::time::sleep_until(deadline) => {
+            kill_group(pgid);
+            return Err(GitError::TimedOut);
+        }
+        _ = async {
+            loop {
+                if *stop.borrow_and_update() != crate::Stop::None { break; }
+                if stop.changed().await.is_err() { std::future::pending::<()>().await; }
+            }
+        } => {
+            kill_group(pgid);
+            return Err(GitError::Stopped);
+        }
+    };
     let mut lines = Vec::new();
     for chunk in [&out.stdout, &out.stderr] {
         for l in String::from_utf8_lossy(chunk).lines() {
@@ -157,6 +236,14 @@ pub async fn git(
         lines,
         stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
     })
+}
+
+fn kill_group(pgid: i32) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    if pgid > 0 {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
 }
 
 fn base64(s: &str) -> String {
@@ -198,6 +285,40 @@ mod tests {
         let any = UrlPolicy::from_lists("file,https", "");
         assert!(any.check("file:///tmp/repo").is_ok());
         assert!(any.check("https://anything/x").is_ok());
+    }
+
+    #[test]
+    fn redaction_hides_user_and_password() {
+        assert_eq!(
+            redact_url("https://TOKEN@git.example/o/r.git"),
+            "https://***@git.example/o/r.git"
+        );
+        assert_eq!(
+            redact_url("https://u:TOKEN@git.example/o/r.git"),
+            "https://***:***@git.example/o/r.git"
+        );
+        assert_eq!(
+            redact_url("https://git.example/o/r.git"),
+            "https://git.example/o/r.git"
+        );
+    }
+
+    #[test]
+    fn token_goes_only_to_forge_hosts() {
+        let c = Credentials {
+            username: None,
+            token: Some("t".into()),
+            hosts: vec!["gitea.local".into()],
+        };
+        assert!(c.header_for("https://gitea.local/o/r.git").is_some());
+        assert!(c.header_for("https://GITEA.local/o/r.git").is_some());
+        assert!(c.header_for("https://evil.example/o/r.git").is_none());
+        assert!(c.header_for("file:///tmp/r").is_none());
+        let none = Credentials {
+            hosts: Vec::new(),
+            ..c
+        };
+        assert!(none.header_for("https://gitea.local/o/r.git").is_none());
     }
 
     #[test]

@@ -168,7 +168,8 @@ async fn apply(
         ),
     )
     .await;
-    let out = git::git(ws, &args, &ctx.shared.creds, None)
+    let limits = limits(ctx);
+    let out = git::git(ws, &args, &ctx.shared.creds, None, &limits)
         .await
         .map_err(|e| format!("cannot run git: {e}"))?;
     for l in &out.lines {
@@ -182,21 +183,40 @@ async fn apply(
     }
 }
 
-/// The branches of the job's remote, for a clone that could not find its ref (`git ls-remote --heads`).
-pub(crate) async fn branches_hint(ctx: &JobCtx<'_>, ws: &Path) -> Option<String> {
+fn limits(ctx: &JobCtx<'_>) -> git::Limits {
+    git::Limits {
+        deadline: ctx
+            .deadline
+            .min(std::time::Instant::now() + std::time::Duration::from_secs(120)),
+        stop: ctx.stop.clone(),
+    }
+}
+
+/// For a clone that failed: when the job's ref does not exist on the remote, say so and name the
+/// branches there are (`git ls-remote --heads -- <url>`, argv only).
+pub(crate) async fn missing_ref_hint(ctx: &JobCtx<'_>) -> Option<String> {
+    let src = &ctx.claim.job.source;
+    let dir = std::env::temp_dir();
     let out = git::git(
-        ws,
-        &["ls-remote", "--heads", "origin"],
+        &dir,
+        &["ls-remote", "--heads", "--tags", "--", &src.repo_url],
         &ctx.shared.creds,
-        Some(&ctx.claim.job.source.repo_url),
+        Some(&src.repo_url),
+        &limits(ctx),
     )
     .await
     .ok()
     .filter(|o| o.ok)?;
-    let mut names: Vec<&str> = out
+    let refs: Vec<&str> = out
         .stdout
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    if refs.contains(&src.git_ref.as_str()) {
+        return None;
+    }
+    let mut names: Vec<&str> = refs
+        .iter()
         .filter_map(|r| r.strip_prefix("refs/heads/"))
         .collect();
     let total = names.len();
@@ -206,7 +226,12 @@ pub(crate) async fn branches_hint(ctx: &JobCtx<'_>, ws: &Path) -> Option<String>
     } else {
         String::new()
     };
-    Some(format!("branches: {}{more}", names.join(", ")))
+    Some(format!(
+        "ref `{}` not found in {}; branches: {}{more}",
+        src.git_ref,
+        git::redact_url(&src.repo_url),
+        names.join(", ")
+    ))
 }
 
 #[cfg(test)]

@@ -13,6 +13,13 @@ pub mod keys {
     pub const JOBS_STREAM: &str = "raibid:jobs";
     /// The consumer group every agent reads `JOBS_STREAM` with (KEDA scales on this group's `lag`).
     pub const AGENTS_GROUP: &str = "raibid-agents";
+    /// The image-job queue stream (Buildah agents; same entry layout as `JOBS_STREAM`).
+    pub const IMAGE_JOBS_STREAM: &str = "raibid:jobs:image";
+    /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
+    /// Every job stream's group has the same name, so one `XREADGROUP` serves an agent of several kinds.
+    pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents";
+    /// Sorted set of job ids whose local images image agents remove (score: request time in ms).
+    pub const IMAGE_CLEANUP: &str = "raibid:images:cleanup";
     /// Dead-letter stream: jobs delivered more than the retry limit.
     pub const DEAD_STREAM: &str = "raibid:jobs:dead";
     /// Events stream for live watchers (job created/claimed/step started/finished/...), capped.
@@ -31,6 +38,8 @@ pub mod keys {
     pub const AGENTS_SET: &str = "raibid:agents";
     /// Prefix of an agent's heartbeat hash: `raibid:agent:{name}` (expires when heartbeats stop).
     pub const AGENT_PREFIX: &str = "raibid:agent:";
+    /// Prefix of an agent's name claim: `raibid:agent-name:{name}` → a token of the process holding it (SET NX, TTL refreshed by its heartbeat, deleted on exit).
+    pub const AGENT_NAME_CLAIM_PREFIX: &str = "raibid:agent-name:";
     /// Pub/sub channel on which cancel requests are broadcast (message: job id).
     pub const CANCEL_CHANNEL: &str = "raibid:cancel";
     /// Hash of histogram buckets: enqueue → claim latency (field = bucket upper bound in seconds, `+Inf`, `sum`, `count`).
@@ -47,6 +56,10 @@ pub mod keys {
     pub const JOB_NOTIFIED_SUFFIX: &str = ":notified";
     /// Consumer group of the dispatcher's `notify_url` sender on `EVENTS_STREAM`.
     pub const NOTIFY_GROUP: &str = "raibid-notifiers";
+    /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
+    pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
+    /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
+    pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -103,6 +116,12 @@ pub mod env {
     pub const GIT_TOKEN: &str = "RAIBID_GIT_TOKEN";
     /// File holding the git token.
     pub const GIT_TOKEN_FILE: &str = "RAIBID_GIT_TOKEN_FILE";
+    /// Upper bound in bytes of the cargo target slots under `<cache>/targets`; least recently used slots not in use are evicted past it.
+    pub const CACHE_MAX_BYTES: &str = "RAIBID_CACHE_MAX_BYTES";
+    /// Comma-separated default branch names whose slot a branch without a slot of its own starts from.
+    pub const CACHE_DEFAULT_BRANCHES: &str = "RAIBID_CACHE_DEFAULT_BRANCHES";
+    /// Seconds the clone step (mirror fetch + checkout) may take; it also ends at the job deadline or a cancel.
+    pub const CLONE_TIMEOUT_SECS: &str = "RAIBID_CLONE_TIMEOUT_SECS";
     /// Seconds an agent's claim stays valid without a heartbeat.
     pub const LEASE_SECS: &str = "RAIBID_LEASE_SECS";
     /// Claims of one job before it goes to the dead-letter stream (dispatcher's reaper).
@@ -122,8 +141,52 @@ pub mod env {
     pub const NOTIFY_SECRET_FILE: &str = "RAIBID_NOTIFY_SECRET_FILE";
     /// Comma-separated hosts a `notify_url` may name even when they resolve to loopback or private addresses.
     pub const NOTIFY_ALLOWED_HOSTS: &str = "RAIBID_NOTIFY_ALLOWED_HOSTS";
+    /// Comma-separated job kinds an agent runs (`rust`, `image`; `contract::kinds`).
+    pub const AGENT_KINDS: &str = "RAIBID_AGENT_KINDS";
+    /// Per-job log cap in bytes (payload + per-line overhead).
+    pub const LOG_CAP_BYTES: &str = "RAIBID_LOG_CAP_BYTES";
+    /// Per-job log cap in lines.
+    pub const LOG_CAP_LINES: &str = "RAIBID_LOG_CAP_LINES";
+    /// Seconds finished job records and logs are kept.
+    pub const RETENTION_SECS: &str = "RAIBID_RETENTION_SECS";
+    /// Seconds a forge delivery id is remembered (de-duplication).
+    pub const DEDUP_TTL_SECS: &str = "RAIBID_DEDUP_TTL_SECS";
+    /// Most job records kept (oldest finished ones dropped first; 0 = no count bound).
+    pub const MAX_JOBS: &str = "RAIBID_MAX_JOBS";
+    /// Which repositories may receive which `RAIBID_SECRET_*`: `NAME=glob|glob,NAME2=glob` (globs with `*` over the repository URL); a secret without a scope goes to no repository.
+    pub const SECRET_SCOPES: &str = "RAIBID_SECRET_SCOPES";
+    /// File holding the secret scopes (same syntax; commas or newlines); read when `RAIBID_SECRET_SCOPES` is unset.
+    pub const SECRET_SCOPES_FILE: &str = "RAIBID_SECRET_SCOPES_FILE";
+    /// File holding the Redis URL (with its password); when set it is used instead of `RAIBID_REDIS_URL`.
+    pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
+    /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
+    pub const STEP_USER: &str = "RAIBID_STEP_USER";
+    /// Default OCI registry image jobs push to (`host[:port][/namespace]`); `dev.sh env` prints it.
+    pub const REGISTRY: &str = "RAIBID_REGISTRY";
+    /// `true`: talk plain HTTP / unverified TLS to `RAIBID_REGISTRY` (the local registry).
+    pub const REGISTRY_INSECURE: &str = "RAIBID_REGISTRY_INSECURE";
+    /// A containers auth file (`auth.json`, a mounted secret) with the registry credentials.
+    pub const REGISTRY_AUTH_FILE: &str = "RAIBID_REGISTRY_AUTH_FILE";
+    /// Registry user name (with `RAIBID_REGISTRY_PASSWORD_FILE`; the agent writes a 0600 auth file per job).
+    pub const REGISTRY_USERNAME: &str = "RAIBID_REGISTRY_USERNAME";
+    /// File holding the registry password or token.
+    pub const REGISTRY_PASSWORD_FILE: &str = "RAIBID_REGISTRY_PASSWORD_FILE";
+    /// Buildah storage driver (`vfs` works everywhere; `overlay` on the Spark).
+    pub const BUILDAH_STORAGE_DRIVER: &str = "RAIBID_BUILDAH_STORAGE_DRIVER";
+    /// Remote repository for `buildah build --cache-from/--cache-to` (unset: local layer cache only).
+    pub const IMAGE_CACHE_REPO: &str = "RAIBID_IMAGE_CACHE_REPO";
+    /// `false`: image test commands run without network (`buildah run --network none`).
+    pub const IMAGE_TEST_NETWORK: &str = "RAIBID_IMAGE_TEST_NETWORK";
+    /// Bytes the Buildah storage (layer cache) may use before the GC removes the oldest job images.
+    pub const IMAGE_CACHE_MAX_BYTES: &str = "RAIBID_IMAGE_CACHE_MAX_BYTES";
+    /// Hours a job's image is kept as cache before the GC removes it.
+    pub const IMAGE_CACHE_MAX_AGE_HOURS: &str = "RAIBID_IMAGE_CACHE_MAX_AGE_HOURS";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
+    /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.
+    pub const PUSH_DEDUP_SECS: &str = "RAIBID_PUSH_DEDUP_SECS";
+    /// Longest delay in seconds between two retries of a commit status Gitea did not take.
+    pub const STATUS_RETRY_MAX_SECS: &str = "RAIBID_STATUS_RETRY_MAX_SECS";
 }
 
 /// HTTP paths of the dispatcher.
@@ -144,8 +207,48 @@ pub mod http {
     pub const MCP_PATH: &str = "/mcp";
     /// Header carrying the HMAC-SHA256 of a `notify_url` delivery (`sha256=<hex>`).
     pub const NOTIFY_SIGNATURE_HEADER: &str = "X-Raibid-Signature";
+    /// Public read-only job pages (commit-status links): `/public/jobs/{id}/{token}`.
+    pub const PUBLIC_JOBS_PATH: &str = "/public/jobs";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
+}
+
+/// Agent types ("plugin-based" agents): each job kind has its own stream and consumer group, so each
+/// pool scales on its own lag and runs with only the privileges it needs. Adding a type is an entry here,
+/// a variant of `job::JobKind`, an agent capability and a manifest.
+pub mod kinds {
+    use super::keys;
+
+    /// One agent type's routing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Route {
+        /// The kind's name (`job.kind` in JSON, `--kinds` of the agent).
+        pub kind: &'static str,
+        /// Its stream.
+        pub stream: &'static str,
+        /// Its consumer group.
+        pub group: &'static str,
+    }
+
+    /// Rust builds (`cargo build` + `cargo test`, or `.raibid.yaml` steps): restricted pods.
+    pub const RUST: Route = Route {
+        kind: "rust",
+        stream: keys::JOBS_STREAM,
+        group: keys::AGENTS_GROUP,
+    };
+    /// Container image builds with Buildah: pods with the ADR 0002 exception.
+    pub const IMAGE: Route = Route {
+        kind: "image",
+        stream: keys::IMAGE_JOBS_STREAM,
+        group: keys::IMAGE_AGENTS_GROUP,
+    };
+    /// Every agent type.
+    pub const ALL: [Route; 2] = [RUST, IMAGE];
+
+    /// The route of a kind name.
+    pub fn route(kind: &str) -> Option<Route> {
+        ALL.into_iter().find(|r| r.kind == kind)
+    }
 }
 
 /// Build a job key.
@@ -161,6 +264,11 @@ pub fn job_log_key(id: &str) -> String {
 /// Build a delivery de-duplication key.
 pub fn delivery_key(forge: &str, delivery_id: &str) -> String {
     format!("{}{forge}:{delivery_id}", keys::DELIVERY_PREFIX)
+}
+
+/// Build an agent name-claim key.
+pub fn agent_name_claim_key(name: &str) -> String {
+    format!("{}{name}", keys::AGENT_NAME_CLAIM_PREFIX)
 }
 
 /// Build an agent heartbeat key.

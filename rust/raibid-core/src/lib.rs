@@ -4,11 +4,16 @@
 //! `contract` holds every shared name; `job`, `pipeline` and `webhook` are pure; `queue` is the only
 //! module that talks to Redis.
 
+pub mod cache_stats;
 pub mod cargo_messages;
 pub mod contract;
 pub mod event;
+pub mod image;
 pub mod job;
 pub mod pipeline;
 pub mod queue;
+pub mod retry;
+pub mod secret_source;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod webhook;

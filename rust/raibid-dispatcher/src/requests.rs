@@ -32,6 +32,10 @@ pub struct SubmitJob {
     /// http(s) URL the dispatcher POSTs the final job record to, signed with `X-Raibid-Signature`.
     #[serde(default)]
     pub notify_url: Option<String>,
+    /// An image job (`raibid_core::image::ImageRequest`): build, test and publish a container image
+    /// instead of the cargo pipeline.
+    #[serde(default)]
+    pub image: Option<serde_json::Value>,
 }
 
 /// A submission that passed validation.
@@ -47,6 +51,8 @@ pub struct ValidSubmit {
     pub patch: Option<String>,
     /// Notification URL.
     pub notify_url: Option<String>,
+    /// Image job request.
+    pub image: Option<raibid_core::image::ImageRequest>,
 }
 
 /// Check a submission; the error names the field.
@@ -112,12 +118,17 @@ pub fn validate_submit(s: SubmitJob, notify_hosts: &[String]) -> Result<ValidSub
         }
         None => None,
     };
+    let image = match s.image {
+        Some(v) => Some(raibid_core::image::ImageRequest::from_json(v).map_err(|e| e.to_string())?),
+        None => None,
+    };
     Ok(ValidSubmit {
         repo_url: url,
         git_ref,
         sha,
         patch,
         notify_url,
+        image,
     })
 }
 
@@ -132,7 +143,7 @@ pub async fn create_job(
         bytes: p.len() as u64,
         sha256: hex::encode(Sha256::digest(p.as_bytes())),
     });
-    let job = Job::new(
+    let mut job = Job::new(
         Source {
             repo_url: v.repo_url,
             git_ref: v.git_ref,
@@ -148,6 +159,10 @@ pub async fn create_job(
         },
         Utc::now(),
     );
+    if let Some(r) = v.image {
+        job.kind = raibid_core::job::JobKind::Image;
+        job.image = Some(raibid_core::image::ImageJob::new(r));
+    }
     if let Some(p) = &v.patch {
         store_patch(state, &job.id, p).await?;
     }
@@ -254,7 +269,7 @@ pub async fn list_jobs(
         }
     }
     let next_cursor = if jobs.len() >= limit as usize {
-        jobs.last().map(|j| j.id.clone())
+        jobs.last().map(|j| j.id.to_string())
     } else {
         cursor
     };
@@ -279,6 +294,10 @@ pub async fn retry(state: &AppState, id: &str) -> Result<Result<Job, String>, Qu
     source.delivery_id = None;
     let mut job = Job::new(source, Utc::now());
     job.retry_of = Some(id.to_string());
+    job.kind = old.kind;
+    job.image = old
+        .image
+        .map(|i| raibid_core::image::ImageJob::new(i.request));
     if job.source.patch.is_some() {
         let mut con = state.queue.redis();
         let patch: Option<String> = redis::cmd("GET")

@@ -230,6 +230,8 @@ impl Raibid {
         Parameters(req): Parameters<SubmitJob>,
     ) -> Result<Json<Submitted>, String> {
         let v = requests::validate_submit(req, &self.state.settings.notify_allowed_hosts)?;
+        crate::api::check_clone_url(&self.state.settings.intake, &v.repo_url)
+            .map_err(|e| e.message().to_string())?;
         if v.notify_url.is_some() && self.state.settings.notify_secret.is_none() {
             return Err(format!(
                 "notify_url: this dispatcher has no notification secret ({}); leave notify_url out and use wait_for_job",
@@ -251,7 +253,7 @@ impl Raibid {
                     "call wait_for_job with job_id={} (it returns within 50 s; call it again while finished is false)",
                     job.id
                 ),
-                job_id: job.id,
+                job_id: job.id.to_string(),
                 status: job.status,
             })),
             Enqueued::Duplicate(id) => Err(format!("duplicate of job {id}")),
@@ -511,7 +513,7 @@ impl Raibid {
             .query_async(&mut con)
             .await;
         Ok(Json(Cleaned {
-            job_id: id.clone(),
+            job_id: id.to_string(),
             deleted_keys: n,
         }))
     }
@@ -593,7 +595,7 @@ async fn diagnostics_answer(
     {
         if let Some(step) = job.step.clone() {
             let q = LogsQuery {
-                job_id: job.id.clone(),
+                job_id: job.id.to_string(),
                 step: Some(step.clone()),
                 max_lines: Some(40),
                 ..LogsQuery::default()
@@ -613,7 +615,7 @@ async fn diagnostics_answer(
         }
     }
     Ok(DiagnosticsAnswer {
-        job_id: job.id.clone(),
+        job_id: job.id.to_string(),
         status: job.status,
         failure_reason: job.failure_reason.clone(),
         errors,

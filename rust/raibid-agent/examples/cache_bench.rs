@@ -1,0 +1,626 @@
+//! Cache benchmarks (docs/benchmarks.md, "Caches"): real Redis, the real dispatcher (in process), one
+//! real warm `raibid-agent` process (release build), real git and cargo.
+//!
+//! ```sh
+//! cd rust && cargo build --release -p raibid-agent
+//! nice cargo run --release -p raibid-agent --example cache_bench -- latency
+//! nice cargo run --release -p raibid-agent --example cache_bench -- builds --workload ripgrep --workload raibid
+//! ```
+//!
+//! `latency`: push → first line of the pipeline's first step (job `received` → that line's `ts`), p50/p90
+//! over `--runs` pushes, for a one-file repository and one with 10,000 commits (`git fast-import`).
+//!
+//! `builds`: for each workload — `ripgrep` (the published source from crates.io, fetched now) or
+//! `raibid` (this workspace at HEAD) — (a) cold: empty slots; (b) warm, no change; (c) warm, a one-line
+//! change in a leaf source file; (d) plain `cargo build` + `cargo test --no-run` in a persistent checkout
+//! after the same change; and (e) the same as (d) with `CARGO_INCREMENTAL=0`. Per phase: wall time of
+//! clone, config, build, test; units fresh/total; the ratios the goals are stated in.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use raibid_core::testkit::RedisServer;
+use raibid_dispatcher::{serve, AppState, Settings};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "cache-bench-token";
+
+struct Bench {
+    _redis: RedisServer,
+    base: String,
+    http: reqwest::Client,
+    tmp: PathBuf,
+    agent: Option<Child>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Some(a) = self.agent.as_mut() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+fn agent_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/raibid-agent");
+    assert!(
+        p.exists(),
+        "{} not found: build it first (cd rust && cargo build --release -p raibid-agent)",
+        p.display()
+    );
+    p
+}
+
+async fn bench(tmp: &Path, cache: &Path) -> Bench {
+    let redis = RedisServer::start().expect("redis-server");
+    let queue = raibid_core::queue::Queue::connect(
+        &redis.url(),
+        raibid_core::queue::QueueConfig::default(),
+    )
+    .await
+    .unwrap();
+    let settings = Settings {
+        api_token: TOKEN.into(),
+        gitea_secret: None,
+        github_secret: None,
+        gitea: None,
+        mirrors: HashMap::new(),
+        public_url: "http://raibid.bench".into(),
+        body_limit: 1 << 20,
+        lease: Duration::from_secs(30),
+        mcp_allowed_hosts: Vec::new(),
+        mcp_allowed_origins: Vec::new(),
+        notify_secret: None,
+        notify_allowed_hosts: Vec::new(),
+        intake: raibid_dispatcher::Intake {
+            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
+            ..raibid_dispatcher::Intake::default()
+        },
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState::new(queue, settings);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serve(state, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .ok()
+    });
+    let log = std::fs::File::create(tmp.join("agent.log")).unwrap();
+    let agent = Command::new(agent_bin())
+        .args(["--name", "bench-agent", "--block-ms", "2000"])
+        .env("RAIBID_REDIS_URL", redis.url())
+        .env("RAIBID_ALLOWED_SCHEMES", "file")
+        .env("RAIBID_WORKSPACE_DIR", tmp.join("ws"))
+        .env("RAIBID_CACHE_DIR", cache)
+        .env("RAIBID_LOG", "warn")
+        .env_remove("RAIBID_GIT_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Bench {
+        _redis: redis,
+        base,
+        http: reqwest::Client::new(),
+        tmp: tmp.to_path_buf(),
+        agent: Some(agent),
+        _shutdown: tx,
+    }
+}
+
+impl Bench {
+    async fn submit(&self, url: &str, sha: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/jobs", self.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"repo_url": url, "ref": "main", "sha": sha}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn run(&self, url: &str, sha: &str) -> (Value, Vec<Value>) {
+        let id = self.submit(url, sha).await;
+        loop {
+            let j = self.get(&format!("/api/v1/jobs/{id}")).await;
+            if ["succeeded", "failed", "cancelled", "timed_out"]
+                .contains(&j["status"].as_str().unwrap_or(""))
+            {
+                let logs = self.get(&format!("/api/v1/jobs/{id}/logs")).await;
+                let lines = logs["lines"].as_array().cloned().unwrap_or_default();
+                return (j, lines);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn commit(dir: &Path, msg: &str) -> String {
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "--allow-empty", "-m", msg]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+fn ts(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A repository with `n` commits from `git fast-import` (each changes a line file and a 4 KiB blob).
+fn big_repo(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q"]);
+    let mut stream = Vec::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 1..=n {
+        let mut blob = Vec::with_capacity(4096);
+        for _ in 0..512 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            blob.extend_from_slice(&x.to_le_bytes());
+        }
+        let msg = format!("commit {i}\n");
+        let hist = format!("{i}\n");
+        stream.extend_from_slice(b"commit refs/heads/main\n");
+        stream.extend_from_slice(
+            format!("committer b <b@b.invalid> {} +0000\n", 1_700_000_000 + i).as_bytes(),
+        );
+        stream.extend_from_slice(format!("data {}\n{msg}", msg.len()).as_bytes());
+        stream.extend_from_slice(
+            format!("M 100644 inline history.txt\ndata {}\n{hist}\n", hist.len()).as_bytes(),
+        );
+        stream.extend_from_slice(
+            format!("M 100644 inline noise.bin\ndata {}\n", blob.len()).as_bytes(),
+        );
+        stream.extend_from_slice(&blob);
+        stream.extend_from_slice(b"\n\n");
+    }
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&stream).unwrap();
+    assert!(child.wait().unwrap().success());
+    git(dir, &["checkout", "-q", "-f", "main"]);
+}
+
+async fn latency(runs: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bench(tmp.path(), &tmp.path().join("cache")).await;
+    let tiny = tmp.path().join("tiny");
+    std::fs::create_dir_all(&tiny).unwrap();
+    git(&tiny, &["init", "-q"]);
+    let big = tmp.path().join("big");
+    big_repo(&big, 10_000);
+    println!("| repository | runs | p50 ms | p90 ms | max ms | clone step p50 ms | fetched objects p50 |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, dir) in [("1 file", &tiny), ("10,000 commits", &big)] {
+        std::fs::write(
+            dir.join(".raibid.yaml"),
+            "steps:\n  - name: check\n    run: \"true\"\n",
+        )
+        .unwrap();
+        let url = format!("file://{}", dir.display());
+        // The first job creates the mirror and the slot; it is left out.
+        let sha = commit(dir, "pipeline");
+        let (j, _) = b.run(&url, &sha).await;
+        assert_eq!(j["status"], "succeeded", "{j}");
+        let mut first = Vec::new();
+        let mut clone = Vec::new();
+        let mut objects = Vec::new();
+        for i in 0..runs {
+            std::fs::write(dir.join("history.txt"), format!("push {i}\n")).unwrap();
+            let sha = commit(dir, &format!("push {i}"));
+            let (j, lines) = b.run(&url, &sha).await;
+            assert_eq!(j["status"], "succeeded", "{j}");
+            let received = ts(&j["timestamps"]["received"]);
+            let line = lines
+                .iter()
+                .find(|l| l["step"] == "check")
+                .expect("a line of the first step");
+            first.push((ts(&line["ts"]) - received).num_microseconds().unwrap() as f64 / 1000.0);
+            clone.push(j["steps"][0]["duration_ms"].as_f64().unwrap_or(0.0));
+            objects.push(j["cache"]["fetched_objects"].as_f64().unwrap_or(0.0));
+            // Pushes a human pace apart is not needed: the agent is idle and blocked on XREADGROUP.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (p50, p90, max) = (
+            pct(&mut first, 0.5),
+            pct(&mut first, 0.9),
+            pct(&mut first, 1.0),
+        );
+        println!(
+            "| {name} | {runs} | {p50:.1} | {p90:.1} | {max:.1} | {:.0} | {:.0} |",
+            pct(&mut clone, 0.5),
+            pct(&mut objects, 0.5)
+        );
+    }
+    drop(b);
+}
+
+/// A one-line change in a leaf source file: a new function (real code, not a comment).
+fn leaf_change(file: &Path, n: u32) {
+    let mut s = std::fs::read_to_string(file).unwrap();
+    s.push_str(&format!(
+        "\n#[allow(dead_code)] fn raibid_bench_change_{n}() -> u32 {{ {n} }}\n"
+    ));
+    std::fs::write(file, s).unwrap();
+}
+
+struct Workload {
+    name: &'static str,
+    /// Repository root (a git repo), and the leaf file changed in (c).
+    dir: PathBuf,
+    leaf: PathBuf,
+}
+
+async fn fetch_ripgrep(into: &Path) -> Workload {
+    let client = reqwest::Client::builder()
+        .user_agent("raibid-ci cache benchmark (https://github.com/raibid-labs/raibid-ci)")
+        .build()
+        .unwrap();
+    let meta: Value = client
+        .get("https://crates.io/api/v1/crates/ripgrep")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ver = meta["crate"]["max_stable_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = client
+        .get(format!(
+            "https://crates.io/api/v1/crates/ripgrep/{ver}/download"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let tgz = into.join("ripgrep.crate");
+    std::fs::write(&tgz, &bytes).unwrap();
+    assert!(Command::new("tar")
+        .args(["-xzf", tgz.to_str().unwrap(), "-C", into.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let dir = into.join(format!("ripgrep-{ver}"));
+    assert!(
+        dir.join("Cargo.lock").exists(),
+        "the published crate has a Cargo.lock"
+    );
+    println!(
+        "workload ripgrep {ver}: {} bytes from crates.io",
+        bytes.len()
+    );
+    git(&dir, &["init", "-q"]);
+    let leaf = dir.join("crates/core/main.rs");
+    let leaf = if leaf.exists() {
+        leaf
+    } else {
+        dir.join("src/main.rs")
+    };
+    Workload {
+        name: "ripgrep",
+        dir,
+        leaf,
+    }
+}
+
+fn raibid_workspace(into: &Path) -> Workload {
+    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = into.join("raibid");
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = Command::new("git")
+        .args(["archive", "--format=tar", "HEAD:rust"])
+        .current_dir(&repo_root)
+        .output()
+        .unwrap();
+    assert!(archive.status.success());
+    let mut tar = Command::new("tar")
+        .args(["-x", "-C", dir.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    tar.stdin
+        .take()
+        .unwrap()
+        .write_all(&archive.stdout)
+        .unwrap();
+    assert!(tar.wait().unwrap().success());
+    git(&dir, &["init", "-q"]);
+    Workload {
+        name: "raibid",
+        leaf: dir.join("raibid-agent/src/main.rs"),
+        dir,
+    }
+}
+
+fn cp_r(from: &Path, to: &Path) {
+    assert!(Command::new("cp")
+        .args(["-a", from.to_str().unwrap(), to.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Time a command in `dir` (its output to a log file).
+fn timed(dir: &Path, env: &[(&str, &str)], args: &[&str], log: &Path) -> f64 {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let t = Instant::now();
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .env_remove("RUSTFLAGS")
+        .stdout(Stdio::null())
+        .stderr(f)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{args:?} failed; see {}", log.display());
+    t.elapsed().as_secs_f64()
+}
+
+fn step_secs(j: &Value, name: &str) -> f64 {
+    j["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .and_then(|s| s["duration_ms"].as_f64())
+        .unwrap_or(0.0)
+        / 1000.0
+}
+
+fn job_secs(j: &Value) -> f64 {
+    (ts(&j["timestamps"]["finished"]) - ts(&j["timestamps"]["received"])).num_milliseconds() as f64
+        / 1000.0
+}
+
+async fn builds(names: &[String]) {
+    let tmp = tempfile::tempdir().unwrap();
+    // One CARGO_HOME for everything (the node's), downloaded before the measured runs: the figures
+    // are about target directories, not crates.io.
+    let shared_cargo = std::env::temp_dir().join("raibid-bench-cargo-home");
+    std::fs::create_dir_all(&shared_cargo).unwrap();
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::os::unix::fs::symlink(&shared_cargo, cache.join("cargo")).unwrap();
+    let b = bench(tmp.path(), &cache).await;
+    let cargo_home = shared_cargo.to_str().unwrap().to_string();
+    for name in names {
+        let w = match name.as_str() {
+            "ripgrep" => fetch_ripgrep(tmp.path()).await,
+            "raibid" => raibid_workspace(tmp.path()),
+            other => panic!("unknown workload {other} (ripgrep, raibid)"),
+        };
+        std::fs::write(
+            w.dir.join(".raibid.yaml"),
+            "steps:\n  - name: build\n    run: cargo build --locked --message-format=json-render-diagnostics\n  - name: test\n    run: cargo test --locked --no-run --message-format=json-render-diagnostics\n",
+        )
+        .unwrap();
+        let log = b.tmp.join(format!("{}-plain.log", w.name));
+        let fetch = timed(
+            &w.dir,
+            &[("CARGO_HOME", &cargo_home)],
+            &["cargo", "fetch", "--locked"],
+            &log,
+        );
+        println!("{}: cargo fetch {fetch:.1}s (not measured below)", w.name);
+        let sha = commit(&w.dir, "workload");
+        // (d)'s persistent checkout, prepared (cold build) before the measured phases.
+        let plain = b.tmp.join(format!("{}-plain", w.name));
+        cp_r(&w.dir, &plain);
+        let penv = [("CARGO_HOME", cargo_home.as_str())];
+        let plain_cold_build = timed(&plain, &penv, &["cargo", "build", "--locked"], &log);
+        let plain_cold_test = timed(
+            &plain,
+            &penv,
+            &["cargo", "test", "--locked", "--no-run"],
+            &log,
+        );
+        let url = format!("file://{}", w.dir.display());
+        let mut rows = Vec::new();
+        let (ja, _) = b.run(&url, &sha).await;
+        assert_eq!(ja["status"], "succeeded", "{ja}");
+        rows.push(("(a) cold", ja));
+        let sha_b = commit(&w.dir, "no change");
+        let (jb, _) = b.run(&url, &sha_b).await;
+        assert_eq!(jb["status"], "succeeded", "{jb}");
+        rows.push(("(b) warm, no change", jb));
+        leaf_change(&w.leaf, 1);
+        let sha_c = commit(&w.dir, "one-line change");
+        let (jc, _) = b.run(&url, &sha_c).await;
+        assert_eq!(jc["status"], "succeeded", "{jc}");
+        rows.push(("(c) warm, one-line change", jc));
+        // (d): the same change in the persistent checkout.
+        let rel = w.leaf.strip_prefix(&w.dir).unwrap();
+        leaf_change(&plain.join(rel), 1);
+        let d_build = timed(&plain, &penv, &["cargo", "build", "--locked"], &log);
+        let d_test = timed(
+            &plain,
+            &penv,
+            &["cargo", "test", "--locked", "--no-run"],
+            &log,
+        );
+        // (e): CARGO_INCREMENTAL=0 in the same checkout (its first build rebuilds the workspace crates
+        // non-incrementally; the measured one is the next one-line change).
+        let nenv = [
+            ("CARGO_HOME", cargo_home.as_str()),
+            ("CARGO_INCREMENTAL", "0"),
+        ];
+        timed(&plain, &nenv, &["cargo", "build", "--locked"], &log);
+        timed(
+            &plain,
+            &nenv,
+            &["cargo", "test", "--locked", "--no-run"],
+            &log,
+        );
+        leaf_change(&plain.join(rel), 2);
+        let e_build = timed(&plain, &nenv, &["cargo", "build", "--locked"], &log);
+        let e_test = timed(
+            &plain,
+            &nenv,
+            &["cargo", "test", "--locked", "--no-run"],
+            &log,
+        );
+        println!();
+        println!("### {}", w.name);
+        println!();
+        println!("| phase | clone s | config s | build s | test --no-run s | job s (received → finished) | units fresh / total | restore | slot |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for (label, j) in &rows {
+            let c = &j["cache"];
+            println!(
+                "| {label} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} / {} | {} | {:.0} MiB |",
+                step_secs(j, "clone"),
+                step_secs(j, "config"),
+                step_secs(j, "build"),
+                step_secs(j, "test"),
+                job_secs(j),
+                c["units_fresh"],
+                c["units_total"],
+                c["restore"].as_str().unwrap_or(""),
+                c["slot_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            );
+        }
+        println!("| (d) plain cargo, persistent checkout, same change | — | — | {d_build:.1} | {d_test:.1} | {:.1} | — | — | — |", d_build + d_test);
+        println!("| (e) as (d), CARGO_INCREMENTAL=0 | — | — | {e_build:.1} | {e_test:.1} | {:.1} | — | — | — |", e_build + e_test);
+        println!("| plain cargo, cold (for reference) | — | — | {plain_cold_build:.1} | {plain_cold_test:.1} | {:.1} | — | — | — |", plain_cold_build + plain_cold_test);
+        let c = &rows[2].1;
+        let a = &rows[0].1;
+        let (cf, ct) = (
+            c["cache"]["units_fresh"].as_f64().unwrap_or(0.0),
+            c["cache"]["units_total"].as_f64().unwrap_or(1.0),
+        );
+        let d = d_build + d_test;
+        println!();
+        println!(
+            "ratios: (c)/(d) = {:.2} (job, received → finished) / {:.2} (build+test steps); (a)/(c) = {:.1}; fresh on (c) = {:.1} %",
+            job_secs(c) / d,
+            (step_secs(c, "build") + step_secs(c, "test")) / d,
+            job_secs(a) / job_secs(c),
+            100.0 * cf / ct
+        );
+        let inc = sized(&plain.join("target/debug/incremental"));
+        println!(
+            "target/debug/incremental in the plain checkout: {:.0} MiB",
+            inc as f64 / 1048576.0
+        );
+    }
+    drop(b);
+}
+
+fn sized(p: &Path) -> u64 {
+    let out = Command::new("du")
+        .args(["-sb", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().cloned().unwrap_or_default();
+    let mut runs = 30;
+    let mut workloads = Vec::new();
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--runs" => {
+                runs = args[i + 1].parse().unwrap();
+                i += 1;
+            }
+            "--workload" => {
+                workloads.push(args[i + 1].clone());
+                i += 1;
+            }
+            other => panic!("unknown argument {other}"),
+        }
+        i += 1;
+    }
+    match mode.as_str() {
+        "latency" => latency(runs).await,
+        "builds" => {
+            if workloads.is_empty() {
+                workloads = vec!["ripgrep".into(), "raibid".into()];
+            }
+            builds(&workloads).await
+        }
+        _ => {
+            eprintln!(
+                "usage: cache_bench latency [--runs N] | builds [--workload ripgrep|raibid]..."
+            );
+            std::process::exit(2);
+        }
+    }
+}

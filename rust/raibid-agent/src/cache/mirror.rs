@@ -1,0 +1,483 @@
+//! One bare git mirror per repository under `<cache>/git/<repo-id>.git`, updated under a lock with a
+//! fetch of the wanted ref (only new objects travel), and trusted only when whole.
+//!
+//! - A mirror is trusted only once `raibid-mirror-ok` exists (written after `git init` finished); a
+//!   directory without it (a kill during creation) is removed and rebuilt.
+//! - Under the lock, leftovers of a killed fetch are removed first: stale `*.lock` files (git's ref
+//!   locks; nobody else can hold them while we hold the mirror lock) and temporary packs.
+//! - A fetch that fails for any reason but a timeout or a stop rebuilds the mirror once from scratch;
+//!   so does a checkout that finds an object missing (see `super::slots::checkout`).
+//! - The URL is passed on each fetch and never stored in the mirror, so no credential in a URL ever
+//!   lands on disk; the token travels as a header only to forge hosts (`git::Credentials`).
+
+use super::{CloneError, Sink};
+use crate::git::{self, Credentials, Limits};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const OK_MARKER: &str = "raibid-mirror-ok";
+/// Packs a mirror may hold before a fetch repacks them into one (one pack per fetch otherwise).
+const MAX_PACKS: usize = 50;
+
+fn pack_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("objects/pack"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// What updating the mirror did.
+pub(crate) struct MirrorOutcome {
+    /// The bare repository.
+    pub(crate) dir: PathBuf,
+    /// The commit to check out.
+    pub(crate) sha: String,
+    /// The commit was already there (no fetch).
+    pub(crate) hit: bool,
+    /// Objects / pack bytes the fetch added.
+    pub(crate) objects: u64,
+    pub(crate) bytes: u64,
+    /// Milliseconds waiting for the mirror lock.
+    pub(crate) lock_ms: u64,
+}
+
+/// Run git in `dir`, logging the command (URL redacted) and its output.
+pub(crate) async fn run(
+    dir: &Path,
+    args: &[&str],
+    creds: &Credentials,
+    url: Option<&str>,
+    limits: &Limits,
+    log: Sink<'_>,
+) -> Result<git::GitOutput, CloneError> {
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if Some(*a) == url {
+                git::redact_url(a)
+            } else {
+                (*a).to_string()
+            }
+        })
+        .collect();
+    log(format!("$ git {}", shown.join(" ")));
+    match git::git(dir, args, creds, url, limits).await {
+        Ok(o) => {
+            if !o.ok {
+                for l in &o.lines {
+                    log(l.clone());
+                }
+            }
+            Ok(o)
+        }
+        Err(git::GitError::TimedOut) => Err(CloneError::TimedOut),
+        Err(git::GitError::Stopped) => Err(CloneError::Stopped),
+        Err(e) => Err(CloneError::Failed(e.to_string())),
+    }
+}
+
+/// `refs/heads/main` for `main`; full ref names stay as they are.
+pub(crate) fn full_ref(git_ref: &str) -> String {
+    if git_ref.starts_with("refs/") {
+        git_ref.to_string()
+    } else {
+        format!("refs/heads/{git_ref}")
+    }
+}
+
+/// Bring the mirror of `url` up to `sha` (or the tip of `git_ref`) and say which commit to check out.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn update(
+    root: &Path,
+    repo_id: &str,
+    url: &str,
+    git_ref: &str,
+    sha: Option<&str>,
+    creds: &Credentials,
+    limits: &Limits,
+    log: Sink<'_>,
+) -> Result<MirrorOutcome, CloneError> {
+    let base = root.join("git");
+    std::fs::create_dir_all(&base).map_err(|e| CloneError::Failed(format!("cache dir: {e}")))?;
+    let dir = base.join(format!("{repo_id}.git"));
+    let t = Instant::now();
+    let stop = limits.stop.clone();
+    let _lock = super::lock::lock(
+        &base.join(format!("{repo_id}.lock")),
+        limits.deadline,
+        || *stop.borrow() != crate::Stop::None,
+    )
+    .await
+    .map_err(CloneError::from)?;
+    let lock_ms = t.elapsed().as_millis() as u64;
+    let mut rebuilt = false;
+    loop {
+        if dir.join(OK_MARKER).exists() {
+            remove_leftovers(&dir);
+            if let Err(pack) = verify_packs(&dir) {
+                log(format!(
+                    "[raibid] mirror pack {pack} is damaged; rebuilding the mirror"
+                ));
+                invalidate_locked(&dir);
+            }
+        }
+        if !dir.join(OK_MARKER).exists() {
+            create(&base, &dir, creds, limits, log).await?;
+        }
+        match fetch(&dir, url, git_ref, sha, creds, limits, log).await {
+            Ok((sha, hit, objects, bytes)) => {
+                return Ok(MirrorOutcome {
+                    dir,
+                    sha,
+                    hit,
+                    objects,
+                    bytes,
+                    lock_ms,
+                })
+            }
+            Err(CloneError::Failed(e)) if !rebuilt => {
+                log(format!(
+                    "[raibid] mirror update failed ({e}); rebuilding the mirror from scratch"
+                ));
+                invalidate_locked(&dir);
+                rebuilt = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Mark a mirror untrusted (the next update rebuilds it). Takes the mirror lock.
+pub(crate) async fn invalidate(root: &Path, repo_id: &str, limits: &Limits) {
+    let base = root.join("git");
+    let stop = limits.stop.clone();
+    if let Ok(_l) = super::lock::lock(
+        &base.join(format!("{repo_id}.lock")),
+        limits.deadline,
+        || *stop.borrow() != crate::Stop::None,
+    )
+    .await
+    {
+        invalidate_locked(&base.join(format!("{repo_id}.git")));
+    }
+}
+
+fn invalidate_locked(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(OK_MARKER));
+}
+
+async fn create(
+    base: &Path,
+    dir: &Path,
+    creds: &Credentials,
+    limits: &Limits,
+    log: Sink<'_>,
+) -> Result<(), CloneError> {
+    if dir.exists() {
+        // Move it aside first so a half-deleted tree is never mistaken for a mirror.
+        let trash = base.join(format!(
+            ".trash-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        ));
+        if std::fs::rename(dir, &trash).is_ok() {
+            let _ = std::fs::remove_dir_all(&trash);
+        } else {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let d = dir.to_string_lossy().into_owned();
+    let o = run(
+        base,
+        &["init", "-q", "--bare", &d],
+        creds,
+        None,
+        limits,
+        log,
+    )
+    .await?;
+    if !o.ok {
+        return Err(CloneError::Failed("git init of the mirror failed".into()));
+    }
+    // gc never runs on its own (it could prune objects a workspace borrows); fetched packs are kept as
+    // packs (countable; repacked every MAX_PACKS fetches).
+    for (k, v) in [
+        ("gc.auto", "0"),
+        ("core.logAllRefUpdates", "false"),
+        ("fetch.unpackLimit", "1"),
+        ("transfer.unpackLimit", "1"),
+    ] {
+        let _ = git::git(dir, &["config", k, v], creds, None, limits).await;
+    }
+    std::fs::write(dir.join(OK_MARKER), b"")
+        .map_err(|e| CloneError::Failed(format!("mirror marker: {e}")))?;
+    Ok(())
+}
+
+/// Remove what a killed git leaves behind (we hold the mirror lock, so no git of ours is running).
+fn remove_leftovers(dir: &Path) {
+    fn walk(d: &Path) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(&p);
+            } else if p.extension().is_some_and(|x| x == "lock") {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    walk(&dir.join("refs"));
+    for f in [
+        "packed-refs.lock",
+        "shallow.lock",
+        "config.lock",
+        "HEAD.lock",
+        "index.lock",
+    ] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    for sub in ["objects/pack", "objects"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("tmp_") || n.starts_with("incoming-") || n.starts_with(".tmp-") {
+                    let p = e.path();
+                    if p.is_dir() {
+                        let _ = std::fs::remove_dir_all(&p);
+                    } else {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every pack is whole: it exists beside its index and ends with the checksum the index records
+/// (a truncated or half-written pack fails this; O(1) per pack). Err names the damaged pack.
+fn verify_packs(dir: &Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(rd) = std::fs::read_dir(dir.join("objects/pack")) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let idx = e.path();
+        if idx.extension().is_none_or(|x| x != "idx") {
+            continue;
+        }
+        let name = idx
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pack = idx.with_extension("pack");
+        let check = || -> Option<bool> {
+            let mut i = std::fs::File::open(&idx).ok()?;
+            let ilen = i.metadata().ok()?.len();
+            if ilen < 40 {
+                return Some(false);
+            }
+            i.seek(SeekFrom::Start(ilen - 40)).ok()?;
+            let mut want = [0u8; 20];
+            i.read_exact(&mut want).ok()?;
+            let mut p = std::fs::File::open(&pack).ok()?;
+            let plen = p.metadata().ok()?.len();
+            if plen < 32 {
+                return Some(false);
+            }
+            p.seek(SeekFrom::Start(plen - 20)).ok()?;
+            let mut got = [0u8; 20];
+            p.read_exact(&mut got).ok()?;
+            Some(got == want)
+        };
+        if check() != Some(true) {
+            return Err(name);
+        }
+    }
+    Ok(())
+}
+
+/// Objects and bytes in the mirror's packs (object counts from the `.idx` fan-out tables).
+fn pack_totals(dir: &Path) -> (u64, u64) {
+    let mut objects = 0;
+    let mut bytes = 0;
+    if let Ok(rd) = std::fs::read_dir(dir.join("objects/pack")) {
+        for e in rd.flatten() {
+            let p = e.path();
+            match p.extension().and_then(|x| x.to_str()) {
+                Some("pack") => bytes += e.metadata().map(|m| m.len()).unwrap_or(0),
+                Some("idx") => objects += idx_count(&p).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    (objects, bytes)
+}
+
+fn idx_count(p: &Path) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(p).ok()?;
+    let mut head = [0u8; 4];
+    f.read_exact(&mut head).ok()?;
+    // v2: magic \377tOc, version, then 256 fan-out entries; v1: fan-out right away.
+    let off = if head == [0xff, b't', b'O', b'c'] {
+        8
+    } else {
+        0
+    };
+    f.seek(SeekFrom::Start(off + 255 * 4)).ok()?;
+    let mut n = [0u8; 4];
+    f.read_exact(&mut n).ok()?;
+    Some(u64::from(u32::from_be_bytes(n)))
+}
+
+/// Whether the mirror holds object `sha`: a binary search in each pack index (the mirror keeps every
+/// fetched object in packs), then a look for a loose object; no git process on the warm path.
+fn has_commit(dir: &Path, sha: &str) -> bool {
+    let Ok(want) = hex::decode(sha) else {
+        return false;
+    };
+    if want.len() != 20 {
+        return false;
+    }
+    let loose = dir.join("objects").join(&sha[..2]).join(&sha[2..]);
+    if loose.exists() {
+        return true;
+    }
+    let Ok(rd) = std::fs::read_dir(dir.join("objects/pack")) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let p = e.path();
+        p.extension().is_some_and(|x| x == "idx")
+            && p.with_extension("pack").exists()
+            && idx_contains(&p, &want).unwrap_or(false)
+    })
+}
+
+/// Look `want` up in a version-2 pack index (fan-out table, then sorted 20-byte names), reading
+/// only the fan-out entries and the names the binary search visits.
+fn idx_contains(p: &Path, want: &[u8]) -> Option<bool> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(p).ok()?;
+    let mut head = [0u8; 8];
+    f.read_exact_at(&mut head, 0).ok()?;
+    if head[..4] != [0xff, b't', b'O', b'c'] {
+        return None;
+    }
+    let fan = |i: usize| -> Option<u64> {
+        let mut n = [0u8; 4];
+        f.read_exact_at(&mut n, 8 + i as u64 * 4).ok()?;
+        Some(u64::from(u32::from_be_bytes(n)))
+    };
+    let first = usize::from(*want.first()?);
+    let mut lo = if first == 0 { 0 } else { fan(first - 1)? };
+    let mut hi = fan(first)?;
+    let names = 8 + 256 * 4;
+    let mut name = [0u8; 20];
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        f.read_exact_at(&mut name, names + mid * 20).ok()?;
+        match name.as_slice().cmp(want) {
+            std::cmp::Ordering::Equal => return Some(true),
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+        }
+    }
+    Some(false)
+}
+
+async fn fetch(
+    dir: &Path,
+    url: &str,
+    git_ref: &str,
+    sha: Option<&str>,
+    creds: &Credentials,
+    limits: &Limits,
+    log: Sink<'_>,
+) -> Result<(String, bool, u64, u64), CloneError> {
+    if let Some(sha) = sha {
+        if has_commit(dir, sha) {
+            log(format!("[raibid] mirror has {sha}; nothing to fetch"));
+            return Ok((sha.to_string(), true, 0, 0));
+        }
+    }
+    let (objects0, bytes0) = pack_totals(dir);
+    let r = full_ref(git_ref);
+    let spec = format!("+{r}:{r}");
+    let o = run(
+        dir,
+        &[
+            "fetch",
+            "-q",
+            "--no-tags",
+            "--no-write-fetch-head",
+            url,
+            "--",
+            &spec,
+        ],
+        creds,
+        Some(url),
+        limits,
+        log,
+    )
+    .await?;
+    let mut fetched_ok = o.ok;
+    let sha = match sha {
+        Some(s) => {
+            if !has_commit(dir, s) {
+                // The ref moved on (or the sha is on no ref): ask for the commit itself.
+                let o = run(
+                    dir,
+                    &[
+                        "fetch",
+                        "-q",
+                        "--no-tags",
+                        "--no-write-fetch-head",
+                        url,
+                        "--",
+                        s,
+                    ],
+                    creds,
+                    Some(url),
+                    limits,
+                    log,
+                )
+                .await?;
+                fetched_ok = o.ok && has_commit(dir, s);
+            }
+            s.to_string()
+        }
+        None => {
+            let o = git::git(
+                dir,
+                &["rev-parse", "--verify", "-q", &format!("{r}^{{commit}}")],
+                creds,
+                None,
+                limits,
+            )
+            .await
+            .map_err(|e| CloneError::Failed(e.to_string()))?;
+            if !o.ok {
+                fetched_ok = false;
+            }
+            o.stdout
+        }
+    };
+    if !fetched_ok {
+        return Err(CloneError::Failed(format!("could not fetch {git_ref}")));
+    }
+    let (objects1, bytes1) = pack_totals(dir);
+    if pack_count(dir) > MAX_PACKS {
+        let _ = run(dir, &["repack", "-a", "-d", "-q"], creds, None, limits, log).await;
+    }
+    let objects = objects1.saturating_sub(objects0);
+    let bytes = bytes1.saturating_sub(bytes0);
+    log(format!(
+        "[raibid] mirror fetched {objects} object(s), {bytes} pack byte(s)"
+    ));
+    Ok((sha, false, objects, bytes))
+}

@@ -1,0 +1,79 @@
+//! The node's caches for a job: a bare git mirror per repository (`mirror`), cargo target slots with
+//! stable checkouts (`slots`), the cache key (`key`), cross-process locks (`lock`) and unit counting
+//! from cargo's JSON messages (`units`).
+//!
+//! Layout under the cache directory (a hostPath on the node, shared by every agent pod there):
+//!
+//! ```text
+//! cargo/                          CARGO_HOME (registry, git deps)
+//! git/<repo-id>.git, .lock        bare mirrors, one lock each
+//! targets/<repo-id>/.select.lock  slot choice
+//! targets/<repo-id>/slot-<n>.lock held while a job uses the slot
+//! targets/<repo-id>/slot-<n>/     src/ (the checkout), target/<key>/ (CARGO_TARGET_DIR), meta.json
+//! ```
+
+pub(crate) mod key;
+pub(crate) mod lock;
+pub(crate) mod mirror;
+pub(crate) mod slots;
+pub(crate) mod units;
+
+use raibid_core::cache_stats::CacheStats;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A log sink for cache operations (lines go to the job's log of the current step).
+pub(crate) type Sink<'a> = &'a (dyn Fn(String) + Sync);
+
+/// Why restoring failed.
+#[derive(Debug)]
+pub(crate) enum CloneError {
+    /// The clone's deadline passed.
+    TimedOut,
+    /// The job was stopped (cancel, lease lost, shutdown).
+    Stopped,
+    /// Anything else, with a message for the job.
+    Failed(String),
+}
+
+impl From<lock::LockError> for CloneError {
+    fn from(e: lock::LockError) -> Self {
+        match e {
+            lock::LockError::TimedOut => CloneError::TimedOut,
+            lock::LockError::Stopped => CloneError::Stopped,
+            lock::LockError::Io(e) => CloneError::Failed(format!("cache lock: {e}")),
+        }
+    }
+}
+
+/// The agent's view of the node cache.
+pub(crate) struct Cache {
+    pub(crate) root: PathBuf,
+    pub(crate) max_bytes: u64,
+    pub(crate) default_branches: Vec<String>,
+    pub(crate) memo: key::ToolchainMemo,
+}
+
+impl Cache {
+    pub(crate) fn new(root: PathBuf, max_bytes: u64, default_branches: &str) -> Cache {
+        Cache {
+            root,
+            max_bytes,
+            default_branches: default_branches
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            memo: key::ToolchainMemo::default(),
+        }
+    }
+}
+
+/// A job's hold on the cache: its slot (locked), key, unit counter and figures.
+pub(crate) struct JobCache {
+    pub(crate) repo_id: String,
+    pub(crate) slot: slots::Slot,
+    pub(crate) key: Option<String>,
+    pub(crate) units: Arc<units::Units>,
+    pub(crate) stats: CacheStats,
+}

@@ -1,0 +1,650 @@
+//! Cargo target slots: `<cache>/targets/<repo-id>/slot-<n>/{src,target/<key>,meta.json}`, each locked
+//! by `slot-<n>.lock` beside it while a job uses it.
+//!
+//! - A job takes a free slot of its repository (one its branch used last, else one of the default
+//!   branch, else the freshest), or a new one. The checkout lives at the slot's `src` for good, so the
+//!   absolute paths in cargo's fingerprints match from job to job, and it is updated in place
+//!   (`git checkout -f` + `git clean -ffdx`), so unchanged files keep their mtimes.
+//! - Inside the slot, each cache key has its own target directory (`CARGO_TARGET_DIR`); a key the
+//!   slot has never built is seeded from another free slot that has it (`cp -a --reflink=auto`, then an
+//!   atomic rename), else starts cold. Cargo judges workspace crates by mtimes (dep-info paths are
+//!   package-relative, artifact names path-independent), so after seeding every checked-out file is
+//!   touched: the seeded workspace crates rebuild, never pass for fresh; dependencies stay fresh.
+//! - `meta.json` names the job using the slot; if the next holder finds a job there, that job was
+//!   killed: the checkout is reset anyway, and the target directory is kept, because cargo writes a
+//!   unit's fingerprint only after the unit's outputs, so an interrupted unit is rebuilt, never
+//!   trusted.
+//! - Eviction: past the size cap, the least recently used target directories of slots nobody holds
+//!   are deleted (then slots left without any), never one in use.
+
+use super::lock::{self, FileLock};
+use super::mirror::run;
+use super::{CloneError, Sink};
+use crate::git::{Credentials, Limits};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a slot remembers.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    /// Repository URL (redacted).
+    #[serde(default)]
+    pub(crate) repo: String,
+    /// Branch of the last job.
+    #[serde(default)]
+    pub(crate) branch: String,
+    /// Last use, Unix milliseconds.
+    #[serde(default)]
+    pub(crate) last_used_ms: i64,
+    /// The job using it now (or a killed job's id).
+    #[serde(default)]
+    pub(crate) job: Option<String>,
+    /// Target directories by cache key.
+    #[serde(default)]
+    pub(crate) keys: BTreeMap<String, KeyMeta>,
+    /// Bytes of the checkout.
+    #[serde(default)]
+    pub(crate) src_bytes: u64,
+}
+
+/// One target directory.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct KeyMeta {
+    /// Last use, Unix milliseconds.
+    pub(crate) last_used_ms: i64,
+    /// Bytes on disk after its last job.
+    pub(crate) bytes: u64,
+}
+
+/// A slot held by this job (the lock is released on drop).
+pub(crate) struct Slot {
+    pub(crate) repo_dir: PathBuf,
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) recovered: bool,
+    pub(crate) meta: Meta,
+    _lock: FileLock,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub(crate) fn read_meta(dir: &Path) -> Meta {
+    std::fs::read(dir.join("meta.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_meta(dir: &Path, m: &Meta) {
+    let tmp = dir.join(format!(".meta.json.{}", std::process::id()));
+    if let Ok(b) = serde_json::to_vec_pretty(m) {
+        if std::fs::write(&tmp, b).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join("meta.json"));
+        }
+    }
+}
+
+/// `feature` for `refs/heads/feature`.
+pub(crate) fn branch_of(git_ref: &str) -> String {
+    git_ref
+        .strip_prefix("refs/heads/")
+        .unwrap_or(git_ref)
+        .to_string()
+}
+
+fn slot_names(repo_dir: &Path) -> Vec<(u32, String)> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(repo_dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(i) = n.strip_prefix("slot-").and_then(|x| x.parse::<u32>().ok()) {
+                if e.path().is_dir() {
+                    v.push((i, n));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Slots of the repository, most preferred first: the branch's own, the default branches', the rest;
+/// most recently used first within each.
+fn preference(repo_dir: &Path, branch: &str, defaults: &[String]) -> Vec<(String, Meta)> {
+    let mut v: Vec<(String, Meta)> = slot_names(repo_dir)
+        .into_iter()
+        .map(|(_, n)| {
+            let m = read_meta(&repo_dir.join(&n));
+            (n, m)
+        })
+        .collect();
+    let rank = |m: &Meta| {
+        if m.branch == branch {
+            0
+        } else if defaults.contains(&m.branch) {
+            1
+        } else {
+            2
+        }
+    };
+    v.sort_by(|a, b| {
+        rank(&a.1)
+            .cmp(&rank(&b.1))
+            .then(b.1.last_used_ms.cmp(&a.1.last_used_ms))
+    });
+    v
+}
+
+/// Take a slot for a job of `branch`. Returns the slot and the milliseconds spent on locks.
+pub(crate) async fn acquire(
+    root: &Path,
+    repo_id: &str,
+    repo_shown: &str,
+    branch: &str,
+    defaults: &[String],
+    job_id: &str,
+    limits: &Limits,
+) -> Result<(Slot, u64), CloneError> {
+    let repo_dir = root.join("targets").join(repo_id);
+    std::fs::create_dir_all(&repo_dir)
+        .map_err(|e| CloneError::Failed(format!("cache dir: {e}")))?;
+    let t = Instant::now();
+    let stop = limits.stop.clone();
+    // Choosing (and creating) a slot is brief and serialised per repository.
+    let _select = lock::lock(&repo_dir.join(".select.lock"), limits.deadline, || {
+        *stop.borrow() != crate::Stop::None
+    })
+    .await
+    .map_err(CloneError::from)?;
+    let mut chosen = None;
+    for (name, meta) in preference(&repo_dir, branch, defaults) {
+        if let Ok(Some(l)) = lock::try_lock(&repo_dir.join(format!("{name}.lock"))) {
+            chosen = Some((name, meta, l));
+            break;
+        }
+    }
+    let (name, meta, l) = match chosen {
+        Some(c) => c,
+        None => {
+            let n = slot_names(&repo_dir)
+                .iter()
+                .map(|(i, _)| i + 1)
+                .max()
+                .unwrap_or(0);
+            let name = format!("slot-{n}");
+            let l = lock::try_lock(&repo_dir.join(format!("{name}.lock")))
+                .map_err(|e| CloneError::Failed(format!("slot lock: {e}")))?
+                .ok_or_else(|| CloneError::Failed("new slot is locked".into()))?;
+            std::fs::create_dir_all(repo_dir.join(&name))
+                .map_err(|e| CloneError::Failed(format!("slot dir: {e}")))?;
+            (name, Meta::default(), l)
+        }
+    };
+    let lock_ms = t.elapsed().as_millis() as u64;
+    let dir = repo_dir.join(&name);
+    let recovered = meta.job.is_some();
+    let mut meta = meta;
+    meta.repo = repo_shown.to_string();
+    meta.branch = branch.to_string();
+    meta.job = Some(job_id.to_string());
+    meta.last_used_ms = now_ms();
+    write_meta(&dir, &meta);
+    Ok((
+        Slot {
+            repo_dir,
+            name,
+            dir,
+            recovered,
+            meta,
+            _lock: l,
+        },
+        lock_ms,
+    ))
+}
+
+impl Slot {
+    /// The stable checkout.
+    pub(crate) fn src(&self) -> PathBuf {
+        self.dir.join("src")
+    }
+
+    /// The target directory of `key`.
+    pub(crate) fn target(&self, key: &str) -> PathBuf {
+        self.dir.join("target").join(key)
+    }
+
+    /// `repo-id/slot-n`.
+    pub(crate) fn label(&self) -> String {
+        format!(
+            "{}/{}",
+            self.repo_dir
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            self.name
+        )
+    }
+
+    /// Check `sha` out at `src`, borrowing objects from the mirror (alternates). An existing checkout
+    /// of this mirror is updated in place. `Err(Failed)` with `missing` = the mirror lacks objects.
+    pub(crate) async fn checkout(
+        &self,
+        mirror: &Path,
+        sha: &str,
+        creds: &Credentials,
+        limits: &Limits,
+        log: Sink<'_>,
+    ) -> Result<(), CloneError> {
+        let src = self.src();
+        let objects = mirror.join("objects");
+        let alt = src.join(".git/objects/info/alternates");
+        let reuse = std::fs::read_to_string(&alt)
+            .map(|s| s.trim() == objects.to_string_lossy())
+            .unwrap_or(false);
+        if !reuse {
+            let _ = std::fs::remove_dir_all(&src);
+            std::fs::create_dir_all(&src)
+                .map_err(|e| CloneError::Failed(format!("checkout dir: {e}")))?;
+            let o = run(&src, &["init", "-q"], creds, None, limits, log).await?;
+            if !o.ok {
+                return Err(CloneError::Failed("git init failed".into()));
+            }
+            std::fs::write(&alt, format!("{}\n", objects.to_string_lossy()))
+                .map_err(|e| CloneError::Failed(format!("alternates: {e}")))?;
+        } else {
+            // A killed job may have left git's index lock behind.
+            let _ = std::fs::remove_file(src.join(".git/index.lock"));
+        }
+        let o = run(
+            &src,
+            &["checkout", "-q", "-f", "--detach", sha, "--"],
+            creds,
+            None,
+            limits,
+            log,
+        )
+        .await?;
+        if !o.ok {
+            return Err(CloneError::Failed(format!(
+                "missing: commit {sha} could not be checked out"
+            )));
+        }
+        if reuse {
+            let o = run(&src, &["clean", "-q", "-ffdx"], creds, None, limits, log).await?;
+            if !o.ok {
+                return Err(CloneError::Failed("git clean failed".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Make sure `key` has a target directory: `warm` (it had one), `seeded:<slot>` or `cold`.
+    pub(crate) async fn prepare_target(
+        &mut self,
+        key: &str,
+        defaults: &[String],
+        limits: &Limits,
+        log: Sink<'_>,
+    ) -> String {
+        let target = self.target(key);
+        if target.is_dir() {
+            return "warm".into();
+        }
+        let parent = self.dir.join("target");
+        let _ = std::fs::create_dir_all(&parent);
+        for (name, meta) in preference(&self.repo_dir, &self.meta.branch, defaults) {
+            if name == self.name || !meta.keys.contains_key(key) {
+                continue;
+            }
+            let donor = self.repo_dir.join(&name).join("target").join(key);
+            if !donor.is_dir() {
+                continue;
+            }
+            // A consistent source: a slot nobody holds (hold its lock while copying), or a held slot
+            // in which no cargo runs right now (hold cargo's own build locks while copying).
+            let held: Vec<FileLock> =
+                match lock::try_lock(&self.repo_dir.join(format!("{name}.lock"))) {
+                    Ok(Some(l)) => vec![l],
+                    _ => match cargo_locks(&donor) {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                };
+            let tmp = parent.join(format!(".{key}.tmp-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            log(format!(
+                "[raibid] seeding target directory of key {key} from {name}"
+            ));
+            let mut cp = tokio::process::Command::new("cp");
+            cp.arg("-a")
+                .arg("--reflink=auto")
+                .arg(&donor)
+                .arg(&tmp)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            let remaining = limits.deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, cp.output()).await {
+                Ok(Ok(o)) if o.status.success() => {
+                    if std::fs::rename(&tmp, &target).is_ok() {
+                        // Cargo judges workspace crates by mtimes against paths relative to the package
+                        // root, so the donor's units of another commit could pass for fresh if they
+                        // were built after this checkout was written. Make every checked-out file newer
+                        // than anything copied: the workspace crates rebuild, dependencies stay fresh.
+                        let src = self.src();
+                        let _ = tokio::task::spawn_blocking(move || touch_tree(&src)).await;
+                        return format!("seeded:{name}");
+                    }
+                }
+                Ok(Ok(o)) => log(format!(
+                    "[raibid] seeding failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                _ => log("[raibid] seeding failed or timed out".into()),
+            }
+            let _ = std::fs::remove_dir_all(&tmp);
+            drop(held);
+            break;
+        }
+        let _ = std::fs::create_dir_all(&target);
+        "cold".into()
+    }
+
+    /// The job is done with the slot: record use and sizes. Returns the slot's bytes.
+    pub(crate) async fn finish(&mut self, key: Option<&str>) -> u64 {
+        let now = now_ms();
+        let src = self.src();
+        let target = key.map(|k| self.target(k));
+        let (src_bytes, key_bytes) =
+            tokio::task::spawn_blocking(move || (du(&src), target.as_deref().map(du)))
+                .await
+                .unwrap_or((0, None));
+        self.meta.src_bytes = src_bytes;
+        if let (Some(k), Some(b)) = (key, key_bytes) {
+            self.meta.keys.insert(
+                k.to_string(),
+                KeyMeta {
+                    last_used_ms: now,
+                    bytes: b,
+                },
+            );
+        }
+        self.meta.job = None;
+        self.meta.last_used_ms = now;
+        write_meta(&self.dir, &self.meta);
+        self.meta.src_bytes + self.meta.keys.values().map(|k| k.bytes).sum::<u64>()
+    }
+}
+
+/// Set the mtime of every file under `dir` (but `.git`) to now.
+fn touch_tree(dir: &Path) {
+    let now = std::time::SystemTime::now();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                if e.file_name() != ".git" {
+                    stack.push(e.path());
+                }
+            } else if t.is_file() {
+                if let Ok(f) = std::fs::File::options().write(true).open(e.path()) {
+                    let _ = f.set_modified(now);
+                }
+            }
+        }
+    }
+}
+
+/// Take cargo's build-directory locks (`<target>/<profile>/.cargo-lock`, also under a target triple)
+/// without waiting: `None` if a cargo holds one.
+fn cargo_locks(target: &Path) -> Option<Vec<FileLock>> {
+    let mut files = Vec::new();
+    for d1 in std::fs::read_dir(target).ok()?.flatten() {
+        let p1 = d1.path();
+        if p1.join(".cargo-lock").is_file() {
+            files.push(p1.join(".cargo-lock"));
+        }
+        if let Ok(rd) = std::fs::read_dir(&p1) {
+            for d2 in rd.flatten() {
+                let p2 = d2.path().join(".cargo-lock");
+                if p2.is_file() {
+                    files.push(p2);
+                }
+            }
+        }
+    }
+    let mut held = Vec::new();
+    for f in files {
+        match lock::try_lock(&f) {
+            Ok(Some(l)) => held.push(l),
+            _ => return None,
+        }
+    }
+    Some(held)
+}
+
+/// Bytes on disk under `p` (allocated blocks; reflinked or hard-linked data counts in full).
+pub(crate) fn du(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// One line of `raibid.nu cache` / the eviction pass.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Entry {
+    pub(crate) repo_id: String,
+    pub(crate) slot: String,
+    pub(crate) key: Option<String>,
+    pub(crate) bytes: u64,
+    pub(crate) last_used_ms: i64,
+}
+
+/// Evict least recently used target directories (then emptied slots) of slots nobody holds until the
+/// total is under `max_bytes`. `current` (held by the caller) keeps `keep_key`. Returns the evicted.
+pub(crate) fn evict(
+    root: &Path,
+    max_bytes: u64,
+    current: Option<(&Slot, Option<&str>)>,
+) -> Vec<Entry> {
+    let targets = root.join("targets");
+    let mut all = Vec::new();
+    let mut total = 0u64;
+    if let Ok(rd) = std::fs::read_dir(&targets) {
+        for r in rd.flatten() {
+            let repo_id = r.file_name().to_string_lossy().into_owned();
+            for (_, slot) in slot_names(&r.path()) {
+                let m = read_meta(&r.path().join(&slot));
+                total += m.src_bytes;
+                all.push(Entry {
+                    repo_id: repo_id.clone(),
+                    slot: slot.clone(),
+                    key: None,
+                    bytes: m.src_bytes,
+                    last_used_ms: m.last_used_ms,
+                });
+                for (k, km) in &m.keys {
+                    total += km.bytes;
+                    all.push(Entry {
+                        repo_id: repo_id.clone(),
+                        slot: slot.clone(),
+                        key: Some(k.clone()),
+                        bytes: km.bytes,
+                        last_used_ms: km.last_used_ms,
+                    });
+                }
+            }
+        }
+    }
+    let mut evicted = Vec::new();
+    if total <= max_bytes {
+        return evicted;
+    }
+    // Target directories first (oldest first), then whole slots left with no target directory.
+    all.sort_by_key(|e| (e.key.is_none(), e.last_used_ms));
+    for e in all {
+        if total <= max_bytes {
+            break;
+        }
+        let repo_dir = targets.join(&e.repo_id);
+        let slot_dir = repo_dir.join(&e.slot);
+        let is_current = current.is_some_and(|(s, _)| s.dir == slot_dir);
+        let _held;
+        if is_current {
+            let keep = current.and_then(|(_, k)| k);
+            if e.key.is_none() || e.key.as_deref() == keep {
+                continue;
+            }
+        } else {
+            match lock::try_lock(&repo_dir.join(format!("{}.lock", e.slot))) {
+                Ok(Some(l)) => _held = l,
+                _ => continue,
+            }
+        }
+        let mut m = read_meta(&slot_dir);
+        match &e.key {
+            Some(k) => {
+                remove_aside(&slot_dir.join("target"), k);
+                m.keys.remove(k);
+                write_meta(&slot_dir, &m);
+            }
+            None => {
+                if !m.keys.is_empty() {
+                    continue;
+                }
+                remove_aside(&repo_dir, &e.slot);
+            }
+        }
+        total = total.saturating_sub(e.bytes);
+        evicted.push(e);
+    }
+    evicted
+}
+
+/// Rename `parent/name` aside (so nothing half-deleted is ever used), then delete it.
+fn remove_aside(parent: &Path, name: &str) {
+    let from = parent.join(name);
+    let trash = parent.join(format!(".evicted-{name}-{}", std::process::id()));
+    if std::fs::rename(&from, &trash).is_ok() {
+        let _ = std::fs::remove_dir_all(&trash);
+    } else {
+        let _ = std::fs::remove_dir_all(&from);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(root: &Path, repo: &str, slot: &str, keys: &[(&str, i64, u64)]) -> PathBuf {
+        let dir = root.join("targets").join(repo).join(slot);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        let mut m = Meta {
+            repo: repo.into(),
+            branch: "main".into(),
+            ..Meta::default()
+        };
+        for (k, used, bytes) in keys {
+            std::fs::create_dir_all(dir.join("target").join(k)).unwrap();
+            m.keys.insert(
+                (*k).to_string(),
+                KeyMeta {
+                    last_used_ms: *used,
+                    bytes: *bytes,
+                },
+            );
+            m.last_used_ms = m.last_used_ms.max(*used);
+        }
+        write_meta(&dir, &m);
+        dir
+    }
+
+    #[test]
+    fn eviction_takes_least_recently_used_targets_of_free_slots_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let a0 = make(root, "a", "slot-0", &[("k1", 100, 1000), ("k2", 400, 1000)]);
+        let a1 = make(root, "a", "slot-1", &[("k1", 200, 1000)]);
+        let b0 = make(root, "b", "slot-0", &[("k9", 50, 5000)]);
+        // b/slot-0 (the oldest and biggest) is held by a running job: a real flock from this process.
+        let held = lock::try_lock(&root.join("targets/b/slot-0.lock"))
+            .unwrap()
+            .unwrap();
+        // 8000 bytes, cap 7000: the oldest free target goes (a/slot-0 k1), then the total fits.
+        let ev = evict(root, 7000, None);
+        assert_eq!(
+            ev.iter()
+                .map(|e| (e.repo_id.as_str(), e.slot.as_str(), e.key.as_deref()))
+                .collect::<Vec<_>>(),
+            [("a", "slot-0", Some("k1"))]
+        );
+        assert!(!a0.join("target/k1").exists());
+        assert!(a0.join("target/k2").exists());
+        assert!(!read_meta(&a0).keys.contains_key("k1"));
+        assert!(
+            b0.join("target/k9").exists(),
+            "a held slot is never evicted"
+        );
+        // Cap 0: everything free goes, slots left without targets too; the held one stays.
+        let ev = evict(root, 0, None);
+        assert!(ev.iter().all(|e| e.repo_id == "a"), "{ev:?}");
+        assert!(!a0.exists() && !a1.exists());
+        assert!(b0.join("target/k9").exists());
+        drop(held);
+        let ev = evict(root, 0, None);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(!b0.join("target/k9").exists());
+    }
+
+    #[test]
+    fn branches_prefer_their_own_slot_then_a_default_branch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("targets/r");
+        for (slot, branch, used) in [
+            ("slot-0", "main", 10),
+            ("slot-1", "feat", 5),
+            ("slot-2", "other", 20),
+        ] {
+            let d = repo.join(slot);
+            std::fs::create_dir_all(&d).unwrap();
+            write_meta(
+                &d,
+                &Meta {
+                    branch: branch.into(),
+                    last_used_ms: used,
+                    ..Meta::default()
+                },
+            );
+        }
+        let defaults = vec!["main".to_string()];
+        let order = |b: &str| {
+            preference(&repo, b, &defaults)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order("feat"), ["slot-1", "slot-0", "slot-2"]);
+        assert_eq!(order("new-branch"), ["slot-0", "slot-2", "slot-1"]);
+    }
+}

@@ -1,0 +1,896 @@
+//! Caches against real parts: real `raibid-agent` processes, a real Redis, the real dispatcher (API) in
+//! process, real git repositories (one with 10,000 commits from `git fast-import`) and real cargo builds
+//! (a crates.io dependency, two installed toolchains).
+//!
+//! What is asserted: a warm slot never turns a failing build green or runs stale code; a `Cargo.lock`
+//! change rebuilds what changed; a toolchain change gets a new key; concurrent jobs of one repository
+//! build in their own slots (the second seeded from the first); a slot whose job was SIGKILLed mid-build
+//! is usable; the second job of a large repository fetches only the new commit; a mirror killed
+//! mid-fetch or corrupted recovers; the clone ends at its timeout and on cancel; the git token goes
+//! only to forge hosts and never follows a redirect, and is never taken from the command line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Agents are killed (and reaped by the kernel once this process exits) by `Stack`'s Drop.
+#![allow(clippy::zombie_processes)]
+
+use raibid_core::testkit::RedisServer;
+use raibid_dispatcher::{serve, AppState, Settings};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "cache-suite-token";
+
+struct Stack {
+    redis: RedisServer,
+    base: String,
+    http: reqwest::Client,
+    tmp: tempfile::TempDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    spawned: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Ok(pids) = self.spawned.lock() {
+            for pid in pids.iter() {
+                let cmd =
+                    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if cmd.contains("raibid-agent") {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            }
+        }
+    }
+}
+
+async fn stack() -> Stack {
+    let redis = RedisServer::start().expect("redis-server");
+    let queue = raibid_core::queue::Queue::connect(
+        &redis.url(),
+        raibid_core::queue::QueueConfig::default(),
+    )
+    .await
+    .unwrap();
+    let settings = Settings {
+        api_token: TOKEN.into(),
+        gitea_secret: None,
+        github_secret: None,
+        gitea: None,
+        mirrors: HashMap::new(),
+        public_url: "http://raibid.test".into(),
+        body_limit: 1 << 20,
+        lease: Duration::from_secs(30),
+        // Jobs here clone file:// repositories.
+        mcp_allowed_hosts: Vec::new(),
+        mcp_allowed_origins: Vec::new(),
+        notify_secret: None,
+        notify_allowed_hosts: Vec::new(),
+        intake: raibid_dispatcher::Intake {
+            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
+            ..raibid_dispatcher::Intake::default()
+        },
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState::new(queue, settings);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serve(state, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .ok()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    // One cargo registry cache for every test run (what the node keeps), so crates download once.
+    let shared_cargo = std::env::temp_dir().join("raibid-test-cache").join("cargo");
+    std::fs::create_dir_all(&shared_cargo).unwrap();
+    std::fs::create_dir_all(tmp.path().join("cache")).unwrap();
+    std::os::unix::fs::symlink(&shared_cargo, tmp.path().join("cache/cargo")).unwrap();
+    Stack {
+        redis,
+        base,
+        http: reqwest::Client::new(),
+        tmp,
+        _shutdown: tx,
+        spawned: std::sync::Mutex::new(Vec::new()),
+    }
+}
+
+impl Stack {
+    fn cache(&self) -> PathBuf {
+        self.tmp.path().join("cache")
+    }
+
+    fn agent_with(&self, name: &str, extra: &[(&str, &str)], args: &[&str]) -> Child {
+        let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raibid-agent"));
+        cmd.args(["--name", name, "--block-ms", "200"])
+            .args(args)
+            .env("RAIBID_REDIS_URL", self.redis.url())
+            .env("RAIBID_ALLOWED_SCHEMES", "file")
+            .env("RAIBID_WORKSPACE_DIR", self.tmp.path().join("ws"))
+            .env("RAIBID_CACHE_DIR", self.cache())
+            .env("RAIBID_LOG", "info")
+            .env_remove("RAIBID_GIT_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        self.spawned.lock().unwrap().push(child.id());
+        child
+    }
+
+    fn agent(&self, name: &str) -> Child {
+        self.agent_with(name, &[], &[])
+    }
+
+    async fn submit(&self, repo_url: &str, git_ref: &str, sha: Option<&str>) -> String {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/jobs", self.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"repo_url": repo_url, "ref": git_ref, "sha": sha}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/api/v1/jobs/{id}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn log(&self, id: &str) -> String {
+        let v: Value = self
+            .http
+            .get(format!("{}/api/v1/jobs/{id}/logs", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                format!(
+                    "[{}] {}",
+                    l["step"].as_str().unwrap_or(""),
+                    l["line"].as_str().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn wait(&self, id: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let j = self.job(id).await;
+            if pred(&j) {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} did not get there within {within:?}: {j}\n--- log ---\n{}",
+                self.log(id).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn run(&self, url: &str, sha: &str) -> Value {
+        let id = self.submit(url, "main", Some(sha)).await;
+        self.wait(&id, Duration::from_secs(600), is_final).await
+    }
+
+    async fn cancel(&self, id: &str) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/jobs/{id}/cancel", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "cancel: {}", r.status());
+    }
+}
+
+fn is_final(j: &Value) -> bool {
+    ["succeeded", "failed", "cancelled", "timed_out"].contains(&j["status"].as_str().unwrap_or(""))
+}
+
+/// A git repository the test commits to.
+struct Repo {
+    dir: PathBuf,
+}
+
+impl Repo {
+    fn new(dir: &Path) -> Repo {
+        std::fs::create_dir_all(dir).unwrap();
+        let r = Repo {
+            dir: dir.to_path_buf(),
+        };
+        r.git(&["init", "-q"]);
+        r
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let p = self.dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn commit(&self, msg: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-qm", msg]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+}
+
+const JSON_PIPELINE: &str = "steps:\n  - name: build\n    run: cargo build --locked --message-format=json-render-diagnostics\n  - name: test\n    run: cargo test --locked --message-format=json-render-diagnostics\n";
+
+/// A crate with one crates.io dependency (`itoa`, pinned in Cargo.lock) and one test.
+fn rust_repo(dir: &Path, cargo_home: &Path, pipeline: &str) -> Repo {
+    let r = Repo::new(dir);
+    r.write(
+        "Cargo.toml",
+        "[package]\nname = \"cachetest\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nitoa = \"1\"\nryu = \"1\"\n",
+    );
+    r.write("src/lib.rs", &lib_rs("42", "42"));
+    r.write(".gitignore", "/target\n");
+    r.write(".raibid.yaml", pipeline);
+    cargo(&r.dir, cargo_home, &["generate-lockfile"]);
+    cargo(
+        &r.dir,
+        cargo_home,
+        &["update", "-q", "-p", "itoa", "--precise", "1.0.10"],
+    );
+    r
+}
+
+fn lib_rs(value: &str, expected: &str) -> String {
+    format!(
+        "pub fn answer() -> u32 {{ {value} }}\npub fn text() -> String {{ itoa::Buffer::new().format(answer()).to_string() }}\n#[test]\nfn answers() {{ assert_eq!(text(), \"{expected}\"); }}\n"
+    )
+}
+
+fn cargo(dir: &Path, cargo_home: &Path, args: &[&str]) {
+    let out = Command::new("cargo")
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_HOME", cargo_home)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn units(j: &Value) -> (u64, u64) {
+    (
+        j["cache"]["units_fresh"].as_u64().unwrap_or(0),
+        j["cache"]["units_total"].as_u64().unwrap_or(0),
+    )
+}
+
+fn kill_pid(pid: i32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+/// Processes whose working directory is `dir` (git processes working on a mirror).
+fn pids_with_cwd(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            if cwd == want {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_slot_is_correct_a_lockfile_change_rebuilds_and_a_toolchain_change_gets_a_new_key() {
+    let s = stack().await;
+    let repo = rust_repo(
+        &s.tmp.path().join("repo"),
+        &s.cache().join("cargo"),
+        JSON_PIPELINE,
+    );
+    let sha1 = repo.commit("initial");
+    let _a = s.agent("agent-a");
+
+    // Cold.
+    let j1 = s.run(&repo.url(), &sha1).await;
+    assert_eq!(j1["status"], "succeeded", "{j1}");
+    assert_eq!(j1["cache"]["restore"], "cold", "{j1}");
+    let (f1, t1) = units(&j1);
+    assert!(
+        t1 >= 3 && f1 < t1,
+        "cold build reports its units: {f1}/{t1}"
+    );
+    let key1 = j1["cache"]["key"].as_str().unwrap().to_string();
+    let slot1 = j1["cache"]["slot"].as_str().unwrap().to_string();
+    assert!(j1["cache"]["slot_bytes"].as_u64().unwrap() > 0);
+
+    // Warm, same commit: the mirror has it, every unit is fresh.
+    let j2 = s.run(&repo.url(), &sha1).await;
+    assert_eq!(j2["status"], "succeeded", "{j2}");
+    assert_eq!(j2["cache"]["restore"], "warm");
+    assert_eq!(j2["cache"]["mirror_hit"], true);
+    assert_eq!(j2["cache"]["slot"], slot1.as_str());
+    let (f2, t2) = units(&j2);
+    assert_eq!(f2, t2, "nothing changed, nothing rebuilt: {j2}");
+
+    // Cargo.lock moves itoa to 1.0.11: itoa and what depends on it rebuild, nothing else.
+    cargo(
+        &repo.dir,
+        &s.cache().join("cargo"),
+        &["update", "-q", "-p", "itoa", "--precise", "1.0.11"],
+    );
+    let sha3 = repo.commit("itoa 1.0.11");
+    let id3 = s.submit(&repo.url(), "main", Some(&sha3)).await;
+    let j3 = s.wait(&id3, Duration::from_secs(600), is_final).await;
+    assert_eq!(j3["status"], "succeeded", "{j3}");
+    let log3 = s.log(&id3).await;
+    assert!(log3.contains("Compiling itoa v1.0.11"), "{log3}");
+    assert!(!log3.contains("itoa v1.0.10"), "{log3}");
+    let (f3, t3) = units(&j3);
+    assert!(
+        f3 >= 1 && t3 - f3 <= 3,
+        "rebuilt itoa and the crate, not ryu: {f3}/{t3}"
+    );
+
+    // A change that breaks compilation fails on the warm slot.
+    repo.write(
+        "src/lib.rs",
+        "pub fn answer() -> u32 { \"not a number\" }\n",
+    );
+    let sha4 = repo.commit("broken");
+    let j4 = s.run(&repo.url(), &sha4).await;
+    assert_eq!(j4["status"], "failed", "{j4}");
+    assert_eq!(j4["step"], "build", "{j4}");
+    assert_eq!(j4["cache"]["restore"], "warm");
+
+    // Compiles, but its test now fails: the new code runs, not the cached one.
+    repo.write("src/lib.rs", &lib_rs("7", "42"));
+    let sha5 = repo.commit("wrong answer");
+    let j5 = s.run(&repo.url(), &sha5).await;
+    assert_eq!(j5["status"], "failed", "{j5}");
+    assert_eq!(j5["step"], "test", "{j5}");
+
+    repo.write("src/lib.rs", &lib_rs("7", "7"));
+    let sha6 = repo.commit("fixed");
+    let j6 = s.run(&repo.url(), &sha6).await;
+    assert_eq!(j6["status"], "succeeded", "{j6}");
+    assert_eq!(j6["cache"]["key"], key1.as_str());
+
+    // Another toolchain (the installed nightly, chosen the way a project chooses it): a new key, a
+    // target directory of its own, nothing fresh from the stable one.
+    repo.write(
+        ".raibid.yaml",
+        &format!("env:\n  RUSTUP_TOOLCHAIN: nightly\n{JSON_PIPELINE}"),
+    );
+    let sha7 = repo.commit("nightly");
+    let j7 = s.run(&repo.url(), &sha7).await;
+    assert_eq!(j7["status"], "succeeded", "{j7}");
+    assert_ne!(j7["cache"]["key"], key1.as_str(), "{j7}");
+    assert_eq!(j7["cache"]["restore"], "cold", "{j7}");
+    assert_eq!(units(&j7).0, 0, "{j7}");
+    // The stable key is still warm afterwards.
+    repo.write(".raibid.yaml", JSON_PIPELINE);
+    let sha8 = repo.commit("stable again");
+    let j8 = s.run(&repo.url(), &sha8).await;
+    assert_eq!(j8["cache"]["key"], key1.as_str(), "{j8}");
+    let (f8, t8) = units(&j8);
+    assert_eq!(f8, t8, "{j8}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_concurrent_jobs_of_one_repository_build_in_their_own_slots() {
+    let s = stack().await;
+    let barrier = s.tmp.path().join("barrier");
+    std::fs::create_dir_all(&barrier).unwrap();
+    // Each job waits until both are in their build step, so they overlap for sure.
+    let pipeline = format!(
+        "steps:\n  - name: build\n    run: touch {b}/$RAIBID_JOB_ID; while [ $(ls {b} | wc -l) -lt 2 ]; do sleep 0.05; done; cargo build --locked --message-format=json-render-diagnostics\n",
+        b = barrier.display()
+    );
+    let repo = rust_repo(
+        &s.tmp.path().join("repo"),
+        &s.cache().join("cargo"),
+        &pipeline,
+    );
+    let sha = repo.commit("initial");
+    let _a = s.agent_with("agent-c", &[], &["--concurrency", "2"]);
+    // Warm one slot first (the barrier lets a lone job through: one marker from before).
+    std::fs::write(barrier.join("warmup"), "").unwrap();
+    let j0 = s.run(&repo.url(), &sha).await;
+    assert_eq!(j0["status"], "succeeded", "{j0}");
+    std::fs::remove_file(barrier.join("warmup")).unwrap();
+    for e in std::fs::read_dir(&barrier).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    let a = s.submit(&repo.url(), "main", Some(&sha)).await;
+    let b = s.submit(&repo.url(), "main", Some(&sha)).await;
+    let ja = s.wait(&a, Duration::from_secs(600), is_final).await;
+    let jb = s.wait(&b, Duration::from_secs(600), is_final).await;
+    assert_eq!(ja["status"], "succeeded", "{ja}");
+    assert_eq!(jb["status"], "succeeded", "{jb}");
+    assert_ne!(ja["cache"]["slot"], jb["cache"]["slot"]);
+    let mut restores = [
+        ja["cache"]["restore"].as_str().unwrap().to_string(),
+        jb["cache"]["restore"].as_str().unwrap().to_string(),
+    ];
+    restores.sort();
+    assert_eq!(restores[1], "warm", "{ja}\n{jb}");
+    assert!(
+        restores[0].starts_with("seeded:"),
+        "the second slot starts from the first: {ja}\n{jb}"
+    );
+    // Seeded: the dependency is fresh; the crate rebuilds (its path is part of its fingerprint).
+    let seeded = if ja["cache"]["restore"] == "warm" {
+        &jb
+    } else {
+        &ja
+    };
+    let (f, t) = units(seeded);
+    assert!(f >= 1 && f < t, "{seeded}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_whose_job_was_killed_mid_build_is_usable_afterwards() {
+    let s = stack().await;
+    let marks = s.tmp.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let pipeline = format!(
+        "steps:\n  - name: build\n    run: echo $$ > {}/pgid; cargo build --locked --message-format=json-render-diagnostics\n  - name: test\n    run: cargo test --locked --message-format=json-render-diagnostics\n",
+        marks.display()
+    );
+    let repo = rust_repo(
+        &s.tmp.path().join("repo"),
+        &s.cache().join("cargo"),
+        &pipeline,
+    );
+    // A build script that announces itself and then takes its time: the kill lands mid-build.
+    repo.write(
+        "build.rs",
+        &format!(
+            "fn main() {{ std::fs::write(\"{}/building\", \"\").unwrap(); std::thread::sleep(std::time::Duration::from_secs(120)); }}\n",
+            marks.display()
+        ),
+    );
+    let sha1 = repo.commit("slow build script");
+    let mut a = s.agent("agent-k");
+    let id1 = s.submit(&repo.url(), "main", Some(&sha1)).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !marks.join("building").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the build never reached its build script"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Pod death: the agent and everything of the step die at once.
+    kill_pid(a.id() as i32);
+    let _ = a.wait();
+    let pgid: i32 = std::fs::read_to_string(marks.join("pgid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status();
+    let j1 = s.job(&id1).await;
+    assert_eq!(j1["status"], "running");
+    let slot = j1["cache"]["slot"].as_str().unwrap().to_string();
+    // Its agent is gone: cancel it so the reaper does not hand the slow job to the next agent.
+    s.cancel(&id1).await;
+
+    repo.write("build.rs", "fn main() {}\n");
+    let sha2 = repo.commit("quick build script");
+    let _b = s.agent("agent-l");
+    let j2 = s.run(&repo.url(), &sha2).await;
+    assert_eq!(
+        j2["status"],
+        "succeeded",
+        "{j2}\n{}",
+        s.log(j2["id"].as_str().unwrap()).await
+    );
+    assert_eq!(j2["cache"]["slot"], slot.as_str(), "{j2}");
+    assert_eq!(j2["cache"]["recovered"], true, "{j2}");
+    // And it stays correct: the next job there is all fresh.
+    let j3 = s.run(&repo.url(), &sha2).await;
+    assert_eq!(j3["status"], "succeeded");
+    let (f, t) = units(&j3);
+    assert_eq!(f, t, "{j3}");
+    assert_eq!(j3["cache"]["recovered"], false);
+}
+
+/// A repository with `n` commits made by `git fast-import`, each changing `history.txt` (plus a
+/// 4 KiB file of pseudo-random bytes, so the pack has some weight).
+fn big_repo(dir: &Path, n: usize) -> Repo {
+    let r = Repo::new(dir);
+    let mut stream = Vec::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 1..=n {
+        let mut blob = Vec::with_capacity(4096);
+        for _ in 0..512 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            blob.extend_from_slice(&x.to_le_bytes());
+        }
+        let msg = format!("commit {i}\n");
+        let hist = format!("{i}\n");
+        stream.extend_from_slice(b"commit refs/heads/main\n");
+        stream.extend_from_slice(
+            format!("committer t <t@t.invalid> {} +0000\n", 1_700_000_000 + i).as_bytes(),
+        );
+        stream.extend_from_slice(format!("data {}\n{msg}", msg.len()).as_bytes());
+        stream.extend_from_slice(
+            format!("M 100644 inline history.txt\ndata {}\n{hist}\n", hist.len()).as_bytes(),
+        );
+        stream.extend_from_slice(
+            format!("M 100644 inline noise.bin\ndata {}\n", blob.len()).as_bytes(),
+        );
+        stream.extend_from_slice(&blob);
+        stream.extend_from_slice(b"\n\n");
+    }
+    // fast-import continues refs/heads/main from its previous commit each time.
+    let mut child = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&stream).unwrap();
+    assert!(child.wait().unwrap().success());
+    r.git(&["checkout", "-q", "-f", "main"]);
+    r.write(
+        ".raibid.yaml",
+        "steps:\n  - name: check\n    run: test -f history.txt\n",
+    );
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_history_fetches_only_the_new_commit_and_a_broken_mirror_recovers() {
+    let s = stack().await;
+    let repo = big_repo(&s.tmp.path().join("big"), 10_000);
+    let sha1 = repo.commit("pipeline");
+    let _a = s.agent("agent-g");
+    let j1 = s.run(&repo.url(), &sha1).await;
+    assert_eq!(j1["status"], "succeeded", "{j1}");
+    let objects1 = j1["cache"]["fetched_objects"].as_u64().unwrap();
+    let bytes1 = j1["cache"]["fetched_bytes"].as_u64().unwrap();
+    assert!(objects1 >= 30_000, "first job fetches the history: {j1}");
+
+    repo.write("history.txt", "one more\n");
+    let sha2 = repo.commit("one more");
+    let j2 = s.run(&repo.url(), &sha2).await;
+    assert_eq!(j2["status"], "succeeded", "{j2}");
+    let objects2 = j2["cache"]["fetched_objects"].as_u64().unwrap();
+    let bytes2 = j2["cache"]["fetched_bytes"].as_u64().unwrap();
+    println!("first job: {objects1} objects, {bytes1} bytes; second job: {objects2} objects, {bytes2} bytes");
+    assert_eq!(objects2, 3, "a commit, a tree, a blob: {j2}");
+    assert!(bytes2 < 2_000, "{j2}");
+
+    // Corrupt the mirror (every pack cut down to its header: no object readable): detected, rebuilt,
+    // the job still succeeds.
+    let mirror = std::fs::read_dir(s.cache().join("git"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "git"))
+        .unwrap();
+    for e in std::fs::read_dir(mirror.join("objects/pack"))
+        .unwrap()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "pack") {
+            let len = e.metadata().unwrap().len();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(e.path())
+                .unwrap();
+            f.set_len(len / 2).unwrap();
+        }
+    }
+    repo.write("history.txt", "after corruption\n");
+    let sha3 = repo.commit("after corruption");
+    let id3 = s.submit(&repo.url(), "main", Some(&sha3)).await;
+    let j3 = s.wait(&id3, Duration::from_secs(300), is_final).await;
+    assert_eq!(j3["status"], "succeeded", "{j3}\n{}", s.log(&id3).await);
+    let log3 = s.log(&id3).await;
+    assert!(log3.contains("rebuilding the mirror"), "{j3}\n{log3}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mirror_killed_mid_fetch_recovers() {
+    let s = stack().await;
+    let repo = big_repo(&s.tmp.path().join("big"), 10_000);
+    let sha = repo.commit("pipeline");
+    let mut a = s.agent("agent-m");
+    let id1 = s.submit(&repo.url(), "main", Some(&sha)).await;
+    // Wait until the fetch is writing its pack, then kill the agent and its git processes.
+    let git_dir = s.cache().join("git");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mirror = loop {
+        let m = std::fs::read_dir(&git_dir).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "git"))
+        });
+        if let Some(m) = m {
+            let writing = std::fs::read_dir(m.join("objects/pack"))
+                .map(|rd| {
+                    rd.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("tmp_pack"))
+                })
+                .unwrap_or(false);
+            if writing {
+                break m;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fetch never started writing a pack"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    kill_pid(a.id() as i32);
+    let _ = a.wait();
+    let mut killed = 0;
+    for pid in pids_with_cwd(&mirror) {
+        kill_pid(pid);
+        killed += 1;
+    }
+    assert!(killed > 0, "git was fetching into the mirror");
+    let j1 = s.job(&id1).await;
+    assert_eq!(j1["status"], "running", "{j1}");
+    // A new agent, the same commit: the mirror's leftovers are cleaned (or it is rebuilt).
+    let _b = s.agent("agent-n");
+    let j = s.run(&repo.url(), &sha).await;
+    assert_eq!(
+        j["status"],
+        "succeeded",
+        "{j}\n{}",
+        s.log(j["id"].as_str().unwrap()).await
+    );
+    let leftovers = std::fs::read_dir(mirror.join("objects/pack"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tmp_"))
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+/// A TCP server that accepts connections and never answers.
+async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = l.accept().await {
+            held.push(c);
+        }
+    });
+    (format!("http://127.0.0.1:{port}/o/r.git"), h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clone_from_a_server_that_never_answers_times_out_naming_the_clone_step() {
+    let s = stack().await;
+    let (url, _srv) = silent_server().await;
+    let _a = s.agent_with(
+        "agent-t",
+        &[
+            ("RAIBID_ALLOWED_SCHEMES", "http"),
+            ("RAIBID_ALLOWED_HOSTS", "127.0.0.1"),
+            ("RAIBID_CLONE_TIMEOUT_SECS", "3"),
+        ],
+        &[],
+    );
+    let id = s.submit(&url, "main", None).await;
+    let j = s.wait(&id, Duration::from_secs(30), is_final).await;
+    assert_eq!(j["status"], "timed_out", "{j}");
+    assert_eq!(j["step"], "clone", "{j}");
+    assert!(
+        j["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("clone timed out"),
+        "{j}"
+    );
+    assert_eq!(j["steps"][0]["status"], "timed_out", "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_during_clone_ends_the_job() {
+    let s = stack().await;
+    let (url, _srv) = silent_server().await;
+    let _a = s.agent_with(
+        "agent-x",
+        &[
+            ("RAIBID_ALLOWED_SCHEMES", "http"),
+            ("RAIBID_ALLOWED_HOSTS", "127.0.0.1"),
+        ],
+        &[],
+    );
+    let id = s.submit(&url, "main", None).await;
+    s.wait(&id, Duration::from_secs(30), |j| {
+        j["status"] == "running" && j["step"] == "clone"
+    })
+    .await;
+    let asked = Instant::now();
+    s.cancel(&id).await;
+    let j = s.wait(&id, Duration::from_secs(20), is_final).await;
+    assert_eq!(j["status"], "cancelled", "{j}");
+    assert!(
+        j["failure_reason"].as_str().unwrap().contains("clone"),
+        "{j}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+/// A forge that redirects every request to another host, and that other host, recording requests.
+async fn redirecting_forge() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let forge = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let forge_port = forge.local_addr().unwrap().port();
+    let seen_forge = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_other = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for (l, seen, redirect) in [
+        (forge, seen_forge.clone(), true),
+        (other, seen_other.clone(), false),
+    ] {
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    seen.lock().unwrap().push(req);
+                    let resp = if redirect {
+                        format!("HTTP/1.1 302 Found\r\nLocation: http://localhost:{other_port}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    } else {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_string()
+                    };
+                    let _ = c.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+    }
+    (
+        format!("http://127.0.0.1:{forge_port}/o/r.git"),
+        seen_forge,
+        seen_other,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_git_token_goes_to_the_forge_host_only_and_never_follows_a_redirect() {
+    let s = stack().await;
+    let (url, seen_forge, seen_other) = redirecting_forge().await;
+    let _a = s.agent_with(
+        "agent-r",
+        &[
+            ("RAIBID_ALLOWED_SCHEMES", "http"),
+            ("RAIBID_ALLOWED_HOSTS", "127.0.0.1,localhost"),
+            ("RAIBID_GIT_TOKEN", "s3cret-git-token"),
+        ],
+        &[],
+    );
+    let id = s.submit(&url, "main", None).await;
+    let j = s.wait(&id, Duration::from_secs(60), is_final).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    let forge = seen_forge.lock().unwrap().clone();
+    let other = seen_other.lock().unwrap().clone();
+    assert!(!forge.is_empty(), "git asked the forge");
+    assert!(
+        forge
+            .iter()
+            .any(|r| r.to_ascii_lowercase().contains("authorization: basic")),
+        "the forge host gets the token: {forge:?}"
+    );
+    assert!(other.is_empty(), "the redirect was followed: {other:?}");
+    let log = s.log(&id).await;
+    assert!(!log.contains("s3cret-git-token"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_needs_forge_hosts_and_never_comes_from_the_command_line() {
+    let s = stack().await;
+    // A token and no host to scope it to: the agent refuses to start.
+    let mut a = s.agent_with("agent-h", &[("RAIBID_GIT_TOKEN", "tok")], &[]);
+    let st = a.wait().unwrap();
+    assert!(!st.success());
+    let log = std::fs::read_to_string(s.tmp.path().join("agent-h.log")).unwrap();
+    assert!(log.contains("RAIBID_ALLOWED_HOSTS"), "{log}");
+    // `--git-token` does not exist.
+    let out = Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
+        .args(["--git-token", "tok", "--help"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--git-token'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
