@@ -43,7 +43,7 @@ pub struct ImageConfig {
     pub test_network: bool,
 
     /// Bytes the Buildah storage may use; above it the GC removes the oldest job images.
-    #[arg(long, env = env::IMAGE_CACHE_MAX_BYTES, default_value_t = 50 * 1024 * 1024 * 1024)]
+    #[arg(id = "image_cache_max_bytes", long = "image-cache-max-bytes", env = env::IMAGE_CACHE_MAX_BYTES, default_value_t = 50 * 1024 * 1024 * 1024)]
     pub cache_max_bytes: u64,
 
     /// Hours a job image is kept as cache; older ones are removed by the GC.
