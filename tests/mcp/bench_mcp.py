@@ -58,7 +58,7 @@ def main() -> None:
     try:
         warn = "pub fn many() {\n" + "".join(f"    let v{i} = {i};\n" for i in range(1000)) + "}\n"
         url_w, _ = make_crate(tmp, "warnings", warn)
-        flood = ("steps:\n  - name: flood\n    run: \"seq 1 145000 | sed 's/$/ the quick brown fox jumps over the lazy dog, padding to seventy b/'\"\n"
+        flood = ("steps:\n  - name: flood\n    run: \"seq 1 70000 | sed 's/$/ the quick brown fox jumps over the lazy dog, padding to seventy b/'\"\n"
                  "  - name: fail\n    run: \"echo needle-in-the-log; exit 3\"\n")
         url_f, _ = make_crate(tmp, "flood", "pub fn x() {}\n", {".raibid.yaml": flood})
 

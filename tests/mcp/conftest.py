@@ -49,6 +49,7 @@ class Stack:
             "RAIBID_API_TOKEN": TOKEN,
             "RAIBID_LISTEN": f"127.0.0.1:{self.port}",
             "RAIBID_URL": self.url,
+            "RAIBID_ALLOWED_SCHEMES": "file",  # what the agents below clone; the dispatcher refuses the rest
             "RAIBID_LOG": "info",
         }
         self.start("dispatcher", [str(need(BIN / "raibid-dispatcher", "run `cargo build --bins` in rust/"))], env)
