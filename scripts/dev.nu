@@ -299,6 +299,19 @@ def "main env" [] {
   print-env-lines (stack-env)
 }
 
+# Watch and steer the running stack in raibid-top (the terminal UI; it talks to the dispatcher's API only).
+@example "open the terminal UI on the local stack" { ./scripts/dev.sh top }
+def "main top" [
+  ...args: string   # extra raibid-top arguments, e.g. --max-jobs 2000
+] {
+  let s = (stack-env)
+  let c = (load-contract)
+  ensure-build --release
+  with-env {($c.env.URL): $s.url, ($c.env.API_TOKEN): $s.token} {
+    ^(bin raibid-top) ...$args
+  }
+}
+
 # Queue figures and agents of the running stack.
 def "main status" [] {
   let s = (stack-env)
@@ -326,6 +339,7 @@ def "main test" [
   ensure-apt git git
   ensure-apt age age
   ensure-apt curl curl
+  ensure-apt tmux tmux                 # raibid-top's end-to-end test runs it in a real terminal
   ensure-apt nix-instantiate nix-bin   # the flake.nix parse/eval checks of the GitOps suite
   ensure-image-tools                   # the image-job tests: real Buildah, skopeo, docker-registry, busybox
   # sops (a PyPI package) and the Python tools live in the venv; every suite may use them.
@@ -361,7 +375,7 @@ def "main test" [
   ok $"all suites passed: ($suites | str join ', ')"
 }
 
-# raibid-ci local mode. Commands: up, down, env, status, test.
+# raibid-ci local mode. Commands: up, down, env, status, top, test.
 def main [] {
   print (help main)
 }

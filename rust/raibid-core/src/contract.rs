@@ -209,6 +209,10 @@ pub mod http {
     pub const NOTIFY_SIGNATURE_HEADER: &str = "X-Raibid-Signature";
     /// Public read-only job pages (commit-status links): `/public/jobs/{id}/{token}`.
     pub const PUBLIC_JOBS_PATH: &str = "/public/jobs";
+    /// Live events (Server-Sent Events of `raibid:events` plus queue figures and agents seen/gone).
+    pub const EVENTS_PATH: &str = "/api/v1/events";
+    /// Dead letters: jobs that exhausted their attempts, with the reason.
+    pub const DEAD_LETTERS_PATH: &str = "/api/v1/dead-letters";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
 }
