@@ -54,6 +54,21 @@ def ensure-venv []: nothing -> path {
   $py
 }
 
+# The Python venv of the MCP suite (.tools/mcp-venv: the official MCP SDK, pinned in tests/mcp).
+def ensure-mcp-venv []: nothing -> path {
+  let venv = (tools | path join mcp-venv)
+  let py = ($venv | path join bin python)
+  let req = (root | path join tests mcp requirements.txt)
+  let stamp = ($venv | path join .requirements.sha256)
+  let want = (open --raw $req | hash sha256)
+  if ($py | path exists) and ($stamp | path exists) and ((open --raw $stamp | str trim) == $want) { return $py }
+  info "preparing the Python venv for the MCP suite (.tools/mcp-venv)"
+  run-cmd [python3 -m venv $venv] --code venv_failed --hint "install python3-venv" | ignore
+  run-cmd [$py -m pip install -q --disable-pip-version-check -r $req] --code pip_failed --hint "check access to PyPI" | ignore
+  $want | save -f $stamp
+  $py
+}
+
 def ensure-build [--release] {
   let flags = if $release { ["--release"] } else { [] }
   step $"building the Rust workspace \(cargo build ($flags | str join ' ')\)"
@@ -317,7 +332,7 @@ def run-suite [dir: path, cmd: list<string>]: nothing -> int {
 
 # Run every test of the project: Rust (real Redis, git, cargo), Nushell, GitOps checks.
 def "main test" [
-  --only: string   # run one suite: rust, nu or gitops
+  --only: string   # run one suite: rust, nu, gitops or mcp
 ] {
   start-clock
   ensure-apt redis-server redis-server
@@ -330,7 +345,7 @@ def "main test" [
   # sops (a PyPI package) and the Python tools live in the venv; every suite may use them.
   let py = (ensure-venv)
   $env.PATH = ($env.PATH | prepend ($py | path dirname))
-  let suites = if $only == null { [rust nu gitops] } else { [$only] }
+  let suites = if $only == null { [rust nu gitops mcp] } else { [$only] }
   mut failed = []
   for suite in $suites {
     step $"suite: ($suite)"
@@ -344,7 +359,13 @@ def "main test" [
       }
       "nu" => { run-suite (root) [nu --no-config-file (root | path join scripts tests run.nu)] }
       "gitops" => { run-suite (root) [$py -m pytest -q tests/gitops] }
-      _ => { fail bad_argument $"unknown suite ($suite)" --hint "use rust, nu or gitops" }
+      "mcp" => {
+        # The official MCP Python SDK against real Redis + the debug binaries + real cargo builds.
+        let mpy = (ensure-mcp-venv)
+        let build = (run-suite (root | path join rust) [cargo build --locked --bins])
+        if $build != 0 { $build } else { run-suite (root) [$mpy -m pytest -q tests/mcp] }
+      }
+      _ => { fail bad_argument $"unknown suite ($suite)" --hint "use rust, nu, gitops or mcp" }
     }
     if $code != 0 { $failed = ($failed | append $suite) }
   }

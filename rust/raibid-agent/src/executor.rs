@@ -82,6 +82,9 @@ async fn execute_in_slot(
             return (Status::Failed, Some(format!("clone: {msg}")));
         }
     }
+    if let Some(end) = crate::patch::apply_step(ctx, ws).await {
+        return end;
+    }
     // config
     ctx.claim.job.begin_step("config", Utc::now());
     ctx.update("step_started").await;
@@ -428,6 +431,10 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
             ),
         }),
         Err(CloneError::Failed(e)) => {
+            let e = match crate::patch::missing_ref_hint(ctx).await {
+                Some(hint) => format!("{hint} ({e})"),
+                None => e.to_string(),
+            };
             ctx.sys("clone", format!("[raibid] {e}")).await;
             Err((
                 "failed",

@@ -9,12 +9,14 @@
 //! target slots, cache keys).
 
 pub(crate) mod cache;
+pub mod cargo_output;
 pub mod config;
 pub mod executor;
 pub mod git;
 pub mod image;
 pub mod isolation;
 pub mod masking;
+pub mod patch;
 pub mod process;
 pub mod runner;
 pub mod worker;

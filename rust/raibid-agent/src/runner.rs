@@ -80,6 +80,7 @@ pub(crate) async fn run_job(
         let lease = lease.clone();
         let stop_tx = stop_tx.clone();
         tokio::spawn(async move {
+            let mut cargo = crate::cargo_output::CargoOutput::default();
             let mut batch = Vec::with_capacity(256);
             while let Some(first) = log_rx.recv().await {
                 batch.push(first);
@@ -89,6 +90,7 @@ pub(crate) async fn run_job(
                         Err(_) => break,
                     }
                 }
+                cargo.rewrite(&mut batch);
                 if let Ok(m) = masker.lock() {
                     for l in batch.iter_mut() {
                         l.2 = m.mask(&l.2);
@@ -103,6 +105,7 @@ pub(crate) async fn run_job(
                 }
                 batch.clear();
             }
+            cargo
         })
     };
     // Heartbeat: renews the lease stored with the claim (fenced), notices cancel requests the pub/sub
@@ -180,19 +183,23 @@ pub(crate) async fn run_job(
     let _ = tokio::fs::remove_dir_all(&ws).await;
     // Let the flusher write everything before the final status.
     let JobCtx {
-        mut claim, logs, ..
+        mut claim,
+        logs,
+        masker,
+        ..
     } = ctx;
     drop(logs);
     // Every sender is gone once the steps' pumps have ended (they are aborted, never detached); the
     // flusher still gets its own deadline so that a stuck Redis write cannot keep the job running.
     let mut flusher = flusher;
-    if tokio::time::timeout(FLUSH_DEADLINE, &mut flusher)
-        .await
-        .is_err()
-    {
-        tracing::warn!(job = %id, "log flusher did not finish in time; aborting it");
-        flusher.abort();
-    }
+    let cargo = match tokio::time::timeout(FLUSH_DEADLINE, &mut flusher).await {
+        Ok(r) => r.ok(),
+        Err(_) => {
+            tracing::warn!(job = %id, "log flusher did not finish in time; aborting it");
+            flusher.abort();
+            None
+        }
+    };
     heartbeat.abort();
     grace.abort();
     if let Ok(mut m) = shared.running.lock() {
@@ -222,6 +229,10 @@ pub(crate) async fn run_job(
         // Lease lost: another agent owns the job now; write nothing.
         tracing::warn!(job = %id, "lease lost; leaving the job to the agent that holds it");
         return;
+    }
+    if let Some(cargo) = cargo {
+        let masker = masker.lock().map(|m| m.clone()).unwrap_or_default();
+        claim.job.cargo = cargo.store(&shared.queue, &id, &masker).await;
     }
     claim.job.finish(status, reason, now);
     // The final write survives a Redis restart: retry connection errors for up to a minute (the lease

@@ -65,6 +65,10 @@ async fn stack() -> Stack {
         body_limit: 1 << 20,
         lease: Duration::from_secs(30),
         // Jobs here clone file:// repositories.
+        mcp_allowed_hosts: Vec::new(),
+        mcp_allowed_origins: Vec::new(),
+        notify_secret: None,
+        notify_allowed_hosts: Vec::new(),
         intake: raibid_dispatcher::Intake {
             allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
             ..raibid_dispatcher::Intake::default()

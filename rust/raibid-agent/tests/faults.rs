@@ -63,6 +63,10 @@ async fn stack(max_attempts: u32) -> Stack {
         public_url: "http://raibid.test".into(),
         body_limit: 1 << 20,
         lease: Duration::from_secs(LEASE),
+        mcp_allowed_hosts: Vec::new(),
+        mcp_allowed_origins: Vec::new(),
+        notify_secret: None,
+        notify_allowed_hosts: Vec::new(),
         // Jobs here clone file:// repositories.
         intake: raibid_dispatcher::Intake {
             allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
@@ -768,6 +772,8 @@ async fn a_2xx_survives_redis_sigkill_and_dedup_survives_a_dispatcher_restart() 
             },
             delivery_id: Some("restart-1".into()),
             forge_repo: None,
+            patch: None,
+            notify_url: None,
         },
         chrono::Utc::now(),
     );

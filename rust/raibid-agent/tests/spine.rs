@@ -84,6 +84,8 @@ fn job(repo: &str) -> Job {
             },
             delivery_id: None,
             forge_repo: None,
+            patch: None,
+            notify_url: None,
         },
         Utc::now(),
     )

@@ -48,6 +48,14 @@ pub mod keys {
     pub const JOB_STATUS_COUNTS: &str = "raibid:metrics:jobs_by_status";
     /// Hash of histogram buckets: job duration from start to finish.
     pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
+    /// Suffix of a job's structured diagnostics (JSON): `raibid:job:{id}:diagnostics` (same retention as the log).
+    pub const JOB_DIAGNOSTICS_SUFFIX: &str = ":diagnostics";
+    /// Suffix of a job's submitted patch (a unified diff): `raibid:job:{id}:patch`.
+    pub const JOB_PATCH_SUFFIX: &str = ":patch";
+    /// Suffix of the marker that a job's `notify_url` delivery was started: `raibid:job:{id}:notified`.
+    pub const JOB_NOTIFIED_SUFFIX: &str = ":notified";
+    /// Consumer group of the dispatcher's `notify_url` sender on `EVENTS_STREAM`.
+    pub const NOTIFY_GROUP: &str = "raibid-notifiers";
     /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
     pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
     /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
@@ -123,6 +131,16 @@ pub mod env {
     /// Prefix of the secrets an agent can hand to pipelines: `RAIBID_SECRET_<NAME>` becomes `<NAME>`
     /// in the steps of a pipeline that lists `<NAME>` under `secrets:`, masked in its log.
     pub const SECRET_PREFIX: &str = "RAIBID_SECRET_";
+    /// Comma-separated `Host` values `/mcp` answers for besides loopback (Service name, Ingress host).
+    pub const MCP_ALLOWED_HOSTS: &str = "RAIBID_MCP_ALLOWED_HOSTS";
+    /// Comma-separated browser origins allowed to call `/mcp` (empty: a request with any `Origin` is refused).
+    pub const MCP_ALLOWED_ORIGINS: &str = "RAIBID_MCP_ALLOWED_ORIGINS";
+    /// Secret the dispatcher signs `notify_url` deliveries with (`X-Raibid-Signature`).
+    pub const NOTIFY_SECRET: &str = "RAIBID_NOTIFY_SECRET";
+    /// File holding the notification secret.
+    pub const NOTIFY_SECRET_FILE: &str = "RAIBID_NOTIFY_SECRET_FILE";
+    /// Comma-separated hosts a `notify_url` may name even when they resolve to loopback or private addresses.
+    pub const NOTIFY_ALLOWED_HOSTS: &str = "RAIBID_NOTIFY_ALLOWED_HOSTS";
     /// Comma-separated job kinds an agent runs (`rust`, `image`; `contract::kinds`).
     pub const AGENT_KINDS: &str = "RAIBID_AGENT_KINDS";
     /// Per-job log cap in bytes (payload + per-line overhead).
@@ -185,6 +203,10 @@ pub mod http {
     pub const METRICS_PATH: &str = "/metrics";
     /// REST API prefix.
     pub const API_PREFIX: &str = "/api/v1";
+    /// MCP endpoint (Streamable HTTP) for coding agents.
+    pub const MCP_PATH: &str = "/mcp";
+    /// Header carrying the HMAC-SHA256 of a `notify_url` delivery (`sha256=<hex>`).
+    pub const NOTIFY_SIGNATURE_HEADER: &str = "X-Raibid-Signature";
     /// Public read-only job pages (commit-status links): `/public/jobs/{id}/{token}`.
     pub const PUBLIC_JOBS_PATH: &str = "/public/jobs";
     /// Live events (Server-Sent Events of `raibid:events` plus queue figures and agents seen/gone).
@@ -256,4 +278,19 @@ pub fn agent_name_claim_key(name: &str) -> String {
 /// Build an agent heartbeat key.
 pub fn agent_key(name: &str) -> String {
     format!("{}{name}", keys::AGENT_PREFIX)
+}
+
+/// Build a job's diagnostics key.
+pub fn job_diagnostics_key(id: &str) -> String {
+    format!("{}{id}{}", keys::JOB_PREFIX, keys::JOB_DIAGNOSTICS_SUFFIX)
+}
+
+/// Build a job's patch key.
+pub fn job_patch_key(id: &str) -> String {
+    format!("{}{id}{}", keys::JOB_PREFIX, keys::JOB_PATCH_SUFFIX)
+}
+
+/// Build a job's notification marker key.
+pub fn job_notified_key(id: &str) -> String {
+    format!("{}{id}{}", keys::JOB_PREFIX, keys::JOB_NOTIFIED_SUFFIX)
 }

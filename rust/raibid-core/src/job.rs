@@ -2,6 +2,7 @@
 //! happened (timestamps) and what came of it (per-step results, failure reason). No I/O here.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -9,7 +10,9 @@ use std::fmt;
 /// one is [`JobId::new`] or [`JobId::parse`] (also what deserialisation uses), so an id read from a
 /// stream entry, a record or a URL is validated where it is read; Redis keys and workspace paths are
 /// built only from a `JobId` (issue 8 §2: an id such as `../cache` can never name a directory).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct JobId(String);
 
@@ -135,7 +138,7 @@ pub fn is_valid_job_id(id: &str) -> bool {
 
 /// Lifecycle status of a job. Image jobs run through `building`, `testing`, `publishing` (running-type
 /// variants) instead of `running`; consumers must treat unknown statuses as "not final".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// In the stream, not yet claimed by an agent.
@@ -208,7 +211,7 @@ impl fmt::Display for Status {
 }
 
 /// The kind of job, which decides the agent pool (stream and consumer group, `contract::kinds`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// A Rust build (the default pipeline or `.raibid.yaml` steps).
@@ -245,7 +248,7 @@ impl JobKind {
 }
 
 /// What caused a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerKind {
     /// A Gitea push webhook.
@@ -259,7 +262,7 @@ pub enum TriggerKind {
 }
 
 /// Who or what triggered a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Trigger {
     /// The kind of trigger.
     pub kind: TriggerKind,
@@ -268,7 +271,7 @@ pub struct Trigger {
 }
 
 /// What to build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Source {
     /// Clone URL.
     pub repo_url: String,
@@ -283,10 +286,26 @@ pub struct Source {
     pub delivery_id: Option<String>,
     /// `owner/name` of the repository in Gitea, when commit statuses can be reported there.
     pub forge_repo: Option<String>,
+    /// An uncommitted change to apply with `git apply` after the clone (the diff lives in `raibid:job:{id}:patch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchRef>,
+    /// Where the dispatcher POSTs the final job record (signed `X-Raibid-Signature`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
+}
+
+/// A patch submitted with a job: its size and digest (the diff itself is in `raibid:job:{id}:patch`,
+/// so the record every reader loads stays small; the agent checks the digest before applying it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PatchRef {
+    /// Size of the unified diff in bytes.
+    pub bytes: u64,
+    /// Hex SHA-256 of the diff.
+    pub sha256: String,
 }
 
 /// When things happened.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Timestamps {
     /// The dispatcher received the request.
     pub received: Option<DateTime<Utc>>,
@@ -301,7 +320,7 @@ pub struct Timestamps {
 }
 
 /// Result of one step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StepResult {
     /// Step name (`clone`, `config`, then the pipeline's steps).
     pub name: String,
@@ -316,7 +335,7 @@ pub struct StepResult {
 }
 
 /// A job record as stored in `raibid:job:{id}` and returned by the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Job {
     /// Job id.
     pub id: JobId,
@@ -349,11 +368,16 @@ pub struct Job {
     /// A user asked to cancel it.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Cargo compilation units of the job's steps (fresh = reused from the target directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cargo: Option<crate::cargo_messages::CargoUnits>,
     /// What the caches did for this job (git mirror, cargo target slot), once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub cache: Option<crate::cache_stats::CacheStats>,
     /// Image jobs: the request, per-phase timestamps, the failed phase, pushed digests (`image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub image: Option<crate::image::ImageJob>,
     /// Fields this version does not know (written by a newer one), kept as they are through every
     /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).
@@ -383,6 +407,7 @@ impl Job {
             failure_reason: None,
             retry_of: None,
             cancel_requested: false,
+            cargo: None,
             cache: None,
             image: None,
             extra: serde_json::Map::new(),
@@ -463,6 +488,8 @@ mod tests {
             },
             delivery_id: None,
             forge_repo: None,
+            patch: None,
+            notify_url: None,
         }
     }
 

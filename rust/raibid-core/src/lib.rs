@@ -5,6 +5,7 @@
 //! module that talks to Redis.
 
 pub mod cache_stats;
+pub mod cargo_messages;
 pub mod contract;
 pub mod event;
 pub mod image;

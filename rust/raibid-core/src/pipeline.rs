@@ -26,7 +26,7 @@ pub const PIPELINE_FILE: &str = ".raibid.yaml";
 /// Pipeline files larger than this are refused.
 pub const MAX_PIPELINE_BYTES: usize = 256 * 1024;
 /// Step names reserved for the agent's own steps.
-pub const RESERVED_STEPS: [&str; 2] = ["clone", "config"];
+pub const RESERVED_STEPS: [&str; 3] = ["clone", "config", "patch"];
 /// Default job timeout.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
@@ -284,8 +284,12 @@ impl Pipeline {
             env: BTreeMap::new(),
             timeout: DEFAULT_JOB_TIMEOUT,
             steps: vec![
-                step("build", format!("cargo build --all-targets{locked}")),
-                step("test", format!("cargo test{locked}")),
+                // JSON messages: the agent keeps the diagnostics and writes their rendered text to the log.
+                step(
+                    "build",
+                    format!("cargo build --all-targets{locked} --message-format=json"),
+                ),
+                step("test", format!("cargo test{locked} --message-format=json")),
             ],
             secrets: Vec::new(),
             image: None,
@@ -379,9 +383,12 @@ mod tests {
     #[test]
     fn default_pipeline_uses_locked_with_a_lockfile() {
         let p = Pipeline::default_rust(true);
-        assert_eq!(p.steps[0].run, "cargo build --all-targets --locked");
-        assert_eq!(p.steps[1].run, "cargo test --locked");
+        assert_eq!(
+            p.steps[0].run,
+            "cargo build --all-targets --locked --message-format=json"
+        );
+        assert_eq!(p.steps[1].run, "cargo test --locked --message-format=json");
         let p = Pipeline::default_rust(false);
-        assert_eq!(p.steps[1].run, "cargo test");
+        assert_eq!(p.steps[1].run, "cargo test --message-format=json");
     }
 }

@@ -22,6 +22,8 @@ fn job() -> Job {
             },
             delivery_id: None,
             forge_repo: None,
+            patch: None,
+            notify_url: None,
         },
         Utc::now(),
     )

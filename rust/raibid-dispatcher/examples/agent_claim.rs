@@ -116,6 +116,8 @@ async fn main() -> Result<()> {
                 },
                 delivery_id: None,
                 forge_repo: None,
+                patch: None,
+                notify_url: None,
             },
             Utc::now(),
         );

@@ -244,7 +244,7 @@ fn us(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -745,6 +745,8 @@ fn bench_job(nonce: &str, seq: usize) -> (Job, String) {
             },
             delivery_id: Some(delivery.clone()),
             forge_repo: Some("owner/hello".into()),
+            patch: None,
+            notify_url: None,
         },
         Utc::now(),
     );

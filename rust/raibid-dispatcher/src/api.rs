@@ -1,6 +1,7 @@
 //! HTTP routes: webhooks, the REST API, health and metrics. One error type, mapped to status codes and
 //! JSON bodies `{"error": {"code": "...", "message": "..."}}`; nothing is enqueued on any error.
 
+use crate::requests::{self, validate_submit, ListJobs, SubmitJob};
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -12,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use raibid_core::contract::{http, keys};
-use raibid_core::job::{is_valid_job_id, Job, Source, Status, Trigger, TriggerKind};
+use raibid_core::job::{is_valid_job_id, Job, Source, Trigger, TriggerKind};
 use raibid_core::queue::{Enqueued, QueueError};
 use raibid_core::webhook::{self, PushOutcome, WebhookError};
 use redis::AsyncCommands;
@@ -33,6 +34,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The message, for callers that report it another way (MCP tool errors).
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
     pub(crate) fn new(
         status: StatusCode,
         code: &'static str,
@@ -141,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .route(http::METRICS_PATH, get(crate::metrics::metrics))
         .route(&crate::public::route_path(), get(crate::public::job_page))
         .nest(http::API_PREFIX, api)
+        .merge(crate::mcp::router(&state))
         .with_state(state)
 }
 
@@ -151,7 +157,11 @@ fn token_ok(expected: &str, given: &str) -> bool {
     bool::from(a.ct_eq(&b))
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let given = req
         .headers()
         .get("authorization")
@@ -236,7 +246,7 @@ pub fn redact_url(raw: &str) -> String {
 /// Refuse at submit what no agent will clone: the same scheme and host lists as the agents'
 /// `RAIBID_ALLOWED_SCHEMES` / `RAIBID_ALLOWED_HOSTS`, and no credentials inside the URL (agents bring
 /// their own; a token in the URL would be stored in the job and shown by the API).
-fn check_clone_url(intake: &crate::Intake, raw: &str) -> ApiResult<()> {
+pub(crate) fn check_clone_url(intake: &crate::Intake, raw: &str) -> ApiResult<()> {
     let allowed = || {
         let hosts = if intake.allowed_hosts.is_empty() {
             "any host".to_string()
@@ -367,6 +377,8 @@ async fn enqueue_push(
             },
             delivery_id: delivery.map(str::to_string),
             forge_repo,
+            patch: None,
+            notify_url: None,
         },
         now,
     );
@@ -569,103 +581,23 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `POST /api/v1/jobs` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitJob {
-    /// Clone URL.
-    pub repo_url: String,
-    /// Ref (`main` means `refs/heads/main`).
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    /// Optional commit sha.
-    #[serde(default)]
-    pub sha: Option<String>,
-    /// An image job (`raibid_core::image::ImageRequest`): build, test and publish a container image.
-    #[serde(default)]
-    pub image: Option<serde_json::Value>,
-}
-
-fn validate_submit(s: SubmitJob) -> ApiResult<(String, String, Option<String>)> {
-    let url = s.repo_url.trim().to_string();
-    if url.is_empty()
-        || url.len() > 2048
-        || url.starts_with('-')
-        || url.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(ApiError::unprocessable(
-            "repo_url: must be a clone URL (http(s), ssh or file)",
-        ));
-    }
-    let r = s.git_ref.trim();
-    if r.is_empty()
-        || r.len() > 255
-        || r.starts_with('-')
-        || r.contains("..")
-        || r.chars()
-            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
-    {
-        return Err(ApiError::unprocessable("ref: not a valid git ref"));
-    }
-    let git_ref = if r.starts_with("refs/") {
-        r.to_string()
-    } else {
-        format!("refs/heads/{r}")
-    };
-    let sha = match s
-        .sha
-        .map(|x| x.trim().to_ascii_lowercase())
-        .filter(|x| !x.is_empty())
-    {
-        Some(x) if (x.len() == 40 || x.len() == 64) && x.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Some(x)
-        }
-        Some(_) => {
-            return Err(ApiError::unprocessable(
-                "sha: must be a full 40- or 64-character hex commit id",
-            ))
-        }
-        None => None,
-    };
-    Ok((url, git_ref, sha))
-}
-
 async fn submit_job(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let body = read_body(&state, &headers, body).await?;
-    let mut req: SubmitJob = serde_json::from_slice(&body)
+    let req: SubmitJob = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let image = match req.image.take() {
-        Some(v) => Some(
-            raibid_core::image::ImageRequest::from_json(v)
-                .map_err(|e| ApiError::unprocessable(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let (repo_url, git_ref, sha) = validate_submit(req)?;
-    check_clone_url(&state.settings.intake, &repo_url)?;
-    let mut job = Job::new(
-        Source {
-            repo_url,
-            git_ref,
-            sha,
-            trigger: Trigger {
-                kind: TriggerKind::Api,
-                actor: None,
-            },
-            delivery_id: None,
-            forge_repo: None,
-        },
-        Utc::now(),
-    );
-    if let Some(r) = image {
-        job.kind = raibid_core::job::JobKind::Image;
-        job.image = Some(raibid_core::image::ImageJob::new(r));
+    let v = validate_submit(req, &state.settings.notify_allowed_hosts)
+        .map_err(ApiError::unprocessable)?;
+    check_clone_url(&state.settings.intake, &v.repo_url)?;
+    if v.notify_url.is_some() && state.settings.notify_secret.is_none() {
+        return Err(ApiError::unprocessable(
+            "notify_url: this dispatcher has no notification secret configured",
+        ));
     }
-    match state.queue.enqueue(job, None).await? {
+    match requests::create_job(&state, v, None).await? {
         Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
         Enqueued::Duplicate(id) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -675,50 +607,15 @@ async fn submit_job(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    status: Option<String>,
-    repo: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
-}
-
 async fn list_jobs(
     State(state): State<AppState>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<ListJobs>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::unprocessable(format!(
-                "status: `{s}` is not one of {}",
-                Status::ALL.map(|s| s.as_str()).join(", ")
-            ))
-        })?),
-        None => None,
-    };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::unprocessable("limit: must be between 1 and 500"));
-    }
-    if let Some(c) = q.cursor.as_deref() {
-        if !is_valid_job_id(c) {
-            return Err(ApiError::unprocessable(
-                "cursor: not a cursor returned by this API",
-            ));
-        }
-    }
-    let (jobs, next) = state
-        .queue
-        .list(
-            status,
-            q.repo.as_deref().filter(|r| !r.is_empty()),
-            limit,
-            q.cursor.as_deref(),
-        )
-        .await?;
-    let jobs: Vec<Job> = jobs.iter().map(Job::public).collect();
-    Ok(Json(json!({"jobs": jobs, "next_cursor": next})).into_response())
+    let page = requests::list_jobs(&state, &q, 50)
+        .await?
+        .map_err(ApiError::unprocessable)?;
+    Ok(Json(page).into_response())
 }
 
 fn check_id(id: &str) -> ApiResult<()> {
@@ -742,37 +639,10 @@ async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 
 async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     check_id(&id)?;
-    let old = state.queue.get(&id).await?;
-    if !old.status.is_final() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "job {id} is {}; only a finished job can be retried",
-                old.status
-            ),
-        ));
-    }
-    let mut source = old.source.clone();
-    source.trigger = Trigger {
-        kind: TriggerKind::Retry,
-        actor: None,
-    };
-    source.delivery_id = None;
-    let mut job = Job::new(source, Utc::now());
-    job.retry_of = Some(id);
-    job.kind = old.kind;
-    job.image = old
-        .image
-        .map(|i| raibid_core::image::ImageJob::new(i.request));
-    match state.queue.enqueue(job, None).await? {
-        Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
-        Enqueued::Duplicate(d) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("duplicate of {d}"),
-        )),
-    }
+    let job = requests::retry(&state, &id)
+        .await?
+        .map_err(|m| ApiError::new(StatusCode::CONFLICT, "conflict", m))?;
+    Ok((StatusCode::CREATED, Json(job.public())).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -955,24 +825,31 @@ mod tests {
             repo_url: u.into(),
             git_ref: r.into(),
             sha: sha.map(Into::into),
-            image: None,
+            ..SubmitJob::default()
         };
+        let v = |x| validate_submit(x, &[]);
         assert_eq!(
-            validate_submit(s("file:///r", "main", None)).unwrap().1,
+            v(s("file:///r", "main", None)).unwrap().git_ref,
             "refs/heads/main"
         );
         assert_eq!(
-            validate_submit(s("file:///r", "refs/tags/v1", None))
-                .unwrap()
-                .1,
+            v(s("file:///r", "refs/tags/v1", None)).unwrap().git_ref,
             "refs/tags/v1"
         );
-        assert!(validate_submit(s("", "main", None)).is_err());
-        assert!(validate_submit(s("--upload-pack=x", "main", None)).is_err());
-        assert!(validate_submit(s("file:///r", "-x", None)).is_err());
-        assert!(validate_submit(s("file:///r", "a..b", None)).is_err());
-        assert!(validate_submit(s("file:///r", "main", Some("abc"))).is_err());
-        assert!(validate_submit(s("file:///r", "main", Some(&"a".repeat(40)))).is_ok());
+        assert!(v(s("", "main", None)).is_err());
+        assert!(v(s("--upload-pack=x", "main", None)).is_err());
+        assert!(v(s("file:///r", "-x", None)).is_err());
+        assert!(v(s("file:///r", "a..b", None)).is_err());
+        assert!(v(s("file:///r", "main", Some("abc"))).is_err());
+        assert!(v(s("file:///r", "main", Some(&"a".repeat(40)))).is_ok());
+        let mut p = s("file:///r", "main", None);
+        p.patch = Some("not a diff".into());
+        assert!(v(p.clone()).unwrap_err().starts_with("patch:"));
+        p.patch = Some("x".repeat(requests::MAX_PATCH_BYTES + 1));
+        assert!(v(p).unwrap_err().contains("limit"));
+        let mut n = s("file:///r", "main", None);
+        n.notify_url = Some("http://127.0.0.1:9/".into());
+        assert!(v(n).unwrap_err().starts_with("notify_url:"));
     }
 
     #[test]

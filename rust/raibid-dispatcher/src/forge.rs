@@ -627,6 +627,8 @@ mod tests {
                 },
                 delivery_id: None,
                 forge_repo: None,
+                patch: None,
+                notify_url: None,
             },
             chrono::Utc::now(),
         );

@@ -5,8 +5,11 @@ pub mod api;
 pub mod events;
 pub mod forge;
 pub mod images;
+pub mod mcp;
 pub mod metrics;
+pub mod notify;
 pub mod public;
+pub mod requests;
 
 use anyhow::Context;
 use clap::Parser;
@@ -106,6 +109,27 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::BODY_LIMIT, default_value_t = 5 * 1024 * 1024)]
     pub body_limit: usize,
 
+    /// `Host` values /mcp answers for besides loopback: the in-cluster Service name and the Ingress
+    /// host, e.g. `raibid-dispatcher.raibid-system,ci.example.com` (entries may carry a port).
+    #[arg(long, env = env::MCP_ALLOWED_HOSTS, default_value = "")]
+    pub mcp_allowed_hosts: String,
+
+    /// Browser origins allowed to call /mcp (`https://app.example.com`); empty: any request carrying an
+    /// `Origin` header is refused (coding agents send none).
+    #[arg(long, env = env::MCP_ALLOWED_ORIGINS, default_value = "")]
+    pub mcp_allowed_origins: String,
+
+    /// Secret notify_url deliveries are signed with (X-Raibid-Signature). Unset: notify_url is refused.
+    #[arg(long, env = env::NOTIFY_SECRET, hide_env_values = true)]
+    pub notify_secret: Option<String>,
+
+    /// File holding the notification secret.
+    #[arg(long, env = env::NOTIFY_SECRET_FILE)]
+    pub notify_secret_file: Option<PathBuf>,
+
+    /// Hosts a notify_url may name although they are (or resolve to) loopback or private addresses.
+    #[arg(long, env = env::NOTIFY_ALLOWED_HOSTS, default_value = "")]
+    pub notify_allowed_hosts: String,
     /// Seconds within which a push webhook for a (repository, ref, sha) already queued is answered as
     /// a duplicate, whatever its delivery id (a replayed signed body). 0 turns this off.
     #[arg(long, env = env::PUSH_DEDUP_SECS, default_value_t = 3600)]
@@ -209,6 +233,14 @@ pub struct Settings {
     pub body_limit: usize,
     /// Lease after which the reaper reclaims an entry.
     pub lease: std::time::Duration,
+    /// Extra `Host` values for /mcp.
+    pub mcp_allowed_hosts: Vec<String>,
+    /// Browser origins allowed on /mcp.
+    pub mcp_allowed_origins: Vec<String>,
+    /// notify_url signing secret.
+    pub notify_secret: Option<String>,
+    /// Hosts notify_url may reach inside the network.
+    pub notify_allowed_hosts: Vec<String>,
     /// What the API and webhooks accept, and how commit statuses are retried.
     pub intake: Intake,
 }
@@ -270,6 +302,14 @@ impl Settings {
             public_url: cfg.public_url.trim_end_matches('/').to_string(),
             body_limit: cfg.body_limit,
             lease: std::time::Duration::from_secs(cfg.lease_secs),
+            mcp_allowed_hosts: csv_list(&cfg.mcp_allowed_hosts),
+            mcp_allowed_origins: csv_list(&cfg.mcp_allowed_origins),
+            notify_secret: secret(
+                &cfg.notify_secret,
+                &cfg.notify_secret_file,
+                "notification secret",
+            )?,
+            notify_allowed_hosts: csv_list(&cfg.notify_allowed_hosts),
             intake: Intake {
                 push_dedup: std::time::Duration::from_secs(cfg.push_dedup_secs),
                 allowed_schemes: csv_list(&cfg.allowed_schemes),
@@ -362,6 +402,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let reporter = tokio::spawn(forge::status_reporter(state.clone()));
     let reaper = tokio::spawn(reaper(state.clone()));
+    let notifier = tokio::spawn(notify::notifier(state.clone()));
     let stop_tx = state.stop_tx.clone();
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
@@ -374,6 +415,7 @@ pub async fn serve(
         .await?;
     reporter.abort();
     reaper.abort();
+    notifier.abort();
     Ok(())
 }
 

@@ -278,6 +278,8 @@ async fn live_benchmarks() {
         },
         delivery_id: None,
         forge_repo: None,
+        patch: None,
+        notify_url: None,
     };
     let t0 = Instant::now();
     let n: usize = std::env::var("BENCH_JOBS")
@@ -306,6 +308,10 @@ async fn live_benchmarks() {
         body_limit: 1 << 20,
         lease: Duration::from_secs(30),
         // Jobs here clone file:// repositories.
+        mcp_allowed_hosts: Vec::new(),
+        mcp_allowed_origins: Vec::new(),
+        notify_secret: None,
+        notify_allowed_hosts: Vec::new(),
         intake: raibid_dispatcher::Intake {
             allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
             ..raibid_dispatcher::Intake::default()

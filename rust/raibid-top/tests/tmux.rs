@@ -34,6 +34,10 @@ async fn start_dispatcher(queue: &Queue, addr: SocketAddr) -> Dispatcher {
         body_limit: 1 << 20,
         lease: Duration::from_secs(30),
         // Jobs here clone file:// repositories.
+        mcp_allowed_hosts: Vec::new(),
+        mcp_allowed_origins: Vec::new(),
+        notify_secret: None,
+        notify_allowed_hosts: Vec::new(),
         intake: raibid_dispatcher::Intake {
             allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
             ..raibid_dispatcher::Intake::default()
@@ -332,6 +336,8 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
             },
             delivery_id: None,
             forge_repo: None,
+            patch: None,
+            notify_url: None,
         },
         chrono::Utc::now(),
     );

@@ -174,6 +174,10 @@ pub async fn stack() -> Stack {
         body_limit: 8 << 20,
         lease: Duration::from_secs(30),
         // Jobs here clone file:// repositories; the benchmark submits one commit several times.
+        mcp_allowed_hosts: Vec::new(),
+        mcp_allowed_origins: Vec::new(),
+        notify_secret: None,
+        notify_allowed_hosts: Vec::new(),
         intake: raibid_dispatcher::Intake {
             allowed_schemes: raibid_dispatcher::csv_list("file"),
             push_dedup: Duration::ZERO,

@@ -244,6 +244,8 @@ pub struct Options {
     pub mirrors: &'static str,
     pub lease_secs: u64,
     pub max_attempts: u32,
+    /// Last changes to the dispatcher's settings (MCP and notification options).
+    pub settings: fn(&mut Settings),
     pub intake: raibid_dispatcher::Intake,
 }
 
@@ -254,6 +256,7 @@ impl Default for Options {
             mirrors: "",
             lease_secs: 30,
             max_attempts: 3,
+            settings: |_| {},
             // Tests clone file:// repositories (the agents here allow file too).
             intake: raibid_dispatcher::Intake {
                 allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
@@ -275,7 +278,7 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
     .await
     .expect("connect");
     let gitea = FakeGitea::start().await;
-    let settings = Settings {
+    let mut settings = Settings {
         api_token: TOKEN.into(),
         gitea_secret: Some(GITEA_SECRET.into()),
         github_secret: Some(GITHUB_SECRET.into()),
@@ -284,8 +287,13 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
         public_url: "http://raibid.test".into(),
         body_limit: opts.body_limit,
         lease: Duration::from_secs(opts.lease_secs),
+        mcp_allowed_hosts: Vec::new(),
+        mcp_allowed_origins: Vec::new(),
+        notify_secret: None,
+        notify_allowed_hosts: Vec::new(),
         intake: opts.intake.clone(),
     };
+    (opts.settings)(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(queue.clone(), settings);

@@ -50,6 +50,7 @@ pub fn job(i: usize, status: Status, ago_s: i64) -> Job {
         kind: Default::default(),
         extra: Default::default(),
         cache: None,
+        cargo: None,
         image: None,
         status,
         step: None,
@@ -74,6 +75,8 @@ pub fn job(i: usize, status: Status, ago_s: i64) -> Job {
             },
             delivery_id: Some(format!("d-{i}")),
             forge_repo: None,
+            patch: None,
+            notify_url: None,
         },
         pipeline: Some("ci".into()),
         timestamps: Timestamps {

@@ -1,0 +1,320 @@
+//! Requests shared by the REST API and the MCP tools: one Rust type each, from which serde reads the
+//! body and schemars derives the JSON schema the MCP tools publish. Validation names the field.
+
+use crate::AppState;
+use chrono::Utc;
+use raibid_core::contract;
+use raibid_core::job::{is_valid_job_id, Job, PatchRef, Source, Status, Trigger, TriggerKind};
+use raibid_core::queue::{Enqueued, QueueError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Largest accepted patch (unified diff) in bytes.
+pub const MAX_PATCH_BYTES: usize = 1024 * 1024;
+
+/// A job submission (`POST /api/v1/jobs`, MCP `submit_job`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// Clone URL of the repository (https, ssh or file), e.g. `http://gitea-http.gitea:3000/me/app.git`.
+    pub repo_url: String,
+    /// Branch or full ref to build: `main` means `refs/heads/main`.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Full 40- or 64-character commit id; omitted: the tip of `ref` when the agent clones.
+    #[serde(default)]
+    pub sha: Option<String>,
+    /// A unified diff (`git diff` output) against that commit, applied with `git apply` before the
+    /// pipeline runs (at most 1 MiB). A patch that does not apply fails the job in a `patch` step.
+    #[serde(default)]
+    pub patch: Option<String>,
+    /// http(s) URL the dispatcher POSTs the final job record to, signed with `X-Raibid-Signature`.
+    #[serde(default)]
+    pub notify_url: Option<String>,
+    /// An image job (`raibid_core::image::ImageRequest`): build, test and publish a container image
+    /// instead of the cargo pipeline.
+    #[serde(default)]
+    pub image: Option<serde_json::Value>,
+}
+
+/// A submission that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSubmit {
+    /// Clone URL.
+    pub repo_url: String,
+    /// Full ref.
+    pub git_ref: String,
+    /// Commit id.
+    pub sha: Option<String>,
+    /// The diff.
+    pub patch: Option<String>,
+    /// Notification URL.
+    pub notify_url: Option<String>,
+    /// Image job request.
+    pub image: Option<raibid_core::image::ImageRequest>,
+}
+
+/// Check a submission; the error names the field.
+pub fn validate_submit(s: SubmitJob, notify_hosts: &[String]) -> Result<ValidSubmit, String> {
+    let url = s.repo_url.trim().to_string();
+    if url.is_empty()
+        || url.len() > 2048
+        || url.starts_with('-')
+        || url.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err("repo_url: must be a clone URL (http(s), ssh or file)".into());
+    }
+    let r = s.git_ref.trim();
+    if r.is_empty()
+        || r.len() > 255
+        || r.starts_with('-')
+        || r.contains("..")
+        || r.chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
+    {
+        return Err("ref: not a valid git ref".into());
+    }
+    let git_ref = if r.starts_with("refs/") {
+        r.to_string()
+    } else {
+        format!("refs/heads/{r}")
+    };
+    let sha = match s
+        .sha
+        .map(|x| x.trim().to_ascii_lowercase())
+        .filter(|x| !x.is_empty())
+    {
+        Some(x) if (x.len() == 40 || x.len() == 64) && x.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(x)
+        }
+        Some(_) => return Err("sha: must be a full 40- or 64-character hex commit id".into()),
+        None => None,
+    };
+    let patch = match s.patch.filter(|p| !p.trim().is_empty()) {
+        Some(p) if p.len() > MAX_PATCH_BYTES => {
+            return Err(format!(
+                "patch: {} bytes, the limit is {MAX_PATCH_BYTES}; commit and push larger changes",
+                p.len()
+            ))
+        }
+        Some(p) if p.contains('\0') => return Err("patch: contains a NUL byte".into()),
+        Some(p)
+            if !(p.contains("\n@@ ") || p.starts_with("@@ ") || p.contains("GIT binary patch")) =>
+        {
+            return Err("patch: not a unified diff (no `@@` hunk); send `git diff` output".into())
+        }
+        Some(p) => Some(p),
+        None => None,
+    };
+    let notify_url = match s
+        .notify_url
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+    {
+        Some(u) => {
+            crate::notify::check_url(&u, notify_hosts).map_err(|e| format!("notify_url: {e}"))?;
+            Some(u)
+        }
+        None => None,
+    };
+    let image = match s.image {
+        Some(v) => Some(raibid_core::image::ImageRequest::from_json(v).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    Ok(ValidSubmit {
+        repo_url: url,
+        git_ref,
+        sha,
+        patch,
+        notify_url,
+        image,
+    })
+}
+
+/// Store the patch (when there is one) and enqueue the job. The patch key is written first, with the
+/// record's retention, so an agent never sees a job whose patch is missing.
+pub async fn create_job(
+    state: &AppState,
+    v: ValidSubmit,
+    actor: Option<String>,
+) -> Result<Enqueued, QueueError> {
+    let patch = v.patch.as_ref().map(|p| PatchRef {
+        bytes: p.len() as u64,
+        sha256: hex::encode(Sha256::digest(p.as_bytes())),
+    });
+    let mut job = Job::new(
+        Source {
+            repo_url: v.repo_url,
+            git_ref: v.git_ref,
+            sha: v.sha,
+            trigger: Trigger {
+                kind: TriggerKind::Api,
+                actor,
+            },
+            delivery_id: None,
+            forge_repo: None,
+            patch,
+            notify_url: v.notify_url,
+        },
+        Utc::now(),
+    );
+    if let Some(r) = v.image {
+        job.kind = raibid_core::job::JobKind::Image;
+        job.image = Some(raibid_core::image::ImageJob::new(r));
+    }
+    if let Some(p) = &v.patch {
+        store_patch(state, &job.id, p).await?;
+    }
+    state.queue.enqueue(job, None).await
+}
+
+/// Write a job's patch key.
+pub async fn store_patch(state: &AppState, id: &str, patch: &str) -> Result<(), QueueError> {
+    let mut con = state.queue.redis();
+    let _: () = redis::cmd("SET")
+        .arg(contract::job_patch_key(id))
+        .arg(patch)
+        .arg("EX")
+        .arg(state.queue.config().retention.as_secs().max(1))
+        .query_async(&mut con)
+        .await?;
+    Ok(())
+}
+
+/// A job list query (`GET /api/v1/jobs`, MCP `list_jobs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListJobs {
+    /// Only jobs in this status: queued, running, succeeded, failed, cancelled, timed_out.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Only jobs whose repository URL contains this text.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Only jobs of this ref (`main` or `refs/heads/main`).
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
+    /// Page size, 1-500 (default 50; MCP default 20).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct JobPage {
+    /// Jobs, newest first.
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Run a list query; the error names the field.
+pub async fn list_jobs(
+    state: &AppState,
+    q: &ListJobs,
+    default_limit: u32,
+) -> Result<Result<JobPage, String>, QueueError> {
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => match Status::parse(s) {
+            Some(st) => Some(st),
+            None => {
+                return Ok(Err(format!(
+                    "status: `{s}` is not one of {}",
+                    Status::ALL.map(|s| s.as_str()).join(", ")
+                )))
+            }
+        },
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(default_limit);
+    if !(1..=500).contains(&limit) {
+        return Ok(Err("limit: must be between 1 and 500".into()));
+    }
+    if let Some(c) = q.cursor.as_deref() {
+        if !is_valid_job_id(c) {
+            return Ok(Err("cursor: not a cursor returned by this API".into()));
+        }
+    }
+    let want_ref = q.git_ref.as_deref().filter(|r| !r.is_empty()).map(|r| {
+        if r.starts_with("refs/") {
+            r.to_string()
+        } else {
+            format!("refs/heads/{r}")
+        }
+    });
+    let repo = q.repo.as_deref().filter(|r| !r.is_empty());
+    let mut jobs = Vec::new();
+    let mut cursor = q.cursor.clone();
+    // The ref filter is applied here: read pages until the page is full (at most 20 reads).
+    for _ in 0..20 {
+        let (page, next) = state
+            .queue
+            .list(status, repo, limit as usize, cursor.as_deref())
+            .await?;
+        for j in page {
+            if want_ref.as_ref().is_some_and(|r| *r != j.source.git_ref) {
+                continue;
+            }
+            if jobs.len() < limit as usize {
+                jobs.push(j.public());
+            }
+        }
+        cursor = next;
+        if jobs.len() >= limit as usize || cursor.is_none() || want_ref.is_none() {
+            break;
+        }
+    }
+    let next_cursor = if jobs.len() >= limit as usize {
+        jobs.last().map(|j| j.id.to_string())
+    } else {
+        cursor
+    };
+    Ok(Ok(JobPage { jobs, next_cursor }))
+}
+
+/// Run a finished job again as a new job (its patch copied to the new job's key). `Err(message)` when
+/// the job is not finished.
+pub async fn retry(state: &AppState, id: &str) -> Result<Result<Job, String>, QueueError> {
+    let old = state.queue.get(id).await?;
+    if !old.status.is_final() {
+        return Ok(Err(format!(
+            "job {id} is {}; only a finished job can be retried",
+            old.status
+        )));
+    }
+    let mut source = old.source.clone();
+    source.trigger = Trigger {
+        kind: TriggerKind::Retry,
+        actor: None,
+    };
+    source.delivery_id = None;
+    let mut job = Job::new(source, Utc::now());
+    job.retry_of = Some(id.to_string());
+    job.kind = old.kind;
+    job.image = old
+        .image
+        .map(|i| raibid_core::image::ImageJob::new(i.request));
+    if job.source.patch.is_some() {
+        let mut con = state.queue.redis();
+        let patch: Option<String> = redis::cmd("GET")
+            .arg(contract::job_patch_key(id))
+            .query_async(&mut con)
+            .await?;
+        match patch {
+            Some(p) => store_patch(state, &job.id, &p).await?,
+            None => {
+                return Ok(Err(format!(
+                    "job {id}'s patch is gone (expired or cleaned up); submit it again"
+                )))
+            }
+        }
+    }
+    match state.queue.enqueue(job, None).await? {
+        Enqueued::New(job) => Ok(Ok(job)),
+        Enqueued::Duplicate(d) => Ok(Err(format!("duplicate of {d}"))),
+    }
+}
