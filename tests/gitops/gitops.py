@@ -310,10 +310,12 @@ class Report:
 
 
 def deployed_paths() -> list[Path]:
-    """The cluster directory and every path a Flux Kustomization of the cluster applies."""
+    """The cluster directory and every path of this repository a Flux Kustomization of the cluster applies
+    (Kustomizations of upstream sources, KEDA's CRDs, apply files that are not here)."""
     paths = [CLUSTER_DIR]
     for obj in build(CLUSTER_DIR):
-        if obj.get("kind") == "Kustomization" and obj["apiVersion"].startswith("kustomize.toolkit.fluxcd.io/"):
+        if obj.get("kind") == "Kustomization" and obj["apiVersion"].startswith("kustomize.toolkit.fluxcd.io/") \
+                and (obj["spec"].get("sourceRef") or {}).get("name", "flux-system") == "flux-system":
             p = (ROOT / obj["spec"]["path"]).resolve()
             if p not in paths:
                 paths.append(p)

@@ -528,15 +528,21 @@ def check_flux_chain(objs: list[Obj]) -> list[str]:
         for f in ("interval", "retryInterval", "timeout"):
             if not spec.get(f):
                 errs.append(f"Kustomization {name}: spec.{f} missing")
-        if spec.get("prune") is not True:
+        src = spec.get("sourceRef") or {}
+        # Upstream sources (KEDA's CRDs): never pruned, nothing to decrypt or substitute in them.
+        upstream = src.get("kind") == "GitRepository" and src.get("name") != "flux-system"
+        if upstream:
+            if spec.get("prune") is not False:
+                errs.append(f"Kustomization {name}: applies upstream CRDs from {src.get('name')}: prune must be false "
+                            f"(pruning a CRD deletes every object of its kind)")
+        elif spec.get("prune") is not True:
             errs.append(f"Kustomization {name}: prune must be true")
         path = spec.get("path", "")
-        if not (ROOT / path).is_dir():
+        if not upstream and not (ROOT / path).is_dir():
             errs.append(f"Kustomization {name}: path {path!r} does not exist in the repository")
-        src = spec.get("sourceRef") or {}
         if not find(objs, src.get("kind", ""), src.get("name"), src.get("namespace") or k["metadata"].get("namespace")):
             errs.append(f"Kustomization {name}: sourceRef {src} not found")
-        if name != "flux-system":
+        if name != "flux-system" and not upstream:
             dec = spec.get("decryption") or {}
             if dec.get("provider") != "sops" or (dec.get("secretRef") or {}).get("name") != "sops-age":
                 errs.append(f"Kustomization {name}: SOPS decryption (sops-age) not configured")
@@ -770,6 +776,123 @@ def check_agent_cache(objs: list[Obj]) -> list[str]:
     return errs
 
 
+# ---------------------------------------------------------------------------------------------------------
+# 10. runtime settings that must agree across objects, pins that carry fixes, exposure
+# ---------------------------------------------------------------------------------------------------------
+
+# Defaults in the binaries (clap default_value_t), used when a manifest does not set the variable.
+LEASE_DEFAULT, GRACE_DEFAULT = 30, 600
+KEDA_LINE = (2, 18)          # tested on Kubernetes 1.33 (the k3s pin); 2.17 is not
+REDIS_MIN = (7, 4, 6)        # CVE-2025-49844: Lua use-after-free; every queue operation is Lua
+
+
+def _int_env(cont: dict, objs: list[Obj], ns: str | None, name: str, default: int) -> int | None:
+    e = env_of(cont, objs, ns).get(name)
+    if e is None:
+        return default
+    v = resolve_env_value(e, objs, ns)
+    try:
+        return int(str(v).strip('"'))
+    except (TypeError, ValueError):
+        return None
+
+
+def _version(s: str) -> tuple[int, ...]:
+    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", s)
+    return tuple(int(x) for x in m.groups()) if m else ()
+
+
+def check_runtime_settings(objs: list[Obj]) -> list[str]:
+    env, http = gitops.read_contract()["env"], gitops.read_contract()["http"]
+    errs: list[str] = []
+    # One lease: the dispatcher's reaper requeues entries idle longer than ITS lease; agents heartbeat
+    # every third of THEIRS. A shorter reaper lease steals live jobs.
+    leases: dict[str, int | None] = {}
+    for owner, pod, cont in agents(objs) + dispatchers(objs):
+        ns = owner["metadata"].get("namespace")
+        leases[f"{describe(owner)} container {cont.get('name')}"] = _int_env(cont, objs, ns, env["LEASE_SECS"], LEASE_DEFAULT)
+    if len(set(leases.values())) > 1:
+        errs.append(f"{env['LEASE_SECS']} differs between agents and dispatcher: "
+                    + ", ".join(f"{k}={v}" for k, v in sorted(leases.items())))
+    # The kubelet's SIGKILL must come after the agent's own grace (finish or release the job).
+    for owner, pod, cont in agents(objs):
+        ns = owner["metadata"].get("namespace")
+        grace = _int_env(cont, objs, ns, env["SHUTDOWN_GRACE_SECS"], GRACE_DEFAULT)
+        tgp = pod.get("terminationGracePeriodSeconds", 30)
+        if grace is None or not isinstance(tgp, int) or tgp < grace + 10:
+            errs.append(f"{describe(owner)}: terminationGracePeriodSeconds {tgp} must exceed "
+                        f"{env['SHUTDOWN_GRACE_SECS']}={grace} by at least 10 s")
+    # What the dispatcher accepts at submit is what agents clone.
+    lists = {}
+    for owner, pod, cont in agents(objs) + dispatchers(objs):
+        ns = owner["metadata"].get("namespace")
+        e = env_of(cont, objs, ns)
+        lists[describe(owner)] = tuple(
+            ",".join(sorted(x.strip() for x in str(resolve_env_value(e[n], objs, ns) if n in e else "").split(",") if x.strip()))
+            for n in (env["ALLOWED_SCHEMES"], env["ALLOWED_HOSTS"]))
+    if len(set(lists.values())) > 1:
+        errs.append(f"{env['ALLOWED_SCHEMES']}/{env['ALLOWED_HOSTS']} differ between agents and dispatcher: {lists}")
+    # KEDA: the tested line; its CRDs not owned by the chart.
+    for hr in find(objs, "HelmRelease", "keda"):
+        spec = hr.get("spec") or {}
+        v = _version(str(((spec.get("chart") or {}).get("spec") or {}).get("version", "")))
+        if v[:2] != KEDA_LINE:
+            errs.append(f"{describe(hr)}: chart version {v} is not KEDA {KEDA_LINE[0]}.{KEDA_LINE[1]}.x")
+        if ((spec.get("values") or {}).get("crds") or {}).get("install") is not False:
+            errs.append(f"{describe(hr)}: values.crds.install must be false: the chart's CRDs are templates, "
+                        f"an uninstall would delete every ScaledJob")
+    crd_ks = [k for k in find(objs, "Kustomization") if k.get("apiVersion", "").startswith("kustomize.toolkit")
+              and (k["spec"].get("sourceRef") or {}).get("name") == "keda-crds"]
+    if not crd_ks:
+        errs.append("no Flux Kustomization applies KEDA's CRDs from the keda-crds source")
+    for src in find(objs, "GitRepository", "keda-crds"):
+        tag = _version(str(((src.get("spec") or {}).get("ref") or {}).get("tag", "")))
+        chart = [_version(str(hr["spec"]["chart"]["spec"].get("version", ""))) for hr in find(objs, "HelmRelease", "keda")]
+        if chart and tag != chart[0]:
+            errs.append(f"{describe(src)}: tag {tag} differs from the keda chart version {chart[0]}")
+    # Redis: patched, requests what it uses, time to load its AOF.
+    for owner, pod in pod_specs(objs):
+        for c in containers(pod, init=False):
+            img = str(c.get("image", ""))
+            if not re.search(r"(^|/)redis:", img):
+                continue
+            v = _version(img.split(":", 1)[1])
+            if v < REDIS_MIN:
+                errs.append(f"{describe(owner)}: {img} is older than {'.'.join(map(str, REDIS_MIN))} (CVE-2025-49844)")
+            res = c.get("resources") or {}
+            req, lim = (res.get("requests") or {}).get("memory"), (res.get("limits") or {}).get("memory")
+            if req != lim:
+                errs.append(f"{describe(owner)}: memory request {req} must equal the limit {lim} "
+                            f"(Redis holds the queue; it must not be the first pod evicted)")
+            sp = c.get("startupProbe") or {}
+            budget = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3)
+            if not sp or budget < 600:
+                errs.append(f"{describe(owner)}: startupProbe must allow at least 600 s for an AOF load (allows {budget if sp else 0})")
+    # Gitea: raibid is the CI.
+    for hr in find(objs, "HelmRelease", "gitea"):
+        cfg = (((hr["spec"].get("values") or {}).get("gitea") or {}).get("config") or {})
+        if str((cfg.get("actions") or {}).get("ENABLED", "")).lower() != "false":
+            errs.append(f"{describe(hr)}: gitea.config.actions.ENABLED must be false (raibid is the CI)")
+    # Exposure: the public Ingress carries only webhooks and job pages; nothing unauthenticated but those.
+    public_ok = ("/webhooks", http["PUBLIC_JOBS_PATH"])
+    never = (http["METRICS_PATH"], http["READYZ_PATH"], http["HEALTHZ_PATH"])
+    for ing in find(objs, "Ingress"):
+        d = describe(ing)
+        exposure = (ing["metadata"].get("labels") or {}).get("raibid.dev/exposure")
+        if exposure not in ("public", "lan"):
+            errs.append(f"{d}: label raibid.dev/exposure must say public or lan")
+        for rule in (ing.get("spec") or {}).get("rules") or []:
+            for p in ((rule.get("http") or {}).get("paths")) or []:
+                path = p.get("path", "/")
+                if path in ("", "/") or any(path == n or n.startswith(path.rstrip("/") + "/") for n in never):
+                    errs.append(f"{d}: path {path!r} exposes {', '.join(never)}")
+                elif exposure == "public" and not any(path == ok or path.startswith(ok + "/") for ok in public_ok):
+                    errs.append(f"{d}: public path {path!r} is neither a webhook nor a job page")
+    if not [i for i in find(objs, "Ingress") if (i["metadata"].get("labels") or {}).get("raibid.dev/exposure") == "public"]:
+        errs.append("no public Ingress for the webhooks")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -787,4 +910,5 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("sops-rules", lambda objs: check_sops_rules()),
     ("secret-refs", check_secret_refs),
     ("agent-cache", check_agent_cache),
+    ("runtime-settings", check_runtime_settings),
 ]

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "cache-bench-token";
 
 struct Bench {
-    redis: RedisServer,
+    _redis: RedisServer,
     base: String,
     http: reqwest::Client,
     tmp: PathBuf,
@@ -72,6 +72,11 @@ async fn bench(tmp: &Path, cache: &Path) -> Bench {
         public_url: "http://raibid.bench".into(),
         body_limit: 1 << 20,
         lease: Duration::from_secs(30),
+        // Jobs here clone file:// repositories (and http:// from local test servers).
+        intake: raibid_dispatcher::Intake {
+            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
+            ..raibid_dispatcher::Intake::default()
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -98,7 +103,7 @@ async fn bench(tmp: &Path, cache: &Path) -> Bench {
         .spawn()
         .unwrap();
     Bench {
-        redis,
+        _redis: redis,
         base,
         http: reqwest::Client::new(),
         tmp: tmp.to_path_buf(),

@@ -1,8 +1,8 @@
 //! The agent's configuration: every option a clap flag with an environment variable.
 
-use anyhow::Context;
 use clap::Parser;
 use raibid_core::contract::env;
+use raibid_core::secret_source::SecretSource;
 use std::path::PathBuf;
 
 /// raibid-agent — runs raibid-ci jobs from the Redis queue.
@@ -83,9 +83,71 @@ pub struct AgentConfig {
     #[arg(long, env = env::SHUTDOWN_GRACE_SECS, default_value_t = 600)]
     pub grace_secs: u64,
 
+    /// Comma-separated job kinds this agent runs (`rust`, `image`): each is its own stream and pool.
+    #[arg(long, env = env::AGENT_KINDS, default_value = "rust")]
+    pub kinds: String,
+
+    /// Seconds finished job records and logs are kept (the final write sets their expiry).
+    #[arg(long, env = env::RETENTION_SECS, default_value_t = 30 * 24 * 3600)]
+    pub retention_secs: u64,
+
     /// Milliseconds one XREADGROUP blocks before the agent looks at its shutdown flag again.
     #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
+
+    /// What steps may read and write: step user, secret scopes, log caps.
+    #[command(flatten)]
+    pub hardening: Hardening,
+}
+
+/// Options that bound what a build step can read or cost (docs/adr/0009-agent-step-isolation.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Hardening {
+    /// File holding the Redis URL with its password (a mounted secret); used instead of --redis-url.
+    #[arg(long, env = env::REDIS_URL_FILE)]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// User (name or numeric uid) the steps run as. Needs root; with it steps cannot read the agent's
+    /// environment, its secret files or other agents' processes. Unset: steps run as the agent's user.
+    #[arg(long, env = env::STEP_USER)]
+    pub step_user: Option<String>,
+
+    /// Which repositories get which RAIBID_SECRET_<NAME>: `NAME=glob|glob,...`, each glob (`*` = any
+    /// run of characters) matched against the job's repository URL. A secret without a scope is given
+    /// to no repository.
+    #[arg(long, env = env::SECRET_SCOPES)]
+    pub secret_scopes: Option<String>,
+
+    /// File holding the secret scopes (same syntax, commas or newlines); used when --secret-scopes is not set.
+    #[arg(long, env = env::SECRET_SCOPES_FILE)]
+    pub secret_scopes_file: Option<PathBuf>,
+
+    /// Per-job log cap in bytes, each line counted with its per-entry overhead; past it the agent sends
+    /// one marker line and drops the rest of the job's output.
+    #[arg(long, env = env::LOG_CAP_BYTES, default_value_t = DEFAULT_LOG_CAP_BYTES, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_cap_bytes: u64,
+
+    /// Per-job log cap in lines (stream entries).
+    #[arg(long, env = env::LOG_CAP_LINES, default_value_t = DEFAULT_LOG_CAP_LINES, value_parser = clap::value_parser!(u64).range(16..))]
+    pub log_cap_lines: u64,
+}
+
+/// Default per-job log cap in bytes (with per-entry overhead).
+pub const DEFAULT_LOG_CAP_BYTES: u64 = 10 * 1024 * 1024;
+/// Default per-job log cap in lines.
+pub const DEFAULT_LOG_CAP_LINES: u64 = 100_000;
+
+impl Default for Hardening {
+    fn default() -> Self {
+        Hardening {
+            redis_url_file: None,
+            step_user: None,
+            secret_scopes: None,
+            secret_scopes_file: None,
+            log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
+            log_cap_lines: DEFAULT_LOG_CAP_LINES,
+        }
+    }
 }
 
 impl AgentConfig {
@@ -100,21 +162,71 @@ impl AgentConfig {
         })
     }
 
-    /// The git token: `RAIBID_GIT_TOKEN` from the environment, else the token file.
-    pub(crate) fn git_token(&self) -> anyhow::Result<Option<String>> {
-        if let Ok(t) = std::env::var(env::GIT_TOKEN) {
-            if !t.is_empty() {
-                return Ok(Some(t));
+    /// The queue settings this agent runs with (kinds, lease, log caps, retention).
+    pub fn queue_config(&self) -> anyhow::Result<raibid_core::queue::QueueConfig> {
+        let mut kinds = Vec::new();
+        for k in self
+            .kinds
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            let kind = anyhow::Context::with_context(raibid_core::job::JobKind::parse(k), || {
+                format!(
+                    "{}: unknown job kind `{k}` (known: {})",
+                    env::AGENT_KINDS,
+                    raibid_core::job::JobKind::ALL
+                        .map(|k| k.as_str())
+                        .join(", ")
+                )
+            })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
             }
         }
-        match &self.git_token_file {
-            Some(f) => Ok(Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("reading {}", f.display()))?
-                    .trim()
-                    .to_string(),
-            )),
-            None => Ok(None),
+        if kinds.is_empty() {
+            anyhow::bail!("{}: name at least one job kind", env::AGENT_KINDS);
         }
+        Ok(raibid_core::queue::QueueConfig {
+            log_cap_bytes: self.hardening.log_cap_bytes,
+            log_cap_lines: self.hardening.log_cap_lines,
+            retention: std::time::Duration::from_secs(self.retention_secs),
+            lease: std::time::Duration::from_secs(self.lease_secs),
+            kinds,
+            ..raibid_core::queue::QueueConfig::default()
+        })
+    }
+
+    /// The git token: `RAIBID_GIT_TOKEN` from the environment, else the token file (never a flag).
+    pub(crate) fn git_token(&self) -> anyhow::Result<Option<String>> {
+        let from_env = std::env::var(env::GIT_TOKEN).ok();
+        Ok(SecretSource {
+            what: env::GIT_TOKEN_FILE,
+            value: from_env.as_deref(),
+            file: self.git_token_file.as_deref(),
+        }
+        .load()?)
+    }
+
+    /// The Redis URL: from its file when one is given.
+    pub(crate) fn redis_url(&self) -> anyhow::Result<String> {
+        Ok(SecretSource {
+            what: env::REDIS_URL_FILE,
+            value: None,
+            file: self.hardening.redis_url_file.as_deref(),
+        }
+        .load()?
+        .unwrap_or_else(|| self.redis_url.clone()))
+    }
+
+    /// The secret scopes text (from the flag/env or its file).
+    pub(crate) fn secret_scopes(&self) -> anyhow::Result<String> {
+        Ok(SecretSource {
+            what: env::SECRET_SCOPES_FILE,
+            value: self.hardening.secret_scopes.as_deref(),
+            file: self.hardening.secret_scopes_file.as_deref(),
+        }
+        .load()?
+        .unwrap_or_default())
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::cache::{key, mirror, slots, CloneError, JobCache, Sink};
 use crate::git;
-use crate::process::{run_step, StepEnd};
+use crate::process::{run_step, StepEnd, StepSpec};
 use crate::runner::JobCtx;
 use crate::{Stop, LOST, RELEASED};
 use chrono::Utc;
@@ -100,13 +100,22 @@ async fn execute_in_slot(
         }
     };
     let mut secrets = Vec::new();
+    let repo = ctx.claim.job.source.repo_url.clone();
     for name in &pipeline.secrets {
-        match std::env::var(format!("{}{name}", env::SECRET_PREFIX)) {
-            Ok(v) => secrets.push((name.clone(), v)),
-            Err(_) => {
+        // Only what the agent's configuration scopes to this repository (a pipeline cannot ask for
+        // another repository's secrets).
+        let value = if ctx.shared.scopes.allows(name, &repo) {
+            std::env::var(format!("{}{name}", env::SECRET_PREFIX)).ok()
+        } else {
+            None
+        };
+        match value {
+            Some(v) => secrets.push((name.clone(), v)),
+            None => {
                 let msg = format!(
-                    "secret `{name}` is not available to this agent (set {}{name})",
-                    env::SECRET_PREFIX
+                    "secret `{name}` is not available to this repository (the agent needs {}{name} and a scope for the repository in {})",
+                    env::SECRET_PREFIX,
+                    env::SECRET_SCOPES
                 );
                 ctx.sys("config", format!("[raibid] {msg}")).await;
                 ctx.claim.job.end_step("failed", None, Utc::now());
@@ -169,7 +178,14 @@ async fn execute_in_slot(
             });
             (log, task)
         });
-        let end = run_step(ctx, &step.name, &step.run, ws, &env, limit).await;
+        let spec = StepSpec {
+            name: &step.name,
+            script: &step.run,
+            workspace: ws,
+            env: &env,
+            limit,
+        };
+        let end = run_step(ctx, spec).await;
         if let Some((log, task)) = tee {
             ctx.logs = log;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
@@ -282,6 +298,7 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
     let limits = git::Limits {
         deadline,
         stop: ctx.stop.clone(),
+        user: ctx.shared.step_user.clone(),
     };
     let logs = ctx.logs.clone();
     let sink = move |l: String| {
@@ -425,6 +442,7 @@ async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc
     let limits = git::Limits {
         deadline: ctx.deadline,
         stop: ctx.stop.clone(),
+        user: ctx.shared.step_user.clone(),
     };
     let restore = jc
         .slot
@@ -515,9 +533,15 @@ pub(crate) fn step_env(
             env.push(("CARGO_TARGET_DIR".into(), t.to_string_lossy().into_owned()));
         }
     }
+    if let Some(u) = &ctx.shared.step_user {
+        // The agent's HOME is not the step user's to write.
+        env.retain(|(k, _)| k != "HOME" && k != "USER");
+        env.push(("HOME".into(), u.home.to_string_lossy().into_owned()));
+        env.push(("USER".into(), u.name.clone()));
+    }
     env.push(("CARGO_TERM_COLOR".into(), "never".into()));
     env.push(("CI".into(), "true".into()));
-    env.push(("RAIBID_JOB_ID".into(), job.id.clone()));
+    env.push(("RAIBID_JOB_ID".into(), job.id.to_string()));
     env.push(("RAIBID_ATTEMPT".into(), job.attempt.to_string()));
     env.push(("RAIBID_REPO_URL".into(), job.source.repo_url.clone()));
     env.push(("RAIBID_REF".into(), job.source.git_ref.clone()));

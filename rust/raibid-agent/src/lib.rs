@@ -4,13 +4,15 @@
 //!
 //! `config` (options), `worker` (claim loop, cancel listener), `runner` (one claimed job: log flusher,
 //! heartbeat, shutdown grace, final write), `executor` (clone, config, steps), `process` (a step's
-//! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv), `cache` (git mirrors, cargo
-//! target slots, cache keys).
+//! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv), `isolation` (what a step
+//! can reach: step user, private directories, secret scopes, leftover processes), `cache` (git mirrors,
+//! cargo target slots, cache keys).
 
 pub(crate) mod cache;
 pub mod config;
 pub mod executor;
 pub mod git;
+pub mod isolation;
 pub mod masking;
 pub mod process;
 pub mod runner;
@@ -46,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) policy: git::UrlPolicy,
     pub(crate) creds: git::Credentials,
     pub(crate) masker: Masker,
+    pub(crate) step_user: Option<isolation::StepUser>,
+    pub(crate) scopes: isolation::SecretScopes,
     pub(crate) running: Mutex<HashMap<String, watch::Sender<Stop>>>,
     pub(crate) jobs_done: AtomicU64,
     pub(crate) cache: cache::Cache,

@@ -1,12 +1,28 @@
-//! A step's process: its own process group, a cleared environment, its output pumped into the log.
+//! A step's process: its own process group, a cleared environment (optionally another user), its
+//! output pumped into the log with bounded reads, coalesced repeats and a per-job budget; whatever it
+//! leaves behind is killed when it ends.
 
+use crate::isolation;
 use crate::runner::{JobCtx, LogTx};
 use crate::Stop;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
+
+/// Longest log line: longer output lines are split into pieces of at most this many bytes, each but
+/// the last ending in [`SPLIT_MARK`].
+pub const MAX_LINE: usize = 64 * 1024;
+/// Ends every piece of a split line but the last.
+pub const SPLIT_MARK: &str = " [raibid: line continues]";
+/// What one log entry costs in Redis beyond its text (entry id, field names, step, stream, timestamp),
+/// counted against the byte cap.
+pub const ENTRY_OVERHEAD: u64 = 64;
+/// How often a run of identical lines is summarised while it lasts.
+const REPEAT_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) enum StepEnd {
     Released,
@@ -18,34 +34,238 @@ pub(crate) enum StepEnd {
     SpawnFailed(String),
 }
 
+/// A job's log budget, shared by all its steps' output pumps: lines and bytes (with per-entry
+/// overhead). Past it one marker is sent and the rest of the output is read and dropped, so a flood
+/// costs Redis nothing more and the agent only the reading.
+#[derive(Debug)]
+pub struct LogBudget {
+    max_lines: u64,
+    max_bytes: u64,
+    lines: AtomicU64,
+    bytes: AtomicU64,
+    over: AtomicBool,
+}
+
+/// What to do with one line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Send it.
+    Send,
+    /// The cap was reached with this line: send the marker instead.
+    Marker,
+    /// Over the cap: drop it.
+    Drop,
+}
+
+impl LogBudget {
+    /// A budget for step output under the queue's caps, keeping a reserve (a tenth, at most 64 KiB and
+    /// 100 lines) for the agent's own lines (step results) after it.
+    pub fn new(cap_lines: u64, cap_bytes: u64) -> LogBudget {
+        LogBudget {
+            max_lines: cap_lines - (cap_lines / 10).min(100),
+            max_bytes: cap_bytes - (cap_bytes / 10).min(64 * 1024),
+            lines: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            over: AtomicBool::new(false),
+        }
+    }
+
+    /// Account for one line of `cost` bytes (text + overhead).
+    pub fn admit(&self, cost: u64) -> Admit {
+        if self.over.load(Ordering::Relaxed) {
+            return Admit::Drop;
+        }
+        let l = self.lines.fetch_add(1, Ordering::Relaxed) + 1;
+        let b = self.bytes.fetch_add(cost, Ordering::Relaxed) + cost;
+        if l <= self.max_lines && b <= self.max_bytes {
+            Admit::Send
+        } else if !self.over.swap(true, Ordering::Relaxed) {
+            Admit::Marker
+        } else {
+            Admit::Drop
+        }
+    }
+
+    /// Past the cap?
+    pub fn exhausted(&self) -> bool {
+        self.over.load(Ordering::Relaxed)
+    }
+
+    /// Lines and bytes seen so far (sent or not).
+    pub fn seen(&self) -> (u64, u64) {
+        (
+            self.lines.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn marker(&self) -> String {
+        format!(
+            "[raibid] log cap reached ({} lines / {} bytes with per-line overhead): the rest of this job's output is dropped",
+            self.max_lines, self.max_bytes
+        )
+    }
+}
+
+/// One output stream of a step on its way to the log.
+struct Sink {
+    step: String,
+    stream: &'static str,
+    tx: LogTx,
+    budget: Arc<LogBudget>,
+    last: Option<Vec<u8>>,
+    repeats: u64,
+    since: Instant,
+}
+
+impl Sink {
+    /// Send one line through the budget. False when the log channel is gone.
+    async fn send(&mut self, stream: &str, text: String) -> bool {
+        let cost = (text.len() + self.step.len() + stream.len()) as u64 + ENTRY_OVERHEAD;
+        let (stream, text) = match self.budget.admit(cost) {
+            Admit::Send => (stream.to_string(), text),
+            Admit::Marker => ("system".to_string(), self.budget.marker()),
+            Admit::Drop => return true,
+        };
+        self.tx
+            .send((self.step.clone(), stream, text))
+            .await
+            .is_ok()
+    }
+
+    async fn flush_repeats(&mut self) -> bool {
+        self.since = Instant::now();
+        if self.repeats == 0 {
+            return true;
+        }
+        let n = std::mem::take(&mut self.repeats);
+        let s = if n == 1 { "" } else { "s" };
+        self.send(
+            "system",
+            format!("[raibid] previous line repeated {n} more time{s}"),
+        )
+        .await
+    }
+
+    /// One complete line (`continued`: a piece of a longer one).
+    async fn line(&mut self, raw: &[u8], continued: bool) -> bool {
+        let mut raw = raw;
+        if !continued {
+            while let Some((b'\r', rest)) = raw.split_last() {
+                raw = rest;
+            }
+            if self.last.as_deref() == Some(raw) {
+                self.repeats += 1;
+                if self.since.elapsed() >= REPEAT_EVERY {
+                    return self.flush_repeats().await;
+                }
+                return true;
+            }
+        }
+        if !self.flush_repeats().await {
+            return false;
+        }
+        if self.budget.exhausted() {
+            // Drain without building strings.
+            self.last = None;
+            return true;
+        }
+        let mut text = String::from_utf8_lossy(raw).into_owned();
+        let limit = if continued {
+            MAX_LINE - SPLIT_MARK.len()
+        } else {
+            MAX_LINE
+        };
+        if text.len() > limit {
+            let mut cut = limit;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        if continued {
+            text.push_str(SPLIT_MARK);
+            self.last = None;
+        } else {
+            self.last = Some(raw.to_vec());
+        }
+        let stream = self.stream;
+        self.send(stream, text).await
+    }
+}
+
+/// Pump one output stream of a step into the log. Reads are bounded: a line longer than
+/// [`MAX_LINE`] is sent in marked pieces, so output without newlines costs at most one piece of memory.
 pub(crate) async fn pump<R: AsyncRead + Unpin>(
     r: R,
     step: String,
     stream: &'static str,
     tx: LogTx,
+    budget: Arc<LogBudget>,
 ) {
-    let mut reader = BufReader::new(r);
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
-                    buf.pop();
+    let mut reader = BufReader::with_capacity(MAX_LINE, r);
+    let mut sink = Sink {
+        step,
+        stream,
+        tx,
+        budget,
+        last: None,
+        repeats: 0,
+        since: Instant::now(),
+    };
+    let piece = MAX_LINE - SPLIT_MARK.len();
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    while let Ok(avail) = reader.fill_buf().await {
+        if avail.is_empty() {
+            if !buf.is_empty() {
+                sink.line(&buf, false).await;
+            }
+            break;
+        }
+        // Everything buffered, line by line; then give the bytes back to the reader.
+        let n = avail.len();
+        let mut at = 0;
+        let mut alive = true;
+        while at < n {
+            let rest = &avail[at..];
+            let room = piece - buf.len();
+            match rest.iter().position(|b| *b == b'\n') {
+                Some(i) if i <= room => {
+                    let ok = if buf.is_empty() {
+                        sink.line(&rest[..i], false).await
+                    } else {
+                        buf.extend_from_slice(&rest[..i]);
+                        let ok = sink.line(&buf, false).await;
+                        buf.clear();
+                        ok
+                    };
+                    at += i + 1;
+                    if !ok {
+                        alive = false;
+                        break;
+                    }
                 }
-                buf.truncate(64 * 1024);
-                let line = String::from_utf8_lossy(&buf).into_owned();
-                if tx
-                    .send((step.clone(), stream.to_string(), line))
-                    .await
-                    .is_err()
-                {
-                    break;
+                _ => {
+                    let take = rest.len().min(room);
+                    buf.extend_from_slice(&rest[..take]);
+                    at += take;
+                    if buf.len() >= piece {
+                        let ok = sink.line(&buf, true).await;
+                        buf.clear();
+                        if !ok {
+                            alive = false;
+                            break;
+                        }
+                    }
                 }
             }
         }
+        reader.consume(at);
+        if !alive {
+            break;
+        }
     }
+    sink.flush_repeats().await;
 }
 
 pub(crate) fn kill_group(pgid: i32) {
@@ -54,18 +274,27 @@ pub(crate) fn kill_group(pgid: i32) {
     let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
 }
 
-pub(crate) async fn run_step(
-    ctx: &mut JobCtx<'_>,
-    name: &str,
-    script: &str,
-    ws: &Path,
-    env: &[(String, String)],
-    limit: Duration,
-) -> StepEnd {
+/// What one step runs.
+pub(crate) struct StepSpec<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) script: &'a str,
+    pub(crate) workspace: &'a Path,
+    pub(crate) env: &'a [(String, String)],
+    pub(crate) limit: Duration,
+}
+
+pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEnd {
+    let StepSpec {
+        name,
+        script,
+        workspace,
+        env,
+        limit,
+    } = spec;
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(script)
-        .current_dir(ws)
+        .current_dir(workspace)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
@@ -73,19 +302,38 @@ pub(crate) async fn run_step(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(u) = &ctx.shared.step_user {
+        // std drops the supplementary groups too when it changes the uid as root.
+        cmd.uid(u.uid).gid(u.gid);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return StepEnd::SpawnFailed(e.to_string()),
     };
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    let out = child
-        .stdout
-        .take()
-        .map(|o| tokio::spawn(pump(o, name.to_string(), "stdout", ctx.logs.clone())));
-    let err = child
-        .stderr
-        .take()
-        .map(|o| tokio::spawn(pump(o, name.to_string(), "stderr", ctx.logs.clone())));
+    let pumps: Vec<_> = [
+        child.stdout.take().map(|o| {
+            tokio::spawn(pump(
+                o,
+                name.to_string(),
+                "stdout",
+                ctx.logs.clone(),
+                ctx.budget.clone(),
+            ))
+        }),
+        child.stderr.take().map(|o| {
+            tokio::spawn(pump(
+                o,
+                name.to_string(),
+                "stderr",
+                ctx.logs.clone(),
+                ctx.budget.clone(),
+            ))
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let mut stop = ctx.stop.clone();
     let end = tokio::select! {
         st = child.wait() => match st {
@@ -107,13 +355,84 @@ pub(crate) async fn run_step(
             }
         } => match ctx.stopped() { Stop::LeaseLost => StepEnd::LeaseLost, Stop::Release => StepEnd::Released, _ => StepEnd::Cancelled },
     };
-    // Whatever happened, nothing of the step outlives it: kill the whole process group.
+    // Whatever happened, nothing of the step outlives it: kill the whole process group, then every
+    // process that carries the job's marker (also those that left the group with setsid).
     if pgid > 0 {
         kill_group(pgid);
     }
     let _ = child.wait().await;
-    for h in [out, err].into_iter().flatten() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+    let id = ctx.claim.job.id.clone();
+    let _ = tokio::task::spawn_blocking(move || isolation::kill_marked(&id)).await;
+    // The readers end at EOF once the writers are gone; one whose pipe an unmarked process still
+    // holds is aborted (never left detached).
+    for mut h in pumps {
+        if tokio::time::timeout(Duration::from_secs(2), &mut h)
+            .await
+            .is_err()
+        {
+            h.abort();
+            let _ = h.await;
+        }
     }
     end
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_budget_admits_up_to_its_cap_then_one_marker() {
+        let b = LogBudget::new(1000, 1_000_000);
+        for _ in 0..900 {
+            assert_eq!(b.admit(ENTRY_OVERHEAD), Admit::Send);
+        }
+        assert_eq!(b.admit(ENTRY_OVERHEAD), Admit::Marker);
+        assert_eq!(b.admit(ENTRY_OVERHEAD), Admit::Drop);
+        let b = LogBudget::new(1_000_000, 100_000);
+        assert_eq!(b.admit(80_000), Admit::Send);
+        assert_eq!(b.admit(20_000), Admit::Marker);
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_split_into_marked_pieces_and_repeats_coalesce() {
+        let mut input = vec![b'x'; MAX_LINE * 2 + 10];
+        input.extend_from_slice(b"\nshort\r\n");
+        input.extend_from_slice(&b"same\n".repeat(5));
+        input.extend_from_slice(b"end");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(100);
+        let budget = Arc::new(LogBudget::new(1000, 10_000_000));
+        pump(&input[..], "s".into(), "stdout", tx, budget).await;
+        let mut got = Vec::new();
+        while let Ok(l) = rx.try_recv() {
+            got.push(l);
+        }
+        let texts: Vec<&str> = got.iter().map(|l| l.2.as_str()).collect();
+        assert_eq!(
+            texts.len(),
+            7,
+            "{:?}",
+            texts.iter().map(|t| t.len()).collect::<Vec<_>>()
+        );
+        for t in &texts[..2] {
+            assert!(t.len() <= MAX_LINE && t.ends_with(SPLIT_MARK));
+        }
+        assert!(texts[2].chars().all(|c| c == 'x'));
+        let total: usize = texts[..3]
+            .iter()
+            .map(|t| t.trim_end_matches(SPLIT_MARK).len())
+            .sum();
+        assert_eq!(total, MAX_LINE * 2 + 10);
+        assert_eq!(
+            &texts[3..],
+            &[
+                "short",
+                "same",
+                "[raibid] previous line repeated 4 more times",
+                "end"
+            ]
+        );
+        assert_eq!(got[5].1, "system");
+    }
 }

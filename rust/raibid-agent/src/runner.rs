@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
+/// How long the log flusher may take to write what is left once the job's steps have ended.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(30);
+
 pub(crate) type LogTx = mpsc::Sender<(String, String, String)>;
 
 /// Everything a running job needs.
@@ -19,6 +22,8 @@ pub(crate) struct JobCtx<'a> {
     pub(crate) stop: watch::Receiver<Stop>,
     pub(crate) deadline: Instant,
     pub(crate) masker: Arc<Mutex<Masker>>,
+    /// The job's log budget, shared by its steps' output pumps.
+    pub(crate) budget: Arc<crate::process::LogBudget>,
     /// (name, value) of the pipeline's secrets.
     pub(crate) secrets: Vec<(String, String)>,
 }
@@ -63,7 +68,7 @@ pub(crate) async fn run_job(
     let lease = claim.lease.clone();
     let (stop_tx, stop_rx) = watch::channel(Stop::None);
     if let Ok(mut m) = shared.running.lock() {
-        m.insert(id.clone(), stop_tx.clone());
+        m.insert(id.to_string(), stop_tx.clone());
     }
     // Log flusher: batches lines, masks secrets, appends (fenced by the lease).
     let (log_tx, mut log_rx) = mpsc::channel::<(String, String, String)>(4096);
@@ -100,8 +105,10 @@ pub(crate) async fn run_job(
             }
         })
     };
-    // Heartbeat: keeps the lease, notices cancel requests the pub/sub message may have missed.
+    // Heartbeat: renews the lease stored with the claim (fenced), notices cancel requests the pub/sub
+    // message may have missed.
     let heartbeat = {
+        let held = claim.clone();
         let shared = shared.clone();
         let id = id.clone();
         let slot = slot.to_string();
@@ -118,6 +125,13 @@ pub(crate) async fn run_job(
                     .await
                 {
                     tracing::warn!(job = %id, error = %e, "heartbeat failed");
+                }
+                match shared.queue.renew_lease(&held, &slot).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = stop_tx.send(Stop::LeaseLost);
+                    }
+                    Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed"),
                 }
                 if let Ok(job) = shared.queue.get(&id).await {
                     if job.lease.as_deref() != Some(lease.as_str()) {
@@ -155,6 +169,10 @@ pub(crate) async fn run_job(
         stop: stop_rx,
         deadline,
         masker,
+        budget: Arc::new(crate::process::LogBudget::new(
+            shared.cfg.hardening.log_cap_lines,
+            shared.cfg.hardening.log_cap_bytes,
+        )),
         secrets: Vec::new(),
     };
     let ws = shared.cfg.workspace_dir.join(&id);
@@ -165,11 +183,20 @@ pub(crate) async fn run_job(
         mut claim, logs, ..
     } = ctx;
     drop(logs);
-    let _ = flusher.await;
+    // Every sender is gone once the steps' pumps have ended (they are aborted, never detached); the
+    // flusher still gets its own deadline so that a stuck Redis write cannot keep the job running.
+    let mut flusher = flusher;
+    if tokio::time::timeout(FLUSH_DEADLINE, &mut flusher)
+        .await
+        .is_err()
+    {
+        tracing::warn!(job = %id, "log flusher did not finish in time; aborting it");
+        flusher.abort();
+    }
     heartbeat.abort();
     grace.abort();
     if let Ok(mut m) = shared.running.lock() {
-        m.remove(&id);
+        m.remove(id.as_str());
     }
     let now = Utc::now();
     let (status, reason) = outcome;
@@ -199,19 +226,21 @@ pub(crate) async fn run_job(
     claim.job.finish(status, reason, now);
     // The final write survives a Redis restart: retry connection errors for up to a minute (the lease
     // may expire meanwhile; then the fence refuses the write and the reclaimed attempt decides).
-    let give_up = Instant::now() + Duration::from_secs(60);
-    let mut delay = Duration::from_millis(100);
+    let mut backoff =
+        raibid_core::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+            .within(Duration::from_secs(60));
     loop {
         match shared.queue.finish_claimed(&mut claim).await {
             Ok(()) => tracing::info!(job = %id, status = %status, "finished"),
             Err(QueueError::LeaseLost(_)) => {
                 tracing::warn!(job = %id, "lease lost before the final write; result discarded")
             }
-            Err(QueueError::Redis(e)) if Instant::now() < give_up => {
+            Err(QueueError::Redis(e)) => {
                 tracing::warn!(job = %id, error = %e, "final write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-                continue;
+                if backoff.wait().await {
+                    continue;
+                }
+                tracing::error!(job = %id, "could not write the final status within a minute");
             }
             Err(e) => tracing::error!(job = %id, error = %e, "could not write the final status"),
         }

@@ -1,10 +1,13 @@
 //! The claim loop: one worker per slot blocked on XREADGROUP, and the cancel listener.
 
+use crate::isolation;
 use crate::runner::run_job;
 use crate::{git, AgentConfig, Masker, Shared, Stop};
 use anyhow::Context;
+use raibid_core::contract;
 use raibid_core::contract::env;
 use raibid_core::queue::{Queue, QueueConfig, QueueError};
+use raibid_core::retry::Backoff;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,28 +17,27 @@ use tokio::sync::watch;
 /// Run the agent until `shutdown` turns true (or, with `--once`, until one job ran or the idle timeout
 /// passed).
 pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // Same-uid processes (steps) can read neither our environment nor our memory.
+    isolation::make_undumpable()?;
     let name = cfg.agent_name();
-    let queue = connect_with_backoff(&cfg.redis_url, &shutdown).await?;
+    let step_user = isolation::resolve_step_user(cfg.hardening.step_user.as_deref())?;
+    let scopes = isolation::SecretScopes::parse(&cfg.secret_scopes()?)?;
+    let redis_url = cfg.redis_url()?;
+    let qcfg = cfg.queue_config()?;
+    let queue = connect_with_backoff(&redis_url, qcfg, &shutdown).await?;
     let Some(queue) = queue else { return Ok(()) };
-    let slots: Vec<String> = if cfg.concurrency == 1 {
+    // `--once` is one job: one slot, whatever --concurrency says.
+    let slots: Vec<String> = if cfg.concurrency == 1 || cfg.once {
         vec![name.clone()]
     } else {
         (0..cfg.concurrency)
             .map(|i| format!("{name}-{i}"))
             .collect()
     };
-    for s in &slots {
-        if queue.agent_alive(s).await? {
-            anyhow::bail!(
-                "another agent with consumer name `{s}` is alive (heartbeat key present); give each agent a unique {}",
-                env::AGENT_NAME
-            );
-        }
-    }
-    std::fs::create_dir_all(&cfg.workspace_dir)
-        .with_context(|| format!("creating workspace dir {}", cfg.workspace_dir.display()))?;
-    std::fs::create_dir_all(cfg.cache_dir.join("cargo"))
-        .with_context(|| format!("creating cache dir {}", cfg.cache_dir.display()))?;
+    isolation::prepare_private_dir(&cfg.workspace_dir, step_user.as_ref())?;
+    isolation::prepare_private_dir(&cfg.cache_dir, step_user.as_ref())?;
+    isolation::prepare_private_dir(&cfg.cache_dir.join("cargo"), step_user.as_ref())?;
+    let names = NameClaims::claim(&queue, &slots, Duration::from_secs(cfg.lease_secs)).await?;
     let token = cfg.git_token()?;
     let policy = git::UrlPolicy::from_lists(&cfg.allowed_schemes, &cfg.allowed_hosts);
     if token.is_some() && policy.hosts.is_empty() {
@@ -57,6 +59,8 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
             &cfg.cache_default_branches,
         ),
         masker: Masker::new(token),
+        step_user,
+        scopes,
         cfg,
         queue,
         running: Mutex::new(HashMap::new()),
@@ -77,30 +81,31 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
         }
     }
     cancel_task.abort();
+    names.release().await;
     tracing::info!(agent = %name, jobs = shared.jobs_done.load(Ordering::Relaxed), "agent stopped");
     result
 }
 
 pub(crate) async fn connect_with_backoff(
     url: &str,
+    qcfg: QueueConfig,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Queue>> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match Queue::connect(url, QueueConfig::default()).await {
+        match Queue::connect(url, qcfg.clone()).await {
             Ok(q) => return Ok(Some(q)),
             Err(QueueError::Redis(e))
                 if e.is_connection_refusal() || e.is_io_error() || e.is_timeout() =>
             {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis unreachable; retrying");
+                tracing::warn!(error = %e, "redis unreachable; retrying");
             }
             Err(e) => return Err(e).context("connecting to redis"),
         }
         if *shutdown.borrow() {
             return Ok(None);
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        backoff.wait().await;
     }
 }
 
@@ -142,7 +147,7 @@ pub(crate) async fn worker(
     let idle_deadline = Instant::now() + Duration::from_secs(cfg.idle_timeout_secs);
     let ttl = Duration::from_secs(cfg.lease_secs);
     let mut con = None;
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         if *shutdown.borrow() {
             break;
@@ -156,8 +161,7 @@ pub(crate) async fn worker(
                 Ok(c) => con = Some(c),
                 Err(e) => {
                     tracing::warn!(agent = %slot, error = %e, "redis unreachable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                     continue;
                 }
             }
@@ -172,12 +176,11 @@ pub(crate) async fn worker(
             Err(e) => {
                 tracing::warn!(agent = %slot, error = %e, "claim failed; reconnecting");
                 con = None;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
                 continue;
             }
         };
-        delay = Duration::from_millis(200);
+        backoff.reset();
         let Some(claim) = claim else { continue };
         let id = claim.job.id.clone();
         tracing::info!(agent = %slot, job = %id, attempt = claim.job.attempt, "claimed");
@@ -191,4 +194,115 @@ pub(crate) async fn worker(
         tracing::warn!(agent = %slot, error = %e, "could not deregister");
     }
     Ok(())
+}
+
+/// The agent's consumer names, each claimed atomically (`SET NX` with a TTL under
+/// `raibid:agent-name:{name}`), kept by a refresher every third of the lease and released on exit.
+pub(crate) struct NameClaims {
+    queue: Queue,
+    names: Vec<String>,
+    token: String,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+const REFRESH_CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0";
+
+const RELEASE_CLAIM: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+impl NameClaims {
+    pub(crate) async fn claim(
+        queue: &Queue,
+        names: &[String],
+        ttl: Duration,
+    ) -> anyhow::Result<NameClaims> {
+        let token = format!(
+            "{}-{}-{}",
+            gethostname::gethostname().to_string_lossy(),
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        );
+        let mut con = queue.redis();
+        let mut claimed = Vec::new();
+        for n in names {
+            let ok: Option<String> = redis::cmd("SET")
+                .arg(contract::agent_name_claim_key(n))
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .query_async(&mut con)
+                .await
+                .context("claiming the agent name")?;
+            if ok.is_none() {
+                let partial = NameClaims {
+                    queue: queue.clone(),
+                    names: claimed,
+                    token: token.clone(),
+                    keeper: tokio::spawn(async {}),
+                };
+                partial.release().await;
+                anyhow::bail!(
+                    "another agent with consumer name `{n}` is alive (its name claim {} is held); give each agent a unique {}",
+                    contract::agent_name_claim_key(n),
+                    env::AGENT_NAME
+                );
+            }
+            claimed.push(n.clone());
+        }
+        let keeper = {
+            let (queue, names, token) = (queue.clone(), claimed.clone(), token.clone());
+            tokio::spawn(async move {
+                let script = redis::Script::new(REFRESH_CLAIM);
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    let mut con = queue.redis();
+                    for n in &names {
+                        let r: redis::RedisResult<i64> = script
+                            .key(contract::agent_name_claim_key(n))
+                            .arg(&token)
+                            .arg(ttl.as_millis() as u64)
+                            .invoke_async(&mut con)
+                            .await;
+                        match r {
+                            Ok(0) => {
+                                tracing::error!(agent = %n, "another process holds this agent's name claim")
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(agent = %n, error = %e, "could not refresh the name claim")
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        Ok(NameClaims {
+            queue: queue.clone(),
+            names: claimed,
+            token,
+            keeper,
+        })
+    }
+
+    pub(crate) async fn release(self) {
+        self.keeper.abort();
+        let script = redis::Script::new(RELEASE_CLAIM);
+        let mut con = self.queue.redis();
+        for n in &self.names {
+            let r: redis::RedisResult<i64> = script
+                .key(contract::agent_name_claim_key(n))
+                .arg(&self.token)
+                .invoke_async(&mut con)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(agent = %n, error = %e, "could not release the name claim");
+            }
+        }
+    }
 }

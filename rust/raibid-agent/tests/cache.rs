@@ -9,6 +9,8 @@
 //! mid-fetch or corrupted recovers; the clone ends at its timeout and on cancel; the git token goes
 //! only to forge hosts and never follows a redirect, and is never taken from the command line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Agents are killed when the stack is dropped (also when a test fails).
+#![allow(clippy::zombie_processes)]
 
 use raibid_core::testkit::RedisServer;
 use raibid_dispatcher::{serve, AppState, Settings};
@@ -62,6 +64,11 @@ async fn stack() -> Stack {
         public_url: "http://raibid.test".into(),
         body_limit: 1 << 20,
         lease: Duration::from_secs(30),
+        // Jobs here clone file:// repositories (and http:// from local test servers).
+        intake: raibid_dispatcher::Intake {
+            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
+            ..raibid_dispatcher::Intake::default()
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -63,6 +63,11 @@ async fn stack(max_attempts: u32) -> Stack {
         public_url: "http://raibid.test".into(),
         body_limit: 1 << 20,
         lease: Duration::from_secs(LEASE),
+        // Jobs here clone file:// repositories.
+        intake: raibid_dispatcher::Intake {
+            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
+            ..raibid_dispatcher::Intake::default()
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -672,14 +677,14 @@ async fn total_queue_check_under_agent_and_redis_crashes() {
     // Every job in the store was accepted (or is one of the indeterminate requests).
     let (all, _) = s.queue.list(None, None, usize::MAX, None).await.unwrap();
     let accepted_set: HashSet<&String> = accepted.iter().collect();
-    let unexpected: Vec<&String> = all
+    let unexpected: Vec<String> = all
         .iter()
-        .map(|j| &j.id)
+        .map(|j| j.id.to_string())
         .filter(|id| !accepted_set.contains(id))
         .collect();
     let missing: Vec<&String> = accepted
         .iter()
-        .filter(|id| !all.iter().any(|j| &&j.id == id))
+        .filter(|id| !all.iter().any(|j| j.id == **id))
         .collect();
     let text = std::fs::read_to_string(&execs).unwrap_or_default();
     let mut runs: HashMap<&str, usize> = HashMap::new();
@@ -776,7 +781,7 @@ async fn a_2xx_survives_redis_sigkill_and_dedup_survives_a_dispatcher_restart() 
         .await
         .unwrap();
     let mut again = job;
-    again.id = raibid_core::job::new_job_id();
+    again.id = raibid_core::job::JobId::new();
     match (
         first,
         q2.enqueue(again, Some(("gitea", "restart-1")))

@@ -13,6 +13,11 @@ pub mod keys {
     pub const JOBS_STREAM: &str = "raibid:jobs";
     /// The consumer group every agent reads `JOBS_STREAM` with (KEDA scales on this group's `lag`).
     pub const AGENTS_GROUP: &str = "raibid-agents";
+    /// The image-job queue stream (Buildah agents; same entry layout as `JOBS_STREAM`).
+    pub const IMAGE_JOBS_STREAM: &str = "raibid:jobs:image";
+    /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
+    /// Every job stream's group has the same name, so one `XREADGROUP` serves an agent of several kinds.
+    pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents";
     /// Dead-letter stream: jobs delivered more than the retry limit.
     pub const DEAD_STREAM: &str = "raibid:jobs:dead";
     /// Events stream for live watchers (job created/claimed/step started/finished/...), capped.
@@ -31,6 +36,8 @@ pub mod keys {
     pub const AGENTS_SET: &str = "raibid:agents";
     /// Prefix of an agent's heartbeat hash: `raibid:agent:{name}` (expires when heartbeats stop).
     pub const AGENT_PREFIX: &str = "raibid:agent:";
+    /// Prefix of an agent's name claim: `raibid:agent-name:{name}` → a token of the process holding it (SET NX, TTL refreshed by its heartbeat, deleted on exit).
+    pub const AGENT_NAME_CLAIM_PREFIX: &str = "raibid:agent-name:";
     /// Pub/sub channel on which cancel requests are broadcast (message: job id).
     pub const CANCEL_CHANNEL: &str = "raibid:cancel";
     /// Hash of histogram buckets: enqueue → claim latency (field = bucket upper bound in seconds, `+Inf`, `sum`, `count`).
@@ -41,6 +48,8 @@ pub mod keys {
     pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
     /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
     pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
+    /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
+    pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -112,8 +121,32 @@ pub mod env {
     /// Prefix of the secrets an agent can hand to pipelines: `RAIBID_SECRET_<NAME>` becomes `<NAME>`
     /// in the steps of a pipeline that lists `<NAME>` under `secrets:`, masked in its log.
     pub const SECRET_PREFIX: &str = "RAIBID_SECRET_";
+    /// Comma-separated job kinds an agent runs (`rust`, `image`; `contract::kinds`).
+    pub const AGENT_KINDS: &str = "RAIBID_AGENT_KINDS";
+    /// Per-job log cap in bytes (payload + per-line overhead).
+    pub const LOG_CAP_BYTES: &str = "RAIBID_LOG_CAP_BYTES";
+    /// Per-job log cap in lines.
+    pub const LOG_CAP_LINES: &str = "RAIBID_LOG_CAP_LINES";
+    /// Seconds finished job records and logs are kept.
+    pub const RETENTION_SECS: &str = "RAIBID_RETENTION_SECS";
+    /// Seconds a forge delivery id is remembered (de-duplication).
+    pub const DEDUP_TTL_SECS: &str = "RAIBID_DEDUP_TTL_SECS";
+    /// Most job records kept (oldest finished ones dropped first; 0 = no count bound).
+    pub const MAX_JOBS: &str = "RAIBID_MAX_JOBS";
+    /// Which repositories may receive which `RAIBID_SECRET_*`: `NAME=glob|glob,NAME2=glob` (globs with `*` over the repository URL); a secret without a scope goes to no repository.
+    pub const SECRET_SCOPES: &str = "RAIBID_SECRET_SCOPES";
+    /// File holding the secret scopes (same syntax; commas or newlines); read when `RAIBID_SECRET_SCOPES` is unset.
+    pub const SECRET_SCOPES_FILE: &str = "RAIBID_SECRET_SCOPES_FILE";
+    /// File holding the Redis URL (with its password); when set it is used instead of `RAIBID_REDIS_URL`.
+    pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
+    /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
+    pub const STEP_USER: &str = "RAIBID_STEP_USER";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
+    /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.
+    pub const PUSH_DEDUP_SECS: &str = "RAIBID_PUSH_DEDUP_SECS";
+    /// Longest delay in seconds between two retries of a commit status Gitea did not take.
+    pub const STATUS_RETRY_MAX_SECS: &str = "RAIBID_STATUS_RETRY_MAX_SECS";
 }
 
 /// HTTP paths of the dispatcher.
@@ -130,8 +163,48 @@ pub mod http {
     pub const METRICS_PATH: &str = "/metrics";
     /// REST API prefix.
     pub const API_PREFIX: &str = "/api/v1";
+    /// Public read-only job pages (commit-status links): `/public/jobs/{id}/{token}`.
+    pub const PUBLIC_JOBS_PATH: &str = "/public/jobs";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
+}
+
+/// Agent types ("plugin-based" agents): each job kind has its own stream and consumer group, so each
+/// pool scales on its own lag and runs with only the privileges it needs. Adding a type is an entry here,
+/// a variant of `job::JobKind`, an agent capability and a manifest.
+pub mod kinds {
+    use super::keys;
+
+    /// One agent type's routing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Route {
+        /// The kind's name (`job.kind` in JSON, `--kinds` of the agent).
+        pub kind: &'static str,
+        /// Its stream.
+        pub stream: &'static str,
+        /// Its consumer group.
+        pub group: &'static str,
+    }
+
+    /// Rust builds (`cargo build` + `cargo test`, or `.raibid.yaml` steps): restricted pods.
+    pub const RUST: Route = Route {
+        kind: "rust",
+        stream: keys::JOBS_STREAM,
+        group: keys::AGENTS_GROUP,
+    };
+    /// Container image builds with Buildah: pods with the ADR 0002 exception.
+    pub const IMAGE: Route = Route {
+        kind: "image",
+        stream: keys::IMAGE_JOBS_STREAM,
+        group: keys::IMAGE_AGENTS_GROUP,
+    };
+    /// Every agent type.
+    pub const ALL: [Route; 2] = [RUST, IMAGE];
+
+    /// The route of a kind name.
+    pub fn route(kind: &str) -> Option<Route> {
+        ALL.into_iter().find(|r| r.kind == kind)
+    }
 }
 
 /// Build a job key.
@@ -147,6 +220,11 @@ pub fn job_log_key(id: &str) -> String {
 /// Build a delivery de-duplication key.
 pub fn delivery_key(forge: &str, delivery_id: &str) -> String {
     format!("{}{forge}:{delivery_id}", keys::DELIVERY_PREFIX)
+}
+
+/// Build an agent name-claim key.
+pub fn agent_name_claim_key(name: &str) -> String {
+    format!("{}{name}", keys::AGENT_NAME_CLAIM_PREFIX)
 }
 
 /// Build an agent heartbeat key.

@@ -28,7 +28,7 @@ impl Event {
     pub fn of(kind: &str, job: &Job, now: DateTime<Utc>) -> Event {
         Event {
             kind: kind.into(),
-            job: job.id.clone(),
+            job: job.id.to_string(),
             status: job.status,
             step: job.step.clone(),
             agent: job.agent.clone(),

@@ -5,14 +5,132 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A job id: a ULID (26 Crockford base32 characters, sortable by creation time).
-pub fn new_job_id() -> String {
-    ulid::Ulid::new().to_string()
+/// A job id: a ULID (26 Crockford base32 characters, sortable by creation time). The only way to get
+/// one is [`JobId::new`] or [`JobId::parse`] (also what deserialisation uses), so an id read from a
+/// stream entry, a record or a URL is validated where it is read; Redis keys and workspace paths are
+/// built only from a `JobId` (issue 8 §2: an id such as `../cache` can never name a directory).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+/// Why a string is not a job id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a job id (26 Crockford base32 characters, a ULID)")]
+pub struct InvalidJobId(pub String);
+
+impl JobId {
+    /// A fresh id.
+    pub fn new() -> JobId {
+        JobId(ulid::Ulid::new().to_string())
+    }
+
+    /// Validate an id read from anywhere outside this process.
+    pub fn parse(s: &str) -> Result<JobId, InvalidJobId> {
+        if is_valid_job_id(s) {
+            Ok(JobId(s.to_string()))
+        } else {
+            // Bounded and printable, for error messages and dead-letter reasons.
+            let shown: String = s.chars().take(64).filter(|c| !c.is_control()).collect();
+            Err(InvalidJobId(shown))
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-/// True when `id` looks like a job id (guards Redis key construction from arbitrary path input).
+impl Default for JobId {
+    fn default() -> Self {
+        JobId::new()
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = InvalidJobId;
+    fn try_from(s: String) -> Result<JobId, InvalidJobId> {
+        JobId::parse(&s)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> String {
+        id.0
+    }
+}
+
+impl std::ops::Deref for JobId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for JobId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for JobId {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for JobId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for JobId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for JobId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for JobId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl redis::ToRedisArgs for JobId {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        out.write_arg(self.0.as_bytes())
+    }
+}
+
+impl redis::ToSingleRedisArg for JobId {}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A new job id as a string.
+pub fn new_job_id() -> String {
+    JobId::new().0
+}
+
+/// True when `id` is a ULID: 26 characters of Crockford base32 (`0-9`, `A-Z` without `I L O U`).
 pub fn is_valid_job_id(id: &str) -> bool {
-    id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+    id.len() == 26
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
 }
 
 /// Lifecycle status of a job. Image-job phases (building, testing, publishing) will be added as
@@ -74,6 +192,43 @@ impl Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The kind of job, which decides the agent pool (stream and consumer group, `contract::kinds`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// A Rust build (the default pipeline or `.raibid.yaml` steps).
+    #[default]
+    Rust,
+    /// A container image build, test and publish with Buildah.
+    Image,
+}
+
+impl JobKind {
+    /// Every kind.
+    pub const ALL: [JobKind; 2] = [JobKind::Rust, JobKind::Image];
+
+    /// The snake_case name (`contract::kinds::Route::kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Rust => "rust",
+            JobKind::Image => "image",
+        }
+    }
+
+    /// Parse the name.
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// This kind's stream and consumer group.
+    pub fn route(self) -> crate::contract::kinds::Route {
+        match self {
+            JobKind::Rust => crate::contract::kinds::RUST,
+            JobKind::Image => crate::contract::kinds::IMAGE,
+        }
     }
 }
 
@@ -152,7 +307,10 @@ pub struct StepResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// Job id.
-    pub id: String,
+    pub id: JobId,
+    /// Kind (decides the agent pool); records written before kinds existed are Rust jobs.
+    #[serde(default)]
+    pub kind: JobKind,
     /// Status.
     pub status: Status,
     /// The step running now (or the step that failed).
@@ -182,13 +340,18 @@ pub struct Job {
     /// What the caches did for this job (git mirror, cargo target slot), once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::cache_stats::CacheStats>,
+    /// Fields this version does not know (written by a newer one), kept as they are through every
+    /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Job {
     /// A new queued job for `source`, received now.
     pub fn new(source: Source, now: DateTime<Utc>) -> Job {
         Job {
-            id: new_job_id(),
+            id: JobId::new(),
+            kind: JobKind::Rust,
             status: Status::Queued,
             step: None,
             attempt: 0,
@@ -206,6 +369,7 @@ impl Job {
             retry_of: None,
             cancel_requested: false,
             cache: None,
+            extra: serde_json::Map::new(),
         }
     }
 
@@ -300,12 +464,40 @@ mod tests {
     }
 
     #[test]
+    fn kinds_route_to_their_own_stream() {
+        for k in JobKind::ALL {
+            let r = k.route();
+            assert_eq!(r.kind, k.as_str());
+            assert_eq!(crate::contract::kinds::route(k.as_str()), Some(r));
+            assert_eq!(JobKind::parse(k.as_str()), Some(k));
+        }
+        assert_ne!(JobKind::Rust.route().stream, JobKind::Image.route().stream);
+        let old: Job = serde_json::from_value(serde_json::json!({
+            "id": "01J00000000000000000000000", "status": "queued", "step": null, "attempt": 0,
+            "agent": null, "source": {"repo_url": "file:///x", "ref": "main", "sha": null,
+            "trigger": {"kind": "api", "actor": null}, "delivery_id": null, "forge_repo": null},
+            "pipeline": null, "timestamps": {}, "steps": [], "failure_reason": null, "retry_of": null
+        })).unwrap();
+        assert_eq!(old.kind, JobKind::Rust);
+    }
+
+    #[test]
     fn job_ids_are_valid_and_unique() {
         let a = new_job_id();
         let b = new_job_id();
         assert!(is_valid_job_id(&a));
         assert_ne!(a, b);
         assert!(!is_valid_job_id("../../etc"));
+        assert!(!is_valid_job_id("../cache/aaaaaaaaaaaaaaaaaa"));
+        assert!(!is_valid_job_id("01J0000000000000000000000/"));
+        assert!(JobId::parse("/x").is_err());
+        assert!(JobId::parse(&a).is_ok());
+        // Deserialisation validates too.
+        assert!(serde_json::from_str::<JobId>("\"../cache\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<JobId>(&format!("\"{a}\"")).unwrap(),
+            a.as_str()
+        );
         assert!(!is_valid_job_id(""));
     }
 

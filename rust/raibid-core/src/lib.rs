@@ -10,5 +10,8 @@ pub mod event;
 pub mod job;
 pub mod pipeline;
 pub mod queue;
+pub mod retry;
+pub mod secret_source;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod webhook;

@@ -1,7 +1,7 @@
 //! The pipeline a job runs: `.raibid.yaml` in the repository, or the default Rust pipeline.
 //!
 //! ```yaml
-//! name: ci                 # optional; commit-status context becomes raibid/ci
+//! name: ci                 # optional; shown in the commit status (whose context is always raibid/ci)
 //! timeout: 30m             # optional job timeout (seconds as a number, or 90s / 10m / 1h30m)
 //! env: { RUST_BACKTRACE: "1" }
 //! steps:

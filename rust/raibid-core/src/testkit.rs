@@ -87,7 +87,9 @@ impl RedisServer {
             if let Ok(Some(status)) = child.try_wait() {
                 anyhow::bail!("redis-server on port {port} exited: {status}");
             }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Ready means answering PONG: after a restart Redis accepts connections while it still
+            // loads its AOF (`-LOADING`), and commands fail until it is done.
+            if ping(port) {
                 return Ok(child);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -115,6 +117,19 @@ impl RedisServer {
         self.child = Some(Self::spawn(&self.dir, self.port)?);
         Ok(())
     }
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
 impl Drop for RedisServer {

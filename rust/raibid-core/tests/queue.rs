@@ -52,7 +52,7 @@ async fn lag_stays_exact_through_claims_acks_cancels_and_requeues() {
     assert_eq!(q.get(&ids[0]).await.unwrap().status, Status::Cancelled);
     assert_eq!(q.stats().await.unwrap().lag, Some(20));
     let mut claims = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..8 {
         if let Some(cl) = q
             .claim_next(&mut c, "a1", Duration::from_millis(50))
             .await
@@ -61,7 +61,7 @@ async fn lag_stays_exact_through_claims_acks_cancels_and_requeues() {
             claims.push(cl);
         }
     }
-    // 10 entries read: 2 were cancelled (acknowledged, skipped), 8 claimed.
+    // 10 entries read by 8 claims: 2 were cancelled (acknowledged and skipped on the way), 8 claimed.
     assert_eq!(claims.len(), 8);
     let s = q.stats().await.unwrap();
     assert_eq!((s.lag, s.pending, s.length), (Some(10), 8, 18));
@@ -151,8 +151,10 @@ async fn a_lost_lease_fences_progress_logs_and_the_final_write() {
 
 #[tokio::test]
 async fn the_log_is_capped_with_one_truncation_marker() {
+    // Each line costs its fields (step 5 + stream 6 + ts 27 + line 18 bytes) plus the 32-byte entry
+    // overhead: 88 bytes; 5 fit in 480.
     let cfg = QueueConfig {
-        log_cap_bytes: 100,
+        log_cap_bytes: 480,
         ..QueueConfig::default()
     };
     let (_r, q, mut c) = setup(cfg).await;
@@ -176,7 +178,7 @@ async fn the_log_is_capped_with_one_truncation_marker() {
             .unwrap());
     }
     let lines = q.read_log(&cl.job.id, None, 100).await.unwrap();
-    // 18 bytes a line: 5 fit in 100, then one marker, then nothing.
+    // 88 bytes a line: 5 fit in 480, then one marker, then nothing.
     assert_eq!(lines.len(), 6, "{lines:?}");
     assert_eq!(lines[4].line, "line 04 0123456789");
     assert_eq!(lines[5].stream, "system");
@@ -196,10 +198,10 @@ async fn enqueue_is_all_or_nothing_and_deduplicates() {
     let a = job();
     let first = q.enqueue(a.clone(), Some(("gitea", "d-1"))).await.unwrap();
     let mut b = job();
-    b.id = raibid_core::job::new_job_id();
+    b.id = raibid_core::job::JobId::new();
     let second = q.enqueue(b.clone(), Some(("gitea", "d-1"))).await.unwrap();
     assert!(matches!(first, Enqueued::New(_)));
-    assert_eq!(second, Enqueued::Duplicate(a.id.clone()));
+    assert_eq!(second, Enqueued::Duplicate(a.id.to_string()));
     let mut con = redis::Client::open(r.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -244,6 +246,7 @@ async fn enqueue_is_all_or_nothing_and_deduplicates() {
 async fn the_reaper_requeues_then_dead_letters_after_max_attempts() {
     let cfg = QueueConfig {
         max_attempts: 2,
+        lease: Duration::from_millis(100),
         ..QueueConfig::default()
     };
     let (_r, q, mut c) = setup(cfg).await;
@@ -283,7 +286,7 @@ async fn the_reaper_requeues_then_dead_letters_after_max_attempts() {
     let gone = q.prune_consumers(Duration::from_millis(50)).await.unwrap();
     assert!(gone.contains(&"crashy".to_string()), "{gone:?}");
     assert!(!gone.contains(&"alive-idle".to_string()), "{gone:?}");
-    // A live agent's heartbeat keeps its entry from being reaped.
+    // A live agent's lease renewals keep its job from being reaped.
     q.enqueue(job(), None).await.unwrap();
     let cl = q
         .claim_next(&mut c, "alive", Duration::from_millis(50))
@@ -292,18 +295,35 @@ async fn the_reaper_requeues_then_dead_letters_after_max_attempts() {
         .unwrap();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(60)).await;
-        q.heartbeat(
-            "alive",
-            Some((&cl.job.id, &cl.entry_id)),
-            0,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        assert!(q.renew_lease(&cl, "alive").await.unwrap());
         assert!(q
             .reap("reaper", Duration::from_millis(100))
             .await
             .unwrap()
             .is_empty());
     }
+}
+
+#[tokio::test]
+async fn a_flood_of_empty_lines_hits_the_line_cap() {
+    let cfg = QueueConfig {
+        log_cap_lines: 50,
+        ..QueueConfig::default()
+    };
+    let (_r, q, mut c) = setup(cfg).await;
+    q.enqueue(job(), None).await.unwrap();
+    let cl = q
+        .claim_next(&mut c, "a", Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    let empty: Vec<(String, String, String)> = (0..40)
+        .map(|_| ("build".into(), "stdout".into(), String::new()))
+        .collect();
+    for _ in 0..5 {
+        assert!(q.append_log(&cl.job.id, &cl.lease, &empty).await.unwrap());
+    }
+    let lines = q.read_log(&cl.job.id, None, 1000).await.unwrap();
+    assert_eq!(lines.len(), 51, "50 lines and one marker");
+    assert!(lines[50].line.contains("log truncated"), "{:?}", lines[50]);
 }

@@ -702,7 +702,7 @@ async fn consumer(
                     .claim_latency_secs()
                     .map(|s| (s * 1e6).max(0.0) as u64)
                     .unwrap_or(u64::MAX);
-                let started = lock(&sh.started).remove(&claim.job.id);
+                let started = lock(&sh.started).remove(claim.job.id.as_str());
                 claim.job.finish(Status::Succeeded, None, Utc::now());
                 let f0 = Instant::now();
                 if let Err(e) = q.finish_claimed(&mut claim).await {
@@ -861,7 +861,7 @@ async fn run_claim(run: &ClaimRun) -> Result<ClaimResult> {
         let q = producer.clone();
         let sh2 = sh.clone();
         let t0 = Instant::now();
-        lock(&sh.started).insert(job.id.clone(), (seq, t0));
+        lock(&sh.started).insert(job.id.to_string(), (seq, t0));
         sh.enqueued.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(async move {
             let r = q.enqueue(job, Some(("gitea", delivery.as_str()))).await;

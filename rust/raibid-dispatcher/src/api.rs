@@ -13,13 +13,13 @@ use axum::{Json, Router};
 use chrono::Utc;
 use raibid_core::contract::{http, keys};
 use raibid_core::job::{is_valid_job_id, Job, Source, Status, Trigger, TriggerKind};
-use raibid_core::queue::{Enqueued, QueueError, CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS};
+use raibid_core::queue::{Enqueued, QueueError};
 use raibid_core::webhook::{self, PushOutcome, WebhookError};
+use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -129,7 +129,8 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(json!({"status": "ok"})) }),
         )
         .route(http::READYZ_PATH, get(readyz))
-        .route(http::METRICS_PATH, get(metrics))
+        .route(http::METRICS_PATH, get(crate::metrics::metrics))
+        .route(&crate::public::route_path(), get(crate::public::job_page))
         .nest(http::API_PREFIX, api)
         .with_state(state)
 }
@@ -209,6 +210,132 @@ fn ignored(state: &AppState, reason: &str) -> Response {
         .into_response()
 }
 
+/// The URL with any user information replaced by `***` (`https://TOKEN@host`, `https://u:p@host`),
+/// for log lines and pages. Works on text that does not parse as a URL too.
+pub fn redact_url(raw: &str) -> String {
+    let Some(i) = raw.find("://") else {
+        return raw.to_string();
+    };
+    let rest = &raw[i + 3..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{}://***@{}", &raw[..i], &rest[at + 1..]),
+        None => raw.to_string(),
+    }
+}
+
+/// Refuse at submit what no agent will clone: the same scheme and host lists as the agents'
+/// `RAIBID_ALLOWED_SCHEMES` / `RAIBID_ALLOWED_HOSTS`, and no credentials inside the URL (agents bring
+/// their own; a token in the URL would be stored in the job and shown by the API).
+fn check_clone_url(intake: &crate::Intake, raw: &str) -> ApiResult<()> {
+    let allowed = || {
+        let hosts = if intake.allowed_hosts.is_empty() {
+            "any host".to_string()
+        } else {
+            format!("hosts {}", intake.allowed_hosts.join(", "))
+        };
+        format!(
+            "allowed: schemes {} on {hosts} (RAIBID_ALLOWED_SCHEMES / RAIBID_ALLOWED_HOSTS)",
+            intake.allowed_schemes.join(", ")
+        )
+    };
+    let (scheme, host, has_user) = match url::Url::parse(raw) {
+        Ok(u) => (
+            u.scheme().to_ascii_lowercase(),
+            u.host_str().unwrap_or("").to_ascii_lowercase(),
+            !u.username().is_empty() || u.password().is_some(),
+        ),
+        Err(_) => match raw.split_once(':') {
+            // scp-like ssh: `git@host:owner/repo`.
+            Some((left, _)) if !left.contains('/') && !left.is_empty() => (
+                "ssh".to_string(),
+                left.rsplit('@').next().unwrap_or("").to_ascii_lowercase(),
+                false,
+            ),
+            _ => {
+                return Err(ApiError::unprocessable(format!(
+                    "repo_url: not a clone URL; {}",
+                    allowed()
+                )))
+            }
+        },
+    };
+    let scheme = match scheme.as_str() {
+        "git+ssh" | "ssh+git" => "ssh".to_string(),
+        _ => scheme,
+    };
+    if !intake.allowed_schemes.contains(&scheme) {
+        return Err(ApiError::unprocessable(format!(
+            "repo_url: scheme `{scheme}` is not cloned by any agent; {}",
+            allowed()
+        )));
+    }
+    if scheme != "file" && !intake.allowed_hosts.is_empty() && !intake.allowed_hosts.contains(&host)
+    {
+        return Err(ApiError::unprocessable(format!(
+            "repo_url: host `{host}` is not cloned by any agent; {}",
+            allowed()
+        )));
+    }
+    if has_user && (scheme == "http" || scheme == "https") {
+        return Err(ApiError::unprocessable(
+            "repo_url: must not carry credentials (agents use their configured git token)",
+        ));
+    }
+    Ok(())
+}
+
+fn redis_unavailable(e: redis::RedisError) -> ApiError {
+    tracing::error!(error = %e, "redis error");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "queue_unavailable",
+        "the job queue is unavailable; retry later",
+    )
+}
+
+/// `raibid:push:{sha256(forge, repo, ref, sha)}`.
+fn push_key(forge: &str, push: &webhook::Push) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        forge,
+        &push.repo_full_name.to_ascii_lowercase(),
+        &push.git_ref,
+        &push.sha,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    format!("{}{}", keys::PUSH_DEDUP_PREFIX, hex_lower(&h.finalize()))
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+/// Release a push key this request set (to its job's id) when that job was not queued.
+const RELEASE_PUSH_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+fn duplicate(state: &AppState, id: Option<&str>) -> Response {
+    state
+        .counters
+        .webhooks_duplicate
+        .fetch_add(1, Ordering::Relaxed);
+    (
+        StatusCode::OK,
+        Json(json!({"status": "duplicate", "job": id, "duplicate": true})),
+    )
+        .into_response()
+}
+
 async fn enqueue_push(
     state: &AppState,
     push: webhook::Push,
@@ -217,7 +344,9 @@ async fn enqueue_push(
     delivery: Option<&str>,
     forge_repo: Option<String>,
 ) -> ApiResult<Response> {
+    check_clone_url(&state.settings.intake, &push.clone_url).map_err(|e| reject(state, e))?;
     let now = Utc::now();
+    let key = push_key(forge, &push);
     let job = Job::new(
         Source {
             repo_url: push.clone_url,
@@ -232,34 +361,69 @@ async fn enqueue_push(
         },
         now,
     );
-    match state
-        .queue
-        .enqueue(job, delivery.map(|d| (forge, d)))
-        .await?
-    {
+    // A signed body replayed with a fresh delivery id: the (repo, ref, sha) was queued within the
+    // window. `SET NX` with the new job's id makes the check and the claim one step (one round trip on
+    // the common path); the key is removed again when no job comes of this request.
+    let window = state.settings.intake.push_dedup;
+    let mut con = state.queue.redis();
+    let claimed = if window.is_zero() {
+        false
+    } else {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&job.id)
+            .arg("NX")
+            .arg("EX")
+            .arg(window.as_secs().max(1))
+            .query_async(&mut con)
+            .await
+            .map_err(redis_unavailable)?;
+        if set.is_none() {
+            let existing: Option<String> = con.get(&key).await.map_err(redis_unavailable)?;
+            tracing::info!(git_ref = %job.source.git_ref, sha = ?job.source.sha, "push already queued within the de-duplication window");
+            return Ok(duplicate(state, existing.as_deref()));
+        }
+        true
+    };
+    let job_id = job.id.clone();
+    let result = state.queue.enqueue(job, delivery.map(|d| (forge, d))).await;
+    if claimed {
+        let r: redis::RedisResult<()> = match &result {
+            Ok(Enqueued::New(_)) => Ok(()),
+            // The delivery id was seen before: the key names that job.
+            Ok(Enqueued::Duplicate(id)) => redis::cmd("SET")
+                .arg(&key)
+                .arg(id)
+                .arg("XX")
+                .arg("KEEPTTL")
+                .query_async(&mut con)
+                .await
+                .map(|_: Option<String>| ()),
+            Err(_) => redis::Script::new(RELEASE_PUSH_LUA)
+                .key(&key)
+                .arg(&job_id)
+                .invoke_async(&mut con)
+                .await
+                .map(|_: i64| ()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "push de-duplication key not updated");
+        }
+    }
+    match result? {
         Enqueued::New(job) => {
             state
                 .counters
                 .webhooks_enqueued
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(job = %job.id, repo = %job.source.repo_url, git_ref = %job.source.git_ref, "job queued from webhook");
+            tracing::info!(job = %job.id, repo = %redact_url(&job.source.repo_url), git_ref = %job.source.git_ref, "job queued from webhook");
             Ok((
                 StatusCode::ACCEPTED,
                 Json(json!({"status": "queued", "job": job.id, "duplicate": false})),
             )
                 .into_response())
         }
-        Enqueued::Duplicate(id) => {
-            state
-                .counters
-                .webhooks_duplicate
-                .fetch_add(1, Ordering::Relaxed);
-            Ok((
-                StatusCode::OK,
-                Json(json!({"status": "duplicate", "job": id, "duplicate": true})),
-            )
-                .into_response())
-        }
+        Enqueued::Duplicate(id) => Ok(duplicate(state, Some(&id))),
     }
 }
 
@@ -384,11 +548,15 @@ async fn github_webhook(
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.queue.ping().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": format!("redis: {e}")})),
-        )
-            .into_response(),
+        Err(e) => {
+            // The reason goes to the log only: this route is unauthenticated.
+            tracing::warn!(error = %e, "readyz: redis unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": "the job queue is unavailable"})),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -459,6 +627,7 @@ async fn submit_job(
     let req: SubmitJob = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let (repo_url, git_ref, sha) = validate_submit(req)?;
+    check_clone_url(&state.settings.intake, &repo_url)?;
     let job = Job::new(
         Source {
             repo_url,
@@ -596,6 +765,7 @@ fn valid_seq(s: &str) -> bool {
 async fn get_logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     check_id(&id)?;
@@ -608,7 +778,20 @@ async fn get_logs(
     // 404 for unknown jobs.
     let job = state.queue.get(&id).await?;
     if q.follow.unwrap_or(false) {
-        return Ok(follow(state, id, q.after).await.into_response());
+        // An EventSource reconnect sends the id of the last event it saw: resume after it, so the
+        // lines already shown are not sent again (it wins over `after`, which the first request set).
+        let after = match header(&headers, "last-event-id").map(str::trim) {
+            Some(l) if !l.is_empty() => {
+                if !valid_seq(l) {
+                    return Err(ApiError::unprocessable(
+                        "Last-Event-ID: not a log sequence id",
+                    ));
+                }
+                Some(l.to_string())
+            }
+            _ => q.after,
+        };
+        return Ok(follow(state, id, after).await.into_response());
     }
     let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
     let lines = state.queue.read_log(&id, q.after.as_deref(), limit).await?;
@@ -619,7 +802,8 @@ async fn get_logs(
     )
 }
 
-/// Server-Sent Events: `log` events (one line each, JSON), then one `end` event when the job is final.
+/// Server-Sent Events: `log` events (one line each, JSON, `id` = its sequence id), then one `end`
+/// event when the job is final, or one `gone` event when its record no longer exists.
 /// Tails the log stream with a blocking `XREAD` on its own connection, not a polling loop.
 async fn follow(
     state: AppState,
@@ -650,7 +834,16 @@ async fn follow(
             let final_status = match state.queue.get(&id).await {
                 Ok(j) if j.status.is_final() => Some(j.status),
                 Ok(_) => None,
-                Err(QueueError::NotFound(_)) => Some(Status::Failed),
+                Err(QueueError::NotFound(_)) => {
+                    // The record is gone (expired or removed): say so; it did not fail.
+                    let _ = tx
+                        .send(SseEvent::default().event("gone").data(
+                            json!({"error": {"code": "not_found", "message": format!("job {id} no longer exists")}})
+                                .to_string(),
+                        ))
+                        .await;
+                    return;
+                }
                 Err(_) => None,
             };
             let Some(c) = con.as_mut() else { continue };
@@ -707,124 +900,6 @@ async fn agents(State(state): State<AppState>) -> ApiResult<Response> {
     Ok(Json(json!({"agents": state.queue.agents().await?})).into_response())
 }
 
-fn write_histogram(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    buckets: &[f64],
-    h: &std::collections::HashMap<String, f64>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for b in buckets {
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"{b}\"}} {}",
-            h.get(&b.to_string()).copied().unwrap_or(0.0)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "{name}_bucket{{le=\"+Inf\"}} {}",
-        h.get("+Inf").copied().unwrap_or(0.0)
-    );
-    let _ = writeln!(out, "{name}_sum {}", h.get("sum").copied().unwrap_or(0.0));
-    let _ = writeln!(
-        out,
-        "{name}_count {}",
-        h.get("count").copied().unwrap_or(0.0)
-    );
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    let mut out = String::new();
-    let c = &state.counters;
-    let _ = writeln!(out, "# HELP raibid_webhooks_total Webhook deliveries by result (this replica).\n# TYPE raibid_webhooks_total counter");
-    for (result, v) in [
-        ("enqueued", &c.webhooks_enqueued),
-        ("duplicate", &c.webhooks_duplicate),
-        ("rejected", &c.webhooks_rejected),
-        ("ignored", &c.webhooks_ignored),
-        ("mirror_sync", &c.mirror_syncs),
-    ] {
-        let _ = writeln!(
-            out,
-            "raibid_webhooks_total{{result=\"{result}\"}} {}",
-            v.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(out, "# HELP raibid_commit_statuses_total Commit statuses posted to Gitea (this replica).\n# TYPE raibid_commit_statuses_total counter");
-    let _ = writeln!(
-        out,
-        "raibid_commit_statuses_total{{result=\"posted\"}} {}",
-        c.statuses_posted.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "raibid_commit_statuses_total{{result=\"failed\"}} {}",
-        c.statuses_failed.load(Ordering::Relaxed)
-    );
-    let mut up = 1;
-    match state.queue.count_by_status().await {
-        Ok(m) => {
-            let _ = writeln!(
-                out,
-                "# HELP raibid_jobs Jobs by status: queued and running now, final statuses since the store began.\n# TYPE raibid_jobs gauge"
-            );
-            for s in Status::ALL {
-                let _ = writeln!(
-                    out,
-                    "raibid_jobs{{status=\"{s}\"}} {}",
-                    m.get(&s).copied().unwrap_or(0)
-                );
-            }
-        }
-        Err(_) => up = 0,
-    }
-    match state.queue.stats().await {
-        Ok(s) => {
-            let labels = format!(
-                "stream=\"{}\",group=\"{}\"",
-                keys::JOBS_STREAM,
-                keys::AGENTS_GROUP
-            );
-            let _ = writeln!(out, "# HELP raibid_queue_length Entries in the job stream.\n# TYPE raibid_queue_length gauge\nraibid_queue_length{{{labels}}} {}", s.length);
-            let _ = writeln!(out, "# HELP raibid_queue_lag Jobs not yet delivered to any agent (KEDA scales on this).\n# TYPE raibid_queue_lag gauge");
-            let _ = writeln!(
-                out,
-                "raibid_queue_lag{{{labels}}} {}",
-                s.lag.map(|l| l as f64).unwrap_or(f64::NAN)
-            );
-            let _ = writeln!(out, "# HELP raibid_queue_pending Jobs delivered and not yet acknowledged.\n# TYPE raibid_queue_pending gauge\nraibid_queue_pending{{{labels}}} {}", s.pending);
-            let _ = writeln!(out, "# HELP raibid_queue_oldest_waiting_age_seconds Age of the oldest unclaimed job.\n# TYPE raibid_queue_oldest_waiting_age_seconds gauge\nraibid_queue_oldest_waiting_age_seconds{{{labels}}} {}", s.oldest_waiting_age_secs.unwrap_or(0.0));
-        }
-        Err(_) => up = 0,
-    }
-    if let Ok(a) = state.queue.agents().await {
-        let _ = writeln!(out, "# HELP raibid_agents Agents with a live heartbeat.\n# TYPE raibid_agents gauge\nraibid_agents {}", a.len());
-    }
-    for (key, name, help, buckets) in [
-        (
-            keys::CLAIM_LATENCY_HIST,
-            "raibid_claim_latency_seconds",
-            "Time from enqueue to claim by an agent.",
-            &CLAIM_LATENCY_BUCKETS[..],
-        ),
-        (
-            keys::JOB_DURATION_HIST,
-            "raibid_job_duration_seconds",
-            "Time from job start to its final status.",
-            &JOB_DURATION_BUCKETS[..],
-        ),
-    ] {
-        if let Ok(h) = state.queue.histogram(key).await {
-            write_histogram(&mut out, name, help, buckets, &h);
-        }
-    }
-    raibid_core::cache_stats::render_metrics(&mut state.queue.redis(), &mut out).await;
-    let _ = writeln!(out, "# HELP raibid_redis_up Whether Redis answered this scrape.\n# TYPE raibid_redis_up gauge\nraibid_redis_up {up}");
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,6 +935,24 @@ mod tests {
         assert!(validate_submit(s("file:///r", "a..b", None)).is_err());
         assert!(validate_submit(s("file:///r", "main", Some("abc"))).is_err());
         assert!(validate_submit(s("file:///r", "main", Some(&"a".repeat(40)))).is_ok());
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("https://ghp_TOKEN@gitea.local/o/r.git"),
+            "https://***@gitea.local/o/r.git"
+        );
+        assert_eq!(
+            redact_url("https://user:pass@gitea.local/o/r.git?x=@y"),
+            "https://***@gitea.local/o/r.git?x=@y"
+        );
+        assert_eq!(
+            redact_url("https://gitea.local/o/r.git"),
+            "https://gitea.local/o/r.git"
+        );
+        assert_eq!(redact_url("git@host:o/r"), "git@host:o/r");
+        assert_eq!(redact_url("http://a b@host/x"), "http://***@host/x");
     }
 
     #[test]

@@ -3,9 +3,17 @@
 //! events into statuses.
 
 use crate::AppState;
+use raibid_core::contract::keys;
+use raibid_core::event::Event;
 use raibid_core::job::{Job, Status};
+use raibid_core::queue::QueueError;
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoConsumersReply,
+    StreamReadOptions,
+};
+use redis::AsyncCommands;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A Gitea API client.
 #[derive(Clone)]
@@ -67,47 +75,20 @@ impl Gitea {
         let resp = self
             .post(&format!("/repos/{o}/{r}/mirror-sync"))
             .send()
-            .await?;
+            .await
+            // The URL stays out of the error (and so out of log lines): the base may carry credentials.
+            .map_err(|e| e.without_url())?;
         if !resp.status().is_success() {
             anyhow::bail!("Gitea answered {} to mirror-sync of {full}", resp.status());
         }
         Ok(())
     }
-
-    /// Post a commit status.
-    pub async fn post_status(
-        &self,
-        full: &str,
-        sha: &str,
-        state: &str,
-        context: &str,
-        description: &str,
-        target_url: &str,
-    ) -> anyhow::Result<()> {
-        let (o, r) = split_repo(full).ok_or_else(|| anyhow::anyhow!("bad repository name"))?;
-        if !sha.bytes().all(|b| b.is_ascii_hexdigit()) || sha.is_empty() {
-            anyhow::bail!("bad sha");
-        }
-        let body = serde_json::json!({
-            "state": state,
-            "context": context,
-            "description": description,
-            "target_url": target_url,
-        });
-        let resp = self
-            .post(&format!("/repos/{o}/{r}/statuses/{sha}"))
-            .json(&body)
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            anyhow::bail!(
-                "Gitea answered {} to a commit status for {full}@{sha}",
-                resp.status()
-            );
-        }
-        Ok(())
-    }
 }
+
+/// The one commit-status context of every job, fixed before the job exists: the pending status
+/// posted at claim (before the agent has read `.raibid.yaml`) and the final status must name the same
+/// context, or Gitea shows the pending one forever. The pipeline's `name:` goes into the description.
+pub const STATUS_CONTEXT: &str = "raibid/ci";
 
 fn description(job: &Job) -> String {
     let d = match job.status {
@@ -119,12 +100,190 @@ fn description(job: &Job) -> String {
             .clone()
             .unwrap_or_else(|| job.status.to_string()),
     };
+    let d = match job.pipeline.as_deref() {
+        Some(name) if name != "ci" => format!("{name}: {d}"),
+        _ => d,
+    };
     // Gitea limits descriptions; keep it short.
     d.chars().take(140).collect()
 }
 
-/// Report commit statuses for job events: pending on claim, the final state at the end. Runs in every
-/// dispatcher replica; the consumer group shares the work.
+/// How the reporter retries posts Gitea did not take.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// First delay after a failed post.
+    pub base: Duration,
+    /// Longest delay between two retries (the delay doubles up to this).
+    pub max: Duration,
+    /// Events older than this are given up (acknowledged and counted as failed).
+    pub give_up: Duration,
+    /// Entries another reporter has held this long without acknowledging are taken over
+    /// (`XAUTOCLAIM`); longer than one post can take (the client's 10 s timeout).
+    pub stale: Duration,
+    /// Reporter consumers idle this long with nothing pending are removed from the group.
+    pub prune_idle: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            give_up: Duration::from_secs(24 * 3600),
+            stale: Duration::from_secs(60),
+            prune_idle: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What became of one event.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Posted, or nothing to post: acknowledge.
+    Done,
+    /// Gitea refused it for good (4xx) or it is too old: acknowledge and count as failed.
+    GaveUp,
+    /// Gitea or Redis unavailable: leave it pending and retry later.
+    Retry,
+}
+
+/// A post that failed: transient (5xx, 408, 429, network) or not.
+#[derive(Debug)]
+pub struct PostError {
+    /// Worth retrying.
+    pub transient: bool,
+    /// What happened.
+    pub message: String,
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Gitea {
+    /// Post a commit status, telling a transient failure from a refusal.
+    pub async fn try_post_status(
+        &self,
+        full: &str,
+        sha: &str,
+        state: &str,
+        description: &str,
+        target_url: &str,
+    ) -> Result<(), PostError> {
+        let permanent = |m: String| PostError {
+            transient: false,
+            message: m,
+        };
+        let (o, r) =
+            split_repo(full).ok_or_else(|| permanent(format!("bad repository name {full}")))?;
+        if !sha.bytes().all(|b| b.is_ascii_hexdigit()) || sha.is_empty() {
+            return Err(permanent("bad sha".into()));
+        }
+        let body = serde_json::json!({
+            "state": state,
+            "context": STATUS_CONTEXT,
+            "description": description,
+            "target_url": target_url,
+        });
+        let resp = self
+            .post(&format!("/repos/{o}/{r}/statuses/{sha}"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| PostError {
+                transient: true,
+                message: format!("Gitea unreachable: {}", e.without_url()),
+            })?;
+        let st = resp.status();
+        if st.is_success() {
+            return Ok(());
+        }
+        Err(PostError {
+            transient: st.is_server_error() || st.as_u16() == 408 || st.as_u16() == 429,
+            message: format!("Gitea answered {st} to a commit status for {full}@{sha}"),
+        })
+    }
+}
+
+/// The commit-status reporter: one consumer of the group `raibid-status-reporters` on `raibid:events`.
+struct Reporter {
+    state: AppState,
+    gitea: Gitea,
+    consumer: String,
+    policy: RetryPolicy,
+    /// Delay before the next retry of this consumer's pending entries.
+    backoff: Duration,
+    /// Some: entries failed and are pending; retry them (and read nothing new) at this instant.
+    retry_at: Option<Instant>,
+    /// Next take-over of stale entries of other consumers and pruning of dead consumers.
+    housekeeping_at: Instant,
+}
+
+/// The entries of an `XREADGROUP` reply for one stream (RESP2 or RESP3); a trimmed entry has no fields.
+fn stream_entries(reply: redis::Value) -> Vec<StreamId> {
+    use redis::Value;
+    let entries = match reply {
+        Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+            Value::Array(mut kv) if kv.len() == 2 => kv.swap_remove(1),
+            _ => Value::Nil,
+        },
+        Value::Map(mut m) if !m.is_empty() => m.swap_remove(0).1,
+        _ => Value::Nil,
+    };
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let Value::Array(mut parts) = e else {
+                return None;
+            };
+            if parts.is_empty() {
+                return None;
+            }
+            let fields = if parts.len() > 1 {
+                parts.swap_remove(1)
+            } else {
+                Value::Nil
+            };
+            let id: String = redis::from_redis_value(parts.swap_remove(0)).ok()?;
+            let map = match fields {
+                Value::Array(kv) => kv
+                    .chunks(2)
+                    .filter_map(|c| match c {
+                        [k, v] => redis::from_redis_value_ref::<String>(k)
+                            .ok()
+                            .map(|k| (k, v.clone())),
+                        _ => None,
+                    })
+                    .collect(),
+                Value::Map(kv) => kv
+                    .into_iter()
+                    .filter_map(|(k, v)| redis::from_redis_value::<String>(k).ok().map(|k| (k, v)))
+                    .collect(),
+                _ => Default::default(),
+            };
+            Some(StreamId {
+                id,
+                map,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+/// Report commit statuses for job events: pending on claim, the final state at the end, both under
+/// [`STATUS_CONTEXT`]. Runs in every dispatcher replica; the consumer group shares the work. An event
+/// is acknowledged only once its status was posted (or Gitea refused it for good); failed posts stay
+/// pending and are retried with exponential backoff; entries of reporters that died are taken over
+/// with `XAUTOCLAIM`; a lost group (`FLUSHALL`, a new volume) is created again.
 pub async fn status_reporter(state: AppState) {
     let Some(gitea) = state.settings.gitea.clone() else {
         tracing::info!("no Gitea URL configured: commit statuses are not reported");
@@ -135,80 +294,336 @@ pub async fn status_reporter(state: AppState) {
         gethostname::gethostname().to_string_lossy(),
         std::process::id()
     );
-    let block = Duration::from_secs(5);
-    loop {
-        let mut con = match state.queue.blocking_connection(block).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "status reporter: redis unreachable");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+    let policy = state.settings.intake.status_retry.clone();
+    let mut r = Reporter {
+        state,
+        gitea,
+        consumer,
+        backoff: policy.base,
+        policy,
+        retry_at: None,
+        housekeeping_at: Instant::now(),
+    };
+    r.run().await
+}
+
+impl Reporter {
+    async fn run(&mut self) {
+        let block = Duration::from_secs(5);
         loop {
-            let events = match state.queue.read_events(&mut con, &consumer, block).await {
-                Ok(e) => e,
+            let mut con = match self.state.queue.blocking_connection(block).await {
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "status reporter: read failed");
+                    tracing::warn!(error = %e, "status reporter: redis unreachable");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                if let Err(e) = self.step(&mut con, block).await {
+                    if is_nogroup(&e) {
+                        self.create_group().await;
+                        continue;
+                    }
+                    tracing::warn!(error = %e, "status reporter: redis error; reconnecting");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     break;
                 }
-            };
-            let mut done = Vec::new();
-            for (id, ev) in events {
-                if ev.kind == "job_claimed" || ev.kind == "job_finished" {
-                    report(&state, &gitea, &ev.job, ev.status).await;
-                }
-                done.push(id);
-            }
-            if let Err(e) = state.queue.ack_events(&done).await {
-                tracing::warn!(error = %e, "status reporter: ack failed");
             }
         }
     }
-}
 
-async fn report(state: &AppState, gitea: &Gitea, job_id: &str, status: Status) {
-    let Ok(mut job) = state.queue.get(job_id).await else {
-        return;
-    };
-    // Report the state the event announced, not whatever the job has reached since.
-    if !status.is_final() {
-        job.status = status;
+    /// `XGROUP CREATE raibid:events raibid-status-reporters 0 MKSTREAM`: after a flush every entry
+    /// in the stream is new, so the group starts at its beginning.
+    async fn create_group(&self) {
+        let mut con = self.state.queue.redis();
+        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(keys::EVENTS_STREAM)
+            .arg(keys::STATUS_REPORTER_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut con)
+            .await;
+        match r {
+            Ok(()) => tracing::warn!(
+                group = keys::STATUS_REPORTER_GROUP,
+                "status reporter: consumer group was missing (Redis flushed?); created it again"
+            ),
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "status reporter: cannot create its group");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
-    let (Some(repo), Some(sha)) = (job.source.forge_repo.as_deref(), job.source.sha.as_deref())
-    else {
-        return;
-    };
-    let target = format!("{}/api/v1/jobs/{}", state.settings.public_url, job.id);
-    let st = status_state(job.status);
-    for attempt in 0..3u32 {
-        match gitea
-            .post_status(
+
+    async fn step(
+        &mut self,
+        con: &mut redis::aio::MultiplexedConnection,
+        block: Duration,
+    ) -> redis::RedisResult<()> {
+        if let Some(at) = self.retry_at {
+            tokio::time::sleep_until(at.into()).await;
+            // This consumer's own pending entries, oldest first (id 0 reads the PEL, not new entries).
+            let own = self.read(con, "0", Duration::ZERO).await?;
+            let mut ok = self.process(own).await;
+            if ok {
+                ok = self.take_over_stale().await?;
+            }
+            if ok {
+                tracing::info!("status reporter: Gitea takes statuses again; backlog posted");
+                self.retry_at = None;
+                self.backoff = self.policy.base;
+            } else {
+                self.backoff = (self.backoff * 2).min(self.policy.max);
+                self.retry_at = Some(Instant::now() + self.backoff);
+            }
+            return Ok(());
+        }
+        if Instant::now() >= self.housekeeping_at {
+            self.housekeeping_at = Instant::now() + self.policy.stale.min(Duration::from_secs(10));
+            if !self.take_over_stale().await? {
+                self.fail();
+                return Ok(());
+            }
+            self.prune_consumers().await?;
+        }
+        let wait = block.min(
+            self.housekeeping_at
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        );
+        let new = self.read(con, ">", wait).await?;
+        if !self.process(new).await {
+            self.fail();
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self) {
+        self.retry_at = Some(Instant::now() + self.backoff);
+    }
+
+    async fn read(
+        &self,
+        con: &mut redis::aio::MultiplexedConnection,
+        id: &str,
+        block: Duration,
+    ) -> redis::RedisResult<Vec<StreamId>> {
+        let mut opts = StreamReadOptions::default()
+            .group(keys::STATUS_REPORTER_GROUP, &self.consumer)
+            .count(100);
+        if id == ">" {
+            opts = opts.block(block.as_millis() as usize);
+        }
+        // Raw reply: entries of this consumer's pending list whose stream entry was trimmed come back
+        // as `[id, nil]`, which the typed reply does not take.
+        let reply: redis::Value = con
+            .xread_options(&[keys::EVENTS_STREAM], &[id], &opts)
+            .await?;
+        Ok(stream_entries(reply))
+    }
+
+    /// Take over entries other reporters held past `stale` (they died or hang); false when one of
+    /// them could not be posted (they then wait in this consumer's pending list).
+    async fn take_over_stale(&mut self) -> redis::RedisResult<bool> {
+        let mut con = self.state.queue.redis();
+        let mut start = "0-0".to_string();
+        loop {
+            let reply: StreamAutoClaimReply = con
+                .xautoclaim_options(
+                    keys::EVENTS_STREAM,
+                    keys::STATUS_REPORTER_GROUP,
+                    &self.consumer,
+                    self.policy.stale.as_millis() as usize,
+                    &start,
+                    StreamAutoClaimOptions::default().count(100),
+                )
+                .await?;
+            if !reply.claimed.is_empty() {
+                tracing::info!(
+                    entries = reply.claimed.len(),
+                    "status reporter: took over events another reporter left pending"
+                );
+            }
+            if !self.process(reply.claimed).await {
+                return Ok(false);
+            }
+            if reply.next_stream_id == "0-0" {
+                return Ok(true);
+            }
+            start = reply.next_stream_id;
+        }
+    }
+
+    /// Remove reporter consumers (other than this one) idle past `prune_idle` with nothing pending.
+    async fn prune_consumers(&self) -> redis::RedisResult<()> {
+        let mut con = self.state.queue.redis();
+        let info: StreamInfoConsumersReply = con
+            .xinfo_consumers(keys::EVENTS_STREAM, keys::STATUS_REPORTER_GROUP)
+            .await?;
+        for c in info.consumers {
+            if c.name != self.consumer
+                && c.pending == 0
+                && c.idle as u128 > self.policy.prune_idle.as_millis()
+            {
+                let _: i64 = con
+                    .xgroup_delconsumer(keys::EVENTS_STREAM, keys::STATUS_REPORTER_GROUP, &c.name)
+                    .await?;
+                tracing::info!(consumer = %c.name, "status reporter: removed a reporter that is gone");
+            }
+        }
+        Ok(())
+    }
+
+    /// Post the entries in order; acknowledge each one that is done. Stops at the first one that
+    /// must be retried (false): the rest stay pending, so statuses of a job keep their order.
+    async fn process(&mut self, entries: Vec<StreamId>) -> bool {
+        for e in entries {
+            let outcome = self.handle(&e).await;
+            if outcome == Outcome::Retry {
+                return false;
+            }
+            if outcome == Outcome::GaveUp {
+                self.state
+                    .counters
+                    .statuses_failed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let mut con = self.state.queue.redis();
+            let r: redis::RedisResult<i64> = con
+                .xack(keys::EVENTS_STREAM, keys::STATUS_REPORTER_GROUP, &[&e.id])
+                .await;
+            if let Err(err) = r {
+                // Posted but not acknowledged: it is posted again later (a status is idempotent).
+                tracing::warn!(error = %err, "status reporter: ack failed");
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn handle(&self, e: &StreamId) -> Outcome {
+        let ev: Option<Event> = match e.map.get("event") {
+            Some(redis::Value::BulkString(b)) => serde_json::from_slice(b).ok(),
+            _ => None,
+        };
+        // Deleted (trimmed) entries read from the pending list come back without fields.
+        let Some(ev) = ev else { return Outcome::Done };
+        if ev.kind != "job_claimed" && ev.kind != "job_finished" {
+            return Outcome::Done;
+        }
+        let age = raibid_core::queue::entry_millis(&e.id)
+            .map(|ms| (chrono::Utc::now().timestamp_millis() - ms).max(0) as u128)
+            .unwrap_or(0);
+        if age > self.policy.give_up.as_millis() {
+            tracing::warn!(job = %ev.job, "status reporter: event too old; its status is given up");
+            return Outcome::GaveUp;
+        }
+        let mut job = match self.state.queue.get(&ev.job).await {
+            Ok(j) => j,
+            Err(QueueError::NotFound(_)) => return Outcome::Done,
+            Err(err) => {
+                tracing::warn!(job = %ev.job, error = %err, "status reporter: cannot read the job");
+                return Outcome::Retry;
+            }
+        };
+        if !ev.status.is_final() {
+            if job.status.is_final() {
+                // A late pending (retried after an outage) must not replace the final status.
+                return Outcome::Done;
+            }
+            job.status = ev.status;
+        }
+        let (Some(repo), Some(sha)) = (job.source.forge_repo.as_deref(), job.source.sha.as_deref())
+        else {
+            return Outcome::Done;
+        };
+        let target = crate::public::job_page_url(&self.state.settings, &job.id);
+        match self
+            .gitea
+            .try_post_status(
                 repo,
                 sha,
-                st,
-                &job.status_context(),
+                status_state(job.status),
                 &description(&job),
                 &target,
             )
             .await
         {
             Ok(()) => {
-                state
+                self.state
                     .counters
                     .statuses_posted
                     .fetch_add(1, Ordering::Relaxed);
-                return;
+                Outcome::Done
             }
-            Err(e) => {
-                tracing::warn!(job = %job.id, attempt, error = %e, "commit status not posted");
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt + 1))).await;
+            Err(err) if err.transient => {
+                self.state
+                    .counters
+                    .statuses_retried
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(job = %job.id, error = %err, retry_in = ?self.backoff, "commit status not posted; retrying");
+                Outcome::Retry
+            }
+            Err(err) => {
+                tracing::warn!(job = %job.id, error = %err, "commit status refused by Gitea; given up");
+                Outcome::GaveUp
             }
         }
     }
-    state
-        .counters
-        .statuses_failed
-        .fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn pending_entries_whose_stream_entry_was_trimmed_parse_without_fields() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("raibid:events"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![bulk("event"), bulk("{}")]),
+                ]),
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let e = stream_entries(reply);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].id, "1-0");
+        assert!(e[0].map.contains_key("event"));
+        assert_eq!(e[1].id, "2-0");
+        assert!(e[1].map.is_empty());
+        assert!(stream_entries(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn descriptions_name_the_pipeline() {
+        let mut j = Job::new(
+            raibid_core::job::Source {
+                repo_url: "http://g/o/r.git".into(),
+                git_ref: "refs/heads/main".into(),
+                sha: None,
+                trigger: raibid_core::job::Trigger {
+                    kind: raibid_core::job::TriggerKind::Api,
+                    actor: None,
+                },
+                delivery_id: None,
+                forge_repo: None,
+            },
+            chrono::Utc::now(),
+        );
+        j.status = Status::Succeeded;
+        assert_eq!(description(&j), "all steps passed");
+        j.pipeline = Some("lint".into());
+        assert_eq!(description(&j), "lint: all steps passed");
+    }
 }

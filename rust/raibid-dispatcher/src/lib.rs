@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod forge;
+pub mod metrics;
+pub mod public;
 
 use anyhow::Context;
 use clap::Parser;
@@ -85,9 +87,62 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::MAX_ATTEMPTS, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 
+    /// Seconds finished job records and logs are kept (then they expire; the index is pruned too).
+    #[arg(long, env = env::RETENTION_SECS, default_value_t = 30 * 24 * 3600)]
+    pub retention_secs: u64,
+
+    /// Seconds a forge delivery id is remembered: a redelivery within it makes no second job.
+    #[arg(long, env = env::DEDUP_TTL_SECS, default_value_t = 3 * 24 * 3600)]
+    pub dedup_ttl_secs: u64,
+
+    /// Most job records kept: past it the oldest finished ones are deleted at enqueue (0 = no bound).
+    /// Bounds Redis memory by count as well as by age (see docs/queue-contract.md for the arithmetic).
+    #[arg(long, env = env::MAX_JOBS, default_value_t = 100_000)]
+    pub max_jobs: u64,
+
     /// Largest accepted request body in bytes.
     #[arg(long, env = env::BODY_LIMIT, default_value_t = 5 * 1024 * 1024)]
     pub body_limit: usize,
+
+    /// Seconds within which a push webhook for a (repository, ref, sha) already queued is answered as
+    /// a duplicate, whatever its delivery id (a replayed signed body). 0 turns this off.
+    #[arg(long, env = env::PUSH_DEDUP_SECS, default_value_t = 3600)]
+    pub push_dedup_secs: u64,
+
+    /// URL schemes jobs may be submitted with: the agents' RAIBID_ALLOWED_SCHEMES (same name, same
+    /// default), so what no agent can clone is refused at submit.
+    #[arg(long, env = env::ALLOWED_SCHEMES, default_value = "https,http,ssh")]
+    pub allowed_schemes: String,
+
+    /// Hosts jobs may be submitted for (empty: any host): the agents' RAIBID_ALLOWED_HOSTS.
+    #[arg(long, env = env::ALLOWED_HOSTS, default_value = "")]
+    pub allowed_hosts: String,
+
+    /// Longest delay in seconds between two retries of a commit status Gitea did not take.
+    #[arg(long, env = env::STATUS_RETRY_MAX_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub status_retry_max_secs: u64,
+}
+
+/// Split a comma-separated list into trimmed, lower-case, non-empty items.
+pub fn csv_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|p| p.trim().to_ascii_lowercase())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+impl DispatcherConfig {
+    /// The queue settings of the dispatcher (retention, de-duplication, bounds, attempts).
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            max_attempts: self.max_attempts,
+            retention: std::time::Duration::from_secs(self.retention_secs),
+            dedup_ttl: std::time::Duration::from_secs(self.dedup_ttl_secs),
+            max_jobs: self.max_jobs,
+            lease: std::time::Duration::from_secs(self.lease_secs),
+            ..QueueConfig::default()
+        }
+    }
 }
 
 fn secret(
@@ -152,6 +207,32 @@ pub struct Settings {
     pub body_limit: usize,
     /// Lease after which the reaper reclaims an entry.
     pub lease: std::time::Duration,
+    /// What the API and webhooks accept, and how commit statuses are retried.
+    pub intake: Intake,
+}
+
+/// What the dispatcher accepts (beyond well-formed input) and how it retries commit statuses.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    /// Window of the (repository, ref, sha) push de-duplication; zero: off.
+    pub push_dedup: std::time::Duration,
+    /// Clone URL schemes agents accept.
+    pub allowed_schemes: Vec<String>,
+    /// Clone hosts agents accept (empty: any).
+    pub allowed_hosts: Vec<String>,
+    /// Commit-status retries.
+    pub status_retry: forge::RetryPolicy,
+}
+
+impl Default for Intake {
+    fn default() -> Self {
+        Intake {
+            push_dedup: std::time::Duration::from_secs(3600),
+            allowed_schemes: csv_list("https,http,ssh"),
+            allowed_hosts: Vec::new(),
+            status_retry: forge::RetryPolicy::default(),
+        }
+    }
 }
 
 impl Settings {
@@ -187,6 +268,15 @@ impl Settings {
             public_url: cfg.public_url.trim_end_matches('/').to_string(),
             body_limit: cfg.body_limit,
             lease: std::time::Duration::from_secs(cfg.lease_secs),
+            intake: Intake {
+                push_dedup: std::time::Duration::from_secs(cfg.push_dedup_secs),
+                allowed_schemes: csv_list(&cfg.allowed_schemes),
+                allowed_hosts: csv_list(&cfg.allowed_hosts),
+                status_retry: forge::RetryPolicy {
+                    max: std::time::Duration::from_secs(cfg.status_retry_max_secs),
+                    ..forge::RetryPolicy::default()
+                },
+            },
         })
     }
 }
@@ -206,8 +296,10 @@ pub struct Counters {
     pub mirror_syncs: AtomicU64,
     /// Commit statuses posted.
     pub statuses_posted: AtomicU64,
-    /// Commit statuses that failed.
+    /// Commit statuses Gitea refused for good (or given up after the retry window).
     pub statuses_failed: AtomicU64,
+    /// Commit-status posts that failed transiently and stay pending for a retry.
+    pub statuses_retried: AtomicU64,
 }
 
 /// Shared application state.
@@ -297,6 +389,9 @@ pub async fn reaper(state: AppState) {
         tokio::time::sleep(every).await;
         if let Err(e) = state.queue.reap(&me, lease).await {
             tracing::warn!(error = %e, "reaper: redis unavailable; retrying");
+        }
+        if let Err(e) = state.queue.prune_index().await {
+            tracing::debug!(error = %e, "reaper: could not prune the job index");
         }
         match state.queue.prune_consumers(lease * 10).await {
             Ok(gone) if !gone.is_empty() => {

@@ -32,10 +32,7 @@ async fn run(cfg: DispatcherConfig) -> anyhow::Result<()> {
             "no GitHub webhook secret configured: /webhooks/github refuses every delivery"
         );
     }
-    let qcfg = raibid_core::queue::QueueConfig {
-        max_attempts: cfg.max_attempts,
-        ..Default::default()
-    };
+    let qcfg = cfg.queue_config();
     let queue = connect_queue(&cfg.redis_url, qcfg, 30).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

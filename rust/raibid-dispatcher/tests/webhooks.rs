@@ -449,3 +449,313 @@ async fn listing_filters_and_paginates() {
         .await;
     assert_eq!(s, 409);
 }
+
+async fn redis_con(env: &TestEnv) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(env.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_signed_body_replayed_with_a_fresh_delivery_id_is_a_duplicate() {
+    let env = spawn_app(Options::default()).await;
+    let body = gitea_payload("http://gitea.local/owner/hello.git", SHA, "refs/heads/main");
+    let (s, v) = env
+        .gitea_push(&body, "11111111-0000-4000-8000-000000000001")
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["job"].as_str().unwrap().to_string();
+    // The same signed body, a new delivery id (a replay): no second job.
+    let (s, v) = env
+        .gitea_push(&body, "11111111-0000-4000-8000-000000000002")
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["duplicate"], true);
+    assert_eq!(v["job"], id.as_str());
+    assert_eq!(env.job_count().await, 1);
+    assert_eq!(stream_len(&env).await, 1);
+    // Another ref or sha is another push.
+    let other = gitea_payload(
+        "http://gitea.local/owner/hello.git",
+        "3333333333333333333333333333333333333333",
+        "refs/heads/main",
+    );
+    let (s, _) = env
+        .gitea_push(&other, "11111111-0000-4000-8000-000000000003")
+        .await;
+    assert_eq!(s, 202);
+    let branch = gitea_payload("http://gitea.local/owner/hello.git", SHA, "refs/heads/dev");
+    let (s, _) = env
+        .gitea_push(&branch, "11111111-0000-4000-8000-000000000004")
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(env.job_count().await, 3);
+    // The window is the key's TTL.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys::PUSH_DEDUP_PREFIX))
+        .query_async(&mut redis_con(&env).await)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut redis_con(&env).await)
+        .await
+        .unwrap();
+    assert!(ttl > 3500 && ttl <= 3600, "{ttl}");
+}
+
+#[tokio::test]
+async fn a_push_that_could_not_be_queued_does_not_block_its_redelivery() {
+    let mut env = spawn_app(Options::default()).await;
+    let body = gitea_payload("http://gitea.local/owner/hello.git", SHA, "refs/heads/main");
+    // The enqueue fails (the job stream is not a stream): the push key must not stay behind.
+    let mut con = redis_con(&env).await;
+    let _: () = redis::cmd("DEL")
+        .arg(keys::JOBS_STREAM)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(keys::JOBS_STREAM)
+        .arg("not a stream")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let (s, v) = env
+        .gitea_push(&body, "22222222-0000-4000-8000-000000000001")
+        .await;
+    assert!(s >= 500, "{s} {v}");
+    let keys_left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys::PUSH_DEDUP_PREFIX))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(keys_left.is_empty(), "{keys_left:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(keys::JOBS_STREAM)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    env.queue.ensure_group().await.unwrap();
+    let (s, v) = env
+        .gitea_push(&body, "22222222-0000-4000-8000-000000000002")
+        .await;
+    assert_eq!(s, 202, "{v}");
+    // Redis down: 503, and readyz says so without echoing Redis' error text.
+    env.redis.kill();
+    let r = env.http.get(env.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.to_ascii_lowercase().contains("redis")
+            && !text.contains("refused")
+            && !text.contains(&env.redis.url()),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_scrapes_are_read_only_and_do_not_grow_with_the_agent_set() {
+    let env = spawn_app(Options::default()).await;
+    let mut con = redis_con(&env).await;
+    // 200 names of agents that are gone (no heartbeat key).
+    let mut sadd = redis::cmd("SADD");
+    sadd.arg(keys::AGENTS_SET);
+    for i in 0..200 {
+        sadd.arg(format!("gone-{i}"));
+    }
+    let _: i64 = sadd.query_async(&mut con).await.unwrap();
+    let stats = |con: &mut redis::aio::MultiplexedConnection| {
+        let mut con = con.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            let calls = |cmd: &str| -> u64 {
+                info.lines()
+                    .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+                    .and_then(|l| l.split("calls=").nth(1))
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            (calls("hgetall"), calls("srem"), calls("del"), calls("hset"))
+        }
+    };
+    let before = stats(&mut con).await;
+    let r = env.http.get(env.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let m = r.text().await.unwrap();
+    let after = stats(&mut con).await;
+    assert!(m.contains("raibid_agents 0"), "{m}");
+    assert!(m.contains("raibid_redis_up 1"), "{m}");
+    // Read-only: nothing pruned, nothing written.
+    assert_eq!(after.1, before.1, "SREM on a scrape");
+    assert_eq!(after.2, before.2, "DEL on a scrape");
+    assert_eq!(after.3, before.3, "HSET on a scrape");
+    let n: i64 = redis::cmd("SCARD")
+        .arg(keys::AGENTS_SET)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(n, 200);
+    // No read per agent: the same three hashes (counts, two histograms) whatever the set holds.
+    assert!(after.0 - before.0 <= 3, "{before:?} → {after:?}");
+    assert!(m.ends_with("# EOF\n"), "OpenMetrics text: {m}");
+}
+
+#[tokio::test]
+async fn submit_refuses_what_no_agent_can_clone_naming_what_is_allowed() {
+    let env = spawn_app(Options {
+        intake: raibid_dispatcher::Intake {
+            allowed_hosts: raibid_dispatcher::csv_list("gitea.local"),
+            ..raibid_dispatcher::Intake::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    for (url, needle) in [
+        ("file:///etc", "scheme `file`"),
+        ("ftp://gitea.local/o/r.git", "scheme `ftp`"),
+        ("https://evil.example/o/r.git", "host `evil.example`"),
+        ("git@evil.example:o/r.git", "host `evil.example`"),
+        (
+            "https://ghp_secret0123@gitea.local/o/r.git",
+            "must not carry credentials",
+        ),
+    ] {
+        let (s, v) = env
+            .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+            .await;
+        assert_eq!(s, 422, "{url}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{url}: {msg}");
+        if !needle.contains("credentials") {
+            assert!(
+                msg.contains("https, http, ssh") && msg.contains("gitea.local"),
+                "{msg}"
+            );
+        }
+        assert!(!msg.contains("ghp_secret0123"), "{msg}");
+    }
+    for url in [
+        "https://gitea.local/o/r.git",
+        "ssh://git@gitea.local/o/r.git",
+        "git@gitea.local:o/r.git",
+    ] {
+        let (s, v) = env
+            .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+            .await;
+        assert_eq!(s, 201, "{url}: {v}");
+    }
+    assert_eq!(env.job_count().await, 3);
+}
+
+/// Read SSE events from a response until `n` events arrived; returns (event, id, data).
+async fn sse_events(mut r: reqwest::Response, n: usize) -> Vec<(String, String, String)> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, r.chunk())
+            .await
+            .expect("SSE events in time")
+            .unwrap();
+        let Some(c) = chunk else { break };
+        buf.push_str(&String::from_utf8_lossy(&c));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf[..end].to_string();
+            buf.drain(..end + 2);
+            let (mut ev, mut id, mut data) = (String::new(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    ev = v.trim().into();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().into();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if !ev.is_empty() {
+                out.push((ev, id, data));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn sse_follow_resumes_after_last_event_id_and_a_vanished_job_is_not_failed() {
+    let env = spawn_app(Options::default()).await;
+    let (s, v) = env
+        .api_post(
+            "/api/v1/jobs",
+            json!({"repo_url": "file:///srv/r", "ref": "main"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let mut con = redis_con(&env).await;
+    let mut seqs = Vec::new();
+    for i in 1..=3 {
+        let seq: String = redis::cmd("XADD")
+            .arg(raibid_core::contract::job_log_key(&id))
+            .arg("*")
+            .arg("step")
+            .arg("build")
+            .arg("stream")
+            .arg("stdout")
+            .arg("ts")
+            .arg("2026-01-01T00:00:00Z")
+            .arg("line")
+            .arg(format!("line {i}"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        seqs.push(seq);
+    }
+    let follow = |last: Option<&str>| {
+        let mut r = env
+            .http
+            .get(env.url(&format!("/api/v1/jobs/{id}/logs?follow=true")))
+            .bearer_auth(TOKEN);
+        if let Some(l) = last {
+            r = r.header("Last-Event-ID", l);
+        }
+        r.send()
+    };
+    // First connection: everything, each event with its sequence id.
+    let evs = sse_events(follow(None).await.unwrap(), 3).await;
+    let ids: Vec<&str> = evs.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(ids, seqs.iter().map(String::as_str).collect::<Vec<_>>());
+    // An EventSource reconnect after line 2: line 3 next, not line 1 again.
+    let evs = sse_events(follow(Some(&seqs[1])).await.unwrap(), 1).await;
+    assert_eq!(evs[0].0, "log");
+    assert_eq!(evs[0].1, seqs[2], "{evs:?}");
+    assert!(evs[0].2.contains("line 3"));
+    let (s, v) = env
+        .http
+        .get(env.url(&format!("/api/v1/jobs/{id}/logs?follow=true")))
+        .bearer_auth(TOKEN)
+        .header("Last-Event-ID", "nonsense")
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(s, 422, "{:?}", v.text().await);
+    // The record vanishes while followed: a `gone` event, not `end` with `failed`.
+    let r = follow(Some(&seqs[2])).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(raibid_core::contract::job_key(&id))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let evs = sse_events(r, 1).await;
+    assert_eq!(evs[0].0, "gone", "{evs:?}");
+    assert!(!evs[0].2.contains("failed"), "{evs:?}");
+}

@@ -37,6 +37,8 @@ pub struct Call {
     pub path: String,
     pub auth: Option<String>,
     pub body: Value,
+    /// The HTTP status the fake answered.
+    pub answered: u16,
 }
 
 /// A fake Gitea that validates calls against the swagger contract.
@@ -44,6 +46,8 @@ pub struct FakeGitea {
     pub base: String,
     pub calls: Arc<Mutex<Vec<Call>>>,
     pub violations: Arc<Mutex<Vec<String>>>,
+    /// While set and in the future, every call is answered 503 (a Gitea outage).
+    pub down_until: Arc<Mutex<Option<Instant>>>,
 }
 
 struct Swagger {
@@ -169,14 +173,25 @@ impl FakeGitea {
         let swagger = Arc::new(Swagger::load());
         let calls = Arc::new(Mutex::new(Vec::new()));
         let violations = Arc::new(Mutex::new(Vec::new()));
-        let (c, v, s) = (calls.clone(), violations.clone(), swagger.clone());
+        let down_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let (c, v, s, d) = (
+            calls.clone(),
+            violations.clone(),
+            swagger.clone(),
+            down_until.clone(),
+        );
         let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let (c, v, s) = (c.clone(), v.clone(), s.clone());
+            let (c, v, s, d) = (c.clone(), v.clone(), s.clone(), d.clone());
             async move {
                 let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::String("<not json>".into())) };
                 let auth = headers.get("authorization").and_then(|h| h.to_str().ok()).map(str::to_string);
                 let errs = s.check(method.as_str(), uri.path(), auth.as_deref(), &body);
-                c.lock().unwrap().push(Call { method: method.to_string(), path: uri.path().to_string(), auth, body: body.clone() });
+                let down = d.lock().unwrap().is_some_and(|t| Instant::now() < t);
+                let answered = if down { 503 } else if !errs.is_empty() { 422 } else if uri.path().ends_with("/mirror-sync") { 200 } else { 201 };
+                c.lock().unwrap().push(Call { method: method.to_string(), path: uri.path().to_string(), auth, body: body.clone(), answered });
+                if down {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+                }
                 if !errs.is_empty() {
                     v.lock().unwrap().extend(errs.clone());
                     return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(serde_json::json!({"message": errs.join("; ")}))).into_response();
@@ -195,11 +210,17 @@ impl FakeGitea {
             base,
             calls,
             violations,
+            down_until,
         }
     }
 
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// Answer 503 to every call for `d` from now.
+    pub fn go_down_for(&self, d: Duration) {
+        *self.down_until.lock().unwrap() = Some(Instant::now() + d);
     }
 
     pub fn violations(&self) -> Vec<String> {
@@ -223,6 +244,7 @@ pub struct Options {
     pub mirrors: &'static str,
     pub lease_secs: u64,
     pub max_attempts: u32,
+    pub intake: raibid_dispatcher::Intake,
 }
 
 impl Default for Options {
@@ -232,6 +254,11 @@ impl Default for Options {
             mirrors: "",
             lease_secs: 30,
             max_attempts: 3,
+            // Tests clone file:// repositories (the agents here allow file too).
+            intake: raibid_dispatcher::Intake {
+                allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
+                ..raibid_dispatcher::Intake::default()
+            },
         }
     }
 }
@@ -257,6 +284,7 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
         public_url: "http://raibid.test".into(),
         body_limit: opts.body_limit,
         lease: Duration::from_secs(opts.lease_secs),
+        intake: opts.intake.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -304,25 +332,22 @@ impl AgentHandle {
 
 impl TestEnv {
     pub fn agent_config(&self, name: &str) -> raibid_agent::AgentConfig {
-        raibid_agent::AgentConfig {
-            redis_url: self.redis.url(),
-            name: Some(name.into()),
-            once: false,
-            idle_timeout_secs: 60,
-            concurrency: 1,
-            workspace_dir: self.tmp.path().join("ws"),
-            cache_dir: shared_cache_dir(),
-            allowed_schemes: "file".into(),
-            allowed_hosts: String::new(),
-            git_username: None,
-            git_token_file: None,
-            cache_max_bytes: 2 << 30,
-            cache_default_branches: "main,master".into(),
-            clone_timeout_secs: 600,
-            lease_secs: 30,
-            grace_secs: 60,
-            block_ms: 500,
-        }
+        // Every option at its default (as the binary parses them), then what the tests need.
+        use clap::Parser;
+        let mut cfg = raibid_agent::AgentConfig::parse_from(["raibid-agent"]);
+        cfg.redis_url = self.redis.url();
+        cfg.name = Some(name.into());
+        cfg.workspace_dir = self.tmp.path().join("ws");
+        cfg.cache_dir = shared_cache_dir();
+        cfg.allowed_schemes = "file".into();
+        cfg.allowed_hosts = String::new();
+        cfg.lease_secs = 30;
+        cfg.grace_secs = 60;
+        cfg.block_ms = 500;
+        cfg.cache_max_bytes = 2 << 30;
+        // The e2e secrets test's secret, for every test repository.
+        cfg.hardening.secret_scopes = Some("E2E_DEPLOY_TOKEN=*".into());
+        cfg
     }
 
     pub fn start_agent(&self, name: &str) -> AgentHandle {

@@ -1,0 +1,273 @@
+//! What a build step can reach and leave behind (issue 8 §5, §9, §10): the real agent binary, real
+//! Redis (with a password), real steps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Agents are killed and reaped by the support harness when a test ends.
+#![allow(clippy::zombie_processes)]
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_setsid_grandchild_holding_stdout_neither_keeps_the_job_running_nor_survives_it() {
+    let e = env(None).await;
+    // The step's shell starts a shell that double-forks `setsid sleep 600` (stdout inherited: the
+    // pipe stays open) and exits once the grandchild is in its own session.
+    let repo = make_repo(
+        &e.tmp.path().join("orphan"),
+        "steps:\n  - name: daemonize\n    run: |\n      sh -c 'setsid sh -c \"touch up; exec sleep 600\" &'\n      while [ ! -e up ]; do sleep 0.05; done\n      echo main-exited\n",
+    );
+    let _a = e.agent("agent-orphan", &[]);
+    let id = e.submit(&repo).await;
+    let started = Instant::now();
+    let j = e.wait_final(&id, Duration::from_secs(20)).await;
+    let left = pids_with_marker(&id);
+    kill_pids(&left);
+    assert_eq!(j.status.as_str(), "succeeded", "{:?}", j.failure_reason);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the job ended when its main process exited"
+    );
+    assert!(
+        left.is_empty(),
+        "processes of the job survived it: {left:?}"
+    );
+    let lines = e.logs(&id).await;
+    assert!(lines.iter().any(|l| l.line == "main-exited"));
+}
+
+/// Base64 of a value, so that the step script holds no secret in clear (its own command line would
+/// then "leak" it).
+fn b64(s: &str) -> String {
+    let out = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_step_finds_none_of_the_agents_secrets_and_only_its_scoped_ones() {
+    const REDIS_PASSWORD: &str = "redis-pw-5ad1c0ffee";
+    const GIT_TOKEN: &str = "git-token-77b0deadbeef";
+    const SCOPED: &str = "scoped-value-2f9c";
+    const UNSCOPED: &str = "unscoped-value-81e4";
+    let e = env(Some(REDIS_PASSWORD)).await;
+    // The step user must be able to reach the workspace root below the temp dir.
+    std::fs::set_permissions(e.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secrets = e.tmp.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let url_file = secrets.join("redis-url");
+    std::fs::write(&url_file, e.redis.url()).unwrap();
+    let token_file = secrets.join("git-token");
+    std::fs::write(&token_file, GIT_TOKEN).unwrap();
+    for f in [&url_file, &token_file] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let patterns = [REDIS_PASSWORD, GIT_TOKEN, UNSCOPED].map(b64).join(" ");
+    // Search every process's environment and command line, the secret files and the step's own
+    // environment for the agent's secrets; print what was found (LEAK) and what was searched.
+    let script = format!(
+        r#"for p in {patterns}; do echo "$p" | base64 -d; echo; done > pat
+n=0
+for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline {url} {token} {secrets}/*; do
+  n=$((n+1))
+  if {{ tr '\0' '\n' < "$f"; }} 2>/dev/null | grep -qF -f pat; then echo "LEAK in $f"; fi
+done
+if env | grep -qF -f pat; then echo "LEAK in the environment"; fi
+echo "searched $n files as $(id -un)"
+test "$SCOPED_ONE" = "$(echo {scoped} | base64 -d)" && echo scoped-secret-ok
+echo {scoped} | base64 -d > ctl; echo >> ctl
+tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
+"#,
+        url = url_file.display(),
+        token = token_file.display(),
+        secrets = secrets.display(),
+        scoped = b64(SCOPED),
+    );
+    let yaml = format!(
+        "secrets: [SCOPED_ONE]\nsteps:\n  - name: search\n    run: |\n{}",
+        script
+            .lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    );
+    let repo = make_repo(&e.tmp.path().join("searcher"), &yaml);
+    let other = make_repo(
+        &e.tmp.path().join("other"),
+        "secrets: [UNSCOPED_ONE]\nsteps:\n  - name: use\n    run: echo \"$UNSCOPED_ONE\" | rev\n",
+    );
+    let mut cmd = e.agent_cmd(
+        "agent-secrets",
+        &[
+            ("RAIBID_STEP_USER", "nobody".to_string()),
+            ("RAIBID_REDIS_URL_FILE", url_file.display().to_string()),
+            ("RAIBID_GIT_TOKEN_FILE", token_file.display().to_string()),
+            ("RAIBID_SECRET_SCOPED_ONE", SCOPED.to_string()),
+            ("RAIBID_SECRET_UNSCOPED_ONE", UNSCOPED.to_string()),
+            ("RAIBID_SECRET_SCOPES", format!("SCOPED_ONE={repo}")),
+        ],
+    );
+    // The Redis password only in the file.
+    cmd.env("RAIBID_REDIS_URL", "redis://127.0.0.1:1");
+    let _a = e.spawn(cmd);
+    wait_log(
+        &e.log_path("agent-secrets"),
+        "agent started",
+        Duration::from_secs(20),
+    );
+    let id = e.submit(&repo).await;
+    let j = e.wait_final(&id, Duration::from_secs(60)).await;
+    let log: Vec<String> = e.logs(&id).await.into_iter().map(|l| l.line).collect();
+    let all = log.join("\n");
+    assert_eq!(
+        j.status.as_str(),
+        "succeeded",
+        "{:?}\n{all}\n{}",
+        j.failure_reason,
+        e.agent_log("agent-secrets")
+    );
+    assert!(all.contains("searched "), "{all}");
+    assert!(all.contains("as nobody"), "{all}");
+    let leaks: Vec<&String> = log.iter().filter(|l| l.starts_with("LEAK in")).collect();
+    assert!(
+        leaks.is_empty(),
+        "a step found the agent's secrets: {leaks:?}"
+    );
+    assert!(all.contains("scoped-secret-ok"), "{all}");
+    // The search finds what is there: the step's own secret in its own /proc entry.
+    assert!(all.contains("control-found-in-proc"), "{all}");
+    // A repository that is not allowed a secret does not get it.
+    let id2 = e.submit(&other).await;
+    let j2 = e.wait_final(&id2, Duration::from_secs(60)).await;
+    let log2: Vec<String> = e.logs(&id2).await.into_iter().map(|l| l.line).collect();
+    let rev: String = UNSCOPED.chars().rev().collect();
+    assert!(
+        !log2.join("\n").contains(&rev),
+        "the unscoped secret reached the step"
+    );
+    assert_eq!(
+        (j2.status.as_str(), j2.step.as_deref()),
+        ("failed", Some("config")),
+        "{:?}",
+        j2.failure_reason
+    );
+    assert!(j2
+        .failure_reason
+        .unwrap_or_default()
+        .contains("not available to this repository"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workspace_and_cache_roots_are_owner_only_and_foreign_ones_are_refused() {
+    let e = env(None).await;
+    let mut a = e.agent("agent-dirs", &[]);
+    wait_log(
+        &e.log_path("agent-dirs"),
+        "agent started",
+        Duration::from_secs(20),
+    );
+    for d in ["ws", "cache", "cache/cargo"] {
+        let m = std::fs::metadata(e.tmp.path().join(d)).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o700, "{d} is owner-only");
+    }
+    let _ = a.kill();
+    let _ = a.wait();
+    // A cache directory planted by another user is refused.
+    let planted = e.tmp.path().join("planted");
+    std::fs::create_dir(&planted).unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    let mut b = e.agent(
+        "agent-planted",
+        &[("RAIBID_CACHE_DIR", planted.display().to_string())],
+    );
+    let st = wait_exit(&mut b, Duration::from_secs(20));
+    let log = e.agent_log("agent-planted");
+    assert_eq!(st, Some(1), "the agent refuses a foreign cache dir: {log}");
+    assert!(
+        log.contains("refusing to use") && log.contains("owned by uid 65534"),
+        "{log}"
+    );
+}
+
+fn wait_exit(c: &mut std::process::Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = c.try_wait() {
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn once_with_concurrency_runs_exactly_one_job() {
+    let e = env(None).await;
+    let repo = make_repo(
+        &e.tmp.path().join("once"),
+        "steps:\n  - name: a\n    run: sleep 0.3\n",
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(e.submit(&repo).await);
+    }
+    let mut cmd = e.agent_cmd("agent-once", &[]);
+    cmd.args(["--once", "--concurrency", "3", "--idle-timeout-secs", "5"]);
+    let mut a = e.spawn(cmd);
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut a, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(st, Some(0));
+    let mut finished = 0;
+    for id in &ids {
+        if e.job(id).await.status.is_final() {
+            finished += 1;
+        }
+    }
+    assert_eq!(finished, 1, "--once ran exactly one job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_started_at_once_with_one_name_get_it_exactly_once() {
+    let e = env(None).await;
+    let cmds: Vec<_> = (0..6)
+        .map(|i| {
+            let mut c = e.agent_cmd("same-name", &[]);
+            c.stderr(std::fs::File::create(e.tmp.path().join(format!("same-{i}.log"))).unwrap());
+            c
+        })
+        .collect();
+    let mut agents: Vec<_> = cmds.into_iter().map(|c| e.spawn(c)).collect();
+    // Those that lost exit 1 quickly; the winner keeps running.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut running = 0;
+    let mut refused = 0;
+    for a in agents.iter_mut() {
+        match a.try_wait().unwrap() {
+            None => running += 1,
+            Some(st) if st.code() == Some(1) => refused += 1,
+            Some(st) => panic!("unexpected exit {st}"),
+        }
+    }
+    for a in agents.iter_mut() {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    let logs: String = (0..6)
+        .map(|i| std::fs::read_to_string(e.tmp.path().join(format!("same-{i}.log"))).unwrap())
+        .collect();
+    assert_eq!((running, refused), (1, 5), "{logs}");
+    assert!(logs.contains("another agent with consumer name `same-name` is alive"));
+}

@@ -1,0 +1,138 @@
+//! What a step's output can cost (issue 8 §3, §4): the real agent binary, real Redis, real steps.
+//!
+//! - output without newlines is read in bounded pieces: the agent's peak RSS stays small;
+//! - floods (`yes ''`, 100 MB of short lines) leave the job's log within its cap, Redis memory grows by
+//!   less than twice the cap, and other jobs keep running meanwhile.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Agents are killed and reaped by the support harness when a test ends.
+#![allow(clippy::zombie_processes)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+const SPLIT_MARK: &str = " [raibid: line continues]";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gib_without_a_newline_keeps_the_agent_small_and_the_job_ends_normally() {
+    let e = env(None).await;
+    let repo = make_repo(
+        &e.tmp.path().join("zeros"),
+        "steps:\n  - name: zeros\n    run: head -c 2G /dev/zero\n",
+    );
+    let agent = e.agent("agent-zeros", &[]);
+    let id = e.submit(&repo).await;
+    let j = e.wait_final(&id, Duration::from_secs(240)).await;
+    let hwm_mib = vm_hwm_kib(agent.id()) / 1024;
+    assert_eq!(j.status.as_str(), "succeeded", "{:?}", j.failure_reason);
+    assert!(
+        hwm_mib < 100,
+        "the agent's peak RSS was {hwm_mib} MiB while a step printed 2 GiB without a newline"
+    );
+    let lines = e.logs(&id).await;
+    let zeros: Vec<_> = lines.iter().filter(|l| l.step == "zeros").collect();
+    assert!(
+        zeros
+            .iter()
+            .filter(|l| l.stream == "stdout")
+            .all(|l| l.line.len() <= 64 * 1024 && l.line.ends_with(SPLIT_MARK)),
+        "every piece of the endless line is at most 64 KiB and marked"
+    );
+    assert!(
+        zeros.iter().any(|l| l.line.contains("log cap reached")),
+        "one marker says the rest was dropped"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.line.contains("step `zeros` succeeded")),
+        "the step's result line is still in the log"
+    );
+}
+
+/// Runs a flood step on one agent while another agent runs short jobs; checks the cap, Redis memory
+/// and that the short jobs kept finishing.
+async fn flood(step: &str) {
+    const CAP_BYTES: u64 = 256 * 1024;
+    const CAP_LINES: u64 = 2_000;
+    let e = env(None).await;
+    let caps = [
+        ("RAIBID_LOG_CAP_BYTES", CAP_BYTES.to_string()),
+        ("RAIBID_LOG_CAP_LINES", CAP_LINES.to_string()),
+    ];
+    let flood_repo = make_repo(
+        &e.tmp.path().join("flood"),
+        &format!("steps:\n  - name: flood\n    run: \"{step}\"\n"),
+    );
+    let quick_repo = make_repo(
+        &e.tmp.path().join("quick"),
+        "steps:\n  - name: hello\n    run: echo hello\n",
+    );
+    let _a = e.agent("agent-1", &caps);
+    let _b = e.agent("agent-2", &caps);
+    // Warm up (scripts loaded, connections open, one job's record and events) before measuring.
+    for _ in 0..2 {
+        let q = e.submit(&quick_repo).await;
+        e.wait_final(&q, Duration::from_secs(30)).await;
+    }
+    let before = e.redis.used_memory(&e.queue).await;
+    let id = e.submit(&flood_repo).await;
+    e.wait(&id, Duration::from_secs(30), |j| {
+        j.step.as_deref() == Some("flood")
+    })
+    .await;
+    // Meanwhile the other agent runs jobs to the end.
+    let mut quick_done = 0;
+    let t0 = Instant::now();
+    while !e.job(&id).await.status.is_final() && quick_done < 5 {
+        let q = e.submit(&quick_repo).await;
+        let j = e.wait_final(&q, Duration::from_secs(30)).await;
+        assert_eq!(j.status.as_str(), "succeeded");
+        quick_done += 1;
+    }
+    assert!(
+        quick_done >= 1,
+        "a short job ran while the flood was on ({:?})",
+        t0.elapsed()
+    );
+    let j = e.wait_final(&id, Duration::from_secs(240)).await;
+    assert_eq!(j.status.as_str(), "succeeded", "{:?}", j.failure_reason);
+    let lines = e.logs(&id).await;
+    let bytes: u64 = lines
+        .iter()
+        .map(|l| (l.line.len() + l.step.len() + l.stream.len()) as u64 + 64)
+        .sum();
+    assert!(
+        lines.len() as u64 <= CAP_LINES && bytes <= CAP_BYTES,
+        "the log is within its cap: {} lines, {bytes} bytes",
+        lines.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.line.contains("step `flood` succeeded")),
+        "the step's result line is in the log"
+    );
+    let after = e.redis.used_memory(&e.queue).await;
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "flood `{step}`: log {} lines / {bytes} bytes, Redis used_memory +{grown} bytes, {quick_done} other jobs meanwhile",
+        lines.len()
+    );
+    assert!(
+        grown < 2 * CAP_BYTES,
+        "Redis used_memory grew by {grown} bytes (cap {CAP_BYTES})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_seconds_of_empty_lines_stay_within_the_log_cap() {
+    flood("timeout 10 yes '' || true").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_megabytes_of_short_lines_stay_within_the_log_cap() {
+    // seq 1 14500000 prints 114 MB in lines of at most 9 bytes.
+    flood("seq 1 14500000").await;
+}

@@ -1,0 +1,551 @@
+//! Jobs: enqueue, load, compare-and-set writes, claims, fenced progress and final writes, cancel, list.
+
+use super::{
+    field, is_nogroup, json, xreadgroup, Claim, Enqueued, Event, Queue, QueueError, Result,
+    CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS,
+};
+use crate::contract::{self, keys, kinds::Route};
+use crate::job::{Job, JobId, JobKind, Status};
+use chrono::Utc;
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamReadReply;
+use redis::Value;
+use std::time::Duration;
+
+/// One compare-and-set write (the `update.lua` arguments, named).
+pub(super) struct Cas<'a> {
+    /// Revision the caller read.
+    pub rev: &'a str,
+    /// Event kind to append, if any.
+    pub event: Option<&'a str>,
+    /// Entry to acknowledge (final writes), if any.
+    pub ack_entry: Option<&'a str>,
+    /// Lease token to store (`""` clears it).
+    pub new_lease: &'a str,
+    /// Lease the record must hold (fencing), if any.
+    pub required_lease: Option<&'a str>,
+    /// Stream entry to record as the job's current one, if any.
+    pub entry: Option<&'a str>,
+    /// With a lease: set its expiry to now + this.
+    pub lease_ttl: Option<Duration>,
+}
+
+impl Queue {
+    /// Atomically create the job record, its stream entry (on its kind's stream), index entry and
+    /// (when `delivery` is given) the de-duplication key. A delivery seen before returns the job it
+    /// made and enqueues nothing.
+    pub async fn enqueue(&self, job: Job, delivery: Option<(&str, &str)>) -> Result<Enqueued> {
+        let mut con = self.con.clone();
+        let record = json(&job.id, &job)?;
+        let now = job.timestamps.queued.unwrap_or_else(Utc::now);
+        let event = json(&job.id, &Event::of("job_created", &job, now))?;
+        let dedup = delivery.map(|(forge, id)| contract::delivery_key(forge, id));
+        let prune_before = now.timestamp_millis() - self.cfg.retention.as_millis() as i64;
+        let r: Vec<Value> = self
+            .scripts
+            .enqueue
+            .key(contract::job_key(&job.id))
+            .key(job.kind.route().stream)
+            .key(keys::JOB_INDEX)
+            .key(keys::EVENTS_STREAM)
+            .key(
+                dedup
+                    .clone()
+                    .unwrap_or_else(|| contract::delivery_key("none", "none")),
+            )
+            .key(keys::JOB_STATUS_COUNTS)
+            .arg(job.id.as_str())
+            .arg(record)
+            .arg(now.timestamp_millis())
+            .arg(self.cfg.dedup_ttl.as_secs())
+            .arg(event)
+            .arg(self.cfg.events_maxlen)
+            .arg(if dedup.is_some() { "1" } else { "0" })
+            .arg(prune_before)
+            .arg(self.cfg.max_jobs)
+            .arg(job.status.as_str())
+            .invoke_async(&mut con)
+            .await?;
+        match r.as_slice() {
+            [Value::Int(1), _] => Ok(Enqueued::New(job)),
+            [Value::Int(0), existing] => Ok(Enqueued::Duplicate(
+                redis::from_redis_value_ref::<String>(existing).unwrap_or_default(),
+            )),
+            other => Err(QueueError::Corrupt(
+                job.id.to_string(),
+                format!("unexpected enqueue reply {other:?}"),
+            )),
+        }
+    }
+
+    /// Load a job with its revision.
+    pub async fn load(&self, id: &str) -> Result<(Job, String)> {
+        let mut con = self.con.clone();
+        let (record, rev): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(contract::job_key(id))
+            .arg("record")
+            .arg("rev")
+            .query_async(&mut con)
+            .await?;
+        match (record, rev) {
+            (Some(r), Some(rev)) => {
+                let job: Job = serde_json::from_str(&r)
+                    .map_err(|e| QueueError::Corrupt(id.to_string(), e.to_string()))?;
+                if job.id != id {
+                    return Err(QueueError::Corrupt(
+                        id.to_string(),
+                        format!("the record names another job id `{}`", job.id),
+                    ));
+                }
+                Ok((job, rev))
+            }
+            _ => Err(QueueError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Get a job.
+    pub async fn get(&self, id: &str) -> Result<Job> {
+        Ok(self.load(id).await?.0)
+    }
+
+    /// Compare-and-set write of a record. Returns false when the revision moved (reload and retry).
+    pub(super) async fn cas(&self, job: &Job, w: Cas<'_>) -> Result<bool> {
+        let mut con = self.con.clone();
+        let record = json(&job.id, job)?;
+        let event = match w.event {
+            Some(kind) => json(&job.id, &Event::of(kind, job, Utc::now()))?,
+            None => String::new(),
+        };
+        let expire = if job.status.is_final() {
+            self.cfg.retention.as_secs()
+        } else {
+            0
+        };
+        let route = job.kind.route();
+        let r: i64 = self
+            .scripts
+            .update
+            .key(contract::job_key(&job.id))
+            .key(route.stream)
+            .key(keys::EVENTS_STREAM)
+            .key(contract::job_log_key(&job.id))
+            .key(keys::JOB_STATUS_COUNTS)
+            .arg(w.rev)
+            .arg(record)
+            .arg(event)
+            .arg(self.cfg.events_maxlen)
+            .arg(w.ack_entry.unwrap_or(""))
+            .arg(route.group)
+            .arg(expire)
+            .arg(w.new_lease)
+            .arg(w.required_lease.unwrap_or(""))
+            .arg(w.entry.unwrap_or(""))
+            .arg(job.status.as_str())
+            .arg(w.lease_ttl.map(|d| d.as_millis() as u64).unwrap_or(0))
+            .invoke_async(&mut con)
+            .await?;
+        match r {
+            -1 => Err(QueueError::NotFound(job.id.to_string())),
+            -2 => Err(QueueError::LeaseLost(job.id.to_string())),
+            0 => Ok(false),
+            _ => Ok(true),
+        }
+    }
+
+    /// Apply `f` to the job with optimistic concurrency, retrying on revision conflicts. `f` returns
+    /// `Ok(Some(event))` to write, `Ok(None)` to leave the record as it is.
+    pub async fn modify<F>(&self, id: &str, mut f: F) -> Result<Job>
+    where
+        F: FnMut(&mut Job) -> Result<Option<&'static str>>,
+    {
+        for _ in 0..100 {
+            let (mut job, rev) = self.load(id).await?;
+            let event = match f(&mut job)? {
+                Some(e) => e,
+                None => return Ok(job),
+            };
+            let lease = job.lease.clone().unwrap_or_default();
+            let w = Cas {
+                rev: &rev,
+                event: Some(event),
+                ack_entry: None,
+                new_lease: &lease,
+                required_lease: None,
+                entry: None,
+                lease_ttl: None,
+            };
+            if self.cas(&job, w).await? {
+                return Ok(job);
+            }
+        }
+        Err(QueueError::Conflict(format!(
+            "job {id}: too many concurrent updates"
+        )))
+    }
+
+    /// Update a claimed job's record as its lease holder (step progress). Fails with `LeaseLost` when
+    /// another agent holds the job now.
+    pub async fn update_claimed(&self, claim: &mut Claim, event: &'static str) -> Result<()> {
+        self.fenced_write(claim, event, false).await
+    }
+
+    /// Write the final status and acknowledge the stream entry, in one fenced step.
+    pub async fn finish_claimed(&self, claim: &mut Claim) -> Result<()> {
+        self.fenced_write(claim, "job_finished", true).await?;
+        self.observe(
+            keys::JOB_DURATION_HIST,
+            &JOB_DURATION_BUCKETS,
+            claim.job.duration_secs(),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// A record write by the lease holder, retried on revision conflicts; `last` also acknowledges the
+    /// stream entry (trimming the head) and clears the lease.
+    async fn fenced_write(&self, claim: &mut Claim, event: &'static str, last: bool) -> Result<()> {
+        for _ in 0..100 {
+            let (cur, rev) = self.load(&claim.job.id).await?;
+            if cur.lease.as_deref() != Some(claim.lease.as_str()) {
+                return Err(QueueError::LeaseLost(claim.job.id.to_string()));
+            }
+            // Keep a concurrent cancel request.
+            claim.job.cancel_requested |= cur.cancel_requested;
+            let (ack, new_lease) = if last {
+                (Some(claim.entry_id.as_str()), "")
+            } else {
+                (None, claim.lease.as_str())
+            };
+            let w = Cas {
+                rev: &rev,
+                event: Some(event),
+                ack_entry: ack,
+                new_lease,
+                required_lease: Some(&claim.lease),
+                entry: None,
+                lease_ttl: None,
+            };
+            if self.cas(&claim.job, w).await? {
+                return Ok(());
+            }
+        }
+        Err(QueueError::Conflict(format!(
+            "job {}: too many concurrent updates",
+            claim.job.id
+        )))
+    }
+
+    /// Renew a claim's lease (the agent's heartbeat): its expiry becomes now + `claim.lease_ttl` on the
+    /// Redis clock. Returns false when the lease is no longer this claim's (stop the job, write nothing).
+    pub async fn renew_lease(&self, claim: &Claim, agent: &str) -> Result<bool> {
+        let mut con = self.con.clone();
+        let route = claim.job.kind.route();
+        let r: i64 = self
+            .scripts
+            .renew
+            .key(contract::job_key(&claim.job.id))
+            .key(route.stream)
+            .arg(&claim.lease)
+            .arg(claim.lease_ttl.as_millis() as u64)
+            .arg(route.group)
+            .arg(agent)
+            .arg(&claim.entry_id)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(r == 1)
+    }
+
+    /// Block up to `block` for the next undelivered entry of this process's kinds and claim its job for
+    /// `agent`, with a lease of `QueueConfig::lease`. Entries of jobs that are already final or were
+    /// cancelled while queued are acknowledged and skipped (the next entry is read at once); entries that
+    /// name no valid job are dead-lettered with a reason. A missing group (flushed Redis) is recreated.
+    pub async fn claim_next(
+        &self,
+        con: &mut MultiplexedConnection,
+        agent: &str,
+        block: Duration,
+    ) -> Result<Option<Claim>> {
+        let routes = self.my_routes();
+        let streams: Vec<&str> = routes.iter().map(|r| r.stream).collect();
+        let group = routes[0].group;
+        let mut wait = block;
+        // Skipped entries are followed by an immediate (non-blocking) read of the next one.
+        for _ in 0..1000 {
+            let reply: redis::RedisResult<StreamReadReply> =
+                xreadgroup(&streams, group, agent, 1, wait)
+                    .query_async(con)
+                    .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) if is_nogroup(&e) => {
+                    tracing::warn!(
+                        "consumer group missing (Redis flushed or lost?); recreating it"
+                    );
+                    self.ensure_group().await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some((route, entry_id, raw)) = reply.keys.iter().find_map(|k| {
+                let route = routes.iter().find(|r| r.stream == k.key)?;
+                let e = k.ids.first()?;
+                Some((*route, e.id.clone(), field(e, "job").unwrap_or_default()))
+            }) else {
+                return Ok(None);
+            };
+            if let Some(c) = self.claim_entry_in(route, agent, &entry_id, &raw).await? {
+                return Ok(Some(c));
+            }
+            wait = Duration::from_millis(1);
+        }
+        Ok(None)
+    }
+
+    /// Claim the job of a delivered entry of the Rust stream.
+    pub async fn claim_entry(
+        &self,
+        agent: &str,
+        entry_id: &str,
+        job_id: &str,
+    ) -> Result<Option<Claim>> {
+        self.claim_entry_in(JobKind::Rust.route(), agent, entry_id, job_id)
+            .await
+    }
+
+    async fn claim_entry_in(
+        &self,
+        route: Route,
+        agent: &str,
+        entry_id: &str,
+        raw_id: &str,
+    ) -> Result<Option<Claim>> {
+        let lease_ttl = self.cfg.lease;
+        let id = match JobId::parse(raw_id) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(entry = %entry_id, "dead-lettering an entry with an invalid job id");
+                self.ack_entry(
+                    route,
+                    entry_id,
+                    raw_id,
+                    Some(&format!("entry {entry_id}: {e}")),
+                )
+                .await?;
+                return Ok(None);
+            }
+        };
+        for _ in 0..100 {
+            let (mut job, rev) = match self.load(&id).await {
+                Ok(x) => x,
+                Err(QueueError::NotFound(_)) => {
+                    // Expired or deleted record (retention, cleanup): nothing to run.
+                    self.ack_entry(route, entry_id, &id, None).await?;
+                    return Ok(None);
+                }
+                Err(QueueError::Corrupt(_, why)) => {
+                    tracing::warn!(job = %id, reason = %why, "dead-lettering a job whose record this agent cannot read");
+                    let reason = format!("record unreadable by this agent version: {why}");
+                    self.ack_entry(route, entry_id, &id, Some(&reason)).await?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            let now = Utc::now();
+            if job.status.is_final() {
+                self.ack_entry(route, entry_id, &id, None).await?;
+                return Ok(None);
+            }
+            if job.kind.route() != route {
+                let reason = format!(
+                    "a `{}` job on the `{}` stream",
+                    job.kind.as_str(),
+                    route.stream
+                );
+                self.ack_entry(route, entry_id, &id, Some(&reason)).await?;
+                return Ok(None);
+            }
+            if job.cancel_requested {
+                job.finish(
+                    Status::Cancelled,
+                    Some("cancelled before it started".into()),
+                    now,
+                );
+                let w = Cas {
+                    rev: &rev,
+                    event: Some("job_finished"),
+                    ack_entry: Some(entry_id),
+                    new_lease: "",
+                    required_lease: None,
+                    entry: None,
+                    lease_ttl: None,
+                };
+                if self.cas(&job, w).await? {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let lease = ulid::Ulid::new().to_string();
+            job.status = Status::Running;
+            job.attempt += 1;
+            job.agent = Some(agent.to_string());
+            job.lease = Some(lease.clone());
+            job.timestamps.claimed = Some(now);
+            job.failure_reason = None;
+            let w = Cas {
+                rev: &rev,
+                event: Some("job_claimed"),
+                ack_entry: None,
+                new_lease: &lease,
+                required_lease: None,
+                entry: Some(entry_id),
+                lease_ttl: Some(lease_ttl),
+            };
+            if self.cas(&job, w).await? {
+                self.observe(
+                    keys::CLAIM_LATENCY_HIST,
+                    &CLAIM_LATENCY_BUCKETS,
+                    job.claim_latency_secs(),
+                )
+                .await;
+                return Ok(Some(Claim {
+                    job,
+                    entry_id: entry_id.to_string(),
+                    lease,
+                    lease_ttl,
+                }));
+            }
+        }
+        Err(QueueError::Conflict(format!(
+            "job {id}: too many concurrent updates"
+        )))
+    }
+
+    /// Acknowledge an entry that will not run and trim the head; with a reason it is also recorded in
+    /// the dead-letter stream (nothing is dropped silently).
+    pub(super) async fn ack_entry(
+        &self,
+        route: Route,
+        entry_id: &str,
+        job: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let mut con = self.con.clone();
+        let _: i64 = self
+            .scripts
+            .ack
+            .key(route.stream)
+            .key(keys::DEAD_STREAM)
+            .arg(entry_id)
+            .arg(route.group)
+            .arg(job)
+            .arg(reason.unwrap_or(""))
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// Ask for a job to be cancelled. A queued job becomes `cancelled` at once (its stream entry stays
+    /// until an agent reads and acknowledges it, keeping `lag` exact); a running job is told through the
+    /// cancel channel and its agent writes the final status.
+    pub async fn cancel(&self, id: &str) -> Result<Job> {
+        let now = Utc::now();
+        let job = self
+            .modify(id, |job| {
+                if job.status.is_final() {
+                    return Err(QueueError::Conflict(format!(
+                        "job {} already {}",
+                        job.id, job.status
+                    )));
+                }
+                job.cancel_requested = true;
+                if job.status == Status::Queued {
+                    job.finish(
+                        Status::Cancelled,
+                        Some("cancelled before it started".into()),
+                        now,
+                    );
+                    Ok(Some("job_finished"))
+                } else {
+                    Ok(Some("job_cancel_requested"))
+                }
+            })
+            .await?;
+        let mut con = self.con.clone();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(keys::CANCEL_CHANNEL)
+            .arg(id)
+            .query_async(&mut con)
+            .await?;
+        Ok(job)
+    }
+
+    /// List jobs, newest first. `cursor` is the id of the last job of the previous page.
+    pub async fn list(
+        &self,
+        status: Option<Status>,
+        repo: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Job>, Option<String>)> {
+        let mut con = self.con.clone();
+        let mut start: i64 = match cursor {
+            Some(c) => {
+                let rank: Option<i64> = redis::cmd("ZREVRANK")
+                    .arg(keys::JOB_INDEX)
+                    .arg(c)
+                    .query_async(&mut con)
+                    .await?;
+                match rank {
+                    Some(r) => r + 1,
+                    None => return Ok((Vec::new(), None)),
+                }
+            }
+            None => 0,
+        };
+        let mut out = Vec::new();
+        const BATCH: i64 = 200;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(keys::JOB_INDEX)
+                .arg(start)
+                .arg(start + BATCH - 1)
+                .query_async(&mut con)
+                .await?;
+            if ids.is_empty() {
+                return Ok((out, None));
+            }
+            let mut p = redis::pipe();
+            for id in &ids {
+                p.cmd("HGET").arg(contract::job_key(id)).arg("record");
+            }
+            let records: Vec<Option<String>> = p.query_async(&mut con).await?;
+            for (id, rec) in ids.iter().zip(records) {
+                start += 1;
+                let Some(rec) = rec else {
+                    // Expired record: drop it from the index.
+                    let _: redis::RedisResult<i64> = redis::cmd("ZREM")
+                        .arg(keys::JOB_INDEX)
+                        .arg(id)
+                        .query_async(&mut con)
+                        .await;
+                    start -= 1;
+                    continue;
+                };
+                let Ok(job) = serde_json::from_str::<Job>(&rec) else {
+                    continue;
+                };
+                if status.is_some_and(|s| s != job.status) {
+                    continue;
+                }
+                if repo.is_some_and(|r| !job.source.repo_url.contains(r)) {
+                    continue;
+                }
+                out.push(job);
+                if out.len() >= limit {
+                    let next = out.last().map(|j| j.id.to_string());
+                    return Ok((out, next));
+                }
+            }
+        }
+    }
+}

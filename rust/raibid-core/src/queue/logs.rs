@@ -1,0 +1,109 @@
+//! Job logs: one capped stream per job (`raibid:job:{id}:log`), appended by the lease holder only.
+
+use super::{field, ts_string, LogLine, Queue, Result};
+use crate::contract;
+use chrono::Utc;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use std::time::Duration;
+
+fn log_line(e: &StreamId) -> LogLine {
+    LogLine {
+        seq: e.id.clone(),
+        step: field(e, "step").unwrap_or_default(),
+        stream: field(e, "stream").unwrap_or_default(),
+        ts: field(e, "ts").unwrap_or_default(),
+        line: field(e, "line").unwrap_or_default(),
+    }
+}
+
+impl Queue {
+    /// Append log lines `(step, stream, line)` for a claimed job: capped by lines and by bytes (each
+    /// line costing its payload plus `log_entry_overhead`), fenced by the lease. Returns false when the
+    /// lease was lost.
+    pub async fn append_log(
+        &self,
+        job_id: &str,
+        lease: &str,
+        lines: &[(String, String, String)],
+    ) -> Result<bool> {
+        if lines.is_empty() {
+            return Ok(true);
+        }
+        let mut con = self.con.clone();
+        let ts = ts_string(Utc::now());
+        let mut inv = self.scripts.append.key(contract::job_log_key(job_id));
+        inv.key(contract::job_key(job_id))
+            .arg(self.cfg.log_cap_bytes)
+            .arg(self.cfg.log_cap_lines)
+            .arg(self.cfg.log_entry_overhead)
+            .arg(lease);
+        for (step, stream, line) in lines {
+            inv.arg(step).arg(stream).arg(&ts).arg(line);
+        }
+        let r: i64 = inv.invoke_async(&mut con).await?;
+        Ok(r >= 0)
+    }
+
+    /// Read log lines after `after` (exclusive; `None` = from the start), at most `count`.
+    pub async fn read_log(
+        &self,
+        job_id: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<LogLine>> {
+        let mut con = self.con.clone();
+        let start = match after {
+            Some(a) => format!("({a}"),
+            None => "-".to_string(),
+        };
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(contract::job_log_key(job_id))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut con)
+            .await?;
+        Ok(reply.ids.iter().map(log_line).collect())
+    }
+
+    /// Block up to `block` for log lines after `after` on a dedicated connection.
+    pub async fn follow_log(
+        &self,
+        con: &mut MultiplexedConnection,
+        job_id: &str,
+        after: &str,
+        block: Duration,
+    ) -> Result<Vec<LogLine>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(contract::job_log_key(job_id))
+            .arg(after)
+            .query_async(con)
+            .await?;
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .iter()
+                    .flat_map(|k| k.ids.iter().map(log_line))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Whether the job's log was truncated.
+    pub async fn log_truncated(&self, job_id: &str) -> Result<bool> {
+        let mut con = self.con.clone();
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(contract::job_key(job_id))
+            .arg("log_truncated")
+            .query_async(&mut con)
+            .await?;
+        Ok(v.as_deref() == Some("1"))
+    }
+}
