@@ -82,11 +82,9 @@ async fn stack() -> Stack {
         .ok()
     });
     let tmp = tempfile::tempdir().unwrap();
-    // One cargo registry cache for every test run (what the node keeps), so crates download once.
-    let shared_cargo = std::env::temp_dir().join("raibid-test-cache").join("cargo");
-    std::fs::create_dir_all(&shared_cargo).unwrap();
-    std::fs::create_dir_all(tmp.path().join("cache")).unwrap();
-    std::os::unix::fs::symlink(&shared_cargo, tmp.path().join("cache/cargo")).unwrap();
+    // The node's CARGO_HOME lives in the cache (the agent refuses a symlink there); each test has its
+    // own, so the few small crates these tests use download once per test.
+    std::fs::create_dir_all(tmp.path().join("cache/cargo")).unwrap();
     Stack {
         redis,
         base,
