@@ -299,6 +299,7 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
         deadline,
         stop: ctx.stop.clone(),
         user: ctx.shared.step_user.clone(),
+        global_config: step_git_config(ctx),
     };
     let logs = ctx.logs.clone();
     let sink = move |l: String| {
@@ -422,6 +423,16 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
     }
 }
 
+/// For git as the step user: a global config trusting every repository, written once per agent.
+fn step_git_config(ctx: &JobCtx<'_>) -> Option<PathBuf> {
+    ctx.shared.step_user.as_ref()?;
+    let p = ctx.shared.cfg.workspace_dir.join(".raibid-step-gitconfig");
+    if !p.exists() {
+        let _ = std::fs::write(&p, "[safe]\n\tdirectory = *\n");
+    }
+    Some(p)
+}
+
 /// After the config step: compute the cache key and make sure the slot has its target directory.
 async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc: &mut JobCache) {
     let Some(first) = pipeline.steps.first() else {
@@ -443,6 +454,7 @@ async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc
         deadline: ctx.deadline,
         stop: ctx.stop.clone(),
         user: ctx.shared.step_user.clone(),
+        global_config: step_git_config(ctx),
     };
     let restore = jc
         .slot

@@ -164,6 +164,8 @@ pub(crate) struct Limits {
     /// Run git as this user (the step user): the caches are the steps' to write, so whatever a step
     /// could plant there (repository config, hooks) must never run with the agent's privileges.
     pub(crate) user: Option<crate::isolation::StepUser>,
+    /// With `user`: a global git config file that trusts every repository (`safe.directory = *`).
+    pub(crate) global_config: Option<std::path::PathBuf>,
 }
 
 /// Run `git <args>` in `dir` with a minimal environment, in its own process group (killed as a whole
@@ -199,6 +201,12 @@ pub(crate) async fn git(
     if let Some(u) = &limits.user {
         // std drops the supplementary groups too when it changes the uid as root.
         cmd.uid(u.uid).gid(u.gid).env("HOME", &u.home);
+        // As the step user, git reads repositories the agent owns (a local source, in local mode):
+        // trust them for that user (the risk of `safe.directory` is to the user running git, here one
+        // with no more rights than a step). GIT_CONFIG_GLOBAL survives into local-transport children.
+        if let Some(g) = &limits.global_config {
+            cmd.env("GIT_CONFIG_GLOBAL", g);
+        }
     }
     // Credentials go in as config through the environment (`GIT_CONFIG_*`), scoped to the URL, only
     // for a forge host, and with redirects off so the header cannot follow a redirect elsewhere.
