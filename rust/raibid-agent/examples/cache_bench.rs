@@ -334,9 +334,9 @@ async fn fetch_ripgrep(into: &Path) -> Workload {
     let index = String::from_utf8(curl("https://index.crates.io/ri/pg/ripgrep")).unwrap();
     let ver = index
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["yanked"] == false && !v["vers"].as_str().unwrap_or("-").contains('-'))
-        .last()
+        .find(|v| v["yanked"] == false && !v["vers"].as_str().unwrap_or("-").contains('-'))
         .and_then(|v| v["vers"].as_str().map(String::from))
         .expect("a ripgrep version in the index");
     let bytes = curl(&format!(
