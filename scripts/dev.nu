@@ -110,6 +110,34 @@ def stack-env []: nothing -> record {
 def print-env-lines [s: record] {
   let c = (load-contract).env
   print $"export ($c.URL)=($s.url) ($c.API_TOKEN)=($s.token) ($c.REDIS_URL)=($s.redis_url) ($c.GITEA_WEBHOOK_SECRET)=($s.gitea_secret) ($c.GITHUB_WEBHOOK_SECRET)=($s.github_secret)"
+  if ($s.registry? != null) { print $"export ($c.REGISTRY)=($s.registry)" }
+}
+
+# The tools image jobs need (Buildah, skopeo, a registry, a static busybox for FROM scratch test images).
+def ensure-image-tools [] {
+  ensure-apt buildah buildah
+  ensure-apt skopeo skopeo
+  ensure-apt docker-registry docker-registry
+  if not ("/bin/busybox" | path exists) { ensure-apt busybox busybox-static }
+}
+
+# Start the local OCI registry (Debian's docker-registry) on its own free port, data in the state dir.
+# Returns its address (host:port).
+def start-registry []: nothing -> string {
+  let dir = (state | path join registry)
+  mkdir ($dir | path join data)
+  let addr = $"127.0.0.1:(free-port)"
+  let cfg = ($dir | path join config.yml)
+  {
+    version: "0.1"
+    log: {level: warn}
+    storage: {filesystem: {rootdirectory: ($dir | path join data)}, delete: {enabled: true}}
+    http: {addr: $addr}
+  } | to yaml | save -f $cfg
+  step $"starting docker-registry on ($addr) \(data in ($dir | path join data)\)"
+  spawn-bg registry [docker-registry serve $cfg] | ignore
+  wait-http $"http://($addr)/v2/" "the local registry"
+  $addr
 }
 
 # Start the local stack: Redis (AOF on), the dispatcher and a warm agent pool; then run a demo job.
@@ -131,6 +159,7 @@ def "main up" [
   }
   ensure-apt redis-server redis-server
   ensure-apt git git
+  ensure-image-tools
   ensure-build --release
   mkdir (state | path join redis)
   let redis_port = (free-port)
@@ -144,6 +173,7 @@ def "main up" [
     gitea_secret: (random-secret)
     github_secret: (random-secret)
     redis_pid: $redis_pid
+    registry: (start-registry)
   }
   $s | to json | save -f (state | path join env.json)
   ^chmod 600 (state | path join env.json)
@@ -154,6 +184,8 @@ def "main up" [
     ($c.env.GITHUB_WEBHOOK_SECRET): $s.github_secret
     ($c.env.URL): $s.url
     ($c.env.LISTEN): ($s.url | str replace "http://" "")
+    # What the local agents clone (file:// in local mode): the dispatcher refuses anything else at submit.
+    ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
   }
   sleep 200ms
   step $"starting raibid-dispatcher on ($s.url)"
@@ -164,12 +196,16 @@ def "main up" [
     ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
     ($c.env.WORKSPACE_DIR): (state | path join workspaces)
     ($c.env.CACHE_DIR): (state | path join cache)
+    ($c.env.AGENT_KINDS): "rust,image"
+    ($c.env.REGISTRY): $s.registry
+    ($c.env.REGISTRY_INSECURE): "true"
+    ($c.env.BUILDAH_STORAGE_DRIVER): "vfs"
   }
   for i in 1..$n {
     if $n == 0 { break }
     spawn-bg $"agent-($i)" [(bin raibid-agent) --name $"local-agent-($i)"] $agent_env | ignore
   }
-  ok $"stack up: redis, dispatcher, ($n) agent\(s\); logs in (state | path join logs)"
+  ok $"stack up: redis, dispatcher, registry ($s.registry), ($n) agent\(s\) serving rust and image jobs; logs in (state | path join logs)"
   if not $no_demo and $n > 0 { demo $s }
   print ""
   print "Next:"
@@ -248,6 +284,19 @@ def "main env" [] {
   print-env-lines (stack-env)
 }
 
+# Watch and steer the running stack in raibid-top (the terminal UI; it talks to the dispatcher's API only).
+@example "open the terminal UI on the local stack" { ./scripts/dev.sh top }
+def "main top" [
+  ...args: string   # extra raibid-top arguments, e.g. --max-jobs 2000
+] {
+  let s = (stack-env)
+  let c = (load-contract)
+  ensure-build --release
+  with-env {($c.env.URL): $s.url, ($c.env.API_TOKEN): $s.token} {
+    ^(bin raibid-top) ...$args
+  }
+}
+
 # Queue figures and agents of the running stack.
 def "main status" [] {
   let s = (stack-env)
@@ -275,7 +324,9 @@ def "main test" [
   ensure-apt git git
   ensure-apt age age
   ensure-apt curl curl
+  ensure-apt tmux tmux                 # raibid-top's end-to-end test runs it in a real terminal
   ensure-apt nix-instantiate nix-bin   # the flake.nix parse/eval checks of the GitOps suite
+  ensure-image-tools                   # the image-job tests: real Buildah, skopeo, docker-registry, busybox
   # sops (a PyPI package) and the Python tools live in the venv; every suite may use them.
   let py = (ensure-venv)
   $env.PATH = ($env.PATH | prepend ($py | path dirname))
@@ -303,7 +354,7 @@ def "main test" [
   ok $"all suites passed: ($suites | str join ', ')"
 }
 
-# raibid-ci local mode. Commands: up, down, env, status, test.
+# raibid-ci local mode. Commands: up, down, env, status, top, test.
 def main [] {
   print (help main)
 }

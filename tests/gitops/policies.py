@@ -124,13 +124,56 @@ def service_address(objs: list[Obj], name: str, namespace: str, port: int) -> st
 # ---------------------------------------------------------------------------------------------------------
 
 
+ROUTE = re.compile(r'pub const [A-Z_]+: Route = Route \{\s*kind: "([a-z0-9_-]+)",\s*stream: keys::([A-Z_]+),\s*group: keys::([A-Z_]+),\s*\}')
+IMAGE_KIND = "image"
+BUILDAH_SECCOMP = "profiles/raibid-buildah.json"
+BUILDAH_CAPS = {"SETUID", "SETGID"}
+
+
+def contract_routes() -> dict[str, dict[str, str]]:
+    """The agent types of contract.rs `pub mod kinds`: kind -> {stream, group} (values from `pub mod keys`)."""
+    keys = gitops.read_contract()["keys"]
+    routes = {k: {"stream": keys[s], "group": keys[g]} for k, s, g in ROUTE.findall(gitops.CONTRACT.read_text())}
+    if not routes:
+        raise ValueError(f"{gitops.CONTRACT}: no `Route` constants in `pub mod kinds`")
+    return routes
+
+
+def agent_kinds(cont: dict, objs: list[Obj], namespace: str | None) -> list[str]:
+    """The kinds an agent container serves (RAIBID_AGENT_KINDS, default rust)."""
+    e = env_of(cont, objs, namespace).get("RAIBID_AGENT_KINDS")
+    v = resolve_env_value(e, objs, namespace) if e else None
+    return [k.strip() for k in (v or "rust").split(",") if k.strip()]
+
+
+def pod_kinds(pod: dict, objs: list[Obj], namespace: str | None) -> set[str]:
+    return {k for c in containers(pod, init=False)
+            if "raibid-agent" in str(c.get("image", "")) or c.get("name") == "agent"
+            for k in agent_kinds(c, objs, namespace)}
+
+
 def check_scaledjob(objs: list[Obj]) -> list[str]:
     c = gitops.read_contract()
     keys, env = c["keys"], c["env"]
+    routes = contract_routes()
     errs: list[str] = []
     sjs = find(objs, "ScaledJob")
     if not sjs:
         return ["no KEDA ScaledJob for the agents"]
+    # One pool per agent type: each kind of contract.rs has exactly one ScaledJob serving only it.
+    by_kind: dict[str, list[str]] = {}
+    for sj in sjs:
+        pod = ((sj.get("spec") or {}).get("jobTargetRef") or {}).get("template", {}).get("spec") or {}
+        ks = sorted(pod_kinds(pod, objs, sj["metadata"].get("namespace")))
+        if len(ks) != 1:
+            errs.append(f"{describe(sj)}: its agents must serve exactly one kind (RAIBID_AGENT_KINDS), not {ks}")
+        for k in ks:
+            if k not in routes:
+                errs.append(f"{describe(sj)}: kind {k!r} is not an agent type of contract.rs ({sorted(routes)})")
+            by_kind.setdefault(k, []).append(describe(sj))
+    for k in routes:
+        if len(by_kind.get(k, [])) != 1:
+            errs.append(f"kind {k!r} needs exactly one ScaledJob (has {by_kind.get(k, [])})")
     redis = service_address(objs, "redis", "raibid-system", 6379)
     if not redis:
         errs.append("no Service redis in raibid-system exposing 6379 (the ScaledJob's Redis address)")
@@ -141,9 +184,13 @@ def check_scaledjob(objs: list[Obj]) -> list[str]:
         streams = [t for t in triggers if t.get("type") == "redis-streams"]
         if len(streams) != 1 or len(triggers) != 1:
             errs.append(f"{d}: needs exactly one trigger, of type redis-streams (has {[t.get('type') for t in triggers]})")
+        pod = ((spec.get("jobTargetRef") or {}).get("template") or {}).get("spec") or {}
+        kinds = sorted(pod_kinds(pod, objs, ns))
+        route = routes.get(kinds[0]) if len(kinds) == 1 else None
+        route = route or {"stream": keys["JOBS_STREAM"], "group": keys["AGENTS_GROUP"]}
         for t in streams:
             md = t.get("metadata") or {}
-            want = {"stream": keys["JOBS_STREAM"], "consumerGroup": keys["AGENTS_GROUP"],
+            want = {"stream": route["stream"], "consumerGroup": route["group"],
                     "lagCount": "1", "activationLagCount": "0"}
             for k, v in want.items():
                 if md.get(k) != v:
@@ -448,6 +495,8 @@ def check_workloads(objs: list[Obj]) -> list[str]:
     for owner, pod in pod_specs([o for o in objs if not flux_own(o)]):
         d = describe(owner)
         psc = pod.get("securityContext") or {}
+        # The one exception (ADR 0002, 0006): agents serving only image jobs run rootless Buildah.
+        image_pod = pod_kinds(pod, objs, owner["metadata"].get("namespace")) == {IMAGE_KIND}
         if not psc:
             errs.append(f"{d}: no pod securityContext")
         if pod.get("automountServiceAccountToken") is not False:
@@ -463,10 +512,24 @@ def check_workloads(objs: list[Obj]) -> list[str]:
             if not sc:
                 errs.append(f"{cd}: no securityContext")
                 continue
-            if sc.get("privileged"):
+            if sc.get("privileged") or psc.get("privileged"):
                 errs.append(f"{cd}: privileged")
-            if sc.get("allowPrivilegeEscalation") is not False:
-                errs.append(f"{cd}: allowPrivilegeEscalation must be false")
+            exception = image_pod and ("raibid-agent" in str(c.get("image", "")) or c.get("name") == "agent")
+            added = set((sc.get("capabilities") or {}).get("add") or [])
+            if exception:
+                if added - BUILDAH_CAPS:
+                    errs.append(f"{cd}: image agents may add only {sorted(BUILDAH_CAPS)}, not {sorted(added - BUILDAH_CAPS)}")
+                prof = sc.get("seccompProfile") or psc.get("seccompProfile") or {}
+                if prof.get("type") != "Localhost" or prof.get("localhostProfile") != BUILDAH_SECCOMP:
+                    errs.append(f"{cd}: image agents need seccompProfile Localhost {BUILDAH_SECCOMP} (installed by bootstrap)")
+                if pod.get("hostPID") or pod.get("hostIPC") or pod.get("hostNetwork") or \
+                        any("hostPath" in v for v in pod.get("volumes") or []):
+                    errs.append(f"{cd}: image agents get no host namespaces or hostPath volumes")
+            else:
+                if sc.get("allowPrivilegeEscalation") is not False:
+                    errs.append(f"{cd}: allowPrivilegeEscalation must be false")
+                if added:
+                    errs.append(f"{cd}: capabilities.add {sorted(added)} (only image agents may add {sorted(BUILDAH_CAPS)})")
             if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
                 errs.append(f"{cd}: capabilities must drop ALL")
             if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
@@ -721,62 +784,6 @@ def check_secret_refs(objs: list[Obj]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# agent caches: the cache directory is the node's volume (hostPath PV), with a size cap that fits it
-# ---------------------------------------------------------------------------------------------------------
-
-_QUANTITY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
-
-def quantity_bytes(q: str) -> int:
-    m = re.fullmatch(r"(\d+)([KMGT]i?)?", str(q).strip())
-    if not m:
-        raise ValueError(f"not a quantity: {q}")
-    return int(m.group(1)) * _QUANTITY.get(m.group(2) or "", 1)
-
-
-def check_agent_cache(objs: list[Obj]) -> list[str]:
-    """Every agent (ScaledJob pods and warm pool) mounts the node's cache volume at RAIBID_CACHE_DIR: a PVC
-    bound to a hostPath PersistentVolume, so target slots and git mirrors outlive pods and every pod on a node
-    shares them (their flock locks work across pods on one kernel); RAIBID_CACHE_MAX_BYTES is set and leaves at
-    least a fifth of the volume for CARGO_HOME and the mirrors."""
-    errs = []
-    found = agents(objs)
-    if not found:
-        return ["no agent found"]
-    for owner, pod, c in found:
-        d = describe(owner)
-        ns = owner["metadata"].get("namespace")
-        env = env_of(c, objs, ns)
-        cache_dir = resolve_env_value(env.get("RAIBID_CACHE_DIR") or {}, objs, ns)
-        if not cache_dir:
-            errs.append(f"{d}: RAIBID_CACHE_DIR not set")
-            continue
-        mount = next((m for m in c.get("volumeMounts") or [] if m.get("mountPath") == cache_dir), None)
-        if not mount:
-            errs.append(f"{d}: nothing mounted at RAIBID_CACHE_DIR {cache_dir}")
-            continue
-        vol = next((v for v in pod.get("volumes") or [] if v.get("name") == mount.get("name")), {})
-        claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
-        if not claim:
-            errs.append(f"{d}: the cache volume {mount.get('name')} is not the node's cache (a PVC), so caches die with the pod")
-            continue
-        pvc = find(objs, "PersistentVolumeClaim", claim, ns)
-        pv_name = ((pvc[0].get("spec") or {}).get("volumeName") if pvc else None)
-        pv = find(objs, "PersistentVolume", pv_name) if pv_name else []
-        if not pv or "hostPath" not in (pv[0].get("spec") or {}):
-            errs.append(f"{d}: the cache claim {claim} is not bound to a hostPath PersistentVolume on the node")
-            continue
-        cap = resolve_env_value(env.get("RAIBID_CACHE_MAX_BYTES") or {}, objs, ns)
-        if not cap:
-            errs.append(f"{d}: RAIBID_CACHE_MAX_BYTES not set (the slots would grow to the agent's default cap)")
-            continue
-        size = quantity_bytes(((pv[0]["spec"].get("capacity") or {}).get("storage")) or "0")
-        if int(cap) > size * 4 // 5:
-            errs.append(f"{d}: RAIBID_CACHE_MAX_BYTES {cap} leaves less than a fifth of the cache volume ({size} bytes) for CARGO_HOME and mirrors")
-    return errs
-
-
-# ---------------------------------------------------------------------------------------------------------
 # 10. runtime settings that must agree across objects, pins that carry fixes, exposure
 # ---------------------------------------------------------------------------------------------------------
 
@@ -805,8 +812,9 @@ def _version(s: str) -> tuple[int, ...]:
 def check_runtime_settings(objs: list[Obj]) -> list[str]:
     env, http = gitops.read_contract()["env"], gitops.read_contract()["http"]
     errs: list[str] = []
-    # One lease: the dispatcher's reaper requeues entries idle longer than ITS lease; agents heartbeat
-    # every third of THEIRS. A shorter reaper lease steals live jobs.
+    # One lease: the agents' value is stored with each claim and is what the reaper honours; the
+    # dispatcher's is its orphan timeout and consumer-pruning horizon. One value (cluster-settings), so the
+    # two never drift apart again (a shorter dispatcher lease used to steal live jobs).
     leases: dict[str, int | None] = {}
     for owner, pod, cont in agents(objs) + dispatchers(objs):
         ns = owner["metadata"].get("namespace")
@@ -893,6 +901,61 @@ def check_runtime_settings(objs: list[Obj]) -> list[str]:
     return errs
 
 
+# agent caches: the cache directory is the node's volume (hostPath PV), with a size cap that fits it
+# ---------------------------------------------------------------------------------------------------------
+
+_QUANTITY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def quantity_bytes(q: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMGT]i?)?", str(q).strip())
+    if not m:
+        raise ValueError(f"not a quantity: {q}")
+    return int(m.group(1)) * _QUANTITY.get(m.group(2) or "", 1)
+
+
+def check_agent_cache(objs: list[Obj]) -> list[str]:
+    """Every agent (ScaledJob pods and warm pool) mounts the node's cache volume at RAIBID_CACHE_DIR: a PVC
+    bound to a hostPath PersistentVolume, so target slots and git mirrors outlive pods and every pod on a node
+    shares them (their flock locks work across pods on one kernel); RAIBID_CACHE_MAX_BYTES is set and leaves at
+    least a fifth of the volume for CARGO_HOME and the mirrors."""
+    errs = []
+    found = agents(objs)
+    if not found:
+        return ["no agent found"]
+    for owner, pod, c in found:
+        d = describe(owner)
+        ns = owner["metadata"].get("namespace")
+        env = env_of(c, objs, ns)
+        cache_dir = resolve_env_value(env.get("RAIBID_CACHE_DIR") or {}, objs, ns)
+        if not cache_dir:
+            errs.append(f"{d}: RAIBID_CACHE_DIR not set")
+            continue
+        mount = next((m for m in c.get("volumeMounts") or [] if m.get("mountPath") == cache_dir), None)
+        if not mount:
+            errs.append(f"{d}: nothing mounted at RAIBID_CACHE_DIR {cache_dir}")
+            continue
+        vol = next((v for v in pod.get("volumes") or [] if v.get("name") == mount.get("name")), {})
+        claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+        if not claim:
+            errs.append(f"{d}: the cache volume {mount.get('name')} is not the node's cache (a PVC), so caches die with the pod")
+            continue
+        pvc = find(objs, "PersistentVolumeClaim", claim, ns)
+        pv_name = ((pvc[0].get("spec") or {}).get("volumeName") if pvc else None)
+        pv = find(objs, "PersistentVolume", pv_name) if pv_name else []
+        if not pv or "hostPath" not in (pv[0].get("spec") or {}):
+            errs.append(f"{d}: the cache claim {claim} is not bound to a hostPath PersistentVolume on the node")
+            continue
+        cap = resolve_env_value(env.get("RAIBID_CACHE_MAX_BYTES") or {}, objs, ns)
+        if not cap:
+            errs.append(f"{d}: RAIBID_CACHE_MAX_BYTES not set (the slots would grow to the agent's default cap)")
+            continue
+        size = quantity_bytes(((pv[0]["spec"].get("capacity") or {}).get("storage")) or "0")
+        if int(cap) > size * 4 // 5:
+            errs.append(f"{d}: RAIBID_CACHE_MAX_BYTES {cap} leaves less than a fifth of the cache volume ({size} bytes) for CARGO_HOME and mirrors")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -909,6 +972,6 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("image-versions", check_image_versions),
     ("sops-rules", lambda objs: check_sops_rules()),
     ("secret-refs", check_secret_refs),
-    ("agent-cache", check_agent_cache),
     ("runtime-settings", check_runtime_settings),
+    ("agent-cache", check_agent_cache),
 ]

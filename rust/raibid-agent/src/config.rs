@@ -87,6 +87,14 @@ pub struct AgentConfig {
     #[arg(long, env = env::AGENT_KINDS, default_value = "rust")]
     pub kinds: String,
 
+    /// Per-job log cap in bytes (each line costs its text plus a fixed overhead); one marker past it.
+    #[arg(long, env = env::LOG_CAP_BYTES, default_value_t = 10 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_cap_bytes: u64,
+
+    /// Per-job log cap in lines (a flood of empty lines hits this one).
+    #[arg(long, env = env::LOG_CAP_LINES, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(16..))]
+    pub log_cap_lines: u64,
+
     /// Seconds finished job records and logs are kept (the final write sets their expiry).
     #[arg(long, env = env::RETENTION_SECS, default_value_t = 30 * 24 * 3600)]
     pub retention_secs: u64,
@@ -95,13 +103,17 @@ pub struct AgentConfig {
     #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
 
-    /// What steps may read and write: step user, secret scopes, log caps.
+    /// Image jobs (Buildah): registry, storage, cache bounds.
+    #[command(flatten)]
+    pub image: crate::image::ImageConfig,
+
+    /// What steps may read: step user, secret scopes, the Redis URL from a file.
     #[command(flatten)]
     pub hardening: Hardening,
 }
 
 /// Options that bound what a build step can read or cost (docs/adr/0009-agent-step-isolation.md).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Hardening {
     /// File holding the Redis URL with its password (a mounted secret); used instead of --redis-url.
     #[arg(long, env = env::REDIS_URL_FILE)]
@@ -121,33 +133,6 @@ pub struct Hardening {
     /// File holding the secret scopes (same syntax, commas or newlines); used when --secret-scopes is not set.
     #[arg(long, env = env::SECRET_SCOPES_FILE)]
     pub secret_scopes_file: Option<PathBuf>,
-
-    /// Per-job log cap in bytes, each line counted with its per-entry overhead; past it the agent sends
-    /// one marker line and drops the rest of the job's output.
-    #[arg(long, env = env::LOG_CAP_BYTES, default_value_t = DEFAULT_LOG_CAP_BYTES, value_parser = clap::value_parser!(u64).range(4096..))]
-    pub log_cap_bytes: u64,
-
-    /// Per-job log cap in lines (stream entries).
-    #[arg(long, env = env::LOG_CAP_LINES, default_value_t = DEFAULT_LOG_CAP_LINES, value_parser = clap::value_parser!(u64).range(16..))]
-    pub log_cap_lines: u64,
-}
-
-/// Default per-job log cap in bytes (with per-entry overhead).
-pub const DEFAULT_LOG_CAP_BYTES: u64 = 10 * 1024 * 1024;
-/// Default per-job log cap in lines.
-pub const DEFAULT_LOG_CAP_LINES: u64 = 100_000;
-
-impl Default for Hardening {
-    fn default() -> Self {
-        Hardening {
-            redis_url_file: None,
-            step_user: None,
-            secret_scopes: None,
-            secret_scopes_file: None,
-            log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
-            log_cap_lines: DEFAULT_LOG_CAP_LINES,
-        }
-    }
 }
 
 impl AgentConfig {
@@ -188,8 +173,8 @@ impl AgentConfig {
             anyhow::bail!("{}: name at least one job kind", env::AGENT_KINDS);
         }
         Ok(raibid_core::queue::QueueConfig {
-            log_cap_bytes: self.hardening.log_cap_bytes,
-            log_cap_lines: self.hardening.log_cap_lines,
+            log_cap_bytes: self.log_cap_bytes,
+            log_cap_lines: self.log_cap_lines,
             retention: std::time::Duration::from_secs(self.retention_secs),
             lease: std::time::Duration::from_secs(self.lease_secs),
             kinds,
@@ -197,9 +182,10 @@ impl AgentConfig {
         })
     }
 
-    /// The git token: `RAIBID_GIT_TOKEN` from the environment, else the token file (never a flag).
+    /// The git token: `RAIBID_GIT_TOKEN` from the environment, else the token file (never a flag: a
+    /// command line is visible to every process).
     pub(crate) fn git_token(&self) -> anyhow::Result<Option<String>> {
-        let from_env = std::env::var(env::GIT_TOKEN).ok();
+        let from_env = std::env::var(env::GIT_TOKEN).ok().filter(|t| !t.is_empty());
         Ok(SecretSource {
             what: env::GIT_TOKEN_FILE,
             value: from_env.as_deref(),

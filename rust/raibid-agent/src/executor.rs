@@ -35,6 +35,9 @@ async fn execute_in_slot(
     _shutdown: watch::Receiver<bool>,
     cache: &mut Option<JobCache>,
 ) -> (Status, Option<String>) {
+    if ctx.claim.job.kind == raibid_core::job::JobKind::Image {
+        return crate::image::execute(ctx, ws, cache).await;
+    }
     let now = Utc::now();
     ctx.claim.job.timestamps.started = Some(now);
     let _ = tokio::fs::remove_dir_all(ws).await;
@@ -99,6 +102,9 @@ async fn execute_in_slot(
             return (Status::Failed, Some(format!("config: {e}")));
         }
     };
+    if let Some(req) = pipeline.image.clone() {
+        return crate::image::hand_over(ctx, &pipeline.name, req).await;
+    }
     let mut secrets = Vec::new();
     let repo = ctx.claim.job.source.repo_url.clone();
     for name in &pipeline.secrets {
@@ -532,6 +538,12 @@ pub(crate) fn step_env(
             }
         }
     }
+    if let Some(u) = &ctx.shared.step_user {
+        // The agent's HOME is not the step user's to write.
+        env.retain(|(k, _)| k != "HOME" && k != "USER");
+        env.push(("HOME".into(), u.home.to_string_lossy().into_owned()));
+        env.push(("USER".into(), u.name.clone()));
+    }
     if let Some(c) = &job.cache {
         if let (Some(slot), Some(key)) = (&c.slot, &c.key) {
             let t = ctx
@@ -544,12 +556,6 @@ pub(crate) fn step_env(
                 .join(key);
             env.push(("CARGO_TARGET_DIR".into(), t.to_string_lossy().into_owned()));
         }
-    }
-    if let Some(u) = &ctx.shared.step_user {
-        // The agent's HOME is not the step user's to write.
-        env.retain(|(k, _)| k != "HOME" && k != "USER");
-        env.push(("HOME".into(), u.home.to_string_lossy().into_owned()));
-        env.push(("USER".into(), u.name.clone()));
     }
     env.push(("CARGO_TERM_COLOR".into(), "never".into()));
     env.push(("CI".into(), "true".into()));

@@ -12,6 +12,7 @@ pub(crate) mod cache;
 pub mod config;
 pub mod executor;
 pub mod git;
+pub mod image;
 pub mod isolation;
 pub mod masking;
 pub mod process;

@@ -170,8 +170,8 @@ pub(crate) async fn run_job(
         deadline,
         masker,
         budget: Arc::new(crate::process::LogBudget::new(
-            shared.cfg.hardening.log_cap_lines,
-            shared.cfg.hardening.log_cap_bytes,
+            shared.cfg.log_cap_lines,
+            shared.cfg.log_cap_bytes,
         )),
         secrets: Vec::new(),
     };

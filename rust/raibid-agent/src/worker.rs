@@ -26,6 +26,9 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     let qcfg = cfg.queue_config()?;
     let queue = connect_with_backoff(&redis_url, qcfg, &shutdown).await?;
     let Some(queue) = queue else { return Ok(()) };
+    if cfg.image.image_gc {
+        return crate::image::gc_command(&cfg, Some(&queue)).await;
+    }
     // `--once` is one job: one slot, whatever --concurrency says.
     let slots: Vec<String> = if cfg.concurrency == 1 || cfg.once {
         vec![name.clone()]

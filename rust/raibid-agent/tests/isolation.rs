@@ -19,7 +19,7 @@ async fn a_setsid_grandchild_holding_stdout_neither_keeps_the_job_running_nor_su
         &e.tmp.path().join("orphan"),
         "steps:\n  - name: daemonize\n    run: |\n      sh -c 'setsid sh -c \"touch up; exec sleep 600\" &'\n      while [ ! -e up ]; do sleep 0.05; done\n      echo main-exited\n",
     );
-    let _a = e.agent("agent-orphan", &[]);
+    e.agent("agent-orphan", &[]);
     let id = e.submit(&repo).await;
     let started = Instant::now();
     let j = e.wait_final(&id, Duration::from_secs(20)).await;
@@ -122,7 +122,7 @@ tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
     );
     // The Redis password only in the file.
     cmd.env("RAIBID_REDIS_URL", "redis://127.0.0.1:1");
-    let _a = e.spawn(cmd);
+    e.start(cmd);
     wait_log(
         &e.log_path("agent-secrets"),
         "agent started",
@@ -173,7 +173,7 @@ tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workspace_and_cache_roots_are_owner_only_and_foreign_ones_are_refused() {
     let e = env(None).await;
-    let mut a = e.agent("agent-dirs", &[]);
+    let mut a = e.agent_cmd("agent-dirs", &[]).spawn().unwrap();
     wait_log(
         &e.log_path("agent-dirs"),
         "agent started",
@@ -189,10 +189,13 @@ async fn workspace_and_cache_roots_are_owner_only_and_foreign_ones_are_refused()
     let planted = e.tmp.path().join("planted");
     std::fs::create_dir(&planted).unwrap();
     std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
-    let mut b = e.agent(
-        "agent-planted",
-        &[("RAIBID_CACHE_DIR", planted.display().to_string())],
-    );
+    let mut b = e
+        .agent_cmd(
+            "agent-planted",
+            &[("RAIBID_CACHE_DIR", planted.display().to_string())],
+        )
+        .spawn()
+        .unwrap();
     let st = wait_exit(&mut b, Duration::from_secs(20));
     let log = e.agent_log("agent-planted");
     assert_eq!(st, Some(1), "the agent refuses a foreign cache dir: {log}");
@@ -211,6 +214,7 @@ fn wait_exit(c: &mut std::process::Child, within: Duration) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = c.kill();
+    let _ = c.wait();
     None
 }
 
@@ -227,7 +231,7 @@ async fn once_with_concurrency_runs_exactly_one_job() {
     }
     let mut cmd = e.agent_cmd("agent-once", &[]);
     cmd.args(["--once", "--concurrency", "3", "--idle-timeout-secs", "5"]);
-    let mut a = e.spawn(cmd);
+    let mut a = cmd.spawn().unwrap();
     let st = tokio::task::spawn_blocking(move || wait_exit(&mut a, Duration::from_secs(60)))
         .await
         .unwrap();
@@ -251,7 +255,7 @@ async fn agents_started_at_once_with_one_name_get_it_exactly_once() {
             c
         })
         .collect();
-    let mut agents: Vec<_> = cmds.into_iter().map(|c| e.spawn(c)).collect();
+    let mut agents: Vec<_> = cmds.into_iter().map(|mut c| c.spawn().unwrap()).collect();
     // Those that lost exit 1 quickly; the winner keeps running.
     std::thread::sleep(Duration::from_secs(3));
     let mut running = 0;

@@ -24,7 +24,7 @@ async fn two_gib_without_a_newline_keeps_the_agent_small_and_the_job_ends_normal
     let agent = e.agent("agent-zeros", &[]);
     let id = e.submit(&repo).await;
     let j = e.wait_final(&id, Duration::from_secs(240)).await;
-    let hwm_mib = vm_hwm_kib(agent.id()) / 1024;
+    let hwm_mib = vm_hwm_kib(agent) / 1024;
     assert_eq!(j.status.as_str(), "succeeded", "{:?}", j.failure_reason);
     assert!(
         hwm_mib < 100,
@@ -69,8 +69,8 @@ async fn flood(step: &str) {
         &e.tmp.path().join("quick"),
         "steps:\n  - name: hello\n    run: echo hello\n",
     );
-    let _a = e.agent("agent-1", &caps);
-    let _b = e.agent("agent-2", &caps);
+    e.agent("agent-1", &caps);
+    e.agent("agent-2", &caps);
     // Warm up (scripts loaded, connections open, one job's record and events) before measuring.
     for _ in 0..2 {
         let q = e.submit(&quick_repo).await;

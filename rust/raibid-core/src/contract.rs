@@ -18,6 +18,8 @@ pub mod keys {
     /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
     /// Every job stream's group has the same name, so one `XREADGROUP` serves an agent of several kinds.
     pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents";
+    /// Sorted set of job ids whose local images image agents remove (score: request time in ms).
+    pub const IMAGE_CLEANUP: &str = "raibid:images:cleanup";
     /// Dead-letter stream: jobs delivered more than the retry limit.
     pub const DEAD_STREAM: &str = "raibid:jobs:dead";
     /// Events stream for live watchers (job created/claimed/step started/finished/...), capped.
@@ -46,10 +48,10 @@ pub mod keys {
     pub const JOB_STATUS_COUNTS: &str = "raibid:metrics:jobs_by_status";
     /// Hash of histogram buckets: job duration from start to finish.
     pub const JOB_DURATION_HIST: &str = "raibid:metrics:job_duration";
-    /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
-    pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
     /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
     pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
+    /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
+    pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -141,6 +143,26 @@ pub mod env {
     pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
     /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
     pub const STEP_USER: &str = "RAIBID_STEP_USER";
+    /// Default OCI registry image jobs push to (`host[:port][/namespace]`); `dev.sh env` prints it.
+    pub const REGISTRY: &str = "RAIBID_REGISTRY";
+    /// `true`: talk plain HTTP / unverified TLS to `RAIBID_REGISTRY` (the local registry).
+    pub const REGISTRY_INSECURE: &str = "RAIBID_REGISTRY_INSECURE";
+    /// A containers auth file (`auth.json`, a mounted secret) with the registry credentials.
+    pub const REGISTRY_AUTH_FILE: &str = "RAIBID_REGISTRY_AUTH_FILE";
+    /// Registry user name (with `RAIBID_REGISTRY_PASSWORD_FILE`; the agent writes a 0600 auth file per job).
+    pub const REGISTRY_USERNAME: &str = "RAIBID_REGISTRY_USERNAME";
+    /// File holding the registry password or token.
+    pub const REGISTRY_PASSWORD_FILE: &str = "RAIBID_REGISTRY_PASSWORD_FILE";
+    /// Buildah storage driver (`vfs` works everywhere; `overlay` on the Spark).
+    pub const BUILDAH_STORAGE_DRIVER: &str = "RAIBID_BUILDAH_STORAGE_DRIVER";
+    /// Remote repository for `buildah build --cache-from/--cache-to` (unset: local layer cache only).
+    pub const IMAGE_CACHE_REPO: &str = "RAIBID_IMAGE_CACHE_REPO";
+    /// `false`: image test commands run without network (`buildah run --network none`).
+    pub const IMAGE_TEST_NETWORK: &str = "RAIBID_IMAGE_TEST_NETWORK";
+    /// Bytes the Buildah storage (layer cache) may use before the GC removes the oldest job images.
+    pub const IMAGE_CACHE_MAX_BYTES: &str = "RAIBID_IMAGE_CACHE_MAX_BYTES";
+    /// Hours a job's image is kept as cache before the GC removes it.
+    pub const IMAGE_CACHE_MAX_AGE_HOURS: &str = "RAIBID_IMAGE_CACHE_MAX_AGE_HOURS";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
     /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.
@@ -165,6 +187,10 @@ pub mod http {
     pub const API_PREFIX: &str = "/api/v1";
     /// Public read-only job pages (commit-status links): `/public/jobs/{id}/{token}`.
     pub const PUBLIC_JOBS_PATH: &str = "/public/jobs";
+    /// Live events (Server-Sent Events of `raibid:events` plus queue figures and agents seen/gone).
+    pub const EVENTS_PATH: &str = "/api/v1/events";
+    /// Dead letters: jobs that exhausted their attempts, with the reason.
+    pub const DEAD_LETTERS_PATH: &str = "/api/v1/dead-letters";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
 }

@@ -36,3 +36,174 @@ impl Event {
         }
     }
 }
+
+/// What happened to a job, parsed from [`Event::kind`]. Unknown kinds (a newer writer) are kept as
+/// [`EventKind::Other`] and must be treated as "something changed, look again".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// The job entered the queue.
+    JobCreated,
+    /// An agent claimed it.
+    JobClaimed,
+    /// A step started.
+    StepStarted,
+    /// A step finished.
+    StepFinished,
+    /// The job reached a final status.
+    JobFinished,
+    /// A user asked to cancel it.
+    JobCancelRequested,
+    /// A kind this version does not know.
+    Other(String),
+}
+
+impl EventKind {
+    /// Parse the `type` field.
+    pub fn parse(s: &str) -> EventKind {
+        match s {
+            "job_created" => EventKind::JobCreated,
+            "job_claimed" => EventKind::JobClaimed,
+            "step_started" => EventKind::StepStarted,
+            "step_finished" => EventKind::StepFinished,
+            "job_finished" => EventKind::JobFinished,
+            "job_cancel_requested" => EventKind::JobCancelRequested,
+            other => EventKind::Other(other.to_string()),
+        }
+    }
+}
+
+impl Event {
+    /// The parsed kind.
+    pub fn event_kind(&self) -> EventKind {
+        EventKind::parse(&self.kind)
+    }
+}
+
+/// Names of the Server-Sent Events of `GET /api/v1/events` (the `event:` field).
+pub mod sse {
+    /// First event of every connection: `{"cursor": <last events-stream id or "0-0">}`.
+    pub const HELLO: &str = "hello";
+    /// A job event from `raibid:events`: data is an [`super::Event`], `id:` its stream entry id.
+    pub const JOB: &str = "job";
+    /// Queue figures changed: data is a `QueueStats`.
+    pub const QUEUE: &str = "queue";
+    /// An agent appeared or its heartbeat changed: data is an `AgentInfo`.
+    pub const AGENT_SEEN: &str = "agent_seen";
+    /// An agent's heartbeat expired or it deregistered: data is `{"id": name}`.
+    pub const AGENT_GONE: &str = "agent_gone";
+}
+
+/// One event of `GET /api/v1/events`, as the dispatcher sends it and `raibid-top` reads it. Job events
+/// come from `raibid:events` (with their stream id); the others are synthesised by the dispatcher
+/// from queue figures and agent heartbeats, and carry no id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveEvent {
+    /// Connection start: the stream position the connection starts after.
+    Hello {
+        /// Events-stream entry id.
+        cursor: String,
+    },
+    /// A job event.
+    Job(Event),
+    /// Queue figures.
+    Queue(crate::queue::QueueStats),
+    /// An agent seen (new, or its heartbeat/current job changed).
+    AgentSeen(crate::queue::AgentInfo),
+    /// An agent gone.
+    AgentGone {
+        /// Consumer name.
+        id: String,
+    },
+}
+
+impl LiveEvent {
+    /// The SSE `event:` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LiveEvent::Hello { .. } => sse::HELLO,
+            LiveEvent::Job(_) => sse::JOB,
+            LiveEvent::Queue(_) => sse::QUEUE,
+            LiveEvent::AgentSeen(_) => sse::AGENT_SEEN,
+            LiveEvent::AgentGone { .. } => sse::AGENT_GONE,
+        }
+    }
+
+    /// The SSE `data:` JSON.
+    pub fn data(&self) -> String {
+        let v = match self {
+            LiveEvent::Hello { cursor } => serde_json::json!({ "cursor": cursor }),
+            LiveEvent::Job(e) => serde_json::to_value(e).unwrap_or_default(),
+            LiveEvent::Queue(q) => serde_json::to_value(q).unwrap_or_default(),
+            LiveEvent::AgentSeen(a) => serde_json::to_value(a).unwrap_or_default(),
+            LiveEvent::AgentGone { id } => serde_json::json!({ "id": id }),
+        };
+        v.to_string()
+    }
+
+    /// Parse an SSE event; `Ok(None)` for a name this version does not know (skip it).
+    pub fn parse(name: &str, data: &str) -> Result<Option<LiveEvent>, String> {
+        #[derive(Deserialize)]
+        struct Cursor {
+            cursor: String,
+        }
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let bad = |e: serde_json::Error| format!("bad `{name}` event: {e}");
+        Ok(Some(match name {
+            sse::HELLO => LiveEvent::Hello {
+                cursor: serde_json::from_str::<Cursor>(data).map_err(bad)?.cursor,
+            },
+            sse::JOB => LiveEvent::Job(serde_json::from_str(data).map_err(bad)?),
+            sse::QUEUE => LiveEvent::Queue(serde_json::from_str(data).map_err(bad)?),
+            sse::AGENT_SEEN => LiveEvent::AgentSeen(serde_json::from_str(data).map_err(bad)?),
+            sse::AGENT_GONE => LiveEvent::AgentGone {
+                id: serde_json::from_str::<Id>(data).map_err(bad)?.id,
+            },
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// An entry of the dead-letter stream as `GET /api/v1/dead-letters` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Dead-letter stream entry id (when it was dead-lettered).
+    pub entry: String,
+    /// Job id.
+    pub job: String,
+    /// Claims it had.
+    pub attempts: u32,
+    /// Why.
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_event_json_is_unchanged_and_round_trips() {
+        let json = r#"{"type":"job_claimed","job":"01J0000000000000000000000A","status":"running","step":null,"agent":"a-1","ts":"2026-01-01T00:00:00Z"}"#;
+        let ev: Event = serde_json::from_str(json).unwrap();
+        assert_eq!(ev.event_kind(), EventKind::JobClaimed);
+        let live = LiveEvent::Job(ev.clone());
+        assert_eq!(live.name(), "job");
+        assert_eq!(
+            LiveEvent::parse(live.name(), &live.data()).unwrap(),
+            Some(live)
+        );
+        assert_eq!(
+            EventKind::parse("phase_x"),
+            EventKind::Other("phase_x".into())
+        );
+        assert_eq!(LiveEvent::parse("future", "{}").unwrap(), None);
+        assert!(LiveEvent::parse("job", "{").is_err());
+        let gone = LiveEvent::AgentGone { id: "a".into() };
+        assert_eq!(
+            LiveEvent::parse("agent_gone", &gone.data()).unwrap(),
+            Some(gone)
+        );
+    }
+}

@@ -133,8 +133,8 @@ pub fn is_valid_job_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
 }
 
-/// Lifecycle status of a job. Image-job phases (building, testing, publishing) will be added as
-/// further running-type variants; consumers must treat unknown statuses as "not final".
+/// Lifecycle status of a job. Image jobs run through `building`, `testing`, `publishing` (running-type
+/// variants) instead of `running`; consumers must treat unknown statuses as "not final".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -142,6 +142,12 @@ pub enum Status {
     Queued,
     /// Claimed by an agent and running.
     Running,
+    /// Image job: `buildah build` is running.
+    Building,
+    /// Image job: the test commands run inside the built image.
+    Testing,
+    /// Image job: `buildah push` of each tag.
+    Publishing,
     /// Every step exited 0.
     Succeeded,
     /// A step failed, or the job could not be run (clone, config).
@@ -154,9 +160,12 @@ pub enum Status {
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 9] = [
         Status::Queued,
         Status::Running,
+        Status::Building,
+        Status::Testing,
+        Status::Publishing,
         Status::Succeeded,
         Status::Failed,
         Status::Cancelled,
@@ -176,6 +185,9 @@ impl Status {
         match self {
             Status::Queued => "queued",
             Status::Running => "running",
+            Status::Building => "building",
+            Status::Testing => "testing",
+            Status::Publishing => "publishing",
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
@@ -340,6 +352,9 @@ pub struct Job {
     /// What the caches did for this job (git mirror, cargo target slot), once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::cache_stats::CacheStats>,
+    /// Image jobs: the request, per-phase timestamps, the failed phase, pushed digests (`image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::image::ImageJob>,
     /// Fields this version does not know (written by a newer one), kept as they are through every
     /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -369,6 +384,7 @@ impl Job {
             retry_of: None,
             cancel_requested: false,
             cache: None,
+            image: None,
             extra: serde_json::Map::new(),
         }
     }
@@ -459,6 +475,9 @@ mod tests {
         }
         assert!(!Status::Queued.is_final());
         assert!(!Status::Running.is_final());
+        for s in [Status::Building, Status::Testing, Status::Publishing] {
+            assert!(!s.is_final());
+        }
         assert!(Status::TimedOut.is_final());
         assert_eq!(Status::parse("bogus"), None);
     }

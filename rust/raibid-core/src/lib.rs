@@ -7,6 +7,7 @@
 pub mod cache_stats;
 pub mod contract;
 pub mod event;
+pub mod image;
 pub mod job;
 pub mod pipeline;
 pub mod queue;

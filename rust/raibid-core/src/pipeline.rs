@@ -44,6 +44,8 @@ pub struct Pipeline {
     /// Names of secrets the steps need: each is taken from the agent's `RAIBID_SECRET_<NAME>`, given to
     /// the steps as `<NAME>`, and masked as `***` in the job log.
     pub secrets: Vec<String>,
+    /// `image:`: a push of this repository is an image job (`raibid_core::image`, ADR 0006).
+    pub image: Option<crate::image::ImageRequest>,
 }
 
 /// One step.
@@ -71,9 +73,12 @@ struct RawPipeline {
     #[serde(default)]
     env: BTreeMap<String, String>,
     timeout: Option<RawDuration>,
+    #[serde(default)]
     steps: Vec<RawStep>,
     #[serde(default)]
     secrets: Vec<String>,
+    #[serde(default)]
+    image: Option<crate::image::ImageRequest>,
 }
 
 #[derive(Deserialize)]
@@ -190,8 +195,18 @@ impl Pipeline {
             Some(t) => duration("timeout", t)?,
             None => DEFAULT_JOB_TIMEOUT,
         };
-        if raw.steps.is_empty() {
-            return Err(PipelineError("steps: at least one step is required".into()));
+        if let Some(img) = &raw.image {
+            img.validate().map_err(|e| PipelineError(e.to_string()))?;
+        }
+        if !raw.steps.is_empty() && raw.image.is_some() {
+            return Err(PipelineError(
+                "steps: a pipeline with `image:` is an image job (build, test, publish); leave `steps:` out".into(),
+            ));
+        }
+        if raw.steps.is_empty() && raw.image.is_none() {
+            return Err(PipelineError(
+                "steps: at least one step is required (or an `image:` section)".into(),
+            ));
         }
         let mut steps = Vec::with_capacity(raw.steps.len());
         for (i, s) in raw.steps.into_iter().enumerate() {
@@ -250,6 +265,7 @@ impl Pipeline {
             timeout,
             steps,
             secrets: raw.secrets,
+            image: raw.image,
         })
     }
 
@@ -272,6 +288,7 @@ impl Pipeline {
                 step("test", format!("cargo test{locked}")),
             ],
             secrets: Vec::new(),
+            image: None,
         }
     }
 }
@@ -332,6 +349,19 @@ mod tests {
             let e = Pipeline::parse(text).unwrap_err();
             assert!(e.0.contains(key), "{text:?} → {e} should name {key}");
         }
+    }
+
+    #[test]
+    fn an_image_section_is_parsed_and_checked() {
+        let p = Pipeline::parse("image:\n  name: team/app\n  test:\n    commands: ['cat /msg']\n")
+            .unwrap();
+        let img = p.image.unwrap();
+        assert_eq!(img.name, "team/app");
+        assert!(p.steps.is_empty());
+        let e = Pipeline::parse("image:\n  name: 'x; rm -rf /'\n").unwrap_err();
+        assert!(e.0.contains("image.name"), "{e}");
+        let e = Pipeline::parse("image:\n  name: a\n  tagz: [x]\n").unwrap_err();
+        assert!(e.0.contains("tagz"), "{e}");
     }
 
     #[test]

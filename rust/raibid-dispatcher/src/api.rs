@@ -33,7 +33,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -117,8 +121,13 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/logs", get(get_logs))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/retry", post(retry_job))
+        .route(
+            "/jobs/{id}/images",
+            axum::routing::delete(crate::images::delete_job_images),
+        )
         .route("/queue", get(queue_stats))
         .route("/agents", get(agents))
+        .merge(crate::events::router())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -572,6 +581,9 @@ pub struct SubmitJob {
     /// Optional commit sha.
     #[serde(default)]
     pub sha: Option<String>,
+    /// An image job (`raibid_core::image::ImageRequest`): build, test and publish a container image.
+    #[serde(default)]
+    pub image: Option<serde_json::Value>,
 }
 
 fn validate_submit(s: SubmitJob) -> ApiResult<(String, String, Option<String>)> {
@@ -624,11 +636,18 @@ async fn submit_job(
     body: Body,
 ) -> ApiResult<Response> {
     let body = read_body(&state, &headers, body).await?;
-    let req: SubmitJob = serde_json::from_slice(&body)
+    let mut req: SubmitJob = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let image = match req.image.take() {
+        Some(v) => Some(
+            raibid_core::image::ImageRequest::from_json(v)
+                .map_err(|e| ApiError::unprocessable(e.to_string()))?,
+        ),
+        None => None,
+    };
     let (repo_url, git_ref, sha) = validate_submit(req)?;
     check_clone_url(&state.settings.intake, &repo_url)?;
-    let job = Job::new(
+    let mut job = Job::new(
         Source {
             repo_url,
             git_ref,
@@ -642,6 +661,10 @@ async fn submit_job(
         },
         Utc::now(),
     );
+    if let Some(r) = image {
+        job.kind = raibid_core::job::JobKind::Image;
+        job.image = Some(raibid_core::image::ImageJob::new(r));
+    }
     match state.queue.enqueue(job, None).await? {
         Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
         Enqueued::Duplicate(id) => Err(ApiError::new(
@@ -738,6 +761,10 @@ async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Api
     source.delivery_id = None;
     let mut job = Job::new(source, Utc::now());
     job.retry_of = Some(id);
+    job.kind = old.kind;
+    job.image = old
+        .image
+        .map(|i| raibid_core::image::ImageJob::new(i.request));
     match state.queue.enqueue(job, None).await? {
         Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
         Enqueued::Duplicate(d) => Err(ApiError::new(
@@ -750,6 +777,9 @@ async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Api
 
 #[derive(Debug, Deserialize)]
 struct LogQuery {
+    /// Only the lines of this step (image jobs: a phase, `building`/`testing`/`publishing`).
+    #[serde(alias = "phase")]
+    step: Option<String>,
     follow: Option<bool>,
     after: Option<String>,
     limit: Option<usize>,
@@ -791,10 +821,13 @@ async fn get_logs(
             }
             _ => q.after,
         };
-        return Ok(follow(state, id, after).await.into_response());
+        return Ok(follow(state, id, after, q.step).await.into_response());
     }
     let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
-    let lines = state.queue.read_log(&id, q.after.as_deref(), limit).await?;
+    let mut lines = state.queue.read_log(&id, q.after.as_deref(), limit).await?;
+    if let Some(st) = q.step.as_deref() {
+        lines.retain(|l| l.step == st);
+    }
     let truncated = state.queue.log_truncated(&id).await?;
     Ok(
         Json(json!({"job": job.id, "status": job.status, "lines": lines, "truncated": truncated}))
@@ -809,6 +842,7 @@ async fn follow(
     state: AppState,
     id: String,
     after: Option<String>,
+    step: Option<String>,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
     let mut stopping = state.stopping.clone();
@@ -862,6 +896,9 @@ async fn follow(
             let empty = lines.is_empty();
             for l in lines {
                 last = l.seq.clone();
+                if step.as_deref().is_some_and(|s| s != l.step) {
+                    continue;
+                }
                 let ev = SseEvent::default()
                     .event("log")
                     .id(l.seq.clone())
@@ -918,6 +955,7 @@ mod tests {
             repo_url: u.into(),
             git_ref: r.into(),
             sha: sha.map(Into::into),
+            image: None,
         };
         assert_eq!(
             validate_submit(s("file:///r", "main", None)).unwrap().1,

@@ -26,7 +26,11 @@ pub struct Gitea {
 /// Commit status state (Gitea `CommitStatusState`).
 pub fn status_state(s: Status) -> &'static str {
     match s {
-        Status::Queued | Status::Running => "pending",
+        Status::Queued
+        | Status::Running
+        | Status::Building
+        | Status::Testing
+        | Status::Publishing => "pending",
         Status::Succeeded => "success",
         Status::Failed | Status::TimedOut => "failure",
         Status::Cancelled => "error",
@@ -94,6 +98,11 @@ fn description(job: &Job) -> String {
     let d = match job.status {
         Status::Queued => "queued".to_string(),
         Status::Running => format!("running on {}", job.agent.as_deref().unwrap_or("an agent")),
+        Status::Building | Status::Testing | Status::Publishing => format!(
+            "{} on {}",
+            job.status,
+            job.agent.as_deref().unwrap_or("an agent")
+        ),
         Status::Succeeded => "all steps passed".to_string(),
         _ => job
             .failure_reason

@@ -2,7 +2,9 @@
 //! serves job state and live logs, reports commit statuses to Gitea and exposes metrics.
 
 pub mod api;
+pub mod events;
 pub mod forge;
+pub mod images;
 pub mod metrics;
 pub mod public;
 

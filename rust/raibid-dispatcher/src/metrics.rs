@@ -325,7 +325,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    raibid_core::cache_stats::render_metrics(&mut state.queue.redis(), &mut out).await;
+    // The cache figures (one HGETALL of their counters), before OpenMetrics' closing `# EOF`.
+    let mut cache = String::new();
+    raibid_core::cache_stats::render_metrics(&mut state.queue.redis(), &mut cache).await;
+    if let Some(pos) = out.rfind("# EOF") {
+        out.insert_str(pos, &cache);
+    } else {
+        out.push_str(&cache);
+    }
     (
         [(
             "content-type",

@@ -16,6 +16,8 @@ async fn sigterm_ends_live_streams_and_exits_cleanly() {
         .env("RAIBID_REDIS_URL", redis.url())
         .env("RAIBID_API_TOKEN", "shutdown-token")
         .env("RAIBID_LISTEN", format!("127.0.0.1:{port}"))
+        // The job below names a file:// repository (local mode); the default refuses it at submit.
+        .env("RAIBID_ALLOWED_SCHEMES", "file")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -86,20 +86,16 @@ pub struct Env {
     pub redis: Redis,
     pub queue: Queue,
     pub tmp: tempfile::TempDir,
-    agents: std::sync::Mutex<Vec<u32>>,
+    /// Agents started with `start`/`agent`, killed and reaped on drop (also when a test fails).
+    agents: std::sync::Mutex<Vec<Child>>,
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Ok(pids) = self.agents.lock() {
-            for pid in pids.iter() {
-                let cmd =
-                    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if cmd.contains("raibid-agent") {
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &pid.to_string()])
-                        .status();
-                }
+        if let Ok(mut children) = self.agents.lock() {
+            for c in children.iter_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
             }
         }
     }
@@ -142,15 +138,17 @@ impl Env {
         cmd
     }
 
-    pub fn spawn(&self, mut cmd: Command) -> Child {
+    /// Start an agent the environment keeps (killed on drop); returns its pid.
+    pub fn start(&self, mut cmd: Command) -> u32 {
         let child = cmd.spawn().unwrap();
-        self.agents.lock().unwrap().push(child.id());
-        child
+        let pid = child.id();
+        self.agents.lock().unwrap().push(child);
+        pid
     }
 
-    pub fn agent(&self, name: &str, extra: &[(&str, String)]) -> Child {
+    pub fn agent(&self, name: &str, extra: &[(&str, String)]) -> u32 {
         let cmd = self.agent_cmd(name, extra);
-        self.spawn(cmd)
+        self.start(cmd)
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {

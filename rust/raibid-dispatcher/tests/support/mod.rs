@@ -497,3 +497,12 @@ pub fn hash_map_of(v: &Value) -> HashMap<String, Value> {
         .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default()
 }
+
+impl TestEnv {
+    /// Begin the dispatcher's graceful shutdown (what SIGTERM does), keeping Redis up.
+    pub fn stop_dispatcher(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

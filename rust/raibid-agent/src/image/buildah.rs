@@ -1,0 +1,219 @@
+//! Buildah calls: every one an argv (never a shell string), in its own process group, its output in
+//! the job's log under the phase's step name; a cancel, lease loss, shutdown or timeout kills the
+//! whole process tree.
+
+use super::ImageConfig;
+use crate::process::{kill_group, StepEnd};
+use crate::runner::LogTx;
+use crate::Stop;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// Where a Buildah storage lives and how it is driven.
+#[derive(Debug, Clone)]
+pub struct Buildah {
+    /// The binary.
+    pub bin: PathBuf,
+    /// `--root` (images, layers, containers: the layer cache).
+    pub root: PathBuf,
+    /// `--runroot`.
+    pub runroot: PathBuf,
+    /// `--storage-driver`.
+    pub driver: String,
+    /// TMPDIR of Buildah (`RUN --mount=type=cache` data lives below it, so it persists too).
+    pub tmpdir: PathBuf,
+}
+
+impl Buildah {
+    /// The storage below the agent's cache directory (persists across jobs on the node).
+    pub fn under(cache_dir: &Path, cfg: &ImageConfig) -> Buildah {
+        let base = cache_dir.join("buildah");
+        Buildah {
+            bin: cfg.buildah.clone(),
+            root: base.join("storage"),
+            runroot: base.join("run"),
+            driver: cfg.storage_driver.clone(),
+            tmpdir: base.join("tmp"),
+        }
+    }
+
+    /// The global options every call starts with.
+    pub fn global(&self) -> Vec<String> {
+        vec![
+            "--root".into(),
+            self.root.to_string_lossy().into_owned(),
+            "--runroot".into(),
+            self.runroot.to_string_lossy().into_owned(),
+            "--storage-driver".into(),
+            self.driver.clone(),
+        ]
+    }
+
+    /// A command for `args` (global options first), with a cleared environment.
+    pub fn command(&self, args: &[String]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(self.global())
+            .args(args)
+            .env_clear()
+            .env("TMPDIR", &self.tmpdir)
+            .env("BUILDAH_ISOLATION", "chroot")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for k in ["PATH", "HOME", "LANG", "LC_ALL"] {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+        cmd
+    }
+
+    /// Run a short query (no log), returning stdout; errors carry stderr.
+    pub async fn query(&self, args: &[String]) -> Result<String, String> {
+        let out = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// Create the storage directories.
+    pub fn prepare(&self) -> std::io::Result<()> {
+        for d in [&self.root, &self.runroot, &self.tmpdir] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// The end of a logged call and the last lines it wrote to stderr (for the failure message).
+pub(crate) struct Run {
+    pub(crate) end: StepEnd,
+    pub(crate) tail: Vec<String>,
+}
+
+async fn pump<R: AsyncRead + Unpin>(
+    r: R,
+    step: String,
+    stream: &'static str,
+    tx: LogTx,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) {
+    let mut reader = BufReader::new(r);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
+                    buf.pop();
+                }
+                buf.truncate(64 * 1024);
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                if let Some(t) = &tail {
+                    if let Ok(mut t) = t.lock() {
+                        if !line.trim().is_empty() {
+                            t.push_back(line.clone());
+                            while t.len() > 5 {
+                                t.pop_front();
+                            }
+                        }
+                    }
+                }
+                if tx
+                    .send((step.clone(), stream.to_string(), line))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Run `cmd` with its output in the log under `step`, until it exits, `limit` passes or `stop` says so;
+/// then kill its whole process group.
+pub(crate) async fn run_logged(
+    mut cmd: Command,
+    step: &str,
+    logs: &LogTx,
+    stop: &watch::Receiver<Stop>,
+    limit: Duration,
+) -> Run {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Run {
+                end: StepEnd::SpawnFailed(e.to_string()),
+                tail: Vec::new(),
+            }
+        }
+    };
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let out = child
+        .stdout
+        .take()
+        .map(|o| tokio::spawn(pump(o, step.to_string(), "stdout", logs.clone(), None)));
+    let err = child.stderr.take().map(|o| {
+        tokio::spawn(pump(
+            o,
+            step.to_string(),
+            "stderr",
+            logs.clone(),
+            Some(tail.clone()),
+        ))
+    });
+    let mut stop = stop.clone();
+    let end = tokio::select! {
+        st = child.wait() => match st {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (s.code(), s.signal()) {
+                    (Some(c), _) => StepEnd::Exited(c),
+                    (None, Some(sig)) => StepEnd::Signalled(sig),
+                    _ => StepEnd::Exited(-1),
+                }
+            }
+            Err(e) => StepEnd::SpawnFailed(e.to_string()),
+        },
+        _ = tokio::time::sleep(limit) => StepEnd::TimedOut,
+        s = async {
+            loop {
+                let s = *stop.borrow_and_update();
+                if s != Stop::None { break s; }
+                if stop.changed().await.is_err() { std::future::pending::<()>().await; }
+            }
+        } => match s { Stop::LeaseLost => StepEnd::LeaseLost, Stop::Release => StepEnd::Released, _ => StepEnd::Cancelled },
+    };
+    // Nothing of the call outlives it: buildah, buildah-chroot-runtime and what runs inside.
+    if pgid > 0 {
+        kill_group(pgid);
+    }
+    let _ = child.wait().await;
+    for h in [out, err].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+    }
+    let tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    Run { end, tail }
+}

@@ -1,0 +1,103 @@
+//! The image agent's options (flattened into `AgentConfig`).
+
+use clap::Args;
+use raibid_core::contract::env;
+use std::path::PathBuf;
+
+/// Options of image jobs (Buildah).
+#[derive(Debug, Clone, Args)]
+pub struct ImageConfig {
+    /// Default registry image jobs push to (host[:port][/namespace]); a request's `registry` wins.
+    #[arg(long, env = env::REGISTRY)]
+    pub registry: Option<String>,
+
+    /// Talk plain HTTP / unverified TLS to the registry (`--tls-verify=false`; the local registry).
+    #[arg(long, env = env::REGISTRY_INSECURE, default_value_t = false, action = clap::ArgAction::Set)]
+    pub registry_insecure: bool,
+
+    /// A containers auth file (auth.json) with the registry credentials (a mounted secret). It is
+    /// copied into the job's private temp dir (mode 0600) and given to Buildah with --authfile.
+    #[arg(long, env = env::REGISTRY_AUTH_FILE)]
+    pub registry_auth_file: Option<PathBuf>,
+
+    /// Registry user name; with --registry-password-file the agent writes the auth file itself.
+    #[arg(long, env = env::REGISTRY_USERNAME)]
+    pub registry_username: Option<String>,
+
+    /// File holding the registry password or token (never in argv or a log line).
+    #[arg(long, env = env::REGISTRY_PASSWORD_FILE)]
+    pub registry_password_file: Option<PathBuf>,
+
+    /// Buildah storage driver: vfs works everywhere (slow, full copies); overlay where the kernel and
+    /// the pod allow it (the Spark).
+    #[arg(long, env = env::BUILDAH_STORAGE_DRIVER, default_value = "vfs")]
+    pub storage_driver: String,
+
+    /// Remote repository for `--cache-from`/`--cache-to` (e.g. registry:3000/raibid/cache); unset: the
+    /// local layer cache only.
+    #[arg(long, env = env::IMAGE_CACHE_REPO)]
+    pub cache_repo: Option<String>,
+
+    /// Test commands may use the network (services, downloads); false: `buildah run --network none`.
+    #[arg(long, env = env::IMAGE_TEST_NETWORK, default_value_t = true, action = clap::ArgAction::Set)]
+    pub test_network: bool,
+
+    /// Bytes the Buildah storage may use; above it the GC removes the oldest job images.
+    #[arg(long, env = env::IMAGE_CACHE_MAX_BYTES, default_value_t = 50 * 1024 * 1024 * 1024)]
+    pub cache_max_bytes: u64,
+
+    /// Hours a job image is kept as cache; older ones are removed by the GC.
+    #[arg(long, env = env::IMAGE_CACHE_MAX_AGE_HOURS, default_value_t = 7 * 24)]
+    pub cache_max_age_hours: u64,
+
+    /// Run the image cache GC (and pending cleanups) once, print what it removed, and exit.
+    #[arg(long)]
+    pub image_gc: bool,
+
+    /// The buildah binary.
+    #[arg(long, default_value = "buildah", hide = true)]
+    pub buildah: PathBuf,
+}
+
+impl Default for ImageConfig {
+    /// The defaults of the flags (environment not read): for tests that build an `AgentConfig`.
+    fn default() -> ImageConfig {
+        ImageConfig {
+            registry: None,
+            registry_insecure: false,
+            registry_auth_file: None,
+            registry_username: None,
+            registry_password_file: None,
+            storage_driver: "vfs".into(),
+            cache_repo: None,
+            test_network: true,
+            cache_max_bytes: 50 * 1024 * 1024 * 1024,
+            cache_max_age_hours: 7 * 24,
+            image_gc: false,
+            buildah: "buildah".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        image: ImageConfig,
+    }
+
+    #[test]
+    fn default_matches_the_flag_defaults() {
+        let parsed = Wrap::parse_from(["x"]).image;
+        let d = ImageConfig::default();
+        // Environment variables of the test process could set some; compare the ones they do not.
+        assert_eq!(parsed.cache_max_bytes, d.cache_max_bytes);
+        assert_eq!(parsed.cache_max_age_hours, d.cache_max_age_hours);
+        assert_eq!(parsed.test_network, d.test_network);
+        assert_eq!(parsed.buildah, d.buildah);
+    }
+}

@@ -1,0 +1,750 @@
+//! Image jobs with Buildah, unprivileged: clone, then the phases `building` (`buildah build --layers
+//! --isolation chroot`), `testing` (`buildah from` + `buildah run` of each test command) and
+//! `publishing` (`buildah push` of each tag, digest recorded). Each phase is a step of the job whose name
+//! is the phase, so every log line carries its phase; the job's status is the phase while it runs.
+//!
+//! Atomic from the outside: nothing is pushed unless build and tests succeeded. A cancel, timeout,
+//! lease loss or shutdown kills the Buildah process tree; working containers are removed after every
+//! job (under the storage lock, so none of another job's). Job images stay as layer cache, bounded by
+//! size and age (`storage::gc`); `cleanup` removes one job's image.
+//!
+//! `config` (options), `buildah` (argv, process trees), `storage` (lock, GC, cleanup), `auth` (0600
+//! files for credentials and secrets).
+
+pub mod auth;
+pub mod buildah;
+pub mod config;
+pub mod storage;
+
+pub use buildah::Buildah;
+pub use config::ImageConfig;
+
+use crate::process::StepEnd;
+use crate::runner::JobCtx;
+use crate::{Stop, LOST, RELEASED};
+use chrono::Utc;
+use raibid_core::contract::env;
+use raibid_core::image::{
+    local_reference, ImageJob, Phase, PhaseTime, Pushed, DEFAULT_CONTAINERFILES,
+};
+use raibid_core::job::Status;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The outcome of a phase that did not succeed.
+type Failure = (Status, String);
+
+/// A push whose `.raibid.yaml` has `image:` (read by the Rust agent in its `config` step) becomes an
+/// image job in the image pool (ADR 0006): a new job of kind `image` with the same source (commit
+/// resolved), de-duplicated on this job's id so a reclaimed attempt does not enqueue a second one. This
+/// job ends `succeeded` under the commit-status context `raibid/<name>-handover`; the image job reports
+/// under `raibid/<name>`.
+pub(crate) async fn hand_over(
+    ctx: &mut JobCtx<'_>,
+    pipeline: &str,
+    req: raibid_core::image::ImageRequest,
+) -> (Status, Option<String>) {
+    let mut source = ctx.claim.job.source.clone();
+    source.delivery_id = None;
+    let mut job = raibid_core::job::Job::new(source, Utc::now());
+    job.kind = raibid_core::job::JobKind::Image;
+    job.pipeline = Some(pipeline.to_string());
+    job.image = Some(ImageJob::new(req));
+    let from = ctx.claim.job.id.to_string();
+    let id = match ctx
+        .shared
+        .queue
+        .enqueue(job, Some(("handover", &from)))
+        .await
+    {
+        Ok(raibid_core::queue::Enqueued::New(j)) => j.id.to_string(),
+        Ok(raibid_core::queue::Enqueued::Duplicate(id)) => id,
+        Err(e) => {
+            let msg = format!("could not hand the job over to the image pool: {e}");
+            ctx.sys("config", format!("[raibid] {msg}")).await;
+            ctx.claim.job.end_step("failed", None, Utc::now());
+            let _ = ctx.update("step_finished").await;
+            return (Status::Failed, Some(format!("config: {msg}")));
+        }
+    };
+    ctx.sys(
+        "config",
+        format!(
+            "[raibid] {} has `image:`: handed over to image job {id} (kind image)",
+            raibid_core::pipeline::PIPELINE_FILE
+        ),
+    )
+    .await;
+    ctx.claim.job.pipeline = Some(format!("{pipeline}-handover"));
+    ctx.claim.job.end_step("succeeded", None, Utc::now());
+    if !ctx.update("step_finished").await {
+        return (LOST, None);
+    }
+    (Status::Succeeded, None)
+}
+
+/// Run an image job: clone, building, testing, publishing. Same contract as `executor::execute`.
+pub(crate) async fn execute(
+    ctx: &mut JobCtx<'_>,
+    ws: &Path,
+    slot: &mut Option<crate::cache::JobCache>,
+) -> (Status, Option<String>) {
+    ctx.claim.job.timestamps.started = Some(Utc::now());
+    let _ = tokio::fs::remove_dir_all(ws).await;
+    let Some(img) = ctx.claim.job.image.clone() else {
+        return fail_config(ctx, "an image job needs an `image` request").await;
+    };
+    // clone
+    ctx.claim.job.begin_step("clone", Utc::now());
+    if !ctx.update("step_started").await {
+        return (LOST, None);
+    }
+    // The clone goes through the repository's git mirror into a slot's stable checkout (held, and so
+    // locked, until the job ends); that checkout is the build context's root.
+    let (st, failure, cache) = match crate::executor::clone(ctx).await {
+        Ok(jc) => ("succeeded", None, Some(jc)),
+        Err((st, failure)) => (st, failure, None),
+    };
+    ctx.claim.job.end_step(st, None, Utc::now());
+    if let Some((status, reason)) = failure {
+        if status == LOST {
+            return (LOST, None);
+        }
+        if !ctx.update("step_finished").await {
+            return (LOST, None);
+        }
+        return (status, reason);
+    }
+    if !ctx.update("step_finished").await {
+        return (LOST, None);
+    }
+    let Some(cache) = cache else {
+        return (Status::Failed, Some("clone: no checkout".into()));
+    };
+    let checkout = cache.slot.src();
+    // Handed back to the executor, which records the slot's figures and releases it after the job.
+    *slot = Some(cache);
+    // The job's private directory (auth file, secrets, digest files): beside the workspace, never in the
+    // build context.
+    let private = ws.with_extension("image");
+    let _ = tokio::fs::remove_dir_all(&private).await;
+    if let Err(e) = create_private_dir(&private) {
+        return fail_config(ctx, &format!("cannot create {}: {e}", private.display())).await;
+    }
+    let b = Buildah::under(&ctx.shared.cfg.cache_dir, &ctx.shared.cfg.image);
+    let outcome = run_phases(ctx, &checkout, &private, &b, img).await;
+    let _ = tokio::fs::remove_dir_all(&private).await;
+    outcome
+}
+
+fn create_private_dir(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+}
+
+async fn fail_config(ctx: &mut JobCtx<'_>, msg: &str) -> (Status, Option<String>) {
+    ctx.claim.job.begin_step("config", Utc::now());
+    ctx.sys("config", format!("[raibid] {msg}")).await;
+    ctx.claim.job.end_step("failed", None, Utc::now());
+    if !ctx.update("step_finished").await {
+        return (LOST, None);
+    }
+    (Status::Failed, Some(format!("config: {msg}")))
+}
+
+/// Resolve `rel` below the workspace, refusing anything that leaves it (symlinks included).
+fn inside(ws: &Path, rel: &str) -> Result<PathBuf, String> {
+    let root = ws.canonicalize().map_err(|e| format!("workspace: {e}"))?;
+    let p = root
+        .join(rel)
+        .canonicalize()
+        .map_err(|_| format!("`{rel}` does not exist in the repository"))?;
+    if !p.starts_with(&root) {
+        return Err(format!("`{rel}` points outside the repository"));
+    }
+    Ok(p)
+}
+
+async fn run_phases(
+    ctx: &mut JobCtx<'_>,
+    ws: &Path,
+    private: &Path,
+    b: &Buildah,
+    mut img: ImageJob,
+) -> (Status, Option<String>) {
+    let req = img.request.clone();
+    let icfg = ctx.shared.cfg.image.clone();
+    // Everything that can be decided before building is decided now: the registry, the credentials,
+    // the secrets, the Containerfile and the context.
+    let registry = if req.publish {
+        match req.registry.clone().or_else(|| icfg.registry.clone()) {
+            Some(r) if raibid_core::image::valid_registry(&r) => Some(r),
+            Some(r) => {
+                return fail_config(ctx, &format!("the configured registry `{r}` is not host[:port][/namespace]")).await
+            }
+            None => {
+                return fail_config(
+                    ctx,
+                    &format!("publish is on but no registry is configured (set {} on the agent, or image.registry)", env::REGISTRY),
+                )
+                .await
+            }
+        }
+    } else {
+        None
+    };
+    let mut masked = Vec::new();
+    let authfile = match &registry {
+        Some(r) => match auth::auth_file(&icfg, r, private) {
+            Ok((f, secrets)) => {
+                masked.extend(secrets);
+                f
+            }
+            Err(e) => return fail_config(ctx, &e).await,
+        },
+        None => None,
+    };
+    let mut secret_args = Vec::new();
+    for name in &req.secrets {
+        match std::env::var(format!("{}{name}", env::SECRET_PREFIX)) {
+            Ok(v) => {
+                let f = private.join(format!("secret-{name}"));
+                if let Err(e) = auth::write_private(&f, v.as_bytes()) {
+                    return fail_config(ctx, &format!("writing secret `{name}`: {e}")).await;
+                }
+                masked.push(v);
+                secret_args.push("--secret".to_string());
+                secret_args.push(format!("id={name},src={}", f.display()));
+            }
+            Err(_) => {
+                return fail_config(
+                    ctx,
+                    &format!(
+                        "secret `{name}` is not available to this agent (set {}{name})",
+                        env::SECRET_PREFIX
+                    ),
+                )
+                .await
+            }
+        }
+    }
+    if let Ok(mut m) = ctx.masker.lock() {
+        *m = m.with(masked);
+    }
+    let context_rel = req.context.clone().unwrap_or_else(|| ".".into());
+    let context = match inside(ws, &context_rel) {
+        Ok(p) if p.is_dir() => p,
+        Ok(_) => {
+            return fail_config(
+                ctx,
+                &format!("image.context: `{context_rel}` is not a directory"),
+            )
+            .await
+        }
+        Err(e) => return fail_config(ctx, &format!("image.context: {e}")).await,
+    };
+    let containerfile = match &req.containerfile {
+        Some(c) => match inside(ws, c) {
+            Ok(p) if p.is_file() => p,
+            Ok(_) => {
+                return fail_config(ctx, &format!("image.containerfile: `{c}` is not a file")).await
+            }
+            Err(e) => return fail_config(ctx, &format!("image.containerfile: {e}")).await,
+        },
+        None => {
+            let found = DEFAULT_CONTAINERFILES
+                .iter()
+                .find_map(|n| inside(ws, n).ok().filter(|p| p.is_file()));
+            match found {
+                Some(p) => p,
+                None => return fail_config(
+                    ctx,
+                    "image.containerfile: the repository has neither Containerfile nor Dockerfile",
+                )
+                .await,
+            }
+        }
+    };
+    let tags = req.effective_tags(
+        ctx.claim.job.source.sha.as_deref(),
+        &ctx.claim.job.source.git_ref,
+    );
+    // One image job at a time per storage: then every working container in it is this job's.
+    let lock = match storage::try_lock(b) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            ctx.sys(
+                "building",
+                "[raibid] waiting for the Buildah storage (another image job holds it)",
+            )
+            .await;
+            let b2 = b.clone();
+            match tokio::task::spawn_blocking(move || storage::lock(&b2)).await {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => return fail_config(ctx, &format!("buildah storage lock: {e}")).await,
+                Err(e) => return fail_config(ctx, &format!("buildah storage lock: {e}")).await,
+            }
+        }
+        Err(e) => {
+            return fail_config(
+                ctx,
+                &format!("buildah storage at {}: {e}", b.root.display()),
+            )
+            .await
+        }
+    };
+    pending_cleanups(ctx, b).await;
+    let local = local_reference(&ctx.claim.job.id);
+    let result = phases(
+        ctx,
+        b,
+        &mut img,
+        Inputs {
+            private,
+            context: &context,
+            containerfile: &containerfile,
+            secret_args: &secret_args,
+            authfile: authfile.as_deref(),
+            registry: registry.as_deref(),
+            tags: &tags,
+            local: &local,
+        },
+    )
+    .await;
+    // Whatever happened: no working container stays behind.
+    if let Err(e) = storage::remove_working_containers(b).await {
+        tracing::warn!(job = %ctx.claim.job.id, error = %e, "could not remove working containers");
+    }
+    let max_age = Duration::from_secs(icfg.cache_max_age_hours.saturating_mul(3600));
+    match storage::gc(b, icfg.cache_max_bytes, max_age).await {
+        Ok(r) if !r.removed.is_empty() => {
+            tracing::info!(removed = ?r.removed, bytes_before = r.bytes_before, bytes_after = r.bytes_after, "image cache GC")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "image cache GC failed"),
+    }
+    drop(lock);
+    ctx.claim.job.image = Some(img);
+    match result {
+        Ok(()) => (Status::Succeeded, None),
+        Err(None) => (LOST, None),
+        Err(Some((st, reason))) if st == RELEASED => (RELEASED, Some(reason)),
+        Err(Some((st, reason))) => (st, Some(reason)),
+    }
+}
+
+struct Inputs<'a> {
+    private: &'a Path,
+    context: &'a Path,
+    containerfile: &'a Path,
+    secret_args: &'a [String],
+    authfile: Option<&'a Path>,
+    registry: Option<&'a str>,
+    tags: &'a [String],
+    local: &'a str,
+}
+
+/// Mark a phase's start: status, step, timestamp; false when the lease is lost.
+async fn begin(ctx: &mut JobCtx<'_>, img: &mut ImageJob, p: Phase) -> bool {
+    let now = Utc::now();
+    *img.phases.get_mut(p) = Some(PhaseTime {
+        started: Some(now),
+        finished: None,
+    });
+    ctx.claim.job.status = p.status();
+    ctx.claim.job.image = Some(img.clone());
+    ctx.claim.job.begin_step(p.as_str(), now);
+    ctx.update("step_started").await
+}
+
+/// Mark a phase's end; false when the lease is lost.
+async fn end(
+    ctx: &mut JobCtx<'_>,
+    img: &mut ImageJob,
+    p: Phase,
+    status: &str,
+    code: Option<i32>,
+) -> bool {
+    let now = Utc::now();
+    if let Some(t) = img.phases.get_mut(p) {
+        t.finished = Some(now);
+    }
+    if status != "succeeded" {
+        img.failed_phase = Some(p);
+    }
+    ctx.claim.job.image = Some(img.clone());
+    ctx.claim.job.end_step(status, code, now);
+    ctx.update("step_finished").await
+}
+
+/// A non-success end of a Buildah call as (step status, job status, reason); `None` when the job is
+/// to be left alone (lease lost) — `Some((_, RELEASED, _))` gives it back.
+fn judge(
+    p: Phase,
+    what: &str,
+    end: &StepEnd,
+    tail: &[String],
+    limit: Duration,
+) -> Option<(&'static str, Status, String)> {
+    let detail = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
+    let ph = p.as_str();
+    Some(match end {
+        StepEnd::Exited(0) => return None,
+        StepEnd::Exited(c) => (
+            "failed",
+            Status::Failed,
+            format!("{ph}: {what} exited with code {c}{detail}"),
+        ),
+        StepEnd::Signalled(s) => (
+            "failed",
+            Status::Failed,
+            format!("{ph}: {what} was killed by signal {s}"),
+        ),
+        StepEnd::TimedOut => (
+            "timed_out",
+            Status::TimedOut,
+            format!("{ph}: {what} timed out after {}s", limit.as_secs()),
+        ),
+        StepEnd::Cancelled => (
+            "cancelled",
+            Status::Cancelled,
+            format!("{ph}: cancelled during {what}"),
+        ),
+        StepEnd::Released => ("cancelled", RELEASED, format!("{ph}: the agent shut down")),
+        StepEnd::LeaseLost => ("cancelled", LOST, String::new()),
+        StepEnd::SpawnFailed(e) => (
+            "failed",
+            Status::Failed,
+            format!("{ph}: could not start {what}: {e} (is buildah installed?)"),
+        ),
+    })
+}
+
+/// Check for a stop request between calls.
+fn stopped(ctx: &JobCtx<'_>, p: Phase) -> Option<(&'static str, Status, String)> {
+    let ph = p.as_str();
+    match ctx.stopped() {
+        Stop::None => None,
+        Stop::Cancel => Some(("cancelled", Status::Cancelled, format!("{ph}: cancelled"))),
+        Stop::Release => Some(("cancelled", RELEASED, format!("{ph}: the agent shut down"))),
+        Stop::LeaseLost => Some(("cancelled", LOST, String::new())),
+    }
+}
+
+/// `Err(None)`: lease lost; `Err(Some(..))`: the job ends with this status and reason.
+type PhaseResult = Result<(), Option<Failure>>;
+
+async fn close_failed(
+    ctx: &mut JobCtx<'_>,
+    img: &mut ImageJob,
+    p: Phase,
+    (step_status, status, reason): (&'static str, Status, String),
+    code: Option<i32>,
+) -> PhaseResult {
+    if status == LOST {
+        return Err(None);
+    }
+    ctx.sys(p.as_str(), format!("[raibid] {reason}")).await;
+    if !end(ctx, img, p, step_status, code).await {
+        return Err(None);
+    }
+    Err(Some((status, reason)))
+}
+
+async fn phases(
+    ctx: &mut JobCtx<'_>,
+    b: &Buildah,
+    img: &mut ImageJob,
+    i: Inputs<'_>,
+) -> PhaseResult {
+    let req = img.request.clone();
+    let icfg = ctx.shared.cfg.image.clone();
+    let insecure: Vec<String> = if icfg.registry_insecure {
+        vec!["--tls-verify=false".into()]
+    } else {
+        Vec::new()
+    };
+    // building
+    let p = Phase::Building;
+    if !begin(ctx, img, p).await {
+        return Err(None);
+    }
+    let iidfile = i.private.join("iid");
+    let mut args: Vec<String> = vec![
+        "build".into(),
+        "--layers".into(),
+        "--isolation".into(),
+        "chroot".into(),
+        "--file".into(),
+        i.containerfile.to_string_lossy().into_owned(),
+        "--tag".into(),
+        i.local.into(),
+        "--iidfile".into(),
+        iidfile.to_string_lossy().into_owned(),
+    ];
+    // No per-job `--label`: it would be a last build step that differs in every job and so is never
+    // served from the layer cache (an unchanged rebuild would commit a new image every time). The job's
+    // local tag (`localhost/raibid-job/<id>`) is what identifies its image.
+    if let Some(t) = &req.target {
+        args.push("--target".into());
+        args.push(t.clone());
+    }
+    for (k, v) in &req.build_args {
+        args.push("--build-arg".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.extend(i.secret_args.iter().cloned());
+    if let Some(repo) = &icfg.cache_repo {
+        args.extend([
+            "--cache-from".into(),
+            repo.clone(),
+            "--cache-to".into(),
+            repo.clone(),
+        ]);
+        args.extend(insecure.iter().cloned());
+        if let Some(a) = i.authfile {
+            args.extend(["--authfile".into(), a.to_string_lossy().into_owned()]);
+        }
+    }
+    args.push(i.context.to_string_lossy().into_owned());
+    ctx.sys(p.as_str(), format!("$ buildah {}", shown(&args)))
+        .await;
+    let limit = ctx.deadline.saturating_duration_since(Instant::now());
+    let started = Instant::now();
+    let run = buildah::run_logged(b.command(&args), p.as_str(), &ctx.logs, &ctx.stop, limit).await;
+    if let Some(f) = judge(p, "buildah build", &run.end, &run.tail, limit) {
+        let code = match run.end {
+            StepEnd::Exited(c) => Some(c),
+            _ => None,
+        };
+        return close_failed(ctx, img, p, f, code).await;
+    }
+    img.image_id = std::fs::read_to_string(&iidfile)
+        .ok()
+        .map(|s| s.trim().to_string());
+    ctx.sys(
+        p.as_str(),
+        format!(
+            "[raibid] built {} ({}) in {:.2}s",
+            i.local,
+            img.image_id.as_deref().unwrap_or("?"),
+            started.elapsed().as_secs_f64()
+        ),
+    )
+    .await;
+    if !end(ctx, img, p, "succeeded", Some(0)).await {
+        return Err(None);
+    }
+    // testing
+    let commands = req
+        .test
+        .as_ref()
+        .map(|t| t.commands.clone())
+        .unwrap_or_default();
+    if !commands.is_empty() {
+        let p = Phase::Testing;
+        if let Some(f) = stopped(ctx, p) {
+            return Err(if f.1 == LOST { None } else { Some((f.1, f.2)) });
+        }
+        if !begin(ctx, img, p).await {
+            return Err(None);
+        }
+        let phase_limit = req.test_timeout();
+        let phase_deadline = (Instant::now() + phase_limit).min(ctx.deadline);
+        let name = format!("raibid-test-{}", ctx.claim.job.id.to_ascii_lowercase());
+        let from = vec![
+            "from".into(),
+            "--pull-never".into(),
+            "--name".into(),
+            name.clone(),
+            i.local.into(),
+        ];
+        ctx.sys(p.as_str(), format!("$ buildah {}", shown(&from)))
+            .await;
+        let run = buildah::run_logged(
+            b.command(&from),
+            p.as_str(),
+            &ctx.logs,
+            &ctx.stop,
+            phase_deadline.saturating_duration_since(Instant::now()),
+        )
+        .await;
+        if let Some(f) = judge(p, "buildah from", &run.end, &run.tail, phase_limit) {
+            let code = match run.end {
+                StepEnd::Exited(c) => Some(c),
+                _ => None,
+            };
+            return close_failed(ctx, img, p, f, code).await;
+        }
+        let env = req.test.as_ref().map(|t| t.env.clone()).unwrap_or_default();
+        for (n, c) in commands.iter().enumerate() {
+            if let Some(f) = stopped(ctx, p) {
+                return close_failed(ctx, img, p, f, None).await;
+            }
+            let mut args: Vec<String> = vec!["run".into(), "--isolation".into(), "chroot".into()];
+            if !icfg.test_network {
+                args.extend(["--network".into(), "none".into()]);
+            }
+            for (k, v) in &env {
+                args.push("--env".into());
+                args.push(format!("{k}={v}"));
+            }
+            args.push("--".into());
+            args.push(name.clone());
+            args.extend(c.argv());
+            ctx.sys(p.as_str(), format!("$ {}", c.display())).await;
+            let remaining = phase_deadline.saturating_duration_since(Instant::now());
+            let run = buildah::run_logged(
+                b.command(&args),
+                p.as_str(),
+                &ctx.logs,
+                &ctx.stop,
+                remaining,
+            )
+            .await;
+            let what = format!("test command {} (`{}`)", n + 1, c.display());
+            if let Some(f) = judge(p, &what, &run.end, &[], phase_limit) {
+                let code = match run.end {
+                    StepEnd::Exited(c) => Some(c),
+                    _ => None,
+                };
+                return close_failed(ctx, img, p, f, code).await;
+            }
+        }
+        let _ = b.query(&["rm".into(), name]).await;
+        if !end(ctx, img, p, "succeeded", Some(0)).await {
+            return Err(None);
+        }
+    }
+    // publishing: only here, after build and tests succeeded.
+    if let Some(registry) = i.registry {
+        let p = Phase::Publishing;
+        if let Some(f) = stopped(ctx, p) {
+            return Err(if f.1 == LOST { None } else { Some((f.1, f.2)) });
+        }
+        if !begin(ctx, img, p).await {
+            return Err(None);
+        }
+        for (n, tag) in i.tags.iter().enumerate() {
+            if let Some(f) = stopped(ctx, p) {
+                return close_failed(ctx, img, p, f, None).await;
+            }
+            let reference = format!("{registry}/{}:{tag}", req.name);
+            let digestfile = i.private.join(format!("digest-{n}"));
+            let mut args: Vec<String> = vec![
+                "push".into(),
+                "--retry".into(),
+                "1".into(),
+                "--retry-delay".into(),
+                "1s".into(),
+                "--digestfile".into(),
+                digestfile.to_string_lossy().into_owned(),
+            ];
+            args.extend(insecure.iter().cloned());
+            if let Some(a) = i.authfile {
+                args.extend(["--authfile".into(), a.to_string_lossy().into_owned()]);
+            }
+            args.push(i.local.into());
+            args.push(format!("docker://{reference}"));
+            ctx.sys(p.as_str(), format!("$ buildah {}", shown(&args)))
+                .await;
+            let limit = ctx.deadline.saturating_duration_since(Instant::now());
+            let run =
+                buildah::run_logged(b.command(&args), p.as_str(), &ctx.logs, &ctx.stop, limit)
+                    .await;
+            let what = format!("push of {reference}");
+            if let Some((st, status, reason)) = judge(p, &what, &run.end, &run.tail, limit) {
+                let code = match run.end {
+                    StepEnd::Exited(c) => Some(c),
+                    _ => None,
+                };
+                let reason = if matches!(run.end, StepEnd::Exited(_)) {
+                    format!("{reason} (is the registry {registry} up and are the agent's credentials for it right?)")
+                } else {
+                    reason
+                };
+                return close_failed(ctx, img, p, (st, status, reason), code).await;
+            }
+            let digest = std::fs::read_to_string(&digestfile)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            ctx.sys(p.as_str(), format!("[raibid] pushed {reference}@{digest}"))
+                .await;
+            img.pushed.push(Pushed { reference, digest });
+        }
+        if !end(ctx, img, p, "succeeded", Some(0)).await {
+            return Err(None);
+        }
+    }
+    Ok(())
+}
+
+/// An argv as shown in the log (each element quoted when it needs it; paths to secrets are not secret).
+fn shown(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.is_empty()
+                || a.chars()
+                    .any(|c| c.is_whitespace() || "'\"$`\\;&|<>*?".contains(c))
+            {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Remove the local images of jobs whose cleanup was requested (best effort, storage lock held).
+async fn pending_cleanups(ctx: &JobCtx<'_>, b: &Buildah) {
+    if let Ok(ids) = raibid_core::image::pending_cleanups(&ctx.shared.queue).await {
+        for id in ids {
+            let _ = storage::remove_job_image(b, &id).await;
+        }
+    }
+}
+
+/// `raibid-agent --image-gc`: pending cleanups, then the size/age GC; prints what it did.
+pub async fn gc_command(
+    cfg: &crate::AgentConfig,
+    queue: Option<&raibid_core::queue::Queue>,
+) -> anyhow::Result<()> {
+    let b = Buildah::under(&cfg.cache_dir, &cfg.image);
+    let bc = b.clone();
+    let _lock = tokio::task::spawn_blocking(move || storage::lock(&bc)).await??;
+    if let Some(q) = queue {
+        for id in raibid_core::image::pending_cleanups(q).await? {
+            if storage::remove_job_image(&b, &id)
+                .await
+                .map_err(anyhow::Error::msg)?
+            {
+                println!("removed the image of job {id}");
+            }
+        }
+    }
+    storage::remove_working_containers(&b)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let r = storage::gc(
+        &b,
+        cfg.image.cache_max_bytes,
+        Duration::from_secs(cfg.image.cache_max_age_hours.saturating_mul(3600)),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    for n in &r.removed {
+        println!("removed {n}");
+    }
+    println!(
+        "buildah storage {}: {} bytes before, {} bytes after",
+        b.root.display(),
+        r.bytes_before,
+        r.bytes_after
+    );
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! Image jobs end to end: submitted through the REST API, claimed by a real agent process serving kind
+//! `image`, built with real Buildah (`--storage-driver vfs --isolation chroot`, as root here), tested
+//! inside the image, pushed to a real registry (`docker-registry`) and checked with `skopeo inspect`.
+//! Images are `FROM scratch` around `/bin/busybox` (busybox-static): nothing is pulled.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod image_support;
+
+use image_support::*;
+use serde_json::json;
+use std::time::Duration;
+
+const AGENT: &str = "img-agent";
+const LONG: Duration = Duration::from_secs(180);
+
+const CONTAINERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nARG LITERAL=unset\nRUN printf '%s' \"$LITERAL\" > /literal.txt\nCOPY msg.txt /msg.txt\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_job_builds_tests_inside_the_image_and_pushes() {
+    let s = stack().await;
+    let reg = Registry::start().await;
+    let cache = s.cache_dir();
+    s.agent(AGENT, &reg.addr, &cache);
+    let repo = make_repo(
+        &s.tmp.path().join("repo"),
+        &[
+            ("Containerfile", CONTAINERFILE),
+            ("msg.txt", "hello from inside the image\n"),
+        ],
+    );
+    // A value that would be a shell injection if it went through a shell of ours: it is one argv element
+    // (`--build-arg LITERAL=...`) and reaches the Containerfile's RUN as a literal value.
+    let pwned = format!("/tmp/raibid-pwned-{}", std::process::id());
+    let literal = format!("x; touch {pwned}; $(touch {pwned})");
+    let id = s
+        .submit_ok(image_job(
+            &repo,
+            json!({
+                "name": "team/app",
+                "build_args": {"LITERAL": literal},
+                "test": {
+                    "commands": [
+                        "cat /msg.txt",
+                        "test \"$(cat /msg.txt)\" = 'hello from inside the image'",
+                        ["/bin/sh", "-c", "test \"$GREETING\" = hi"],
+                        "cat /literal.txt; echo"
+                    ],
+                    "env": {"GREETING": "hi"},
+                    "timeout": "2m"
+                }
+            }),
+        ))
+        .await;
+    let j = s.wait_final(&id, LONG).await;
+    assert_eq!(j["status"], "succeeded", "{j}\n{}", s.agent_log(AGENT));
+    assert_eq!(j["kind"], "image");
+    let sha = j["source"]["sha"].as_str().unwrap().to_string();
+    let short = &sha[..12];
+    // Phases: each with timestamps, in order.
+    let ph = &j["image"]["phases"];
+    for p in ["building", "testing", "publishing"] {
+        assert!(
+            ph[p]["started"].is_string() && ph[p]["finished"].is_string(),
+            "{p}: {j}"
+        );
+    }
+    assert!(ph["building"]["finished"].as_str() <= ph["testing"]["started"].as_str());
+    assert!(ph["testing"]["finished"].as_str() <= ph["publishing"]["started"].as_str());
+    let steps: Vec<&str> = j["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["clone", "building", "testing", "publishing"]);
+    // Pushed: default tags = short sha and branch; the registry has them, with the recorded digest.
+    let pushed = j["image"]["pushed"].as_array().unwrap();
+    assert_eq!(pushed.len(), 2, "{j}");
+    for (p, tag) in pushed.iter().zip([short, "main"]) {
+        assert_eq!(p["reference"], format!("{}/team/app:{tag}", reg.addr));
+        let digest = p["digest"].as_str().unwrap();
+        assert!(digest.starts_with("sha256:"), "{p}");
+        let inspected = reg.inspect(&format!("team/app:{tag}")).expect("pushed tag");
+        assert_eq!(inspected["Digest"], digest);
+        let tags: Vec<&str> = inspected["RepoTags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert!(
+            tags.contains(&short) && tags.contains(&"main"),
+            "{inspected}"
+        );
+    }
+    // The testing phase's log carries the file the Containerfile copied in, and only testing lines.
+    let testing = s.logs(&id, Some("testing")).await;
+    assert!(testing.iter().all(|l| l["step"] == "testing"));
+    let text: Vec<&str> = testing
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert!(text.contains(&"hello from inside the image"), "{text:?}");
+    assert!(
+        text.contains(&literal.as_str()),
+        "the build arg arrived literally: {text:?}"
+    );
+    assert!(
+        !std::path::Path::new(&pwned).exists(),
+        "something executed the injected command"
+    );
+    let building = s.logs(&id, Some("building")).await;
+    assert!(building.iter().any(|l| l["line"]
+        .as_str()
+        .unwrap()
+        .contains("buildah build --layers --isolation chroot")));
+    // Working containers are gone; the image stays as cache.
+    assert!(
+        buildah_containers(&cache).is_empty(),
+        "{:?}",
+        buildah_containers(&cache)
+    );
+    // Cleanup: requested through the API, done by the agent before its next job.
+    let r = s
+        .http
+        .delete(format!("{}/api/v1/jobs/{id}/images", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let pending = raibid_core::image::pending_cleanups(&s.queue)
+        .await
+        .unwrap();
+    assert_eq!(pending, vec![id.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_test_fails_in_testing_and_nothing_is_pushed() {
+    let s = stack().await;
+    let reg = Registry::start().await;
+    s.agent(AGENT, &reg.addr, &s.cache_dir());
+    let repo = make_repo(
+        &s.tmp.path().join("repo"),
+        &[("Containerfile", CONTAINERFILE), ("msg.txt", "hello\n")],
+    );
+    let id = s
+        .submit_ok(image_job(
+            &repo,
+            json!({"name": "team/broken", "test": {"commands": ["cat /msg.txt", "echo about to fail; exit 3", "echo never"]}}),
+        ))
+        .await;
+    let j = s.wait_final(&id, LONG).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(j["image"]["failed_phase"], "testing", "{j}");
+    assert_eq!(j["step"], "testing");
+    let reason = j["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("testing: test command 2") && reason.contains("code 3"),
+        "{reason}"
+    );
+    assert!(j["image"]["phases"]["publishing"].is_null(), "{j}");
+    assert_eq!(j["image"]["pushed"].as_array().unwrap().len(), 0);
+    assert!(
+        reg.catalog().await.is_empty(),
+        "nothing may be pushed: {:?}",
+        reg.catalog().await
+    );
+    assert!(reg.inspect("team/broken:main").is_none());
+    let lines: Vec<String> = s
+        .logs(&id, Some("testing"))
+        .await
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        lines.contains(&"about to fail".to_string()) && !lines.contains(&"never".to_string()),
+        "{lines:?}"
+    );
+    assert!(buildah_containers(&s.cache_dir()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_containerfile_error_fails_in_building_with_buildahs_message() {
+    let s = stack().await;
+    let reg = Registry::start().await;
+    s.agent(AGENT, &reg.addr, &s.cache_dir());
+    let repo = make_repo(
+        &s.tmp.path().join("repo"),
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY does-not-exist.txt /x\n",
+        )],
+    );
+    let id = s
+        .submit_ok(image_job(&repo, json!({"name": "team/bad"})))
+        .await;
+    let j = s.wait_final(&id, LONG).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(j["image"]["failed_phase"], "building", "{j}");
+    let building = s.logs(&id, Some("building")).await;
+    let text: Vec<&str> = building
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert!(
+        building.iter().any(|l| l["stream"] == "stderr"
+            && l["line"].as_str().unwrap().contains("does-not-exist.txt")),
+        "Buildah's own message belongs in the building log: {text:?}"
+    );
+    assert!(
+        j["failure_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("building: buildah build exited"),
+        "{j}"
+    );
+    assert!(reg.catalog().await.is_empty());
+    assert!(buildah_containers(&s.cache_dir()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_registry_down_fails_in_publishing_with_a_clear_message() {
+    let s = stack().await;
+    // Nothing listens on this port.
+    let dead = format!("127.0.0.1:{}", raibid_core::testkit::free_port().unwrap());
+    s.agent(AGENT, &dead, &s.cache_dir());
+    let repo = make_repo(
+        &s.tmp.path().join("repo"),
+        &[("Containerfile", CONTAINERFILE), ("msg.txt", "hi\n")],
+    );
+    let id = s
+        .submit_ok(image_job(
+            &repo,
+            json!({"name": "team/app", "tags": ["v1"], "test": {"commands": ["cat /msg.txt"]}}),
+        ))
+        .await;
+    let j = s.wait_final(&id, LONG).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(j["image"]["failed_phase"], "publishing", "{j}");
+    let reason = j["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("publishing: push of {dead}/team/app:v1 exited"))
+            && reason.contains("is the registry"),
+        "{reason}"
+    );
+    let publishing = s.logs(&id, Some("publishing")).await;
+    assert!(
+        publishing
+            .iter()
+            .any(|l| l["line"].as_str().unwrap().contains("connection refused")),
+        "{publishing:?}"
+    );
+    assert!(buildah_containers(&s.cache_dir()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_during_the_build_leaves_no_buildah_process_or_container() {
+    let s = stack().await;
+    let reg = Registry::start().await;
+    let cache = s.cache_dir();
+    s.agent(AGENT, &reg.addr, &cache);
+    let repo = make_repo(
+        &s.tmp.path().join("repo"),
+        &[(
+            "Containerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"4711\"]\n",
+        )],
+    );
+    let id = s
+        .submit_ok(image_job(&repo, json!({"name": "team/slow"})))
+        .await;
+    s.wait(&id, LONG, |j| j["status"] == "building").await;
+    // The RUN step is running inside Buildah's chroot.
+    let deadline = std::time::Instant::now() + LONG;
+    while processes_mentioning("sleep 4711").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RUN step never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.cancel(&id).await, 202);
+    let j = s.wait_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(j["status"], "cancelled", "{j}");
+    assert_eq!(j["image"]["failed_phase"], "building");
+    let cache_s = cache.to_string_lossy().to_string();
+    assert!(
+        processes_mentioning("sleep 4711").is_empty(),
+        "{:?}",
+        processes_mentioning("sleep 4711")
+    );
+    assert!(
+        processes_mentioning(&cache_s).is_empty(),
+        "{:?}",
+        processes_mentioning(&cache_s)
+    );
+    assert!(
+        buildah_containers(&cache).is_empty(),
+        "{:?}",
+        buildah_containers(&cache)
+    );
+    assert!(reg.catalog().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn injection_and_bad_values_are_refused_at_submit_naming_the_field() {
+    let s = stack().await;
+    let pwned = format!("/tmp/raibid-pwned-submit-{}", std::process::id());
+    let repo = "file:///nonexistent";
+    for (image, field) in [
+        (json!({"name": format!("x; touch {pwned}")}), "image.name"),
+        (
+            json!({"name": "a", "tags": [format!("$(touch {pwned})")]}),
+            "image.tags[0]",
+        ),
+        (
+            json!({"name": "a", "containerfile": "../../etc/passwd"}),
+            "image.containerfile",
+        ),
+        (json!({"name": "a", "context": "/"}), "image.context"),
+        (
+            json!({"name": "a", "target": "--root=/tmp"}),
+            "image.target",
+        ),
+        (
+            json!({"name": "a", "build_args": {"A;B": "1"}}),
+            "image.build_args.A;B",
+        ),
+        (
+            json!({"name": "a", "registry": "evil;host"}),
+            "image.registry",
+        ),
+        (
+            json!({"name": "a", "secrets": ["$(id)"]}),
+            "image.secrets[0]",
+        ),
+    ] {
+        let (code, body) = s.submit(image_job(repo, image.clone())).await;
+        assert_eq!(code, 422, "{image} → {body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with(&format!("{field}:")), "{image} → {msg}");
+    }
+    let (code, body) = s
+        .submit(image_job(repo, json!({"name": "a", "tagz": ["x"]})))
+        .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("tagz"),
+        "{body}"
+    );
+    let (code, _) = s
+        .submit(json!({"repo_url": repo, "ref": "main", "imag": {}}))
+        .await;
+    assert_eq!(code, 400);
+    // Nothing was enqueued, nothing executed.
+    assert_eq!(s.queue.stats().await.unwrap().length, 0);
+    assert!(!std::path::Path::new(&pwned).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipeline_with_an_image_section_is_handed_over_to_the_image_pool() {
+    let s = stack().await;
+    let reg = Registry::start().await;
+    // Two pools: a Rust agent (no Buildah use) and an image agent; each reads only its kind's stream.
+    s.agent_of(
+        "rust-agent",
+        "rust",
+        &reg.addr,
+        &s.tmp.path().join("rust-cache"),
+    );
+    s.agent_of(AGENT, "image", &reg.addr, &s.cache_dir());
+    let repo = make_repo(
+        &s.tmp.path().join("repo"),
+        &[
+            ("Containerfile", CONTAINERFILE),
+            ("msg.txt", "pushed\n"),
+            (".raibid.yaml", "name: app\nimage:\n  name: team/pushed\n  tags: [edge]\n  test:\n    commands: ['grep -q pushed /msg.txt']\n"),
+        ],
+    );
+    // What a push webhook enqueues: a Rust job (the dispatcher cannot read the repository's file).
+    let id = s
+        .submit_ok(serde_json::json!({"repo_url": repo, "ref": "main"}))
+        .await;
+    let j = s.wait_final(&id, LONG).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["kind"], "rust");
+    assert_eq!(j["agent"], "rust-agent");
+    assert_eq!(j["pipeline"], "app-handover");
+    let lines = s.logs(&id, Some("config")).await;
+    let handed = lines
+        .iter()
+        .filter_map(|l| l["line"].as_str())
+        .find_map(|l| {
+            l.split("handed over to image job ")
+                .nth(1)
+                .map(|r| r.split(' ').next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("no hand-over line: {lines:?}"));
+    let img = s.wait_final(&handed, LONG).await;
+    assert_eq!(img["status"], "succeeded", "{img}\n{}", s.agent_log(AGENT));
+    assert_eq!(img["kind"], "image");
+    assert_eq!(img["agent"], AGENT);
+    assert_eq!(img["pipeline"], "app");
+    assert_eq!(img["source"]["sha"], j["source"]["sha"]);
+    let pushed = &img["image"]["pushed"][0];
+    assert_eq!(
+        pushed["reference"],
+        format!("{}/team/pushed:edge", reg.addr)
+    );
+    assert_eq!(
+        reg.inspect("team/pushed:edge").unwrap()["Digest"],
+        pushed["digest"]
+    );
+}

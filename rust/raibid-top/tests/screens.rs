@@ -1,0 +1,199 @@
+//! Golden screens: every view rendered into ratatui's TestBackend at 80×24 and 160×48, compared with
+//! the committed insta snapshots (tests/snapshots). The clock is fixed, so ages and times are stable.
+//! Update on purpose with `INSTA_UPDATE=always cargo test -p raibid-top --test screens`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use raibid_core::job::Status;
+use raibid_top::action::{Action, Net};
+use raibid_top::app::App;
+
+const SIZES: [(u16, u16); 2] = [(80, 24), (160, 48)];
+
+fn key(app: &mut App, c: KeyCode) {
+    app.handle_key(KeyEvent::new(c, KeyModifiers::NONE));
+}
+
+fn typed(app: &mut App, s: &str) {
+    for c in s.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+fn check(name: &str, mut make: impl FnMut() -> App) {
+    for (w, h) in SIZES {
+        let mut app = make();
+        let s = screen(&mut app, w, h);
+        insta::assert_snapshot!(format!("{name}_{w}x{h}"), s);
+    }
+}
+
+#[test]
+fn empty() {
+    check("empty", || app_with(Vec::new()));
+}
+
+#[test]
+fn loading_and_connecting() {
+    check("connecting", || {
+        let mut app = App::new(now());
+        app.endpoint = "http://raibid.test:8080".into();
+        app
+    });
+}
+
+#[test]
+fn few_jobs() {
+    check("few_jobs", few);
+}
+
+#[test]
+fn failed_job_detail_with_reason() {
+    check("failed_detail", || {
+        let mut app = few();
+        // Newest first: 5, 4, 3, 2, 1 → the failed job is the fifth row.
+        typed(&mut app, "jjjj");
+        key(&mut app, KeyCode::Enter);
+        app
+    });
+}
+
+#[test]
+fn running_job_detail_waiting_job_detail() {
+    check("running_detail", || {
+        let mut app = few();
+        typed(&mut app, "jjj");
+        key(&mut app, KeyCode::Enter);
+        app
+    });
+    check("queued_detail", || {
+        let mut app = few();
+        typed(&mut app, "j");
+        key(&mut app, KeyCode::Enter);
+        app
+    });
+}
+
+#[test]
+fn ten_thousand_jobs_scrolled() {
+    let jobs = many(10_000);
+    check("ten_thousand", || {
+        let mut app = app_with(jobs.clone());
+        key(&mut app, KeyCode::PageDown);
+        key(&mut app, KeyCode::PageDown);
+        typed(&mut app, "jj");
+        app
+    });
+    check("ten_thousand_filtered_sorted", || {
+        let mut app = app_with(jobs.clone());
+        key(&mut app, KeyCode::Char('/'));
+        typed(&mut app, "failed");
+        key(&mut app, KeyCode::Enter);
+        typed(&mut app, "ss");
+        app
+    });
+}
+
+#[test]
+fn long_log_with_search() {
+    check("log_search", || {
+        let mut app = few();
+        typed(&mut app, "jjj");
+        key(&mut app, KeyCode::Char('l'));
+        let job = app.log.job.clone();
+        app.update(Action::Net(Net::Log {
+            job,
+            lines: log_lines(100_000),
+            truncated: false,
+        }));
+        key(&mut app, KeyCode::Char('/'));
+        typed(&mut app, "unused variable `x5");
+        key(&mut app, KeyCode::Enter);
+        key(&mut app, KeyCode::Char('n'));
+        app
+    });
+    check("log_follow_wrap", || {
+        let mut app = few();
+        typed(&mut app, "jjj");
+        key(&mut app, KeyCode::Char('l'));
+        let job = app.log.job.clone();
+        let mut lines = log_lines(60);
+        lines[58].line = "a very long line ".repeat(14);
+        app.update(Action::Net(Net::Log {
+            job,
+            lines,
+            truncated: true,
+        }));
+        key(&mut app, KeyCode::Char('w'));
+        app
+    });
+}
+
+#[test]
+fn help_overlay() {
+    check("help_jobs", || {
+        let mut app = few();
+        key(&mut app, KeyCode::Char('?'));
+        app
+    });
+    check("help_logs", || {
+        let mut app = few();
+        key(&mut app, KeyCode::Char('l'));
+        key(&mut app, KeyCode::Char('?'));
+        app
+    });
+}
+
+#[test]
+fn agents_and_dead_letters() {
+    check("agents", || {
+        let mut app = few();
+        key(&mut app, KeyCode::Char(':'));
+        typed(&mut app, "agents");
+        key(&mut app, KeyCode::Enter);
+        app
+    });
+    check("dead", || {
+        let mut app = few();
+        key(&mut app, KeyCode::Char(':'));
+        typed(&mut app, "dead");
+        key(&mut app, KeyCode::Enter);
+        app.update(Action::Net(Net::Dead(dead())));
+        app
+    });
+}
+
+#[test]
+fn disconnected_cancel_prompt_and_command_line() {
+    check("disconnected", || {
+        let mut app = few();
+        app.update(Action::Net(Net::Disconnected {
+            reason: "cannot reach the dispatcher".into(),
+            retry_ms: 2000,
+        }));
+        app
+    });
+    check("confirm_cancel", || {
+        let mut app = few();
+        typed(&mut app, "jjjc");
+        app
+    });
+    check("command_line", || {
+        let mut app = few();
+        key(&mut app, KeyCode::Char(':'));
+        typed(&mut app, "submit http://gitea.local/raibid/hello.git main");
+        app
+    });
+}
+
+#[test]
+fn below_80x24_shows_what_fits_and_says_so() {
+    let mut app = few();
+    insta::assert_snapshot!("small_60x16", screen(&mut app, 60, 16));
+    let mut app = few();
+    app.update(Action::Net(Net::Job(Box::new(job(6, Status::Running, 1)))));
+    insta::assert_snapshot!("tiny_20x5", screen(&mut app, 20, 5));
+}
