@@ -233,15 +233,31 @@ impl NameClaims {
         let mut con = queue.redis();
         let mut claimed = Vec::new();
         for n in names {
-            let ok: Option<String> = redis::cmd("SET")
-                .arg(contract::agent_name_claim_key(n))
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .query_async(&mut con)
-                .await
-                .context("claiming the agent name")?;
+            // Redis may be restarting: retry connection errors (the agent starts once it is back).
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+            let ok: Option<String> = loop {
+                let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                    .arg(contract::agent_name_claim_key(n))
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .query_async(&mut con)
+                    .await;
+                match r {
+                    Ok(v) => break v,
+                    Err(e)
+                        if e.is_connection_refusal()
+                            || e.is_io_error()
+                            || e.is_timeout()
+                            || e.is_connection_dropped() =>
+                    {
+                        tracing::warn!(error = %e, "redis unreachable while claiming the agent name; retrying");
+                        backoff.wait().await;
+                    }
+                    Err(e) => return Err(e).context("claiming the agent name"),
+                }
+            };
             if ok.is_none() {
                 let partial = NameClaims {
                     queue: queue.clone(),

@@ -178,6 +178,24 @@ async fn a_failing_test_fails_in_testing_and_nothing_is_pushed() {
         "{lines:?}"
     );
     assert!(buildah_containers(&s.cache_dir()).is_empty());
+    // A retry is the same image job again (kind and request carried over, results not).
+    let r: serde_json::Value = s
+        .http
+        .post(format!("{}/api/v1/jobs/{id}/retry", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["kind"], "image", "{r}");
+    assert_eq!(r["image"]["request"], j["image"]["request"]);
+    assert!(r["image"]["failed_phase"].is_null(), "{r}");
+    assert_eq!(
+        s.wait_final(r["id"].as_str().unwrap(), LONG).await["image"]["failed_phase"],
+        "testing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -412,4 +430,84 @@ async fn a_pipeline_with_an_image_section_is_handed_over_to_the_image_pool() {
         reg.inspect("team/pushed:edge").unwrap()["Digest"],
         pushed["digest"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cleanup_removes_a_jobs_image_and_the_gc_bounds_the_cache() {
+    let s = stack().await;
+    let reg = Registry::start().await;
+    let cache = s.cache_dir();
+    s.agent(AGENT, &reg.addr, &cache);
+    let dir = s.tmp.path().join("repo");
+    let repo = make_repo(
+        &dir,
+        &[("Containerfile", CONTAINERFILE), ("msg.txt", "a\n")],
+    );
+    let a = s
+        .submit_ok(image_job(
+            &repo,
+            json!({"name": "team/gc", "publish": false}),
+        ))
+        .await;
+    assert_eq!(s.wait_final(&a, LONG).await["status"], "succeeded");
+    std::fs::write(dir.join("msg.txt"), "b\n").unwrap();
+    commit(&dir);
+    let b = s
+        .submit_ok(image_job(
+            &repo,
+            json!({"name": "team/gc", "publish": false}),
+        ))
+        .await;
+    let jb = s.wait_final(&b, LONG).await;
+    assert_eq!(jb["status"], "succeeded", "{jb}");
+    assert!(
+        jb["image"]["phases"]["publishing"].is_null(),
+        "publish: false pushes nothing: {jb}"
+    );
+    let local = |id: &str| raibid_core::image::local_reference(id);
+    let names = buildah_image_names(&cache);
+    assert!(
+        names.contains(&local(&a)) && names.contains(&local(&b)),
+        "{names:?}"
+    );
+    // Cleanup of job a: requested through the API, carried out by the agent side (here the operator's GC).
+    let r = s
+        .http
+        .delete(format!("{}/api/v1/jobs/{a}/images", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let out = s.image_gc(&cache, &[]);
+    assert!(
+        out.contains(&format!("removed the image of job {a}")),
+        "{out}"
+    );
+    let names = buildah_image_names(&cache);
+    assert!(
+        !names.contains(&local(&a)) && names.contains(&local(&b)),
+        "{names:?}"
+    );
+    // The size bound: with 1 byte allowed every job image goes, and the storage shrinks.
+    let before = raibid_agent::image::storage::dir_bytes(&cache.join("buildah/storage"));
+    let out = s.image_gc(&cache, &[("RAIBID_IMAGE_CACHE_MAX_BYTES", "1")]);
+    assert!(out.contains(&format!("removed {}", local(&b))), "{out}");
+    assert!(!buildah_image_names(&cache)
+        .iter()
+        .any(|n| n.starts_with("localhost/raibid-job/")));
+    let after = raibid_agent::image::storage::dir_bytes(&cache.join("buildah/storage"));
+    assert!(after < before, "GC freed nothing: {before} → {after} bytes");
+    // An unknown or non-image job has nothing to clean up.
+    let r = s
+        .http
+        .delete(format!(
+            "{}/api/v1/jobs/01J00000000000000000000000/images",
+            s.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
 }

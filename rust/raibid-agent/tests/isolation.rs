@@ -113,8 +113,8 @@ tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
             ("RAIBID_STEP_USER", "nobody".to_string()),
             ("RAIBID_REDIS_URL_FILE", url_file.display().to_string()),
             ("RAIBID_GIT_TOKEN_FILE", token_file.display().to_string()),
-            // A token is sent only to forge hosts, and an agent with a token must name them.
-            ("RAIBID_ALLOWED_HOSTS", "git.invalid".to_string()),
+            // A token is only sent to named forge hosts (file:// clones need none).
+            ("RAIBID_ALLOWED_HOSTS", "gitea.test".to_string()),
             ("RAIBID_SECRET_SCOPED_ONE", SCOPED.to_string()),
             ("RAIBID_SECRET_UNSCOPED_ONE", UNSCOPED.to_string()),
             ("RAIBID_SECRET_SCOPES", format!("SCOPED_ONE={repo}")),

@@ -194,7 +194,7 @@ impl Tmux {
     fn screen(&self) -> String {
         self.run(&["capture-pane", "-p", "-t", "top"])
     }
-    fn wait(&self, within: Duration, pred: impl Fn(&str) -> bool) -> Duration {
+    async fn wait(&self, within: Duration, pred: impl Fn(&str) -> bool) -> Duration {
         let t0 = Instant::now();
         loop {
             let s = self.screen();
@@ -202,7 +202,7 @@ impl Tmux {
                 return t0.elapsed();
             }
             assert!(t0.elapsed() < within, "screen never matched:\n{s}");
-            std::thread::sleep(Duration::from_millis(1));
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 }
@@ -280,7 +280,11 @@ async fn live_benchmarks() {
         forge_repo: None,
     };
     let t0 = Instant::now();
-    for i in 0..10_000 {
+    let n: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    for i in 0..n {
         queue
             .enqueue(Job::new(source(i), chrono::Utc::now()), None)
             .await
@@ -318,7 +322,11 @@ async fn live_benchmarks() {
     let tmux = Tmux(format!("raibid-top-bench-{}", std::process::id()));
     let mut starts = Vec::new();
     let mut rss = Vec::new();
-    for run in 0..5 {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    for run in 0..runs {
         let t0 = Instant::now();
         tmux.run(&[
             "new-session",
@@ -336,24 +344,26 @@ async fn live_benchmarks() {
             &bin.display().to_string(),
         ]);
         // First frame with data: a job row (the header of the jobs table counts them).
-        tmux.wait(Duration::from_secs(30), |s| s.contains("● queued"));
+        tmux.wait(Duration::from_secs(30), |s| s.contains("◷ queued"))
+            .await;
         starts.push(t0.elapsed().as_secs_f64() * 1000.0);
         tmux.wait(Duration::from_secs(60), |s| {
-            s.contains("jobs (10000/10000)")
-        });
+            s.contains(&format!("jobs ({n}/{n})"))
+        })
+        .await;
         let pid = top_pid(&tmux);
         rss.push(rss_kb(pid) as f64 / 1024.0);
-        if run < 4 {
+        if run + 1 < runs {
             tmux.run(&["kill-session", "-t", "top"]);
         }
     }
     let (p50, _, max) = pct(starts.clone());
     println!(
-        "start → first frame with data (10,000 jobs in the store, 5 runs): p50 {p50:.0} ms, max {max:.0} ms ({})",
+        "start → first frame with data ({n} jobs in the store, {runs} runs): p50 {p50:.0} ms, max {max:.0} ms ({})",
         starts.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ")
     );
     let (p50, _, max) = pct(rss);
-    println!("resident memory with 10,000 jobs loaded: p50 {p50:.1} MiB, max {max:.1} MiB");
+    println!("resident memory with {n} jobs loaded: p50 {p50:.1} MiB, max {max:.1} MiB");
 
     // Job submitted → visible on screen.
     let http = reqwest::Client::new();
@@ -372,7 +382,26 @@ async fn live_benchmarks() {
             .unwrap();
         let id = r["id"].as_str().unwrap().to_string();
         let posted = t0.elapsed();
-        let seen = tmux.wait(Duration::from_secs(10), |s| s.contains(&id));
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            let v: serde_json::Value = http
+                .get(format!("{base}/api/v1/jobs?limit=1"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            eprintln!("submitted {id}; newest {}", v["jobs"][0]["id"]);
+        }
+        let seen = tmux
+            .wait(Duration::from_secs(10), |s| {
+                if !s.contains(&id) && std::env::var_os("BENCH_DEBUG").is_some() {
+                    eprintln!("{}", s.lines().take(8).collect::<Vec<_>>().join("\n"));
+                }
+                s.contains(&id)
+            })
+            .await;
         lat.push((posted + seen).as_secs_f64() * 1000.0);
     }
     let (p50, p99, max) = pct(lat);
@@ -388,6 +417,8 @@ async fn live_benchmarks() {
 
 #[tokio::main]
 async fn main() {
-    render_benchmarks();
+    if std::env::var_os("BENCH_LIVE_ONLY").is_none() {
+        render_benchmarks();
+    }
     live_benchmarks().await;
 }

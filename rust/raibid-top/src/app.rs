@@ -392,6 +392,7 @@ pub struct App {
     /// Finished and succeeded in the last hour.
     pub hour: (u64, u64),
     last_figures: Option<DateTime<Utc>>,
+    figures_dirty: bool,
     /// A first page of jobs arrived.
     pub loaded: bool,
     /// The dispatcher's URL, for the header.
@@ -431,6 +432,7 @@ impl App {
             throughput: vec![0; 60],
             hour: (0, 0),
             last_figures: None,
+            figures_dirty: true,
             loaded: false,
             endpoint: String::new(),
         }
@@ -763,13 +765,15 @@ impl App {
                     self.loaded = true;
                 }
                 for j in jobs {
-                    self.upsert(j);
+                    let _ = self.upsert(j);
                 }
                 self.dirty = true;
             }
             Net::Job(j) => {
-                self.upsert(*j);
-                self.dirty = true;
+                self.figures_dirty = true;
+                if self.upsert(*j) || self.order_depends_on_state() {
+                    self.dirty = true;
+                }
             }
             Net::Event(e) => out.extend(self.event(e)),
             Net::Dead(d) => self.dead = d,
@@ -835,7 +839,10 @@ impl App {
                             EventKind::JobFinished => j.timestamps.finished = Some(ev.ts),
                             _ => {}
                         }
-                        self.dirty = true;
+                        self.figures_dirty = true;
+                        if self.order_depends_on_state() {
+                            self.dirty = true;
+                        }
                     }
                 }
                 vec![Command::FetchJob(ev.job)]
@@ -843,14 +850,25 @@ impl App {
         }
     }
 
-    fn upsert(&mut self, j: Job) {
+    /// Insert or replace; true when the job is new.
+    fn upsert(&mut self, j: Job) -> bool {
         match self.index.get(j.id.as_str()) {
-            Some(&i) => self.jobs[i] = j,
+            Some(&i) => {
+                self.jobs[i] = j;
+                false
+            }
             None => {
                 self.index.insert(j.id.to_string(), self.jobs.len());
                 self.jobs.push(j);
+                true
             }
         }
+    }
+
+    /// Whether a change to a job already listed can move it in (or out of) the list: not for the
+    /// default order without a filter, so a stream of events costs no re-sort.
+    fn order_depends_on_state(&self) -> bool {
+        self.sort != SortBy::Created || !self.filter.is_empty()
     }
 
     fn list_len(&self) -> usize {
@@ -939,7 +957,8 @@ impl App {
         let refresh_figures = self
             .last_figures
             .is_none_or(|t| (self.now - t).num_seconds().abs() >= 1);
-        if self.dirty || refresh_figures {
+        if self.dirty || self.figures_dirty || refresh_figures {
+            self.figures_dirty = false;
             self.figures();
             self.last_figures = Some(self.now);
         }

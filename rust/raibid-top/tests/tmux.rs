@@ -270,12 +270,12 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
     tmux.wait_row(&id, "running", Duration::from_secs(30)).await;
     tmux.wait_row(&id, "succeeded", Duration::from_secs(60))
         .await;
-    let s = tmux
-        .wait("one busy-or-idle agent", Duration::from_secs(10), |s| {
-            s.contains("0 busy/1 idle")
-        })
-        .await;
-    assert!(s.contains("1h 1 done 100% ok"), "{s}");
+    tmux.wait(
+        "the idle agent and the hour's figures",
+        Duration::from_secs(10),
+        |s| s.contains("0 busy/1 idle") && s.contains("1h 1 done 100% ok"),
+    )
+    .await;
 
     // Its log: filter the list down to it, open the log.
     tmux.keys(&["/"]);

@@ -44,11 +44,11 @@ pub struct ImageConfig {
 
     /// Bytes the Buildah storage may use; above it the GC removes the oldest job images.
     #[arg(long, env = env::IMAGE_CACHE_MAX_BYTES, default_value_t = 50 * 1024 * 1024 * 1024)]
-    pub cache_max_bytes: u64,
+    pub image_cache_max_bytes: u64,
 
     /// Hours a job image is kept as cache; older ones are removed by the GC.
     #[arg(long, env = env::IMAGE_CACHE_MAX_AGE_HOURS, default_value_t = 7 * 24)]
-    pub cache_max_age_hours: u64,
+    pub image_cache_max_age_hours: u64,
 
     /// Run the image cache GC (and pending cleanups) once, print what it removed, and exit.
     #[arg(long)]
@@ -71,8 +71,8 @@ impl Default for ImageConfig {
             storage_driver: "vfs".into(),
             cache_repo: None,
             test_network: true,
-            cache_max_bytes: 50 * 1024 * 1024 * 1024,
-            cache_max_age_hours: 7 * 24,
+            image_cache_max_bytes: 50 * 1024 * 1024 * 1024,
+            image_cache_max_age_hours: 7 * 24,
             image_gc: false,
             buildah: "buildah".into(),
         }
@@ -91,12 +91,22 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_command_is_consistent_with_the_image_options() {
+        // Flattened options share one namespace with the agent's own: a clash panics at parse time.
+        use clap::CommandFactory;
+        crate::AgentConfig::command().debug_assert();
+    }
+
+    #[test]
     fn default_matches_the_flag_defaults() {
         let parsed = Wrap::parse_from(["x"]).image;
         let d = ImageConfig::default();
         // Environment variables of the test process could set some; compare the ones they do not.
-        assert_eq!(parsed.cache_max_bytes, d.cache_max_bytes);
-        assert_eq!(parsed.cache_max_age_hours, d.cache_max_age_hours);
+        assert_eq!(parsed.image_cache_max_bytes, d.image_cache_max_bytes);
+        assert_eq!(
+            parsed.image_cache_max_age_hours,
+            d.image_cache_max_age_hours
+        );
         assert_eq!(parsed.test_network, d.test_network);
         assert_eq!(parsed.buildah, d.buildah);
     }

@@ -208,9 +208,16 @@ async fn run_phases(
         None => None,
     };
     let mut secret_args = Vec::new();
+    let repo = ctx.claim.job.source.repo_url.clone();
     for name in &req.secrets {
-        match std::env::var(format!("{}{name}", env::SECRET_PREFIX)) {
-            Ok(v) => {
+        // Only what the agent's configuration scopes to this repository (as for pipeline secrets).
+        let value = if ctx.shared.scopes.allows(name, &repo) {
+            std::env::var(format!("{}{name}", env::SECRET_PREFIX)).ok()
+        } else {
+            None
+        };
+        match value {
+            Some(v) => {
                 let f = private.join(format!("secret-{name}"));
                 if let Err(e) = auth::write_private(&f, v.as_bytes()) {
                     return fail_config(ctx, &format!("writing secret `{name}`: {e}")).await;
@@ -219,12 +226,13 @@ async fn run_phases(
                 secret_args.push("--secret".to_string());
                 secret_args.push(format!("id={name},src={}", f.display()));
             }
-            Err(_) => {
+            None => {
                 return fail_config(
                     ctx,
                     &format!(
-                        "secret `{name}` is not available to this agent (set {}{name})",
-                        env::SECRET_PREFIX
+                        "secret `{name}` is not available to this repository (the agent needs {}{name} and a scope for the repository in {})",
+                        env::SECRET_PREFIX,
+                        env::SECRET_SCOPES
                     ),
                 )
                 .await
@@ -318,8 +326,8 @@ async fn run_phases(
     if let Err(e) = storage::remove_working_containers(b).await {
         tracing::warn!(job = %ctx.claim.job.id, error = %e, "could not remove working containers");
     }
-    let max_age = Duration::from_secs(icfg.cache_max_age_hours.saturating_mul(3600));
-    match storage::gc(b, icfg.cache_max_bytes, max_age).await {
+    let max_age = Duration::from_secs(icfg.image_cache_max_age_hours.saturating_mul(3600));
+    match storage::gc(b, icfg.image_cache_max_bytes, max_age).await {
         Ok(r) if !r.removed.is_empty() => {
             tracing::info!(removed = ?r.removed, bytes_before = r.bytes_before, bytes_after = r.bytes_after, "image cache GC")
         }
@@ -732,8 +740,8 @@ pub async fn gc_command(
         .map_err(anyhow::Error::msg)?;
     let r = storage::gc(
         &b,
-        cfg.image.cache_max_bytes,
-        Duration::from_secs(cfg.image.cache_max_age_hours.saturating_mul(3600)),
+        cfg.image.image_cache_max_bytes,
+        Duration::from_secs(cfg.image.image_cache_max_age_hours.saturating_mul(3600)),
     )
     .await
     .map_err(anyhow::Error::msg)?;

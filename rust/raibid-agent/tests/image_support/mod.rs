@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "image-suite-token";
 
+/// The Buildah storage driver of the tests: vfs (works everywhere); the benchmark can also be run with
+/// `RAIBID_TEST_STORAGE_DRIVER=overlay` where the kernel allows it.
+pub fn storage_driver() -> String {
+    std::env::var("RAIBID_TEST_STORAGE_DRIVER").unwrap_or_else(|_| "vfs".into())
+}
+
 /// The tools these tests need, with the Debian package that has each.
 pub fn require_tools() {
     for (cmd, pkg) in [
@@ -219,7 +225,7 @@ impl Stack {
             .env("RAIBID_CACHE_DIR", cache)
             .env("RAIBID_REGISTRY", registry)
             .env("RAIBID_REGISTRY_INSECURE", "true")
-            .env("RAIBID_BUILDAH_STORAGE_DRIVER", "vfs")
+            .env("RAIBID_BUILDAH_STORAGE_DRIVER", storage_driver())
             .env("RAIBID_SHUTDOWN_GRACE_SECS", "2")
             .env("RAIBID_LOG", "info")
             .stdout(Stdio::null())
@@ -370,7 +376,12 @@ pub fn buildah_containers(cache: &Path) -> Vec<Value> {
         .arg(root.join("storage"))
         .arg("--runroot")
         .arg(root.join("run"))
-        .args(["--storage-driver", "vfs", "containers", "--json"])
+        .args([
+            "--storage-driver",
+            &storage_driver(),
+            "containers",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -413,4 +424,51 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
 /// A standard image request body.
 pub fn image_job(repo: &str, image: Value) -> Value {
     json!({"repo_url": repo, "ref": "main", "image": image})
+}
+
+/// The names of the images in the storage below `cache`.
+pub fn buildah_image_names(cache: &Path) -> Vec<String> {
+    let root = cache.join("buildah");
+    let out = Command::new("buildah")
+        .arg("--root")
+        .arg(root.join("storage"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--storage-driver", &storage_driver(), "images", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["names"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(String::from))
+        .collect()
+}
+
+impl Stack {
+    /// `raibid-agent --image-gc` against this stack's Redis and the storage below `cache`; its stdout.
+    pub fn image_gc(&self, cache: &Path, envs: &[(&str, &str)]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
+            .arg("--image-gc")
+            .env("RAIBID_REDIS_URL", self.redis.url())
+            .env("RAIBID_AGENT_KINDS", "image")
+            .env("RAIBID_CACHE_DIR", cache)
+            .env("RAIBID_WORKSPACE_DIR", self.tmp.path().join("ws-gc"))
+            .env("RAIBID_BUILDAH_STORAGE_DRIVER", storage_driver())
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
