@@ -10,7 +10,8 @@
 //! `latency`: push → first line of the pipeline's first step (job `received` → that line's `ts`), p50/p90
 //! over `--runs` pushes, for a one-file repository and one with 10,000 commits (`git fast-import`).
 //!
-//! `builds`: for each workload — `ripgrep` (the published source from crates.io, fetched now) or
+//! `builds`: for each workload — `ripgrep` (the published source from crates.io, fetched now: newest
+//! version in the sparse index, the `.crate` from static.crates.io) or
 //! `raibid` (this workspace at HEAD) — (a) cold: empty slots; (b) warm, no change; (c) warm, a one-line
 //! change in a leaf source file; (d) plain `cargo build` + `cargo test --no-run` in a persistent checkout
 //! after the same change; and (e) the same as (d) with `CARGO_INCREMENTAL=0`. Per phase: wall time of
@@ -76,6 +77,7 @@ async fn bench(tmp: &Path, cache: &Path) -> Bench {
         mcp_allowed_origins: Vec::new(),
         notify_secret: None,
         notify_allowed_hosts: Vec::new(),
+        // Jobs here clone file:// repositories (and http:// from local test servers).
         intake: raibid_dispatcher::Intake {
             allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
             ..raibid_dispatcher::Intake::default()
@@ -309,33 +311,41 @@ struct Workload {
     leaf: PathBuf,
 }
 
+/// GET a URL with curl (the system's CA store, as cargo uses it).
+fn curl(url: &str) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args([
+            "-fsSL",
+            "--retry",
+            "3",
+            "-A",
+            "raibid-ci cache benchmark",
+            url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 async fn fetch_ripgrep(into: &Path) -> Workload {
-    let client = reqwest::Client::builder()
-        .user_agent("raibid-ci cache benchmark (https://github.com/raibid-labs/raibid-ci)")
-        .build()
-        .unwrap();
-    let meta: Value = client
-        .get("https://crates.io/api/v1/crates/ripgrep")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ver = meta["crate"]["max_stable_version"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let bytes = client
-        .get(format!(
-            "https://crates.io/api/v1/crates/ripgrep/{ver}/download"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    // The sparse index (what cargo reads) names every version; the newest one not yanked, then its
+    // .crate from the download host.
+    let index = String::from_utf8(curl("https://index.crates.io/ri/pg/ripgrep")).unwrap();
+    let ver = index
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["yanked"] == false && !v["vers"].as_str().unwrap_or("-").contains('-'))
+        .and_then(|v| v["vers"].as_str().map(String::from))
+        .expect("a ripgrep version in the index");
+    let bytes = curl(&format!(
+        "https://static.crates.io/crates/ripgrep/ripgrep-{ver}.crate"
+    ));
     let tgz = into.join("ripgrep.crate");
     std::fs::write(&tgz, &bytes).unwrap();
     assert!(Command::new("tar")
@@ -443,13 +453,11 @@ fn job_secs(j: &Value) -> f64 {
 
 async fn builds(names: &[String]) {
     let tmp = tempfile::tempdir().unwrap();
-    // One CARGO_HOME for everything (the node's), downloaded before the measured runs: the figures
-    // are about target directories, not crates.io.
-    let shared_cargo = std::env::temp_dir().join("raibid-bench-cargo-home");
-    std::fs::create_dir_all(&shared_cargo).unwrap();
+    // One CARGO_HOME for everything (the node's, in the cache), filled by `cargo fetch` before the
+    // measured runs: the figures are about target directories, not crates.io.
     let cache = tmp.path().join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    std::os::unix::fs::symlink(&shared_cargo, cache.join("cargo")).unwrap();
+    let shared_cargo = cache.join("cargo");
+    std::fs::create_dir_all(&shared_cargo).unwrap();
     let b = bench(tmp.path(), &cache).await;
     let cargo_home = shared_cargo.to_str().unwrap().to_string();
     for name in names {

@@ -62,7 +62,7 @@ pub struct AgentConfig {
 
     /// Size cap in bytes of the cargo target slots under <cache>/targets: past it, the least recently
     /// used target directories of slots no job holds are evicted after each job.
-    #[arg(long, env = env::CACHE_MAX_BYTES, default_value_t = 100 << 30)]
+    #[arg(id = "target_cache_max_bytes", long = "target-cache-max-bytes", env = env::CACHE_MAX_BYTES, default_value_t = 100 << 30)]
     pub cache_max_bytes: u64,
 
     /// Comma-separated default branch names: a branch without a slot of its own starts from theirs.

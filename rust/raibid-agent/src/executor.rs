@@ -72,16 +72,6 @@ async fn execute_in_slot(
         None => ws.to_path_buf(),
     };
     let ws = slot_src.as_path();
-    if let Some(u) = &ctx.shared.step_user {
-        // The clone is the agent's; the steps run as the step user and own their checkout.
-        let (ws2, u2) = (ws.to_path_buf(), u.clone());
-        let r = tokio::task::spawn_blocking(move || crate::isolation::chown_tree(&ws2, &u2)).await;
-        if !matches!(r, Ok(Ok(()))) {
-            let msg = "cannot hand the workspace to the step user".to_string();
-            ctx.sys("clone", format!("[raibid] {msg}")).await;
-            return (Status::Failed, Some(format!("clone: {msg}")));
-        }
-    }
     if let Some(end) = crate::patch::apply_step(ctx, ws).await {
         return end;
     }
@@ -317,6 +307,8 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
     let limits = git::Limits {
         deadline,
         stop: ctx.stop.clone(),
+        user: ctx.shared.step_user.clone(),
+        global_config: step_git_config(ctx),
     };
     let logs = ctx.logs.clone();
     let sink = move |l: String| {
@@ -444,6 +436,16 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
     }
 }
 
+/// For git as the step user: a global config trusting every repository, written once per agent.
+pub(crate) fn step_git_config(ctx: &JobCtx<'_>) -> Option<PathBuf> {
+    ctx.shared.step_user.as_ref()?;
+    let p = ctx.shared.cfg.workspace_dir.join(".raibid-step-gitconfig");
+    if !p.exists() {
+        let _ = std::fs::write(&p, "[safe]\n\tdirectory = *\n");
+    }
+    Some(p)
+}
+
 /// After the config step: compute the cache key and make sure the slot has its target directory.
 async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc: &mut JobCache) {
     let Some(first) = pipeline.steps.first() else {
@@ -464,6 +466,8 @@ async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc
     let limits = git::Limits {
         deadline: ctx.deadline,
         stop: ctx.stop.clone(),
+        user: ctx.shared.step_user.clone(),
+        global_config: step_git_config(ctx),
     };
     let restore = jc
         .slot

@@ -161,6 +161,11 @@ pub(crate) struct Limits {
     pub(crate) deadline: std::time::Instant,
     /// Kill git when the job is stopped (cancel, lease lost, shutdown).
     pub(crate) stop: tokio::sync::watch::Receiver<crate::Stop>,
+    /// Run git as this user (the step user): the caches are the steps' to write, so whatever a step
+    /// could plant there (repository config, hooks) must never run with the agent's privileges.
+    pub(crate) user: Option<crate::isolation::StepUser>,
+    /// With `user`: a global git config file that trusts every repository (`safe.directory = *`).
+    pub(crate) global_config: Option<std::path::PathBuf>,
 }
 
 /// Run `git <args>` in `dir` with a minimal environment, in its own process group (killed as a whole
@@ -192,6 +197,16 @@ pub(crate) async fn git(
         .kill_on_drop(true);
     if let Some(v) = std::env::var_os("GIT_SSH_COMMAND") {
         cmd.env("GIT_SSH_COMMAND", v);
+    }
+    if let Some(u) = &limits.user {
+        // std drops the supplementary groups too when it changes the uid as root.
+        cmd.uid(u.uid).gid(u.gid).env("HOME", &u.home);
+        // As the step user, git reads repositories the agent owns (a local source, in local mode):
+        // trust them for that user (the risk of `safe.directory` is to the user running git, here one
+        // with no more rights than a step). GIT_CONFIG_GLOBAL survives into local-transport children.
+        if let Some(g) = &limits.global_config {
+            cmd.env("GIT_CONFIG_GLOBAL", g);
+        }
     }
     // Credentials go in as config through the environment (`GIT_CONFIG_*`), scoped to the URL, only
     // for a forge host, and with redirects off so the header cannot follow a redirect elsewhere.

@@ -5,8 +5,8 @@
 //! `config` (options), `worker` (claim loop, cancel listener), `runner` (one claimed job: log flusher,
 //! heartbeat, shutdown grace, final write), `executor` (clone, config, steps), `process` (a step's
 //! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv), `isolation` (what a step
-//! can reach: step user, private directories, secret scopes, leftover processes), `cache` (git mirrors, cargo
-//! target slots, cache keys).
+//! can reach: step user, private directories, secret scopes, leftover processes), `cache` (git mirrors,
+//! cargo target slots, cache keys).
 
 pub(crate) mod cache;
 pub mod cargo_output;

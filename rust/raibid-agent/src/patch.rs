@@ -189,6 +189,9 @@ fn limits(ctx: &JobCtx<'_>) -> git::Limits {
             .deadline
             .min(std::time::Instant::now() + std::time::Duration::from_secs(120)),
         stop: ctx.stop.clone(),
+        // `git apply` writes the step user's checkout: it runs as that user, like the clone.
+        user: ctx.shared.step_user.clone(),
+        global_config: crate::executor::step_git_config(ctx),
     }
 }
 

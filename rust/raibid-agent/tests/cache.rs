@@ -9,7 +9,7 @@
 //! mid-fetch or corrupted recovers; the clone ends at its timeout and on cancel; the git token goes
 //! only to forge hosts and never follows a redirect, and is never taken from the command line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// Agents are killed (and reaped by the kernel once this process exits) by `Stack`'s Drop.
+// Agents are killed when the stack is dropped (also when a test fails).
 #![allow(clippy::zombie_processes)]
 
 use raibid_core::testkit::RedisServer;
@@ -64,11 +64,11 @@ async fn stack() -> Stack {
         public_url: "http://raibid.test".into(),
         body_limit: 1 << 20,
         lease: Duration::from_secs(30),
-        // Jobs here clone file:// repositories.
         mcp_allowed_hosts: Vec::new(),
         mcp_allowed_origins: Vec::new(),
         notify_secret: None,
         notify_allowed_hosts: Vec::new(),
+        // Jobs here clone file:// repositories (and http:// from local test servers).
         intake: raibid_dispatcher::Intake {
             allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
             ..raibid_dispatcher::Intake::default()
@@ -86,11 +86,9 @@ async fn stack() -> Stack {
         .ok()
     });
     let tmp = tempfile::tempdir().unwrap();
-    // One cargo registry cache for every test run (what the node keeps), so crates download once.
-    let shared_cargo = std::env::temp_dir().join("raibid-test-cache").join("cargo");
-    std::fs::create_dir_all(&shared_cargo).unwrap();
-    std::fs::create_dir_all(tmp.path().join("cache")).unwrap();
-    std::os::unix::fs::symlink(&shared_cargo, tmp.path().join("cache/cargo")).unwrap();
+    // The node's CARGO_HOME lives in the cache (the agent refuses a symlink there); each test has its
+    // own, so the few small crates these tests use download once per test.
+    std::fs::create_dir_all(tmp.path().join("cache/cargo")).unwrap();
     Stack {
         redis,
         base,

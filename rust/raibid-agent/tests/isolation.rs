@@ -1,6 +1,8 @@
 //! What a build step can reach and leave behind (issue 8 §5, §9, §10): the real agent binary, real
 //! Redis (with a password), real steps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Agents are killed and reaped by the support harness when a test ends.
+#![allow(clippy::zombie_processes)]
 
 mod support;
 

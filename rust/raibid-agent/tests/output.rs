@@ -4,6 +4,8 @@
 //! - floods (`yes ''`, 100 MB of short lines) leave the job's log within its cap, Redis memory grows by
 //!   less than twice the cap, and other jobs keep running meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Agents are killed and reaped by the support harness when a test ends.
+#![allow(clippy::zombie_processes)]
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! directory outside the workspace root; a heartbeating agent is never reaped however eager the reaper;
 //! a flushed Redis (lost volume) recovers by itself under a running agent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Agents are killed and reaped by the support harness when a test ends.
+#![allow(clippy::zombie_processes)]
 
 use chrono::Utc;
 use raibid_core::contract::{self, keys};

@@ -81,23 +81,48 @@ pub async fn record(con: &mut ConnectionManager, s: &CacheStats) -> redis::Redis
     p.query_async(con).await
 }
 
-/// Render the cache counters as Prometheus text (one `HGETALL`).
+/// Append the cache counters to a `/metrics` text (one `HGETALL`), OpenMetrics style (`# TYPE` names
+/// the family, counter samples end in `_total`), before its `# EOF` line when it has one.
 pub async fn render_metrics(con: &mut ConnectionManager, out: &mut String) {
     let m: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
         .arg(keys::CACHE_COUNTERS)
         .query_async(con)
         .await
         .unwrap_or_default();
+    let had_eof = out.ends_with("# EOF\n");
+    if had_eof {
+        out.truncate(out.len() - "# EOF\n".len());
+    }
     let g = |k: &str| m.get(k).copied().unwrap_or(0);
-    let _ = writeln!(out, "# HELP raibid_cache_jobs_total Jobs by how their cargo target directory was restored (all agents).\n# TYPE raibid_cache_jobs_total counter");
+    let family = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    };
+    family(
+        out,
+        "raibid_cache_jobs",
+        "Jobs by how their cargo target directory was restored (all agents).",
+    );
     let warm = g("jobs_warm");
     let seeded = g("jobs_seeded");
     let cold = g("jobs").saturating_sub(warm + seeded);
     for (r, v) in [("warm", warm), ("seeded", seeded), ("cold", cold)] {
         let _ = writeln!(out, "raibid_cache_jobs_total{{restore=\"{r}\"}} {v}");
     }
-    let _ = writeln!(out, "# HELP raibid_cache_jobs_recovered_total Jobs that found their slot left by a killed job.\n# TYPE raibid_cache_jobs_recovered_total counter\nraibid_cache_jobs_recovered_total {}", g("jobs_recovered"));
-    let _ = writeln!(out, "# HELP raibid_cache_units_total Compilation units cargo reported, by freshness (hit ratio = fresh / all).\n# TYPE raibid_cache_units_total counter");
+    family(
+        out,
+        "raibid_cache_jobs_recovered",
+        "Jobs that found their slot left by a killed job.",
+    );
+    let _ = writeln!(
+        out,
+        "raibid_cache_jobs_recovered_total {}",
+        g("jobs_recovered")
+    );
+    family(
+        out,
+        "raibid_cache_units",
+        "Compilation units cargo reported, by freshness (hit ratio = fresh / all).",
+    );
     let fresh = g("units_fresh");
     let _ = writeln!(out, "raibid_cache_units_total{{fresh=\"true\"}} {fresh}");
     let _ = writeln!(
@@ -105,15 +130,45 @@ pub async fn render_metrics(con: &mut ConnectionManager, out: &mut String) {
         "raibid_cache_units_total{{fresh=\"false\"}} {}",
         g("units_total").saturating_sub(fresh)
     );
-    let _ = writeln!(out, "# HELP raibid_cache_mirror_hits_total Jobs whose commit was already in the git mirror.\n# TYPE raibid_cache_mirror_hits_total counter\nraibid_cache_mirror_hits_total {}", g("mirror_hits"));
-    let _ = writeln!(out, "# HELP raibid_cache_fetched_objects_total Git objects fetched into mirrors.\n# TYPE raibid_cache_fetched_objects_total counter\nraibid_cache_fetched_objects_total {}", g("fetched_objects"));
-    let _ = writeln!(out, "# HELP raibid_cache_fetched_bytes_total Pack bytes fetched into mirrors.\n# TYPE raibid_cache_fetched_bytes_total counter\nraibid_cache_fetched_bytes_total {}", g("fetched_bytes"));
-    let _ = writeln!(out, "# HELP raibid_cache_seconds_total Seconds spent on caches, by phase.\n# TYPE raibid_cache_seconds_total counter");
+    family(
+        out,
+        "raibid_cache_mirror_hits",
+        "Jobs whose commit was already in the git mirror.",
+    );
+    let _ = writeln!(out, "raibid_cache_mirror_hits_total {}", g("mirror_hits"));
+    family(
+        out,
+        "raibid_cache_fetched_objects",
+        "Git objects fetched into mirrors.",
+    );
+    let _ = writeln!(
+        out,
+        "raibid_cache_fetched_objects_total {}",
+        g("fetched_objects")
+    );
+    family(
+        out,
+        "raibid_cache_fetched_bytes",
+        "Pack bytes fetched into mirrors.",
+    );
+    let _ = writeln!(
+        out,
+        "raibid_cache_fetched_bytes_total {}",
+        g("fetched_bytes")
+    );
+    family(
+        out,
+        "raibid_cache_seconds",
+        "Seconds spent on caches, by phase.",
+    );
     for (p, k) in [("lock", "lock_ms"), ("restore", "restore_ms")] {
         let _ = writeln!(
             out,
             "raibid_cache_seconds_total{{phase=\"{p}\"}} {:.3}",
             g(k) as f64 / 1000.0
         );
+    }
+    if had_eof {
+        out.push_str("# EOF\n");
     }
 }

@@ -101,7 +101,8 @@ pub(crate) async fn update(
     log: Sink<'_>,
 ) -> Result<MirrorOutcome, CloneError> {
     let base = root.join("git");
-    std::fs::create_dir_all(&base).map_err(|e| CloneError::Failed(format!("cache dir: {e}")))?;
+    super::mkdirs(&base, limits.user.as_ref())
+        .map_err(|e| CloneError::Failed(format!("cache dir: {e}")))?;
     let dir = base.join(format!("{repo_id}.git"));
     let t = Instant::now();
     let stop = limits.stop.clone();

@@ -46,6 +46,27 @@ impl From<lock::LockError> for CloneError {
     }
 }
 
+/// Hand a directory the agent created to the step user (when steps run as one), so git (which runs as
+/// that user in the caches) and the steps can write it.
+pub(crate) fn own(p: &std::path::Path, user: Option<&crate::isolation::StepUser>) {
+    if let Some(u) = user {
+        let _ = std::os::unix::fs::lchown(p, Some(u.uid), Some(u.gid));
+    }
+}
+
+/// `create_dir_all`, each created level handed to the step user.
+pub(crate) fn mkdirs(
+    p: &std::path::Path,
+    user: Option<&crate::isolation::StepUser>,
+) -> std::io::Result<()> {
+    let missing: Vec<&std::path::Path> = p.ancestors().take_while(|a| !a.exists()).collect();
+    std::fs::create_dir_all(p)?;
+    for a in missing.iter().rev() {
+        own(a, user);
+    }
+    Ok(())
+}
+
 /// The agent's view of the node cache.
 pub(crate) struct Cache {
     pub(crate) root: PathBuf,

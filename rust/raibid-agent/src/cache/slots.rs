@@ -149,7 +149,7 @@ pub(crate) async fn acquire(
     limits: &Limits,
 ) -> Result<(Slot, u64), CloneError> {
     let repo_dir = root.join("targets").join(repo_id);
-    std::fs::create_dir_all(&repo_dir)
+    super::mkdirs(&repo_dir, limits.user.as_ref())
         .map_err(|e| CloneError::Failed(format!("cache dir: {e}")))?;
     let t = Instant::now();
     let stop = limits.stop.clone();
@@ -178,7 +178,7 @@ pub(crate) async fn acquire(
             let l = lock::try_lock(&repo_dir.join(format!("{name}.lock")))
                 .map_err(|e| CloneError::Failed(format!("slot lock: {e}")))?
                 .ok_or_else(|| CloneError::Failed("new slot is locked".into()))?;
-            std::fs::create_dir_all(repo_dir.join(&name))
+            super::mkdirs(&repo_dir.join(&name), limits.user.as_ref())
                 .map_err(|e| CloneError::Failed(format!("slot dir: {e}")))?;
             (name, Meta::default(), l)
         }
@@ -246,7 +246,7 @@ impl Slot {
             .unwrap_or(false);
         if !reuse {
             let _ = std::fs::remove_dir_all(&src);
-            std::fs::create_dir_all(&src)
+            super::mkdirs(&src, limits.user.as_ref())
                 .map_err(|e| CloneError::Failed(format!("checkout dir: {e}")))?;
             let o = run(&src, &["init", "-q"], creds, None, limits, log).await?;
             if !o.ok {
@@ -254,6 +254,7 @@ impl Slot {
             }
             std::fs::write(&alt, format!("{}\n", objects.to_string_lossy()))
                 .map_err(|e| CloneError::Failed(format!("alternates: {e}")))?;
+            super::own(&alt, limits.user.as_ref());
         } else {
             // A killed job may have left git's index lock behind.
             let _ = std::fs::remove_file(src.join(".git/index.lock"));
@@ -294,7 +295,7 @@ impl Slot {
             return "warm".into();
         }
         let parent = self.dir.join("target");
-        let _ = std::fs::create_dir_all(&parent);
+        let _ = super::mkdirs(&parent, limits.user.as_ref());
         for (name, meta) in preference(&self.repo_dir, &self.meta.branch, defaults) {
             if name == self.name || !meta.keys.contains_key(key) {
                 continue;
@@ -319,6 +320,9 @@ impl Slot {
                 "[raibid] seeding target directory of key {key} from {name}"
             ));
             let mut cp = tokio::process::Command::new("cp");
+            if let Some(u) = &limits.user {
+                cp.uid(u.uid).gid(u.gid);
+            }
             cp.arg("-a")
                 .arg("--reflink=auto")
                 .arg(&donor)
@@ -350,7 +354,7 @@ impl Slot {
             drop(held);
             break;
         }
-        let _ = std::fs::create_dir_all(&target);
+        let _ = super::mkdirs(&target, limits.user.as_ref());
         "cold".into()
     }
 
