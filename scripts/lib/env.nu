@@ -21,6 +21,7 @@ export def env-spec []: nothing -> table {
     [RAIBID_GITEA_URL contract "http://gitea-http.gitea.svc:3000" "Gitea base URL (bootstrap prints the one reachable from the host)"]
     [RAIBID_GITEA_TOKEN contract null "Gitea API token (mirrors, hooks, mirror-sync)"]
     [RAIBID_GITEA_TOKEN_FILE contract null "file holding the Gitea token"]
+    [RAIBID_CACHE_DIR contract "/tmp/raibid/cache" "the node's agent cache (git mirrors, cargo target slots) that `raibid.nu cache` lists and prunes"]
     [RAIBID_GITEA_WEBHOOK_SECRET contract null "secret set on Gitea push webhooks"]
     [RAIBID_GITEA_WEBHOOK_SECRET_FILE contract null "file holding the Gitea webhook secret"]
     [RAIBID_GITHUB_WEBHOOK_SECRET contract null "secret set on GitHub push webhooks"]

@@ -85,7 +85,10 @@ def submit_follow_show_queue_agents_against_the_real_dispatcher [] {
     let listed = (main jobs --status succeeded)
     assert equal ($listed | get id) [$job.id]
     let q = (main queue)
-    assert equal [$q.stream $q.group $q.lag $q.pending] [raibid:jobs raibid-agents 0 0]
+    # Totals over every agent type, and each type's own stream under `kinds`.
+    assert equal [$q.group $q.lag $q.pending] [raibid-agents 0 0]
+    assert equal ($q.kinds | get stream) [raibid:jobs raibid:jobs:image]
+    assert equal ($q.kinds | get lag) [0 0]
     assert equal (main agents | get id) [real-test-agent]
     # Retry makes a new job; cancel of a finished job is refused with the API's message.
     let again = (main jobs retry $job.id)
