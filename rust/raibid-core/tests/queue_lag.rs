@@ -5,39 +5,12 @@
 
 use chrono::Utc;
 use raibid_core::contract::keys;
-use raibid_core::job::{Job, Source, Status, Trigger, TriggerKind};
+use raibid_core::job::Status;
 use raibid_core::queue::{Claim, Enqueued, Queue, QueueConfig};
-use raibid_core::testkit::RedisServer;
 use std::time::Duration;
 
-fn job() -> Job {
-    Job::new(
-        Source {
-            repo_url: "https://forge.example/o/r.git".into(),
-            git_ref: "refs/heads/main".into(),
-            sha: None,
-            trigger: Trigger {
-                kind: TriggerKind::Api,
-                actor: None,
-            },
-            delivery_id: None,
-            forge_repo: None,
-            patch: None,
-            notify_url: None,
-        },
-        Utc::now(),
-    )
-}
-
-async fn setup(cfg: QueueConfig) -> (RedisServer, Queue, redis::aio::MultiplexedConnection) {
-    let r = RedisServer::start().unwrap();
-    let q = Queue::connect(&r.url(), cfg).await.unwrap();
-    let c = q
-        .blocking_connection(Duration::from_millis(100))
-        .await
-        .unwrap();
-    (r, q, c)
-}
+mod common;
+use common::{job, setup};
 
 async fn enqueue(q: &Queue, n: usize) -> Vec<String> {
     let mut ids = Vec::new();

@@ -171,26 +171,19 @@ impl DispatcherConfig {
     }
 }
 
+/// A secret from its flag/env value or its file: the one loader of the workspace
+/// (`raibid_core::secret_source`), shared with the agent.
 fn secret(
     value: &Option<String>,
     file: &Option<PathBuf>,
     what: &str,
 ) -> anyhow::Result<Option<String>> {
-    if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
-        return Ok(Some(v.clone()));
+    Ok(raibid_core::secret_source::SecretSource {
+        what,
+        value: value.as_deref(),
+        file: file.as_deref(),
     }
-    match file {
-        Some(f) => {
-            let v = std::fs::read_to_string(f)
-                .with_context(|| format!("reading {what} from {}", f.display()))?;
-            let v = v.trim().to_string();
-            if v.is_empty() {
-                anyhow::bail!("{what} file {} is empty", f.display());
-            }
-            Ok(Some(v))
-        }
-        None => Ok(None),
-    }
+    .load()?)
 }
 
 /// Parse the mirror mapping.

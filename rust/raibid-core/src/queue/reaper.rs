@@ -163,9 +163,12 @@ impl Queue {
     /// Errors are per entry: a corrupt record is dead-lettered with a reason and the pass goes on.
     /// Safe in several dispatcher replicas at once: the script's revision check lets one of them win.
     pub async fn reap(&self, reaper: &str, orphan: Duration) -> Result<Vec<(String, Requeued)>> {
+        tracing::trace!(reaper, "reaper pass");
         let mut out = Vec::new();
+        // One reading of the Redis clock per pass (expiries are compared inside the script again).
+        let now_ms = self.redis_now_ms().await?;
         for route in crate::contract::kinds::ALL {
-            self.reap_route(route, reaper, orphan, &mut out).await?;
+            self.reap_route(route, orphan, now_ms, &mut out).await?;
         }
         Ok(out)
     }
@@ -173,8 +176,8 @@ impl Queue {
     async fn reap_route(
         &self,
         route: Route,
-        _reaper: &str,
         orphan: Duration,
+        now_ms: i64,
         out: &mut Vec<(String, Requeued)>,
     ) -> Result<()> {
         let mut con = self.con.clone();
@@ -200,7 +203,7 @@ impl Queue {
             for p in &pending.ids {
                 start = format!("({}", p.id);
                 match self
-                    .reap_entry(route, &p.id, p.last_delivered_ms, orphan)
+                    .reap_entry(route, &p.id, p.last_delivered_ms, orphan, now_ms)
                     .await
                 {
                     Ok(Some(r)) => out.push(r),
@@ -222,6 +225,7 @@ impl Queue {
         entry: &str,
         idle_ms: usize,
         orphan: Duration,
+        now_ms: i64,
     ) -> Result<Option<(String, Requeued)>> {
         let mut con = self.con.clone();
         let range: StreamRangeReply = redis::cmd("XRANGE")
@@ -249,7 +253,6 @@ impl Queue {
             .arg("entry")
             .query_async(&mut con)
             .await?;
-        let now_ms = self.redis_now_ms().await?;
         let orphaned = idle_ms as u128 > orphan.as_millis();
         match expires {
             Some(exp) if exp > now_ms => return Ok(None),
