@@ -956,6 +956,50 @@ def check_agent_cache(objs: list[Obj]) -> list[str]:
     return errs
 
 
+CREDENTIAL_FILES = ["GIT_TOKEN_FILE", "REDIS_URL_FILE", "REGISTRY_PASSWORD_FILE", "REGISTRY_AUTH_FILE"]
+
+
+def check_agent_credentials(objs: list[Obj]) -> list[str]:
+    """What a build step can read (issue 8 §9, ADR 0009). In a pod the steps run as the agent's own uid, so a
+    credential must reach the agent as environment (which its non-dumpable flag keeps from same-uid steps), never
+    as a file its uid can read: no Secret volume is mounted into an agent, no *_FILE credential variable is set, the
+    git token (and an image agent's registry password) comes from a secretKeyRef, and each pod runs one job at a
+    time (RAIBID_CONCURRENCY 1 or --once), so no step shares a pod with another job's clone. An agent that drops
+    its steps to another user (RAIBID_STEP_USER) may read files only it can open."""
+    c = gitops.read_contract()["env"]
+    errs = []
+    found = agents(objs)
+    if not found:
+        return ["no agent found"]
+    for owner, pod, cont in found:
+        d = f"{describe(owner)} container {cont.get('name')}"
+        ns = owner["metadata"].get("namespace")
+        e = env_of(cont, objs, ns)
+        if c["STEP_USER"] in e:
+            continue
+        vols = {v.get("name"): v for v in pod.get("volumes") or []}
+        for m in cont.get("volumeMounts") or []:
+            v = vols.get(m.get("name")) or {}
+            projected = [s for s in ((v.get("projected") or {}).get("sources") or []) if "secret" in s]
+            if "secret" in v or projected:
+                errs.append(f"{d}: mounts Secret volume {m.get('name')} at {m.get('mountPath')}: its steps run as the "
+                            f"agent's uid and can read the files; pass credentials as env from a secretKeyRef")
+        for k in CREDENTIAL_FILES:
+            if c[k] in e:
+                errs.append(f"{d}: {c[k]} set: a credential file is readable by the agent's steps (same uid); "
+                            f"use {c[k].removesuffix('_FILE')} from a secretKeyRef")
+        wanted = [c["GIT_TOKEN"]] + ([c["REGISTRY_PASSWORD"]] if "image" in agent_kinds(cont, objs, ns) else [])
+        for k in wanted:
+            ref = ((e.get(k) or {}).get("valueFrom") or {}).get("secretKeyRef")
+            if not ref:
+                errs.append(f"{d}: {k} must come from a secretKeyRef (env), not a value, a file or nothing")
+        once = "--once" in (cont.get("args") or []) + (cont.get("command") or [])
+        if not once and _int_env(cont, objs, ns, c["CONCURRENCY"], 1) != 1:
+            errs.append(f"{d}: {c['CONCURRENCY']} must be 1 in a pod: a second job's step could read this job's "
+                        f"clone (same uid)")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -974,4 +1018,5 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("secret-refs", check_secret_refs),
     ("runtime-settings", check_runtime_settings),
     ("agent-cache", check_agent_cache),
+    ("agent-credentials", check_agent_credentials),
 ]

@@ -170,6 +170,125 @@ tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
         .contains("not available to this repository"));
 }
 
+/// A step that searches every process's environment and command line, the given files and its own
+/// environment for `secrets` and prints `LEAK in <where>` for each hit, then `searched N files as
+/// <user>`; a control then looks for `control` (the step's own secret) in its own `/proc` entry and
+/// prints `control-found-in-proc` when the search can see what is there.
+fn leak_search_step(secrets: &[&str], files: &[&std::path::Path], control: &str) -> String {
+    let patterns = secrets.iter().map(|s| b64(s)).collect::<Vec<_>>().join(" ");
+    let files = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let script = format!(
+        r#"for p in {patterns}; do echo "$p" | base64 -d; echo; done > pat
+n=0
+for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline {files}; do
+  n=$((n+1))
+  if {{ tr '\0' '\n' < "$f"; }} 2>/dev/null | grep -qF -f pat; then echo "LEAK in $f"; fi
+done
+if env | grep -qF -f pat; then echo "LEAK in the environment"; fi
+echo "searched $n files as $(id -un)"
+echo {control} | base64 -d > ctl; echo >> ctl
+tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
+"#,
+        control = b64(control),
+    );
+    script
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect::<String>()
+}
+
+/// The cluster's case (issue 8 §9, ADR 0009): the agent runs unprivileged (here uid 65534, like the
+/// pods' uid 1000) and its steps share its uid, so the credentials reach it only as environment — the
+/// Redis password inside `RAIBID_REDIS_URL`, `RAIBID_GIT_TOKEN`, a scoped secret — never as files. A step
+/// of the same uid searching `/proc/*/environ`, `/proc/*/cmdline` and its environment finds none of them:
+/// the agent is non-dumpable, and git and the steps get a cleared environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn as_in_a_pod_a_same_uid_step_cannot_read_credentials_the_agent_got_as_environment() {
+    use std::os::unix::process::CommandExt;
+    const REDIS_PASSWORD: &str = "redis-pw-pod-91aa7c";
+    const GIT_TOKEN: &str = "git-token-pod-3e5f11";
+    const SCOPED: &str = "scoped-pod-value-c0de";
+    const UID: u32 = 65534;
+    let e = env(Some(REDIS_PASSWORD)).await;
+    // The agent's user reaches the repositories under the temp dir; its roots are its own.
+    std::fs::set_permissions(e.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for d in ["ws", "cache", "home"] {
+        let p = e.tmp.path().join(d);
+        std::fs::create_dir(&p).unwrap();
+        std::os::unix::fs::chown(&p, Some(UID), Some(UID)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let step = leak_search_step(&[REDIS_PASSWORD, GIT_TOKEN], &[], SCOPED);
+    let yaml = format!("secrets: [SCOPED_ONE]\nsteps:\n  - name: search\n    run: |\n{step}");
+    let repo = make_repo(&e.tmp.path().join("searcher"), &yaml);
+    // git refuses a repository another user owns (safe.directory); the pods clone over HTTP instead.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", &format!("{UID}:{UID}")])
+        .arg(e.tmp.path().join("searcher"))
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let mut cmd = e.agent_cmd(
+        "agent-pod",
+        &[
+            ("RAIBID_GIT_TOKEN", GIT_TOKEN.to_string()),
+            ("RAIBID_GIT_USERNAME", "raibid".to_string()),
+            ("RAIBID_ALLOWED_HOSTS", "gitea.test".to_string()),
+            ("RAIBID_SECRET_SCOPED_ONE", SCOPED.to_string()),
+            ("RAIBID_SECRET_SCOPES", format!("SCOPED_ONE={repo}")),
+            ("HOME", e.tmp.path().join("home").display().to_string()),
+        ],
+    );
+    assert!(
+        e.redis.url().contains(REDIS_PASSWORD),
+        "the agent gets the password in its RAIBID_REDIS_URL"
+    );
+    cmd.uid(UID).gid(UID);
+    let pid = e.start(cmd);
+    wait_log(
+        &e.log_path("agent-pod"),
+        "agent started",
+        Duration::from_secs(20),
+    );
+    // The agent really holds the credentials in its environment (root can see them).
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.contains(GIT_TOKEN) && environ.contains(REDIS_PASSWORD));
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pid}/status"))
+            .unwrap()
+            .uid(),
+        0,
+        "a non-dumpable process's /proc files belong to root"
+    );
+    let id = e.submit(&repo).await;
+    let j = e.wait_final(&id, Duration::from_secs(60)).await;
+    let log: Vec<String> = e.logs(&id).await.into_iter().map(|l| l.line).collect();
+    let all = log.join("\n");
+    assert_eq!(
+        j.status.as_str(),
+        "succeeded",
+        "{:?}\n{all}\n{}",
+        j.failure_reason,
+        e.agent_log("agent-pod")
+    );
+    assert!(all.contains("searched "), "{all}");
+    assert!(
+        all.contains("as nobody"),
+        "the step ran as the agent's own uid: {all}"
+    );
+    let leaks: Vec<&String> = log.iter().filter(|l| l.starts_with("LEAK in")).collect();
+    assert!(
+        leaks.is_empty(),
+        "a same-uid step found the agent's credentials: {leaks:?}"
+    );
+    assert!(all.contains("control-found-in-proc"), "{all}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workspace_and_cache_roots_are_owner_only_and_foreign_ones_are_refused() {
     let e = env(None).await;

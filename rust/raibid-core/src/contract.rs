@@ -167,9 +167,11 @@ pub mod env {
     pub const REGISTRY_INSECURE: &str = "RAIBID_REGISTRY_INSECURE";
     /// A containers auth file (`auth.json`, a mounted secret) with the registry credentials.
     pub const REGISTRY_AUTH_FILE: &str = "RAIBID_REGISTRY_AUTH_FILE";
-    /// Registry user name (with `RAIBID_REGISTRY_PASSWORD_FILE`; the agent writes a 0600 auth file per job).
+    /// Registry user name (with `RAIBID_REGISTRY_PASSWORD` or its file; the agent writes a 0600 auth file per job).
     pub const REGISTRY_USERNAME: &str = "RAIBID_REGISTRY_USERNAME";
-    /// File holding the registry password or token.
+    /// The registry password or token (env only: pods, where a mounted file would be readable by steps).
+    pub const REGISTRY_PASSWORD: &str = "RAIBID_REGISTRY_PASSWORD";
+    /// File holding the registry password or token (agents that drop steps to another user).
     pub const REGISTRY_PASSWORD_FILE: &str = "RAIBID_REGISTRY_PASSWORD_FILE";
     /// Buildah storage driver (`vfs` works everywhere; `overlay` on the Spark).
     pub const BUILDAH_STORAGE_DRIVER: &str = "RAIBID_BUILDAH_STORAGE_DRIVER";

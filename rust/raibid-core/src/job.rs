@@ -311,7 +311,7 @@ pub struct Timestamps {
     pub received: Option<DateTime<Utc>>,
     /// The job entered the stream.
     pub queued: Option<DateTime<Utc>>,
-    /// An agent claimed it.
+    /// An agent claimed it: the moment the job's stream entry was delivered to that agent.
     pub claimed: Option<DateTime<Utc>>,
     /// The first step (clone) started.
     pub started: Option<DateTime<Utc>>,

@@ -302,3 +302,42 @@ async fn a_flood_of_empty_lines_hits_the_line_cap() {
     assert_eq!(lines.len(), 51, "50 lines and one marker");
     assert!(lines[50].line.contains("log truncated"), "{:?}", lines[50]);
 }
+
+#[tokio::test]
+async fn claims_and_finishes_record_their_histograms_only_with_the_write_they_measure() {
+    let (_r, q, mut c) = setup(QueueConfig::default()).await;
+    q.enqueue(job(), None).await.unwrap();
+    let mut first = q
+        .claim_next(&mut c, "slow", Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    let claimed = first.job.timestamps.claimed.unwrap();
+    assert!(claimed >= first.job.timestamps.queued.unwrap());
+    q.requeue(&first.job.id, &first.entry_id, "lease expired", None)
+        .await
+        .unwrap();
+    let mut second = q
+        .claim_next(&mut c, "fast", Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    // The fenced-out agent's final write records no duration; the lease holder's does.
+    first.job.finish(Status::Failed, None, Utc::now());
+    assert!(q.finish_claimed(&mut first).await.is_err());
+    second.job.finish(Status::Succeeded, None, Utc::now());
+    q.finish_claimed(&mut second).await.unwrap();
+
+    let claims = q.histogram(keys::CLAIM_LATENCY_HIST).await.unwrap();
+    assert_eq!(claims.get("count"), Some(&2.0), "{claims:?}");
+    assert_eq!(claims.get("+Inf"), Some(&2.0), "{claims:?}");
+    // Cumulative buckets: the 30 s bound holds both claims; no bucket holds more than `count`.
+    assert_eq!(claims.get("30"), Some(&2.0), "{claims:?}");
+    assert!(claims.values().all(|v| *v >= 0.0));
+    let latency = second.job.claim_latency_secs().unwrap();
+    assert!(claims["sum"] >= latency, "{claims:?} vs {latency}");
+
+    let durations = q.histogram(keys::JOB_DURATION_HIST).await.unwrap();
+    assert_eq!(durations.get("count"), Some(&1.0), "{durations:?}");
+    assert_eq!(durations.get("3600"), Some(&1.0), "{durations:?}");
+}

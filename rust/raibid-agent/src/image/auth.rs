@@ -52,11 +52,19 @@ pub fn auth_file(
         write_private(&dest, &data).map_err(|e| format!("writing the job's auth file: {e}"))?;
         return Ok((Some(dest), Vec::new()));
     }
-    match (&cfg.registry_username, &cfg.registry_password_file) {
-        (Some(user), Some(pw_file)) => {
-            let pw = std::fs::read_to_string(pw_file)
-                .map_err(|e| format!("registry password file {}: {e}", pw_file.display()))?;
-            let pw = pw.trim().to_string();
+    // The password from the environment (pods: protected by the agent's non-dumpable flag) or its file.
+    let from_env = std::env::var(raibid_core::contract::env::REGISTRY_PASSWORD)
+        .ok()
+        .filter(|p| !p.is_empty());
+    let password = raibid_core::secret_source::SecretSource {
+        what: raibid_core::contract::env::REGISTRY_PASSWORD_FILE,
+        value: from_env.as_deref(),
+        file: cfg.registry_password_file.as_deref(),
+    }
+    .load()
+    .map_err(|e| e.to_string())?;
+    match (&cfg.registry_username, password) {
+        (Some(user), Some(pw)) => {
             let host = registry.split('/').next().unwrap_or(registry);
             let auth = base64(format!("{user}:{pw}").as_bytes());
             let doc = serde_json::json!({"auths": {host: {"auth": auth}}});
@@ -65,8 +73,9 @@ pub fn auth_file(
             Ok((Some(dest), vec![pw, auth]))
         }
         (Some(_), None) | (None, Some(_)) => Err(format!(
-            "registry credentials need both {} and {}",
+            "registry credentials need both {} and {} (or {})",
             raibid_core::contract::env::REGISTRY_USERNAME,
+            raibid_core::contract::env::REGISTRY_PASSWORD,
             raibid_core::contract::env::REGISTRY_PASSWORD_FILE
         )),
         (None, None) => Ok((None, Vec::new())),

@@ -28,6 +28,16 @@ pub(super) struct Cas<'a> {
     pub entry: Option<&'a str>,
     /// With a lease: set its expiry to now + this.
     pub lease_ttl: Option<Duration>,
+    /// A histogram observation recorded by the same script, only if the write happens.
+    pub observe: Option<Observation<'a>>,
+}
+
+/// One histogram observation: the value and the histogram (key, cumulative bucket bounds).
+#[derive(Clone, Copy)]
+pub(super) struct Observation<'a> {
+    pub key: &'a str,
+    pub buckets: &'a [f64],
+    pub value: f64,
 }
 
 impl Queue {
@@ -122,14 +132,13 @@ impl Queue {
             0
         };
         let route = job.kind.route();
-        let r: i64 = self
-            .scripts
-            .update
-            .key(contract::job_key(&job.id))
+        let mut inv = self.scripts.update.prepare_invoke();
+        inv.key(contract::job_key(&job.id))
             .key(route.stream)
             .key(keys::EVENTS_STREAM)
             .key(contract::job_log_key(&job.id))
             .key(keys::JOB_STATUS_COUNTS)
+            .key(w.observe.map(|o| o.key).unwrap_or(keys::CLAIM_LATENCY_HIST))
             .arg(w.rev)
             .arg(record)
             .arg(event)
@@ -141,9 +150,19 @@ impl Queue {
             .arg(w.required_lease.unwrap_or(""))
             .arg(w.entry.unwrap_or(""))
             .arg(job.status.as_str())
-            .arg(w.lease_ttl.map(|d| d.as_millis() as u64).unwrap_or(0))
-            .invoke_async(&mut con)
-            .await?;
+            .arg(w.lease_ttl.map(|d| d.as_millis() as u64).unwrap_or(0));
+        match w.observe {
+            Some(o) => {
+                inv.arg(o.value.to_string());
+                for b in o.buckets.iter().filter(|b| o.value <= **b) {
+                    inv.arg(b.to_string());
+                }
+            }
+            None => {
+                inv.arg("");
+            }
+        }
+        let r: i64 = inv.invoke_async(&mut con).await?;
         match r {
             -1 => Err(QueueError::NotFound(job.id.to_string())),
             -2 => Err(QueueError::LeaseLost(job.id.to_string())),
@@ -173,6 +192,7 @@ impl Queue {
                 required_lease: None,
                 entry: None,
                 lease_ttl: None,
+                observe: None,
             };
             if self.cas(&job, w).await? {
                 return Ok(job);
@@ -191,14 +211,7 @@ impl Queue {
 
     /// Write the final status and acknowledge the stream entry, in one fenced step.
     pub async fn finish_claimed(&self, claim: &mut Claim) -> Result<()> {
-        self.fenced_write(claim, "job_finished", true).await?;
-        self.observe(
-            keys::JOB_DURATION_HIST,
-            &JOB_DURATION_BUCKETS,
-            claim.job.duration_secs(),
-        )
-        .await;
-        Ok(())
+        self.fenced_write(claim, "job_finished", true).await
     }
 
     /// A record write by the lease holder, retried on revision conflicts; `last` also acknowledges the
@@ -216,6 +229,16 @@ impl Queue {
             } else {
                 (None, claim.lease.as_str())
             };
+            // The final write records the job's duration in the same script.
+            let observe = if last {
+                claim.job.duration_secs().map(|value| Observation {
+                    key: keys::JOB_DURATION_HIST,
+                    buckets: &JOB_DURATION_BUCKETS,
+                    value,
+                })
+            } else {
+                None
+            };
             let w = Cas {
                 rev: &rev,
                 event: Some(event),
@@ -224,6 +247,7 @@ impl Queue {
                 required_lease: Some(&claim.lease),
                 entry: None,
                 lease_ttl: None,
+                observe,
             };
             if self.cas(&claim.job, w).await? {
                 return Ok(());
@@ -293,7 +317,12 @@ impl Queue {
             }) else {
                 return Ok(None);
             };
-            if let Some(c) = self.claim_entry_in(route, agent, &entry_id, &raw).await? {
+            // Delivery into this consumer's pending list is the claim; the record write confirms it.
+            let delivered = Utc::now();
+            if let Some(c) = self
+                .claim_entry_in(route, agent, &entry_id, &raw, delivered)
+                .await?
+            {
                 return Ok(Some(c));
             }
             wait = Duration::from_millis(1);
@@ -308,7 +337,7 @@ impl Queue {
         entry_id: &str,
         job_id: &str,
     ) -> Result<Option<Claim>> {
-        self.claim_entry_in(JobKind::Rust.route(), agent, entry_id, job_id)
+        self.claim_entry_in(JobKind::Rust.route(), agent, entry_id, job_id, Utc::now())
             .await
     }
 
@@ -318,6 +347,7 @@ impl Queue {
         agent: &str,
         entry_id: &str,
         raw_id: &str,
+        delivered: chrono::DateTime<Utc>,
     ) -> Result<Option<Claim>> {
         let lease_ttl = self.cfg.lease;
         let id = match JobId::parse(raw_id) {
@@ -378,6 +408,7 @@ impl Queue {
                     required_lease: None,
                     entry: None,
                     lease_ttl: None,
+                    observe: None,
                 };
                 if self.cas(&job, w).await? {
                     return Ok(None);
@@ -389,7 +420,7 @@ impl Queue {
             job.attempt += 1;
             job.agent = Some(agent.to_string());
             job.lease = Some(lease.clone());
-            job.timestamps.claimed = Some(now);
+            job.timestamps.claimed = Some(delivered);
             job.failure_reason = None;
             let w = Cas {
                 rev: &rev,
@@ -399,14 +430,15 @@ impl Queue {
                 required_lease: None,
                 entry: Some(entry_id),
                 lease_ttl: Some(lease_ttl),
+                // The claim latency is recorded by the claim's own write: no extra round trip
+                // before the job starts.
+                observe: job.claim_latency_secs().map(|value| Observation {
+                    key: keys::CLAIM_LATENCY_HIST,
+                    buckets: &CLAIM_LATENCY_BUCKETS,
+                    value,
+                }),
             };
             if self.cas(&job, w).await? {
-                self.observe(
-                    keys::CLAIM_LATENCY_HIST,
-                    &CLAIM_LATENCY_BUCKETS,
-                    job.claim_latency_secs(),
-                )
-                .await;
                 return Ok(Some(Claim {
                     job,
                     entry_id: entry_id.to_string(),

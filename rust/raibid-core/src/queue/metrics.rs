@@ -16,25 +16,6 @@ pub const JOB_DURATION_BUCKETS: [f64; 10] = [
 ];
 
 impl Queue {
-    pub(super) async fn observe(&self, key: &str, buckets: &[f64], value: Option<f64>) {
-        let Some(v) = value else { return };
-        let mut con = self.con.clone();
-        let mut p = redis::pipe();
-        p.atomic();
-        for b in buckets {
-            if v <= *b {
-                p.cmd("HINCRBY").arg(key).arg(b.to_string()).arg(1).ignore();
-            }
-        }
-        p.cmd("HINCRBY").arg(key).arg("+Inf").arg(1).ignore();
-        p.cmd("HINCRBY").arg(key).arg("count").arg(1).ignore();
-        p.cmd("HINCRBYFLOAT").arg(key).arg("sum").arg(v).ignore();
-        let r: redis::RedisResult<()> = p.query_async(&mut con).await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not record metric");
-        }
-    }
-
     /// Read a histogram: (bucket bound → cumulative count, sum, count).
     pub async fn histogram(&self, key: &str) -> Result<HashMap<String, f64>> {
         let mut con = self.con.clone();

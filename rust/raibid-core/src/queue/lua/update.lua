@@ -1,7 +1,9 @@
 -- Compare-and-set write of a job record; with `required_lease`, fenced by the claim's lease token.
--- KEYS: job, stream, events, log, counts
+-- KEYS: job, stream, events, log, counts, histogram (ignored without an observation)
 -- ARGV: expected_rev, record, event, events_maxlen, ack_entry, group, expire_secs, lease, required_lease,
---       entry, status, lease_ttl_ms
+--       entry, status, lease_ttl_ms, observed value ('' = none), bucket bounds the value falls in...
+-- An observation is recorded in the same step as the write it measures (a claim's latency, a job's
+-- duration): one round trip, and only when the write happened.
 local cur = redis.call('HMGET', KEYS[1], 'rev', 'lease', 'status')
 if not cur[1] then return -1 end
 if cur[1] ~= ARGV[1] then return 0 end
@@ -26,6 +28,12 @@ if ARGV[5] ~= '' then
 end
 if ARGV[3] ~= '' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+end
+if ARGV[13] ~= '' then
+  for i = 14, #ARGV do redis.call('HINCRBY', KEYS[6], ARGV[i], 1) end
+  redis.call('HINCRBY', KEYS[6], '+Inf', 1)
+  redis.call('HINCRBY', KEYS[6], 'count', 1)
+  redis.call('HINCRBYFLOAT', KEYS[6], 'sum', ARGV[13])
 end
 if ARGV[7] ~= '0' then
   redis.call('EXPIRE', KEYS[1], ARGV[7])
