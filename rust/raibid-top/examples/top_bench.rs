@@ -8,7 +8,8 @@
 //!    job submitted → visible on screen (event written, SSE, fetch, render, tmux).
 //!
 //! `cargo run --release -p raibid-top --example top_bench` (needs redis-server and tmux; build the binary
-//! first with `cargo build --release -p raibid-top`).
+//! first with `cargo build --release -p raibid-top`). `BENCH_RENDER_ONLY=1` runs part 1 only,
+//! `BENCH_LIVE_ONLY=1` part 2 only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -56,6 +57,34 @@ fn frames(
 
 fn key(app: &mut App, c: KeyCode) {
     app.handle_key(KeyEvent::new(c, KeyModifiers::NONE));
+}
+
+/// One `/` filter keystroke with 10,000 jobs: the key applied and the next frame drawn, timed together
+/// (typing `alice/parser` one character at a time, then erasing it with Backspace, 20 times).
+fn keystrokes(jobs: &[raibid_core::job::Job], (w, h): (u16, u16)) {
+    let mut app = common::app_with(jobs.to_vec());
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| raibid_top::ui::draw(f, &mut app)).unwrap();
+    key(&mut app, KeyCode::Char('/'));
+    let query = "alice/parser";
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        for c in query
+            .chars()
+            .map(KeyCode::Char)
+            .chain(query.chars().map(|_| KeyCode::Backspace))
+        {
+            let t0 = Instant::now();
+            key(&mut app, c);
+            t.draw(|f| raibid_top::ui::draw(f, &mut app)).unwrap();
+            times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let n = times.len();
+    let (p50, p99, max) = pct(times);
+    println!(
+        "| 10,000 jobs, one `/` filter keystroke + its frame (type and erase `{query}`) | {w}×{h} | {n} | {p50:.3} | {p99:.3} | {max:.3} |"
+    );
 }
 
 fn render_benchmarks() {
@@ -106,6 +135,7 @@ fn render_benchmarks() {
                 }
             },
         );
+        keystrokes(&jobs, size);
         let mut app = common::few();
         key(&mut app, KeyCode::Char('l'));
         let job = app.log.job.clone();
@@ -426,5 +456,7 @@ async fn main() {
     if std::env::var_os("BENCH_LIVE_ONLY").is_none() {
         render_benchmarks();
     }
-    live_benchmarks().await;
+    if std::env::var_os("BENCH_RENDER_ONLY").is_none() {
+        live_benchmarks().await;
+    }
 }

@@ -364,3 +364,74 @@ fn throughput_and_success_rate_over_the_last_hour() {
     app.prepare();
     assert_eq!(app.hour, (0, 0));
 }
+
+/// What a filter must show: every job whose id, repo, ref or status holds `q` (smart case), newest first.
+fn expected(app: &App, q: &str) -> Vec<String> {
+    let fold = !q.chars().any(char::is_uppercase);
+    let has = |h: &str| {
+        if fold {
+            h.to_lowercase().contains(q)
+        } else {
+            h.contains(q)
+        }
+    };
+    let mut v: Vec<String> = app
+        .jobs
+        .iter()
+        .filter(|j| {
+            has(j.id.as_str())
+                || has(&j.source.repo_url)
+                || has(&j.source.git_ref)
+                || has(j.status.as_str())
+        })
+        .map(|j| j.id.to_string())
+        .collect();
+    v.sort();
+    v.reverse();
+    v
+}
+
+#[test]
+fn typing_and_erasing_a_filter_key_by_key_shows_what_a_fresh_filter_shows() {
+    let mut app = app_with(many(2000));
+    key(&mut app, KeyCode::Char('/'));
+    // Narrowing (each key extends the query), widening (Backspace), and smart case (upper case).
+    for q in ["alice/parser", "fix/lag-ack", "Succeeded", "01KDX"] {
+        let mut typed_so_far = String::new();
+        for c in q.chars() {
+            key(&mut app, KeyCode::Char(c));
+            typed_so_far.push(c);
+            assert_eq!(
+                ids(&mut app),
+                expected(&app, &typed_so_far),
+                "typed {typed_so_far:?}"
+            );
+        }
+        for _ in q.chars() {
+            key(&mut app, KeyCode::Backspace);
+            typed_so_far.pop();
+            assert_eq!(
+                ids(&mut app),
+                expected(&app, &typed_so_far),
+                "erased to {typed_so_far:?}"
+            );
+        }
+    }
+    // A filtered list follows events: a job that starts running enters a `running` filter.
+    typed(&mut app, "running");
+    assert!(ids(&mut app).is_empty());
+    app.update(Action::Net(Net::Event(LiveEvent::Job(Event {
+        kind: "job_claimed".into(),
+        job: id(7),
+        status: Status::Running,
+        step: None,
+        agent: Some("agent-1".into()),
+        ts: now(),
+    }))));
+    assert_eq!(ids(&mut app), vec![id(7)]);
+    // ... and leaves it when it finishes.
+    let mut done = app.job(&id(7)).unwrap().clone();
+    done.status = Status::Succeeded;
+    app.update(Action::Net(Net::Job(Box::new(done))));
+    assert!(ids(&mut app).is_empty());
+}
