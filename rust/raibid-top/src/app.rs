@@ -829,6 +829,14 @@ impl App {
                 self.agents.remove(&id);
                 Vec::new()
             }
+            LiveEvent::Resync { reason, .. } => {
+                // The network task reloads the first page of jobs; it replaces the list when it comes.
+                self.say(
+                    false,
+                    format!("missed events ({reason}); reloading the job list"),
+                );
+                Vec::new()
+            }
             LiveEvent::Job(ev) => {
                 // Apply what the event says at once; fetch the full record for the rest.
                 if let Some(&i) = self.index.get(&ev.job) {

@@ -435,3 +435,46 @@ fn typing_and_erasing_a_filter_key_by_key_shows_what_a_fresh_filter_shows() {
     app.update(Action::Net(Net::Job(Box::new(done))));
     assert!(ids(&mut app).is_empty());
 }
+
+#[test]
+fn a_resync_says_events_were_missed_and_the_reloaded_page_replaces_the_list() {
+    let mut app = few();
+    // The cursor sits on a queued job.
+    key(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.selected.as_deref(), Some(id(4).as_str()));
+    app.update(Action::Net(Net::Event(LiveEvent::Hello {
+        cursor: "9-0".into(),
+    })));
+    let out = app.update(Action::Net(Net::Event(LiveEvent::Resync {
+        requested: "1-0".into(),
+        cursor: "9-0".into(),
+        reason: "the id is older than the oldest event still kept".into(),
+    })));
+    assert!(
+        out.is_empty(),
+        "the network task reloads by itself: {out:?}"
+    );
+    let (ok, m) = app.message.clone().unwrap();
+    assert!(
+        !ok && m.contains("missed events") && m.contains("reloading"),
+        "{m}"
+    );
+    // The reload: a job finished meanwhile (its events were lost), one is new, the others were pruned.
+    let mut done = job(4, Status::Succeeded, 600);
+    done.timestamps.finished = Some(now());
+    app.update(Action::Net(Net::Jobs {
+        jobs: vec![job(9, Status::Queued, 0), done],
+        first: true,
+    }));
+    assert_eq!(ids(&mut app), vec![id(9), id(4)]);
+    assert_eq!(app.job(&id(4)).unwrap().status, Status::Succeeded);
+    assert!(
+        app.job(&id(3)).is_none(),
+        "nothing from before the reload stays"
+    );
+    assert_eq!(
+        app.selected.as_deref(),
+        Some(id(4).as_str()),
+        "the cursor stays on its job"
+    );
+}
