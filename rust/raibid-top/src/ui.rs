@@ -254,7 +254,7 @@ fn job_columns(inner: u16, agent_w: usize) -> Vec<(Col, usize)> {
         Col::Step => 10,
         Col::Time => 6,
         Col::Cache => 5,
-        Col::Agent => agent_w.clamp(5, 24),
+        Col::Agent => agent_w.clamp(5, 32),
         Col::Attempt => 1,
     };
     let total = |cols: &[(Col, usize)]| {
@@ -278,7 +278,12 @@ fn job_columns(inner: u16, agent_w: usize) -> Vec<(Col, usize)> {
             drop(&mut cols, c);
         }
     }
-    for (c, min) in [(Col::Repo, 16), (Col::Ref, 10), (Col::Step, 6), (Col::Agent, 8)] {
+    for (c, min) in [
+        (Col::Repo, 16),
+        (Col::Ref, 10),
+        (Col::Step, 6),
+        (Col::Agent, 8),
+    ] {
         shrink(&mut cols, c, min);
     }
     for c in &Col::DROP[2..] {
@@ -286,7 +291,12 @@ fn job_columns(inner: u16, agent_w: usize) -> Vec<(Col, usize)> {
             drop(&mut cols, *c);
         }
     }
-    for (c, min) in [(Col::Repo, 8), (Col::Ref, 6), (Col::Agent, 5), (Col::Time, 5)] {
+    for (c, min) in [
+        (Col::Repo, 8),
+        (Col::Ref, 6),
+        (Col::Agent, 5),
+        (Col::Time, 5),
+    ] {
         shrink(&mut cols, c, min);
     }
     // Room to spare goes to REPO (the longest names).
@@ -334,9 +344,11 @@ fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
         .agents
         .keys()
         .map(|a| a.chars().count())
-        .chain(visible.iter().filter_map(|i| {
-            app.jobs[*i].agent.as_deref().map(|a| a.chars().count())
-        }))
+        .chain(
+            visible
+                .iter()
+                .filter_map(|i| app.jobs[*i].agent.as_deref().map(|a| a.chars().count())),
+        )
         .max()
         .unwrap_or(5);
     let cols = job_columns(area.width.saturating_sub(2), agent_w);
@@ -351,7 +363,11 @@ fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
                     let w = *w;
                     match c {
                         Col::Id => {
-                            let id = if long_id { j.id.as_str() } else { short_id(&j.id) };
+                            let id = if long_id {
+                                j.id.as_str()
+                            } else {
+                                short_id(&j.id)
+                            };
                             Span::raw(fit(id, w))
                         }
                         Col::Status => {
@@ -371,10 +387,7 @@ fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
                         Col::Step => Span::raw(fit(j.step.as_deref().unwrap_or_default(), w)),
                         Col::Time => Span::raw(fit(&age(j, now), w)),
                         Col::Cache => match hit_ratio(j) {
-                            Some(r) => Span::styled(
-                                format!("{:>4.0}%", r * 100.0),
-                                ratio_style(r),
-                            ),
+                            Some(r) => Span::styled(format!("{:>4.0}%", r * 100.0), ratio_style(r)),
                             None => Span::raw(""),
                         },
                         Col::Agent => Span::raw(fit(j.agent.as_deref().unwrap_or_default(), w)),
@@ -616,6 +629,7 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
             ),
         ]));
     }
+    lines.extend(cache_lines(j, dim));
     lines.push(Line::from(Span::styled(" steps", dim)));
     // Bars on one time axis: from the first step's start to the end (or now).
     let t0 = j.steps.iter().filter_map(|s| s.started_at).min();
@@ -670,6 +684,84 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
         Paragraph::new(lines).block(title_block(format!(" job {} ", short_id(&j.id)))),
         area,
     );
+}
+
+/// `1.2 GiB`, `340 KiB`, `12 B`.
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// What the job's caches did (issue 12 §3): hit ratio and units, how the target directory was
+/// restored, lock and restore time, the slot, its key and size, the git mirror.
+fn cache_lines(j: &Job, dim: Style) -> Vec<Line<'static>> {
+    let Some(c) = &j.cache else {
+        return Vec::new();
+    };
+    let kv = |k: &str, spans: Vec<Span<'static>>| {
+        let mut v = vec![Span::styled(format!(" {k:<9}"), dim)];
+        v.extend(spans);
+        Line::from(v)
+    };
+    let sep = || Span::styled("  ", dim);
+    let mut first = Vec::new();
+    match (hit_ratio(j), c.units_fresh, c.units_total) {
+        (Some(r), Some(f), Some(t)) => {
+            first.push(Span::styled(
+                format!("hit {:.0}%", r * 100.0),
+                ratio_style(r).add_modifier(Modifier::BOLD),
+            ));
+            first.push(Span::raw(format!(" ({f}/{t} units fresh)")));
+        }
+        _ => first.push(Span::styled("no cargo units reported", dim)),
+    }
+    first.push(sep());
+    let restore = c.restore.as_deref().unwrap_or("–");
+    first.push(Span::raw(format!("restore {restore}")));
+    if c.recovered {
+        first.push(Span::styled(
+            " (slot recovered from a killed job)",
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    first.push(sep());
+    first.push(Span::raw(format!(
+        "lock {}  restore {}",
+        fmt_dur(c.lock_ms as i64),
+        fmt_dur(c.restore_ms as i64)
+    )));
+    let mut out = vec![kv("cache", first)];
+    out.push(kv(
+        "slot",
+        vec![
+            Span::raw(c.slot.clone().unwrap_or_else(|| "–".into())),
+            Span::styled("  size ", dim),
+            Span::raw(c.slot_bytes.map(fmt_bytes).unwrap_or_else(|| "–".into())),
+            Span::styled("  key ", dim),
+            Span::raw(c.key.clone().unwrap_or_else(|| "–".into())),
+        ],
+    ));
+    let mirror = if c.mirror_hit {
+        "hit: had the commit, nothing fetched".to_string()
+    } else {
+        format!(
+            "miss: fetched {} objects, {}",
+            c.fetched_objects,
+            fmt_bytes(c.fetched_bytes)
+        )
+    };
+    out.push(kv("mirror", vec![Span::raw(mirror)]));
+    out
 }
 
 fn render_logs(f: &mut Frame, app: &App, area: Rect) {
