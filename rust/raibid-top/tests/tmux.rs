@@ -166,10 +166,12 @@ impl Tmux {
         }
     }
 
-    /// Wait for the row of job `id` to show `status`.
+    /// Wait for the row of job `id` to show `status` (the table shows the full id or its last 8
+    /// characters, as the width allows).
     async fn wait_row(&self, id: &str, status: &str, within: Duration) -> String {
+        let short = &id[id.len().saturating_sub(8)..];
         self.wait(&format!("job {id} {status}"), within, |s| {
-            s.lines().any(|l| l.contains(id) && l.contains(status))
+            s.lines().any(|l| l.contains(short) && l.contains(status))
         })
         .await
     }
