@@ -328,7 +328,7 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
 
     // The dispatcher process restarts (dev.sh restart dispatcher: SIGTERM, then started again as `up`
     // did): raibid-top says it lost the connection, then reconnects by itself.
-    let mut restart = dev_sh(stack.state.path(), &["restart", "dispatcher"])
+    let restart = dev_sh(stack.state.path(), &["restart", "dispatcher"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
