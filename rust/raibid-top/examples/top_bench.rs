@@ -118,6 +118,17 @@ fn render_benchmarks() {
             },
         );
         let mut app = common::app_with(jobs.clone());
+        frames(
+            "10,000 jobs, a new job per frame (put in place, no re-sort)",
+            &mut app,
+            size,
+            2000,
+            |a, i| {
+                let j = common::job(10_000 + i, Status::Queued, 0);
+                a.update(Action::Net(Net::Job(Box::new(j))));
+            },
+        );
+        let mut app = common::app_with(jobs.clone());
         key(&mut app, KeyCode::Char('/'));
         for c in "fail".chars() {
             key(&mut app, KeyCode::Char(c));

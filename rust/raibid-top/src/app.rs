@@ -362,6 +362,8 @@ pub struct App {
     dirty: bool,
     /// A listed job changed in a way that can move it in or out of the filter: re-filter.
     refilter: bool,
+    /// New jobs to put in place in the id order (no re-sort).
+    inserts: Vec<usize>,
     /// Cursor in `shown` (jobs view).
     pub cursor: usize,
     /// Cursor in agents / dead lists.
@@ -422,6 +424,7 @@ impl App {
             shown_filter: String::new(),
             dirty: true,
             refilter: false,
+            inserts: Vec::new(),
             cursor: 0,
             list_cursor: 0,
             selected: None,
@@ -888,10 +891,37 @@ impl App {
     /// default order (by id) does not depend on a job's state, so a stream of events costs no re-sort;
     /// with a filter, the sorted list is only re-filtered.
     fn changed(&mut self, new: bool) {
-        if new || self.sort != SortBy::Created {
+        if self.sort != SortBy::Created {
             self.dirty = true;
+        } else if new {
+            // In the id order a new job has one place: found by binary search, not by sorting.
+            self.inserts.push(self.jobs.len() - 1);
         } else if !self.filter.is_empty() {
             self.refilter = true;
+        }
+    }
+
+    /// Put the new jobs in place in `sorted` (and `shown`, when they pass the filter `shown` has).
+    fn insert_new(&mut self) {
+        let q = query_matcher(&self.shown_filter);
+        let asc = self.ascending;
+        for i in std::mem::take(&mut self.inserts) {
+            let jobs = &self.jobs;
+            let before = |k: &usize| {
+                if asc {
+                    jobs[*k].id < jobs[i].id
+                } else {
+                    jobs[*k].id > jobs[i].id
+                }
+            };
+            let at = self.sorted.partition_point(before);
+            self.sorted.insert(at, i);
+            if q.as_ref()
+                .is_none_or(|q| job_matches(&jobs[i], &self.hay[i], q))
+            {
+                let at = self.shown.partition_point(before);
+                self.shown.insert(at, i);
+            }
         }
     }
 
@@ -987,27 +1017,34 @@ impl App {
             self.last_figures = Some(self.now);
         }
         let filter_moved = self.filter != self.shown_filter;
-        if !self.dirty && !self.refilter && !filter_moved {
+        if !self.dirty && !self.refilter && !filter_moved && self.inserts.is_empty() {
             return;
         }
         // At the top of the list the view stays on top: new jobs push in under the cursor.
         let at_top = self.cursor == 0;
         if self.dirty {
+            self.inserts.clear();
+        } else {
+            self.insert_new();
+        }
+        if self.dirty {
             self.sort_all();
             self.filter_from_sorted();
-        } else if !self.refilter
-            && !self.shown_filter.is_empty()
-            && self.filter.starts_with(self.shown_filter.as_str())
-        {
-            // The query grew: what matches it is among what matched before, in the same order.
-            let q = query_matcher(&self.filter);
-            let (jobs, hay) = (&self.jobs, &self.hay);
-            self.shown.retain(|i| {
-                q.as_ref()
-                    .is_none_or(|q| job_matches(&jobs[*i], &hay[*i], q))
-            });
-        } else {
+        } else if self.refilter {
             self.filter_from_sorted();
+        } else if filter_moved {
+            if !self.shown_filter.is_empty() && self.filter.starts_with(self.shown_filter.as_str())
+            {
+                // The query grew: what matches it is among what matched before, in the same order.
+                let q = query_matcher(&self.filter);
+                let (jobs, hay) = (&self.jobs, &self.hay);
+                self.shown.retain(|i| {
+                    q.as_ref()
+                        .is_none_or(|q| job_matches(&jobs[*i], &hay[*i], q))
+                });
+            } else {
+                self.filter_from_sorted();
+            }
         }
         self.dirty = false;
         self.refilter = false;

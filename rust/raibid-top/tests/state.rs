@@ -417,6 +417,35 @@ fn typing_and_erasing_a_filter_key_by_key_shows_what_a_fresh_filter_shows() {
             );
         }
     }
+    // New jobs take their place without a re-sort, filtered or not.
+    typed(&mut app, "alice");
+    app.update(Action::Net(Net::Job(Box::new(job(
+        5002,
+        Status::Queued,
+        0,
+    )))));
+    app.update(Action::Net(Net::Job(Box::new(job(
+        5001,
+        Status::Queued,
+        0,
+    )))));
+    app.update(Action::Net(Net::Job(Box::new(job(
+        5000,
+        Status::Queued,
+        0,
+    )))));
+    assert_eq!(ids(&mut app), expected(&app, "alice"));
+    assert_eq!(
+        ids(&mut app)[0],
+        id(5002),
+        "job 5002 is alice/parser, newest"
+    );
+    assert!(!ids(&mut app).contains(&id(5001)), "5001 is not alice's");
+    for _ in 0..5 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    assert_eq!(ids(&mut app), expected(&app, ""));
+    assert_eq!(ids(&mut app)[..3], [id(5002), id(5001), id(5000)]);
     // A filtered list follows events: a job that starts running enters a `running` filter.
     typed(&mut app, "running");
     assert!(ids(&mut app).is_empty());
