@@ -297,6 +297,9 @@ impl Tmux {
             .args(args)
             .output()
             .unwrap();
+        if !out.status.success() {
+            eprintln!("tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
     fn screen(&self) -> String {
@@ -400,10 +403,7 @@ async fn live_benchmarks() {
             .await
             .unwrap();
     }
-    println!(
-        "\nenqueued 10,000 jobs in {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
+    println!("\nenqueued {n} jobs in {:.1} s", t0.elapsed().as_secs_f64());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let settings = raibid_dispatcher::Settings {
