@@ -298,6 +298,8 @@ async fn stream_events(
                     send(tx, Net::Live);
                     send(tx, Net::Event(ev));
                     if reload {
+                        // Until the page is in, every reconnect reloads (a failed load is retried).
+                        *loaded = false;
                         // Events after the hello queue up in the connection while the page loads.
                         if let Err(e) = load_first_page(client, max_jobs, tx).await {
                             return format!("loading jobs: {e}");
@@ -312,6 +314,7 @@ async fn stream_events(
                     *cursor = Some(c.clone());
                     send(tx, Net::Event(ev));
                     if !std::mem::take(&mut fresh) {
+                        *loaded = false;
                         if let Err(e) = load_first_page(client, max_jobs, tx).await {
                             return format!("reloading jobs: {e}");
                         }
