@@ -9,7 +9,12 @@ use lib/log.nu *
 const STATE_DIR = ".state"
 
 def root []: nothing -> path { repo-root }
-def state []: nothing -> path { root | path join $STATE_DIR }
+# The stack's state (env.json, pids, logs, Redis data, workspaces): RAIBID_STATE_DIR when set (a test's
+# stack of its own beside a developer's), else .state in the checkout.
+def state []: nothing -> path {
+  let d = ($env.RAIBID_STATE_DIR? | default "")
+  if $d != "" { $d | path expand } else { root | path join $STATE_DIR }
+}
 def tools []: nothing -> path { root | path join .tools }
 
 # Run an argv list (never a shell string); on failure raise `code` with the command's stderr.
@@ -76,7 +81,34 @@ def ensure-build [--release] {
   if $code != 0 { fail build_failed "cargo build failed" --hint "see the compiler output above" }
 }
 
-def bin [name: string]: nothing -> path { root | path join rust target release $name }
+# A binary of the workspace: from `dir` when given (already built ones, e.g. target/debug), else the
+# release build.
+def bin [name: string, dir?: string]: nothing -> path {
+  if $dir == null or $dir == "" { root | path join rust target release $name } else { $dir | path expand | path join $name }
+}
+
+# The dispatcher's environment for the stack `s`.
+def dispatcher-env [s: record]: nothing -> record {
+  let c = (load-contract)
+  {
+    ($c.env.REDIS_URL): $s.redis_url
+    ($c.env.API_TOKEN): $s.token
+    ($c.env.GITEA_WEBHOOK_SECRET): $s.gitea_secret
+    ($c.env.GITHUB_WEBHOOK_SECRET): $s.github_secret
+    ($c.env.URL): $s.url
+    ($c.env.LISTEN): ($s.url | str replace "http://" "")
+    # What the local agents clone (file:// in local mode): the dispatcher refuses anything else at submit.
+    ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
+  }
+}
+
+# Start the dispatcher of the stack `s` and wait until it is ready.
+def start-dispatcher [s: record] {
+  let c = (load-contract)
+  step $"starting raibid-dispatcher on ($s.url)"
+  spawn-bg dispatcher [(bin raibid-dispatcher ($s.bin_dir? | default ""))] (dispatcher-env $s) | ignore
+  wait-http $"($s.url)($c.http.READYZ_PATH)" "the dispatcher"
+}
 
 # Start a program in the background, in its own session, with its output in a log file.
 # Arguments go in as argv; nothing is put through a shell string.
@@ -158,10 +190,12 @@ def start-registry []: nothing -> string {
 # Start the local stack: Redis (AOF on), the dispatcher and a warm agent pool; then run a demo job.
 @example "start with 4 agents and no demo" { ./scripts/dev.sh up --agents 4 --no-demo }
 @example "a queue without consumers, to watch the lag KEDA scales on" { ./scripts/dev.sh up --agents 0 }
+@example "already built debug binaries, a state dir of its own (as raibid-top's tmux test does)" { RAIBID_STATE_DIR=/tmp/st ./scripts/dev.sh up --bin-dir rust/target/debug --agents 1 --no-demo }
 def "main up" [
   --agents: int     # warm pool size (default: half the cores, at least 1; 0 = no consumer)
   --no-demo         # skip the demo job
   --port: int       # dispatcher port (default: a free one)
+  --bin-dir: string # run raibid-dispatcher/raibid-agent from this directory as they are (no cargo build --release)
 ] {
   start-clock
   let n = ($agents | default ([1 ((sys cpu | length) // 2)] | math max))
@@ -175,7 +209,15 @@ def "main up" [
   ensure-apt redis-server redis-server
   ensure-apt git git
   ensure-image-tools
-  ensure-build --release
+  if $bin_dir == null {
+    ensure-build --release
+  } else {
+    for b in [raibid-dispatcher raibid-agent] {
+      if not ((bin $b $bin_dir) | path exists) {
+        fail missing_binary $"no ($b) in ($bin_dir | path expand)" --hint "build it first (cargo build --bins), or leave out --bin-dir" --span (metadata $bin_dir).span
+      }
+    }
+  }
   mkdir (state | path join redis)
   let redis_port = (free-port)
   let c = (load-contract)
@@ -189,23 +231,12 @@ def "main up" [
     github_secret: (random-secret)
     redis_pid: $redis_pid
     registry: (start-registry)
+    bin_dir: ($bin_dir | default "" | if $in == "" { "" } else { $in | path expand })
   }
   $s | to json | save -f (state | path join env.json)
   ^chmod 600 (state | path join env.json)
-  let envs = {
-    ($c.env.REDIS_URL): $s.redis_url
-    ($c.env.API_TOKEN): $s.token
-    ($c.env.GITEA_WEBHOOK_SECRET): $s.gitea_secret
-    ($c.env.GITHUB_WEBHOOK_SECRET): $s.github_secret
-    ($c.env.URL): $s.url
-    ($c.env.LISTEN): ($s.url | str replace "http://" "")
-    # What the local agents clone (file:// in local mode): the dispatcher refuses anything else at submit.
-    ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
-  }
   sleep 200ms
-  step $"starting raibid-dispatcher on ($s.url)"
-  spawn-bg dispatcher [(bin raibid-dispatcher)] $envs | ignore
-  wait-http $"($s.url)($c.http.READYZ_PATH)" "the dispatcher"
+  start-dispatcher $s
   let agent_env = {
     ($c.env.REDIS_URL): $s.redis_url
     ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
@@ -218,7 +249,7 @@ def "main up" [
   }
   for i in 1..$n {
     if $n == 0 { break }
-    spawn-bg $"agent-($i)" [(bin raibid-agent) --name $"local-agent-($i)"] $agent_env | ignore
+    spawn-bg $"agent-($i)" [(bin raibid-agent $s.bin_dir) --name $"local-agent-($i)"] $agent_env | ignore
   }
   ok $"stack up: redis, dispatcher, registry ($s.registry), ($n) agent\(s\) serving rust and image jobs; logs in (state | path join logs)"
   if not $no_demo and $n > 0 { demo $s }
@@ -291,6 +322,33 @@ def "main down" [] {
   }
   rm -f (state | path join env.json)
   ok "local stack stopped"
+}
+
+# Restart one service of the running stack: stop it (SIGTERM, then SIGKILL after 15 s) and start it
+# again the way `up` did, with the same settings and binaries.
+@example "restart the dispatcher (clients reconnect by themselves)" { ./scripts/dev.sh restart dispatcher }
+def "main restart" [
+  service: string   # dispatcher (the only one for now)
+] {
+  start-clock
+  if $service != "dispatcher" {
+    fail bad_argument $"cannot restart `($service)`" --hint "only `dispatcher` can be restarted; ./scripts/dev.sh down and up for the rest"
+  }
+  let s = (stack-env)
+  let pidfile = (state | path join pids dispatcher.pid)
+  if ($pidfile | path exists) {
+    let pid = (open --raw $pidfile | str trim | into int)
+    if (alive $pid) {
+      info $"stopping dispatcher \(pid ($pid)\)"
+      do { ^kill -TERM $pid } | complete | ignore
+      let deadline = (date now) + 15sec
+      while (alive $pid) and ((date now) < $deadline) { sleep 50ms }
+      do { ^pkill -KILL -s $pid } | complete | ignore
+      do { ^kill -KILL $pid } | complete | ignore
+    }
+  }
+  start-dispatcher $s
+  ok $"dispatcher restarted on ($s.url)"
 }
 
 # Print `export …` lines for the running stack (both binaries and raibid.nu read these variables).
@@ -375,7 +433,7 @@ def "main test" [
   ok $"all suites passed: ($suites | str join ', ')"
 }
 
-# raibid-ci local mode. Commands: up, down, env, status, top, test.
+# raibid-ci local mode. Commands: up, down, restart, env, status, top, test.
 def main [] {
   print (help main)
 }

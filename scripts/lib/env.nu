@@ -27,6 +27,7 @@ export def env-spec []: nothing -> table {
     [RAIBID_GITHUB_WEBHOOK_SECRET contract null "secret set on GitHub push webhooks"]
     [RAIBID_GITHUB_WEBHOOK_SECRET_FILE contract null "file holding the GitHub webhook secret"]
     [RAIBID_ROOT script (repo-root) "raibid-ci checkout the scripts run from (dev.sh exports it)"]
+    [RAIBID_STATE_DIR script null "state directory of the local stack (dev.sh up/down/restart/env/status/top: env.json, pids, logs, Redis data); default .state in the checkout, so a test's stack never meets a developer's"]
     [RAIBID_CONFIG_DIR script ($nu.home-dir | path join .config raibid) "owner's local copies of generated secrets (mode 0600)"]
     [RAIBID_HOOK_URL script $"http://raibid-dispatcher.raibid-system.svc:($port)" "dispatcher base URL as Gitea reaches it (Gitea webhooks)"]
     [RAIBID_PUBLIC_URL script null "dispatcher base URL as GitHub reaches it (GitHub webhooks); defaults to RAIBID_URL"]

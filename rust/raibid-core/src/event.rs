@@ -91,6 +91,12 @@ pub mod sse {
     pub const AGENT_SEEN: &str = "agent_seen";
     /// An agent's heartbeat expired or it deregistered: data is `{"id": name}`.
     pub const AGENT_GONE: &str = "agent_gone";
+    /// The stream cannot continue where the client asked (its `Last-Event-ID` is older than what the
+    /// trimmed stream still holds, or the stream was reset): some job events are lost to it, so it must
+    /// reload the job list. Data `{"requested", "cursor", "reason"}`; `id:` is `cursor`, where the
+    /// connection goes on from. Sent before any job event of the connection (right after `hello`), or
+    /// mid-connection when Redis came back without the stream's history.
+    pub const RESYNC: &str = "resync";
 }
 
 /// One event of `GET /api/v1/events`, as the dispatcher sends it and `raibid-top` reads it. Job events
@@ -114,6 +120,15 @@ pub enum LiveEvent {
         /// Consumer name.
         id: String,
     },
+    /// Events were missed: reload the job list (see [`sse::RESYNC`]).
+    Resync {
+        /// The `Last-Event-ID` (or position) that could not be continued from.
+        requested: String,
+        /// The position the connection continues after.
+        cursor: String,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 impl LiveEvent {
@@ -125,6 +140,7 @@ impl LiveEvent {
             LiveEvent::Queue(_) => sse::QUEUE,
             LiveEvent::AgentSeen(_) => sse::AGENT_SEEN,
             LiveEvent::AgentGone { .. } => sse::AGENT_GONE,
+            LiveEvent::Resync { .. } => sse::RESYNC,
         }
     }
 
@@ -136,6 +152,11 @@ impl LiveEvent {
             LiveEvent::Queue(q) => serde_json::to_value(q).unwrap_or_default(),
             LiveEvent::AgentSeen(a) => serde_json::to_value(a).unwrap_or_default(),
             LiveEvent::AgentGone { id } => serde_json::json!({ "id": id }),
+            LiveEvent::Resync {
+                requested,
+                cursor,
+                reason,
+            } => serde_json::json!({ "requested": requested, "cursor": cursor, "reason": reason }),
         };
         v.to_string()
     }
@@ -150,6 +171,12 @@ impl LiveEvent {
         struct Id {
             id: String,
         }
+        #[derive(Deserialize)]
+        struct Resync {
+            requested: String,
+            cursor: String,
+            reason: String,
+        }
         let bad = |e: serde_json::Error| format!("bad `{name}` event: {e}");
         Ok(Some(match name {
             sse::HELLO => LiveEvent::Hello {
@@ -161,6 +188,14 @@ impl LiveEvent {
             sse::AGENT_GONE => LiveEvent::AgentGone {
                 id: serde_json::from_str::<Id>(data).map_err(bad)?.id,
             },
+            sse::RESYNC => {
+                let r = serde_json::from_str::<Resync>(data).map_err(bad)?;
+                LiveEvent::Resync {
+                    requested: r.requested,
+                    cursor: r.cursor,
+                    reason: r.reason,
+                }
+            }
             _ => return Ok(None),
         }))
     }
@@ -200,6 +235,17 @@ mod tests {
         );
         assert_eq!(LiveEvent::parse("future", "{}").unwrap(), None);
         assert!(LiveEvent::parse("job", "{").is_err());
+        let resync = LiveEvent::Resync {
+            requested: "1-0".into(),
+            cursor: "9-0".into(),
+            reason: "trimmed".into(),
+        };
+        assert_eq!(resync.name(), "resync");
+        assert_eq!(
+            LiveEvent::parse("resync", &resync.data()).unwrap(),
+            Some(resync)
+        );
+        assert!(LiveEvent::parse("resync", r#"{"cursor":"1-0"}"#).is_err());
         let gone = LiveEvent::AgentGone { id: "a".into() };
         assert_eq!(
             LiveEvent::parse("agent_gone", &gone.data()).unwrap(),

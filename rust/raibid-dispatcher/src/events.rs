@@ -116,6 +116,145 @@ async fn newest_id(con: &mut redis::aio::MultiplexedConnection) -> redis::RedisR
         .unwrap_or_else(|| "0-0".into()))
 }
 
+/// `ms-seq` → (ms, seq), for ordering.
+fn parse_id(s: &str) -> Option<(u64, u64)> {
+    let (a, b) = s.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The field `name` of an `XINFO STREAM` reply (RESP2 flat array or RESP3 map).
+fn info_field<'a>(reply: &'a Value, name: &str) -> Option<&'a Value> {
+    match reply {
+        Value::Array(kv) => kv
+            .chunks(2)
+            .find(|c| c.len() == 2 && text(&c[0]).as_deref() == Some(name))
+            .map(|c| &c[1]),
+        Value::Map(m) => m
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some(name))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+fn info_int(reply: &Value, name: &str) -> Option<u64> {
+    match info_field(reply, name)? {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        v => text(v)?.parse().ok(),
+    }
+}
+
+fn info_id(reply: &Value, name: &str) -> Option<(u64, u64)> {
+    parse_id(&text(info_field(reply, name)?)?)
+}
+
+/// What `XINFO STREAM` says about the events stream, as far as continuity goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamSpan {
+    /// The stream exists.
+    pub exists: bool,
+    /// Entries in it now.
+    pub length: u64,
+    /// Entries ever added (more than `length`: some were trimmed or deleted).
+    pub entries_added: u64,
+    /// The oldest entry still there.
+    pub first: Option<(u64, u64)>,
+    /// The newest id ever generated.
+    pub last_generated: (u64, u64),
+    /// The newest id removed with `XDEL` (trimming does not set it).
+    pub max_deleted: (u64, u64),
+}
+
+impl StreamSpan {
+    /// Why the entries after `after` cannot all be replayed, or `None` when they can.
+    pub fn gap(&self, after: (u64, u64)) -> Option<String> {
+        if after == (0, 0) {
+            return None;
+        }
+        if !self.exists {
+            return Some(
+                "the events stream is empty (Redis lost or flushed its data): events may be missing"
+                    .into(),
+            );
+        }
+        if after > self.last_generated {
+            return Some(
+                "the id is newer than anything in the events stream (it was reset): events may be missing"
+                    .into(),
+            );
+        }
+        if after < self.max_deleted {
+            return Some("events after the id were deleted from the stream".into());
+        }
+        let trimmed = self.entries_added > self.length;
+        match self.first {
+            Some(first) if trimmed && after < first => Some(format!(
+                "the id is older than the oldest event still kept ({}-{}; the stream is trimmed to its newest entries): events after it are gone",
+                first.0, first.1
+            )),
+            None if trimmed && after < self.last_generated => Some(
+                "every event after the id was trimmed from the stream".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// `XINFO STREAM` of the events stream (`exists: false` when there is none).
+async fn stream_span(
+    con: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<StreamSpan> {
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(keys::EVENTS_STREAM)
+        .query_async(con)
+        .await?;
+    if !exists {
+        // Nothing was ever added, or Redis was flushed.
+        return Ok(StreamSpan::default());
+    }
+    let reply: Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(keys::EVENTS_STREAM)
+        .query_async(con)
+        .await?;
+    let first = match info_field(&reply, "first-entry") {
+        Some(Value::Array(pair)) => pair.first().and_then(text).and_then(|t| parse_id(&t)),
+        _ => None,
+    };
+    Ok(StreamSpan {
+        exists: true,
+        length: info_int(&reply, "length").unwrap_or(0),
+        entries_added: info_int(&reply, "entries-added").unwrap_or(0),
+        first,
+        last_generated: info_id(&reply, "last-generated-id").unwrap_or((0, 0)),
+        max_deleted: info_id(&reply, "max-deleted-entry-id").unwrap_or((0, 0)),
+    })
+}
+
+/// Whether the connection can go on after `after`; when it cannot, the `resync` event to send and
+/// the position (the newest entry) to go on from.
+async fn continuity(
+    con: &mut redis::aio::MultiplexedConnection,
+    after: &str,
+) -> redis::RedisResult<Option<(LiveEvent, String)>> {
+    let Some(at) = parse_id(after) else {
+        return Ok(None);
+    };
+    let span = stream_span(con).await?;
+    let Some(reason) = span.gap(at) else {
+        return Ok(None);
+    };
+    let cursor = newest_id(con).await?;
+    Ok(Some((
+        LiveEvent::Resync {
+            requested: after.to_string(),
+            cursor: cursor.clone(),
+            reason,
+        },
+        cursor,
+    )))
+}
+
 /// What the client was last told about the queue and the agents, to send only changes.
 #[derive(Default)]
 struct Seen {
@@ -197,9 +336,27 @@ async fn events(State(state): State<AppState>, headers: HeaderMap) -> Response {
                 .into_response();
         }
     };
-    let cursor = match resume {
-        Some(r) => r,
-        None => match newest_id(&mut con).await {
+    let unavailable = |e: redis::RedisError| {
+        tracing::warn!(error = %e, "events: redis unavailable");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": {"code": "queue_unavailable", "message": "the job queue is unavailable; retry later"}})),
+        )
+            .into_response()
+    };
+    // A resume point the stream no longer reaches: start at the newest entry and say so first.
+    let mut resync = None;
+    if let Some(r) = resume.as_deref() {
+        match continuity(&mut con, r).await {
+            Ok(Some((ev, cursor))) => resync = Some((ev, cursor)),
+            Ok(None) => {}
+            Err(e) => return unavailable(e),
+        }
+    }
+    let cursor = match (resync.as_ref(), resume) {
+        (Some((_, c)), _) => c.clone(),
+        (None, Some(r)) => r,
+        (None, None) => match newest_id(&mut con).await {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(error = %e, "events: redis unavailable");
@@ -212,7 +369,7 @@ async fn events(State(state): State<AppState>, headers: HeaderMap) -> Response {
         },
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(1024);
-    tokio::spawn(pump(state, con, cursor, tx));
+    tokio::spawn(pump(state, con, cursor, resync.map(|(ev, _)| ev), tx));
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let stream = futures::StreamExt::map(stream, Ok::<_, Infallible>);
     Sse::new(stream)
@@ -225,6 +382,7 @@ async fn pump(
     state: AppState,
     con: redis::aio::MultiplexedConnection,
     mut last: String,
+    resync: Option<LiveEvent>,
     tx: tokio::sync::mpsc::Sender<SseEvent>,
 ) {
     let mut stopping = state.stopping.clone();
@@ -236,6 +394,11 @@ async fn pump(
     };
     if !send(&tx, sse(&hello, None)).await {
         return;
+    }
+    if let Some(ev) = resync {
+        if !send(&tx, sse(&ev, Some(&last))).await {
+            return;
+        }
     }
     let mut seen = Seen::default();
     let mut con = Some(con);
@@ -253,6 +416,20 @@ async fn pump(
                 _ = tx.closed() => return,
             }
             con = state.queue.blocking_connection(BLOCK).await.ok();
+            // Redis may have come back without the stream's history (a flush, a restart without
+            // its data): then what follows does not continue what the client has.
+            if let Some(c) = con.as_mut() {
+                match continuity(c, &last).await {
+                    Ok(Some((ev, cursor))) => {
+                        last = cursor;
+                        if !send(&tx, sse(&ev, Some(&last))).await {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => con = None,
+                }
+            }
             continue;
         };
         let mut cmd = redis::cmd("XREAD");
@@ -316,6 +493,54 @@ async fn dead_letters(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_in_the_stream() {
+        let span = StreamSpan {
+            exists: true,
+            length: 100,
+            entries_added: 300,
+            first: Some((200, 0)),
+            last_generated: (300, 0),
+            max_deleted: (0, 0),
+        };
+        assert!(
+            span.gap((0, 0)).is_none(),
+            "no resume point: nothing to continue"
+        );
+        assert!(span.gap((199, 5)).is_some(), "older than the oldest kept");
+        assert!(span.gap((200, 0)).is_none());
+        assert!(span.gap((250, 0)).is_none());
+        assert!(span.gap((300, 0)).is_none());
+        assert!(
+            span.gap((300, 1)).is_some(),
+            "newer than the stream: it was reset"
+        );
+        let untrimmed = StreamSpan {
+            entries_added: 100,
+            ..span.clone()
+        };
+        assert!(
+            untrimmed.gap((199, 0)).is_none(),
+            "nothing was ever removed"
+        );
+        let emptied = StreamSpan {
+            length: 0,
+            first: None,
+            ..span.clone()
+        };
+        assert!(emptied.gap((299, 0)).is_some());
+        assert!(emptied.gap((300, 0)).is_none());
+        assert!(
+            StreamSpan::default().gap((5, 0)).is_some(),
+            "no stream at all"
+        );
+        let deleted = StreamSpan {
+            max_deleted: (250, 0),
+            ..span
+        };
+        assert!(deleted.gap((240, 0)).is_some());
+    }
 
     #[test]
     fn entry_ids() {

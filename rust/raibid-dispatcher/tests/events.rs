@@ -263,3 +263,117 @@ async fn idle_streams_get_heartbeats_and_end_when_the_dispatcher_stops() {
         "the stream did not end when the dispatcher stopped"
     );
 }
+
+async fn redis_con(env: &TestEnv) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(env.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The `job_created` event ids of `n` jobs submitted now (no agent runs: they stay queued).
+async fn created(env: &TestEnv, url: &str, feed: &mut Feed, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (code, v) = env
+            .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+            .await;
+        assert_eq!(code, 201, "{v}");
+        let job = v["id"].as_str().unwrap().to_string();
+        let evs = feed
+            .until(
+                Duration::from_secs(10),
+                |e| matches!(e, LiveEvent::Job(j) if j.job == job),
+            )
+            .await;
+        ids.push(evs.last().unwrap().0.clone().unwrap());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_last_event_id_the_trimmed_stream_no_longer_holds_gets_resync_first() {
+    let env = spawn_app(Options::default()).await;
+    let mut feed = Feed::open(&env, None).await;
+    feed.until(Duration::from_secs(10), |e| {
+        matches!(e, LiveEvent::Hello { .. })
+    })
+    .await;
+    let url = fast_repo(&env, "trim");
+    let ids = created(&env, &url, &mut feed, 6).await;
+    drop(feed);
+    // The stream is trimmed to its newest entries (as the XADD MAXLEN cap does): the first two go.
+    let mut con = redis_con(&env).await;
+    let removed: u64 = redis::cmd("XTRIM")
+        .arg("raibid:events")
+        .arg("MINID")
+        .arg(&ids[2])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+
+    // Resuming after the first event: the event after it is gone. `resync` comes right after the
+    // hello, before any job event, with `id:` = where the connection goes on from (the newest entry).
+    let mut stale = Feed::open(&env, Some(&ids[0])).await;
+    let evs = stale
+        .until(Duration::from_secs(10), |e| {
+            matches!(e, LiveEvent::Resync { .. })
+        })
+        .await;
+    let newest = ids.last().unwrap();
+    assert!(
+        matches!(&evs[0].1, LiveEvent::Hello { cursor } if cursor == newest),
+        "{evs:?}"
+    );
+    let (rid, resync) = evs.last().unwrap();
+    assert_eq!(evs.len(), 2, "resync is the second event: {evs:?}");
+    assert_eq!(rid.as_deref(), Some(newest.as_str()));
+    let LiveEvent::Resync {
+        requested,
+        cursor,
+        reason,
+    } = resync
+    else {
+        unreachable!()
+    };
+    assert_eq!(requested, &ids[0]);
+    assert_eq!(cursor, newest);
+    assert!(
+        reason.contains("older than the oldest event still kept"),
+        "{reason}"
+    );
+    // ... and it goes on live from there: a new job's event comes, none of the old ones.
+    let later = created(&env, &url, &mut stale, 1).await;
+    assert!(later[0] > *newest);
+    drop(stale);
+
+    // Resuming after an event still kept: no resync, the later entries are replayed.
+    let mut fine = Feed::open(&env, Some(&ids[2])).await;
+    let evs = fine
+        .until(Duration::from_secs(10), |e| matches!(e, LiveEvent::Job(_)))
+        .await;
+    assert!(
+        matches!(&evs[0].1, LiveEvent::Hello { cursor } if *cursor == ids[2]),
+        "{evs:?}"
+    );
+    assert!(
+        !evs.iter()
+            .any(|(_, e)| matches!(e, LiveEvent::Resync { .. })),
+        "{evs:?}"
+    );
+    assert_eq!(evs.last().unwrap().0.as_deref(), Some(ids[3].as_str()));
+    drop(fine);
+
+    // Redis lost its data (a flush): an id from before is newer than anything there now.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    let mut reset = Feed::open(&env, Some(&later[0])).await;
+    let evs = reset
+        .until(Duration::from_secs(10), |e| {
+            matches!(e, LiveEvent::Resync { .. })
+        })
+        .await;
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    assert!(matches!(&evs[0].1, LiveEvent::Hello { cursor } if cursor == "0-0"));
+}

@@ -352,7 +352,18 @@ pub struct App {
     index: HashMap<String, usize>,
     /// Filtered and sorted positions in `jobs`.
     pub shown: Vec<usize>,
+    /// Lower-cased `id\nrepo\nref\nstatus` of each job (parallel to `jobs`): what `/` searches.
+    hay: Vec<String>,
+    /// Every position in `jobs`, in display order (sorted, unfiltered).
+    sorted: Vec<usize>,
+    /// The filter `shown` was computed with.
+    shown_filter: String,
+    /// The order may have changed (new jobs, sort): re-sort.
     dirty: bool,
+    /// A listed job changed in a way that can move it in or out of the filter: re-filter.
+    refilter: bool,
+    /// New jobs to put in place in the id order (no re-sort).
+    inserts: Vec<usize>,
     /// Cursor in `shown` (jobs view).
     pub cursor: usize,
     /// Cursor in agents / dead lists.
@@ -408,7 +419,12 @@ impl App {
             jobs: Vec::new(),
             index: HashMap::new(),
             shown: Vec::new(),
+            hay: Vec::new(),
+            sorted: Vec::new(),
+            shown_filter: String::new(),
             dirty: true,
+            refilter: false,
+            inserts: Vec::new(),
             cursor: 0,
             list_cursor: 0,
             selected: None,
@@ -554,7 +570,6 @@ impl App {
                     }
                 } else if !self.filter.is_empty() {
                     self.filter.clear();
-                    self.dirty = true;
                 } else {
                     self.quit = true;
                     out.push(Command::Quit);
@@ -672,7 +687,6 @@ impl App {
                 Input::Filter(s) => {
                     s.push(c);
                     self.filter = s.clone();
-                    self.dirty = true;
                 }
                 Input::Search(s) | Input::Command(s) => s.push(c),
                 _ => {}
@@ -681,7 +695,6 @@ impl App {
                 Input::Filter(s) => {
                     s.pop();
                     self.filter = s.clone();
-                    self.dirty = true;
                 }
                 Input::Search(s) | Input::Command(s) => {
                     s.pop();
@@ -691,7 +704,6 @@ impl App {
             Action::InputCancel => {
                 if matches!(self.input, Input::Filter(_)) {
                     self.filter.clear();
-                    self.dirty = true;
                 }
                 self.input = Input::None;
             }
@@ -762,6 +774,7 @@ impl App {
                 if first {
                     self.jobs.clear();
                     self.index.clear();
+                    self.hay.clear();
                     self.loaded = true;
                 }
                 for j in jobs {
@@ -771,9 +784,8 @@ impl App {
             }
             Net::Job(j) => {
                 self.figures_dirty = true;
-                if self.upsert(*j) || self.order_depends_on_state() {
-                    self.dirty = true;
-                }
+                let new = self.upsert(*j);
+                self.changed(new);
             }
             Net::Event(e) => out.extend(self.event(e)),
             Net::Dead(d) => self.dead = d,
@@ -820,6 +832,14 @@ impl App {
                 self.agents.remove(&id);
                 Vec::new()
             }
+            LiveEvent::Resync { reason, .. } => {
+                // The network task reloads the first page of jobs; it replaces the list when it comes.
+                self.say(
+                    false,
+                    format!("missed events ({reason}); reloading the job list"),
+                );
+                Vec::new()
+            }
             LiveEvent::Job(ev) => {
                 // Apply what the event says at once; fetch the full record for the rest.
                 if let Some(&i) = self.index.get(&ev.job) {
@@ -840,10 +860,9 @@ impl App {
                             _ => {}
                         }
                         self.figures_dirty = true;
-                        if self.order_depends_on_state() {
-                            self.dirty = true;
-                        }
                     }
+                    self.hay[i] = haystack(&self.jobs[i]);
+                    self.changed(false);
                 }
                 vec![Command::FetchJob(ev.job)]
             }
@@ -852,23 +871,58 @@ impl App {
 
     /// Insert or replace; true when the job is new.
     fn upsert(&mut self, j: Job) -> bool {
+        let hay = haystack(&j);
         match self.index.get(j.id.as_str()) {
             Some(&i) => {
                 self.jobs[i] = j;
+                self.hay[i] = hay;
                 false
             }
             None => {
                 self.index.insert(j.id.to_string(), self.jobs.len());
                 self.jobs.push(j);
+                self.hay.push(hay);
                 true
             }
         }
     }
 
-    /// Whether a change to a job already listed can move it in (or out of) the list: not for the
-    /// default order without a filter, so a stream of events costs no re-sort.
-    fn order_depends_on_state(&self) -> bool {
-        self.sort != SortBy::Created || !self.filter.is_empty()
+    /// A job was added (`new`) or changed: what must be recomputed before the next frame. The
+    /// default order (by id) does not depend on a job's state, so a stream of events costs no re-sort;
+    /// with a filter, the sorted list is only re-filtered.
+    fn changed(&mut self, new: bool) {
+        if self.sort != SortBy::Created {
+            self.dirty = true;
+        } else if new {
+            // In the id order a new job has one place: found by binary search, not by sorting.
+            self.inserts.push(self.jobs.len() - 1);
+        } else if !self.filter.is_empty() {
+            self.refilter = true;
+        }
+    }
+
+    /// Put the new jobs in place in `sorted` (and `shown`, when they pass the filter `shown` has).
+    fn insert_new(&mut self) {
+        let q = query_matcher(&self.shown_filter);
+        let asc = self.ascending;
+        for i in std::mem::take(&mut self.inserts) {
+            let jobs = &self.jobs;
+            let before = |k: &usize| {
+                if asc {
+                    jobs[*k].id < jobs[i].id
+                } else {
+                    jobs[*k].id > jobs[i].id
+                }
+            };
+            let at = self.sorted.partition_point(before);
+            self.sorted.insert(at, i);
+            if q.as_ref()
+                .is_none_or(|q| job_matches(&jobs[i], &self.hay[i], q))
+            {
+                let at = self.shown.partition_point(before);
+                self.shown.insert(at, i);
+            }
+        }
     }
 
     fn list_len(&self) -> usize {
@@ -962,17 +1016,63 @@ impl App {
             self.figures();
             self.last_figures = Some(self.now);
         }
-        if !self.dirty {
+        let filter_moved = self.filter != self.shown_filter;
+        if !self.dirty && !self.refilter && !filter_moved && self.inserts.is_empty() {
             return;
         }
-        self.dirty = false;
         // At the top of the list the view stays on top: new jobs push in under the cursor.
         let at_top = self.cursor == 0;
-        let q = query_matcher(&self.filter);
+        if self.dirty {
+            self.inserts.clear();
+        } else {
+            self.insert_new();
+        }
+        if self.dirty {
+            self.sort_all();
+            self.filter_from_sorted();
+        } else if self.refilter {
+            self.filter_from_sorted();
+        } else if filter_moved {
+            if !self.shown_filter.is_empty() && self.filter.starts_with(self.shown_filter.as_str())
+            {
+                // The query grew: what matches it is among what matched before, in the same order.
+                let q = query_matcher(&self.filter);
+                let (jobs, hay) = (&self.jobs, &self.hay);
+                self.shown.retain(|i| {
+                    q.as_ref()
+                        .is_none_or(|q| job_matches(&jobs[*i], &hay[*i], q))
+                });
+            } else {
+                self.filter_from_sorted();
+            }
+        }
+        self.dirty = false;
+        self.refilter = false;
+        self.shown_filter.clone_from(&self.filter);
+        // Keep the cursor on the selected job.
+        if at_top {
+            self.selected = self.shown.first().map(|i| self.jobs[*i].id.to_string());
+        }
+        let pos = self.selected.as_ref().and_then(|id| {
+            let i = self.index.get(id)?;
+            self.shown.iter().position(|s| s == i)
+        });
+        match pos {
+            Some(p) => self.cursor = p,
+            None => {
+                self.cursor = self.cursor.min(self.shown.len().saturating_sub(1));
+                self.selected = self
+                    .shown
+                    .get(self.cursor)
+                    .map(|i| self.jobs[*i].id.to_string());
+            }
+        }
+    }
+
+    /// `sorted` from scratch: every job in display order.
+    fn sort_all(&mut self) {
         let jobs = &self.jobs;
-        let mut shown: Vec<usize> = (0..jobs.len())
-            .filter(|i| q.as_ref().is_none_or(|q| job_matches(&jobs[*i], q)))
-            .collect();
+        let mut shown: Vec<usize> = (0..jobs.len()).collect();
         let now = self.now;
         let key_dur = |j: &Job| duration_ms(j, now);
         match self.sort {
@@ -1003,25 +1103,22 @@ impl App {
         if !self.ascending {
             shown.reverse();
         }
-        self.shown = shown;
-        // Keep the cursor on the selected job.
-        if at_top {
-            self.selected = self.shown.first().map(|i| self.jobs[*i].id.to_string());
-        }
-        let pos = self.selected.as_ref().and_then(|id| {
-            let i = self.index.get(id)?;
-            self.shown.iter().position(|s| s == i)
-        });
-        match pos {
-            Some(p) => self.cursor = p,
-            None => {
-                self.cursor = self.cursor.min(self.shown.len().saturating_sub(1));
-                self.selected = self
-                    .shown
-                    .get(self.cursor)
-                    .map(|i| self.jobs[*i].id.to_string());
-            }
-        }
+        self.sorted = shown;
+    }
+
+    /// `shown` = `sorted` through the filter (no sort).
+    fn filter_from_sorted(&mut self) {
+        let q = query_matcher(&self.filter);
+        let (jobs, hay) = (&self.jobs, &self.hay);
+        self.shown = match &q {
+            None => self.sorted.clone(),
+            Some(q) => self
+                .sorted
+                .iter()
+                .copied()
+                .filter(|i| job_matches(&jobs[*i], &hay[*i], q))
+                .collect(),
+        };
     }
 
     fn figures(&mut self) {
@@ -1058,11 +1155,28 @@ fn status_rank(s: Status) -> u8 {
     }
 }
 
-fn job_matches(j: &Job, q: &Matcher) -> bool {
-    q.matches(&j.id)
-        || q.matches(&j.source.repo_url)
-        || q.matches(&j.source.git_ref)
-        || q.matches(j.status.as_str())
+/// What `/` searches in a job, lower-cased once (fields apart by `\n`, which no query holds).
+fn haystack(j: &Job) -> String {
+    format!(
+        "{}\n{}\n{}\n{}",
+        j.id.as_str(),
+        j.source.repo_url,
+        j.source.git_ref,
+        j.status.as_str()
+    )
+    .to_lowercase()
+}
+
+/// Smart case: a lower-case query is a plain substring search of the precomputed haystack.
+fn job_matches(j: &Job, hay: &str, q: &Matcher) -> bool {
+    if q.fold {
+        hay.contains(q.needle.as_str())
+    } else {
+        q.matches(&j.id)
+            || q.matches(&j.source.repo_url)
+            || q.matches(&j.source.git_ref)
+            || q.matches(j.status.as_str())
+    }
 }
 
 /// Run time of a finished job, age of an unfinished one, in ms.

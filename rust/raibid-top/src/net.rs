@@ -266,6 +266,9 @@ async fn stream_events(
         let body = resp.text().await.unwrap_or_default();
         return api_error(status, &body);
     }
+    let sent = cursor.clone();
+    // The job list was just reloaded at the hello: a `resync` that follows needs no second reload.
+    let mut fresh = false;
     let mut parser = SseParser::default();
     loop {
         // Heartbeats come every few seconds; silence for much longer means the connection is dead.
@@ -287,33 +290,67 @@ async fn stream_events(
                     continue;
                 }
             };
-            if let LiveEvent::Hello { cursor: c } = &ev {
-                if cursor.is_none() {
+            match &ev {
+                LiveEvent::Hello { cursor: c } => {
+                    let reload = must_reload(sent.as_deref(), c, *loaded);
                     *cursor = Some(c.clone());
-                }
-                *live = true;
-                send(tx, Net::Live);
-                send(tx, Net::Event(ev));
-                if !*loaded {
-                    // Events after the hello queue up in the connection while the first page loads.
-                    match client.jobs(None).await {
-                        Ok((jobs, next)) => {
-                            *loaded = true;
-                            send(tx, Net::Jobs { jobs, first: true });
-                            if let Some(next) = next {
-                                tokio::spawn(more_jobs(client.clone(), next, max_jobs, tx.clone()));
-                            }
+                    *live = true;
+                    send(tx, Net::Live);
+                    send(tx, Net::Event(ev));
+                    if reload {
+                        // Until the page is in, every reconnect reloads (a failed load is retried).
+                        *loaded = false;
+                        // Events after the hello queue up in the connection while the page loads.
+                        if let Err(e) = load_first_page(client, max_jobs, tx).await {
+                            return format!("loading jobs: {e}");
                         }
-                        Err(e) => return format!("loading jobs: {e}"),
+                        *loaded = true;
+                        fresh = true;
                     }
+                    continue;
                 }
-                continue;
+                LiveEvent::Resync { cursor: c, .. } => {
+                    // Events were lost to this client: what it shows cannot be patched, only reloaded.
+                    *cursor = Some(c.clone());
+                    send(tx, Net::Event(ev));
+                    if !std::mem::take(&mut fresh) {
+                        *loaded = false;
+                        if let Err(e) = load_first_page(client, max_jobs, tx).await {
+                            return format!("reloading jobs: {e}");
+                        }
+                        *loaded = true;
+                    }
+                    continue;
+                }
+                LiveEvent::Job(_) => fresh = false,
+                _ => {}
             }
             if !send(tx, Net::Event(ev)) {
                 return "quit".into();
             }
         }
     }
+}
+
+/// Whether a connection whose `hello` says it starts after `hello` must reload the job list: on the
+/// first load, and on any reconnect where the server does not confirm it continues from the event
+/// the client asked after (`sent`) — it then cannot prove that no event was missed.
+pub fn must_reload(sent: Option<&str>, hello: &str, loaded: bool) -> bool {
+    !loaded || sent != Some(hello)
+}
+
+/// The first page of jobs (replacing what the UI shows), then older pages in the background.
+async fn load_first_page(
+    client: &Client,
+    max_jobs: usize,
+    tx: &UnboundedSender<Action>,
+) -> Result<(), String> {
+    let (jobs, next) = client.jobs(None).await?;
+    send(tx, Net::Jobs { jobs, first: true });
+    if let Some(next) = next {
+        tokio::spawn(more_jobs(client.clone(), next, max_jobs, tx.clone()));
+    }
+    Ok(())
 }
 
 /// Older pages, up to `max_jobs` in all.
@@ -635,6 +672,21 @@ mod tests {
                     id: None
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn reload_unless_the_server_continues_where_the_client_stopped() {
+        assert!(must_reload(None, "0-0", false), "first connection");
+        assert!(
+            must_reload(Some("5-0"), "5-0", false),
+            "the first load failed"
+        );
+        assert!(!must_reload(Some("5-0"), "5-0", true), "continues");
+        assert!(must_reload(Some("5-0"), "9-0", true), "the server moved on");
+        assert!(
+            must_reload(None, "9-0", true),
+            "no cursor to prove anything"
         );
     }
 

@@ -200,9 +200,134 @@ fn age(job: &Job, now: DateTime<Utc>) -> String {
     fmt_dur(duration_ms(job, now))
 }
 
+/// A column of the jobs table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Col {
+    Id,
+    Status,
+    Repo,
+    Ref,
+    Sha,
+    Step,
+    Time,
+    Cache,
+    Agent,
+    Attempt,
+}
+
+impl Col {
+    /// Left to right.
+    const ORDER: [Col; 10] = [
+        Col::Id,
+        Col::Status,
+        Col::Repo,
+        Col::Ref,
+        Col::Sha,
+        Col::Step,
+        Col::Time,
+        Col::Cache,
+        Col::Agent,
+        Col::Attempt,
+    ];
+    /// Dropped first when the terminal is narrow (the others shrink, with an ellipsis, first).
+    const DROP: [Col; 4] = [Col::Sha, Col::Cache, Col::Attempt, Col::Step];
+}
+
+/// The jobs table's columns and their widths for an inner width of `inner` cells. Columns keep their
+/// ideal width while they fit; past that the optional ones (SHA, CACHE) go, then the flexible ones
+/// shrink to their minimum (REPO, REF, STEP), then `#` and STEP go, then REPO and REF shrink further.
+/// Cells that do not fit their column end in `…`, so no name is ever cut silently.
+fn job_columns(inner: u16, agent_w: usize) -> Vec<(Col, usize)> {
+    let inner = usize::from(inner);
+    let ideal = |c: Col, long_id: bool| match c {
+        Col::Id => {
+            if long_id {
+                26
+            } else {
+                8
+            }
+        }
+        Col::Status => 11,
+        Col::Repo => 24,
+        Col::Ref => 14,
+        Col::Sha => 7,
+        Col::Step => 10,
+        Col::Time => 6,
+        Col::Cache => 5,
+        Col::Agent => agent_w.clamp(5, 32),
+        Col::Attempt => 1,
+    };
+    let total = |cols: &[(Col, usize)]| {
+        cols.iter().map(|(_, w)| w).sum::<usize>() + cols.len().saturating_sub(1)
+    };
+    let with_long: Vec<(Col, usize)> = Col::ORDER.iter().map(|c| (*c, ideal(*c, true))).collect();
+    let long_id = total(&with_long) <= inner;
+    let mut cols: Vec<(Col, usize)> = Col::ORDER
+        .iter()
+        .map(|c| (*c, ideal(*c, long_id)))
+        .collect();
+    let drop = |cols: &mut Vec<(Col, usize)>, c: Col| cols.retain(|(x, _)| *x != c);
+    let shrink = |cols: &mut Vec<(Col, usize)>, c: Col, min: usize| {
+        let over = total(cols).saturating_sub(inner);
+        if let Some((_, w)) = cols.iter_mut().find(|(x, _)| *x == c) {
+            *w = w.saturating_sub(over).max(min.min(*w));
+        }
+    };
+    for c in [Col::Sha, Col::Cache] {
+        if total(&cols) > inner {
+            drop(&mut cols, c);
+        }
+    }
+    for (c, min) in [
+        (Col::Repo, 16),
+        (Col::Ref, 10),
+        (Col::Step, 6),
+        (Col::Agent, 8),
+    ] {
+        shrink(&mut cols, c, min);
+    }
+    for c in &Col::DROP[2..] {
+        if total(&cols) > inner {
+            drop(&mut cols, *c);
+        }
+    }
+    for (c, min) in [
+        (Col::Repo, 8),
+        (Col::Ref, 6),
+        (Col::Agent, 5),
+        (Col::Time, 5),
+    ] {
+        shrink(&mut cols, c, min);
+    }
+    // Room to spare goes to REPO (the longest names).
+    let spare = inner.saturating_sub(total(&cols));
+    if let Some((_, w)) = cols.iter_mut().find(|(x, _)| *x == Col::Repo) {
+        *w += spare;
+    }
+    cols
+}
+
+/// `s` in at most `w` cells: cut with an ellipsis when longer.
+fn fit(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        return s.to_string();
+    }
+    if w == 0 {
+        return String::new();
+    }
+    let mut out: String = s.chars().take(w - 1).collect();
+    out.push('…');
+    out
+}
+
+/// The cache hit ratio of a job: compilation units reused over units built, when cargo reported any.
+pub fn hit_ratio(j: &Job) -> Option<f64> {
+    let c = j.cache.as_ref()?;
+    let (fresh, total) = (c.units_fresh?, c.units_total?);
+    (total > 0).then(|| fresh as f64 / total as f64)
+}
+
 fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
-    let wide = area.width >= 120;
-    let with_sha = area.width >= 100;
     let filter = if app.filter.is_empty() {
         String::new()
     } else {
@@ -212,80 +337,99 @@ fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
     let block = title_block(title);
     let page = usize::from(area.height.saturating_sub(3)).max(1);
     let start = window(app.cursor, page, app.shown.len());
+    let visible = &app.shown[start..(start + page).min(app.shown.len())];
     let now = app.now;
-    let rows: Vec<TRow> = app.shown[start..(start + page).min(app.shown.len())]
+    // The agent column is as wide as the names it may show (known agents and the rows on screen).
+    let agent_w = app
+        .agents
+        .keys()
+        .map(|a| a.chars().count())
+        .chain(
+            visible
+                .iter()
+                .filter_map(|i| app.jobs[*i].agent.as_deref().map(|a| a.chars().count())),
+        )
+        .max()
+        .unwrap_or(5);
+    let cols = job_columns(area.width.saturating_sub(2), agent_w);
+    let long_id = cols.iter().any(|(c, w)| *c == Col::Id && *w > 8);
+    let rows: Vec<TRow> = visible
         .iter()
         .map(|i| {
             let j = &app.jobs[*i];
-            let (st, sym) = status_style(j.status.as_str());
-            let id = if wide { j.id.as_str() } else { short_id(&j.id) };
-            let mut cells = vec![
-                Span::raw(id.to_string()),
-                Span::styled(format!("{sym} {}", j.status.as_str()), st),
-                Span::raw(repo_name(&j.source.repo_url)),
-                Span::raw(short_ref(&j.source.git_ref).to_string()),
-            ];
-            if with_sha {
-                cells.push(Span::raw(
-                    j.source
-                        .sha
-                        .as_deref()
-                        .map(|s| s.get(..7).unwrap_or(s))
-                        .unwrap_or("-")
-                        .to_string(),
-                ));
-            }
-            cells.extend([
-                Span::raw(j.step.clone().unwrap_or_default()),
-                Span::raw(age(j, now)),
-                Span::raw(j.agent.clone().unwrap_or_default()),
-                Span::raw(j.attempt.to_string()),
-            ]);
+            let cells: Vec<Span> = cols
+                .iter()
+                .map(|(c, w)| {
+                    let w = *w;
+                    match c {
+                        Col::Id => {
+                            let id = if long_id {
+                                j.id.as_str()
+                            } else {
+                                short_id(&j.id)
+                            };
+                            Span::raw(fit(id, w))
+                        }
+                        Col::Status => {
+                            let (st, sym) = status_style(j.status.as_str());
+                            Span::styled(fit(&format!("{sym} {}", j.status.as_str()), w), st)
+                        }
+                        Col::Repo => Span::raw(fit(&repo_name(&j.source.repo_url), w)),
+                        Col::Ref => Span::raw(fit(short_ref(&j.source.git_ref), w)),
+                        Col::Sha => Span::raw(
+                            j.source
+                                .sha
+                                .as_deref()
+                                .map(|s| s.get(..7).unwrap_or(s))
+                                .unwrap_or("-")
+                                .to_string(),
+                        ),
+                        Col::Step => Span::raw(fit(j.step.as_deref().unwrap_or_default(), w)),
+                        Col::Time => Span::raw(fit(&age(j, now), w)),
+                        Col::Cache => match hit_ratio(j) {
+                            Some(r) => Span::styled(format!("{:>4.0}%", r * 100.0), ratio_style(r)),
+                            None => Span::raw(""),
+                        },
+                        Col::Agent => Span::raw(fit(j.agent.as_deref().unwrap_or_default(), w)),
+                        Col::Attempt => Span::raw(fit(&j.attempt.to_string(), w)),
+                    }
+                })
+                .collect();
             TRow::new(cells)
         })
         .collect();
-    let mark = |s: SortBy| {
-        if app.sort == s {
+    let mark = |s: SortBy, w: usize| {
+        let t = if app.sort == s {
             format!("{}{}", s.title(), if app.ascending { "▲" } else { "▼" })
         } else {
             s.title().to_string()
-        }
+        };
+        fit(&t, w)
     };
-    let mut titles = vec![
-        mark(SortBy::Created),
-        mark(SortBy::Status),
-        mark(SortBy::Repo),
-        mark(SortBy::Ref),
-    ];
-    if with_sha {
-        titles.push("SHA".to_string());
-    }
-    titles.extend([
-        "STEP".to_string(),
-        mark(SortBy::Duration),
-        mark(SortBy::Agent),
-        mark(SortBy::Attempt),
-    ]);
+    let titles: Vec<String> = cols
+        .iter()
+        .map(|(c, w)| match c {
+            Col::Id => mark(SortBy::Created, *w),
+            Col::Status => mark(SortBy::Status, *w),
+            Col::Repo => mark(SortBy::Repo, *w),
+            Col::Ref => mark(SortBy::Ref, *w),
+            Col::Sha => "SHA".into(),
+            Col::Step => fit("STEP", *w),
+            Col::Time => mark(SortBy::Duration, *w),
+            Col::Cache => "CACHE".into(),
+            Col::Agent => mark(SortBy::Agent, *w),
+            Col::Attempt => mark(SortBy::Attempt, *w),
+        })
+        .collect();
     let header = TRow::new(titles).style(
         Style::new()
             .fg(Color::DarkGray)
             .add_modifier(Modifier::BOLD),
     );
-    let mut widths = vec![
-        Constraint::Length(if wide { 26 } else { 8 }),
-        Constraint::Length(12),
-        Constraint::Fill(3),
-        Constraint::Fill(2),
-    ];
-    if with_sha {
-        widths.push(Constraint::Length(7));
-    }
-    widths.extend([
-        Constraint::Fill(1),
-        Constraint::Length(6),
-        Constraint::Fill(1),
-        Constraint::Length(2),
-    ]);
+    let widths: Vec<Constraint> = cols
+        .iter()
+        .map(|(_, w)| Constraint::Length(u16::try_from(*w).unwrap_or(u16::MAX)))
+        .collect();
     let mut state = ratatui::widgets::TableState::default();
     if !app.shown.is_empty() {
         state.select(Some(app.cursor - start));
@@ -312,6 +456,17 @@ fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
                 inner,
             );
         }
+    }
+}
+
+/// Green for a warm build, yellow for a partly warm one, red for a cold one.
+fn ratio_style(r: f64) -> Style {
+    if r >= 0.9 {
+        Style::new().fg(Color::Green)
+    } else if r >= 0.5 {
+        Style::new().fg(Color::Yellow)
+    } else {
+        Style::new().fg(Color::Red)
     }
 }
 
@@ -474,6 +629,7 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
             ),
         ]));
     }
+    lines.extend(cache_lines(j, dim));
     lines.push(Line::from(Span::styled(" steps", dim)));
     // Bars on one time axis: from the first step's start to the end (or now).
     let t0 = j.steps.iter().filter_map(|s| s.started_at).min();
@@ -528,6 +684,84 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
         Paragraph::new(lines).block(title_block(format!(" job {} ", short_id(&j.id)))),
         area,
     );
+}
+
+/// `1.2 GiB`, `340 KiB`, `12 B`.
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// What the job's caches did (issue 12 §3): hit ratio and units, how the target directory was
+/// restored, lock and restore time, the slot, its key and size, the git mirror.
+fn cache_lines(j: &Job, dim: Style) -> Vec<Line<'static>> {
+    let Some(c) = &j.cache else {
+        return Vec::new();
+    };
+    let kv = |k: &str, spans: Vec<Span<'static>>| {
+        let mut v = vec![Span::styled(format!(" {k:<9}"), dim)];
+        v.extend(spans);
+        Line::from(v)
+    };
+    let sep = || Span::styled("  ", dim);
+    let mut first = Vec::new();
+    match (hit_ratio(j), c.units_fresh, c.units_total) {
+        (Some(r), Some(f), Some(t)) => {
+            first.push(Span::styled(
+                format!("hit {:.0}%", r * 100.0),
+                ratio_style(r).add_modifier(Modifier::BOLD),
+            ));
+            first.push(Span::raw(format!(" ({f}/{t} units fresh)")));
+        }
+        _ => first.push(Span::styled("no cargo units reported", dim)),
+    }
+    first.push(sep());
+    let restore = c.restore.as_deref().unwrap_or("–");
+    first.push(Span::raw(format!("restore {restore}")));
+    if c.recovered {
+        first.push(Span::styled(
+            " (slot recovered from a killed job)",
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    first.push(sep());
+    first.push(Span::raw(format!(
+        "lock {}  restore {}",
+        fmt_dur(c.lock_ms as i64),
+        fmt_dur(c.restore_ms as i64)
+    )));
+    let mut out = vec![kv("cache", first)];
+    out.push(kv(
+        "slot",
+        vec![
+            Span::raw(c.slot.clone().unwrap_or_else(|| "–".into())),
+            Span::styled("  size ", dim),
+            Span::raw(c.slot_bytes.map(fmt_bytes).unwrap_or_else(|| "–".into())),
+            Span::styled("  key ", dim),
+            Span::raw(c.key.clone().unwrap_or_else(|| "–".into())),
+        ],
+    ));
+    let mirror = if c.mirror_hit {
+        "hit: had the commit, nothing fetched".to_string()
+    } else {
+        format!(
+            "miss: fetched {} objects, {}",
+            c.fetched_objects,
+            fmt_bytes(c.fetched_bytes)
+        )
+    };
+    out.push(kv("mirror", vec![Span::raw(mirror)]));
+    out
 }
 
 fn render_logs(f: &mut Frame, app: &App, area: Rect) {

@@ -197,3 +197,28 @@ fn below_80x24_shows_what_fits_and_says_so() {
     app.update(Action::Net(Net::Job(Box::new(job(6, Status::Running, 1)))));
     insta::assert_snapshot!("tiny_20x5", screen(&mut app, 20, 5));
 }
+
+#[test]
+fn cache_figures_in_the_detail_and_long_agent_names() {
+    // A succeeded job's caches: hit ratio, restore, slot, key, size, mirror.
+    check("cache_detail", || {
+        let mut app = few();
+        key(&mut app, KeyCode::Char('G'));
+        key(&mut app, KeyCode::Enter);
+        app
+    });
+    // A cold start (a failure in a fresh slot, the mirror fetched).
+    check("cold_cache_detail", || {
+        let mut app = app_with(vec![job(1, Status::Failed, 900)]);
+        key(&mut app, KeyCode::Enter);
+        app
+    });
+    // Agent names as long as Kubernetes pod names: shortened with an ellipsis, never cut silently.
+    check("long_agent_names", || {
+        let mut jobs: Vec<_> = (0..6).map(|i| job(i, Status::Running, 30)).collect();
+        for (i, j) in jobs.iter_mut().enumerate() {
+            j.agent = Some(format!("raibid-agent-7f9c6d5b8-x2k4{i}"));
+        }
+        app_with(jobs)
+    });
+}

@@ -364,3 +364,146 @@ fn throughput_and_success_rate_over_the_last_hour() {
     app.prepare();
     assert_eq!(app.hour, (0, 0));
 }
+
+/// What a filter must show: every job whose id, repo, ref or status holds `q` (smart case), newest first.
+fn expected(app: &App, q: &str) -> Vec<String> {
+    let fold = !q.chars().any(char::is_uppercase);
+    let has = |h: &str| {
+        if fold {
+            h.to_lowercase().contains(q)
+        } else {
+            h.contains(q)
+        }
+    };
+    let mut v: Vec<String> = app
+        .jobs
+        .iter()
+        .filter(|j| {
+            has(j.id.as_str())
+                || has(&j.source.repo_url)
+                || has(&j.source.git_ref)
+                || has(j.status.as_str())
+        })
+        .map(|j| j.id.to_string())
+        .collect();
+    v.sort();
+    v.reverse();
+    v
+}
+
+#[test]
+fn typing_and_erasing_a_filter_key_by_key_shows_what_a_fresh_filter_shows() {
+    let mut app = app_with(many(2000));
+    key(&mut app, KeyCode::Char('/'));
+    // Narrowing (each key extends the query), widening (Backspace), and smart case (upper case).
+    for q in ["alice/parser", "fix/lag-ack", "Succeeded", "01KDX"] {
+        let mut typed_so_far = String::new();
+        for c in q.chars() {
+            key(&mut app, KeyCode::Char(c));
+            typed_so_far.push(c);
+            assert_eq!(
+                ids(&mut app),
+                expected(&app, &typed_so_far),
+                "typed {typed_so_far:?}"
+            );
+        }
+        for _ in q.chars() {
+            key(&mut app, KeyCode::Backspace);
+            typed_so_far.pop();
+            assert_eq!(
+                ids(&mut app),
+                expected(&app, &typed_so_far),
+                "erased to {typed_so_far:?}"
+            );
+        }
+    }
+    // New jobs take their place without a re-sort, filtered or not.
+    typed(&mut app, "alice");
+    app.update(Action::Net(Net::Job(Box::new(job(
+        5002,
+        Status::Queued,
+        0,
+    )))));
+    app.update(Action::Net(Net::Job(Box::new(job(
+        5001,
+        Status::Queued,
+        0,
+    )))));
+    app.update(Action::Net(Net::Job(Box::new(job(
+        5000,
+        Status::Queued,
+        0,
+    )))));
+    assert_eq!(ids(&mut app), expected(&app, "alice"));
+    assert_eq!(
+        ids(&mut app)[0],
+        id(5002),
+        "job 5002 is alice/parser, newest"
+    );
+    assert!(!ids(&mut app).contains(&id(5001)), "5001 is not alice's");
+    for _ in 0..5 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    assert_eq!(ids(&mut app), expected(&app, ""));
+    assert_eq!(ids(&mut app)[..3], [id(5002), id(5001), id(5000)]);
+    // A filtered list follows events: a job that starts running enters a `running` filter.
+    typed(&mut app, "running");
+    assert!(ids(&mut app).is_empty());
+    app.update(Action::Net(Net::Event(LiveEvent::Job(Event {
+        kind: "job_claimed".into(),
+        job: id(7),
+        status: Status::Running,
+        step: None,
+        agent: Some("agent-1".into()),
+        ts: now(),
+    }))));
+    assert_eq!(ids(&mut app), vec![id(7)]);
+    // ... and leaves it when it finishes.
+    let mut done = app.job(&id(7)).unwrap().clone();
+    done.status = Status::Succeeded;
+    app.update(Action::Net(Net::Job(Box::new(done))));
+    assert!(ids(&mut app).is_empty());
+}
+
+#[test]
+fn a_resync_says_events_were_missed_and_the_reloaded_page_replaces_the_list() {
+    let mut app = few();
+    // The cursor sits on a queued job.
+    key(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.selected.as_deref(), Some(id(4).as_str()));
+    app.update(Action::Net(Net::Event(LiveEvent::Hello {
+        cursor: "9-0".into(),
+    })));
+    let out = app.update(Action::Net(Net::Event(LiveEvent::Resync {
+        requested: "1-0".into(),
+        cursor: "9-0".into(),
+        reason: "the id is older than the oldest event still kept".into(),
+    })));
+    assert!(
+        out.is_empty(),
+        "the network task reloads by itself: {out:?}"
+    );
+    let (ok, m) = app.message.clone().unwrap();
+    assert!(
+        !ok && m.contains("missed events") && m.contains("reloading"),
+        "{m}"
+    );
+    // The reload: a job finished meanwhile (its events were lost), one is new, the others were pruned.
+    let mut done = job(4, Status::Succeeded, 600);
+    done.timestamps.finished = Some(now());
+    app.update(Action::Net(Net::Jobs {
+        jobs: vec![job(9, Status::Queued, 0), done],
+        first: true,
+    }));
+    assert_eq!(ids(&mut app), vec![id(9), id(4)]);
+    assert_eq!(app.job(&id(4)).unwrap().status, Status::Succeeded);
+    assert!(
+        app.job(&id(3)).is_none(),
+        "nothing from before the reload stays"
+    );
+    assert_eq!(
+        app.selected.as_deref(),
+        Some(id(4).as_str()),
+        "the cursor stays on its job"
+    );
+}

@@ -1,84 +1,101 @@
-//! End to end in a real terminal: tmux runs the real `raibid-top` binary against a real stack (its own
-//! redis-server on a free port, the dispatcher and an agent, the same code as their binaries) and the
-//! test reads the screen with `tmux capture-pane`. No key is pressed for the job to go queued → running
-//! → succeeded on screen; its log opens and shows the build's lines; a long job is cancelled from the UI;
-//! the dispatcher restarts and raibid-top reconnects and catches up by itself. Every wait polls the screen
-//! until the text appears, with a deadline; nothing sleeps to synchronise.
+//! End to end in a real terminal against the real local stack: `./scripts/dev.sh up --agents 1
+//! --no-demo` starts redis-server, the real raibid-dispatcher and raibid-agent processes (the binaries
+//! `cargo test --workspace` built, through `--bin-dir`, in a state directory of the test's own through
+//! `RAIBID_STATE_DIR`); the URL and token come from `./scripts/dev.sh env`; tmux runs the real
+//! `raibid-top` binary and the test reads the screen with `tmux capture-pane`. No key is pressed for a
+//! job to go queued → running → succeeded on screen; its log opens and shows the build's lines; a long
+//! job is cancelled from the UI; `./scripts/dev.sh restart dispatcher` restarts the dispatcher process
+//! and raibid-top reconnects by itself. `./scripts/dev.sh down` always runs (a drop guard). Every wait
+//! polls the screen until the text appears, with a deadline; nothing sleeps to synchronise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use raibid_core::job::{Job, Source, Trigger, TriggerKind};
-use raibid_core::queue::{Queue, QueueConfig};
-use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{serve, AppState, Settings};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "tmux-test-token-0123456789";
-
-struct Dispatcher {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    join: tokio::task::JoinHandle<()>,
+/// The checkout (dev.sh lives in its scripts/).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
-async fn start_dispatcher(queue: &Queue, addr: SocketAddr) -> Dispatcher {
-    let settings = Settings {
-        api_token: TOKEN.into(),
-        gitea_secret: None,
-        github_secret: None,
-        gitea: None,
-        mirrors: Default::default(),
-        public_url: format!("http://{addr}"),
-        body_limit: 1 << 20,
-        lease: Duration::from_secs(30),
-        // Jobs here clone file:// repositories.
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        intake: raibid_dispatcher::Intake {
-            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
-            ..raibid_dispatcher::Intake::default()
-        },
-    };
-    // The port was just released by the previous dispatcher: retry the bind briefly.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let listener = loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("bind {addr}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("bind {addr}: {e}"),
+/// The directory cargo put this package's binaries in (target/debug): where `cargo test --workspace`
+/// built raibid-dispatcher and raibid-agent too.
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_raibid-top"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `./scripts/dev.sh ARGS` for the stack in `state` (argv, no shell string).
+fn dev_sh(state: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(repo_root().join("scripts/dev.sh"));
+    c.args(args)
+        .env("RAIBID_STATE_DIR", state)
+        .current_dir(repo_root());
+    c
+}
+
+/// A local stack started with `dev.sh up`, stopped with `dev.sh down` on drop, whatever happened.
+struct Stack {
+    state: tempfile::TempDir,
+    url: String,
+    token: String,
+}
+
+impl Stack {
+    fn up() -> Stack {
+        let state = tempfile::tempdir().unwrap();
+        for b in ["raibid-dispatcher", "raibid-agent"] {
+            assert!(
+                bin_dir().join(b).exists(),
+                "{b} is not built in {}: run `cargo build --bins` (cargo test --workspace builds it)",
+                bin_dir().display()
+            );
         }
-    };
-    let state = AppState::new(queue.clone(), settings);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let join = tokio::spawn(async move {
-        serve(state, listener, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    Dispatcher {
-        stop: Some(tx),
-        join,
+        let mut stack = Stack {
+            state,
+            url: String::new(),
+            token: String::new(),
+        };
+        let dir = bin_dir().display().to_string();
+        let out = dev_sh(
+            stack.state.path(),
+            &["up", "--bin-dir", &dir, "--agents", "1", "--no-demo"],
+        )
+        .output()
+        .expect("./scripts/dev.sh runs");
+        assert!(
+            out.status.success(),
+            "dev.sh up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = dev_sh(stack.state.path(), &["env"]).output().unwrap();
+        assert!(env.status.success(), "dev.sh env failed");
+        let env = String::from_utf8_lossy(&env.stdout).into_owned();
+        let var = |name: &str| -> String {
+            env.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("dev.sh env printed no {name}"))
+                .to_string()
+        };
+        stack.url = var("RAIBID_URL");
+        stack.token = var("RAIBID_API_TOKEN");
+        stack
     }
 }
 
-impl Dispatcher {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let out = dev_sh(self.state.path(), &["down"]).output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            eprintln!("dev.sh down failed: {out:?}");
         }
-        tokio::time::timeout(Duration::from_secs(20), self.join)
-            .await
-            .expect("the dispatcher stops within 20 s")
-            .unwrap();
     }
 }
 
@@ -149,10 +166,12 @@ impl Tmux {
         }
     }
 
-    /// Wait for the row of job `id` to show `status`.
+    /// Wait for the row of job `id` to show `status` (the table shows the full id or its last 8
+    /// characters, as the width allows).
     async fn wait_row(&self, id: &str, status: &str, within: Duration) -> String {
+        let short = &id[id.len().saturating_sub(8)..];
         self.wait(&format!("job {id} {status}"), within, |s| {
-            s.lines().any(|l| l.contains(id) && l.contains(status))
+            s.lines().any(|l| l.contains(short) && l.contains(status))
         })
         .await
     }
@@ -185,10 +204,10 @@ fn git_repo(dir: &Path, pipeline: &str) -> String {
     format!("file://{}", dir.display())
 }
 
-async fn submit(http: &reqwest::Client, base: &str, url: &str) -> String {
+async fn submit(http: &reqwest::Client, stack: &Stack, url: &str) -> String {
     let r = http
-        .post(format!("{base}/api/v1/jobs"))
-        .bearer_auth(TOKEN)
+        .post(format!("{}/api/v1/jobs", stack.url))
+        .bearer_auth(&stack.token)
         .json(&json!({"repo_url": url, "ref": "main"}))
         .send()
         .await
@@ -198,46 +217,25 @@ async fn submit(http: &reqwest::Client, base: &str, url: &str) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
-fn agent(
-    redis: &RedisServer,
-    tmp: &Path,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    // Every option at its default (as the binary parses them), then what the test needs.
-    use clap::Parser;
-    let mut cfg = raibid_agent::AgentConfig::parse_from(["raibid-agent"]);
-    cfg.redis_url = redis.url();
-    cfg.name = Some("tmux-agent".into());
-    cfg.workspace_dir = tmp.join("ws");
-    cfg.cache_dir = tmp.join("cache");
-    cfg.allowed_schemes = "file".into();
-    cfg.allowed_hosts = String::new();
-    cfg.grace_secs = 5;
-    cfg.block_ms = 500;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    (tx, tokio::spawn(raibid_agent::run(cfg, rx)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn raibid_top_in_tmux_follows_the_real_stack() {
     let tmp = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start().unwrap();
-    let queue = Queue::connect(&redis.url(), QueueConfig::default())
-        .await
-        .unwrap();
-    let port = raibid_core::testkit::free_port().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let base = format!("http://{addr}");
+    let stack = Stack::up();
     let http = reqwest::Client::new();
-    let dispatcher = start_dispatcher(&queue, addr).await;
 
+    // The token goes to raibid-top in a file (0600), never on a command line.
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, &stack.token).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let tmux = Tmux::start(
         &[env!("CARGO_BIN_EXE_raibid-top")],
         &[
-            ("RAIBID_URL", base.clone()),
-            ("RAIBID_API_TOKEN", TOKEN.to_string()),
+            ("RAIBID_URL", stack.url.clone()),
+            ("RAIBID_API_TOKEN_FILE", token_file.display().to_string()),
             ("TERM", "xterm-256color".into()),
         ],
     );
@@ -245,11 +243,22 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
         s.contains("● live") && s.contains("no jobs yet")
     })
     .await;
+    tmux.wait("the stack's agent, idle", Duration::from_secs(20), |s| {
+        s.contains("0 busy/1 idle")
+    })
+    .await;
 
-    // A job submitted with no agent running waits, queued.
+    // The one agent is busy with a job of a few seconds: the next job waits, queued.
+    let busy = git_repo(
+        &tmp.path().join("busy"),
+        "steps:\n  - name: busy\n    run: echo busy-for-a-while; sleep 6\n",
+    );
+    let first = submit(&http, &stack, &busy).await;
+    tmux.wait_row(&first, "running", Duration::from_secs(30))
+        .await;
     let fast = git_repo(
         &tmp.path().join("fast"),
-        "steps:\n  - name: build\n    run: echo compiling-the-crate; sleep 2; echo hello-from-the-build; echo warned >&2\n",
+        "steps:\n  - name: build\n    run: echo compiling-the-crate; sleep 1; echo hello-from-the-build; echo warned >&2\n",
     );
     // Submitted from the UI: `:submit <url> main`; the status line names the new job.
     tmux.keys(&[":"]);
@@ -269,15 +278,14 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
         .unwrap();
     assert!(raibid_core::job::is_valid_job_id(&id), "{id:?} in\n{s}");
     tmux.wait_row(&id, "queued", Duration::from_secs(10)).await;
-    // An agent starts: running, then succeeded, without a key pressed.
-    let (agent_stop, agent_join) = agent(&redis, tmp.path());
+    // The agent frees up: running, then succeeded, without a key pressed.
     tmux.wait_row(&id, "running", Duration::from_secs(30)).await;
     tmux.wait_row(&id, "succeeded", Duration::from_secs(60))
         .await;
     tmux.wait(
         "the idle agent and the hour's figures",
         Duration::from_secs(10),
-        |s| s.contains("0 busy/1 idle") && s.contains("1h 1 done 100% ok"),
+        |s| s.contains("0 busy/1 idle") && s.contains("1h 2 done 100% ok"),
     )
     .await;
 
@@ -294,7 +302,7 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
     assert!(s.contains("▌warned"), "stderr is marked: {s}");
     tmux.keys(&["q", "Escape"]);
     tmux.wait("the full list again", Duration::from_secs(5), |s| {
-        s.contains("jobs (1/1) ──")
+        s.contains("jobs (2/2) ──")
     })
     .await;
 
@@ -303,7 +311,7 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
         &tmp.path().join("slow"),
         "steps:\n  - name: wait\n    run: echo started-waiting; sleep 300\n",
     );
-    let long = submit(&http, &base, &slow).await;
+    let long = submit(&http, &stack, &slow).await;
     tmux.wait_row(&long, "running", Duration::from_secs(30))
         .await;
     tmux.keys(&["/"]);
@@ -318,37 +326,34 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
         .await;
     tmux.keys(&["Escape"]);
 
-    // The dispatcher restarts: raibid-top says it lost the connection, reconnects by itself, and
-    // catches up on what happened meanwhile (a job enqueued while the dispatcher was down).
-    dispatcher.stop().await;
-    tmux.wait("the lost connection", Duration::from_secs(15), |s| {
+    // The dispatcher process restarts (dev.sh restart dispatcher: SIGTERM, then started again as `up`
+    // did): raibid-top says it lost the connection, then reconnects by itself.
+    let restart = dev_sh(stack.state.path(), &["restart", "dispatcher"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tmux.wait("the lost connection", Duration::from_secs(20), |s| {
         s.contains("disconnected") || s.contains("reconnecting")
     })
     .await;
-    let job = Job::new(
-        Source {
-            repo_url: fast.clone(),
-            git_ref: "refs/heads/main".into(),
-            sha: None,
-            trigger: Trigger {
-                kind: TriggerKind::Api,
-                actor: None,
-            },
-            delivery_id: None,
-            forge_repo: None,
-            patch: None,
-            notify_url: None,
-        },
-        chrono::Utc::now(),
+    let out = tokio::task::spawn_blocking(move || restart.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dev.sh restart dispatcher failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    let during = job.id.clone();
-    queue.enqueue(job, None).await.unwrap();
-    let dispatcher = start_dispatcher(&queue, addr).await;
-    tmux.wait("live again", Duration::from_secs(20), |s| {
-        s.contains("● live") && !s.contains("disconnected")
+    tmux.wait("live again", Duration::from_secs(30), |s| {
+        s.contains("● live") && !s.contains("disconnected") && !s.contains("reconnecting")
     })
     .await;
-    tmux.wait_row(&during, "succeeded", Duration::from_secs(60))
+    // Live again, for real: a job submitted now shows up and runs to the end with no key pressed.
+    let after = submit(&http, &stack, &fast).await;
+    tmux.wait_row(&after, "succeeded", Duration::from_secs(60))
         .await;
 
     // q quits and the terminal is given back.
@@ -357,7 +362,6 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
         !s.contains("raibid-top ") || s.contains("Pane is dead")
     })
     .await;
-    let _ = agent_stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(30), agent_join).await;
-    dispatcher.stop().await;
+    drop(tmux);
+    drop(stack);
 }

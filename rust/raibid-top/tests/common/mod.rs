@@ -120,6 +120,32 @@ pub fn job(i: usize, status: Status, ago_s: i64) -> Job {
             break;
         }
     }
+    // What the caches did: warm for most finished jobs, a cold start for every fourth failure.
+    if matches!(status, Status::Succeeded | Status::Failed) {
+        let total = 150 + (i as u64 % 50);
+        let cold = status == Status::Failed && i % 4 == 1;
+        j.cache = Some(raibid_core::cache_stats::CacheStats {
+            key: Some(format!(
+                "{:016x}",
+                (i as u64 % 4).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            )),
+            slot: Some(format!(
+                "{:08x}/slot-{}",
+                (i as u64 % 4) * 0x1f2e_3d4c,
+                i % 2 + 1
+            )),
+            restore: Some(if cold { "cold".into() } else { "warm".into() }),
+            recovered: false,
+            units_fresh: Some(if cold { 0 } else { total - (i as u64 % 9) }),
+            units_total: Some(total),
+            lock_ms: 3 + i as u64 % 5,
+            restore_ms: if cold { 2400 } else { 35 + i as u64 % 20 },
+            slot_bytes: Some(700_000_000 + i as u64 * 1_000_003),
+            mirror_hit: !cold,
+            fetched_objects: if cold { 1234 } else { 0 },
+            fetched_bytes: if cold { 5_432_100 } else { 0 },
+        });
+    }
     match status {
         Status::Running => {
             let last = j.steps.last_mut().unwrap();
