@@ -249,8 +249,8 @@ async fn latency(runs: usize) {
     git(&tiny, &["init", "-q"]);
     let big = tmp.path().join("big");
     big_repo(&big, 10_000);
-    println!("| repository | runs | p50 ms | p90 ms | max ms | clone step p50 ms | fetched objects p50 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| repository | runs | p50 ms | p90 ms | max ms | received → claimed | claimed → clone | clone step | config step | step start → line | fetched objects |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, dir) in [("1 file", &tiny), ("10,000 commits", &big)] {
         std::fs::write(
             dir.join(".raibid.yaml"),
@@ -263,7 +263,9 @@ async fn latency(runs: usize) {
         let (j, _) = b.run(&url, &sha).await;
         assert_eq!(j["status"], "succeeded", "{j}");
         let mut first = Vec::new();
-        let mut clone = Vec::new();
+        // Stages (ms, p50 each): received → claimed, claimed → clone step start, clone step, config
+        // step, first step start → its first line.
+        let mut stages: [Vec<f64>; 5] = Default::default();
         let mut objects = Vec::new();
         for i in 0..runs {
             std::fs::write(dir.join("history.txt"), format!("push {i}\n")).unwrap();
@@ -275,8 +277,30 @@ async fn latency(runs: usize) {
                 .iter()
                 .find(|l| l["step"] == "check")
                 .expect("a line of the first step");
-            first.push((ts(&line["ts"]) - received).num_microseconds().unwrap() as f64 / 1000.0);
-            clone.push(j["steps"][0]["duration_ms"].as_f64().unwrap_or(0.0));
+            let ms = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
+                (b - a).num_microseconds().unwrap() as f64 / 1000.0
+            };
+            let line_ts = ts(&line["ts"]);
+            first.push(ms(received, line_ts));
+            let step_at = |n: &str| {
+                ts(&j["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["name"] == n)
+                    .unwrap()["started_at"])
+            };
+            let claimed = ts(&j["timestamps"]["claimed"]);
+            let (c0, c1, c2) = (step_at("clone"), step_at("config"), step_at("check"));
+            for (v, x) in stages.iter_mut().zip([
+                ms(received, claimed),
+                ms(claimed, c0),
+                ms(c0, c1),
+                ms(c1, c2),
+                ms(c2, line_ts),
+            ]) {
+                v.push(x);
+            }
             objects.push(j["cache"]["fetched_objects"].as_f64().unwrap_or(0.0));
             // Pushes a human pace apart is not needed: the agent is idle and blocked on XREADGROUP.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -286,9 +310,14 @@ async fn latency(runs: usize) {
             pct(&mut first, 0.9),
             pct(&mut first, 1.0),
         );
+        let [a, b, c, d, e] = &mut stages;
         println!(
-            "| {name} | {runs} | {p50:.1} | {p90:.1} | {max:.1} | {:.0} | {:.0} |",
-            pct(&mut clone, 0.5),
+            "| {name} | {runs} | {p50:.1} | {p90:.1} | {max:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            pct(a, 0.5),
+            pct(b, 0.5),
+            pct(c, 0.5),
+            pct(d, 0.5),
+            pct(e, 0.5),
             pct(&mut objects, 0.5)
         );
     }

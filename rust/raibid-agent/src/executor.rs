@@ -330,9 +330,13 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
                 slot.meta.job.as_deref().unwrap_or("?")
             ));
         }
-        if let Err(e) = slot.checkout(&m.dir, &m.sha, creds, &limits, sink).await {
+        if let Err(e) = slot
+            .checkout(&m.dir, &m.sha, false, creds, &limits, sink)
+            .await
+        {
             let CloneError::Failed(msg) = e else { return Err(e) };
-            // The mirror lacks objects it claims to have: never trust it, rebuild and try once more.
+            // The mirror lacks objects it claims to have: never trust it, rebuild and try once more,
+            // in a new checkout (the old one's HEAD and index may name objects the new mirror lacks).
             sink(format!("[raibid] {msg}; rebuilding the mirror"));
             mirror::invalidate(&cache.root, &repo_id, &limits).await;
             let m2 = mirror::update(
@@ -346,7 +350,8 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
                 sink,
             )
             .await?;
-            slot.checkout(&m2.dir, &m2.sha, creds, &limits, sink).await?;
+            slot.checkout(&m2.dir, &m2.sha, true, creds, &limits, sink)
+                .await?;
             m.objects += m2.objects;
             m.bytes += m2.bytes;
             m.lock_ms += m2.lock_ms;

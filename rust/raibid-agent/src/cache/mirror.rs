@@ -203,10 +203,13 @@ async fn create(
     if !o.ok {
         return Err(CloneError::Failed("git init of the mirror failed".into()));
     }
-    // gc never runs on its own (it could prune objects a workspace borrows); fetched packs are kept as
-    // packs (countable; repacked every MAX_PACKS fetches).
+    // gc never runs on its own (it could prune objects a workspace borrows), nor does `git maintenance`
+    // (a fetch would start `maintenance run --auto` after every update: one more process on the
+    // push → first-line path; fetches pass `-c maintenance.auto=false` for mirrors made before this
+    // setting); fetched packs are kept as packs (countable; repacked every MAX_PACKS fetches).
     for (k, v) in [
         ("gc.auto", "0"),
+        ("maintenance.auto", "false"),
         ("core.logAllRefUpdates", "false"),
         ("fetch.unpackLimit", "1"),
         ("transfer.unpackLimit", "1"),
@@ -412,6 +415,8 @@ async fn fetch(
     let o = run(
         dir,
         &[
+            "-c",
+            "maintenance.auto=false",
             "fetch",
             "-q",
             "--no-tags",
@@ -434,6 +439,8 @@ async fn fetch(
                 let o = run(
                     dir,
                     &[
+                        "-c",
+                        "maintenance.auto=false",
                         "fetch",
                         "-q",
                         "--no-tags",

@@ -4,7 +4,8 @@
 //! - A job takes a free slot of its repository (one its branch used last, else one of the default
 //!   branch, else the freshest), or a new one. The checkout lives at the slot's `src` for good, so the
 //!   absolute paths in cargo's fingerprints match from job to job, and it is updated in place
-//!   (`git checkout -f` + `git clean -ffdx`), so unchanged files keep their mtimes.
+//!   (`git checkout -f`, then the untracked files removed as `git clean -ffdx` would), so unchanged
+//!   files keep their mtimes.
 //! - Inside the slot, each cache key has its own target directory (`CARGO_TARGET_DIR`); a key the
 //!   slot has never built is seeded from another free slot that has it (`cp -a --reflink=auto`, then an
 //!   atomic rename), else starts cold. Cargo judges workspace crates by mtimes (dep-info paths are
@@ -229,11 +230,19 @@ impl Slot {
     }
 
     /// Check `sha` out at `src`, borrowing objects from the mirror (alternates). An existing checkout
-    /// of this mirror is updated in place. `Err(Failed)` with `missing` = the mirror lacks objects.
+    /// of this mirror is updated in place (`fresh` forces a new one). `Err(Failed)` with `missing` =
+    /// the mirror lacks objects.
+    ///
+    /// Warm path: one git process (`checkout -f`, which resets every tracked file and the index to the
+    /// commit), then the untracked files (ignored ones too: `git clean -ffdx`'s set) are removed in
+    /// process from the index's path list (`worktree::clean`); an index this reader does not know
+    /// (another version, split or sparse) falls back to `git clean -ffdx`, and so does a checkout whose
+    /// git runs as the step user (deleting runs with that user's rights, not the agent's).
     pub(crate) async fn checkout(
         &self,
         mirror: &Path,
         sha: &str,
+        fresh: bool,
         creds: &Credentials,
         limits: &Limits,
         log: Sink<'_>,
@@ -241,9 +250,10 @@ impl Slot {
         let src = self.src();
         let objects = mirror.join("objects");
         let alt = src.join(".git/objects/info/alternates");
-        let reuse = std::fs::read_to_string(&alt)
-            .map(|s| s.trim() == objects.to_string_lossy())
-            .unwrap_or(false);
+        let reuse = !fresh
+            && std::fs::read_to_string(&alt)
+                .map(|s| s.trim() == objects.to_string_lossy())
+                .unwrap_or(false);
         if !reuse {
             let _ = std::fs::remove_dir_all(&src);
             super::mkdirs(&src, limits.user.as_ref())
@@ -274,9 +284,26 @@ impl Slot {
             )));
         }
         if reuse {
-            let o = run(&src, &["clean", "-q", "-ffdx"], creds, None, limits, log).await?;
-            if !o.ok {
-                return Err(CloneError::Failed("git clean failed".into()));
+            let in_process = if limits.user.is_none() {
+                let dir = src.clone();
+                tokio::task::spawn_blocking(move || super::worktree::clean(&dir))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            } else {
+                Err("git runs as the step user".to_string())
+            };
+            match in_process {
+                Ok(0) => {}
+                Ok(n) => log(format!(
+                    "[raibid] removed {n} untracked path(s) from the checkout"
+                )),
+                Err(why) => {
+                    log(format!("[raibid] cleaning the checkout with git ({why})"));
+                    let o = run(&src, &["clean", "-q", "-ffdx"], creds, None, limits, log).await?;
+                    if !o.ok {
+                        return Err(CloneError::Failed("git clean failed".into()));
+                    }
+                }
             }
         }
         Ok(())
