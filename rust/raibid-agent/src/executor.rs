@@ -323,6 +323,8 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
             &limits,
         )
         .await?;
+        // The held slot now keeps eviction away from the mirror (see `slots::evict`).
+        m.lock = None;
         if slot.recovered {
             sink(format!(
                 "[raibid] slot {}: its previous job ({}) did not finish; resetting the checkout, keeping the target directory (cargo rebuilds unfinished units)",
@@ -352,6 +354,7 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
             .await?;
             slot.checkout(&m2.dir, &m2.sha, true, creds, &limits, sink)
                 .await?;
+            drop(m2.lock);
             m.objects += m2.objects;
             m.bytes += m2.bytes;
             m.lock_ms += m2.lock_ms;
