@@ -378,6 +378,10 @@ async fn a_warm_slot_is_correct_a_lockfile_change_rebuilds_and_a_toolchain_chang
     assert_eq!(j2["cache"]["slot"], slot1.as_str());
     let (f2, t2) = units(&j2);
     assert_eq!(f2, t2, "nothing changed, nothing rebuilt: {j2}");
+    // One count (the log flusher's one parse of cargo's messages): the record's `cargo` says the same.
+    assert_eq!(j2["cargo"]["fresh"].as_u64(), Some(f2), "{j2}");
+    assert_eq!(j2["cargo"]["total"].as_u64(), Some(t2), "{j2}");
+    assert_eq!(j1["cargo"]["total"].as_u64(), Some(t1), "{j1}");
 
     // Cargo.lock moves itoa to 1.0.11: itoa and what depends on it rebuild, nothing else.
     cargo(
