@@ -241,7 +241,9 @@ async fn create(
     // gc never runs on its own (it could prune objects a workspace borrows), nor does `git maintenance`
     // (a fetch would start `maintenance run --auto` after every update: one more process on the
     // push → first-line path; fetches pass `-c maintenance.auto=false` for mirrors made before this
-    // setting); fetched packs are kept as packs (countable; repacked every MAX_PACKS fetches).
+    // setting); fetched packs are kept as packs (countable; repacked every MAX_PACKS fetches). Fetches
+    // also skip the forced-update check (a history walk after a force push) and the submodule scan of
+    // the fetched commits: nothing here uses either.
     for (k, v) in [
         ("gc.auto", "0"),
         ("maintenance.auto", "false"),
@@ -452,10 +454,14 @@ async fn fetch(
         &[
             "-c",
             "maintenance.auto=false",
+            "-c",
+            "advice.fetchShowForcedUpdates=false",
             "fetch",
             "-q",
             "--no-tags",
             "--no-write-fetch-head",
+            "--no-recurse-submodules",
+            "--no-show-forced-updates",
             url,
             "--",
             &spec,
@@ -476,10 +482,14 @@ async fn fetch(
                     &[
                         "-c",
                         "maintenance.auto=false",
+                        "-c",
+                        "advice.fetchShowForcedUpdates=false",
                         "fetch",
                         "-q",
                         "--no-tags",
                         "--no-write-fetch-head",
+                        "--no-recurse-submodules",
+                        "--no-show-forced-updates",
                         url,
                         "--",
                         s,
