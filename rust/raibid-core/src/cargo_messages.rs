@@ -31,14 +31,15 @@ pub const MAX_TEST_OUTPUT_BYTES: usize = 4096;
 /// Longest panic message kept, in bytes.
 pub const MAX_PANIC_BYTES: usize = 2048;
 
+// Each distinct unit counts once across the job's steps, as fresh only if it was fresh every time
+// (`Collector::units`). The doc comments below are the published MCP schema's descriptions
+// (raibid-dispatcher's `tests/snapshots/mcp_tools.json`).
 /// Compilation units of a job's cargo invocations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CargoUnits {
-    /// Distinct units cargo reused from the target directory every time it reported them
-    /// (`"fresh": true`).
+    /// Units cargo reused from the target directory (`"fresh": true`).
     pub fresh: u32,
-    /// Distinct units cargo reported (`compiler-artifact` messages; a unit reported by several
-    /// invocations counts once).
+    /// Units cargo reported (`compiler-artifact` messages).
     pub total: u32,
 }
 
