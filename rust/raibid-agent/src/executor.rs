@@ -486,7 +486,7 @@ async fn finish_cache(ctx: &mut JobCtx<'_>, mut jc: JobCache) {
         slots::evict(&root, max, Some((&jc.slot, jc.key.as_deref())))
     });
     for e in evicted {
-        tracing::info!(repo = %e.repo_id, slot = %e.slot, key = ?e.key, bytes = e.bytes, "cache: evicted");
+        tracing::info!(repo = %e.repo_id, slot = %e.slot, key = ?e.key, mirror = e.mirror, bytes = e.bytes, "cache: evicted");
     }
     ctx.claim.job.cache = Some(jc.stats);
 }
