@@ -2,20 +2,23 @@
 //! real warm `raibid-agent` process (release build), real git and cargo.
 //!
 //! ```sh
-//! cd rust && cargo build --release -p raibid-agent
-//! nice cargo run --release -p raibid-agent --example cache_bench -- latency
-//! nice cargo run --release -p raibid-agent --example cache_bench -- builds --workload ripgrep --workload raibid
+//! cd rust && cargo build --release -p raibid-agent --bins --examples
+//! nice ./target/release/examples/cache_bench latency --runs 30
+//! nice ./target/release/examples/cache_bench builds --workload ripgrep --workload raibid
 //! ```
 //!
 //! `latency`: push → first line of the pipeline's first step (job `received` → that line's `ts`), p50/p90
 //! over `--runs` pushes, for a one-file repository and one with 10,000 commits (`git fast-import`).
 //!
-//! `builds`: for each workload — `ripgrep` (the published source from crates.io, fetched now: newest
-//! version in the sparse index, the `.crate` from static.crates.io) or
+//! `builds`: for each workload — `ripgrep` (the newest published source from crates.io, fetched now
+//! with `cargo fetch`) or
 //! `raibid` (this workspace at HEAD) — (a) cold: empty slots; (b) warm, no change; (c) warm, a one-line
 //! change in a leaf source file; (d) plain `cargo build` + `cargo test --no-run` in a persistent checkout
 //! after the same change; and (e) the same as (d) with `CARGO_INCREMENTAL=0`. Per phase: wall time of
-//! clone, config, build, test; units fresh/total; the ratios the goals are stated in.
+//! clone, config, build, test; units fresh/total; the ratios the goals are stated in. With
+//! `--slot-incremental-off`, also (a0)/(c0): (a)/(c) through the agent with `CARGO_INCREMENTAL=0` (a key
+//! of its own, so one more cold build). Everything lives in one temporary directory, and each
+//! workload's checkouts, slots and mirrors are deleted before the next one starts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use raibid_core::testkit::RedisServer;
@@ -27,6 +30,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "cache-bench-token";
+
+static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 struct Bench {
     _redis: RedisServer,
@@ -46,8 +51,13 @@ impl Drop for Bench {
     }
 }
 
+/// The agent binary: `--agent PATH` (e.g. another commit's build, for a before/after run), else this
+/// workspace's release build.
 fn agent_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/raibid-agent");
+    let p = match AGENT.get() {
+        Some(p) => p.clone(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/raibid-agent"),
+    };
     assert!(
         p.exists(),
         "{} not found: build it first (cd rust && cargo build --release -p raibid-agent)",
@@ -249,8 +259,8 @@ async fn latency(runs: usize) {
     git(&tiny, &["init", "-q"]);
     let big = tmp.path().join("big");
     big_repo(&big, 10_000);
-    println!("| repository | runs | p50 ms | p90 ms | max ms | clone step p50 ms | fetched objects p50 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| repository | runs | p50 ms | p90 ms | max ms | received → claimed | claimed → clone | clone step | config step | step start → line | fetched objects |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, dir) in [("1 file", &tiny), ("10,000 commits", &big)] {
         std::fs::write(
             dir.join(".raibid.yaml"),
@@ -263,7 +273,9 @@ async fn latency(runs: usize) {
         let (j, _) = b.run(&url, &sha).await;
         assert_eq!(j["status"], "succeeded", "{j}");
         let mut first = Vec::new();
-        let mut clone = Vec::new();
+        // Stages (ms, p50 each): received → claimed, claimed → clone step start, clone step, config
+        // step, first step start → its first line.
+        let mut stages: [Vec<f64>; 5] = Default::default();
         let mut objects = Vec::new();
         for i in 0..runs {
             std::fs::write(dir.join("history.txt"), format!("push {i}\n")).unwrap();
@@ -275,8 +287,30 @@ async fn latency(runs: usize) {
                 .iter()
                 .find(|l| l["step"] == "check")
                 .expect("a line of the first step");
-            first.push((ts(&line["ts"]) - received).num_microseconds().unwrap() as f64 / 1000.0);
-            clone.push(j["steps"][0]["duration_ms"].as_f64().unwrap_or(0.0));
+            let ms = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
+                (b - a).num_microseconds().unwrap() as f64 / 1000.0
+            };
+            let line_ts = ts(&line["ts"]);
+            first.push(ms(received, line_ts));
+            let step_at = |n: &str| {
+                ts(&j["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["name"] == n)
+                    .unwrap()["started_at"])
+            };
+            let claimed = ts(&j["timestamps"]["claimed"]);
+            let (c0, c1, c2) = (step_at("clone"), step_at("config"), step_at("check"));
+            for (v, x) in stages.iter_mut().zip([
+                ms(received, claimed),
+                ms(claimed, c0),
+                ms(c0, c1),
+                ms(c1, c2),
+                ms(c2, line_ts),
+            ]) {
+                v.push(x);
+            }
             objects.push(j["cache"]["fetched_objects"].as_f64().unwrap_or(0.0));
             // Pushes a human pace apart is not needed: the agent is idle and blocked on XREADGROUP.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -286,9 +320,14 @@ async fn latency(runs: usize) {
             pct(&mut first, 0.9),
             pct(&mut first, 1.0),
         );
+        let [a, b, c, d, e] = &mut stages;
         println!(
-            "| {name} | {runs} | {p50:.1} | {p90:.1} | {max:.1} | {:.0} | {:.0} |",
-            pct(&mut clone, 0.5),
+            "| {name} | {runs} | {p50:.1} | {p90:.1} | {max:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            pct(a, 0.5),
+            pct(b, 0.5),
+            pct(c, 0.5),
+            pct(d, 0.5),
+            pct(e, 0.5),
             pct(&mut objects, 0.5)
         );
     }
@@ -311,57 +350,47 @@ struct Workload {
     leaf: PathBuf,
 }
 
-/// GET a URL with curl (the system's CA store, as cargo uses it).
-fn curl(url: &str) -> Vec<u8> {
-    let out = Command::new("curl")
-        .args([
-            "-fsSL",
-            "--retry",
-            "3",
-            "-A",
-            "raibid-ci cache benchmark",
-            url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
+/// The newest published ripgrep, fetched from crates.io with cargo itself: a throwaway crate that
+/// depends on `ripgrep = "*"`, `cargo fetch` (which downloads and unpacks every package of the
+/// resolve, a binary-only one too), then the unpacked source copied out.
 async fn fetch_ripgrep(into: &Path) -> Workload {
-    // The sparse index (what cargo reads) names every version; the newest one not yanked, then its
-    // .crate from the download host.
-    let index = String::from_utf8(curl("https://index.crates.io/ri/pg/ripgrep")).unwrap();
-    let ver = index
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["yanked"] == false && !v["vers"].as_str().unwrap_or("-").contains('-'))
-        .and_then(|v| v["vers"].as_str().map(String::from))
-        .expect("a ripgrep version in the index");
-    let bytes = curl(&format!(
-        "https://static.crates.io/crates/ripgrep/ripgrep-{ver}.crate"
-    ));
-    let tgz = into.join("ripgrep.crate");
-    std::fs::write(&tgz, &bytes).unwrap();
-    assert!(Command::new("tar")
-        .args(["-xzf", tgz.to_str().unwrap(), "-C", into.to_str().unwrap()])
+    let probe = into.join("ripgrep-probe");
+    std::fs::create_dir_all(probe.join("src")).unwrap();
+    std::fs::write(
+        probe.join("Cargo.toml"),
+        "[package]\nname = \"probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\nripgrep = \"*\"\n",
+    )
+    .unwrap();
+    std::fs::write(probe.join("src/lib.rs"), "").unwrap();
+    let home = probe.join("cargo-home");
+    let st = Command::new("cargo")
+        .args(["fetch", "-q"])
+        .current_dir(&probe)
+        .env("CARGO_HOME", &home)
         .status()
+        .unwrap();
+    assert!(st.success(), "cargo fetch of ripgrep failed");
+    let src = std::fs::read_dir(home.join("registry/src"))
         .unwrap()
-        .success());
-    let dir = into.join(format!("ripgrep-{ver}"));
+        .flatten()
+        .flat_map(|r| std::fs::read_dir(r.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("ripgrep-"))
+                .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .expect("ripgrep unpacked by cargo fetch");
+    let name = src.file_name().unwrap().to_string_lossy().into_owned();
+    let dir = into.join(&name);
+    cp_r(&src, &dir);
+    let _ = std::fs::remove_dir_all(&probe);
     assert!(
         dir.join("Cargo.lock").exists(),
         "the published crate has a Cargo.lock"
     );
-    println!(
-        "workload ripgrep {ver}: {} bytes from crates.io",
-        bytes.len()
-    );
+    println!("workload {name}: the published source from crates.io (cargo fetch)");
     git(&dir, &["init", "-q"]);
     let leaf = dir.join("crates/core/main.rs");
     let leaf = if leaf.exists() {
@@ -451,7 +480,7 @@ fn job_secs(j: &Value) -> f64 {
         / 1000.0
 }
 
-async fn builds(names: &[String]) {
+async fn builds(names: &[String], slot_incremental_off: bool) {
     let tmp = tempfile::tempdir().unwrap();
     // One CARGO_HOME for everything (the node's, in the cache), filled by `cargo fetch` before the
     // measured runs: the figures are about target directories, not crates.io.
@@ -505,6 +534,21 @@ async fn builds(names: &[String]) {
         let (jc, _) = b.run(&url, &sha_c).await;
         assert_eq!(jc["status"], "succeeded", "{jc}");
         rows.push(("(c) warm, one-line change", jc));
+        if slot_incremental_off {
+            // (a0)/(c0): as (a)/(c) with CARGO_INCREMENTAL=0 in the pipeline (part of the cache key, so
+            // a target directory of its own, built cold first).
+            let off = "env:\n  CARGO_INCREMENTAL: \"0\"\nsteps:\n  - name: build\n    run: cargo build --locked --message-format=json-render-diagnostics\n  - name: test\n    run: cargo test --locked --no-run --message-format=json-render-diagnostics\n";
+            std::fs::write(w.dir.join(".raibid.yaml"), off).unwrap();
+            let sha = commit(&w.dir, "incremental off");
+            let (j, _) = b.run(&url, &sha).await;
+            assert_eq!(j["status"], "succeeded", "{j}");
+            rows.push(("(a0) cold, CARGO_INCREMENTAL=0", j));
+            leaf_change(&w.leaf, 3);
+            let sha = commit(&w.dir, "one-line change, incremental off");
+            let (j, _) = b.run(&url, &sha).await;
+            assert_eq!(j["status"], "succeeded", "{j}");
+            rows.push(("(c0) one-line change, CARGO_INCREMENTAL=0", j));
+        }
         // (d): the same change in the persistent checkout.
         let rel = w.leaf.strip_prefix(&w.dir).unwrap();
         leaf_change(&plain.join(rel), 1);
@@ -579,8 +623,23 @@ async fn builds(names: &[String]) {
             "target/debug/incremental in the plain checkout: {:.0} MiB",
             inc as f64 / 1048576.0
         );
+        println!("load average after {}: {}", w.name, load());
+        // Disk: one workload's checkouts, slots and mirrors go before the next (ripgrep's are GiBs).
+        for p in [&plain, &w.dir, &cache.join("targets"), &cache.join("git")] {
+            let _ = std::fs::remove_dir_all(p);
+        }
     }
     drop(b);
+}
+
+/// `/proc/loadavg`'s three figures.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn sized(p: &Path) -> u64 {
@@ -601,11 +660,17 @@ async fn main() {
     let mode = args.first().cloned().unwrap_or_default();
     let mut runs = 30;
     let mut workloads = Vec::new();
+    let mut slot_incremental_off = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
             "--runs" => {
                 runs = args[i + 1].parse().unwrap();
+                i += 1;
+            }
+            "--slot-incremental-off" => slot_incremental_off = true,
+            "--agent" => {
+                let _ = AGENT.set(PathBuf::from(&args[i + 1]));
                 i += 1;
             }
             "--workload" => {
@@ -616,17 +681,24 @@ async fn main() {
         }
         i += 1;
     }
+    if mode == "latency" || mode == "builds" {
+        println!(
+            "cache_bench {mode}: agent {}, load average at start {}",
+            agent_bin().display(),
+            load()
+        );
+    }
     match mode.as_str() {
         "latency" => latency(runs).await,
         "builds" => {
             if workloads.is_empty() {
                 workloads = vec!["ripgrep".into(), "raibid".into()];
             }
-            builds(&workloads).await
+            builds(&workloads, slot_incremental_off).await
         }
         _ => {
             eprintln!(
-                "usage: cache_bench latency [--runs N] | builds [--workload ripgrep|raibid]..."
+                "usage: cache_bench latency [--runs N] [--agent PATH] | builds [--workload ripgrep|raibid]... [--slot-incremental-off] [--agent PATH]"
             );
             std::process::exit(2);
         }

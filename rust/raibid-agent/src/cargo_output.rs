@@ -2,6 +2,7 @@
 //! (compiler messages become their rendered lines, machine-only messages disappear), and once the job's
 //! output is complete [`CargoOutput::store`] writes the structured diagnostics to
 //! `raibid:job:{id}:diagnostics` (same retention as the log) and returns the unit counts for the record.
+//! This is the one parse of each line: the same counts feed the job's cache figures ([`CargoOutput::units`]).
 
 use crate::Masker;
 use raibid_core::cargo_messages::{CargoUnits, Collector, LineOutcome};
@@ -32,6 +33,11 @@ impl CargoOutput {
             }
         }
         *batch = out;
+    }
+
+    /// Distinct compilation units so far (fresh / total), `None` when cargo reported none.
+    pub(crate) fn units(&self) -> Option<CargoUnits> {
+        self.collector.units()
     }
 
     /// Store the diagnostics (secrets masked) when any step produced some; return the unit counts.

@@ -171,22 +171,6 @@ async fn execute_in_slot(
             _ => (remaining, false),
         };
         let started = Instant::now();
-        // Count cargo's units as the output passes by (a tee in front of the job's log channel).
-        let tee = cache.as_ref().map(|jc| {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String, String)>(4096);
-            let log = std::mem::replace(&mut ctx.logs, tx);
-            let fwd = log.clone();
-            let units = jc.units.clone();
-            let task = tokio::spawn(async move {
-                while let Some(l) = rx.recv().await {
-                    units.observe(&l.2);
-                    if fwd.send(l).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            (log, task)
-        });
         let spec = StepSpec {
             name: &step.name,
             script: &step.run,
@@ -195,10 +179,6 @@ async fn execute_in_slot(
             limit,
         };
         let end = run_step(ctx, spec).await;
-        if let Some((log, task)) = tee {
-            ctx.logs = log;
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
-        }
         let secs = started.elapsed().as_secs_f64();
         let (st, code, result) = match end {
             StepEnd::Exited(0) => ("succeeded", Some(0), None),
@@ -343,6 +323,8 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
             &limits,
         )
         .await?;
+        // The held slot now keeps eviction away from the mirror (see `slots::evict`).
+        m.lock = None;
         if slot.recovered {
             sink(format!(
                 "[raibid] slot {}: its previous job ({}) did not finish; resetting the checkout, keeping the target directory (cargo rebuilds unfinished units)",
@@ -350,9 +332,13 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
                 slot.meta.job.as_deref().unwrap_or("?")
             ));
         }
-        if let Err(e) = slot.checkout(&m.dir, &m.sha, creds, &limits, sink).await {
+        if let Err(e) = slot
+            .checkout(&m.dir, &m.sha, false, creds, &limits, sink)
+            .await
+        {
             let CloneError::Failed(msg) = e else { return Err(e) };
-            // The mirror lacks objects it claims to have: never trust it, rebuild and try once more.
+            // The mirror lacks objects it claims to have: never trust it, rebuild and try once more,
+            // in a new checkout (the old one's HEAD and index may name objects the new mirror lacks).
             sink(format!("[raibid] {msg}; rebuilding the mirror"));
             mirror::invalidate(&cache.root, &repo_id, &limits).await;
             let m2 = mirror::update(
@@ -366,7 +352,9 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
                 sink,
             )
             .await?;
-            slot.checkout(&m2.dir, &m2.sha, creds, &limits, sink).await?;
+            slot.checkout(&m2.dir, &m2.sha, true, creds, &limits, sink)
+                .await?;
+            drop(m2.lock);
             m.objects += m2.objects;
             m.bytes += m2.bytes;
             m.lock_ms += m2.lock_ms;
@@ -401,7 +389,6 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
                 repo_id,
                 slot,
                 key: None,
-                units: Default::default(),
                 stats,
             })
         }
@@ -488,25 +475,18 @@ async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc
     ctx.claim.job.cache = Some(jc.stats.clone());
 }
 
-/// The job is done with its slot: sizes, units, eviction past the cap, node-wide counters.
+/// The job is done with its slot: sizes, eviction past the cap. (Units and the node-wide counters
+/// follow once the job's output is complete: `cache::record_job`.)
 async fn finish_cache(ctx: &mut JobCtx<'_>, mut jc: JobCache) {
     let bytes = jc.slot.finish(jc.key.as_deref()).await;
     jc.stats.slot_bytes = Some(bytes);
-    if let Some((fresh, total)) = jc.units.counts() {
-        jc.stats.units_fresh = Some(fresh);
-        jc.stats.units_total = Some(total);
-    }
     let root = ctx.shared.cache.root.clone();
     let max = ctx.shared.cache.max_bytes;
     let evicted = tokio::task::block_in_place(|| {
         slots::evict(&root, max, Some((&jc.slot, jc.key.as_deref())))
     });
     for e in evicted {
-        tracing::info!(repo = %e.repo_id, slot = %e.slot, key = ?e.key, bytes = e.bytes, "cache: evicted");
-    }
-    let mut con = ctx.shared.queue.redis();
-    if let Err(e) = raibid_core::cache_stats::record(&mut con, &jc.stats).await {
-        tracing::warn!(error = %e, "could not record cache counters");
+        tracing::info!(repo = %e.repo_id, slot = %e.slot, key = ?e.key, mirror = e.mirror, bytes = e.bytes, "cache: evicted");
     }
     ctx.claim.job.cache = Some(jc.stats);
 }

@@ -200,6 +200,12 @@ pub(crate) async fn run_job(
             None
         }
     };
+    crate::cache::record_job(
+        &shared.queue,
+        claim.job.cache.as_mut(),
+        cargo.as_ref().and_then(|c| c.units()),
+    )
+    .await;
     heartbeat.abort();
     grace.abort();
     if let Ok(mut m) = shared.running.lock() {

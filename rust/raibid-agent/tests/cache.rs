@@ -378,6 +378,10 @@ async fn a_warm_slot_is_correct_a_lockfile_change_rebuilds_and_a_toolchain_chang
     assert_eq!(j2["cache"]["slot"], slot1.as_str());
     let (f2, t2) = units(&j2);
     assert_eq!(f2, t2, "nothing changed, nothing rebuilt: {j2}");
+    // One count (the log flusher's one parse of cargo's messages): the record's `cargo` says the same.
+    assert_eq!(j2["cargo"]["fresh"].as_u64(), Some(f2), "{j2}");
+    assert_eq!(j2["cargo"]["total"].as_u64(), Some(t2), "{j2}");
+    assert_eq!(j1["cargo"]["total"].as_u64(), Some(t1), "{j1}");
 
     // Cargo.lock moves itoa to 1.0.11: itoa and what depends on it rebuild, nothing else.
     cargo(
@@ -441,6 +445,62 @@ async fn a_warm_slot_is_correct_a_lockfile_change_rebuilds_and_a_toolchain_chang
     assert_eq!(j8["cache"]["key"], key1.as_str(), "{j8}");
     let (f8, t8) = units(&j8);
     assert_eq!(f8, t8, "{j8}");
+}
+
+/// Each job's step checks that its checkout is exactly the commit (nothing untracked, ignored or
+/// modified; what `git status --ignored` and a listing against `git ls-files` would show), then leaves
+/// every kind of leftover behind for the next job of the slot.
+const DIRTYING_PIPELINE: &str = r#"steps:
+  - name: check
+    run: |
+      set -e
+      test -z "$(git status --porcelain --ignored)"
+      test "$(find . -path ./.git -prune -o \( -type f -o -type l \) -print | sed 's|^\./||' | sort)" = "$(git ls-files | sort)"
+      test "$(cat tracked.txt)" = "$(git show HEAD:tracked.txt)"
+      echo leftover > untracked.txt
+      mkdir -p ignored/deep empty-dir nested
+      echo x > ignored/deep/f
+      git -C nested init -q
+      ln -s /etc/hostname link-out
+      echo modified >> tracked.txt
+      rm -f gone.txt
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_checkout_is_exactly_the_commit_after_one_git_process() {
+    let s = stack().await;
+    let repo = Repo::new(&s.tmp.path().join("repo"));
+    repo.write(".raibid.yaml", DIRTYING_PIPELINE);
+    repo.write(".gitignore", "/ignored/\n");
+    repo.write("tracked.txt", "one\n");
+    repo.write("gone.txt", "tracked, deleted by the step\n");
+    let sha1 = repo.commit("one");
+    let _a = s.agent("agent-a");
+    let j1 = s.run(&repo.url(), &sha1).await;
+    assert_eq!(j1["status"], "succeeded", "{j1}");
+    let slot = j1["cache"]["slot"].as_str().unwrap().to_string();
+    // The same commit again (the mirror has it): the slot is the one the step dirtied.
+    let id2 = s.submit(&repo.url(), "main", Some(&sha1)).await;
+    let j2 = s.wait(&id2, Duration::from_secs(120), is_final).await;
+    let log2 = s.log(&id2).await;
+    assert_eq!(j2["status"], "succeeded", "{j2}\n{log2}");
+    assert_eq!(j2["cache"]["slot"], slot.as_str());
+    assert_eq!(j2["cache"]["mirror_hit"], true);
+    let gits: Vec<&str> = log2
+        .lines()
+        .filter(|l| l.starts_with("[clone] $ git"))
+        .collect();
+    assert_eq!(
+        gits,
+        [format!("[clone] $ git checkout -q -f --detach {sha1} --").as_str()],
+        "one git process on the warm path: {log2}"
+    );
+    // A new commit that changes the tracked file: its content, not the step's.
+    repo.write("tracked.txt", "two\n");
+    let sha3 = repo.commit("two");
+    let j3 = s.run(&repo.url(), &sha3).await;
+    assert_eq!(j3["status"], "succeeded", "{j3}");
+    assert_eq!(j3["cache"]["slot"], slot.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

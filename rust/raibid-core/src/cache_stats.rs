@@ -28,10 +28,12 @@ pub struct CacheStats {
     /// rebuilds whatever that job had not finished.
     #[serde(default)]
     pub recovered: bool,
-    /// Compilation units cargo reported as reused (`compiler-artifact` with `fresh: true`).
+    /// Distinct compilation units cargo reported as reused (`compiler-artifact` with `fresh: true`) every
+    /// time it reported them; the same count as the job record's `cargo` (`raibid_core::cargo_messages`).
     #[serde(default)]
     pub units_fresh: Option<u64>,
-    /// Compilation units cargo reported in all (`compiler-artifact` messages).
+    /// Distinct compilation units cargo reported (`compiler-artifact` messages; a unit reported by
+    /// several steps counts once).
     #[serde(default)]
     pub units_total: Option<u64>,
     /// Milliseconds spent waiting for locks (git mirror, slot selection).

@@ -4,7 +4,11 @@
 //! through [`Collector::line`], which
 //! - turns a `compiler-message` into its `rendered` text (the lines a human would have seen, so the job
 //!   log still reads like a normal build) and records level, code, message, file, line and column;
-//! - counts `compiler-artifact` messages (fresh = reused from the target directory) into [`CargoUnits`];
+//! - counts compilation units from `compiler-artifact` messages into [`CargoUnits`]: a unit (package,
+//!   target name and kinds, test profile) reported by several cargo invocations of the job (`cargo build
+//!   --all-targets`, then `cargo test`) counts once, as fresh only if it was fresh every time. This is the
+//!   one count of the job: the record's `cargo` and the cache figures (`cache.units_fresh/total`) both
+//!   come from it, and each stdout line is parsed once;
 //! - drops `build-finished` and the other machine-only messages;
 //! - watches libtest's plain output for failing tests: the name, the panic message, its `file:line`
 //!   and the test's captured output (bounded).
@@ -13,6 +17,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Most distinct compiler messages kept per job (the rest are counted in `dropped`).
@@ -26,6 +31,9 @@ pub const MAX_TEST_OUTPUT_BYTES: usize = 4096;
 /// Longest panic message kept, in bytes.
 pub const MAX_PANIC_BYTES: usize = 2048;
 
+// Each distinct unit counts once across the job's steps, as fresh only if it was fresh every time
+// (`Collector::units`). The doc comments below are the published MCP schema's descriptions
+// (raibid-dispatcher's `tests/snapshots/mcp_tools.json`).
 /// Compilation units of a job's cargo invocations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CargoUnits {
@@ -116,6 +124,9 @@ pub enum CargoMessage {
     Artifact {
         /// Reused from the target directory.
         fresh: bool,
+        /// What makes it one unit across cargo invocations: package id, target name and kinds, test
+        /// profile.
+        unit: String,
     },
     /// `cargo` finished this build.
     BuildFinished {
@@ -127,21 +138,35 @@ pub enum CargoMessage {
 }
 
 #[derive(Deserialize)]
-struct RawMessage {
-    reason: String,
+struct RawMessage<'a> {
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
     #[serde(default)]
     message: Option<RawDiagnostic>,
     #[serde(default)]
     fresh: Option<bool>,
     #[serde(default)]
     success: Option<bool>,
+    #[serde(default, borrow)]
+    package_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    target: Option<RawTarget<'a>>,
     #[serde(default)]
-    target: Option<RawTarget>,
+    profile: Option<RawProfile>,
 }
 
 #[derive(Deserialize)]
-struct RawTarget {
-    name: String,
+struct RawTarget<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    kind: Vec<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawProfile {
+    #[serde(default)]
+    test: bool,
 }
 
 #[derive(Deserialize)]
@@ -177,7 +202,7 @@ pub fn parse_line(line: &str) -> Option<CargoMessage> {
         return None;
     }
     let raw: RawMessage = serde_json::from_str(t).ok()?;
-    Some(match raw.reason.as_str() {
+    Some(match raw.reason.as_ref() {
         "compiler-message" => {
             let d = raw.message?;
             let primary = d
@@ -193,14 +218,25 @@ pub fn parse_line(line: &str) -> Option<CargoMessage> {
                 line: primary.map(|s| s.line_start),
                 column: primary.map(|s| s.column_start),
                 rendered: d.rendered,
-                target: raw.target.map(|t| t.name),
+                target: raw.target.map(|t| t.name.into_owned()),
                 step: None,
                 count: 1,
             })
         }
-        "compiler-artifact" => CargoMessage::Artifact {
-            fresh: raw.fresh.unwrap_or(false),
-        },
+        "compiler-artifact" => {
+            let (name, kind) = match &raw.target {
+                Some(t) => (t.name.as_ref(), t.kind.join(",")),
+                None => ("", String::new()),
+            };
+            CargoMessage::Artifact {
+                fresh: raw.fresh.unwrap_or(false),
+                unit: format!(
+                    "{}|{name}|{kind}|{}",
+                    raw.package_id.as_deref().unwrap_or(""),
+                    raw.profile.is_some_and(|p| p.test)
+                ),
+            }
+        }
         "build-finished" => CargoMessage::BuildFinished {
             success: raw.success.unwrap_or(false),
         },
@@ -404,8 +440,8 @@ pub struct Collector {
     compiler: Vec<CompilerMessage>,
     seen: HashMap<DedupKey, usize>,
     dropped: u64,
-    units: CargoUnits,
-    units_seen: bool,
+    /// Unit identity → fresh every time it was reported.
+    units: HashMap<String, bool>,
     json_seen: bool,
     libtest: Vec<(String, Libtest)>,
 }
@@ -438,12 +474,9 @@ impl Collector {
                     self.add(step, m);
                     LineOutcome::Replace(shown)
                 }
-                CargoMessage::Artifact { fresh } => {
-                    self.units_seen = true;
-                    self.units.total = self.units.total.saturating_add(1);
-                    if fresh {
-                        self.units.fresh = self.units.fresh.saturating_add(1);
-                    }
+                CargoMessage::Artifact { fresh, unit } => {
+                    let e = self.units.entry(unit).or_insert(true);
+                    *e = *e && fresh;
                     LineOutcome::Drop
                 }
                 CargoMessage::BuildFinished { .. } | CargoMessage::Other => LineOutcome::Drop,
@@ -495,9 +528,16 @@ impl Collector {
         self.compiler.push(m);
     }
 
-    /// Units counted so far (`None` when no cargo JSON was seen).
+    /// Units counted so far (`None` when cargo reported no unit).
     pub fn units(&self) -> Option<CargoUnits> {
-        self.units_seen.then_some(self.units)
+        if self.units.is_empty() {
+            return None;
+        }
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Some(CargoUnits {
+            fresh: count(self.units.values().filter(|f| **f).count()),
+            total: count(self.units.len()),
+        })
     }
 
     /// The diagnostics: compiler messages deduplicated and ordered by severity (then file and line),
@@ -564,14 +604,14 @@ mod tests {
     #[test]
     fn artifacts_are_counted_and_dropped() {
         let mut c = Collector::new();
-        let a = |fresh: bool| {
+        let a = |pkg: &str, fresh: bool| {
             format!(
-                r#"{{"reason":"compiler-artifact","package_id":"x","target":{{"name":"x"}},"fresh":{fresh}}}"#
+                r#"{{"reason":"compiler-artifact","package_id":"{pkg}","target":{{"name":"{pkg}"}},"fresh":{fresh}}}"#
             )
         };
-        assert_eq!(c.line("build", "stdout", &a(true)), LineOutcome::Drop);
-        assert_eq!(c.line("build", "stdout", &a(false)), LineOutcome::Drop);
-        assert_eq!(c.line("build", "stdout", &a(true)), LineOutcome::Drop);
+        assert_eq!(c.line("build", "stdout", &a("x", true)), LineOutcome::Drop);
+        assert_eq!(c.line("build", "stdout", &a("y", false)), LineOutcome::Drop);
+        assert_eq!(c.line("build", "stdout", &a("z", true)), LineOutcome::Drop);
         assert_eq!(
             c.line(
                 "build",
@@ -580,9 +620,29 @@ mod tests {
             ),
             LineOutcome::Drop
         );
-        assert_eq!(c.line("build", "stderr", &a(true)), LineOutcome::Keep);
+        assert_eq!(c.line("build", "stderr", &a("w", true)), LineOutcome::Keep);
         assert_eq!(c.line("build", "stdout", "plain"), LineOutcome::Keep);
         assert_eq!(c.finish().1, Some(CargoUnits { fresh: 2, total: 3 }));
+    }
+
+    #[test]
+    fn a_unit_reported_by_several_steps_counts_once() {
+        // `cargo build --all-targets` then `cargo test`: the test step reports the same units again.
+        let mut c = Collector::new();
+        let a = |pkg: &str, kind: &str, test: bool, fresh: bool| {
+            format!(
+                r#"{{"reason":"compiler-artifact","package_id":"{pkg}","target":{{"name":"{pkg}","kind":["{kind}"]}},"profile":{{"test":{test}}},"fresh":{fresh}}}"#
+            )
+        };
+        c.line("build", "stdout", &a("dep", "lib", false, true));
+        c.line("build", "stdout", &a("app", "lib", false, false));
+        c.line("build", "stdout", &a("app", "lib", true, false));
+        c.line("test", "stdout", &a("dep", "lib", false, true));
+        c.line("test", "stdout", &a("app", "lib", false, true));
+        c.line("test", "stdout", &a("app", "lib", true, true));
+        c.line("test", "stdout", &a("app", "bin", false, true));
+        // dep (fresh both times), app lib and app lib-test (rebuilt in build), app bin (fresh).
+        assert_eq!(c.units(), Some(CargoUnits { fresh: 2, total: 4 }));
     }
 
     #[test]

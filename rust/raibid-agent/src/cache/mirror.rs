@@ -15,7 +15,7 @@ use crate::git::{self, Credentials, Limits};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const OK_MARKER: &str = "raibid-mirror-ok";
+pub(crate) const OK_MARKER: &str = "raibid-mirror-ok";
 /// Packs a mirror may hold before a fetch repacks them into one (one pack per fetch otherwise).
 const MAX_PACKS: usize = 50;
 
@@ -42,6 +42,9 @@ pub(crate) struct MirrorOutcome {
     pub(crate) bytes: u64,
     /// Milliseconds waiting for the mirror lock.
     pub(crate) lock_ms: u64,
+    /// The mirror lock, still held: the caller drops it once it holds a slot of the repository (from
+    /// then on the held slot keeps eviction away from the mirror its checkout borrows from).
+    pub(crate) lock: Option<super::lock::FileLock>,
 }
 
 /// Run git in `dir`, logging the command (URL redacted) and its output.
@@ -88,6 +91,32 @@ pub(crate) fn full_ref(git_ref: &str) -> String {
     }
 }
 
+/// The node's mirrors: (repo id, bytes on disk, last use in Unix ms). Last use is the mtime of the
+/// mirror's marker, set by every update (a mirror without its marker is listed with last use 0: it is
+/// rebuilt before any use anyway).
+pub(crate) fn list(root: &Path) -> Vec<(String, u64, i64)> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root.join("git")) else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".git") else {
+            continue;
+        };
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let last = std::fs::metadata(e.path().join(OK_MARKER))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        v.push((id.to_string(), super::slots::du(&e.path()), last));
+    }
+    v
+}
+
 /// Bring the mirror of `url` up to `sha` (or the tip of `git_ref`) and say which commit to check out.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn update(
@@ -106,7 +135,7 @@ pub(crate) async fn update(
     let dir = base.join(format!("{repo_id}.git"));
     let t = Instant::now();
     let stop = limits.stop.clone();
-    let _lock = super::lock::lock(
+    let lock = super::lock::lock(
         &base.join(format!("{repo_id}.lock")),
         limits.deadline,
         || *stop.borrow() != crate::Stop::None,
@@ -114,6 +143,11 @@ pub(crate) async fn update(
     .await
     .map_err(CloneError::from)?;
     let lock_ms = t.elapsed().as_millis() as u64;
+    // Last use, for eviction (least recently used first).
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(dir.join(OK_MARKER))
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
     let mut rebuilt = false;
     loop {
         if dir.join(OK_MARKER).exists() {
@@ -137,6 +171,7 @@ pub(crate) async fn update(
                     objects,
                     bytes,
                     lock_ms,
+                    lock: Some(lock),
                 })
             }
             Err(CloneError::Failed(e)) if !rebuilt => {
@@ -203,10 +238,15 @@ async fn create(
     if !o.ok {
         return Err(CloneError::Failed("git init of the mirror failed".into()));
     }
-    // gc never runs on its own (it could prune objects a workspace borrows); fetched packs are kept as
-    // packs (countable; repacked every MAX_PACKS fetches).
+    // gc never runs on its own (it could prune objects a workspace borrows), nor does `git maintenance`
+    // (a fetch would start `maintenance run --auto` after every update: one more process on the
+    // push → first-line path; fetches pass `-c maintenance.auto=false` for mirrors made before this
+    // setting); fetched packs are kept as packs (countable; repacked every MAX_PACKS fetches). Fetches
+    // also skip the forced-update check (a history walk after a force push) and the submodule scan of
+    // the fetched commits: nothing here uses either.
     for (k, v) in [
         ("gc.auto", "0"),
+        ("maintenance.auto", "false"),
         ("core.logAllRefUpdates", "false"),
         ("fetch.unpackLimit", "1"),
         ("transfer.unpackLimit", "1"),
@@ -412,10 +452,16 @@ async fn fetch(
     let o = run(
         dir,
         &[
+            "-c",
+            "maintenance.auto=false",
+            "-c",
+            "advice.fetchShowForcedUpdates=false",
             "fetch",
             "-q",
             "--no-tags",
             "--no-write-fetch-head",
+            "--no-recurse-submodules",
+            "--no-show-forced-updates",
             url,
             "--",
             &spec,
@@ -434,10 +480,16 @@ async fn fetch(
                 let o = run(
                     dir,
                     &[
+                        "-c",
+                        "maintenance.auto=false",
+                        "-c",
+                        "advice.fetchShowForcedUpdates=false",
                         "fetch",
                         "-q",
                         "--no-tags",
                         "--no-write-fetch-head",
+                        "--no-recurse-submodules",
+                        "--no-show-forced-updates",
                         url,
                         "--",
                         s,

@@ -1,6 +1,8 @@
 //! The node's caches for a job: a bare git mirror per repository (`mirror`), cargo target slots with
-//! stable checkouts (`slots`), the cache key (`key`), cross-process locks (`lock`) and unit counting
-//! from cargo's JSON messages (`units`).
+//! stable checkouts (`slots`), the cache key (`key`) and cross-process locks (`lock`). Compilation
+//! units are counted by the log flusher's one parse of cargo's JSON messages
+//! (`raibid_core::cargo_messages`), and added to the job's figures once its output is complete
+//! ([`record_job`]).
 //!
 //! Layout under the cache directory (a hostPath on the node, shared by every agent pod there):
 //!
@@ -16,11 +18,11 @@ pub(crate) mod key;
 pub(crate) mod lock;
 pub(crate) mod mirror;
 pub(crate) mod slots;
-pub(crate) mod units;
+pub(crate) mod worktree;
 
 use raibid_core::cache_stats::CacheStats;
+use raibid_core::cargo_messages::CargoUnits;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// A log sink for cache operations (lines go to the job's log of the current step).
 pub(crate) type Sink<'a> = &'a (dyn Fn(String) + Sync);
@@ -90,11 +92,28 @@ impl Cache {
     }
 }
 
-/// A job's hold on the cache: its slot (locked), key, unit counter and figures.
+/// A job's hold on the cache: its slot (locked), key and figures.
 pub(crate) struct JobCache {
     pub(crate) repo_id: String,
     pub(crate) slot: slots::Slot,
     pub(crate) key: Option<String>,
-    pub(crate) units: Arc<units::Units>,
     pub(crate) stats: CacheStats,
+}
+
+/// Once the job's output is complete: its unit counts (from the log flusher's parse of cargo's
+/// messages) into its cache figures, and those figures into the node-wide counters.
+pub(crate) async fn record_job(
+    queue: &raibid_core::queue::Queue,
+    stats: Option<&mut CacheStats>,
+    units: Option<CargoUnits>,
+) {
+    let Some(stats) = stats else { return };
+    if let Some(u) = units {
+        stats.units_fresh = Some(u64::from(u.fresh));
+        stats.units_total = Some(u64::from(u.total));
+    }
+    let mut con = queue.redis();
+    if let Err(e) = raibid_core::cache_stats::record(&mut con, stats).await {
+        tracing::warn!(error = %e, "could not record cache counters");
+    }
 }

@@ -4,7 +4,8 @@
 //! - A job takes a free slot of its repository (one its branch used last, else one of the default
 //!   branch, else the freshest), or a new one. The checkout lives at the slot's `src` for good, so the
 //!   absolute paths in cargo's fingerprints match from job to job, and it is updated in place
-//!   (`git checkout -f` + `git clean -ffdx`), so unchanged files keep their mtimes.
+//!   (`git checkout -f`, then the untracked files removed as `git clean -ffdx` would), so unchanged
+//!   files keep their mtimes.
 //! - Inside the slot, each cache key has its own target directory (`CARGO_TARGET_DIR`); a key the
 //!   slot has never built is seeded from another free slot that has it (`cp -a --reflink=auto`, then an
 //!   atomic rename), else starts cold. Cargo judges workspace crates by mtimes (dep-info paths are
@@ -14,8 +15,9 @@
 //!   killed: the checkout is reset anyway, and the target directory is kept, because cargo writes a
 //!   unit's fingerprint only after the unit's outputs, so an interrupted unit is rebuilt, never
 //!   trusted.
-//! - Eviction: past the size cap, the least recently used target directories of slots nobody holds
-//!   are deleted (then slots left without any), never one in use.
+//! - Eviction: past the size cap (target directories, checkouts and git mirrors together), the least
+//!   recently used target directories of slots nobody holds are deleted, then slots left without any,
+//!   then mirrors nobody updates or borrows from; never one in use.
 
 use super::lock::{self, FileLock};
 use super::mirror::run;
@@ -229,11 +231,19 @@ impl Slot {
     }
 
     /// Check `sha` out at `src`, borrowing objects from the mirror (alternates). An existing checkout
-    /// of this mirror is updated in place. `Err(Failed)` with `missing` = the mirror lacks objects.
+    /// of this mirror is updated in place (`fresh` forces a new one). `Err(Failed)` with `missing` =
+    /// the mirror lacks objects.
+    ///
+    /// Warm path: one git process (`checkout -f`, which resets every tracked file and the index to the
+    /// commit), then the untracked files (ignored ones too: `git clean -ffdx`'s set) are removed in
+    /// process from the index's path list (`worktree::clean`); an index this reader does not know
+    /// (another version, split or sparse) falls back to `git clean -ffdx`, and so does a checkout whose
+    /// git runs as the step user (deleting runs with that user's rights, not the agent's).
     pub(crate) async fn checkout(
         &self,
         mirror: &Path,
         sha: &str,
+        fresh: bool,
         creds: &Credentials,
         limits: &Limits,
         log: Sink<'_>,
@@ -241,9 +251,10 @@ impl Slot {
         let src = self.src();
         let objects = mirror.join("objects");
         let alt = src.join(".git/objects/info/alternates");
-        let reuse = std::fs::read_to_string(&alt)
-            .map(|s| s.trim() == objects.to_string_lossy())
-            .unwrap_or(false);
+        let reuse = !fresh
+            && std::fs::read_to_string(&alt)
+                .map(|s| s.trim() == objects.to_string_lossy())
+                .unwrap_or(false);
         if !reuse {
             let _ = std::fs::remove_dir_all(&src);
             super::mkdirs(&src, limits.user.as_ref())
@@ -274,9 +285,26 @@ impl Slot {
             )));
         }
         if reuse {
-            let o = run(&src, &["clean", "-q", "-ffdx"], creds, None, limits, log).await?;
-            if !o.ok {
-                return Err(CloneError::Failed("git clean failed".into()));
+            let in_process = if limits.user.is_none() {
+                let dir = src.clone();
+                tokio::task::spawn_blocking(move || super::worktree::clean(&dir))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            } else {
+                Err("git runs as the step user".to_string())
+            };
+            match in_process {
+                Ok(0) => {}
+                Ok(n) => log(format!(
+                    "[raibid] removed {n} untracked path(s) from the checkout"
+                )),
+                Err(why) => {
+                    log(format!("[raibid] cleaning the checkout with git ({why})"));
+                    let o = run(&src, &["clean", "-q", "-ffdx"], creds, None, limits, log).await?;
+                    if !o.ok {
+                        return Err(CloneError::Failed("git clean failed".into()));
+                    }
+                }
             }
         }
         Ok(())
@@ -455,18 +483,24 @@ pub(crate) fn du(p: &Path) -> u64 {
     total
 }
 
-/// One line of `raibid.nu cache` / the eviction pass.
+/// One line of the eviction pass: a target directory (`key`), a slot's checkout (`slot`, no key) or a
+/// repository's git mirror (`mirror`).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Entry {
     pub(crate) repo_id: String,
     pub(crate) slot: String,
     pub(crate) key: Option<String>,
+    #[serde(default)]
+    pub(crate) mirror: bool,
     pub(crate) bytes: u64,
     pub(crate) last_used_ms: i64,
 }
 
-/// Evict least recently used target directories (then emptied slots) of slots nobody holds until the
-/// total is under `max_bytes`. `current` (held by the caller) keeps `keep_key`. Returns the evicted.
+/// Evict until everything in the cache that grows per repository (target directories, slot checkouts,
+/// git mirrors) is under `max_bytes`, least recently used first within each tier: target directories,
+/// then slots left with no target directory, then git mirrors. Nothing in use goes: a slot a job
+/// holds (its lock), a mirror being updated (its lock) or borrowed from by a held slot of its
+/// repository (alternates). `current` (held by the caller) keeps `keep_key`. Returns the evicted.
 pub(crate) fn evict(
     root: &Path,
     max_bytes: u64,
@@ -485,6 +519,7 @@ pub(crate) fn evict(
                     repo_id: repo_id.clone(),
                     slot: slot.clone(),
                     key: None,
+                    mirror: false,
                     bytes: m.src_bytes,
                     last_used_ms: m.last_used_ms,
                 });
@@ -494,6 +529,7 @@ pub(crate) fn evict(
                         repo_id: repo_id.clone(),
                         slot: slot.clone(),
                         key: Some(k.clone()),
+                        mirror: false,
                         bytes: km.bytes,
                         last_used_ms: km.last_used_ms,
                     });
@@ -501,17 +537,42 @@ pub(crate) fn evict(
             }
         }
     }
+    for (repo_id, bytes, last_used_ms) in super::mirror::list(root) {
+        total += bytes;
+        all.push(Entry {
+            repo_id,
+            slot: String::new(),
+            key: None,
+            mirror: true,
+            bytes,
+            last_used_ms,
+        });
+    }
     let mut evicted = Vec::new();
     if total <= max_bytes {
         return evicted;
     }
-    // Target directories first (oldest first), then whole slots left with no target directory.
-    all.sort_by_key(|e| (e.key.is_none(), e.last_used_ms));
+    let tier = |e: &Entry| match (e.mirror, e.key.is_some()) {
+        (false, true) => 0,
+        (false, false) => 1,
+        (true, _) => 2,
+    };
+    all.sort_by_key(|e| (tier(e), e.last_used_ms));
     for e in all {
         if total <= max_bytes {
             break;
         }
         let repo_dir = targets.join(&e.repo_id);
+        if e.mirror {
+            if current.is_some_and(|(s, _)| s.repo_dir == repo_dir)
+                || !evict_mirror(root, &repo_dir, &e.repo_id)
+            {
+                continue;
+            }
+            total = total.saturating_sub(e.bytes);
+            evicted.push(e);
+            continue;
+        }
         let slot_dir = repo_dir.join(&e.slot);
         let is_current = current.is_some_and(|(s, _)| s.dir == slot_dir);
         let _held;
@@ -544,6 +605,30 @@ pub(crate) fn evict(
         evicted.push(e);
     }
     evicted
+}
+
+/// Delete the mirror of `repo_id` if nobody uses it: its lock (an update) and every slot lock of the
+/// repository (a checkout borrowing its objects) are taken without waiting, held while deleting. The
+/// slots' checkouts lose their alternates, so the next job of each starts a fresh checkout from the
+/// rebuilt mirror instead of trusting a checkout whose objects are gone.
+fn evict_mirror(root: &Path, repo_dir: &Path, repo_id: &str) -> bool {
+    let base = root.join("git");
+    let Ok(Some(_mirror_lock)) = lock::try_lock(&base.join(format!("{repo_id}.lock"))) else {
+        return false;
+    };
+    let mut held = Vec::new();
+    let slots = slot_names(repo_dir);
+    for (_, slot) in &slots {
+        match lock::try_lock(&repo_dir.join(format!("{slot}.lock"))) {
+            Ok(Some(l)) => held.push(l),
+            _ => return false,
+        }
+    }
+    for (_, slot) in &slots {
+        let _ = std::fs::remove_file(repo_dir.join(slot).join("src/.git/objects/info/alternates"));
+    }
+    remove_aside(&base, &format!("{repo_id}.git"));
+    true
 }
 
 /// Rename `parent/name` aside (so nothing half-deleted is ever used), then delete it.
@@ -619,6 +704,57 @@ mod tests {
         let ev = evict(root, 0, None);
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert!(!b0.join("target/k9").exists());
+    }
+
+    fn mirror(root: &Path, repo: &str, used_secs: u64) -> PathBuf {
+        let dir = root.join("git").join(format!("{repo}.git"));
+        std::fs::create_dir_all(dir.join("objects/pack")).unwrap();
+        std::fs::write(dir.join("objects/pack/p.pack"), vec![7u8; 64 << 10]).unwrap();
+        let marker = std::fs::File::create(dir.join(super::super::mirror::OK_MARKER)).unwrap();
+        marker
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(used_secs))
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn mirrors_count_towards_the_cap_and_go_last_and_never_while_in_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // Mirrors last used long before any target directory: still, targets go first.
+        let ma = mirror(root, "a", 1);
+        let mb = mirror(root, "b", 2);
+        let mc = mirror(root, "c", 3);
+        let a0 = make(root, "a", "slot-0", &[("k1", 100_000, 1000)]);
+        let b0 = make(root, "b", "slot-0", &[("k9", 50_000, 5000)]);
+        // b's slot is held by a job (its checkout borrows b's mirror); c's mirror is being updated.
+        let held_slot = lock::try_lock(&root.join("targets/b/slot-0.lock"))
+            .unwrap()
+            .unwrap();
+        let held_mirror = lock::try_lock(&root.join("git/c.lock")).unwrap().unwrap();
+        let mirrors: u64 = super::super::mirror::list(root).iter().map(|m| m.1).sum();
+        assert!(mirrors >= 3 * (64 << 10), "{mirrors}");
+        // One byte over the cap: the oldest free target directory goes, not an (older) mirror.
+        let ev = evict(root, mirrors + 6000 - 1, None);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].key.as_deref(), Some("k1"));
+        assert!(ma.exists() && mb.exists() && mc.exists());
+        // Cap 0: a's slot, then a's mirror; b's mirror stays (its slot is held), so does c's (locked).
+        let ev = evict(root, 0, None);
+        let shown: Vec<(&str, bool, Option<&str>)> = ev
+            .iter()
+            .map(|e| (e.repo_id.as_str(), e.mirror, e.key.as_deref()))
+            .collect();
+        assert_eq!(shown, [("a", false, None), ("a", true, None)], "{ev:?}");
+        assert!(!a0.exists() && !ma.exists());
+        assert!(mb.exists() && mc.exists() && b0.join("target/k9").exists());
+        // Once nothing holds them, b's and c's mirrors go too.
+        drop(held_mirror);
+        drop(held_slot);
+        let ev = evict(root, 0, None);
+        assert!(ev.iter().any(|e| e.repo_id == "c" && e.mirror), "{ev:?}");
+        assert!(!mb.exists() && !mc.exists(), "{ev:?}");
+        assert!(super::super::mirror::list(root).is_empty());
     }
 
     #[test]
