@@ -60,8 +60,9 @@ pub struct AgentConfig {
     #[arg(long, env = env::GIT_TOKEN_FILE)]
     pub git_token_file: Option<PathBuf>,
 
-    /// Size cap in bytes of the cargo target slots under <cache>/targets: past it, the least recently
-    /// used target directories of slots no job holds are evicted after each job.
+    /// Size cap in bytes of the cargo target slots (<cache>/targets) and git mirrors (<cache>/git)
+    /// together: past it, after each job, the least recently used target directories of slots no job
+    /// holds are evicted first, then emptied slots, then mirrors no job is using.
     #[arg(id = "target_cache_max_bytes", long = "target-cache-max-bytes", env = env::CACHE_MAX_BYTES, default_value_t = 100 << 30)]
     pub cache_max_bytes: u64,
 

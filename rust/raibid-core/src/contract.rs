@@ -116,7 +116,7 @@ pub mod env {
     pub const GIT_TOKEN: &str = "RAIBID_GIT_TOKEN";
     /// File holding the git token.
     pub const GIT_TOKEN_FILE: &str = "RAIBID_GIT_TOKEN_FILE";
-    /// Upper bound in bytes of the cargo target slots under `<cache>/targets`; least recently used slots not in use are evicted past it.
+    /// Upper bound in bytes of the node cache's target slots (`<cache>/targets`) and git mirrors (`<cache>/git`) together; past it the least recently used are evicted (target directories first, mirrors last), never one in use.
     pub const CACHE_MAX_BYTES: &str = "RAIBID_CACHE_MAX_BYTES";
     /// Comma-separated default branch names whose slot a branch without a slot of its own starts from.
     pub const CACHE_DEFAULT_BRANCHES: &str = "RAIBID_CACHE_DEFAULT_BRANCHES";
