@@ -6,7 +6,7 @@
 //! answer stopped without rescanning the log; `from_line` alone scans from the start to find the line.
 
 use raibid_core::contract;
-use raibid_core::queue::{LogLine, Queue, QueueError};
+use raibid_core::queue::{Queue, QueueError};
 use redis::Value;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,6 @@ pub const MAX_LINE_BYTES: usize = 2_000;
 pub const DEFAULT_TAIL: u32 = 200;
 /// Most lines one call may ask for.
 pub const MAX_LINES: u32 = 2_000;
-const CHUNK: usize = 5_000;
 
 /// `get_logs` arguments.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -142,56 +141,175 @@ async fn xlen(queue: &Queue, id: &str) -> Result<u64, QueueError> {
         .await?)
 }
 
-fn parse_entries(v: &Value) -> Vec<LogLine> {
-    let mut out = Vec::new();
-    let Value::Array(es) = v else { return out };
-    for e in es {
-        let Value::Array(pair) = e else { continue };
-        let Some(Value::BulkString(id)) = pair.first() else {
-            continue;
-        };
-        let mut l = LogLine {
-            seq: String::from_utf8_lossy(id).into_owned(),
-            step: String::new(),
-            stream: String::new(),
-            ts: String::new(),
-            line: String::new(),
-        };
-        let fields: Vec<(String, String)> = match pair.get(1) {
-            Some(Value::Array(kv)) => kv
-                .chunks(2)
-                .filter_map(|c| match c {
-                    [Value::BulkString(k), Value::BulkString(v)] => Some((
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    )),
-                    _ => None,
-                })
-                .collect(),
-            Some(Value::Map(m)) => m
-                .iter()
-                .filter_map(|(k, v)| match (k, v) {
-                    (Value::BulkString(k), Value::BulkString(v)) => Some((
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    )),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        for (k, v) in fields {
-            match k.as_str() {
-                "step" => l.step = v,
-                "stream" => l.stream = v,
-                "ts" => l.ts = v,
-                "line" => l.line = v,
-                _ => {}
-            }
-        }
-        out.push(l);
+/// One batch of log entries, packed by `log_batch.lua`: three blobs and the step runs, so a batch of
+/// tens of thousands of lines costs the client four RESP values to parse, not ten per line.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Entry ids joined by `,`.
+    ids: String,
+    /// Offsets of each id in `ids` (start, end).
+    id_at: Vec<(usize, usize)>,
+    /// The lines, concatenated.
+    text: Vec<u8>,
+    /// Offsets of each line in `text` (start, end).
+    text_at: Vec<(usize, usize)>,
+    /// Step names, and the index into them of each line.
+    steps: Vec<String>,
+    step_of: Vec<u32>,
+    /// The byte bound cut the batch short.
+    capped: bool,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.text_at.len()
     }
-    out
+    fn is_empty(&self) -> bool {
+        self.text_at.is_empty()
+    }
+    fn id(&self, i: usize) -> &str {
+        let (a, b) = self.id_at[i];
+        &self.ids[a..b]
+    }
+    fn bytes(&self, i: usize) -> &[u8] {
+        let (a, b) = self.text_at[i];
+        &self.text[a..b]
+    }
+    fn step(&self, i: usize) -> &str {
+        &self.steps[self.step_of[i] as usize]
+    }
+    /// True when the stream has nothing beyond this batch (asked for `count`).
+    fn is_last(&self, count: usize) -> bool {
+        !self.capped && self.len() < count
+    }
+    /// `(id, n)` of the line before line `i` (numbered `base + i + 1`), `prev` for `i == 0`.
+    fn before(&self, i: usize, base: u64, prev: &Option<(String, u64)>) -> Option<(String, u64)> {
+        if i == 0 {
+            prev.clone()
+        } else {
+            Some((self.id(i - 1).to_string(), base + i as u64))
+        }
+    }
+    /// Line `i` as an answer line numbered `n`.
+    fn line(&self, i: usize, n: u64, hit: bool) -> Line {
+        Line {
+            n,
+            step: self.step(i).to_string(),
+            text: cut_line(&String::from_utf8_lossy(self.bytes(i))),
+            hit,
+        }
+    }
+}
+
+fn bulk(v: Option<&Value>) -> Option<&[u8]> {
+    match v {
+        Some(Value::BulkString(b)) => Some(b),
+        Some(Value::SimpleString(s)) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn bad_reply(what: &str) -> QueueError {
+    QueueError::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "log batch script",
+        what.to_string(),
+    )))
+}
+
+fn parse_batch(v: Value) -> Result<Batch, QueueError> {
+    let Value::Array(parts) = v else {
+        return Err(bad_reply("not an array"));
+    };
+    let ids = String::from_utf8(
+        bulk(parts.first())
+            .ok_or_else(|| bad_reply("ids"))?
+            .to_vec(),
+    )
+    .map_err(|_| bad_reply("ids are not text"))?;
+    let lens = std::str::from_utf8(bulk(parts.get(1)).ok_or_else(|| bad_reply("lengths"))?)
+        .map_err(|_| bad_reply("lengths are not text"))?;
+    let text = bulk(parts.get(2))
+        .ok_or_else(|| bad_reply("text"))?
+        .to_vec();
+    let mut b = Batch {
+        ids,
+        text,
+        ..Batch::default()
+    };
+    let mut at = 0;
+    for l in lens.split(',').filter(|l| !l.is_empty()) {
+        let l: usize = l.parse().map_err(|_| bad_reply("a length"))?;
+        b.text_at.push((at, at + l));
+        at += l;
+    }
+    if at != b.text.len() {
+        return Err(bad_reply("lengths do not add up"));
+    }
+    let mut at = 0;
+    for id in b.ids.split(',').filter(|i| !i.is_empty()) {
+        b.id_at.push((at, at + id.len()));
+        at += id.len() + 1;
+    }
+    let runs = match parts.get(3) {
+        Some(Value::Array(r)) => r.as_slice(),
+        _ => &[],
+    };
+    for run in runs.chunks(2) {
+        let name = String::from_utf8_lossy(bulk(run.first()).unwrap_or_default()).into_owned();
+        let count = match run.get(1) {
+            Some(Value::Int(c)) => usize::try_from(*c).map_err(|_| bad_reply("a step run"))?,
+            _ => return Err(bad_reply("a step run")),
+        };
+        let idx = u32::try_from(b.steps.len()).map_err(|_| bad_reply("too many step runs"))?;
+        b.steps.push(name);
+        b.step_of.extend(std::iter::repeat_n(idx, count));
+    }
+    b.capped = matches!(parts.get(4), Some(Value::Int(1)));
+    if b.id_at.len() != b.len() || b.step_of.len() != b.len() {
+        return Err(bad_reply("ids, lines and steps differ in count"));
+    }
+    Ok(b)
+}
+
+fn batch_script() -> &'static redis::Script {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    S.get_or_init(|| redis::Script::new(include_str!("log_batch.lua")))
+}
+
+/// Most entries one batch reads, and most bytes of lines it returns: the scan starts small (an answer
+/// that fills early reads little) and grows to these (a full scan of a 10 MiB log takes ~8 round trips).
+pub const BATCH_MAX_LINES: usize = 32_768;
+pub const BATCH_MAX_BYTES: usize = 2 << 20;
+const BATCH_FIRST_LINES: usize = 2_000;
+
+/// Read one batch: oldest first after `after` (exclusive), or newest first before `before` (exclusive).
+async fn read_batch(
+    con: &mut redis::aio::ConnectionManager,
+    key: &str,
+    from: Option<&str>,
+    rev: bool,
+    count: usize,
+) -> Result<Batch, QueueError> {
+    let bound = from.map_or_else(
+        || if rev { "+" } else { "-" }.to_string(),
+        |s| format!("({s}"),
+    );
+    let (start, end) = if rev {
+        (bound, "-".to_string())
+    } else {
+        (bound, "+".to_string())
+    };
+    let v: Value = batch_script()
+        .key(key)
+        .arg(start)
+        .arg(end)
+        .arg(count)
+        .arg(if rev { "1" } else { "0" })
+        .arg(BATCH_MAX_BYTES)
+        .invoke_async(con)
+        .await?;
+    parse_batch(v)
 }
 
 /// The last lines of `step`, reading the log backwards. Returns (lines oldest first, scanned).
@@ -204,49 +322,35 @@ async fn tail(
 ) -> Result<(Vec<Line>, u64, bool), QueueError> {
     let mut con = queue.redis();
     let key = contract::job_log_key(id);
-    let mut end = "+".to_string();
+    let mut before: Option<String> = None;
     let mut scanned: u64 = 0;
     let mut got: Vec<Line> = Vec::new();
     let mut more_before = false;
+    let mut count = (want + 16).min(BATCH_MAX_LINES);
     'outer: loop {
-        let v: Value = redis::cmd("XREVRANGE")
-            .arg(&key)
-            .arg(&end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(CHUNK)
-            .query_async(&mut con)
-            .await?;
-        let entries = parse_entries(&v);
-        if entries.is_empty() {
+        let b = read_batch(&mut con, &key, before.as_deref(), true, count).await?;
+        if b.is_empty() {
             break;
         }
-        for e in &entries {
+        for i in 0..b.len() {
             let n = total.saturating_sub(scanned);
             scanned += 1;
-            if e.step == step {
+            if b.step(i) == step {
                 if got.len() >= want {
                     more_before = true;
                     break 'outer;
                 }
-                got.push(Line {
-                    n,
-                    step: e.step.clone(),
-                    text: cut_line(&e.line),
-                    hit: false,
-                });
+                got.push(b.line(i, n, false));
             } else if !got.is_empty() {
                 // Steps run one after the other: an earlier step's line means this step began here.
                 break 'outer;
             }
         }
-        match entries.last() {
-            Some(l) => end = format!("({}", l.seq),
-            None => break,
-        }
-        if entries.len() < CHUNK {
+        if b.is_last(count) {
             break;
         }
+        before = Some(b.id(b.len() - 1).to_string());
+        count = (count * 4).min(BATCH_MAX_LINES);
     }
     got.reverse();
     Ok((got, scanned, more_before))
@@ -283,7 +387,10 @@ pub async fn answer(
         None => None,
     };
     let regex = match q.search.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => match regex::RegexBuilder::new(s).size_limit(1 << 20).build() {
+        Some(s) => match regex::bytes::RegexBuilder::new(s)
+            .size_limit(1 << 20)
+            .build()
+        {
             Ok(r) => Some(r),
             Err(e) => {
                 return Ok(Err(format!(
@@ -318,16 +425,10 @@ pub async fn answer(
             None => {
                 // The last line's step.
                 let mut con = queue.redis();
-                let v: Value = redis::cmd("XREVRANGE")
-                    .arg(contract::job_log_key(id))
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut con)
-                    .await?;
-                match parse_entries(&v).first() {
-                    Some(l) => l.step.clone(),
+                let key = contract::job_log_key(id);
+                let b = read_batch(&mut con, &key, None, true, 1).await?;
+                match (!b.is_empty()).then(|| b.step(0).to_string()) {
+                    Some(s) => s,
                     None => {
                         ans.cut = Some("the log is empty".into());
                         return Ok(Ok(ans));
@@ -377,44 +478,44 @@ pub async fn answer(
         ans.lines = lines;
         return Ok(Ok(ans));
     }
-    // Range or search: scan forwards.
+    // Range or search: scan forwards, batch by batch. Nothing is allocated per line scanned: a line
+    // becomes an answer `Line` only when it is returned (or kept as context across a batch boundary).
     ans.mode = if regex.is_some() { "search" } else { "range" }.into();
     let (mut after, mut n, skip_to) = match (&cursor, q.from_line) {
         (Some((seq, line)), _) => (Some(seq.clone()), *line, None),
         (None, Some(f)) => (None, 0, Some(f)),
         (None, None) => (None, 0, None),
     };
+    let mut con = queue.redis();
+    let key = contract::job_log_key(id);
+    let context = context as usize;
     let mut used = 0usize;
     let mut matches = 0u64;
-    let mut before: std::collections::VecDeque<Line> = std::collections::VecDeque::new();
-    let mut after_left = 0u32;
+    // Context candidates before the next match: owned lines carried over from earlier batches, then
+    // indices into the current batch; together at most `context`, oldest first.
+    let mut carry: std::collections::VecDeque<Line> = std::collections::VecDeque::new();
+    let mut recent: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let mut after_left = 0usize;
     let mut last_emitted: u64 = 0;
     let mut stop: Option<String> = None;
-    let mut last_seen: Option<(String, u64)> = None;
+    // The line before the one the scan stopped at: where the next call continues.
+    let mut last_seen: Option<(String, u64)> = after.clone().map(|a| (a, n));
+    let mut count = BATCH_FIRST_LINES;
     'scan: loop {
-        let chunk = queue.read_log(id, after.as_deref(), CHUNK).await?;
-        if chunk.is_empty() {
+        let b = read_batch(&mut con, &key, after.as_deref(), false, count).await?;
+        if b.is_empty() {
             break;
         }
-        for e in &chunk {
+        let base = n;
+        for i in 0..b.len() {
             n += 1;
             ans.scanned_lines += 1;
-            if skip_to.is_some_and(|s| n < s) {
-                last_seen = Some((e.seq.clone(), n));
+            if skip_to.is_some_and(|s| n < s) || step.as_ref().is_some_and(|s| s != b.step(i)) {
                 continue;
             }
-            if step.as_ref().is_some_and(|s| *s != e.step) {
-                last_seen = Some((e.seq.clone(), n));
-                continue;
-            }
-            let line = Line {
-                n,
-                step: e.step.clone(),
-                text: cut_line(&e.line),
-                hit: false,
-            };
             match &regex {
                 None => {
+                    let line = b.line(i, n, false);
                     let c = cost(&line);
                     if ans.lines.len() >= max_lines as usize || used + c > ANSWER_BUDGET_BYTES {
                         stop = Some(if ans.lines.len() >= max_lines as usize {
@@ -422,25 +523,33 @@ pub async fn answer(
                         } else {
                             format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget")
                         });
+                        last_seen = b.before(i, base, &last_seen);
                         break 'scan;
                     }
                     used += c;
                     ans.lines.push(line);
                 }
                 Some(re) => {
-                    let hit = re.is_match(&e.line);
-                    if hit {
+                    if re.is_match(b.bytes(i)) {
                         if matches >= u64::from(max_matches) {
                             stop = Some(format!("stopped after max_matches={max_matches}"));
+                            last_seen = b.before(i, base, &last_seen);
                             break 'scan;
                         }
                         let mut block: Vec<Line> =
-                            before.drain(..).filter(|b| b.n > last_emitted).collect();
-                        block.push(Line { hit: true, ..line });
+                            carry.drain(..).filter(|l| l.n > last_emitted).collect();
+                        block.extend(
+                            recent
+                                .drain(..)
+                                .map(|j| b.line(j, base + j as u64 + 1, false))
+                                .filter(|l| l.n > last_emitted),
+                        );
+                        block.push(b.line(i, n, true));
                         let c: usize = block.iter().map(cost).sum();
                         if used + c > ANSWER_BUDGET_BYTES {
                             stop =
                                 Some(format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget"));
+                            last_seen = b.before(i, base, &last_seen);
                             break 'scan;
                         }
                         used += c;
@@ -449,30 +558,42 @@ pub async fn answer(
                         ans.lines.extend(block);
                         after_left = context;
                     } else if after_left > 0 {
+                        let line = b.line(i, n, false);
                         let c = cost(&line);
                         if used + c > ANSWER_BUDGET_BYTES {
                             stop =
                                 Some(format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget"));
+                            last_seen = b.before(i, base, &last_seen);
                             break 'scan;
                         }
                         used += c;
                         after_left -= 1;
                         last_emitted = n;
                         ans.lines.push(line);
-                    } else {
-                        before.push_back(line);
-                        while before.len() > context as usize {
-                            before.pop_front();
+                    } else if context > 0 {
+                        recent.push_back(i);
+                        if carry.len() + recent.len() > context {
+                            if carry.pop_front().is_none() {
+                                recent.pop_front();
+                            }
                         }
                     }
                 }
             }
-            last_seen = Some((e.seq.clone(), n));
         }
-        after = chunk.last().map(|l| l.seq.clone());
-        if chunk.len() < CHUNK {
+        let last = b.len() - 1;
+        // Context candidates outlive their batch as owned lines.
+        carry.extend(
+            recent
+                .drain(..)
+                .map(|j| b.line(j, base + j as u64 + 1, false)),
+        );
+        last_seen = Some((b.id(last).to_string(), n));
+        after = Some(b.id(last).to_string());
+        if b.is_last(count) {
             break;
         }
+        count = (count * 4).min(BATCH_MAX_LINES);
     }
     if regex.is_some() {
         ans.matches = Some(matches);
