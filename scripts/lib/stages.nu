@@ -401,7 +401,7 @@ def secrets-state [ctx: record, files: table, copies: list<string>]: nothing -> 
   ok $"($files | length) encrypted Secrets present and decryptable; owner's copies in ($ctx.config_dir)"
 }
 
-const LOCAL_SECRETS = [RAIBID_API_TOKEN RAIBID_GITEA_WEBHOOK_SECRET RAIBID_GITHUB_WEBHOOK_SECRET GITEA_ADMIN_PASSWORD]
+const LOCAL_SECRETS = [RAIBID_API_TOKEN RAIBID_GITEA_WEBHOOK_SECRET RAIBID_GITHUB_WEBHOOK_SECRET RAIBID_NOTIFY_SECRET GITEA_ADMIN_PASSWORD]
 
 def secrets-probe [ctx: record]: nothing -> record {
   secrets-state $ctx (secret-files "infrastructure/") $LOCAL_SECRETS
@@ -555,6 +555,7 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
         {
           RAIBID_API_TOKEN: (do $local RAIBID_API_TOKEN), RAIBID_GITEA_WEBHOOK_SECRET: (do $local RAIBID_GITEA_WEBHOOK_SECRET)
           RAIBID_GITHUB_WEBHOOK_SECRET: (do $local RAIBID_GITHUB_WEBHOOK_SECRET), RAIBID_GITEA_TOKEN: (do $tok raibid-dispatcher)
+          RAIBID_NOTIFY_SECRET: (do $local RAIBID_NOTIFY_SECRET)
         }
       } else {
         {RAIBID_GIT_TOKEN: (do $tok raibid-agent)}

@@ -186,7 +186,7 @@ def dry_run_cli_prints_the_plan_and_no_secret [] {
   assert equal $out.exit_code 0 $out.stderr
   assert ($out.stdout | str contains "0 of 12 stages would run, 12 would be skipped")
   assert ($out.stdout | str contains "[7/12] gitea      SKIP")
-  for s in [recorded-admin-password recorded-api-token recorded-owner-token recorded-registry-token AGE-SECRET-KEY] {
+  for s in [recorded-admin-password recorded-api-token recorded-notify-secret recorded-owner-token recorded-registry-token AGE-SECRET-KEY] {
     assert not ($out.stdout + $out.stderr | str contains $s) $"($s) was printed"
   }
   let fresh = (fixture fresh)
