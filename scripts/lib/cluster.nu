@@ -29,6 +29,7 @@ export const SECRET_FILES = [
   ["apps/dgx-spark/secrets/raibid-dispatcher.sops.yaml", "raibid-dispatcher", "raibid-system",
     [RAIBID_API_TOKEN, RAIBID_GITEA_WEBHOOK_SECRET, RAIBID_GITHUB_WEBHOOK_SECRET, RAIBID_GITEA_TOKEN, RAIBID_NOTIFY_SECRET]]
   ["apps/dgx-spark/secrets/raibid-agent.sops.yaml", "raibid-agent", "raibid-builds", [RAIBID_GIT_TOKEN]]
+  ["apps/dgx-spark/secrets/raibid-registry-push.sops.yaml", "raibid-registry-push", "raibid-builds", [password]]
 ]
 
 # The Secrets bootstrap creates directly with kubectl (never in git).

@@ -23,6 +23,7 @@ export const TOKENS = [
   [raibid-agent [read:repository] "Secret raibid-agent (clones)"]
   [raibid-flux [read:repository] "Secret flux-system (Flux reads the ops repository)"]
   [raibid-registry [read:package] "registries.yaml (containerd pulls the raibid images)"]
+  [raibid-image-push [write:package] "Secret raibid-registry-push (image agents push to Gitea's OCI registry)"]
 ]
 
 # --- context and small helpers ---------------------------------------------------------------------------
@@ -557,6 +558,8 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
           RAIBID_GITHUB_WEBHOOK_SECRET: (do $local RAIBID_GITHUB_WEBHOOK_SECRET), RAIBID_GITEA_TOKEN: (do $tok raibid-dispatcher)
           RAIBID_NOTIFY_SECRET: (do $local RAIBID_NOTIFY_SECRET)
         }
+      } else if $f.name == "raibid-registry-push" {
+        {password: (do $tok raibid-image-push)}
       } else {
         {RAIBID_GIT_TOKEN: (do $tok raibid-agent)}
       }
