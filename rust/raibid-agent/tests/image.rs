@@ -511,3 +511,99 @@ async fn cleanup_removes_a_jobs_image_and_the_gc_bounds_the_cache() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 }
+
+/// The lines of a job's `building` phase.
+async fn building_lines(s: &Stack, id: &str) -> Vec<String> {
+    s.logs(id, Some("building"))
+        .await
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn built(lines: &[String]) -> bool {
+    lines.iter().any(|l| l.starts_with("$ buildah build"))
+}
+
+fn reused(lines: &[String]) -> bool {
+    lines
+        .iter()
+        .any(|l| l.contains("build inputs identical to an earlier build"))
+}
+
+/// Build inputs identical to an earlier successful build on this node reuse its image (no `buildah
+/// build`; tests still run in it); a changed build arg, another Containerfile and a changed file each
+/// build again; an image the GC removed is built again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_build_inputs_reuse_the_image_and_any_change_builds() {
+    let s = stack().await;
+    let reg = Registry::start().await;
+    let cache = s.cache_dir();
+    s.agent(AGENT, &reg.addr, &cache);
+    let dir = s.tmp.path().join("repo");
+    let repo = make_repo(
+        &dir,
+        &[
+            ("Containerfile", CONTAINERFILE),
+            ("Containerfile.alt", CONTAINERFILE),
+            ("msg.txt", "v1\n"),
+        ],
+    );
+    let run = |image: serde_json::Value| {
+        let s = &s;
+        let body = image_job(&repo, image);
+        async move {
+            let id = s.submit_ok(body).await;
+            let j = s.wait_final(&id, LONG).await;
+            assert_eq!(j["status"], "succeeded", "{j}\n{}", s.agent_log(AGENT));
+            let lines = building_lines(s, &id).await;
+            let testing: Vec<String> = s
+                .logs(&id, Some("testing"))
+                .await
+                .iter()
+                .map(|l| l["line"].as_str().unwrap().to_string())
+                .collect();
+            (j, lines, testing)
+        }
+    };
+    let spec = |args: serde_json::Value, file: Option<&str>| {
+        let mut v = json!({"name": "team/reuse", "build_args": args,
+            "test": {"commands": ["cat /msg.txt", "cat /literal.txt"]}});
+        if let Some(f) = file {
+            v["containerfile"] = json!(f);
+        }
+        v
+    };
+    let (a, la, _) = run(spec(json!({"LITERAL": "one"}), None)).await;
+    assert!(built(&la) && !reused(&la), "{la:?}");
+    // Unchanged: reused, tested in the reused image, pushed.
+    let (b, lb, tb) = run(spec(json!({"LITERAL": "one"}), None)).await;
+    assert!(reused(&lb) && !built(&lb), "{lb:?}");
+    assert_eq!(b["image"]["image_id"], a["image"]["image_id"]);
+    assert!(
+        tb.contains(&"v1".to_string()) && tb.contains(&"one".to_string()),
+        "{tb:?}"
+    );
+    assert_eq!(b["image"]["pushed"].as_array().unwrap().len(), 2, "{b}");
+    // A build arg changes: built.
+    let (c, lc, tc) = run(spec(json!({"LITERAL": "two"}), None)).await;
+    assert!(built(&lc) && !reused(&lc), "{lc:?}");
+    assert_ne!(c["image"]["image_id"], a["image"]["image_id"]);
+    assert!(tc.contains(&"two".to_string()), "{tc:?}");
+    // Another Containerfile (same content): built.
+    let (_, ld, _) = run(spec(json!({"LITERAL": "one"}), Some("Containerfile.alt"))).await;
+    assert!(built(&ld) && !reused(&ld), "{ld:?}");
+    // A file of the context changes: built, and the test sees the new content.
+    std::fs::write(dir.join("msg.txt"), "v2\n").unwrap();
+    commit(&dir);
+    let (_, le, te) = run(spec(json!({"LITERAL": "one"}), None)).await;
+    assert!(built(&le) && !reused(&le), "{le:?}");
+    assert!(te.contains(&"v2".to_string()), "{te:?}");
+    let (_, lf, _) = run(spec(json!({"LITERAL": "one"}), None)).await;
+    assert!(reused(&lf), "{lf:?}");
+    // The GC removed every image: the record alone is not enough, the job builds.
+    s.image_gc(&cache, &[("RAIBID_IMAGE_CACHE_MAX_BYTES", "1")]);
+    let (_, lg, tg) = run(spec(json!({"LITERAL": "one"}), None)).await;
+    assert!(built(&lg) && !reused(&lg), "{lg:?}");
+    assert!(tg.contains(&"v2".to_string()), "{tg:?}");
+}
