@@ -141,11 +141,10 @@ async fn xlen(queue: &Queue, id: &str) -> Result<u64, QueueError> {
         .await?)
 }
 
-/// One batch of log entries, packed by `log_batch.lua`: three blobs and the step runs, so a batch of
-/// tens of thousands of lines costs the client four RESP values to parse, not ten per line.
+/// One batch of log entries: the ids and the lines each in one buffer, the steps as runs.
 #[derive(Debug, Default)]
 struct Batch {
-    /// Entry ids joined by `,`.
+    /// Entry ids, concatenated.
     ids: String,
     /// Offsets of each id in `ids` (start, end).
     id_at: Vec<(usize, usize)>,
@@ -156,8 +155,6 @@ struct Batch {
     /// Step names, and the index into them of each line.
     steps: Vec<String>,
     step_of: Vec<u32>,
-    /// The byte bound cut the batch short.
-    capped: bool,
 }
 
 impl Batch {
@@ -180,7 +177,7 @@ impl Batch {
     }
     /// True when the stream has nothing beyond this batch (asked for `count`).
     fn is_last(&self, count: usize) -> bool {
-        !self.capped && self.len() < count
+        self.len() < count
     }
     /// `(id, n)` of the line before line `i` (numbered `base + i + 1`), `prev` for `i == 0`.
     fn before(&self, i: usize, base: u64, prev: &Option<(String, u64)>) -> Option<(String, u64)> {
@@ -201,91 +198,63 @@ impl Batch {
     }
 }
 
-fn bulk(v: Option<&Value>) -> Option<&[u8]> {
-    match v {
-        Some(Value::BulkString(b)) => Some(b),
-        Some(Value::SimpleString(s)) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
 fn bad_reply(what: &str) -> QueueError {
     QueueError::Redis(redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
-        "log batch script",
+        "log stream",
         what.to_string(),
     )))
 }
 
-fn parse_batch(v: Value) -> Result<Batch, QueueError> {
-    let Value::Array(parts) = v else {
+/// A batch from an `XRANGE` / `XREVRANGE` reply (entries `[id, [field, value, ...]]`): ids and lines
+/// are appended to two buffers and steps kept as runs, so nothing is allocated per line.
+fn parse_entries(v: Value) -> Result<Batch, QueueError> {
+    let Value::Array(entries) = v else {
         return Err(bad_reply("not an array"));
     };
-    let ids = String::from_utf8(
-        bulk(parts.first())
-            .ok_or_else(|| bad_reply("ids"))?
-            .to_vec(),
-    )
-    .map_err(|_| bad_reply("ids are not text"))?;
-    let lens = std::str::from_utf8(bulk(parts.get(1)).ok_or_else(|| bad_reply("lengths"))?)
-        .map_err(|_| bad_reply("lengths are not text"))?;
-    let text = bulk(parts.get(2))
-        .ok_or_else(|| bad_reply("text"))?
-        .to_vec();
-    let mut b = Batch {
-        ids,
-        text,
-        ..Batch::default()
-    };
-    let mut at = 0;
-    for l in lens.split(',').filter(|l| !l.is_empty()) {
-        let l: usize = l.parse().map_err(|_| bad_reply("a length"))?;
-        b.text_at.push((at, at + l));
-        at += l;
-    }
-    if at != b.text.len() {
-        return Err(bad_reply("lengths do not add up"));
-    }
-    let mut at = 0;
-    for id in b.ids.split(',').filter(|i| !i.is_empty()) {
-        b.id_at.push((at, at + id.len()));
-        at += id.len() + 1;
-    }
-    let runs = match parts.get(3) {
-        Some(Value::Array(r)) => r.as_slice(),
-        _ => &[],
-    };
-    for run in runs.chunks(2) {
-        let name = String::from_utf8_lossy(bulk(run.first()).unwrap_or_default()).into_owned();
-        let count = match run.get(1) {
-            Some(Value::Int(c)) => usize::try_from(*c).map_err(|_| bad_reply("a step run"))?,
-            _ => return Err(bad_reply("a step run")),
+    let mut b = Batch::default();
+    for e in entries {
+        let Value::Array(pair) = e else {
+            return Err(bad_reply("an entry is not an array"));
         };
-        let idx = u32::try_from(b.steps.len()).map_err(|_| bad_reply("too many step runs"))?;
-        b.steps.push(name);
-        b.step_of.extend(std::iter::repeat_n(idx, count));
-    }
-    b.capped = matches!(parts.get(4), Some(Value::Int(1)));
-    if b.id_at.len() != b.len() || b.step_of.len() != b.len() {
-        return Err(bad_reply("ids, lines and steps differ in count"));
+        let (id, fields) = match pair.as_slice() {
+            [Value::BulkString(id), Value::Array(fields)] => (id, fields),
+            _ => return Err(bad_reply("an entry is not [id, fields]")),
+        };
+        let id = std::str::from_utf8(id).map_err(|_| bad_reply("an entry id is not text"))?;
+        let at = b.ids.len();
+        b.ids.push_str(id);
+        b.id_at.push((at, b.ids.len()));
+        let (mut step, mut line): (&[u8], &[u8]) = (b"", b"");
+        for kv in fields.chunks(2) {
+            if let [Value::BulkString(k), Value::BulkString(v)] = kv {
+                match k.as_slice() {
+                    b"step" => step = v,
+                    b"line" => line = v,
+                    _ => {}
+                }
+            }
+        }
+        let at = b.text.len();
+        b.text.extend_from_slice(line);
+        b.text_at.push((at, b.text.len()));
+        if b.steps.last().is_none_or(|s| s.as_bytes() != step) {
+            b.steps.push(String::from_utf8_lossy(step).into_owned());
+        }
+        let idx = u32::try_from(b.steps.len() - 1).map_err(|_| bad_reply("too many steps"))?;
+        b.step_of.push(idx);
     }
     Ok(b)
 }
 
-fn batch_script() -> &'static redis::Script {
-    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    S.get_or_init(|| redis::Script::new(include_str!("log_batch.lua")))
-}
-
-/// Most entries one batch reads, and most bytes of lines it returns: the scan starts small (an answer
-/// that fills early reads little) and grows to these. A batch is one Lua call, during which Redis serves
-/// nobody else: 8,192 entries keep that to milliseconds, and measured no slower in all than 32,768
-/// (docs/benchmarks.md). A full scan of a 10 MiB log (145,011 lines) takes 19 round trips.
+/// Most entries one batch reads: the scan starts small (an answer that fills early reads little) and
+/// grows to this. Redis serves nobody else while it writes one reply, so a batch is kept to a few
+/// milliseconds of its time (docs/benchmarks.md). A full scan of a 10 MiB log (145,011 lines) takes 19
+/// round trips.
 pub const BATCH_MAX_LINES: usize = 8_192;
-pub const BATCH_MAX_BYTES: usize = 1 << 20;
 const BATCH_FIRST_LINES: usize = 2_000;
 
-/// Read one batch: oldest first after `after` (exclusive), or newest first before `before` (exclusive).
+/// Read one batch: oldest first after `from` (exclusive), or newest first before `from` (exclusive).
 async fn read_batch(
     con: &mut redis::aio::ConnectionManager,
     key: &str,
@@ -297,21 +266,20 @@ async fn read_batch(
         || if rev { "+" } else { "-" }.to_string(),
         |s| format!("({s}"),
     );
-    let (start, end) = if rev {
-        (bound, "-".to_string())
+    let (cmd, end) = if rev {
+        ("XREVRANGE", "-")
     } else {
-        (bound, "+".to_string())
+        ("XRANGE", "+")
     };
-    let v: Value = batch_script()
-        .key(key)
-        .arg(start)
+    let v: Value = redis::cmd(cmd)
+        .arg(key)
+        .arg(bound)
         .arg(end)
+        .arg("COUNT")
         .arg(count)
-        .arg(if rev { "1" } else { "0" })
-        .arg(BATCH_MAX_BYTES)
-        .invoke_async(con)
+        .query_async(con)
         .await?;
-    parse_batch(v)
+    parse_entries(v)
 }
 
 /// The last lines of `step`, reading the log backwards. Returns (lines oldest first, scanned).
@@ -574,10 +542,8 @@ pub async fn answer(
                         ans.lines.push(line);
                     } else if context > 0 {
                         recent.push_back(i);
-                        if carry.len() + recent.len() > context {
-                            if carry.pop_front().is_none() {
-                                recent.pop_front();
-                            }
+                        if carry.len() + recent.len() > context && carry.pop_front().is_none() {
+                            recent.pop_front();
                         }
                     }
                 }
