@@ -23,6 +23,7 @@ export const TOKENS = [
   [raibid-agent [read:repository] "Secret raibid-agent (clones)"]
   [raibid-flux [read:repository] "Secret flux-system (Flux reads the ops repository)"]
   [raibid-registry [read:package] "registries.yaml (containerd pulls the raibid images)"]
+  [raibid-image-push [write:package] "Secret raibid-registry-push (image agents push to Gitea's OCI registry)"]
 ]
 
 # --- context and small helpers ---------------------------------------------------------------------------
@@ -401,7 +402,7 @@ def secrets-state [ctx: record, files: table, copies: list<string>]: nothing -> 
   ok $"($files | length) encrypted Secrets present and decryptable; owner's copies in ($ctx.config_dir)"
 }
 
-const LOCAL_SECRETS = [RAIBID_API_TOKEN RAIBID_GITEA_WEBHOOK_SECRET RAIBID_GITHUB_WEBHOOK_SECRET GITEA_ADMIN_PASSWORD]
+const LOCAL_SECRETS = [RAIBID_API_TOKEN RAIBID_GITEA_WEBHOOK_SECRET RAIBID_GITHUB_WEBHOOK_SECRET RAIBID_NOTIFY_SECRET GITEA_ADMIN_PASSWORD]
 
 def secrets-probe [ctx: record]: nothing -> record {
   secrets-state $ctx (secret-files "infrastructure/") $LOCAL_SECRETS
@@ -555,7 +556,10 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
         {
           RAIBID_API_TOKEN: (do $local RAIBID_API_TOKEN), RAIBID_GITEA_WEBHOOK_SECRET: (do $local RAIBID_GITEA_WEBHOOK_SECRET)
           RAIBID_GITHUB_WEBHOOK_SECRET: (do $local RAIBID_GITHUB_WEBHOOK_SECRET), RAIBID_GITEA_TOKEN: (do $tok raibid-dispatcher)
+          RAIBID_NOTIFY_SECRET: (do $local RAIBID_NOTIFY_SECRET)
         }
+      } else if $f.name == "raibid-registry-push" {
+        {password: (do $tok raibid-image-push)}
       } else {
         {RAIBID_GIT_TOKEN: (do $tok raibid-agent)}
       }

@@ -15,6 +15,7 @@ use ../lib/stages.nu *
 use ../lib/pins.nu [load-pins]
 use ../lib/errors.nu [error-code]
 use ../lib/gitea.nu
+use ../lib/cluster.nu [SECRET_FILES]
 
 # A fixture with its placeholders for image tags filled in from the repository (so a version bump needs
 # no re-recording), written to a temp file.
@@ -186,7 +187,7 @@ def dry_run_cli_prints_the_plan_and_no_secret [] {
   assert equal $out.exit_code 0 $out.stderr
   assert ($out.stdout | str contains "0 of 12 stages would run, 12 would be skipped")
   assert ($out.stdout | str contains "[7/12] gitea      SKIP")
-  for s in [recorded-admin-password recorded-api-token recorded-owner-token recorded-registry-token AGE-SECRET-KEY] {
+  for s in [recorded-admin-password recorded-api-token recorded-notify-secret recorded-owner-token recorded-registry-token AGE-SECRET-KEY] {
     assert not ($out.stdout + $out.stderr | str contains $s) $"($s) was printed"
   }
   let fresh = (fixture fresh)
@@ -282,4 +283,40 @@ def steps_run_argv_with_stdin_and_capture [] {
   rm -f $out
   let bad = (ext-step [ls /nonexistent-raibid])
   assert equal (error-code-of { do $bad.run }) command_failed
+}
+
+# --- token scopes -----------------------------------------------------------------------------------------
+
+@test
+def bootstrap_tokens_carry_documented_scopes_and_only_image_agents_can_push [] {
+  # Gitea token scopes are `read:<category>` / `write:<category>`, the categories being the API's tags
+  # (the Swagger's `package`, `repository`, …; write implies read).
+  let doc = (open (swagger-path))
+  let categories = ($doc.paths | values | each {|p| $p | values | each {|op| if ($op | describe) =~ '^record' { $op.tags? | default [] } else { [] } } | flatten } | flatten | uniq)
+  assert ("package" in $categories) $"no package category in the API document: ($categories)"
+  for t in $TOKENS {
+    for s in $t.scopes {
+      let p = ($s | split row ":")
+      assert (($p | length) == 2 and $p.0 in [read write] and $p.1 in $categories) $"token ($t.name): scope ($s) is not a Gitea scope"
+    }
+  }
+  # Pushes to Gitea's OCI registry need write:package; exactly one token has it, in a Secret only the image
+  # agents receive, as the environment variable RAIBID_REGISTRY_PASSWORD (a Rust build step can read its
+  # agent's clone token, and a mounted file would be readable by any step of the agent's uid: ADR 0009).
+  let pushers = ($TOKENS | where {|t| "write:package" in $t.scopes } | get name)
+  assert equal $pushers [raibid-image-push]
+  let f = ($SECRET_FILES | where name == raibid-registry-push | first)
+  assert equal $f.keys [password]
+  for m in [agent-image-scaledjob.yaml agent-image-warm-pool.yaml agent-scaledjob.yaml agent-warm-pool.yaml] {
+    let obj = (open ($REPO_ROOT | path join apps base raibid $m))
+    let pod = if $obj.kind == ScaledJob { $obj.spec.jobTargetRef.template.spec } else { $obj.spec.template.spec }
+    let vols = ($pod.volumes | where {|v| ($v.secret?.secretName? | default "") == raibid-registry-push })
+    assert equal $vols [] $"($m): the push token is mounted as a file"
+    let refs = ($pod.containers.0.env | where {|e| ($e.valueFrom?.secretKeyRef?.name? | default "") == raibid-registry-push })
+    if ($m | str starts-with agent-image) {
+      assert equal ($refs | each {|e| [$e.name $e.valueFrom.secretKeyRef.key] }) [[RAIBID_REGISTRY_PASSWORD password]] $"($m): the push token is not RAIBID_REGISTRY_PASSWORD"
+    } else {
+      assert equal $refs [] $"($m): a Rust agent gets the registry push token"
+    }
+  }
 }

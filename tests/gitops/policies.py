@@ -234,7 +234,8 @@ AGENT_REQUIRED = ["REDIS_URL", "AGENT_NAME", "WORKSPACE_DIR", "CACHE_DIR", "ALLO
                   "GIT_USERNAME", "LEASE_SECS", ("GIT_TOKEN", "GIT_TOKEN_FILE")]
 DISPATCHER_REQUIRED = ["LISTEN", "REDIS_URL", "URL", "GITEA_URL", ("API_TOKEN", "API_TOKEN_FILE"),
                        ("GITEA_WEBHOOK_SECRET", "GITEA_WEBHOOK_SECRET_FILE"),
-                       ("GITHUB_WEBHOOK_SECRET", "GITHUB_WEBHOOK_SECRET_FILE"), ("GITEA_TOKEN", "GITEA_TOKEN_FILE")]
+                       ("GITHUB_WEBHOOK_SECRET", "GITHUB_WEBHOOK_SECRET_FILE"), ("GITEA_TOKEN", "GITEA_TOKEN_FILE"),
+                       ("NOTIFY_SECRET", "NOTIFY_SECRET_FILE")]
 
 
 def _check_env(d: str, e: dict[str, dict], required: list, env: dict[str, str]) -> list[str]:
@@ -745,6 +746,28 @@ def check_sops_rules(sops_file: Path = ROOT / ".sops.yaml", root: Path = ROOT) -
 # ---------------------------------------------------------------------------------------------------------
 
 
+def secret_file_ref(pod: dict, cont: dict, e: dict) -> tuple[str, str] | None:
+    """(secret name, key) a `*_FILE` env var reads through a Secret volume mounted in the container, or None."""
+    path = e.get("value")
+    if not e.get("name", "").endswith("_FILE") or not isinstance(path, str):
+        return None
+    for m in cont.get("volumeMounts") or []:
+        mp = (m.get("mountPath") or "").rstrip("/")
+        if not mp or not path.startswith(mp + "/"):
+            continue
+        vol = next((v for v in pod.get("volumes") or [] if v.get("name") == m.get("name")), {})
+        sec = vol.get("secret")
+        if not sec or sec.get("optional"):
+            return None
+        rel = path[len(mp) + 1:]
+        items = sec.get("items")
+        if items:
+            key = next((it.get("key") for it in items if it.get("path") == rel), None)
+            return (sec["secretName"], key if key is not None else f"<no item with path {rel}>")
+        return (sec["secretName"], rel)
+    return None
+
+
 def secret_refs(objs: list[Obj]) -> Iterator[tuple[str, str, str | None, str]]:
     """(namespace, secret name, key or None for the whole Secret, who) for every Secret reference."""
     for owner, pod in pod_specs(objs):
@@ -757,6 +780,11 @@ def secret_refs(objs: list[Obj]) -> Iterator[tuple[str, str, str | None, str]]:
             for ef in c.get("envFrom") or []:
                 if ef.get("secretRef"):
                     yield ns, ef["secretRef"]["name"], None, f"{describe(owner)} envFrom"
+            # A `*_FILE` variable naming a file of a mounted Secret volume reads that Secret's key.
+            for e in c.get("env") or []:
+                ref = secret_file_ref(pod, c, e)
+                if ref:
+                    yield ns, ref[0], ref[1], f"{describe(owner)} env {e['name']}"
         for v in pod.get("volumes") or []:
             if v.get("secret") and not v["secret"].get("optional"):
                 items = v["secret"].get("items") or []

@@ -2,12 +2,18 @@
 get_diagnostics on a job with 1,000 compiler messages, answer sizes. Real stack (conftest.Stack: redis-server,
 the dispatcher and agent binaries, real cargo builds), the official Python SDK as the client.
 
+    (cd rust && cargo build --release --locked -p raibid-dispatcher -p raibid-agent --bins)
     RAIBID_BIN_DIR=rust/target/release .tools/mcp-venv/bin/python tests/mcp/bench_mcp.py [--examples]
+
+Each row: n calls after the jobs finished, p50/p99 of the client-side call time, the answer's size. The
+search rows also give the Redis round trips (`XRANGE` calls, counted by the server's INFO commandstats)
+of one call.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import signal
 import statistics
 import sys
@@ -31,6 +37,23 @@ def size(r) -> tuple[int, int]:
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def redis_calls(port: int, cmd: str) -> int:
+    """calls= of cmdstat_<cmd> in the server's INFO commandstats (raw RESP over a socket)."""
+    with socket.create_connection(("127.0.0.1", port)) as c:
+        c.sendall(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        head = b""
+        while b"\r\n" not in head:
+            head += c.recv(65536)
+        n = int(head[1:head.index(b"\r\n")])
+        body = head[head.index(b"\r\n") + 2:]
+        while len(body) < n:
+            body += c.recv(65536)
+    for line in body.decode().splitlines():
+        if line.startswith(f"cmdstat_{cmd}:calls="):
+            return int(line.split("=")[1].split(",")[0])
+    return 0
 
 
 def row(name, n, ms, sz) -> None:
@@ -75,21 +98,27 @@ def main() -> None:
                 row(*("get_job", 500, ms, size(r)))
                 ms, r = await timed(s, "queue_status", {}, 200)
                 row(*("queue_status", 200, ms, size(r)))
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "search": "^needle-in-the-log$", "context": 2}, 3)
-                row(*("get_logs search, 10 MiB log (145,011 lines, 1 match)", 10, ms, size(r)))
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "search": "fox", "max_matches": 500}, 3)
-                row(*("get_logs search, 10 MiB log, every line matches (budget stop)", 10, ms, size(r)))
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "step": "flood"}, 10)
-                row(*("get_logs tail 200 of a step, 10 MiB log", 20, ms, size(r)))
-                a = await t.call(s, "get_logs", {"job_id": jf, "from_line": 100000, "max_lines": 2000})
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "cursor": a["next"]["cursor"], "max_lines": 2000}, 10)
-                row(*("get_logs next range by cursor (2,000 lines at line 100,000+)", 20, ms, size(r)))
-                ms, r = await timed(s, "get_logs", {"job_id": jf, "from_line": 100000, "max_lines": 2000}, 3)
-                row(*("get_logs range by from_line=100000 (scan from the start)", 10, ms, size(r)))
-                ms, r = await timed(s, "get_diagnostics", {"job_id": jw}, 20)
+                total = (await t.call(s, "get_logs", {"job_id": jf, "max_lines": 1}))["total_lines"]
+                x0 = redis_calls(stack.redis_port, "xrange")
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "search": "^needle-in-the-log$", "context": 2}, 10)
+                trips = (redis_calls(stack.redis_port, "xrange") - x0) // 10
+                assert r.structured_content["matches"] == 1, r.structured_content
+                row(*(f"get_logs search, ≈ 10 MiB log ({total:,} lines, 1 match; {trips} XRANGE per call)", 10, ms, size(r)))
+                x0 = redis_calls(stack.redis_port, "xrange")
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "search": "fox", "max_matches": 500}, 10)
+                trips = (redis_calls(stack.redis_port, "xrange") - x0) // 10
+                row(*(f"get_logs search, every line matches (budget stop; {trips} XRANGE per call)", 10, ms, size(r)))
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "step": "flood"}, 20)
+                row(*("get_logs tail 200 of a step, ≈ 10 MiB log", 20, ms, size(r)))
+                a = await t.call(s, "get_logs", {"job_id": jf, "from_line": 60000, "max_lines": 2000})
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "cursor": a["next"]["cursor"], "max_lines": 2000}, 20)
+                row(*("get_logs next range by cursor (2,000 lines at line 60,000+)", 20, ms, size(r)))
+                ms, r = await timed(s, "get_logs", {"job_id": jf, "from_line": 60000, "max_lines": 2000}, 10)
+                row(*("get_logs range by from_line=60000 (scan from the start)", 10, ms, size(r)))
+                ms, r = await timed(s, "get_diagnostics", {"job_id": jw}, 50)
                 d = r.structured_content
                 row(*(f"get_diagnostics, {d['total_compiler']} compiler messages (returns {len(d['compiler'])})", 50, ms, size(r)))
-                ms, r = await timed(s, "get_diagnostics", {"job_id": jw, "rendered": False, "limit": 500}, 20)
+                ms, r = await timed(s, "get_diagnostics", {"job_id": jw, "rendered": False, "limit": 500}, 50)
                 d = r.structured_content
                 row(*(f"get_diagnostics rendered=false limit=500 (returns {len(d['compiler'])})", 50, ms, size(r)))
                 if examples:

@@ -109,6 +109,13 @@ def test_type_error_names_file_line_and_code_then_a_patch_fixes_it(stack, tmp_pa
             assert w2["job"]["status"] == "succeeded", w2
             assert [st["name"] for st in w2["job"]["steps"]][:3] == ["clone", "patch", "config"]
             assert w2["job"]["cargo"]["total"] >= 1
+            # get_job shows what the caches did (issue 12 §3): the slot, its key, the units cargo reused.
+            j = await call(s, "get_job", {"job_id": sub2["job_id"]})
+            c = j["cache"]
+            assert c["key"] and c["slot"] and (c["restore"] in ("warm", "cold") or c["restore"].startswith("seeded:")), c
+            assert c["units_total"] >= 1 and 0 <= c["units_fresh"] <= c["units_total"], c
+            assert c["slot_bytes"] > 0 and c["restore_ms"] >= 0, c
+            assert "lease" not in j
     run(go)
 
 

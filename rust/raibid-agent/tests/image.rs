@@ -511,3 +511,91 @@ async fn cleanup_removes_a_jobs_image_and_the_gc_bounds_the_cache() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 }
+
+/// The lines of a job's `building` phase.
+async fn building_lines(s: &Stack, id: &str) -> Vec<String> {
+    s.logs(id, Some("building"))
+        .await
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn built(lines: &[String]) -> bool {
+    lines.iter().any(|l| l.starts_with("$ buildah build"))
+}
+
+fn reused(lines: &[String]) -> bool {
+    lines
+        .iter()
+        .any(|l| l.contains("build inputs identical to an earlier build"))
+}
+
+/// Build inputs identical to an earlier successful build on this node reuse its image (no `buildah
+/// build`; tests still run in it); a changed build arg, another Containerfile and a changed file each
+/// build again; an image the GC removed is built again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_build_inputs_reuse_the_image_and_any_change_builds() {
+    let s = stack().await;
+    let reg = Registry::start().await;
+    let cache = s.cache_dir();
+    s.agent(AGENT, &reg.addr, &cache);
+    let dir = s.tmp.path().join("repo");
+    let repo = make_repo(
+        &dir,
+        &[
+            ("Containerfile", CONTAINERFILE),
+            ("Containerfile.alt", CONTAINERFILE),
+            ("msg.txt", "v1\n"),
+        ],
+    );
+    let run = |image: serde_json::Value| {
+        let s = &s;
+        let body = image_job(&repo, image);
+        async move {
+            let id = s.submit_ok(body).await;
+            let j = s.wait_final(&id, LONG).await;
+            assert_eq!(j["status"], "succeeded", "{j}\n{}", s.agent_log(AGENT));
+            let lines = building_lines(s, &id).await;
+            (j, lines)
+        }
+    };
+    // The tests inside the image check its content (the job succeeds only if they pass): what a reused
+    // image holds is what the inputs say.
+    let spec = |literal: &str, file: Option<&str>, msg: &str| {
+        let mut v = json!({"name": "team/reuse", "build_args": {"LITERAL": literal},
+        "test": {"commands": [
+            format!("test \"$(cat /msg.txt)\" = {msg}"),
+            format!("test \"$(cat /literal.txt)\" = {literal}")
+        ]}});
+        if let Some(f) = file {
+            v["containerfile"] = json!(f);
+        }
+        v
+    };
+    let (a, la) = run(spec("one", None, "v1")).await;
+    assert!(built(&la) && !reused(&la), "{la:?}");
+    // Unchanged: reused, tested in the reused image, pushed.
+    let (b, lb) = run(spec("one", None, "v1")).await;
+    assert!(reused(&lb) && !built(&lb), "{lb:?}");
+    assert_eq!(b["image"]["image_id"], a["image"]["image_id"]);
+    assert_eq!(b["image"]["pushed"].as_array().unwrap().len(), 2, "{b}");
+    // A build arg changes: built (and the image holds the new value: its test passes).
+    let (c, lc) = run(spec("two", None, "v1")).await;
+    assert!(built(&lc) && !reused(&lc), "{lc:?}");
+    assert_ne!(c["image"]["image_id"], a["image"]["image_id"]);
+    // Another Containerfile (same content): built.
+    let (_, ld) = run(spec("one", Some("Containerfile.alt"), "v1")).await;
+    assert!(built(&ld) && !reused(&ld), "{ld:?}");
+    // A file of the context changes: built, and the image holds the new content.
+    std::fs::write(dir.join("msg.txt"), "v2\n").unwrap();
+    commit(&dir);
+    let (_, le) = run(spec("one", None, "v2")).await;
+    assert!(built(&le) && !reused(&le), "{le:?}");
+    let (_, lf) = run(spec("one", None, "v2")).await;
+    assert!(reused(&lf), "{lf:?}");
+    // The GC removed every image: the record alone is not enough, the job builds.
+    s.image_gc(&cache, &[("RAIBID_IMAGE_CACHE_MAX_BYTES", "1")]);
+    let (_, lg) = run(spec("one", None, "v2")).await;
+    assert!(built(&lg) && !reused(&lg), "{lg:?}");
+}

@@ -1,6 +1,6 @@
 //! Image-job benchmark, side by side in one run on one layer cache: a cold build, a rebuild of the
-//! unchanged Containerfile (goal: building ≤ 10 % of cold), and a rebuild after a change in the last
-//! layer; each job's time by phase and the disk the layer cache uses. Real agent, real Buildah (vfs,
+//! unchanged Containerfile (goal: building ≤ 10 % of cold; identical inputs reuse the cold build's
+//! image), and a rebuild after a change in the last layer; each job's time by phase and the disk the layer cache uses. Real agent, real Buildah (vfs,
 //! chroot), real registry. Part of the suite (it asserts the cache is used); the figures in
 //! docs/benchmarks.md come from
 //! `cargo test --release -p raibid-agent --test image_bench -- --nocapture`.
@@ -107,8 +107,7 @@ async fn cold_build_vs_unchanged_rebuild_vs_last_layer_change() {
         100.0 * again / cold,
         100.0 * changed / cold
     );
-    // The layer cache is used: every step of the unchanged rebuild comes from it, and only the last
-    // layer is rebuilt after a change to it.
+    // The layer cache is used: only the last layer is rebuilt after a change to it.
     let lines = |id: &str| {
         let s = &s;
         let id = id.to_string();
@@ -120,13 +119,14 @@ async fn cold_build_vs_unchanged_rebuild_vs_last_layer_change() {
                 .collect::<Vec<_>>()
         }
     };
+    // The unchanged rebuild does not run `buildah build` at all: its inputs are identical to the cold
+    // build's, whose image it reuses (image/reuse.rs).
     let again_log = lines(rows[1].1["id"].as_str().unwrap()).await;
     assert!(
         again_log
             .iter()
-            .filter(|l| l.starts_with("--> Using cache"))
-            .count()
-            == 5,
+            .any(|l| l.contains("build inputs identical to an earlier build"))
+            && !again_log.iter().any(|l| l.starts_with("$ buildah build")),
         "{again_log:?}"
     );
     let changed_log = lines(rows[2].1["id"].as_str().unwrap()).await;

@@ -436,3 +436,158 @@ async fn notify_url_gets_the_signed_final_record() {
     assert!(job.get("lease").is_none());
     agent.stop().await;
 }
+
+/// `calls=` of `cmdstat_<cmd>` in `INFO commandstats` (0 when the command never ran).
+async fn redis_calls(con: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|r| r.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A queued job with a 10 MiB log (145,011 lines of ≈ 70 bytes, like the Python suite's flood job, the
+/// last line `needle-in-the-log` in step `fail`), written straight into its log stream.
+async fn job_with_a_10_mib_log(env: &TestEnv) -> (String, redis::aio::MultiplexedConnection) {
+    let (url, _) = make_repo(&env.tmp.path().join("flood"), &[]);
+    let (s, v) = env
+        .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": "main"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let mut con = redis::Client::open(env.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = raibid_core::contract::job_log_key(&id);
+    let ts = "2026-01-01T00:00:00.000Z";
+    for start in (1..=145_010u32).step_by(1_000) {
+        let mut p = redis::pipe();
+        for i in start..(start + 1_000).min(145_011) {
+            p.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("step")
+                .arg("flood")
+                .arg("stream")
+                .arg("stdout")
+                .arg("ts")
+                .arg(ts)
+                .arg("line")
+                .arg(format!(
+                    "{i} the quick brown fox jumps over the lazy dog, padding to seventy b"
+                ))
+                .ignore();
+        }
+        p.query_async::<()>(&mut con).await.unwrap();
+    }
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("step")
+        .arg("fail")
+        .arg("stream")
+        .arg("stdout")
+        .arg("ts")
+        .arg(ts)
+        .arg("line")
+        .arg("needle-in-the-log")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    (id, con)
+}
+
+async fn get_logs(env: &TestEnv, args: Value) -> Value {
+    let (s, v) = rpc(
+        env,
+        "tools/call",
+        json!({"name": "get_logs", "arguments": args}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["result"]["isError"] != json!(true), "{v}");
+    v["result"]["structuredContent"].clone()
+}
+
+/// The search reads the log in a few large batches (counted as Redis XRANGE calls), not line by line or
+/// in small pages, and a search that fills its answer stops reading at once and says where to continue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_search_over_a_10_mib_log_reads_it_in_a_few_large_batches() {
+    let env = spawn_app(Options::default()).await;
+    let (id, mut con) = job_with_a_10_mib_log(&env).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let a = get_logs(
+        &env,
+        json!({"job_id": id, "search": "^needle-in-the-log$", "context": 2}),
+    )
+    .await;
+    let took = t0.elapsed();
+    let xrange = redis_calls(&mut con, "xrange").await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let redis_side: Vec<&str> = info.lines().filter(|l| l.starts_with("cmdstat_")).collect();
+    eprintln!("search over 145,011 lines: {took:?}, {xrange} XRANGE call(s); {redis_side:?}");
+    assert_eq!(a["matches"], 1, "{a}");
+    assert_eq!(a["total_lines"], 145_011);
+    assert_eq!(a["scanned_lines"], 145_011);
+    let lines = a["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 3, "{a}");
+    assert_eq!(lines[2]["n"], 145_011);
+    assert_eq!(lines[2]["hit"], true);
+    assert!(lines[0]["text"].as_str().unwrap().starts_with("145009 "));
+    assert!(a["next"].is_null(), "{a}");
+    // Batches grow to 8,192 entries: 2,000 + 8,000 + 17 × 8,192 ≥ 145,011, i.e. 19 reads (the old
+    // 5,000-entry pages took 30; a line-by-line read would take 145,011).
+    assert!(
+        xrange <= 20,
+        "a 145,011-line search took {xrange} XRANGE round trips (batches of up to 8,192 expected)"
+    );
+
+    // Every line matches: the answer fills after a few hundred lines; the scan stops in its first batch.
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let a = get_logs(
+        &env,
+        json!({"job_id": id, "search": "fox", "max_matches": 500}),
+    )
+    .await;
+    let xrange = redis_calls(&mut con, "xrange").await;
+    let scanned = a["scanned_lines"].as_u64().unwrap();
+    let last = a["lines"].as_array().unwrap().last().unwrap()["n"]
+        .as_u64()
+        .unwrap();
+    assert!(a["next"]["cursor"].is_string(), "{a}");
+    assert_eq!(a["next"]["from_line"], last + 1, "{a}");
+    assert!(
+        scanned <= last + 1,
+        "scanned {scanned} lines past the answer's end {last}"
+    );
+    assert!(
+        xrange <= 1,
+        "a search stopping at line {last} made {xrange} XRANGE calls"
+    );
+    // The cursor continues exactly after the last line returned.
+    let b = get_logs(
+        &env,
+        json!({"job_id": id, "search": "fox", "max_matches": 500, "cursor": a["next"]["cursor"]}),
+    )
+    .await;
+    assert_eq!(b["lines"][0]["n"], last + 1, "{b}");
+}

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod buildah;
 pub mod config;
+pub mod reuse;
 pub mod storage;
 
 pub use buildah::Buildah;
@@ -312,6 +313,7 @@ async fn run_phases(
         &mut img,
         Inputs {
             private,
+            root: ws,
             context: &context,
             containerfile: &containerfile,
             secret_args: &secret_args,
@@ -346,6 +348,8 @@ async fn run_phases(
 
 struct Inputs<'a> {
     private: &'a Path,
+    /// The checkout root.
+    root: &'a Path,
     context: &'a Path,
     containerfile: &'a Path,
     secret_args: &'a [String],
@@ -481,6 +485,74 @@ async fn phases(
         return Err(None);
     }
     let iidfile = i.private.join("iid");
+    // Inputs identical to an earlier successful build on this node: tag its image, skip the build.
+    let started = Instant::now();
+    let fingerprint = match reuse::buildah_version(b).await {
+        Ok(version) => {
+            let inputs = reuse::BuildInputs {
+                root: i.root,
+                context: i.context,
+                containerfile: i.containerfile,
+                target: req.target.as_deref(),
+                build_args: &req.build_args,
+                secrets: req
+                    .secrets
+                    .iter()
+                    .map(|n| (n.clone(), i.private.join(format!("secret-{n}"))))
+                    .collect(),
+                buildah_version: &version,
+                driver: &b.driver,
+                commit: ctx.claim.job.source.sha.as_deref(),
+            };
+            match reuse::fingerprint(&inputs) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    ctx.sys(p.as_str(), format!("[raibid] not reusing an earlier build: cannot hash the build inputs: {e}"))
+                        .await;
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            ctx.sys(
+                p.as_str(),
+                format!("[raibid] not reusing an earlier build: buildah --version: {e}"),
+            )
+            .await;
+            None
+        }
+    };
+    if let Some(fp) = &fingerprint {
+        if let Some(id) = reuse::lookup(b, fp).await {
+            let tag = vec!["tag".into(), id.clone(), i.local.into()];
+            match b.query(&tag).await {
+                Ok(_) => {
+                    img.image_id = Some(id.clone());
+                    ctx.sys(
+                        p.as_str(),
+                        format!(
+                            "[raibid] build inputs identical to an earlier build on this node (fingerprint {}): reused image {id} as {}, no buildah build ({:.2}s)",
+                            &fp[..16],
+                            i.local,
+                            started.elapsed().as_secs_f64()
+                        ),
+                    )
+                    .await;
+                    if !end(ctx, img, p, "succeeded", Some(0)).await {
+                        return Err(None);
+                    }
+                    return test_and_publish(ctx, b, img, i, &req, &icfg, &insecure).await;
+                }
+                Err(e) => {
+                    ctx.sys(
+                        p.as_str(),
+                        format!("[raibid] could not tag the earlier build {id} ({e}); building"),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
     let mut args: Vec<String> = vec![
         "build".into(),
         "--layers".into(),
@@ -521,7 +593,6 @@ async fn phases(
     ctx.sys(p.as_str(), format!("$ buildah {}", shown(&args)))
         .await;
     let limit = ctx.deadline.saturating_duration_since(Instant::now());
-    let started = Instant::now();
     let run = buildah::run_logged(b.command(&args), p.as_str(), &ctx.logs, &ctx.stop, limit).await;
     if let Some(f) = judge(p, "buildah build", &run.end, &run.tail, limit) {
         let code = match run.end {
@@ -533,6 +604,11 @@ async fn phases(
     img.image_id = std::fs::read_to_string(&iidfile)
         .ok()
         .map(|s| s.trim().to_string());
+    if let (Some(fp), Some(id)) = (&fingerprint, &img.image_id) {
+        if let Err(e) = reuse::record(b, fp, id) {
+            tracing::warn!(error = %e, "could not record the build fingerprint");
+        }
+    }
     ctx.sys(
         p.as_str(),
         format!(
@@ -546,6 +622,19 @@ async fn phases(
     if !end(ctx, img, p, "succeeded", Some(0)).await {
         return Err(None);
     }
+    test_and_publish(ctx, b, img, i, &req, &icfg, &insecure).await
+}
+
+/// The phases after a build (or a reused one): testing, then publishing.
+async fn test_and_publish(
+    ctx: &mut JobCtx<'_>,
+    b: &Buildah,
+    img: &mut ImageJob,
+    i: Inputs<'_>,
+    req: &raibid_core::image::ImageRequest,
+    icfg: &ImageConfig,
+    insecure: &[String],
+) -> PhaseResult {
     // testing
     let commands = req
         .test

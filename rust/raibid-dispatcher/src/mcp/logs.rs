@@ -6,7 +6,7 @@
 //! answer stopped without rescanning the log; `from_line` alone scans from the start to find the line.
 
 use raibid_core::contract;
-use raibid_core::queue::{LogLine, Queue, QueueError};
+use raibid_core::queue::{Queue, QueueError};
 use redis::Value;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,6 @@ pub const MAX_LINE_BYTES: usize = 2_000;
 pub const DEFAULT_TAIL: u32 = 200;
 /// Most lines one call may ask for.
 pub const MAX_LINES: u32 = 2_000;
-const CHUNK: usize = 5_000;
 
 /// `get_logs` arguments.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -142,56 +141,145 @@ async fn xlen(queue: &Queue, id: &str) -> Result<u64, QueueError> {
         .await?)
 }
 
-fn parse_entries(v: &Value) -> Vec<LogLine> {
-    let mut out = Vec::new();
-    let Value::Array(es) = v else { return out };
-    for e in es {
-        let Value::Array(pair) = e else { continue };
-        let Some(Value::BulkString(id)) = pair.first() else {
-            continue;
+/// One batch of log entries: the ids and the lines each in one buffer, the steps as runs.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Entry ids, concatenated.
+    ids: String,
+    /// Offsets of each id in `ids` (start, end).
+    id_at: Vec<(usize, usize)>,
+    /// The lines, concatenated.
+    text: Vec<u8>,
+    /// Offsets of each line in `text` (start, end).
+    text_at: Vec<(usize, usize)>,
+    /// Step names, and the index into them of each line.
+    steps: Vec<String>,
+    step_of: Vec<u32>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.text_at.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.text_at.is_empty()
+    }
+    fn id(&self, i: usize) -> &str {
+        let (a, b) = self.id_at[i];
+        &self.ids[a..b]
+    }
+    fn bytes(&self, i: usize) -> &[u8] {
+        let (a, b) = self.text_at[i];
+        &self.text[a..b]
+    }
+    fn step(&self, i: usize) -> &str {
+        &self.steps[self.step_of[i] as usize]
+    }
+    /// True when the stream has nothing beyond this batch (asked for `count`).
+    fn is_last(&self, count: usize) -> bool {
+        self.len() < count
+    }
+    /// `(id, n)` of the line before line `i` (numbered `base + i + 1`), `prev` for `i == 0`.
+    fn before(&self, i: usize, base: u64, prev: &Option<(String, u64)>) -> Option<(String, u64)> {
+        if i == 0 {
+            prev.clone()
+        } else {
+            Some((self.id(i - 1).to_string(), base + i as u64))
+        }
+    }
+    /// Line `i` as an answer line numbered `n`.
+    fn line(&self, i: usize, n: u64, hit: bool) -> Line {
+        Line {
+            n,
+            step: self.step(i).to_string(),
+            text: cut_line(&String::from_utf8_lossy(self.bytes(i))),
+            hit,
+        }
+    }
+}
+
+fn bad_reply(what: &str) -> QueueError {
+    QueueError::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "log stream",
+        what.to_string(),
+    )))
+}
+
+/// A batch from an `XRANGE` / `XREVRANGE` reply (entries `[id, [field, value, ...]]`): ids and lines
+/// are appended to two buffers and steps kept as runs, so nothing is allocated per line.
+fn parse_entries(v: Value) -> Result<Batch, QueueError> {
+    let Value::Array(entries) = v else {
+        return Err(bad_reply("not an array"));
+    };
+    let mut b = Batch::default();
+    for e in entries {
+        let Value::Array(pair) = e else {
+            return Err(bad_reply("an entry is not an array"));
         };
-        let mut l = LogLine {
-            seq: String::from_utf8_lossy(id).into_owned(),
-            step: String::new(),
-            stream: String::new(),
-            ts: String::new(),
-            line: String::new(),
+        let (id, fields) = match pair.as_slice() {
+            [Value::BulkString(id), Value::Array(fields)] => (id, fields),
+            _ => return Err(bad_reply("an entry is not [id, fields]")),
         };
-        let fields: Vec<(String, String)> = match pair.get(1) {
-            Some(Value::Array(kv)) => kv
-                .chunks(2)
-                .filter_map(|c| match c {
-                    [Value::BulkString(k), Value::BulkString(v)] => Some((
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    )),
-                    _ => None,
-                })
-                .collect(),
-            Some(Value::Map(m)) => m
-                .iter()
-                .filter_map(|(k, v)| match (k, v) {
-                    (Value::BulkString(k), Value::BulkString(v)) => Some((
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    )),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        for (k, v) in fields {
-            match k.as_str() {
-                "step" => l.step = v,
-                "stream" => l.stream = v,
-                "ts" => l.ts = v,
-                "line" => l.line = v,
-                _ => {}
+        let id = std::str::from_utf8(id).map_err(|_| bad_reply("an entry id is not text"))?;
+        let at = b.ids.len();
+        b.ids.push_str(id);
+        b.id_at.push((at, b.ids.len()));
+        let (mut step, mut line): (&[u8], &[u8]) = (b"", b"");
+        for kv in fields.chunks(2) {
+            if let [Value::BulkString(k), Value::BulkString(v)] = kv {
+                match k.as_slice() {
+                    b"step" => step = v,
+                    b"line" => line = v,
+                    _ => {}
+                }
             }
         }
-        out.push(l);
+        let at = b.text.len();
+        b.text.extend_from_slice(line);
+        b.text_at.push((at, b.text.len()));
+        if b.steps.last().is_none_or(|s| s.as_bytes() != step) {
+            b.steps.push(String::from_utf8_lossy(step).into_owned());
+        }
+        let idx = u32::try_from(b.steps.len() - 1).map_err(|_| bad_reply("too many steps"))?;
+        b.step_of.push(idx);
     }
-    out
+    Ok(b)
+}
+
+/// Most entries one batch reads: the scan starts small (an answer that fills early reads little) and
+/// grows to this. Redis serves nobody else while it writes one reply, so a batch is kept to a few
+/// milliseconds of its time (docs/benchmarks.md). A full scan of a 10 MiB log (145,011 lines) takes 19
+/// round trips.
+pub const BATCH_MAX_LINES: usize = 8_192;
+const BATCH_FIRST_LINES: usize = 2_000;
+
+/// Read one batch: oldest first after `from` (exclusive), or newest first before `from` (exclusive).
+async fn read_batch(
+    con: &mut redis::aio::ConnectionManager,
+    key: &str,
+    from: Option<&str>,
+    rev: bool,
+    count: usize,
+) -> Result<Batch, QueueError> {
+    let bound = from.map_or_else(
+        || if rev { "+" } else { "-" }.to_string(),
+        |s| format!("({s}"),
+    );
+    let (cmd, end) = if rev {
+        ("XREVRANGE", "-")
+    } else {
+        ("XRANGE", "+")
+    };
+    let v: Value = redis::cmd(cmd)
+        .arg(key)
+        .arg(bound)
+        .arg(end)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(con)
+        .await?;
+    parse_entries(v)
 }
 
 /// The last lines of `step`, reading the log backwards. Returns (lines oldest first, scanned).
@@ -204,49 +292,35 @@ async fn tail(
 ) -> Result<(Vec<Line>, u64, bool), QueueError> {
     let mut con = queue.redis();
     let key = contract::job_log_key(id);
-    let mut end = "+".to_string();
+    let mut before: Option<String> = None;
     let mut scanned: u64 = 0;
     let mut got: Vec<Line> = Vec::new();
     let mut more_before = false;
+    let mut count = (want + 16).min(BATCH_MAX_LINES);
     'outer: loop {
-        let v: Value = redis::cmd("XREVRANGE")
-            .arg(&key)
-            .arg(&end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(CHUNK)
-            .query_async(&mut con)
-            .await?;
-        let entries = parse_entries(&v);
-        if entries.is_empty() {
+        let b = read_batch(&mut con, &key, before.as_deref(), true, count).await?;
+        if b.is_empty() {
             break;
         }
-        for e in &entries {
+        for i in 0..b.len() {
             let n = total.saturating_sub(scanned);
             scanned += 1;
-            if e.step == step {
+            if b.step(i) == step {
                 if got.len() >= want {
                     more_before = true;
                     break 'outer;
                 }
-                got.push(Line {
-                    n,
-                    step: e.step.clone(),
-                    text: cut_line(&e.line),
-                    hit: false,
-                });
+                got.push(b.line(i, n, false));
             } else if !got.is_empty() {
                 // Steps run one after the other: an earlier step's line means this step began here.
                 break 'outer;
             }
         }
-        match entries.last() {
-            Some(l) => end = format!("({}", l.seq),
-            None => break,
-        }
-        if entries.len() < CHUNK {
+        if b.is_last(count) {
             break;
         }
+        before = Some(b.id(b.len() - 1).to_string());
+        count = (count * 4).min(BATCH_MAX_LINES);
     }
     got.reverse();
     Ok((got, scanned, more_before))
@@ -283,7 +357,10 @@ pub async fn answer(
         None => None,
     };
     let regex = match q.search.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => match regex::RegexBuilder::new(s).size_limit(1 << 20).build() {
+        Some(s) => match regex::bytes::RegexBuilder::new(s)
+            .size_limit(1 << 20)
+            .build()
+        {
             Ok(r) => Some(r),
             Err(e) => {
                 return Ok(Err(format!(
@@ -318,16 +395,10 @@ pub async fn answer(
             None => {
                 // The last line's step.
                 let mut con = queue.redis();
-                let v: Value = redis::cmd("XREVRANGE")
-                    .arg(contract::job_log_key(id))
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut con)
-                    .await?;
-                match parse_entries(&v).first() {
-                    Some(l) => l.step.clone(),
+                let key = contract::job_log_key(id);
+                let b = read_batch(&mut con, &key, None, true, 1).await?;
+                match (!b.is_empty()).then(|| b.step(0).to_string()) {
+                    Some(s) => s,
                     None => {
                         ans.cut = Some("the log is empty".into());
                         return Ok(Ok(ans));
@@ -377,44 +448,44 @@ pub async fn answer(
         ans.lines = lines;
         return Ok(Ok(ans));
     }
-    // Range or search: scan forwards.
+    // Range or search: scan forwards, batch by batch. Nothing is allocated per line scanned: a line
+    // becomes an answer `Line` only when it is returned (or kept as context across a batch boundary).
     ans.mode = if regex.is_some() { "search" } else { "range" }.into();
     let (mut after, mut n, skip_to) = match (&cursor, q.from_line) {
         (Some((seq, line)), _) => (Some(seq.clone()), *line, None),
         (None, Some(f)) => (None, 0, Some(f)),
         (None, None) => (None, 0, None),
     };
+    let mut con = queue.redis();
+    let key = contract::job_log_key(id);
+    let context = context as usize;
     let mut used = 0usize;
     let mut matches = 0u64;
-    let mut before: std::collections::VecDeque<Line> = std::collections::VecDeque::new();
-    let mut after_left = 0u32;
+    // Context candidates before the next match: owned lines carried over from earlier batches, then
+    // indices into the current batch; together at most `context`, oldest first.
+    let mut carry: std::collections::VecDeque<Line> = std::collections::VecDeque::new();
+    let mut recent: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let mut after_left = 0usize;
     let mut last_emitted: u64 = 0;
     let mut stop: Option<String> = None;
-    let mut last_seen: Option<(String, u64)> = None;
+    // The line before the one the scan stopped at: where the next call continues.
+    let mut last_seen: Option<(String, u64)> = after.clone().map(|a| (a, n));
+    let mut count = BATCH_FIRST_LINES;
     'scan: loop {
-        let chunk = queue.read_log(id, after.as_deref(), CHUNK).await?;
-        if chunk.is_empty() {
+        let b = read_batch(&mut con, &key, after.as_deref(), false, count).await?;
+        if b.is_empty() {
             break;
         }
-        for e in &chunk {
+        let base = n;
+        for i in 0..b.len() {
             n += 1;
             ans.scanned_lines += 1;
-            if skip_to.is_some_and(|s| n < s) {
-                last_seen = Some((e.seq.clone(), n));
+            if skip_to.is_some_and(|s| n < s) || step.as_ref().is_some_and(|s| s != b.step(i)) {
                 continue;
             }
-            if step.as_ref().is_some_and(|s| *s != e.step) {
-                last_seen = Some((e.seq.clone(), n));
-                continue;
-            }
-            let line = Line {
-                n,
-                step: e.step.clone(),
-                text: cut_line(&e.line),
-                hit: false,
-            };
             match &regex {
                 None => {
+                    let line = b.line(i, n, false);
                     let c = cost(&line);
                     if ans.lines.len() >= max_lines as usize || used + c > ANSWER_BUDGET_BYTES {
                         stop = Some(if ans.lines.len() >= max_lines as usize {
@@ -422,25 +493,33 @@ pub async fn answer(
                         } else {
                             format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget")
                         });
+                        last_seen = b.before(i, base, &last_seen);
                         break 'scan;
                     }
                     used += c;
                     ans.lines.push(line);
                 }
                 Some(re) => {
-                    let hit = re.is_match(&e.line);
-                    if hit {
+                    if re.is_match(b.bytes(i)) {
                         if matches >= u64::from(max_matches) {
                             stop = Some(format!("stopped after max_matches={max_matches}"));
+                            last_seen = b.before(i, base, &last_seen);
                             break 'scan;
                         }
                         let mut block: Vec<Line> =
-                            before.drain(..).filter(|b| b.n > last_emitted).collect();
-                        block.push(Line { hit: true, ..line });
+                            carry.drain(..).filter(|l| l.n > last_emitted).collect();
+                        block.extend(
+                            recent
+                                .drain(..)
+                                .map(|j| b.line(j, base + j as u64 + 1, false))
+                                .filter(|l| l.n > last_emitted),
+                        );
+                        block.push(b.line(i, n, true));
                         let c: usize = block.iter().map(cost).sum();
                         if used + c > ANSWER_BUDGET_BYTES {
                             stop =
                                 Some(format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget"));
+                            last_seen = b.before(i, base, &last_seen);
                             break 'scan;
                         }
                         used += c;
@@ -449,30 +528,40 @@ pub async fn answer(
                         ans.lines.extend(block);
                         after_left = context;
                     } else if after_left > 0 {
+                        let line = b.line(i, n, false);
                         let c = cost(&line);
                         if used + c > ANSWER_BUDGET_BYTES {
                             stop =
                                 Some(format!("stopped at the {ANSWER_BUDGET_BYTES}-byte budget"));
+                            last_seen = b.before(i, base, &last_seen);
                             break 'scan;
                         }
                         used += c;
                         after_left -= 1;
                         last_emitted = n;
                         ans.lines.push(line);
-                    } else {
-                        before.push_back(line);
-                        while before.len() > context as usize {
-                            before.pop_front();
+                    } else if context > 0 {
+                        recent.push_back(i);
+                        if carry.len() + recent.len() > context && carry.pop_front().is_none() {
+                            recent.pop_front();
                         }
                     }
                 }
             }
-            last_seen = Some((e.seq.clone(), n));
         }
-        after = chunk.last().map(|l| l.seq.clone());
-        if chunk.len() < CHUNK {
+        let last = b.len() - 1;
+        // Context candidates outlive their batch as owned lines.
+        carry.extend(
+            recent
+                .drain(..)
+                .map(|j| b.line(j, base + j as u64 + 1, false)),
+        );
+        last_seen = Some((b.id(last).to_string(), n));
+        after = Some(b.id(last).to_string());
+        if b.is_last(count) {
             break;
         }
+        count = (count * 4).min(BATCH_MAX_LINES);
     }
     if regex.is_some() {
         ans.matches = Some(matches);

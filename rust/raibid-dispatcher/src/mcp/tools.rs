@@ -331,7 +331,7 @@ impl Raibid {
 
     #[tool(
         name = "get_job",
-        description = "A job's record: status, current or failed step, every step with exit code and duration, timestamps, failure reason, attempt, cargo unit counts (fresh/total) when present.",
+        description = "A job's record: status, current or failed step, every step with exit code and duration, timestamps, failure reason, attempt, cargo unit counts (fresh/total) and the cache figures (`cache`: target-slot key and slot, restore kind warm/seeded/cold, units fresh/total, lock and restore ms, slot bytes, git mirror hit, fetched objects/bytes) when present.",
         annotations(read_only_hint = true)
     )]
     async fn get_job(&self, Parameters(req): Parameters<JobRef>) -> Result<Json<Job>, String> {
