@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
 /// Per-job cache figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CacheStats {
     /// Cache key of the cargo target directory: a hash of repository identity, toolchain (`rustc -vV`),
     /// target triple and the artifact-relevant environment (`RUSTFLAGS`, ...).

@@ -373,7 +373,6 @@ pub struct Job {
     pub cargo: Option<crate::cargo_messages::CargoUnits>,
     /// What the caches did for this job (git mirror, cargo target slot), once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<serde_json::Value>")]
     pub cache: Option<crate::cache_stats::CacheStats>,
     /// Image jobs: the request, per-phase timestamps, the failed phase, pushed digests (`image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
