@@ -3,7 +3,7 @@
 //! whole process tree.
 
 use super::ImageConfig;
-use crate::process::{kill_group, StepEnd};
+use crate::process::{kill_group, StepEnd, MAX_LINE, SPLIT_MARK};
 use crate::runner::LogTx;
 use crate::Stop;
 use std::collections::VecDeque;
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -113,16 +113,22 @@ async fn pump<R: AsyncRead + Unpin>(
 ) {
     let mut reader = BufReader::new(r);
     let mut buf = Vec::with_capacity(1024);
+    // Reads are bounded (as for Rust steps, `process::pump`): a line longer than a piece is sent in
+    // marked pieces, so output without newlines costs at most one piece of memory.
+    let piece = (MAX_LINE - SPLIT_MARK.len()) as u64;
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
+        match (&mut reader).take(piece).read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
+                let continued = buf.last() != Some(&b'\n') && buf.len() as u64 == piece;
                 while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
                     buf.pop();
                 }
-                buf.truncate(64 * 1024);
-                let line = String::from_utf8_lossy(&buf).into_owned();
+                let mut line = String::from_utf8_lossy(&buf).into_owned();
+                if continued {
+                    line.push_str(SPLIT_MARK);
+                }
                 if let Some(t) = &tail {
                     if let Ok(mut t) = t.lock() {
                         if !line.trim().is_empty() {
@@ -216,4 +222,37 @@ pub(crate) async fn run_logged(
         .map(|t| t.iter().cloned().collect())
         .unwrap_or_default();
     Run { end, tail }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn output_without_newlines_is_read_in_bounded_marked_pieces() {
+        let mut input = vec![b'x'; 1 << 20];
+        input.extend_from_slice(b"\nshort\n");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        pump(&input[..], "building".into(), "stdout", tx, None).await;
+        let mut lines = Vec::new();
+        while let Ok((_, _, l)) = rx.try_recv() {
+            lines.push(l);
+        }
+        assert_eq!(lines.last().map(String::as_str), Some("short"));
+        let pieces = &lines[..lines.len() - 1];
+        assert!(pieces.len() > 1, "the long line was split");
+        assert!(
+            pieces.iter().all(|l| l.len() <= MAX_LINE),
+            "no piece over MAX_LINE"
+        );
+        for p in &pieces[..pieces.len() - 1] {
+            assert!(p.ends_with(SPLIT_MARK), "a continued piece is marked");
+        }
+        let payload: usize = pieces
+            .iter()
+            .map(|l| l.trim_end_matches(SPLIT_MARK).len())
+            .sum();
+        assert_eq!(payload, 1 << 20, "no byte lost");
+    }
 }
