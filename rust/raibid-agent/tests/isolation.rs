@@ -74,33 +74,17 @@ async fn a_step_finds_none_of_the_agents_secrets_and_only_its_scoped_ones() {
     for f in [&url_file, &token_file] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let patterns = [REDIS_PASSWORD, GIT_TOKEN, UNSCOPED].map(b64).join(" ");
     // Search every process's environment and command line, the secret files and the step's own
-    // environment for the agent's secrets; print what was found (LEAK) and what was searched.
-    let script = format!(
-        r#"for p in {patterns}; do echo "$p" | base64 -d; echo; done > pat
-n=0
-for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline {url} {token} {secrets}/*; do
-  n=$((n+1))
-  if {{ tr '\0' '\n' < "$f"; }} 2>/dev/null | grep -qF -f pat; then echo "LEAK in $f"; fi
-done
-if env | grep -qF -f pat; then echo "LEAK in the environment"; fi
-echo "searched $n files as $(id -un)"
-test "$SCOPED_ONE" = "$(echo {scoped} | base64 -d)" && echo scoped-secret-ok
-echo {scoped} | base64 -d > ctl; echo >> ctl
-tr '\0' '\n' < /proc/$$/environ | grep -qF -f ctl && echo control-found-in-proc
-"#,
-        url = url_file.display(),
-        token = token_file.display(),
-        secrets = secrets.display(),
-        scoped = b64(SCOPED),
+    // environment for the agent's secrets; then check the scoped secret arrived.
+    let glob = secrets.join("*");
+    let step = leak_search_step(
+        &[REDIS_PASSWORD, GIT_TOKEN, UNSCOPED],
+        &[&url_file, &token_file, &glob],
+        SCOPED,
     );
     let yaml = format!(
-        "secrets: [SCOPED_ONE]\nsteps:\n  - name: search\n    run: |\n{}",
-        script
-            .lines()
-            .map(|l| format!("      {l}\n"))
-            .collect::<String>()
+        "secrets: [SCOPED_ONE]\nsteps:\n  - name: search\n    run: |\n{step}      test \"$SCOPED_ONE\" = \"$(echo {} | base64 -d)\" && echo scoped-secret-ok\n",
+        b64(SCOPED)
     );
     let repo = make_repo(&e.tmp.path().join("searcher"), &yaml);
     let other = make_repo(
