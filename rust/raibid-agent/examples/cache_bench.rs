@@ -9,6 +9,7 @@
 //!
 //! `latency`: push → first line of the pipeline's first step (job `received` → that line's `ts`), p50/p90
 //! over `--runs` pushes, for a one-file repository and one with 10,000 commits (`git fast-import`).
+//! With `CACHE_BENCH_TRACE=1`, the last job's log lines are printed (stderr) at their offsets.
 //!
 //! `builds`: for each workload — `ripgrep` (the newest published source from crates.io, fetched now
 //! with `cargo fetch`) or
@@ -312,6 +313,17 @@ async fn latency(runs: usize) {
                 v.push(x);
             }
             objects.push(j["cache"]["fetched_objects"].as_f64().unwrap_or(0.0));
+            if std::env::var_os("CACHE_BENCH_TRACE").is_some() && i + 1 == runs {
+                // The last job's log, each line at its offset from `received` (where the time goes).
+                for l in &lines {
+                    eprintln!(
+                        "{:>8.2} ms  [{}] {}",
+                        ms(received, ts(&l["ts"])),
+                        l["step"].as_str().unwrap_or(""),
+                        l["line"].as_str().unwrap_or("")
+                    );
+                }
+            }
             // Pushes a human pace apart is not needed: the agent is idle and blocked on XREADGROUP.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

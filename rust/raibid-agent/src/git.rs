@@ -177,9 +177,88 @@ pub(crate) async fn git(
     url_for_creds: Option<&str>,
     limits: &Limits,
 ) -> Result<GitOutput, GitError> {
-    let mut cmd = Command::new("git");
+    let mut cmd = command(dir, limits);
+    cmd.args(args);
+    // Credentials go in as config through the environment (`GIT_CONFIG_*`), scoped to the URL, only
+    // for a forge host, and with redirects off so the header cannot follow a redirect elsewhere.
+    if let Some(header) = url_for_creds.and_then(|u| creds.header_for(u).map(|h| (u, h))) {
+        let (url, header) = header;
+        cmd.env("GIT_CONFIG_COUNT", "2")
+            .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
+            .env("GIT_CONFIG_VALUE_0", header)
+            .env("GIT_CONFIG_KEY_1", "http.followRedirects")
+            .env("GIT_CONFIG_VALUE_1", "false");
+    }
+    let child = cmd.spawn().map_err(GitError::Spawn)?;
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    let mut stop = limits.stop.clone();
+    let deadline = tokio::time::Instant::from_std(limits.deadline);
+    let out = tokio::select! {
+        o = child.wait_with_output() => o.map_err(GitError::Spawn)?,
+        _ = tokio::time::sleep_until(deadline) => {
+            kill_group(pgid);
+            return Err(GitError::TimedOut);
+        }
+        _ = stopped(&mut stop) => {
+            kill_group(pgid);
+            return Err(GitError::Stopped);
+        }
+    };
+    let mut lines = Vec::new();
+    for chunk in [&out.stdout, &out.stderr] {
+        for l in String::from_utf8_lossy(chunk).lines() {
+            if !l.trim().is_empty() {
+                lines.push(l.to_string());
+            }
+        }
+    }
+    Ok(GitOutput {
+        ok: out.status.success(),
+        lines,
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    })
+}
+
+/// Resolves when the job is stopped (anything but `Stop::None`); never, if the sender is gone.
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<crate::Stop>) {
+    loop {
+        if *stop.borrow_and_update() != crate::Stop::None {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// git's absolute path, looked up once in `PATH`: with a bare `git` and a `PATH` of its own in the
+/// child's environment, std must `fork` (it cannot trust `posix_spawnp` to search that `PATH`); with an
+/// absolute path it uses `posix_spawn` (a vfork: no copy of the agent's page tables per git process).
+pub(crate) fn program() -> &'static std::ffi::OsStr {
+    static GIT: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+    GIT.get_or_init(|| {
+        std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("git"))
+                    .find(|p| {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::metadata(p)
+                            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                            .unwrap_or(false)
+                    })
+            })
+            .map(|p| p.into_os_string())
+            .unwrap_or_else(|| "git".into())
+    })
+}
+
+/// A `git` command in `dir` with the agent's git environment: nothing inherited but `PATH` and
+/// `HOME`, no system config, no prompts, only the allowed protocols, its own process group (killed as
+/// a whole at a deadline or a stop), and the step user when steps run as one.
+pub(crate) fn command(dir: &Path, limits: &Limits) -> Command {
+    let mut cmd = Command::new(program());
     cmd.current_dir(dir)
-        .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env(
@@ -208,52 +287,10 @@ pub(crate) async fn git(
             cmd.env("GIT_CONFIG_GLOBAL", g);
         }
     }
-    // Credentials go in as config through the environment (`GIT_CONFIG_*`), scoped to the URL, only
-    // for a forge host, and with redirects off so the header cannot follow a redirect elsewhere.
-    if let Some(header) = url_for_creds.and_then(|u| creds.header_for(u).map(|h| (u, h))) {
-        let (url, header) = header;
-        cmd.env("GIT_CONFIG_COUNT", "2")
-            .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
-            .env("GIT_CONFIG_VALUE_0", header)
-            .env("GIT_CONFIG_KEY_1", "http.followRedirects")
-            .env("GIT_CONFIG_VALUE_1", "false");
-    }
-    let child = cmd.spawn().map_err(GitError::Spawn)?;
-    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    let mut stop = limits.stop.clone();
-    let deadline = tokio::time::Instant::from_std(limits.deadline);
-    let out = tokio::select! {
-        o = child.wait_with_output() => o.map_err(GitError::Spawn)?,
-        _ = tokio::time::sleep_until(deadline) => {
-            kill_group(pgid);
-            return Err(GitError::TimedOut);
-        }
-        _ = async {
-            loop {
-                if *stop.borrow_and_update() != crate::Stop::None { break; }
-                if stop.changed().await.is_err() { std::future::pending::<()>().await; }
-            }
-        } => {
-            kill_group(pgid);
-            return Err(GitError::Stopped);
-        }
-    };
-    let mut lines = Vec::new();
-    for chunk in [&out.stdout, &out.stderr] {
-        for l in String::from_utf8_lossy(chunk).lines() {
-            if !l.trim().is_empty() {
-                lines.push(l.to_string());
-            }
-        }
-    }
-    Ok(GitOutput {
-        ok: out.status.success(),
-        lines,
-        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    })
+    cmd
 }
 
-fn kill_group(pgid: i32) {
+pub(crate) fn kill_group(pgid: i32) {
     use nix::sys::signal::{killpg, Signal};
     use nix::unistd::Pid;
     if pgid > 0 {

@@ -952,3 +952,87 @@ async fn a_token_needs_forge_hosts_and_never_comes_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The mirror's ref `name` (loose ref file or `packed-refs`).
+fn mirror_ref(cache: &Path, name: &str) -> String {
+    let mirror = std::fs::read_dir(cache.join("git"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "git"))
+        .unwrap();
+    let out = Command::new("git")
+        .args(["rev-parse", "--verify", name])
+        .current_dir(&mirror)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `file://` sources are fetched by the agent's own protocol-v2 client (upload-pack → index-pack, no
+/// `git fetch`): the commit asked for even when the branch has moved on, a force-pushed branch, a job
+/// without a sha (the branch tip), a branch name the client leaves to `git fetch`, and a missing branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_source_is_fetched_over_protocol_v2_without_git_fetch() {
+    let s = stack().await;
+    let repo = Repo::new(&s.tmp.path().join("repo"));
+    repo.write(
+        ".raibid.yaml",
+        "steps:\n  - name: show\n    run: \"cat which.txt\"\n",
+    );
+    repo.write("which.txt", "first\n");
+    let sha1 = repo.commit("first");
+    let _a = s.agent("agent-p");
+    let id1 = s.submit(&repo.url(), "main", Some(&sha1)).await;
+    let j1 = s.wait(&id1, Duration::from_secs(120), is_final).await;
+    let log1 = s.log(&id1).await;
+    assert_eq!(j1["status"], "succeeded", "{j1}\n{log1}");
+    assert!(log1.contains("$ git upload-pack "), "{log1}");
+    assert!(!log1.contains(" fetch -q "), "no git fetch: {log1}");
+    assert!(log1.contains("[show] first"), "{log1}");
+
+    // The branch moves on twice; the job asks for the middle commit: that commit runs, and the
+    // mirror's branch is the source's tip.
+    repo.write("which.txt", "second\n");
+    let sha2 = repo.commit("second");
+    repo.write("which.txt", "third\n");
+    let sha3 = repo.commit("third");
+    let id2 = s.submit(&repo.url(), "main", Some(&sha2)).await;
+    let j2 = s.wait(&id2, Duration::from_secs(120), is_final).await;
+    let log2 = s.log(&id2).await;
+    assert_eq!(j2["status"], "succeeded", "{j2}\n{log2}");
+    assert!(log2.contains("[show] second"), "{log2}");
+    assert!(log2.contains(&format!("at commit {sha2}")), "{log2}");
+    assert_eq!(mirror_ref(&s.cache(), "refs/heads/main"), sha3);
+    assert!(j2["cache"]["fetched_objects"].as_u64().unwrap() >= 3, "{j2}");
+
+    // A force push to a commit with no common history, and a job with no sha: the new tip runs.
+    repo.git(&["checkout", "-q", "--orphan", "rewritten"]);
+    repo.write("which.txt", "rewritten\n");
+    let sha4 = repo.commit("rewritten");
+    repo.git(&["branch", "-q", "-f", "main", &sha4]);
+    let id3 = s.submit(&repo.url(), "main", None).await;
+    let j3 = s.wait(&id3, Duration::from_secs(120), is_final).await;
+    let log3 = s.log(&id3).await;
+    assert_eq!(j3["status"], "succeeded", "{j3}\n{log3}");
+    assert!(log3.contains("[show] rewritten"), "{log3}");
+    assert_eq!(j3["source"]["sha"], sha4.as_str(), "{j3}");
+
+    // A branch name outside the client's character set: `git fetch` does it.
+    repo.git(&["branch", "-q", "f\u{fc}r-alle", &sha4]);
+    let id4 = s.submit(&repo.url(), "f\u{fc}r-alle", None).await;
+    let j4 = s.wait(&id4, Duration::from_secs(120), is_final).await;
+    let log4 = s.log(&id4).await;
+    assert_eq!(j4["status"], "succeeded", "{j4}\n{log4}");
+    assert!(log4.contains("is left to git fetch; fetching with git fetch"), "{log4}");
+    assert!(log4.contains(" fetch -q "), "{log4}");
+
+    // A branch the source does not have: the job fails in `clone`, naming it.
+    let id5 = s.submit(&repo.url(), "no-such-branch", None).await;
+    let j5 = s.wait(&id5, Duration::from_secs(120), is_final).await;
+    assert_eq!(j5["status"], "failed", "{j5}");
+    let reason = j5["failure_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("clone:"), "{j5}");
+    assert!(reason.contains("no-such-branch"), "{j5}");
+    assert!(s.log(&id5).await.contains("the source has no refs/heads/no-such-branch"));
+}

@@ -377,7 +377,7 @@ fn idx_count(p: &Path) -> Option<u64> {
 
 /// Whether the mirror holds object `sha`: a binary search in each pack index (the mirror keeps every
 /// fetched object in packs), then a look for a loose object; no git process on the warm path.
-fn has_commit(dir: &Path, sha: &str) -> bool {
+pub(crate) fn has_commit(dir: &Path, sha: &str) -> bool {
     let Ok(want) = hex::decode(sha) else {
         return false;
     };
@@ -448,6 +448,19 @@ async fn fetch(
     }
     let (objects0, bytes0) = pack_totals(dir);
     let r = full_ref(git_ref);
+    if let Some(source) = super::upload_pack::local_source(url) {
+        match super::upload_pack::fetch(dir, &source, &r, sha, limits, log).await {
+            Ok(tip) => {
+                let sha = sha.map_or(tip, str::to_string);
+                return Ok(fetched_with(dir, sha, objects0, bytes0, creds, limits, log).await);
+            }
+            Err(super::upload_pack::FastFetch::TimedOut) => return Err(CloneError::TimedOut),
+            Err(super::upload_pack::FastFetch::Stopped) => return Err(CloneError::Stopped),
+            Err(super::upload_pack::FastFetch::Unsupported(why)) => {
+                log(format!("[raibid] {why}; fetching with git fetch"));
+            }
+        }
+    }
     let spec = format!("+{r}:{r}");
     let o = run(
         dir,
@@ -523,6 +536,19 @@ async fn fetch(
     if !fetched_ok {
         return Err(CloneError::Failed(format!("could not fetch {git_ref}")));
     }
+    Ok(fetched_with(dir, sha, objects0, bytes0, creds, limits, log).await)
+}
+
+/// What a fetch added (pack totals before → after); repacks once the mirror holds too many packs.
+async fn fetched_with(
+    dir: &Path,
+    sha: String,
+    objects0: u64,
+    bytes0: u64,
+    creds: &Credentials,
+    limits: &Limits,
+    log: Sink<'_>,
+) -> (String, bool, u64, u64) {
     let (objects1, bytes1) = pack_totals(dir);
     if pack_count(dir) > MAX_PACKS {
         let _ = run(dir, &["repack", "-a", "-d", "-q"], creds, None, limits, log).await;
@@ -532,5 +558,5 @@ async fn fetch(
     log(format!(
         "[raibid] mirror fetched {objects} object(s), {bytes} pack byte(s)"
     ));
-    Ok((sha, false, objects, bytes))
+    (sha, false, objects, bytes)
 }

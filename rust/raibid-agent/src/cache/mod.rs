@@ -18,6 +18,7 @@ pub(crate) mod key;
 pub(crate) mod lock;
 pub(crate) mod mirror;
 pub(crate) mod slots;
+pub(crate) mod upload_pack;
 pub(crate) mod worktree;
 
 use raibid_core::cache_stats::CacheStats;
