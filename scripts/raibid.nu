@@ -128,8 +128,8 @@ export def "main agents" []: nothing -> table {
   }
 }
 
-# The cargo target slots and git mirrors in a node's cache directory: one row per slot with its keys,
-# size, last use and whether a job holds it now (its `flock` lock is taken).
+# The cargo target slots in a node's cache directory: one row per slot with its keys, size, last use and
+# whether a job holds it now (its `flock` lock is taken). `cache mirrors` lists the git mirrors.
 @example "the biggest slots" { nu scripts/raibid.nu cache --dir /var/lib/raibid/cache | sort-by bytes | last 5 }
 export def "main cache" [
   --dir: path   # the cache directory (default: RAIBID_CACHE_DIR, else /tmp/raibid/cache)
@@ -156,6 +156,37 @@ export def "main cache" [
       }
     }
   } | flatten
+}
+
+# The git mirrors in a node's cache directory (`git/<repo-id>.git`, one bare repository per repository,
+# updated under `git/<repo-id>.lock`): size, packs, last use (the mtime of its `raibid-mirror-ok` marker,
+# touched by every update), whether it is trusted (a mirror without the marker is rebuilt before any use)
+# and whether a fetch holds it now. The repository URL is never stored in a mirror (no credential in a
+# URL lands on disk); it is taken from a slot of the same repository when there is one.
+@example "mirrors by size" { nu scripts/raibid.nu cache mirrors --dir /var/lib/raibid/cache | sort-by bytes }
+export def "main cache mirrors" [
+  --dir: path   # the cache directory (default: RAIBID_CACHE_DIR, else /tmp/raibid/cache)
+]: nothing -> table {
+  let root = (cache-root $dir)
+  let git = ($root | path join git)
+  if not ($git | path exists) { return [] }
+  let repos = (main cache --dir $dir | select repo_id repo | uniq-by repo_id)
+  ls $git | where type == dir and ($it.name | str ends-with '.git') | each {|m|
+    let id = ($m.name | path basename | str replace --regex '\.git$' '')
+    let marker = ($m.name | path join raibid-mirror-ok)
+    let trusted = ($marker | path exists)
+    let packs = ($m.name | path join objects pack)
+    {
+      repo: ($repos | where repo_id == $id | get repo.0? | default "")
+      repo_id: $id
+      bytes: (du $m.name | get 0.physical? | default 0b)
+      packs: (if ($packs | path exists) { ls $packs | where name =~ '\.pack$' | length } else { 0 })
+      last_used: (if $trusted { (ls $marker | get 0.modified) } else { 0 | into datetime })
+      trusted: $trusted
+      in_use: (slot-in-use ($git | path join $"($id).lock"))
+      path: $m.name
+    }
+  }
 }
 
 # Delete slots no job holds: the least recently used first until the total is under --max-bytes, and/or

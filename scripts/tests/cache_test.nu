@@ -4,7 +4,7 @@
 
 use std/assert
 use std/testing *
-use ../raibid.nu ["main cache" "main cache prune"]
+use ../raibid.nu ["main cache" "main cache prune" "main cache mirrors"]
 
 def slot [root: path, repo: string, n: int, last_used_ms: int, bytes: int] {
   let dir = ($root | path join targets $repo $"slot-($n)")
@@ -62,5 +62,54 @@ def prune_deletes_least_recently_used_free_slots_and_never_a_held_one [] {
     assert ($root | path join targets repo-b slot-0 | path exists) "a held slot is never deleted"
     job kill $holder
     assert equal (try { main cache prune --dir $root } catch {|e| $e.msg }) "say what to prune"
+  }
+}
+
+# A real bare repository with a real pack (git), as the agent's mirror update leaves it.
+def mirror [root: path, repo_id: string, trusted: bool] {
+  let dir = ($root | path join git $"($repo_id).git")
+  mkdir ($root | path join git)
+  ^git init -q --bare $dir
+  let work = (mktemp -d)
+  ^git -C $work init -q
+  "x" | save -f ($work | path join f)
+  ^git -C $work add f
+  ^git -C $work -c user.name=t -c user.email=t@t commit -qm one
+  ^git -C $work push -q $dir HEAD:refs/heads/main
+  ^git -C $dir repack -a -d -q
+  rm -rf $work
+  "" | save -f ($root | path join git $"($repo_id).lock")
+  if $trusted { "" | save -f ($dir | path join raibid-mirror-ok) }
+}
+
+@test
+def cache_mirrors_lists_each_mirror_with_size_packs_use_and_trust [] {
+  with-cache {|root|
+    let now = ((date now | into int) // 1_000_000)
+    slot $root repo-a 0 $now 1000
+    mirror $root repo-a true
+    mirror $root repo-z false
+    let lock = ($root | path join git repo-a.lock)
+    let holder = (job spawn { ^flock $lock sleep 30 })
+    mut tries = 0
+    while not ((main cache mirrors --dir $root | where repo_id == repo-a | first).in_use) {
+      $tries = $tries + 1
+      if $tries > 500 { error make {msg: "the holder never took the lock"} }
+      sleep 10ms
+    }
+    let rows = (main cache mirrors --dir $root | sort-by repo_id)
+    job kill $holder
+    assert equal ($rows | get repo_id) [repo-a repo-z]
+    let a = ($rows | first)
+    assert equal $a.repo "file:///repos/repo-a" "the URL comes from the repository's slot"
+    assert $a.trusted
+    assert $a.in_use
+    assert equal $a.packs 1
+    assert ($a.bytes > 0b)
+    assert (((date now) - $a.last_used) < 1min)
+    let z = ($rows | last)
+    assert equal $z.repo ""
+    assert not $z.trusted "no marker: rebuilt before any use"
+    assert not $z.in_use
   }
 }

@@ -16,18 +16,19 @@ pub(crate) struct CargoOutput {
 }
 
 impl CargoOutput {
-    /// Rewrite a batch of `(step, stream, line)` in place.
-    pub(crate) fn rewrite(&mut self, batch: &mut Vec<(String, String, String)>) {
+    /// Rewrite a batch of `(read at, (step, stream, line))` in place (a replacement keeps the time of
+    /// the line it replaces).
+    pub(crate) fn rewrite(&mut self, batch: &mut Vec<crate::runner::Stamped>) {
         // Fast path: nothing that looks like a cargo message and no libtest section to watch is cheap
         // to pass through, but libtest needs every stdout line, so every line goes to the collector.
         let mut out = Vec::with_capacity(batch.len());
-        for (step, stream, line) in batch.drain(..) {
+        for (at, (step, stream, line)) in batch.drain(..) {
             match self.collector.line(&step, &stream, &line) {
-                LineOutcome::Keep => out.push((step, stream, line)),
+                LineOutcome::Keep => out.push((at, (step, stream, line))),
                 LineOutcome::Drop => {}
                 LineOutcome::Replace(lines) => {
                     for l in lines {
-                        out.push((step.clone(), "stderr".to_string(), l));
+                        out.push((at, (step.clone(), "stderr".to_string(), l)));
                     }
                 }
             }

@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, watch};
 const FLUSH_DEADLINE: Duration = Duration::from_secs(30);
 
 pub(crate) type LogTx = mpsc::Sender<(String, String, String)>;
+/// A log line `(step, stream, line)` with the moment the agent read it (its `ts` in the log).
+pub(crate) type Stamped = raibid_core::queue::StampedLine;
 
 /// Everything a running job needs.
 pub(crate) struct JobCtx<'a> {
@@ -72,6 +74,17 @@ pub(crate) async fn run_job(
     }
     // Log flusher: batches lines, masks secrets, appends (fenced by the lease).
     let (log_tx, mut log_rx) = mpsc::channel::<(String, String, String)>(4096);
+    // Each line is stamped as it arrives, not when its batch reaches Redis: a line never waits for the
+    // previous batch's write to get its time. The second channel is bounded too, so a slow Redis
+    // still holds the steps' output back (the pumps block), as before.
+    let (stamped_tx, mut stamped_rx) = mpsc::channel::<Stamped>(4096);
+    let stamper = tokio::spawn(async move {
+        while let Some(l) = log_rx.recv().await {
+            if stamped_tx.send((Utc::now(), l)).await.is_err() {
+                break;
+            }
+        }
+    });
     let masker = Arc::new(Mutex::new(shared.masker.clone()));
     let flusher = {
         let masker = masker.clone();
@@ -82,21 +95,21 @@ pub(crate) async fn run_job(
         tokio::spawn(async move {
             let mut cargo = crate::cargo_output::CargoOutput::default();
             let mut batch = Vec::with_capacity(256);
-            while let Some(first) = log_rx.recv().await {
+            while let Some(first) = stamped_rx.recv().await {
                 batch.push(first);
                 while batch.len() < 500 {
-                    match log_rx.try_recv() {
+                    match stamped_rx.try_recv() {
                         Ok(l) => batch.push(l),
                         Err(_) => break,
                     }
                 }
                 cargo.rewrite(&mut batch);
                 if let Ok(m) = masker.lock() {
-                    for l in batch.iter_mut() {
+                    for (_, l) in batch.iter_mut() {
                         l.2 = m.mask(&l.2);
                     }
                 }
-                match shared.queue.append_log(&id, &lease, &batch).await {
+                match shared.queue.append_log_at(&id, &lease, &batch).await {
                     Ok(true) => {}
                     Ok(false) => {
                         let _ = stop_tx.send(Stop::LeaseLost);
@@ -197,6 +210,7 @@ pub(crate) async fn run_job(
         Err(_) => {
             tracing::warn!(job = %id, "log flusher did not finish in time; aborting it");
             flusher.abort();
+            stamper.abort();
             None
         }
     };

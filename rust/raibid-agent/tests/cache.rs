@@ -1019,7 +1019,10 @@ async fn a_local_source_is_fetched_over_protocol_v2_without_git_fetch() {
     assert!(log2.contains("[show] second"), "{log2}");
     assert!(log2.contains(&format!("at commit {sha2}")), "{log2}");
     assert_eq!(mirror_ref(&s.cache(), "refs/heads/main"), sha3);
-    assert!(j2["cache"]["fetched_objects"].as_u64().unwrap() >= 3, "{j2}");
+    assert!(
+        j2["cache"]["fetched_objects"].as_u64().unwrap() >= 3,
+        "{j2}"
+    );
 
     // A force push to a commit with no common history, and a job with no sha: the new tip runs.
     repo.git(&["checkout", "-q", "--orphan", "rewritten"]);
@@ -1039,7 +1042,10 @@ async fn a_local_source_is_fetched_over_protocol_v2_without_git_fetch() {
     let j4 = s.wait(&id4, Duration::from_secs(120), is_final).await;
     let log4 = s.log(&id4).await;
     assert_eq!(j4["status"], "succeeded", "{j4}\n{log4}");
-    assert!(log4.contains("is left to git fetch; fetching with git fetch"), "{log4}");
+    assert!(
+        log4.contains("is left to git fetch; fetching with git fetch"),
+        "{log4}"
+    );
     assert!(log4.contains(" fetch -q "), "{log4}");
 
     // A branch the source does not have: the job fails in `clone`, naming it.
@@ -1049,5 +1055,8 @@ async fn a_local_source_is_fetched_over_protocol_v2_without_git_fetch() {
     let reason = j5["failure_reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("clone:"), "{j5}");
     assert!(reason.contains("no-such-branch"), "{j5}");
-    assert!(s.log(&id5).await.contains("the source has no refs/heads/no-such-branch"));
+    assert!(s
+        .log(&id5)
+        .await
+        .contains("the source has no refs/heads/no-such-branch"));
 }

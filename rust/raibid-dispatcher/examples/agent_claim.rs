@@ -172,9 +172,14 @@ async fn main() -> Result<()> {
         pct(&mut replied, 0.9)
     );
     for l in stats.lines().filter(|l| {
-        ["cmdstat_evalsha:", "cmdstat_xreadgroup:", "cmdstat_hmget:", "cmdstat_eval:"]
-            .iter()
-            .any(|c| l.starts_with(c))
+        [
+            "cmdstat_evalsha:",
+            "cmdstat_xreadgroup:",
+            "cmdstat_hmget:",
+            "cmdstat_eval:",
+        ]
+        .iter()
+        .any(|c| l.starts_with(c))
     }) {
         println!("  redis {}", l.trim());
     }
@@ -186,4 +191,3 @@ async fn main() -> Result<()> {
     }
     Ok(())
 }
-

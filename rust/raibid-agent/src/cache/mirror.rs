@@ -300,8 +300,18 @@ fn remove_leftovers(dir: &Path) {
 
 /// Every pack is whole: it exists beside its index and ends with the checksum the index records
 /// (a truncated or half-written pack fails this; O(1) per pack). Err names the damaged pack.
+///
+/// Packs never change once written: a pack this process verified is checked again only when its or its
+/// index's size or mtime differ from what was verified (a truncation, a rewrite), so an update costs a
+/// `stat` per pack, not two opens and reads.
 fn verify_packs(dir: &Path) -> Result<(), String> {
     use std::io::{Read, Seek, SeekFrom};
+    type Seen = std::collections::HashMap<
+        PathBuf,
+        (u64, std::time::SystemTime, u64, std::time::SystemTime),
+    >;
+    static VERIFIED: std::sync::OnceLock<std::sync::Mutex<Seen>> = std::sync::OnceLock::new();
+    let verified = VERIFIED.get_or_init(Default::default);
     let Ok(rd) = std::fs::read_dir(dir.join("objects/pack")) else {
         return Ok(());
     };
@@ -309,6 +319,12 @@ fn verify_packs(dir: &Path) -> Result<(), String> {
         let idx = e.path();
         if idx.extension().is_none_or(|x| x != "idx") {
             continue;
+        }
+        let stamp = pack_stamp(&idx);
+        if let (Some(st), Ok(v)) = (stamp, verified.lock()) {
+            if v.get(&idx) == Some(&st) {
+                continue;
+            }
         }
         let name = idx
             .file_name()
@@ -335,10 +351,23 @@ fn verify_packs(dir: &Path) -> Result<(), String> {
             Some(got == want)
         };
         if check() != Some(true) {
+            if let Ok(mut v) = verified.lock() {
+                v.remove(&idx);
+            }
             return Err(name);
+        }
+        if let (Some(st), Ok(mut v)) = (stamp, verified.lock()) {
+            v.insert(idx, st);
         }
     }
     Ok(())
+}
+
+/// Sizes and mtimes of a pack's index and data file.
+fn pack_stamp(idx: &Path) -> Option<(u64, std::time::SystemTime, u64, std::time::SystemTime)> {
+    let i = std::fs::metadata(idx).ok()?;
+    let p = std::fs::metadata(idx.with_extension("pack")).ok()?;
+    Some((i.len(), i.modified().ok()?, p.len(), p.modified().ok()?))
 }
 
 /// Objects and bytes in the mirror's packs (object counts from the `.idx` fan-out tables).
@@ -358,7 +387,7 @@ fn pack_totals(dir: &Path) -> (u64, u64) {
     (objects, bytes)
 }
 
-fn idx_count(p: &Path) -> Option<u64> {
+pub(crate) fn idx_count(p: &Path) -> Option<u64> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(p).ok()?;
     let mut head = [0u8; 4];
@@ -401,7 +430,7 @@ pub(crate) fn has_commit(dir: &Path, sha: &str) -> bool {
 
 /// Look `want` up in a version-2 pack index (fan-out table, then sorted 20-byte names), reading
 /// only the fan-out entries and the names the binary search visits.
-fn idx_contains(p: &Path, want: &[u8]) -> Option<bool> {
+pub(crate) fn idx_contains(p: &Path, want: &[u8]) -> Option<bool> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(p).ok()?;
     let mut head = [0u8; 8];
@@ -446,13 +475,18 @@ async fn fetch(
             return Ok((sha.to_string(), true, 0, 0));
         }
     }
-    let (objects0, bytes0) = pack_totals(dir);
     let r = full_ref(git_ref);
     if let Some(source) = super::upload_pack::local_source(url) {
         match super::upload_pack::fetch(dir, &source, &r, sha, limits, log).await {
-            Ok(tip) => {
-                let sha = sha.map_or(tip, str::to_string);
-                return Ok(fetched_with(dir, sha, objects0, bytes0, creds, limits, log).await);
+            Ok(f) => {
+                if pack_count(dir) > MAX_PACKS {
+                    let _ = run(dir, &["repack", "-a", "-d", "-q"], creds, None, limits, log).await;
+                }
+                log(format!(
+                    "[raibid] mirror fetched {} object(s), {} pack byte(s)",
+                    f.objects, f.bytes
+                ));
+                return Ok((sha.map_or(f.tip, str::to_string), false, f.objects, f.bytes));
             }
             Err(super::upload_pack::FastFetch::TimedOut) => return Err(CloneError::TimedOut),
             Err(super::upload_pack::FastFetch::Stopped) => return Err(CloneError::Stopped),
@@ -461,6 +495,7 @@ async fn fetch(
             }
         }
     }
+    let (objects0, bytes0) = pack_totals(dir);
     let spec = format!("+{r}:{r}");
     let o = run(
         dir,

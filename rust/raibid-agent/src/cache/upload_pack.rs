@@ -125,7 +125,9 @@ fn tips(mirror: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![mirror.join("refs")];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -165,8 +167,17 @@ fn write_ref(mirror: &Path, name: &str, oid: &str, limits: &Limits) -> std::io::
     std::fs::rename(&lock, &path)
 }
 
+/// What a fast fetch did.
+pub(crate) struct Fetched {
+    /// The ref's new tip.
+    pub(crate) tip: String,
+    /// Objects and bytes of the pack it added (0 when the mirror had everything).
+    pub(crate) objects: u64,
+    pub(crate) bytes: u64,
+}
+
 /// Update `mirror` from the local repository `source`: the tip of `full_ref` and, if given and not
-/// that tip, `sha` as well. Returns the ref's new tip.
+/// that tip, `sha` as well. `sha`, when given, is one the mirror lacks (the caller looked).
 pub(crate) async fn fetch(
     mirror: &Path,
     source: &Path,
@@ -174,14 +185,16 @@ pub(crate) async fn fetch(
     sha: Option<&str>,
     limits: &Limits,
     log: Sink<'_>,
-) -> Result<String, FastFetch> {
+) -> Result<Fetched, FastFetch> {
     if !plain_ref(full_ref) {
         return Err(FastFetch::Unsupported(format!(
             "ref name `{full_ref}` is left to git fetch"
         )));
     }
     if sha.is_some_and(|s| !is_oid(s)) {
-        return Err(FastFetch::Unsupported("a commit that is not a full sha".into()));
+        return Err(FastFetch::Unsupported(
+            "a commit that is not a full sha".into(),
+        ));
     }
     log(format!(
         "$ git upload-pack {} | git index-pack --stdin --fix-thin  (protocol v2, {full_ref})",
@@ -230,12 +243,9 @@ async fn converse(
     limits: &Limits,
     up: &mut tokio::process::Child,
     index: &mut Option<tokio::process::Child>,
-) -> Result<String, String> {
+) -> Result<Fetched, String> {
     let mut tx = up.stdin.take().ok_or("no stdin")?;
-    let mut rx = tokio::io::BufReader::with_capacity(
-        1 << 16,
-        up.stdout.take().ok_or("no stdout")?,
-    );
+    let mut rx = tokio::io::BufReader::with_capacity(1 << 16, up.stdout.take().ok_or("no stdout")?);
     // Capability advertisement.
     let mut caps = Vec::new();
     loop {
@@ -251,12 +261,18 @@ async fn converse(
     if !caps.iter().any(|c| c == "fetch" || c.starts_with("fetch=")) {
         return Err("the server has no `fetch` command".into());
     }
-    if !caps.iter().any(|c| c == "ls-refs" || c.starts_with("ls-refs=")) {
+    if !caps
+        .iter()
+        .any(|c| c == "ls-refs" || c.starts_with("ls-refs="))
+    {
         return Err("the server has no `ls-refs` command".into());
     }
     let format = caps.iter().find_map(|c| c.strip_prefix("object-format="));
     if format.is_some_and(|f| f != "sha1") {
-        return Err(format!("object format {} is left to git fetch", format.unwrap_or("")));
+        return Err(format!(
+            "object format {} is left to git fetch",
+            format.unwrap_or("")
+        ));
     }
     let format_arg = format.map(|_| pkt("object-format=sha1\n"));
     // ls-refs: the ref's tip.
@@ -285,17 +301,30 @@ async fn converse(
         }
     }
     let tip = tip.ok_or_else(|| format!("the source has no {full_ref}"))?;
-    let mut wants = vec![tip.clone()];
-    if let Some(s) = sha {
-        if s != tip && !super::mirror::has_commit(mirror, s) {
+    // Each lookup of a missing commit reads every pack index: only the ones not known already.
+    let mut wants = Vec::new();
+    match sha {
+        Some(s) if s == tip => wants.push(tip.clone()),
+        Some(s) => {
             wants.push(s.to_string());
+            if !super::mirror::has_commit(mirror, &tip) {
+                wants.push(tip.clone());
+            }
+        }
+        None => {
+            if !super::mirror::has_commit(mirror, &tip) {
+                wants.push(tip.clone());
+            }
         }
     }
-    wants.retain(|w| !super::mirror::has_commit(mirror, w));
     if wants.is_empty() {
         write_ref(mirror, full_ref, &tip, limits).map_err(|e| format!("ref update: {e}"))?;
         let _ = write(&mut tx, b"").await;
-        return Ok(tip);
+        return Ok(Fetched {
+            tip,
+            objects: 0,
+            bytes: 0,
+        });
     }
     // fetch: every want, the mirror's tips as haves, and `done` (one round, no acknowledgments).
     let mut req = pkt("command=fetch\n");
@@ -361,10 +390,7 @@ async fn converse(
         Ok::<(), String>(())
     };
     let (fed, _, _) = tokio::join!(feed, out.read_to_end(&mut o), err.read_to_end(&mut e));
-    let st = child
-        .wait()
-        .await
-        .map_err(|e| format!("index-pack: {e}"))?;
+    let st = child.wait().await.map_err(|e| format!("index-pack: {e}"))?;
     fed?;
     if !st.success() {
         return Err(format!(
@@ -372,13 +398,29 @@ async fn converse(
             String::from_utf8_lossy(&e).trim()
         ));
     }
+    // index-pack names the pack it wrote (`pack\t<hash>`): the wanted commits must be in it.
+    let hash = String::from_utf8_lossy(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("pack\t").map(str::to_string))
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()) && !h.is_empty())
+        .ok_or("index-pack named no pack")?;
+    let idx = mirror.join(format!("objects/pack/pack-{hash}.idx"));
     for w in &wants {
-        if !super::mirror::has_commit(mirror, w) {
+        let want = hex::decode(w).map_err(|e| e.to_string())?;
+        if super::mirror::idx_contains(&idx, &want) != Some(true) {
             return Err(format!("the pack lacks {w}"));
         }
     }
+    let objects = super::mirror::idx_count(&idx).unwrap_or(0);
+    let bytes = std::fs::metadata(idx.with_extension("pack"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     write_ref(mirror, full_ref, &tip, limits).map_err(|e| format!("ref update: {e}"))?;
-    Ok(tip)
+    Ok(Fetched {
+        tip,
+        objects,
+        bytes,
+    })
 }
 
 async fn write<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> Result<(), String> {
@@ -396,7 +438,12 @@ mod tests {
 
     #[test]
     fn only_plain_ref_names_are_written_by_hand() {
-        for ok in ["refs/heads/main", "refs/heads/feature/x-1", "refs/tags/v1.2.3", "refs/pull/7/head"] {
+        for ok in [
+            "refs/heads/main",
+            "refs/heads/feature/x-1",
+            "refs/tags/v1.2.3",
+            "refs/pull/7/head",
+        ] {
             assert!(plain_ref(ok), "{ok}");
         }
         for bad in [
@@ -419,10 +466,7 @@ mod tests {
 
     #[test]
     fn only_local_file_urls_take_this_path() {
-        assert_eq!(
-            local_source("file:///tmp/r"),
-            Some(PathBuf::from("/tmp/r"))
-        );
+        assert_eq!(local_source("file:///tmp/r"), Some(PathBuf::from("/tmp/r")));
         assert_eq!(local_source("file://host/tmp/r"), None);
         assert_eq!(local_source("https://gitea.local/o/r.git"), None);
         assert_eq!(local_source("/tmp/r"), None);

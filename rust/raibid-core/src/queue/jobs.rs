@@ -120,6 +120,11 @@ impl Queue {
 
     /// Compare-and-set write of a record. Returns false when the revision moved (reload and retry).
     pub(super) async fn cas(&self, job: &Job, w: Cas<'_>) -> Result<bool> {
+        Ok(self.cas_rev(job, w).await?.is_some())
+    }
+
+    /// [`Queue::cas`], returning the record's new revision (`None`: the revision moved).
+    pub(super) async fn cas_rev(&self, job: &Job, w: Cas<'_>) -> Result<Option<u64>> {
         let mut con = self.con.clone();
         let record = json(&job.id, job)?;
         let event = match w.event {
@@ -166,8 +171,8 @@ impl Queue {
         match r {
             -1 => Err(QueueError::NotFound(job.id.to_string())),
             -2 => Err(QueueError::LeaseLost(job.id.to_string())),
-            0 => Ok(false),
-            _ => Ok(true),
+            0 => Ok(None),
+            r => Ok(Some(r as u64)),
         }
     }
 
@@ -217,13 +222,22 @@ impl Queue {
     /// A record write by the lease holder, retried on revision conflicts; `last` also acknowledges the
     /// stream entry (trimming the head) and clears the lease.
     async fn fenced_write(&self, claim: &mut Claim, event: &'static str, last: bool) -> Result<()> {
+        // First with the revision of this holder's own last write: nobody else wrote since (no cancel
+        // request to keep), the script still checks the lease. A moved revision reloads.
+        let mut known = claim.rev.take().map(|r| r.to_string());
         for _ in 0..100 {
-            let (cur, rev) = self.load(&claim.job.id).await?;
-            if cur.lease.as_deref() != Some(claim.lease.as_str()) {
-                return Err(QueueError::LeaseLost(claim.job.id.to_string()));
-            }
-            // Keep a concurrent cancel request.
-            claim.job.cancel_requested |= cur.cancel_requested;
+            let rev = match known.take() {
+                Some(r) => r,
+                None => {
+                    let (cur, rev) = self.load(&claim.job.id).await?;
+                    if cur.lease.as_deref() != Some(claim.lease.as_str()) {
+                        return Err(QueueError::LeaseLost(claim.job.id.to_string()));
+                    }
+                    // Keep a concurrent cancel request.
+                    claim.job.cancel_requested |= cur.cancel_requested;
+                    rev
+                }
+            };
             let (ack, new_lease) = if last {
                 (Some(claim.entry_id.as_str()), "")
             } else {
@@ -249,7 +263,8 @@ impl Queue {
                 lease_ttl: None,
                 observe,
             };
-            if self.cas(&claim.job, w).await? {
+            if let Some(new) = self.cas_rev(&claim.job, w).await? {
+                claim.rev = Some(new);
                 return Ok(());
             }
         }
@@ -438,12 +453,13 @@ impl Queue {
                     value,
                 }),
             };
-            if self.cas(&job, w).await? {
+            if let Some(rev) = self.cas_rev(&job, w).await? {
                 return Ok(Some(Claim {
                     job,
                     entry_id: entry_id.to_string(),
                     lease,
                     lease_ttl,
+                    rev: Some(rev),
                 }));
             }
         }

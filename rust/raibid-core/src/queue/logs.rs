@@ -18,28 +18,60 @@ fn log_line(e: &StreamId) -> LogLine {
 }
 
 impl Queue {
-    /// Append log lines `(step, stream, line)` for a claimed job: capped by lines and by bytes (each
-    /// line costing its payload plus `log_entry_overhead`), fenced by the lease. Returns false when the
-    /// lease was lost.
+    /// Append log lines `(step, stream, line)` for a claimed job, each stamped now: capped by lines and
+    /// by bytes (each line costing its payload plus `log_entry_overhead`), fenced by the lease. Returns
+    /// false when the lease was lost.
     pub async fn append_log(
         &self,
         job_id: &str,
         lease: &str,
         lines: &[(String, String, String)],
     ) -> Result<bool> {
-        if lines.is_empty() {
+        let ts = ts_string(Utc::now());
+        self.append(
+            job_id,
+            lease,
+            lines.iter().map(|(st, sm, l)| (ts.clone(), st, sm, l)),
+        )
+        .await
+    }
+
+    /// [`Queue::append_log`] with each line's own time (when the agent read it, not when its batch
+    /// reached Redis).
+    pub async fn append_log_at(
+        &self,
+        job_id: &str,
+        lease: &str,
+        lines: &[super::StampedLine],
+    ) -> Result<bool> {
+        self.append(
+            job_id,
+            lease,
+            lines
+                .iter()
+                .map(|(at, (st, sm, l))| (ts_string(*at), st, sm, l)),
+        )
+        .await
+    }
+
+    async fn append<'a>(
+        &self,
+        job_id: &str,
+        lease: &str,
+        lines: impl ExactSizeIterator<Item = (String, &'a String, &'a String, &'a String)>,
+    ) -> Result<bool> {
+        if lines.len() == 0 {
             return Ok(true);
         }
         let mut con = self.con.clone();
-        let ts = ts_string(Utc::now());
         let mut inv = self.scripts.append.key(contract::job_log_key(job_id));
         inv.key(contract::job_key(job_id))
             .arg(self.cfg.log_cap_bytes)
             .arg(self.cfg.log_cap_lines)
             .arg(self.cfg.log_entry_overhead)
             .arg(lease);
-        for (step, stream, line) in lines {
-            inv.arg(step).arg(stream).arg(&ts).arg(line);
+        for (ts, step, stream, line) in lines {
+            inv.arg(step).arg(stream).arg(ts).arg(line);
         }
         let r: i64 = inv.invoke_async(&mut con).await?;
         Ok(r >= 0)

@@ -32,6 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::event::Event;
+
+/// A log line `(step, stream, line)` with the moment the agent read it (its `ts` in the job's log).
+pub type StampedLine = (chrono::DateTime<chrono::Utc>, (String, String, String));
 pub use metrics::{CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS};
 
 /// Errors of the queue layer.
@@ -163,6 +166,9 @@ pub struct Claim {
     pub lease: String,
     /// Lease duration: the heartbeat renews the expiry stored with the claim to now + this.
     pub lease_ttl: Duration,
+    /// The record's revision after this holder's last write: the next fenced write tries it first
+    /// (one round trip) and reloads only when someone else wrote in between (a cancel request).
+    pub(crate) rev: Option<u64>,
 }
 
 /// What `requeue` did.
