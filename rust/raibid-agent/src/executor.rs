@@ -478,6 +478,21 @@ async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc
 /// The job is done with its slot: sizes, eviction past the cap. (Units and the node-wide counters
 /// follow once the job's output is complete: `cache::record_job`.)
 async fn finish_cache(ctx: &mut JobCtx<'_>, mut jc: JobCache) {
+    {
+        let limits = git::Limits {
+            deadline: Instant::now() + Duration::from_secs(ctx.shared.cfg.clone_timeout_secs),
+            stop: ctx.stop.clone(),
+            user: ctx.shared.step_user.clone(),
+            global_config: step_git_config(ctx),
+        };
+        mirror::maintain(
+            &ctx.shared.cache.root,
+            &jc.repo_id,
+            &ctx.shared.creds,
+            &limits,
+        )
+        .await;
+    }
     let bytes = jc.slot.finish(jc.key.as_deref()).await;
     jc.stats.slot_bytes = Some(bytes);
     let root = ctx.shared.cache.root.clone();

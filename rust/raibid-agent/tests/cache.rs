@@ -1060,3 +1060,54 @@ async fn a_local_source_is_fetched_over_protocol_v2_without_git_fetch() {
         .await
         .contains("the source has no refs/heads/no-such-branch"));
 }
+
+/// Pack files of the (only) mirror in the cache.
+fn mirror_packs(cache: &Path) -> usize {
+    let mirror = std::fs::read_dir(cache.join("git"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "git"))
+        .unwrap();
+    std::fs::read_dir(mirror.join("objects/pack"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count()
+}
+
+/// Every fetch adds a pack; after a job past 8 packs the small ones are rolled up (geometric repack),
+/// so the count stays small, and no object goes: an old commit still checks out from the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mirror_packs_are_rolled_up_after_jobs_and_keep_every_object() {
+    let s = stack().await;
+    let repo = Repo::new(&s.tmp.path().join("repo"));
+    repo.write(
+        ".raibid.yaml",
+        "steps:\n  - name: show\n    run: \"cat which.txt\"\n",
+    );
+    repo.write("which.txt", "push 0\n");
+    let first = repo.commit("push 0");
+    let _a = s.agent("agent-q");
+    let mut most = 0;
+    for i in 0..=20 {
+        let sha = if i == 0 {
+            first.clone()
+        } else {
+            repo.write("which.txt", &format!("push {i}\n"));
+            repo.commit(&format!("push {i}"))
+        };
+        let j = s.run(&repo.url(), &sha).await;
+        assert_eq!(j["status"], "succeeded", "{j}");
+        most = most.max(mirror_packs(&s.cache()));
+    }
+    assert!(most <= 9, "packs are rolled up past 8: at most {most}");
+    assert!(mirror_packs(&s.cache()) <= 9);
+    // The first commit's objects are still in the mirror: a job for it needs no fetch.
+    let id = s.submit(&repo.url(), "main", Some(&first)).await;
+    let j = s.wait(&id, Duration::from_secs(120), is_final).await;
+    let log = s.log(&id).await;
+    assert_eq!(j["status"], "succeeded", "{j}\n{log}");
+    assert_eq!(j["cache"]["mirror_hit"], true, "{j}");
+    assert!(log.contains("[show] push 0"), "{log}");
+}

@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub(crate) const OK_MARKER: &str = "raibid-mirror-ok";
-/// Packs a mirror may hold before a fetch repacks them into one (one pack per fetch otherwise).
+/// Packs a mirror may hold before a fetch repacks them into one (one pack per fetch otherwise). A
+/// last resort: after each job, [`maintain`] rolls small packs up long before this.
 const MAX_PACKS: usize = 50;
+/// Past this many packs, the end of a job rolls the small ones up (`git repack --geometric=2`).
+const ROLL_UP_PACKS: usize = 8;
 
 fn pack_count(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("objects/pack"))
@@ -186,6 +189,29 @@ pub(crate) async fn update(
     }
 }
 
+/// After a job, off the push → first-line path: past [`ROLL_UP_PACKS`] packs, roll the small ones up
+/// into one with `git repack -d --geometric=2` (each pack at least twice the size of the next smaller:
+/// the big history pack is left alone, so the cost is that of the recent packs; the pack count stays
+/// logarithmic in the number of fetches, and so does every lookup that reads the indexes). Every
+/// object is kept (the packs' contents are repacked as they are; nothing is pruned), so checkouts
+/// that borrow from the mirror never lose one. Skipped when another job holds the mirror lock.
+pub(crate) async fn maintain(root: &Path, repo_id: &str, creds: &Credentials, limits: &Limits) {
+    let base = root.join("git");
+    let dir = base.join(format!("{repo_id}.git"));
+    if pack_count(&dir) <= ROLL_UP_PACKS || !dir.join(OK_MARKER).exists() {
+        return;
+    }
+    let Ok(Some(_lock)) = super::lock::try_lock(&base.join(format!("{repo_id}.lock"))) else {
+        return;
+    };
+    let before = pack_count(&dir);
+    let ok = matches!(
+        git::git(&dir, &["repack", "-d", "-q", "--geometric=2"], creds, None, limits).await,
+        Ok(o) if o.ok
+    );
+    tracing::info!(repo = %repo_id, packs_before = before, packs_after = pack_count(&dir), ok, "cache: mirror packs rolled up");
+}
+
 /// Mark a mirror untrusted (the next update rebuilds it). Takes the mirror lock.
 pub(crate) async fn invalidate(root: &Path, repo_id: &str, limits: &Limits) {
     let base = root.join("git");
@@ -241,7 +267,7 @@ async fn create(
     // gc never runs on its own (it could prune objects a workspace borrows), nor does `git maintenance`
     // (a fetch would start `maintenance run --auto` after every update: one more process on the
     // push → first-line path; fetches pass `-c maintenance.auto=false` for mirrors made before this
-    // setting); fetched packs are kept as packs (countable; repacked every MAX_PACKS fetches). Fetches
+    // setting); fetched packs are kept as packs (countable; rolled up after jobs by `maintain`). Fetches
     // also skip the forced-update check (a history walk after a force push) and the submodule scan of
     // the fetched commits: nothing here uses either.
     for (k, v) in [
