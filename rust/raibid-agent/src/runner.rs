@@ -11,6 +11,8 @@ use tokio::sync::{mpsc, watch};
 
 /// How long the log flusher may take to write what is left once the job's steps have ended.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(30);
+/// When a job's heartbeat first beats (then every third of the lease).
+const FIRST_BEAT: Duration = Duration::from_millis(500);
 
 pub(crate) type LogTx = mpsc::Sender<(String, String, String)>;
 /// A log line `(step, stream, line)` with the moment the agent read it (its `ts` in the log).
@@ -133,6 +135,10 @@ pub(crate) async fn run_job(
         tokio::spawn(async move {
             let every = Duration::from_millis(shared.cfg.lease_secs * 1000 / 3);
             let ttl = Duration::from_secs(shared.cfg.lease_secs);
+            // The claim has just set the lease and the record; the first beat waits a moment so that its
+            // three writes and reads do not queue in Redis before the clone step's own (the path from
+            // the push to the first line of output).
+            tokio::time::sleep(every.min(FIRST_BEAT)).await;
             loop {
                 let done = shared.jobs_done.load(Ordering::Relaxed);
                 if let Err(e) = shared
