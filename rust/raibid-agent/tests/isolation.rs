@@ -125,6 +125,10 @@ async fn a_step_finds_none_of_the_agents_secrets_and_only_its_scoped_ones() {
     );
     assert!(all.contains("searched "), "{all}");
     assert!(all.contains("as nobody"), "{all}");
+    // The mirror was fetched over protocol v2 by the agent's own client, its git processes as the
+    // step user (no fallback to `git fetch`).
+    assert!(all.contains("$ git upload-pack "), "{all}");
+    assert!(!all.contains("fetching with git fetch"), "{all}");
     let leaks: Vec<&String> = log.iter().filter(|l| l.starts_with("LEAK in")).collect();
     assert!(
         leaks.is_empty(),
