@@ -284,12 +284,7 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
     }
     let timeout = Duration::from_secs(ctx.shared.cfg.clone_timeout_secs);
     let deadline = ctx.deadline.min(Instant::now() + timeout);
-    let limits = git::Limits {
-        deadline,
-        stop: ctx.stop.clone(),
-        user: ctx.shared.step_user.clone(),
-        global_config: step_git_config(ctx),
-    };
+    let limits = git_limits(ctx, deadline);
     let logs = ctx.logs.clone();
     let sink = move |l: String| {
         let _ = logs.try_send(("clone".into(), "system".into(), l));
@@ -423,6 +418,16 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
     }
 }
 
+/// The limits of the job's git commands: `deadline`, the job's stop signal, the step user.
+pub(crate) fn git_limits(ctx: &JobCtx<'_>, deadline: Instant) -> git::Limits {
+    git::Limits {
+        deadline,
+        stop: ctx.stop.clone(),
+        user: ctx.shared.step_user.clone(),
+        global_config: step_git_config(ctx),
+    }
+}
+
 /// For git as the step user: a global config trusting every repository, written once per agent.
 pub(crate) fn step_git_config(ctx: &JobCtx<'_>) -> Option<PathBuf> {
     ctx.shared.step_user.as_ref()?;
@@ -450,12 +455,7 @@ async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc
     let sink = move |l: String| {
         let _ = logs.try_send(("config".into(), "system".into(), l));
     };
-    let limits = git::Limits {
-        deadline: ctx.deadline,
-        stop: ctx.stop.clone(),
-        user: ctx.shared.step_user.clone(),
-        global_config: step_git_config(ctx),
-    };
+    let limits = git_limits(ctx, ctx.deadline);
     let restore = jc
         .slot
         .prepare_target(&k, &ctx.shared.cache.default_branches, &limits, &sink)
@@ -478,21 +478,17 @@ async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc
 /// The job is done with its slot: sizes, eviction past the cap. (Units and the node-wide counters
 /// follow once the job's output is complete: `cache::record_job`.)
 async fn finish_cache(ctx: &mut JobCtx<'_>, mut jc: JobCache) {
-    {
-        let limits = git::Limits {
-            deadline: Instant::now() + Duration::from_secs(ctx.shared.cfg.clone_timeout_secs),
-            stop: ctx.stop.clone(),
-            user: ctx.shared.step_user.clone(),
-            global_config: step_git_config(ctx),
-        };
-        mirror::maintain(
-            &ctx.shared.cache.root,
-            &jc.repo_id,
-            &ctx.shared.creds,
-            &limits,
-        )
-        .await;
-    }
+    let limits = git_limits(
+        ctx,
+        Instant::now() + Duration::from_secs(ctx.shared.cfg.clone_timeout_secs),
+    );
+    mirror::maintain(
+        &ctx.shared.cache.root,
+        &jc.repo_id,
+        &ctx.shared.creds,
+        &limits,
+    )
+    .await;
     let bytes = jc.slot.finish(jc.key.as_deref()).await;
     jc.stats.slot_bytes = Some(bytes);
     let root = ctx.shared.cache.root.clone();

@@ -231,25 +231,14 @@ pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<crate::Stop>
     }
 }
 
-/// git's absolute path, looked up once in `PATH`: with a bare `git` and a `PATH` of its own in the
-/// child's environment, std must `fork` (it cannot trust `posix_spawnp` to search that `PATH`); with an
-/// absolute path it uses `posix_spawn` (a vfork: no copy of the agent's page tables per git process).
+/// git's absolute path, looked up once in the agent's `PATH` (`process::which`: `posix_spawn`, not a
+/// `fork` of the agent, per git process).
 pub(crate) fn program() -> &'static std::ffi::OsStr {
     static GIT: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
     GIT.get_or_init(|| {
         std::env::var_os("PATH")
-            .and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("git"))
-                    .find(|p| {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::metadata(p)
-                            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                            .unwrap_or(false)
-                    })
-            })
-            .map(|p| p.into_os_string())
-            .unwrap_or_else(|| "git".into())
+            .and_then(|path| crate::process::which("git", &path))
+            .map_or_else(|| "git".into(), |p| p.into_os_string())
     })
 }
 

@@ -183,16 +183,12 @@ async fn apply(
     }
 }
 
+/// `git apply` writes the step user's checkout: it runs as that user, like the clone.
 fn limits(ctx: &JobCtx<'_>) -> git::Limits {
-    git::Limits {
-        deadline: ctx
-            .deadline
-            .min(std::time::Instant::now() + std::time::Duration::from_secs(120)),
-        stop: ctx.stop.clone(),
-        // `git apply` writes the step user's checkout: it runs as that user, like the clone.
-        user: ctx.shared.step_user.clone(),
-        global_config: crate::executor::step_git_config(ctx),
-    }
+    let deadline = ctx
+        .deadline
+        .min(std::time::Instant::now() + std::time::Duration::from_secs(120));
+    crate::executor::git_limits(ctx, deadline)
 }
 
 /// For a clone that failed: when the job's ref does not exist on the remote, say so and name the

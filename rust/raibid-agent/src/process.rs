@@ -283,24 +283,26 @@ pub(crate) struct StepSpec<'a> {
     pub(crate) limit: Duration,
 }
 
-/// `sh` as the step's own `PATH` finds it (what `execvp` would run), as an absolute path: std then
-/// starts the step with `posix_spawn` instead of a `fork` of the agent (it cannot hand a bare name and
-/// a `PATH` of the child's own to `posix_spawnp`).
-fn shell(env: &[(String, String)]) -> std::ffi::OsString {
+/// `name` as `execvp` would find it in `path`, as an absolute path. Handing std an absolute program
+/// lets it start the child with `posix_spawn` (a vfork) instead of a `fork` of the agent: with a bare
+/// name and a `PATH` of the child's own it cannot use `posix_spawnp`.
+pub(crate) fn which(name: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path).map(|d| d.join(name)).find(|p| {
+        p.is_absolute()
+            && std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+    })
+}
+
+/// `sh` as the step's own `PATH` finds it (see [`which`]).
+fn shell(env: &[(String, String)]) -> std::ffi::OsString {
     let path = env
         .iter()
         .find(|(k, _)| k == "PATH")
         .map_or("/bin:/usr/bin", |(_, v)| v.as_str());
-    std::env::split_paths(path)
-        .map(|d| d.join("sh"))
-        .find(|p| {
-            p.is_absolute()
-                && std::fs::metadata(p)
-                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                    .unwrap_or(false)
-        })
-        .map_or_else(|| "sh".into(), |p| p.into_os_string())
+    which("sh", path.as_ref()).map_or_else(|| "sh".into(), |p| p.into_os_string())
 }
 
 pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEnd {

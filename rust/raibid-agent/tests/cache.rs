@@ -697,12 +697,7 @@ async fn a_large_history_fetches_only_the_new_commit_and_a_broken_mirror_recover
 
     // Corrupt the mirror (every pack cut down to its header: no object readable): detected, rebuilt,
     // the job still succeeds.
-    let mirror = std::fs::read_dir(s.cache().join("git"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "git"))
-        .unwrap();
+    let mirror = the_mirror(&s.cache());
     for e in std::fs::read_dir(mirror.join("objects/pack"))
         .unwrap()
         .flatten()
@@ -968,14 +963,19 @@ async fn a_token_needs_forge_hosts_and_never_comes_from_the_command_line() {
     );
 }
 
-/// The mirror's ref `name` (loose ref file or `packed-refs`).
-fn mirror_ref(cache: &Path, name: &str) -> String {
-    let mirror = std::fs::read_dir(cache.join("git"))
+/// The (only) git mirror in the cache.
+fn the_mirror(cache: &Path) -> PathBuf {
+    std::fs::read_dir(cache.join("git"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "git"))
-        .unwrap();
+        .expect("a mirror in the cache")
+}
+
+/// The mirror's ref `name` (loose ref file or `packed-refs`).
+fn mirror_ref(cache: &Path, name: &str) -> String {
+    let mirror = the_mirror(cache);
     let out = Command::new("git")
         .args(["rev-parse", "--verify", name])
         .current_dir(&mirror)
@@ -1063,12 +1063,7 @@ async fn a_local_source_is_fetched_over_protocol_v2_without_git_fetch() {
 
 /// Pack files of the (only) mirror in the cache.
 fn mirror_packs(cache: &Path) -> usize {
-    let mirror = std::fs::read_dir(cache.join("git"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "git"))
-        .unwrap();
+    let mirror = the_mirror(cache);
     std::fs::read_dir(mirror.join("objects/pack"))
         .unwrap()
         .flatten()

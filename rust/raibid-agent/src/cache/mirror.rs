@@ -332,10 +332,7 @@ fn remove_leftovers(dir: &Path) {
 /// `stat` per pack, not two opens and reads.
 fn verify_packs(dir: &Path) -> Result<(), String> {
     use std::io::{Read, Seek, SeekFrom};
-    type Seen = std::collections::HashMap<
-        PathBuf,
-        (u64, std::time::SystemTime, u64, std::time::SystemTime),
-    >;
+    type Seen = std::collections::HashMap<PathBuf, PackStamp>;
     static VERIFIED: std::sync::OnceLock<std::sync::Mutex<Seen>> = std::sync::OnceLock::new();
     let verified = VERIFIED.get_or_init(Default::default);
     let Ok(rd) = std::fs::read_dir(dir.join("objects/pack")) else {
@@ -390,7 +387,9 @@ fn verify_packs(dir: &Path) -> Result<(), String> {
 }
 
 /// Sizes and mtimes of a pack's index and data file.
-fn pack_stamp(idx: &Path) -> Option<(u64, std::time::SystemTime, u64, std::time::SystemTime)> {
+type PackStamp = (u64, std::time::SystemTime, u64, std::time::SystemTime);
+
+fn pack_stamp(idx: &Path) -> Option<PackStamp> {
     let i = std::fs::metadata(idx).ok()?;
     let p = std::fs::metadata(idx.with_extension("pack")).ok()?;
     Some((i.len(), i.modified().ok()?, p.len(), p.modified().ok()?))
@@ -505,14 +504,8 @@ async fn fetch(
     if let Some(source) = super::upload_pack::local_source(url) {
         match super::upload_pack::fetch(dir, &source, &r, sha, limits, log).await {
             Ok(f) => {
-                if pack_count(dir) > MAX_PACKS {
-                    let _ = run(dir, &["repack", "-a", "-d", "-q"], creds, None, limits, log).await;
-                }
-                log(format!(
-                    "[raibid] mirror fetched {} object(s), {} pack byte(s)",
-                    f.objects, f.bytes
-                ));
-                return Ok((sha.map_or(f.tip, str::to_string), false, f.objects, f.bytes));
+                let sha = sha.map_or(f.tip, str::to_string);
+                return Ok(fetched(dir, sha, f.objects, f.bytes, creds, limits, log).await);
             }
             Err(super::upload_pack::FastFetch::TimedOut) => return Err(CloneError::TimedOut),
             Err(super::upload_pack::FastFetch::Stopped) => return Err(CloneError::Stopped),
@@ -597,25 +590,27 @@ async fn fetch(
     if !fetched_ok {
         return Err(CloneError::Failed(format!("could not fetch {git_ref}")));
     }
-    Ok(fetched_with(dir, sha, objects0, bytes0, creds, limits, log).await)
+    let (objects1, bytes1) = pack_totals(dir);
+    let (objects, bytes) = (
+        objects1.saturating_sub(objects0),
+        bytes1.saturating_sub(bytes0),
+    );
+    Ok(fetched(dir, sha, objects, bytes, creds, limits, log).await)
 }
 
-/// What a fetch added (pack totals before → after); repacks once the mirror holds too many packs.
-async fn fetched_with(
+/// A fetch added `objects` / `bytes`: say so, and repack once the mirror holds too many packs.
+async fn fetched(
     dir: &Path,
     sha: String,
-    objects0: u64,
-    bytes0: u64,
+    objects: u64,
+    bytes: u64,
     creds: &Credentials,
     limits: &Limits,
     log: Sink<'_>,
 ) -> (String, bool, u64, u64) {
-    let (objects1, bytes1) = pack_totals(dir);
     if pack_count(dir) > MAX_PACKS {
         let _ = run(dir, &["repack", "-a", "-d", "-q"], creds, None, limits, log).await;
     }
-    let objects = objects1.saturating_sub(objects0);
-    let bytes = bytes1.saturating_sub(bytes0);
     log(format!(
         "[raibid] mirror fetched {objects} object(s), {bytes} pack byte(s)"
     ));
