@@ -445,6 +445,26 @@ async fn a_warm_slot_is_correct_a_lockfile_change_rebuilds_and_a_toolchain_chang
     assert_eq!(j8["cache"]["key"], key1.as_str(), "{j8}");
     let (f8, t8) = units(&j8);
     assert_eq!(f8, t8, "{j8}");
+    // The node-wide counters on `/metrics` hold these jobs' units and the mirror hit.
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    let fresh = sample("raibid_cache_units_total{fresh=\"true\"}");
+    let rebuilt = sample("raibid_cache_units_total{fresh=\"false\"}");
+    assert!(fresh >= f2 + f8, "fresh units {fresh} < {f2} + {f8}");
+    assert!(rebuilt >= t1 - f1, "rebuilt units {rebuilt} < {}", t1 - f1);
+    assert!(sample("raibid_cache_mirror_hits_total") >= 1);
 }
 
 /// Each job's step checks that its checkout is exactly the commit (nothing untracked, ignored or
