@@ -185,6 +185,22 @@ impl AgentConfig {
 
     /// The git token: `RAIBID_GIT_TOKEN` from the environment, else the token file (never a flag: a
     /// command line is visible to every process).
+    /// Files holding the agent's credentials: hidden from every sandboxed step, even where a
+    /// directory the step sees holds them.
+    pub(crate) fn credential_files(&self) -> Vec<PathBuf> {
+        [
+            self.git_token_file.as_ref(),
+            self.hardening.redis_url_file.as_ref(),
+            self.hardening.secret_scopes_file.as_ref(),
+            self.image.registry_auth_file.as_ref(),
+            self.image.registry_password_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
     pub(crate) fn git_token(&self) -> anyhow::Result<Option<String>> {
         let from_env = std::env::var(env::GIT_TOKEN).ok().filter(|t| !t.is_empty());
         Ok(SecretSource {

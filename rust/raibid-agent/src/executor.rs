@@ -146,6 +146,8 @@ async fn execute_in_slot(
     if !ctx.update("step_finished").await {
         return (LOST, None);
     }
+    // The repository's own CARGO_HOME (see `job_paths`).
+    let _ = crate::cache::mkdirs(&job_paths(ctx).cargo_home, ctx.shared.step_user.as_ref());
     // steps
     for step in &pipeline.steps {
         match ctx.stopped() {
@@ -165,6 +167,7 @@ async fn execute_in_slot(
         }
         ctx.sys(&step.name, format!("$ {}", step.run)).await;
         let env = step_env(ctx, &pipeline, step);
+        let view = step_view(ctx, ws);
         let remaining = ctx.deadline.saturating_duration_since(Instant::now());
         let (limit, limit_is_step) = match step.timeout {
             Some(t) if t < remaining => (t, true),
@@ -174,7 +177,7 @@ async fn execute_in_slot(
         let spec = StepSpec {
             name: &step.name,
             script: &step.run,
-            workspace: ws,
+            view: &view,
             env: &env,
             limit,
         };
@@ -445,7 +448,20 @@ async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc
     };
     let t = Instant::now();
     let base = step_env(ctx, pipeline, first);
-    let vv = ctx.shared.cache.memo.rustc_vv(ws, &base).await;
+    let view = step_view(ctx, ws);
+    let sandbox = ctx.shared.sandbox.clone();
+    let env_for = base.clone();
+    let command = move |rustc: &str| match &sandbox {
+        Some(sb) => sb.command(
+            &view,
+            &env_for,
+            std::ffi::OsStr::new(rustc),
+            &[std::ffi::OsStr::new("-vV")],
+        ),
+        // No sandbox, no repository code: a program that is not there.
+        None => tokio::process::Command::new("/nonexistent/raibid-no-sandbox"),
+    };
+    let vv = ctx.shared.cache.memo.rustc_vv(ws, &base, &command).await;
     let mut all = base;
     for s in &pipeline.steps {
         all.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -502,6 +518,44 @@ async fn finish_cache(ctx: &mut JobCtx<'_>, mut jc: JobCache) {
     ctx.claim.job.cache = Some(jc.stats);
 }
 
+/// The node-cache paths of a job, as the agent computes them (never from the pipeline's environment,
+/// which may name anything): its repository's `CARGO_HOME` (one per repository: a step can write its
+/// registry cache, so no other repository may build from it), its slot's target directory for the
+/// cache key, and its repository's git mirror.
+pub(crate) struct JobPaths {
+    pub(crate) cargo_home: PathBuf,
+    pub(crate) target: Option<PathBuf>,
+    pub(crate) mirror: PathBuf,
+}
+
+pub(crate) fn job_paths(ctx: &JobCtx<'_>) -> JobPaths {
+    let root = &ctx.shared.cache.root;
+    let repo_id = key::repo_id(&ctx.claim.job.source.repo_url);
+    let target = ctx.claim.job.cache.as_ref().and_then(|c| match (&c.slot, &c.key) {
+        (Some(slot), Some(key)) => Some(root.join("targets").join(slot).join("target").join(key)),
+        _ => None,
+    });
+    JobPaths {
+        cargo_home: root.join("cargo").join(&repo_id),
+        target,
+        mirror: root.join("git").join(format!("{repo_id}.git")),
+    }
+}
+
+/// What a step's sandbox shows of the node: the checkout, the target directory and the repository's
+/// `CARGO_HOME` writable, its mirror (the checkout borrows objects from it) read-only; nothing else of
+/// the caches or workspaces.
+pub(crate) fn step_view(ctx: &JobCtx<'_>, ws: &Path) -> crate::sandbox::View {
+    let p = job_paths(ctx);
+    let mut rw = vec![ws.to_path_buf(), p.cargo_home];
+    rw.extend(p.target);
+    crate::sandbox::View {
+        cwd: ws.to_path_buf(),
+        rw,
+        ro: vec![p.mirror],
+    }
+}
+
 pub(crate) fn step_env(
     ctx: &JobCtx<'_>,
     pipeline: &Pipeline,
@@ -523,10 +577,10 @@ pub(crate) fn step_env(
         }
     }
     let job = &ctx.claim.job;
-    let cargo_home = ctx.shared.cfg.cache_dir.join("cargo");
+    let paths = job_paths(ctx);
     env.push((
         "CARGO_HOME".into(),
-        cargo_home.to_string_lossy().into_owned(),
+        paths.cargo_home.to_string_lossy().into_owned(),
     ));
     if std::env::var_os("RUSTUP_HOME").is_none() {
         if let Some(home) = std::env::var_os("HOME") {
@@ -542,18 +596,8 @@ pub(crate) fn step_env(
         env.push(("HOME".into(), u.home.to_string_lossy().into_owned()));
         env.push(("USER".into(), u.name.clone()));
     }
-    if let Some(c) = &job.cache {
-        if let (Some(slot), Some(key)) = (&c.slot, &c.key) {
-            let t = ctx
-                .shared
-                .cache
-                .root
-                .join("targets")
-                .join(slot)
-                .join("target")
-                .join(key);
-            env.push(("CARGO_TARGET_DIR".into(), t.to_string_lossy().into_owned()));
-        }
+    if let Some(t) = &paths.target {
+        env.push(("CARGO_TARGET_DIR".into(), t.to_string_lossy().into_owned()));
     }
     env.push(("CARGO_TERM_COLOR".into(), "never".into()));
     env.push(("CI".into(), "true".into()));

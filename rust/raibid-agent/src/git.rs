@@ -183,11 +183,12 @@ pub(crate) async fn git(
     // for a forge host, and with redirects off so the header cannot follow a redirect elsewhere.
     if let Some(header) = url_for_creds.and_then(|u| creds.header_for(u).map(|h| (u, h))) {
         let (url, header) = header;
-        cmd.env("GIT_CONFIG_COUNT", "2")
-            .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
-            .env("GIT_CONFIG_VALUE_0", header)
-            .env("GIT_CONFIG_KEY_1", "http.followRedirects")
-            .env("GIT_CONFIG_VALUE_1", "false");
+        let n = NEUTRAL_CONFIG.len();
+        cmd.env("GIT_CONFIG_COUNT", (n + 2).to_string())
+            .env(format!("GIT_CONFIG_KEY_{n}"), format!("http.{url}.extraHeader"))
+            .env(format!("GIT_CONFIG_VALUE_{n}"), header)
+            .env(format!("GIT_CONFIG_KEY_{}", n + 1), "http.followRedirects")
+            .env(format!("GIT_CONFIG_VALUE_{}", n + 1), "false");
     }
     let child = cmd.spawn().map_err(GitError::Spawn)?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -242,6 +243,20 @@ pub(crate) fn program() -> &'static std::ffi::OsStr {
     })
 }
 
+/// Configuration every git command of the agent carries with command-line precedence (above any
+/// repository's own `config`), so that nothing a repository's config or hooks directory holds runs a
+/// program or moves traffic: no hooks, no fsmonitor, no proxy, no credential helper, no pager.
+/// Defence in depth: steps cannot write the mirrors (sandbox), and the agent checks a mirror's
+/// config and a checkout's `.git` before it runs git in them (`cache::gitdir`).
+pub(crate) const NEUTRAL_CONFIG: &[(&str, &str)] = &[
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("http.proxy", ""),
+    ("credential.helper", ""),
+    ("core.pager", "cat"),
+    ("protocol.ext.allow", "never"),
+];
+
 /// A `git` command in `dir` with the agent's git environment: nothing inherited but `PATH` and
 /// `HOME`, no system config, no prompts, only the allowed protocols, its own process group (killed as
 /// a whole at a deadline or a stop), and the step user when steps run as one.
@@ -255,6 +270,7 @@ pub(crate) fn command(dir: &Path, limits: &Limits) -> Command {
             std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()),
         )
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_COUNT", NEUTRAL_CONFIG.len().to_string())
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_ALLOW_PROTOCOL", "http:https:ssh:file")
         .env("LC_ALL", "C")
@@ -263,6 +279,10 @@ pub(crate) fn command(dir: &Path, limits: &Limits) -> Command {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    for (i, (k, v)) in NEUTRAL_CONFIG.iter().enumerate() {
+        cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
+            .env(format!("GIT_CONFIG_VALUE_{i}"), v);
+    }
     if let Some(v) = std::env::var_os("GIT_SSH_COMMAND") {
         cmd.env("GIT_SSH_COMMAND", v);
     }

@@ -19,6 +19,7 @@ pub mod masking;
 pub mod patch;
 pub mod process;
 pub mod runner;
+pub mod sandbox;
 pub mod worker;
 
 pub use config::AgentConfig;
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) creds: git::Credentials,
     pub(crate) masker: Masker,
     pub(crate) step_user: Option<isolation::StepUser>,
+    /// The sandbox steps run in (None: this agent runs no build steps, e.g. image jobs only).
+    pub(crate) sandbox: Option<sandbox::Sandbox>,
     pub(crate) scopes: isolation::SecretScopes,
     pub(crate) running: Mutex<HashMap<String, watch::Sender<Stop>>>,
     pub(crate) jobs_done: AtomicU64,

@@ -5,13 +5,11 @@
 use crate::isolation;
 use crate::runner::{JobCtx, LogTx};
 use crate::Stop;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
 
 /// Longest log line: longer output lines are split into pieces of at most this many bytes, each but
 /// the last ending in [`SPLIT_MARK`].
@@ -278,7 +276,8 @@ pub(crate) fn kill_group(pgid: i32) {
 pub(crate) struct StepSpec<'a> {
     pub(crate) name: &'a str,
     pub(crate) script: &'a str,
-    pub(crate) workspace: &'a Path,
+    /// What the step's sandbox shows (its working directory is the workspace).
+    pub(crate) view: &'a crate::sandbox::View,
     pub(crate) env: &'a [(String, String)],
     pub(crate) limit: Duration,
 }
@@ -309,25 +308,21 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
     let StepSpec {
         name,
         script,
-        workspace,
+        view,
         env,
         limit,
     } = spec;
-    let mut cmd = Command::new(shell(env));
-    cmd.arg("-c")
-        .arg(script)
-        .current_dir(workspace)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(u) = &ctx.shared.step_user {
-        // std drops the supplementary groups too when it changes the uid as root.
-        cmd.uid(u.uid).gid(u.gid);
-    }
+    let Some(sandbox) = &ctx.shared.sandbox else {
+        return StepEnd::SpawnFailed("this agent runs no build steps (it has no sandbox)".into());
+    };
+    let sh = shell(env);
+    let mut cmd = sandbox.command(
+        view,
+        env,
+        &sh,
+        &[std::ffi::OsStr::new("-c"), std::ffi::OsStr::new(script)],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return StepEnd::SpawnFailed(e.to_string()),

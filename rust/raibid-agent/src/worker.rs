@@ -40,6 +40,12 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     isolation::prepare_private_dir(&cfg.workspace_dir, step_user.as_ref())?;
     isolation::prepare_private_dir(&cfg.cache_dir, step_user.as_ref())?;
     isolation::prepare_private_dir(&cfg.cache_dir.join("cargo"), step_user.as_ref())?;
+    // Build steps run only in a sandbox: an agent that runs them and cannot start one does not start.
+    let sandbox = if qcfg_runs_steps(&cfg) {
+        Some(crate::sandbox::Sandbox::probe(step_user.clone(), cfg.credential_files()).await?)
+    } else {
+        None
+    };
     let names = NameClaims::claim(&queue, &slots, Duration::from_secs(cfg.lease_secs)).await?;
     let token = cfg.git_token()?;
     let policy = git::UrlPolicy::from_lists(&cfg.allowed_schemes, &cfg.allowed_hosts);
@@ -63,6 +69,7 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
         ),
         masker: Masker::new(token),
         step_user,
+        sandbox,
         scopes,
         cfg,
         queue,
@@ -87,6 +94,13 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     names.release().await;
     tracing::info!(agent = %name, jobs = shared.jobs_done.load(Ordering::Relaxed), "agent stopped");
     result
+}
+
+/// Does this agent run build steps in its own processes (the `rust` kind)?
+fn qcfg_runs_steps(cfg: &AgentConfig) -> bool {
+    cfg.kinds
+        .split(',')
+        .any(|k| k.trim().eq_ignore_ascii_case("rust"))
 }
 
 pub(crate) async fn connect_with_backoff(

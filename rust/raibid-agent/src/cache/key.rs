@@ -66,7 +66,16 @@ fn which(cmd: &str, path: &str) -> Option<std::path::PathBuf> {
 impl ToolchainMemo {
     /// `rustc -vV` for this environment in `dir` (an error text if rustc cannot run: the key then
     /// still differs from any working toolchain's).
-    pub(crate) async fn rustc_vv(&self, dir: &Path, env: &[(String, String)]) -> String {
+    ///
+    /// `command` builds the process (the agent passes its step sandbox: `RUSTC` and a
+    /// `rust-toolchain.toml` are the repository's to choose, so what runs here is the repository's
+    /// code as much as a step is).
+    pub(crate) async fn rustc_vv(
+        &self,
+        dir: &Path,
+        env: &[(String, String)],
+        command: &(dyn Fn(&str) -> tokio::process::Command + Sync),
+    ) -> String {
         let get = |k: &str| {
             env.iter()
                 .rev()
@@ -105,15 +114,7 @@ impl ToolchainMemo {
         {
             return v;
         }
-        let out = tokio::process::Command::new(rustc)
-            .arg("-vV")
-            .current_dir(dir)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await;
+        let out = command(rustc).output().await;
         let v = match out {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
             Ok(o) => format!("rustc failed: {}", String::from_utf8_lossy(&o.stderr)),

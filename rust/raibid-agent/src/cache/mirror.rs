@@ -154,6 +154,15 @@ pub(crate) async fn update(
     let mut rebuilt = false;
     loop {
         if dir.join(OK_MARKER).exists() {
+            if let Err(why) = super::gitdir::verify_mirror(&dir) {
+                log(format!(
+                    "[raibid] the mirror is not as the agent made it ({why}); rebuilding the mirror"
+                ));
+                tracing::warn!(repo = %repo_id, %why, "cache: mirror tampered with; rebuilding");
+                invalidate_locked(&dir);
+            }
+        }
+        if dir.join(OK_MARKER).exists() {
             remove_leftovers(&dir);
             if let Err(pack) = verify_packs(&dir) {
                 log(format!(

@@ -14,6 +14,7 @@
 //! targets/<repo-id>/slot-<n>/     src/ (the checkout), target/<key>/ (CARGO_TARGET_DIR), meta.json
 //! ```
 
+pub(crate) mod gitdir;
 pub(crate) mod key;
 pub(crate) mod lock;
 pub(crate) mod mirror;

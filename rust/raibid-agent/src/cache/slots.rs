@@ -251,10 +251,19 @@ impl Slot {
         let src = self.src();
         let objects = mirror.join("objects");
         let alt = src.join(".git/objects/info/alternates");
-        let reuse = !fresh
+        let mut reuse = !fresh
             && std::fs::read_to_string(&alt)
                 .map(|s| s.trim() == objects.to_string_lossy())
                 .unwrap_or(false);
+        if reuse {
+            // The last job's steps could write this `.git`: make it the agent's again, or start anew.
+            if let Err(why) = super::gitdir::reset_checkout(&src) {
+                log(format!(
+                    "[raibid] the checkout's .git is not as the agent made it ({why}); checking out anew"
+                ));
+                reuse = false;
+            }
+        }
         if !reuse {
             let _ = std::fs::remove_dir_all(&src);
             super::mkdirs(&src, limits.user.as_ref())
@@ -263,7 +272,8 @@ impl Slot {
             if !o.ok {
                 return Err(CloneError::Failed("git init failed".into()));
             }
-            std::fs::write(&alt, format!("{}\n", objects.to_string_lossy()))
+            let _ = std::fs::remove_file(&alt);
+            super::gitdir::write_new(&alt, format!("{}\n", objects.to_string_lossy()).as_bytes())
                 .map_err(|e| CloneError::Failed(format!("alternates: {e}")))?;
             super::own(&alt, limits.user.as_ref());
         } else {
