@@ -531,10 +531,17 @@ pub(crate) struct JobPaths {
 pub(crate) fn job_paths(ctx: &JobCtx<'_>) -> JobPaths {
     let root = &ctx.shared.cache.root;
     let repo_id = key::repo_id(&ctx.claim.job.source.repo_url);
-    let target = ctx.claim.job.cache.as_ref().and_then(|c| match (&c.slot, &c.key) {
-        (Some(slot), Some(key)) => Some(root.join("targets").join(slot).join("target").join(key)),
-        _ => None,
-    });
+    let target = ctx
+        .claim
+        .job
+        .cache
+        .as_ref()
+        .and_then(|c| match (&c.slot, &c.key) {
+            (Some(slot), Some(key)) => {
+                Some(root.join("targets").join(slot).join("target").join(key))
+            }
+            _ => None,
+        });
     JobPaths {
         cargo_home: root.join("cargo").join(&repo_id),
         target,

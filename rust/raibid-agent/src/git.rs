@@ -185,7 +185,10 @@ pub(crate) async fn git(
         let (url, header) = header;
         let n = NEUTRAL_CONFIG.len();
         cmd.env("GIT_CONFIG_COUNT", (n + 2).to_string())
-            .env(format!("GIT_CONFIG_KEY_{n}"), format!("http.{url}.extraHeader"))
+            .env(
+                format!("GIT_CONFIG_KEY_{n}"),
+                format!("http.{url}.extraHeader"),
+            )
             .env(format!("GIT_CONFIG_VALUE_{n}"), header)
             .env(format!("GIT_CONFIG_KEY_{}", n + 1), "http.followRedirects")
             .env(format!("GIT_CONFIG_VALUE_{}", n + 1), "false");

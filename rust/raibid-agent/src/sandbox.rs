@@ -30,7 +30,12 @@ const SYSTEM: &[&str] = &[
 
 /// Files under the system directories that a step must not read (root-only on the host, but a step
 /// of an agent running as root is uid 0 in its namespace).
-const MASKED: &[&str] = &["/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-"];
+const MASKED: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/shadow-",
+    "/etc/gshadow-",
+];
 
 /// How to start sandboxes on this host: bwrap's path, the user steps run as, and files to hide.
 #[derive(Debug, Clone)]
@@ -291,7 +296,9 @@ impl Sandbox {
         }
         // Parents before children (a bind inside a tmpfs comes after the tmpfs); otherwise in order.
         m.sort_by_key(|x| x.path().components().count());
-        m.dedup_by(|a, b| a.path() == b.path() && matches!((&*a, &*b), (Mount::Ro(_), Mount::Ro(_))));
+        m.dedup_by(|a, b| {
+            a.path() == b.path() && matches!((&*a, &*b), (Mount::Ro(_), Mount::Ro(_)))
+        });
         m
     }
 }
@@ -315,7 +322,10 @@ mod tests {
         };
         let env = vec![("HOME".to_string(), "/root".to_string())];
         let m = sb.mounts(&view, &env);
-        let home = m.iter().position(|x| x.path() == Path::new("/root")).unwrap();
+        let home = m
+            .iter()
+            .position(|x| x.path() == Path::new("/root"))
+            .unwrap();
         let ws = m
             .iter()
             .position(|x| x.path() == Path::new("/root/ws"))

@@ -193,9 +193,15 @@ mod tests {
         std::fs::write(d.join("hooks/pre-push.sample"), "").unwrap();
         verify_mirror(d).unwrap();
         std::fs::write(d.join("hooks/reference-transaction"), "#!/bin/sh\n").unwrap();
-        assert!(verify_mirror(d).unwrap_err().contains("reference-transaction"));
+        assert!(verify_mirror(d)
+            .unwrap_err()
+            .contains("reference-transaction"));
         std::fs::remove_file(d.join("hooks/reference-transaction")).unwrap();
-        std::fs::write(d.join("config"), "[core]\n\tbare = true\n[http]\n\tproxy = http://x\n").unwrap();
+        std::fs::write(
+            d.join("config"),
+            "[core]\n\tbare = true\n[http]\n\tproxy = http://x\n",
+        )
+        .unwrap();
         assert!(verify_mirror(d).unwrap_err().contains("http.proxy"));
         std::fs::write(d.join("config"), "[core]\n\tbare = true\n").unwrap();
         std::fs::write(d.join("objects/info/alternates"), "/elsewhere\n").unwrap();
