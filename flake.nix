@@ -52,6 +52,7 @@
               (pinned "age" pkgs.age pins.AGE_VERSION)
               pkgs.redis
               pkgs.buildah
+              pkgs.bubblewrap
               pkgs.skopeo
               pkgs.git
               pkgs.python3 # tests/gitops (its own venv: tests/gitops/requirements.txt)

@@ -208,6 +208,7 @@ def "main up" [
   }
   ensure-apt redis-server redis-server
   ensure-apt git git
+  ensure-apt bwrap bubblewrap          # every build step runs in a bubblewrap sandbox (docs/adr/0011)
   ensure-image-tools
   if $bin_dir == null {
     ensure-build --release
@@ -395,6 +396,7 @@ def "main test" [
   start-clock
   ensure-apt redis-server redis-server
   ensure-apt git git
+  ensure-apt bwrap bubblewrap          # every build step runs in a bubblewrap sandbox (docs/adr/0011)
   ensure-apt age age
   ensure-apt curl curl
   ensure-apt tmux tmux                 # raibid-top's end-to-end test runs it in a real terminal

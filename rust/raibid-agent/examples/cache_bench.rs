@@ -11,6 +11,10 @@
 //! over `--runs` pushes, for a one-file repository and one with 10,000 commits (`git fast-import`).
 //! With `CACHE_BENCH_TRACE=1`, the last job's log lines are printed (stderr) at their offsets.
 //!
+//! `steps`: the cost of starting a step (issue 17: every step starts in a bubblewrap sandbox): jobs of 20
+//! steps `echo step`, each step's `started_at` → `finished_at` (spawn, the line, exit, the readers'
+//! end), p50/p90 over `--runs` jobs × 20 steps. Run it with `--agent` for a before/after pair.
+//!
 //! `builds`: for each workload — `ripgrep` (the newest published source from crates.io, fetched now
 //! with `cargo fetch`) or
 //! `raibid` (this workspace at HEAD) — (a) cold: empty slots; (b) warm, no change; (c) warm, a one-line
@@ -250,6 +254,48 @@ fn big_repo(dir: &Path, n: usize) {
     child.stdin.take().unwrap().write_all(&stream).unwrap();
     assert!(child.wait().unwrap().success());
     git(dir, &["checkout", "-q", "-f", "main"]);
+}
+
+async fn steps(runs: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bench(tmp.path(), &tmp.path().join("cache")).await;
+    let dir = tmp.path().join("steps");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q"]);
+    let mut yaml = String::from("steps:\n");
+    for i in 0..20 {
+        yaml.push_str(&format!("  - name: s{i}\n    run: echo step\n"));
+    }
+    std::fs::write(dir.join(".raibid.yaml"), yaml).unwrap();
+    let url = format!("file://{}", dir.display());
+    let sha = commit(&dir, "pipeline");
+    let (j, _) = b.run(&url, &sha).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    let mut per_step = Vec::new();
+    for _ in 0..runs {
+        let (j, _) = b.run(&url, &sha).await;
+        assert_eq!(j["status"], "succeeded", "{j}");
+        for s in j["steps"].as_array().unwrap() {
+            if s["name"].as_str().is_some_and(|n| {
+                n.strip_prefix('s')
+                    .is_some_and(|i| i.parse::<u32>().is_ok())
+            }) {
+                let d = ts(&s["finished_at"]) - ts(&s["started_at"]);
+                per_step.push(d.num_microseconds().unwrap() as f64 / 1000.0);
+            }
+        }
+    }
+    per_step.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |p: f64| per_step[((per_step.len() - 1) as f64 * p) as usize];
+    println!("| steps | p50 ms | p90 ms | max ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {} | {:.2} | {:.2} | {:.2} |",
+        per_step.len(),
+        q(0.5),
+        q(0.9),
+        q(1.0)
+    );
 }
 
 async fn latency(runs: usize) {
@@ -693,7 +739,7 @@ async fn main() {
         }
         i += 1;
     }
-    if mode == "latency" || mode == "builds" {
+    if mode == "latency" || mode == "builds" || mode == "steps" {
         println!(
             "cache_bench {mode}: agent {}, load average at start {}",
             agent_bin().display(),
@@ -702,6 +748,7 @@ async fn main() {
     }
     match mode.as_str() {
         "latency" => latency(runs).await,
+        "steps" => steps(runs).await,
         "builds" => {
             if workloads.is_empty() {
                 workloads = vec!["ripgrep".into(), "raibid".into()];
@@ -710,7 +757,7 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: cache_bench latency [--runs N] [--agent PATH] | builds [--workload ripgrep|raibid]... [--slot-incremental-off] [--agent PATH]"
+                "usage: cache_bench latency [--runs N] [--agent PATH] | steps [--runs N] [--agent PATH] | builds [--workload ripgrep|raibid]... [--slot-incremental-off] [--agent PATH]"
             );
             std::process::exit(2);
         }

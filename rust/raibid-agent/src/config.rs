@@ -125,6 +125,12 @@ pub struct Hardening {
     #[arg(long, env = env::STEP_USER)]
     pub step_user: Option<String>,
 
+    /// Directories every build step may write besides its own checkout, target directory and
+    /// CARGO_HOME (comma-separated absolute paths). Every repository's steps share them: only for
+    /// what is meant to be shared. Default: none.
+    #[arg(long, env = env::SANDBOX_SHARED_DIRS, value_delimiter = ',')]
+    pub sandbox_shared_dirs: Vec<PathBuf>,
+
     /// Which repositories get which RAIBID_SECRET_<NAME>: `NAME=glob|glob,...`, each glob (`*` = any
     /// run of characters) matched against the job's repository URL. A secret without a scope is given
     /// to no repository.

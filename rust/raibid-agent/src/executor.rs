@@ -506,6 +506,11 @@ async fn finish_cache(ctx: &mut JobCtx<'_>, mut jc: JobCache) {
     )
     .await;
     let bytes = jc.slot.finish(jc.key.as_deref()).await;
+    {
+        let root = ctx.shared.cache.root.clone();
+        let repo = jc.repo_id.clone();
+        let _ = tokio::task::spawn_blocking(move || slots::record_cargo_home(&root, &repo)).await;
+    }
     jc.stats.slot_bytes = Some(bytes);
     let root = ctx.shared.cache.root.clone();
     let max = ctx.shared.cache.max_bytes;

@@ -148,9 +148,11 @@ async fn apply(
     let text = String::from_utf8_lossy(&diff).into_owned();
     let n = hunks(&text).len();
     // Inside .git: not part of the working tree the pipeline sees.
+    // An earlier job's step could have left a symbolic link here: unlink it, then create the file
+    // anew, never following a link (`O_EXCL | O_NOFOLLOW`).
     let file = ws.join(".git").join("raibid.patch");
-    tokio::fs::write(&file, &diff)
-        .await
+    let _ = std::fs::remove_file(&file);
+    crate::cache::gitdir::write_new(&file, &diff)
         .map_err(|e| format!("cannot write the patch file: {e}"))?;
     let path = file.to_string_lossy().into_owned();
     let args = [

@@ -43,6 +43,7 @@ pub struct Sandbox {
     bwrap: PathBuf,
     user: Option<StepUser>,
     masked: Vec<PathBuf>,
+    shared: Vec<PathBuf>,
 }
 
 /// What one sandboxed command may see besides the system: its working directory and the paths it
@@ -120,7 +121,19 @@ pub(crate) fn reachable(p: &Path, user: Option<&StepUser>) -> bool {
 impl Sandbox {
     /// Find `bwrap` and check that a sandbox starts here as `user` (the step user, or the agent's own
     /// uid). `masked`: files to hide even where a bound directory holds them (credential files).
-    pub async fn probe(user: Option<StepUser>, masked: Vec<PathBuf>) -> anyhow::Result<Sandbox> {
+    /// `shared`: directories every step may write (`RAIBID_SANDBOX_SHARED_DIRS`).
+    pub async fn probe(
+        user: Option<StepUser>,
+        masked: Vec<PathBuf>,
+        shared: Vec<PathBuf>,
+    ) -> anyhow::Result<Sandbox> {
+        if let Some(p) = shared.iter().find(|p| !p.is_absolute()) {
+            bail!(
+                "{}: `{}` is not an absolute path",
+                raibid_core::contract::env::SANDBOX_SHARED_DIRS,
+                p.display()
+            );
+        }
         let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
         let Some(bwrap) = crate::process::which("bwrap", &path) else {
             bail!(
@@ -132,6 +145,7 @@ impl Sandbox {
             bwrap,
             user,
             masked,
+            shared,
         };
         let view = View {
             cwd: PathBuf::from("/"),
@@ -291,7 +305,7 @@ impl Sandbox {
         for p in &view.ro {
             m.push(Mount::Ro(p.clone()));
         }
-        for p in &view.rw {
+        for p in view.rw.iter().chain(self.shared.iter()) {
             m.push(Mount::Rw(p.clone()));
         }
         // Parents before children (a bind inside a tmpfs comes after the tmpfs); otherwise in order.
@@ -314,6 +328,7 @@ mod tests {
             bwrap: "/usr/bin/bwrap".into(),
             user: None,
             masked: Vec::new(),
+            shared: Vec::new(),
         };
         let view = View {
             cwd: "/root/ws".into(),

@@ -42,7 +42,14 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     isolation::prepare_private_dir(&cfg.cache_dir.join("cargo"), step_user.as_ref())?;
     // Build steps run only in a sandbox: an agent that runs them and cannot start one does not start.
     let sandbox = if qcfg_runs_steps(&cfg) {
-        Some(crate::sandbox::Sandbox::probe(step_user.clone(), cfg.credential_files()).await?)
+        Some(
+            crate::sandbox::Sandbox::probe(
+                step_user.clone(),
+                cfg.credential_files(),
+                cfg.hardening.sandbox_shared_dirs.clone(),
+            )
+            .await?,
+        )
     } else {
         None
     };

@@ -113,6 +113,8 @@ impl Stack {
             .env("RAIBID_ALLOWED_SCHEMES", "file")
             .env("RAIBID_WORKSPACE_DIR", self.tmp.path().join("ws"))
             .env("RAIBID_CACHE_DIR", self.cache())
+            // Steps run sandboxed (ADR 0011): the marks tests read are in a directory shared with them.
+            .env("RAIBID_SANDBOX_SHARED_DIRS", self.shared())
             .env("RAIBID_LOG", "info")
             .env_remove("RAIBID_GIT_TOKEN")
             .stdout(Stdio::null())
@@ -127,6 +129,13 @@ impl Stack {
 
     fn agent(&self, name: &str) -> Child {
         self.agent_with(name, &[], &[])
+    }
+
+    /// A directory every step may write (the test's marks), created on first use.
+    fn shared(&self) -> std::path::PathBuf {
+        let d = self.tmp.path().join("shared");
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     async fn submit(&self, repo_url: &str, git_ref: &str, sha: Option<&str>) -> String {
@@ -578,7 +587,7 @@ async fn two_concurrent_jobs_of_one_repository_build_in_their_own_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slot_whose_job_was_killed_mid_build_is_usable_afterwards() {
     let s = stack().await;
-    let marks = s.tmp.path().join("marks");
+    let marks = s.shared().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let pipeline = format!(
         "steps:\n  - name: build\n    run: echo $$ > {}/pgid; cargo build --locked --message-format=json-render-diagnostics\n  - name: test\n    run: cargo test --locked --message-format=json-render-diagnostics\n",

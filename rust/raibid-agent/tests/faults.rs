@@ -96,6 +96,13 @@ async fn stack(max_attempts: u32) -> Stack {
 }
 
 impl Stack {
+    /// A directory every step may write (the test's marks), created on first use.
+    fn shared(&self) -> std::path::PathBuf {
+        let d = self.tmp.path().join("shared");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
     fn agent(&self, name: &str) -> Child {
         let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
@@ -104,6 +111,8 @@ impl Stack {
             .env("RAIBID_ALLOWED_SCHEMES", "file")
             .env("RAIBID_WORKSPACE_DIR", self.tmp.path().join("ws"))
             .env("RAIBID_CACHE_DIR", self.tmp.path().join("cache"))
+            // Steps run sandboxed (ADR 0011): the marks tests read are in a directory shared with them.
+            .env("RAIBID_SANDBOX_SHARED_DIRS", self.shared())
             .env("RAIBID_LEASE_SECS", LEASE.to_string())
             .env("RAIBID_SHUTDOWN_GRACE_SECS", "2")
             .env("RAIBID_LOG", "info")
@@ -224,7 +233,7 @@ fn pids_in_group(pgid: i32) -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_step_is_reclaimed_by_another_agent() {
     let s = stack(3).await;
-    let started = s.tmp.path().join("started");
+    let started = s.shared().join("started");
     let repo = make_repo(
         &s.tmp.path().join("repo"),
         &format!(
@@ -264,7 +273,7 @@ async fn sigkill_mid_step_is_reclaimed_by_another_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stale_agent_cannot_overwrite_the_result_of_the_one_that_took_over() {
     let s = stack(3).await;
-    let marks = s.tmp.path().join("marks");
+    let marks = s.shared().join("marks");
     // Attempt 1 would fail; attempt 2 succeeds. If the stale agent could write, the job would end failed.
     let repo = make_repo(
         &s.tmp.path().join("repo"),
@@ -591,7 +600,7 @@ async fn total_queue_check_under_agent_and_redis_crashes() {
     let redis_restarts = env_or("RAIBID_FAULT_REDIS_RESTARTS", 2);
     let n_agents = env_or("RAIBID_FAULT_AGENTS", 3);
     let mut s = stack(10).await;
-    let execs = s.tmp.path().join("executions");
+    let execs = s.shared().join("executions");
     let repo = make_repo(
         &s.tmp.path().join("repo"),
         &format!(

@@ -145,15 +145,6 @@ echo victim-done
     ))
 }
 
-/// The agent binary where a user other than root can run it: the checkout may sit under a mode-0700
-/// directory (a `mktemp -d`, `/root`), which uid 65534 cannot pass.
-fn agent_binary_in(dir: &Path) -> PathBuf {
-    let to = dir.join("raibid-agent");
-    std::fs::copy(env!("CARGO_BIN_EXE_raibid-agent"), &to).unwrap();
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
-    to
-}
-
 async fn hostile_step_reaches_nothing(uid: Option<u32>) {
     use std::os::unix::process::CommandExt;
     let e = env(Some(REDIS_PASSWORD)).await;
@@ -184,16 +175,9 @@ async fn hostile_step_reaches_nothing(uid: Option<u32>) {
         let bin_dir = tmp.join("bin");
         std::fs::create_dir(&bin_dir).unwrap();
         let bin = agent_binary_in(&bin_dir);
-        let mut c = e.agent_cmd("hostile-agent", &extra);
-        let mut pod = std::process::Command::new(bin);
-        pod.args(c.get_args())
-            .env_clear()
-            .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(e.log_path("hostile-agent")).unwrap())
-            .uid(uid)
-            .gid(uid);
-        c.stderr(std::process::Stdio::null());
+        let c = e.agent_cmd("hostile-agent", &extra);
+        let mut pod = same_command_from(&bin, &c, &e.log_path("hostile-agent"));
+        pod.uid(uid).gid(uid);
         pod
     } else {
         e.agent_cmd("hostile-agent", &extra)

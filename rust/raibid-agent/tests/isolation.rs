@@ -220,7 +220,7 @@ async fn as_in_a_pod_a_same_uid_step_cannot_read_credentials_the_agent_got_as_en
         .status()
         .unwrap();
     assert!(chown.success());
-    let mut cmd = e.agent_cmd(
+    let cmd = e.agent_cmd(
         "agent-pod",
         &[
             ("RAIBID_GIT_TOKEN", GIT_TOKEN.to_string()),
@@ -235,6 +235,10 @@ async fn as_in_a_pod_a_same_uid_step_cannot_read_credentials_the_agent_got_as_en
         e.redis.url().contains(REDIS_PASSWORD),
         "the agent gets the password in its RAIBID_REDIS_URL"
     );
+    // Run from where uid 65534 can reach it (the checkout may be under a mode-0700 directory).
+    let bin_dir = e.tmp.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let mut cmd = same_command_from(&agent_binary_in(&bin_dir), &cmd, &e.log_path("agent-pod"));
     cmd.uid(UID).gid(UID);
     let pid = e.start(cmd);
     wait_log(

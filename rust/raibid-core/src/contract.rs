@@ -161,6 +161,8 @@ pub mod env {
     pub const REDIS_URL_FILE: &str = "RAIBID_REDIS_URL_FILE";
     /// User (name or uid) the agent's steps run as; required to be set when the agent runs as root for steps to be unable to read its secrets.
     pub const STEP_USER: &str = "RAIBID_STEP_USER";
+    /// Directories every build step may write besides its own checkout, target directory and `CARGO_HOME` (comma-separated absolute paths; shared by every repository's steps, so only for what is meant to be shared). Default: none.
+    pub const SANDBOX_SHARED_DIRS: &str = "RAIBID_SANDBOX_SHARED_DIRS";
     /// Default OCI registry image jobs push to (`host[:port][/namespace]`); `dev.sh env` prints it.
     pub const REGISTRY: &str = "RAIBID_REGISTRY";
     /// `true`: talk plain HTTP / unverified TLS to `RAIBID_REGISTRY` (the local registry).

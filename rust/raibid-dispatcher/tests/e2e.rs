@@ -402,9 +402,11 @@ async fn once_mode_runs_exactly_one_job_and_exits() {
 async fn cancel_kills_the_running_step_and_its_children() {
     let env = spawn_app(Options::default()).await;
     let repo = env.tmp.path().join("sleepy");
-    let marker = env.tmp.path().join("grandchild.pid");
+    let marker = env.shared().join("grandchild.started");
+    // The grandchild's pid is its sandbox's (ADR 0011): it is found on the host by its unique argument.
+    const GRANDCHILD: &str = "300.6061";
     let yaml = format!(
-        "steps:\n  - name: wait\n    run: (sleep 300 & echo $! > {}; wait) ; sleep 300\n",
+        "steps:\n  - name: wait\n    run: (sleep {GRANDCHILD} & echo started > {}; wait) ; sleep 300\n",
         marker.display()
     );
     let (url, _) = make_repo(&repo, &[(".raibid.yaml", &yaml)]);
@@ -418,12 +420,13 @@ async fn cancel_kills_the_running_step_and_its_children() {
         assert!(Instant::now() < deadline, "step did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let pid: i32 = std::fs::read_to_string(&marker)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = loop {
+        if let Some(p) = pid_with_arg(GRANDCHILD) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no grandchild on the host");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let t0 = Instant::now();
     let (s, _) = env
         .api_post(&format!("/api/v1/jobs/{id}/cancel"), json!({}))
@@ -639,4 +642,15 @@ async fn a_second_build_of_the_same_repo_downloads_nothing() {
         .join("fresh-cache/cargo/registry/cache")
         .exists());
     agent.stop().await;
+}
+
+/// The host pid of a live process whose command line holds `arg`.
+fn pid_with_arg(arg: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+        let c = std::fs::read(e.path().join("cmdline")).ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        (String::from_utf8_lossy(&c).split('\0').any(|a| a == arg) && !stat.contains(") Z "))
+            .then_some(pid)
+    })
 }

@@ -82,9 +82,12 @@ pub(crate) fn read_meta(dir: &Path) -> Meta {
 }
 
 fn write_meta(dir: &Path, m: &Meta) {
+    // The slot directory itself is never shown to a step (only its `src/` and `target/<key>/`), but
+    // the file is created as if it were: `O_EXCL | O_NOFOLLOW` after unlinking a leftover.
     let tmp = dir.join(format!(".meta.json.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     if let Ok(b) = serde_json::to_vec_pretty(m) {
-        if std::fs::write(&tmp, b).is_ok() {
+        if super::gitdir::write_new(&tmp, &b).is_ok() {
             let _ = std::fs::rename(&tmp, dir.join("meta.json"));
         }
     }
@@ -502,6 +505,9 @@ pub(crate) struct Entry {
     pub(crate) key: Option<String>,
     #[serde(default)]
     pub(crate) mirror: bool,
+    /// A repository's `CARGO_HOME` (`cargo/<repo-id>`).
+    #[serde(default)]
+    pub(crate) cargo_home: bool,
     pub(crate) bytes: u64,
     pub(crate) last_used_ms: i64,
 }
@@ -530,6 +536,7 @@ pub(crate) fn evict(
                     slot: slot.clone(),
                     key: None,
                     mirror: false,
+                    cargo_home: false,
                     bytes: m.src_bytes,
                     last_used_ms: m.last_used_ms,
                 });
@@ -540,6 +547,7 @@ pub(crate) fn evict(
                         slot: slot.clone(),
                         key: Some(k.clone()),
                         mirror: false,
+                        cargo_home: false,
                         bytes: km.bytes,
                         last_used_ms: km.last_used_ms,
                     });
@@ -554,18 +562,32 @@ pub(crate) fn evict(
             slot: String::new(),
             key: None,
             mirror: true,
+            cargo_home: false,
             bytes,
             last_used_ms,
+        });
+    }
+    for (repo_id, m) in cargo_homes(root) {
+        total += m.bytes;
+        all.push(Entry {
+            repo_id,
+            slot: String::new(),
+            key: None,
+            mirror: false,
+            cargo_home: true,
+            bytes: m.bytes,
+            last_used_ms: m.last_used_ms,
         });
     }
     let mut evicted = Vec::new();
     if total <= max_bytes {
         return evicted;
     }
-    let tier = |e: &Entry| match (e.mirror, e.key.is_some()) {
-        (false, true) => 0,
-        (false, false) => 1,
-        (true, _) => 2,
+    let tier = |e: &Entry| match (e.mirror, e.cargo_home, e.key.is_some()) {
+        (false, false, true) => 0,
+        (false, false, false) => 1,
+        (false, true, _) => 2,
+        (true, _, _) => 3,
     };
     all.sort_by_key(|e| (tier(e), e.last_used_ms));
     for e in all {
@@ -573,6 +595,16 @@ pub(crate) fn evict(
             break;
         }
         let repo_dir = targets.join(&e.repo_id);
+        if e.cargo_home {
+            if current.is_some_and(|(s, _)| s.repo_dir == repo_dir)
+                || !evict_cargo_home(root, &repo_dir, &e.repo_id)
+            {
+                continue;
+            }
+            total = total.saturating_sub(e.bytes);
+            evicted.push(e);
+            continue;
+        }
         if e.mirror {
             if current.is_some_and(|(s, _)| s.repo_dir == repo_dir)
                 || !evict_mirror(root, &repo_dir, &e.repo_id)
@@ -638,6 +670,65 @@ fn evict_mirror(root: &Path, repo_dir: &Path, repo_id: &str) -> bool {
         let _ = std::fs::remove_file(repo_dir.join(slot).join("src/.git/objects/info/alternates"));
     }
     remove_aside(&base, &format!("{repo_id}.git"));
+    true
+}
+
+/// Size and last use of a repository's `CARGO_HOME`, recorded by the agent after each of its jobs
+/// (`cargo/<repo-id>.meta`): a step writes the registry cache there, and it counts towards the cap.
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+pub(crate) struct CargoHomeMeta {
+    pub(crate) bytes: u64,
+    pub(crate) last_used_ms: i64,
+}
+
+/// Record the size of `repo_id`'s `CARGO_HOME` after a job of it (the walk never follows a link).
+pub(crate) fn record_cargo_home(root: &Path, repo_id: &str) -> u64 {
+    let base = root.join("cargo");
+    let bytes = du(&base.join(repo_id));
+    let m = CargoHomeMeta {
+        bytes,
+        last_used_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    if let Ok(b) = serde_json::to_vec(&m) {
+        let tmp = base.join(format!(".{repo_id}.meta.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        if super::gitdir::write_new(&tmp, &b).is_ok() {
+            let _ = std::fs::rename(&tmp, base.join(format!("{repo_id}.meta")));
+        }
+    }
+    bytes
+}
+
+fn cargo_homes(root: &Path) -> Vec<(String, CargoHomeMeta)> {
+    let Ok(rd) = std::fs::read_dir(root.join("cargo")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let repo = name.strip_suffix(".meta")?.to_string();
+            if repo.starts_with('.') {
+                return None;
+            }
+            let m = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            Some((repo, m))
+        })
+        .collect()
+}
+
+/// Delete `repo_id`'s `CARGO_HOME` if no job of the repository runs (every slot lock taken without
+/// waiting, held while deleting).
+fn evict_cargo_home(root: &Path, repo_dir: &Path, repo_id: &str) -> bool {
+    let mut held = Vec::new();
+    for (_, slot) in slot_names(repo_dir) {
+        match lock::try_lock(&repo_dir.join(format!("{slot}.lock"))) {
+            Ok(Some(l)) => held.push(l),
+            _ => return false,
+        }
+    }
+    let base = root.join("cargo");
+    remove_aside(&base, repo_id);
+    let _ = std::fs::remove_file(base.join(format!("{repo_id}.meta")));
     true
 }
 
@@ -765,6 +856,46 @@ mod tests {
         assert!(ev.iter().any(|e| e.repo_id == "c" && e.mirror), "{ev:?}");
         assert!(!mb.exists() && !mc.exists(), "{ev:?}");
         assert!(super::super::mirror::list(root).is_empty());
+    }
+
+    /// Issue 17 §6: a repository's CARGO_HOME (which its steps write) counts towards the cap and goes
+    /// after its target directories and slots, before mirrors, never while a job of it runs.
+    #[test]
+    fn cargo_homes_count_towards_the_cap_and_never_go_while_a_job_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let a0 = make(root, "a", "slot-0", &[("k1", 100_000, 1000)]);
+        let _b0 = make(root, "b", "slot-0", &[]);
+        for repo in ["a", "b"] {
+            let home = root.join("cargo").join(repo).join("registry/cache");
+            std::fs::create_dir_all(&home).unwrap();
+            std::fs::write(home.join("crate.crate"), vec![1u8; 40_000]).unwrap();
+            assert!(record_cargo_home(root, repo) >= 40_000);
+        }
+        let held = lock::try_lock(&root.join("targets/b/slot-0.lock"))
+            .unwrap()
+            .unwrap();
+        // Under a cap that the targets alone would meet, the homes make it too big.
+        let ev = evict(root, 50_000, None);
+        let shown: Vec<(&str, bool, Option<&str>)> = ev
+            .iter()
+            .map(|e| (e.repo_id.as_str(), e.cargo_home, e.key.as_deref()))
+            .collect();
+        assert!(shown.contains(&("a", true, None)), "{ev:?}");
+        assert!(!root.join("cargo/a").exists() && !root.join("cargo/a.meta").exists());
+        assert!(!a0.join("target/k1").exists());
+        // b's job runs (its slot is held): its home stays.
+        assert!(
+            root.join("cargo/b/registry/cache/crate.crate").exists(),
+            "{ev:?}"
+        );
+        drop(held);
+        let ev = evict(root, 0, None);
+        assert!(
+            ev.iter().any(|e| e.repo_id == "b" && e.cargo_home),
+            "{ev:?}"
+        );
+        assert!(!root.join("cargo/b").exists());
     }
 
     #[test]

@@ -299,3 +299,25 @@ pub fn kill_pids(pids: &[i32]) {
             .status();
     }
 }
+
+/// The agent binary copied where a user other than root can run it (issue 17 §7): the checkout may
+/// sit under a mode-0700 directory (a `mktemp -d`, `/root`), which another uid cannot pass.
+pub fn agent_binary_in(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let to = dir.join("raibid-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_raibid-agent"), &to).unwrap();
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    to
+}
+
+/// `cmd` (an `Env::agent_cmd`) started from `bin` instead, with the same arguments and environment
+/// and its stderr to `log`.
+pub fn same_command_from(bin: &Path, cmd: &Command, log: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args(cmd.get_args())
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    c
+}

@@ -355,7 +355,16 @@ impl TestEnv {
         cfg.cache_max_bytes = 2 << 30;
         // The e2e secrets test's secret, for every test repository.
         cfg.hardening.secret_scopes = Some("E2E_DEPLOY_TOKEN=*".into());
+        // Steps run sandboxed (ADR 0011): what tests read from a step goes through `shared()`.
+        cfg.hardening.sandbox_shared_dirs = vec![self.shared()];
         cfg
+    }
+
+    /// A directory every step may write (marks the tests read), created on first use.
+    pub fn shared(&self) -> std::path::PathBuf {
+        let d = self.tmp.path().join("shared");
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     pub fn start_agent(&self, name: &str) -> AgentHandle {
