@@ -5,7 +5,8 @@
 //! `config` (options), `worker` (claim loop, cancel listener), `runner` (one claimed job: log flusher,
 //! heartbeat, shutdown grace, final write), `executor` (clone, config, steps), `process` (a step's
 //! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv), `isolation` (what a step
-//! can reach: step user, private directories, secret scopes, leftover processes), `cache` (git mirrors,
+//! can reach: step user, private directories, leftover processes), `secret_scopes` (which repository
+//! gets which secret), `cache` (git mirrors,
 //! cargo target slots, cache keys).
 
 pub(crate) mod cache;
@@ -19,6 +20,7 @@ pub mod masking;
 pub mod patch;
 pub mod process;
 pub mod runner;
+pub mod secret_scopes;
 pub mod worker;
 
 pub use config::AgentConfig;
@@ -52,7 +54,7 @@ pub(crate) struct Shared {
     pub(crate) creds: git::Credentials,
     pub(crate) masker: Masker,
     pub(crate) step_user: Option<isolation::StepUser>,
-    pub(crate) scopes: isolation::SecretScopes,
+    pub(crate) scopes: secret_scopes::SecretScopes,
     pub(crate) running: Mutex<HashMap<String, watch::Sender<Stop>>>,
     pub(crate) jobs_done: AtomicU64,
     pub(crate) cache: cache::Cache,
