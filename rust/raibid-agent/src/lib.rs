@@ -5,7 +5,8 @@
 //! `config` (options), `worker` (claim loop, cancel listener), `runner` (one claimed job: log flusher,
 //! heartbeat, shutdown grace, final write), `executor` (clone, config, steps), `process` (a step's
 //! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv), `isolation` (what a step
-//! can reach: step user, private directories, secret scopes, leftover processes), `cache` (git mirrors,
+//! can reach: step user, private directories, leftover processes), `secret_scopes` (which repository
+//! gets which secret), `cache` (git mirrors,
 //! cargo target slots, cache keys).
 
 pub(crate) mod cache;
@@ -20,6 +21,7 @@ pub mod patch;
 pub mod process;
 pub mod runner;
 pub mod sandbox;
+pub mod secret_scopes;
 pub mod worker;
 
 pub use config::AgentConfig;
@@ -55,7 +57,7 @@ pub(crate) struct Shared {
     pub(crate) step_user: Option<isolation::StepUser>,
     /// The sandbox steps run in (None: this agent runs no build steps, e.g. image jobs only).
     pub(crate) sandbox: Option<sandbox::Sandbox>,
-    pub(crate) scopes: isolation::SecretScopes,
+    pub(crate) scopes: secret_scopes::SecretScopes,
     pub(crate) running: Mutex<HashMap<String, watch::Sender<Stop>>>,
     pub(crate) jobs_done: AtomicU64,
     pub(crate) cache: cache::Cache,

@@ -260,6 +260,12 @@ pub(crate) async fn run_job(
         let masker = masker.lock().map(|m| m.clone()).unwrap_or_default();
         claim.job.cargo = cargo.store(&shared.queue, &id, &masker).await;
     }
+    // The reason goes to the API, MCP, notifications and the public page: the job's secrets are masked
+    // in it as in its log lines, and core bounds its length (`job::bound_reason`).
+    let reason = reason.map(|r| {
+        let m = masker.lock().map(|m| m.clone()).unwrap_or_default();
+        m.mask(&r)
+    });
     claim.job.finish(status, reason, now);
     // The final write survives a Redis restart: retry connection errors for up to a minute (the lease
     // may expire meanwhile; then the fence refuses the write and the reclaimed attempt decides).

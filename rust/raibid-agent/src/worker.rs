@@ -21,7 +21,7 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     isolation::make_undumpable()?;
     let name = cfg.agent_name();
     let step_user = isolation::resolve_step_user(cfg.hardening.step_user.as_deref())?;
-    let scopes = isolation::SecretScopes::parse(&cfg.secret_scopes()?)?;
+    let scopes = crate::secret_scopes::SecretScopes::parse(&cfg.secret_scopes()?)?;
     let redis_url = cfg.redis_url()?;
     let qcfg = cfg.queue_config()?;
     let queue = connect_with_backoff(&redis_url, qcfg, &shutdown).await?;

@@ -165,8 +165,12 @@ pub mod env {
     pub const SANDBOX_SHARED_DIRS: &str = "RAIBID_SANDBOX_SHARED_DIRS";
     /// Default OCI registry image jobs push to (`host[:port][/namespace]`); `dev.sh env` prints it.
     pub const REGISTRY: &str = "RAIBID_REGISTRY";
-    /// `true`: talk plain HTTP / unverified TLS to `RAIBID_REGISTRY` (the local registry).
+    /// `true`: talk plain HTTP / unverified TLS to `RAIBID_REGISTRY`'s host (the local registry) and to no other host.
     pub const REGISTRY_INSECURE: &str = "RAIBID_REGISTRY_INSECURE";
+    /// Comma-separated registries (`host[:port]`) an image job may name besides `RAIBID_REGISTRY`; each gets only its own entry of `RAIBID_REGISTRY_AUTH_FILE` (if any) and TLS verification.
+    pub const REGISTRY_ALLOWED: &str = "RAIBID_REGISTRY_ALLOWED";
+    /// Comma-separated registry namespaces no job may push under (`raibid` always is); a job pushes only under its repository owner's namespace.
+    pub const REGISTRY_RESERVED_NAMESPACES: &str = "RAIBID_REGISTRY_RESERVED_NAMESPACES";
     /// A containers auth file (`auth.json`, a mounted secret) with the registry credentials.
     pub const REGISTRY_AUTH_FILE: &str = "RAIBID_REGISTRY_AUTH_FILE";
     /// Registry user name (with `RAIBID_REGISTRY_PASSWORD` or its file; the agent writes a 0600 auth file per job).

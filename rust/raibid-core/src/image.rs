@@ -132,6 +132,182 @@ pub struct ImageRequest {
     pub secrets: Vec<String>,
 }
 
+/// Where image jobs may push, and under which names (issue 17 §1, §2). Checked at submit (REST, MCP),
+/// when a `.raibid.yaml` hands a job over to the image pool, and again by the image agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryPolicy {
+    /// The installation's registry (`RAIBID_REGISTRY`, `host[:port][/namespace]`): the only host the
+    /// agent's user name and password are ever sent to.
+    pub default: Option<String>,
+    /// Other registries a request may name (`RAIBID_REGISTRY_ALLOWED`, `host[:port]` each); their
+    /// credentials, if any, are only their own entry of the agent's auth file.
+    pub allowed: Vec<String>,
+    /// First path components no job may push under (`RAIBID_REGISTRY_RESERVED_NAMESPACES`); `raibid`
+    /// (the installation's own images) is always among them.
+    pub reserved: Vec<String>,
+}
+
+impl Default for RegistryPolicy {
+    fn default() -> RegistryPolicy {
+        RegistryPolicy {
+            default: None,
+            allowed: Vec::new(),
+            reserved: vec![RESERVED_NAMESPACE.to_string()],
+        }
+    }
+}
+
+/// The namespace of raibid's own images, always reserved.
+pub const RESERVED_NAMESPACE: &str = "raibid";
+
+impl RegistryPolicy {
+    /// From the configuration values: the registry, and comma-separated allowed registries and reserved
+    /// namespaces (`raibid` is added when missing).
+    pub fn from_lists(default: Option<&str>, allowed: &str, reserved: &str) -> RegistryPolicy {
+        let list = |s: &str| -> Vec<String> {
+            s.split(',')
+                .map(|p| p.trim().to_ascii_lowercase())
+                .filter(|p| !p.is_empty())
+                .collect()
+        };
+        let mut reserved = list(reserved);
+        if !reserved.iter().any(|r| r == RESERVED_NAMESPACE) {
+            reserved.push(RESERVED_NAMESPACE.to_string());
+        }
+        RegistryPolicy {
+            default: default
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(str::to_string),
+            allowed: list(allowed),
+            reserved,
+        }
+    }
+
+    /// The host (`host[:port]`, lower case) of a registry value `host[:port][/namespace]`.
+    pub fn host_of(registry: &str) -> String {
+        registry
+            .split('/')
+            .next()
+            .unwrap_or(registry)
+            .to_ascii_lowercase()
+    }
+
+    /// The registries a request may name, for messages: `a (RAIBID_REGISTRY), b, c (RAIBID_REGISTRY_ALLOWED)`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(d) = &self.default {
+            parts.push(format!(
+                "{} ({})",
+                Self::host_of(d),
+                crate::contract::env::REGISTRY
+            ));
+        }
+        if !self.allowed.is_empty() {
+            parts.push(format!(
+                "{} ({})",
+                self.allowed.join(", "),
+                crate::contract::env::REGISTRY_ALLOWED
+            ));
+        }
+        if parts.is_empty() {
+            format!(
+                "none: leave image.registry out (the agents push to their {}), or list the registry in {}",
+                crate::contract::env::REGISTRY,
+                crate::contract::env::REGISTRY_ALLOWED
+            )
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// May a request name this registry? The configured one's host and the allowed hosts.
+    pub fn allows_registry(&self, registry: &str) -> bool {
+        let host = Self::host_of(registry);
+        self.default
+            .as_deref()
+            .is_some_and(|d| Self::host_of(d) == host)
+            || self.allowed.iter().any(|a| Self::host_of(a.trim()) == host)
+    }
+
+    /// Is `registry` the configured registry's host (the one that gets the agent's user and password)?
+    pub fn is_default_host(&self, registry: &str) -> bool {
+        self.default
+            .as_deref()
+            .is_some_and(|d| Self::host_of(d) == Self::host_of(registry))
+    }
+
+    /// Check a request of a job of `repo_url`: its registry is allowed, and the repository path it
+    /// pushes to (`<registry namespace>/<name>`) starts with the repository's owner and is not reserved.
+    pub fn check(&self, req: &ImageRequest, repo_url: &str) -> Result<(), ImageError> {
+        if let Some(r) = &req.registry {
+            if !self.allows_registry(r) {
+                return Err(err(
+                    "image.registry",
+                    format!(
+                        "`{r}` is not a registry jobs may push to (registry credentials go to the configured registry only); allowed: {}",
+                        self.describe()
+                    ),
+                ));
+            }
+        }
+        let registry = req.registry.as_deref().or(self.default.as_deref());
+        let namespace = registry.and_then(|r| r.split_once('/').map(|(_, ns)| ns.to_string()));
+        let path = match &namespace {
+            Some(ns) => format!("{ns}/{}", req.name),
+            None => req.name.clone(),
+        };
+        let first = path.split('/').next().unwrap_or("");
+        if self
+            .reserved
+            .iter()
+            .any(|r| r.trim().eq_ignore_ascii_case(first))
+        {
+            return Err(err(
+                "image.name",
+                format!(
+                    "`{first}/` is reserved for the installation's own images ({}); a job pushes only under its repository owner's namespace",
+                    crate::contract::env::REGISTRY_RESERVED_NAMESPACES
+                ),
+            ));
+        }
+        if let Some(owner) = repo_owner(repo_url) {
+            if !first.eq_ignore_ascii_case(&owner) || !path.contains('/') {
+                return Err(err(
+                    "image.name",
+                    format!(
+                        "a job of a repository of `{owner}` pushes only under `{owner}/` (e.g. `{owner}/{}`); `{path}` is outside it",
+                        req.name.rsplit('/').next().unwrap_or("app")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The owner of a repository clone URL, lower case: the first path component of `https://host/owner/repo`,
+/// `ssh://git@host/owner/repo` or `git@host:owner/repo`. `None` for `file://` and paths (local mode: no
+/// forge owner; only the reserved namespaces apply) and for URLs without an `owner/repo` path.
+pub fn repo_owner(repo_url: &str) -> Option<String> {
+    let path = match url::Url::parse(repo_url) {
+        Ok(u) if u.scheme() == "file" => return None,
+        Ok(u) if u.host_str().is_some() => u.path().to_string(),
+        Ok(_) => return None,
+        Err(_) => {
+            let (left, right) = repo_url.split_once(':')?;
+            if left.contains('/') || left.is_empty() {
+                return None;
+            }
+            right.to_string()
+        }
+    };
+    let mut parts = path.split('/').filter(|p| !p.is_empty());
+    let owner = parts.next()?;
+    parts.next()?;
+    Some(owner.to_ascii_lowercase())
+}
+
 /// A bad value in an image request, naming the field (`image.tags[1]: ...`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -626,6 +802,22 @@ pub async fn pending_cleanups(
         .await
 }
 
+/// Cleanup requests made after `after_ms` (request time in ms), with their times: an image storage
+/// handles each request once (it keeps the time of the last one it handled), not at every job.
+pub async fn cleanups_since(
+    queue: &crate::queue::Queue,
+    after_ms: i64,
+) -> Result<Vec<(String, i64)>, redis::RedisError> {
+    let mut con = queue.redis();
+    redis::cmd("ZRANGEBYSCORE")
+        .arg(crate::contract::keys::IMAGE_CLEANUP)
+        .arg(format!("({after_ms}"))
+        .arg("+inf")
+        .arg("WITHSCORES")
+        .query_async(&mut con)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -758,6 +950,69 @@ mod tests {
         assert_eq!(t.commands[0].argv(), vec!["/bin/sh", "-c", "cat /msg"]);
         assert_eq!(t.commands[1].argv(), vec!["/bin/true"]);
         assert_eq!(r.test_timeout(), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn registry_policy_allows_the_configured_and_allowed_hosts_and_the_owner_namespace() {
+        let p = RegistryPolicy {
+            default: Some("git.test:3000".into()),
+            allowed: vec!["ghcr.io".into()],
+            ..RegistryPolicy::default()
+        };
+        let r = |v: serde_json::Value| req(v).unwrap();
+        let repo = "https://git.test/Acme/app.git";
+        assert!(p.check(&r(json!({"name": "acme/app"})), repo).is_ok());
+        assert!(p
+            .check(
+                &r(json!({"name": "acme/app", "registry": "GIT.test:3000"})),
+                repo
+            )
+            .is_ok());
+        assert!(p
+            .check(&r(json!({"name": "app", "registry": "ghcr.io/acme"})), repo)
+            .is_ok());
+        let e = p
+            .check(
+                &r(json!({"name": "acme/app", "registry": "evil.example"})),
+                repo,
+            )
+            .unwrap_err();
+        assert_eq!(e.field, "image.registry");
+        assert!(
+            e.message.contains("git.test:3000") && e.message.contains("ghcr.io"),
+            "{e}"
+        );
+        // Same host, another port: another registry.
+        assert!(p
+            .check(
+                &r(json!({"name": "acme/app", "registry": "git.test:3001"})),
+                repo
+            )
+            .is_err());
+        for (name, registry) in [
+            ("raibid/raibid-agent", None),
+            ("raibid-agent", Some("git.test:3000/raibid")),
+            ("other/app", None),
+            ("app", None),
+        ] {
+            let mut v = json!({"name": name});
+            if let Some(reg) = registry {
+                v["registry"] = json!(reg);
+            }
+            let e = p.check(&r(v), repo).unwrap_err();
+            assert_eq!(e.field, "image.name", "{name}: {e}");
+        }
+        // Local mode (file://): no owner, only the reserved namespaces.
+        assert!(p
+            .check(&r(json!({"name": "team/app"})), "file:///srv/r")
+            .is_ok());
+        assert!(p
+            .check(&r(json!({"name": "raibid/x"})), "file:///srv/r")
+            .is_err());
+        assert_eq!(repo_owner("git@h:Owner/r.git").as_deref(), Some("owner"));
+        assert_eq!(repo_owner("ssh://git@h:22/o/r").as_deref(), Some("o"));
+        assert_eq!(repo_owner("https://h/r.git"), None);
+        assert_eq!(repo_owner("file:///a/b/c"), None);
     }
 
     #[test]

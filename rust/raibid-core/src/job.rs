@@ -6,6 +6,25 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Longest `failure_reason` stored, in bytes (a longer one is cut on a character boundary and marked).
+pub const MAX_FAILURE_REASON: usize = 2048;
+
+/// The marker ending a cut `failure_reason`.
+pub const REASON_CUT_MARK: &str = " … [truncated]";
+
+/// A failure reason within `MAX_FAILURE_REASON` bytes (marker included): a longer one is cut on a
+/// character boundary and ends with `REASON_CUT_MARK`.
+pub fn bound_reason(reason: &str) -> String {
+    if reason.len() <= MAX_FAILURE_REASON {
+        return reason.to_string();
+    }
+    let mut end = MAX_FAILURE_REASON - REASON_CUT_MARK.len();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{REASON_CUT_MARK}", &reason[..end])
+}
+
 /// A job id: a ULID (26 Crockford base32 characters, sortable by creation time). The only way to get
 /// one is [`JobId::new`] or [`JobId::parse`] (also what deserialisation uses), so an id read from a
 /// stream entry, a record or a URL is validated where it is read; Redis keys and workspace paths are
@@ -446,7 +465,7 @@ impl Job {
     /// Set a final status. Keeps `step` pointing at the step that decided the outcome.
     pub fn finish(&mut self, status: Status, reason: Option<String>, now: DateTime<Utc>) {
         self.status = status;
-        self.failure_reason = reason;
+        self.failure_reason = reason.map(|r| bound_reason(&r));
         self.timestamps.finished = Some(now);
         if status == Status::Succeeded {
             self.step = None;
@@ -475,6 +494,19 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_reason_is_bounded_on_a_character_boundary_and_marked() {
+        let mut j = Job::new(src(), Utc::now());
+        let long = format!("x{}", "é".repeat(40 * 1024));
+        j.finish(Status::Failed, Some(long.clone()), Utc::now());
+        let r = j.failure_reason.clone().unwrap();
+        assert!(r.len() <= MAX_FAILURE_REASON, "{}", r.len());
+        assert!(r.ends_with(REASON_CUT_MARK));
+        assert!(long.starts_with(r.trim_end_matches(REASON_CUT_MARK)));
+        j.finish(Status::Failed, Some("short".into()), Utc::now());
+        assert_eq!(j.failure_reason.as_deref(), Some("short"));
+    }
 
     fn src() -> Source {
         Source {

@@ -283,6 +283,11 @@ pub(crate) fn check_clone_url(intake: &crate::Intake, raw: &str) -> ApiResult<()
         "git+ssh" | "ssh+git" => "ssh".to_string(),
         _ => scheme,
     };
+    if has_dot_segment(raw) {
+        return Err(ApiError::unprocessable(
+            "repo_url: must not contain a dot segment (`.` or `..`, also percent-encoded) in its path: secret scopes and allowlists match the repository path as written",
+        ));
+    }
     if !intake.allowed_schemes.contains(&scheme) {
         return Err(ApiError::unprocessable(format!(
             "repo_url: scheme `{scheme}` is not cloned by any agent; {}",
@@ -302,6 +307,23 @@ pub(crate) fn check_clone_url(intake: &crate::Intake, raw: &str) -> ApiResult<()
         ));
     }
     Ok(())
+}
+
+/// True when the path of a clone URL (`scheme://host/path` or scp-like `host:path`) has a `.` or `..`
+/// segment, also spelled with percent-encoded dots (`%2e`), or a backslash-separated one.
+pub fn has_dot_segment(raw: &str) -> bool {
+    let path = match raw.find("://") {
+        Some(i) => {
+            let rest = &raw[i + 3..];
+            rest.find('/').map_or("", |p| &rest[p..])
+        }
+        None => raw.split_once(':').map_or(raw, |(_, p)| p),
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    decoded
+        .split(['/', '\\'])
+        .any(|seg| seg == "." || seg == "..")
 }
 
 fn redis_unavailable(e: redis::RedisError) -> ApiError {
@@ -591,12 +613,13 @@ async fn submit_job(
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let v = validate_submit(req, &state.settings.notify_allowed_hosts)
         .map_err(ApiError::unprocessable)?;
-    check_clone_url(&state.settings.intake, &v.repo_url)?;
-    if v.notify_url.is_some() && state.settings.notify_secret.is_none() {
-        return Err(ApiError::unprocessable(
-            "notify_url: this dispatcher has no notification secret configured",
-        ));
-    }
+    requests::check_policy(
+        &state,
+        &v.repo_url,
+        v.notify_url.as_deref(),
+        v.image.as_ref(),
+    )
+    .map_err(ApiError::unprocessable)?;
     match requests::create_job(&state, v, None).await? {
         Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
         Enqueued::Duplicate(id) => Err(ApiError::new(
@@ -639,9 +662,10 @@ async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 
 async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     check_id(&id)?;
-    let job = requests::retry(&state, &id)
-        .await?
-        .map_err(|m| ApiError::new(StatusCode::CONFLICT, "conflict", m))?;
+    let job = requests::retry(&state, &id).await?.map_err(|r| match r {
+        requests::Refused::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        requests::Refused::Unprocessable(m) => ApiError::unprocessable(m),
+    })?;
     Ok((StatusCode::CREATED, Json(job.public())).into_response())
 }
 

@@ -144,6 +144,19 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::ALLOWED_HOSTS, default_value = "")]
     pub allowed_hosts: String,
 
+    /// The installation's registry (the image agents' RAIBID_REGISTRY): an `image.registry` naming
+    /// another host is refused at submit unless listed in --registry-allowed.
+    #[arg(long, env = env::REGISTRY)]
+    pub registry: Option<String>,
+
+    /// Other registries (`host[:port]`) an `image.registry` may name (the agents' RAIBID_REGISTRY_ALLOWED).
+    #[arg(long, env = env::REGISTRY_ALLOWED, default_value = "")]
+    pub registry_allowed: String,
+
+    /// Namespaces no image job may push under (`raibid` always is).
+    #[arg(long, env = env::REGISTRY_RESERVED_NAMESPACES, default_value = "raibid")]
+    pub registry_reserved_namespaces: String,
+
     /// Longest delay in seconds between two retries of a commit status Gitea did not take.
     #[arg(long, env = env::STATUS_RETRY_MAX_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub status_retry_max_secs: u64,
@@ -249,6 +262,9 @@ pub struct Intake {
     pub allowed_hosts: Vec<String>,
     /// Commit-status retries.
     pub status_retry: forge::RetryPolicy,
+    /// Where image jobs may push (the agents' `RAIBID_REGISTRY`, `RAIBID_REGISTRY_ALLOWED`,
+    /// `RAIBID_REGISTRY_RESERVED_NAMESPACES`).
+    pub registries: raibid_core::image::RegistryPolicy,
 }
 
 impl Default for Intake {
@@ -258,6 +274,7 @@ impl Default for Intake {
             allowed_schemes: csv_list("https,http,ssh"),
             allowed_hosts: Vec::new(),
             status_retry: forge::RetryPolicy::default(),
+            registries: raibid_core::image::RegistryPolicy::default(),
         }
     }
 }
@@ -311,6 +328,11 @@ impl Settings {
                     max: std::time::Duration::from_secs(cfg.status_retry_max_secs),
                     ..forge::RetryPolicy::default()
                 },
+                registries: raibid_core::image::RegistryPolicy::from_lists(
+                    cfg.registry.as_deref(),
+                    &cfg.registry_allowed,
+                    &cfg.registry_reserved_namespaces,
+                ),
             },
         })
     }

@@ -122,6 +122,10 @@ pub fn validate_submit(s: SubmitJob, notify_hosts: &[String]) -> Result<ValidSub
         Some(v) => Some(raibid_core::image::ImageRequest::from_json(v).map_err(|e| e.to_string())?),
         None => None,
     };
+    if patch.is_some() && image.is_some() {
+        // The image pool builds the commit as pushed: a patch would be silently dropped.
+        return Err("patch: an image job builds the commit as it is in the repository and cannot apply a patch; commit and push the change, or submit the patch without `image` (a cargo job)".into());
+    }
     Ok(ValidSubmit {
         repo_url: url,
         git_ref,
@@ -130,6 +134,56 @@ pub fn validate_submit(s: SubmitJob, notify_hosts: &[String]) -> Result<ValidSub
         notify_url,
         image,
     })
+}
+
+/// What the dispatcher's configuration as it is now refuses of a job's source: a clone URL no agent
+/// clones (scheme, host, credentials, dot segments), a `notify_url` that may not be reached, a registry
+/// or image name outside the registry policy. Checked at submit (REST, MCP) and again at every retry.
+pub fn check_policy(
+    state: &AppState,
+    repo_url: &str,
+    notify_url: Option<&str>,
+    image: Option<&raibid_core::image::ImageRequest>,
+) -> Result<(), String> {
+    crate::api::check_clone_url(&state.settings.intake, repo_url)
+        .map_err(|e| e.message().to_string())?;
+    if let Some(u) = notify_url {
+        if state.settings.notify_secret.is_none() {
+            return Err(format!(
+                "notify_url: this dispatcher has no notification secret ({}); leave notify_url out and wait for the job",
+                contract::env::NOTIFY_SECRET
+            ));
+        }
+        crate::notify::check_url(u, &state.settings.notify_allowed_hosts)
+            .map_err(|e| format!("notify_url: {e}"))?;
+    }
+    if let Some(img) = image {
+        state
+            .settings
+            .intake
+            .registries
+            .check(img, repo_url)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Why a retry was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The job is not in a state that allows it (409).
+    Conflict(String),
+    /// The configuration as it is now refuses the job (422).
+    Unprocessable(String),
+}
+
+impl Refused {
+    /// The message.
+    pub fn message(&self) -> &str {
+        match self {
+            Refused::Conflict(m) | Refused::Unprocessable(m) => m,
+        }
+    }
 }
 
 /// Store the patch (when there is one) and enqueue the job. The patch key is written first, with the
@@ -278,13 +332,24 @@ pub async fn list_jobs(
 
 /// Run a finished job again as a new job (its patch copied to the new job's key). `Err(message)` when
 /// the job is not finished.
-pub async fn retry(state: &AppState, id: &str) -> Result<Result<Job, String>, QueueError> {
+pub async fn retry(state: &AppState, id: &str) -> Result<Result<Job, Refused>, QueueError> {
     let old = state.queue.get(id).await?;
     if !old.status.is_final() {
-        return Ok(Err(format!(
+        return Ok(Err(Refused::Conflict(format!(
             "job {id} is {}; only a finished job can be retried",
             old.status
-        )));
+        ))));
+    }
+    // The allowlists may have changed since the job was accepted.
+    if let Err(m) = check_policy(
+        state,
+        &old.source.repo_url,
+        old.source.notify_url.as_deref(),
+        old.image.as_ref().map(|i| &i.request),
+    ) {
+        return Ok(Err(Refused::Unprocessable(format!(
+            "job {id} cannot be retried under the current configuration: {m}"
+        ))));
     }
     let mut source = old.source.clone();
     source.trigger = Trigger {
@@ -307,14 +372,14 @@ pub async fn retry(state: &AppState, id: &str) -> Result<Result<Job, String>, Qu
         match patch {
             Some(p) => store_patch(state, &job.id, &p).await?,
             None => {
-                return Ok(Err(format!(
+                return Ok(Err(Refused::Conflict(format!(
                     "job {id}'s patch is gone (expired or cleaned up); submit it again"
-                )))
+                ))))
             }
         }
     }
     match state.queue.enqueue(job, None).await? {
         Enqueued::New(job) => Ok(Ok(job)),
-        Enqueued::Duplicate(d) => Ok(Err(format!("duplicate of {d}"))),
+        Enqueued::Duplicate(d) => Ok(Err(Refused::Conflict(format!("duplicate of {d}")))),
     }
 }

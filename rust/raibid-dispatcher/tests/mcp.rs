@@ -383,11 +383,14 @@ async fn notify_url_gets_the_signed_final_record() {
     );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook_url = format!("http://{}/hook", l.local_addr().unwrap());
+    // An allowed host names its port (a bare host would allow only port 80).
+    static HOOK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOOK.set(l.local_addr().unwrap().to_string()).unwrap();
     tokio::spawn(async move { axum::serve(l, hook).await });
     let env = spawn_app(Options {
         settings: |s| {
             s.notify_secret = Some("notify-secret-42".into());
-            s.notify_allowed_hosts = vec!["127.0.0.1".into()];
+            s.notify_allowed_hosts = vec![HOOK.get().unwrap().clone()];
         },
         ..Options::default()
     })

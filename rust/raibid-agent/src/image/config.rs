@@ -11,12 +11,23 @@ pub struct ImageConfig {
     #[arg(long, env = env::REGISTRY)]
     pub registry: Option<String>,
 
-    /// Talk plain HTTP / unverified TLS to the registry (`--tls-verify=false`; the local registry).
+    /// Talk plain HTTP / unverified TLS (`--tls-verify=false`) to the configured registry's host (the
+    /// local registry) — to no other host.
     #[arg(long, env = env::REGISTRY_INSECURE, default_value_t = false, action = clap::ArgAction::Set)]
     pub registry_insecure: bool,
 
-    /// A containers auth file (auth.json) with the registry credentials (a mounted secret). It is
-    /// copied into the job's private temp dir (mode 0600) and given to Buildah with --authfile.
+    /// Other registries (`host[:port]`, comma-separated) an image request may name; each gets only its
+    /// own entry of the auth file (if any), never the user name and password, and TLS verification.
+    #[arg(long, env = env::REGISTRY_ALLOWED, default_value = "")]
+    pub registry_allowed: String,
+
+    /// Namespaces no image job may push under (`raibid`, the installation's own images, always is).
+    #[arg(long, env = env::REGISTRY_RESERVED_NAMESPACES, default_value = "raibid")]
+    pub registry_reserved_namespaces: String,
+
+    /// A containers auth file (auth.json) with the registry credentials (a mounted secret), an entry
+    /// per registry host. Per job only the entries of the job's registry and of the cache repository's
+    /// host are written into the job's private temp dir (mode 0600) and given to Buildah with --authfile.
     #[arg(long, env = env::REGISTRY_AUTH_FILE)]
     pub registry_auth_file: Option<PathBuf>,
 
@@ -65,6 +76,8 @@ impl Default for ImageConfig {
         ImageConfig {
             registry: None,
             registry_insecure: false,
+            registry_allowed: String::new(),
+            registry_reserved_namespaces: "raibid".into(),
             registry_auth_file: None,
             registry_username: None,
             registry_password_file: None,
@@ -75,6 +88,27 @@ impl Default for ImageConfig {
             image_cache_max_age_hours: 7 * 24,
             image_gc: false,
             buildah: "buildah".into(),
+        }
+    }
+}
+
+impl ImageConfig {
+    /// Where image jobs may push (`raibid_core::image::RegistryPolicy`).
+    pub fn policy(&self) -> raibid_core::image::RegistryPolicy {
+        raibid_core::image::RegistryPolicy::from_lists(
+            self.registry.as_deref(),
+            &self.registry_allowed,
+            &self.registry_reserved_namespaces,
+        )
+    }
+
+    /// `--tls-verify=false` for a registry (or repository) reference on the configured registry's
+    /// host when it is marked insecure; nothing (verification on) for every other host.
+    pub fn tls_args(&self, reference: &str) -> Vec<String> {
+        if self.registry_insecure && self.policy().is_default_host(reference) {
+            vec!["--tls-verify=false".into()]
+        } else {
+            Vec::new()
         }
     }
 }
@@ -95,6 +129,28 @@ mod tests {
         // Flattened options share one namespace with the agent's own: a clash panics at parse time.
         use clap::CommandFactory;
         crate::AgentConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn tls_verification_is_off_only_for_the_insecure_configured_registry() {
+        let cfg = ImageConfig {
+            registry: Some("registry.local:5000".into()),
+            registry_insecure: true,
+            registry_allowed: "ghcr.io".into(),
+            ..ImageConfig::default()
+        };
+        assert_eq!(
+            cfg.tls_args("registry.local:5000/acme"),
+            vec!["--tls-verify=false".to_string()]
+        );
+        assert!(cfg.tls_args("ghcr.io").is_empty());
+        assert!(cfg.tls_args("evil.example").is_empty());
+        assert!(cfg.tls_args("registry.local:5001").is_empty());
+        let secure = ImageConfig {
+            registry_insecure: false,
+            ..cfg
+        };
+        assert!(secure.tls_args("registry.local:5000").is_empty());
     }
 
     #[test]

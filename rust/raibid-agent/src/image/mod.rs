@@ -45,6 +45,29 @@ pub(crate) async fn hand_over(
     pipeline: &str,
     req: raibid_core::image::ImageRequest,
 ) -> (Status, Option<String>) {
+    // The image pool builds the commit as pushed: a patch would be silently dropped; and where the image
+    // may go is checked before it is handed over.
+    let refused = if ctx.claim.job.source.patch.is_some() {
+        Some("the job has a patch, and an image job builds the commit as it is in the repository (it cannot apply a patch); commit and push the change".to_string())
+    } else {
+        ctx.shared
+            .cfg
+            .image
+            .policy()
+            .check(&req, &ctx.claim.job.source.repo_url)
+            .err()
+            .map(|e| e.to_string())
+    };
+    if let Some(msg) = refused {
+        let msg = format!(
+            "{} has `image:`, not handed over: {msg}",
+            raibid_core::pipeline::PIPELINE_FILE
+        );
+        ctx.sys("config", format!("[raibid] {msg}")).await;
+        ctx.claim.job.end_step("failed", None, Utc::now());
+        let _ = ctx.update("step_finished").await;
+        return (Status::Failed, Some(format!("config: {msg}")));
+    }
     let mut source = ctx.claim.job.source.clone();
     source.delivery_id = None;
     let mut job = raibid_core::job::Job::new(source, Utc::now());
@@ -178,6 +201,11 @@ async fn run_phases(
 ) -> (Status, Option<String>) {
     let req = img.request.clone();
     let icfg = ctx.shared.cfg.image.clone();
+    // Checked at submit and at the hand-over already; here again against this agent's configuration
+    // (the registry its credentials belong to, the reserved namespaces, the repository's owner).
+    if let Err(e) = icfg.policy().check(&req, &ctx.claim.job.source.repo_url) {
+        return fail_config(ctx, &e.to_string()).await;
+    }
     // Everything that can be decided before building is decided now: the registry, the credentials,
     // the secrets, the Containerfile and the context.
     let registry = if req.publish {
@@ -474,11 +502,6 @@ async fn phases(
 ) -> PhaseResult {
     let req = img.request.clone();
     let icfg = ctx.shared.cfg.image.clone();
-    let insecure: Vec<String> = if icfg.registry_insecure {
-        vec!["--tls-verify=false".into()]
-    } else {
-        Vec::new()
-    };
     // building
     let p = Phase::Building;
     if !begin(ctx, img, p).await {
@@ -541,7 +564,7 @@ async fn phases(
                     if !end(ctx, img, p, "succeeded", Some(0)).await {
                         return Err(None);
                     }
-                    return test_and_publish(ctx, b, img, i, &req, &icfg, &insecure).await;
+                    return test_and_publish(ctx, b, img, i, &req, &icfg).await;
                 }
                 Err(e) => {
                     ctx.sys(
@@ -584,7 +607,7 @@ async fn phases(
             "--cache-to".into(),
             repo.clone(),
         ]);
-        args.extend(insecure.iter().cloned());
+        args.extend(icfg.tls_args(repo));
         if let Some(a) = i.authfile {
             args.extend(["--authfile".into(), a.to_string_lossy().into_owned()]);
         }
@@ -622,7 +645,7 @@ async fn phases(
     if !end(ctx, img, p, "succeeded", Some(0)).await {
         return Err(None);
     }
-    test_and_publish(ctx, b, img, i, &req, &icfg, &insecure).await
+    test_and_publish(ctx, b, img, i, &req, &icfg).await
 }
 
 /// The phases after a build (or a reused one): testing, then publishing.
@@ -633,7 +656,6 @@ async fn test_and_publish(
     i: Inputs<'_>,
     req: &raibid_core::image::ImageRequest,
     icfg: &ImageConfig,
-    insecure: &[String],
 ) -> PhaseResult {
     // testing
     let commands = req
@@ -740,7 +762,8 @@ async fn test_and_publish(
                 "--digestfile".into(),
                 digestfile.to_string_lossy().into_owned(),
             ];
-            args.extend(insecure.iter().cloned());
+            // TLS verified unless this is the configured registry marked insecure.
+            args.extend(icfg.tls_args(registry));
             if let Some(a) = i.authfile {
                 args.extend(["--authfile".into(), a.to_string_lossy().into_owned()]);
             }
@@ -797,12 +820,11 @@ fn shown(args: &[String]) -> String {
         .join(" ")
 }
 
-/// Remove the local images of jobs whose cleanup was requested (best effort, storage lock held).
+/// Remove the local images of jobs whose cleanup was requested since this storage last did (best
+/// effort, storage lock held).
 async fn pending_cleanups(ctx: &JobCtx<'_>, b: &Buildah) {
-    if let Ok(ids) = raibid_core::image::pending_cleanups(&ctx.shared.queue).await {
-        for id in ids {
-            let _ = storage::remove_job_image(b, &id).await;
-        }
+    if let Err(e) = storage::run_cleanups(b, &ctx.shared.queue).await {
+        tracing::warn!(error = %e, "image cleanup requests not handled");
     }
 }
 
@@ -815,13 +837,11 @@ pub async fn gc_command(
     let bc = b.clone();
     let _lock = tokio::task::spawn_blocking(move || storage::lock(&bc)).await??;
     if let Some(q) = queue {
-        for id in raibid_core::image::pending_cleanups(q).await? {
-            if storage::remove_job_image(&b, &id)
-                .await
-                .map_err(anyhow::Error::msg)?
-            {
-                println!("removed the image of job {id}");
-            }
+        for id in storage::run_cleanups(&b, q)
+            .await
+            .map_err(anyhow::Error::msg)?
+        {
+            println!("removed the image of job {id}");
         }
     }
     storage::remove_working_containers(&b)

@@ -1,8 +1,8 @@
 //! Jobs: enqueue, load, compare-and-set writes, claims, fenced progress and final writes, cancel, list.
 
 use super::{
-    field, is_nogroup, json, xreadgroup, Claim, Enqueued, Event, Queue, QueueError, Result,
-    CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS,
+    field, is_nogroup, json, record_json, xreadgroup, Claim, Enqueued, Event, Queue, QueueError,
+    Result, CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS,
 };
 use crate::contract::{self, keys, kinds::Route};
 use crate::job::{Job, JobId, JobKind, Status};
@@ -46,7 +46,7 @@ impl Queue {
     /// made and enqueues nothing.
     pub async fn enqueue(&self, job: Job, delivery: Option<(&str, &str)>) -> Result<Enqueued> {
         let mut con = self.con.clone();
-        let record = json(&job.id, &job)?;
+        let record = record_json(&job)?;
         let now = job.timestamps.queued.unwrap_or_else(Utc::now);
         let event = json(&job.id, &Event::of("job_created", &job, now))?;
         let dedup = delivery.map(|(forge, id)| contract::delivery_key(forge, id));
@@ -126,7 +126,7 @@ impl Queue {
     /// [`Queue::cas`], returning the record's new revision (`None`: the revision moved).
     pub(super) async fn cas_rev(&self, job: &Job, w: Cas<'_>) -> Result<Option<u64>> {
         let mut con = self.con.clone();
-        let record = json(&job.id, job)?;
+        let record = record_json(job)?;
         let event = match w.event {
             Some(kind) => json(&job.id, &Event::of(kind, job, Utc::now()))?,
             None => String::new(),

@@ -244,6 +244,19 @@ fn json<T: Serialize>(id: &str, v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| QueueError::Corrupt(id.to_string(), e.to_string()))
 }
 
+/// A job record as stored: whoever wrote the job, its `failure_reason` is bounded here, where every
+/// record write passes (`job::bound_reason`).
+fn record_json(job: &crate::job::Job) -> Result<String> {
+    match &job.failure_reason {
+        Some(r) if r.len() > crate::job::MAX_FAILURE_REASON => {
+            let mut j = job.clone();
+            j.failure_reason = Some(crate::job::bound_reason(r));
+            json(&job.id, &j)
+        }
+        _ => json(&job.id, job),
+    }
+}
+
 fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP")
 }

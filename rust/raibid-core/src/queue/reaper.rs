@@ -2,7 +2,7 @@
 //! prune the index past retention. Every entry is handled on its own: one bad record never stops the
 //! recovery of the others.
 
-use super::{field, json, Event, Queue, QueueError, Requeued, Result};
+use super::{field, json, record_json, Event, Queue, QueueError, Requeued, Result};
 use crate::contract::{self, keys, kinds::Route};
 use crate::job::{JobId, Status};
 use chrono::Utc;
@@ -102,7 +102,7 @@ impl Queue {
                 job.timestamps.started = None;
                 ("queue", Requeued::Queued)
             };
-            let record = json(job_id, &job)?;
+            let record = record_json(&job)?;
             let kind = match outcome {
                 Requeued::Queued => "job_requeued",
                 _ => "job_finished",

@@ -230,14 +230,12 @@ impl Raibid {
         Parameters(req): Parameters<SubmitJob>,
     ) -> Result<Json<Submitted>, String> {
         let v = requests::validate_submit(req, &self.state.settings.notify_allowed_hosts)?;
-        crate::api::check_clone_url(&self.state.settings.intake, &v.repo_url)
-            .map_err(|e| e.message().to_string())?;
-        if v.notify_url.is_some() && self.state.settings.notify_secret.is_none() {
-            return Err(format!(
-                "notify_url: this dispatcher has no notification secret ({}); leave notify_url out and use wait_for_job",
-                contract::env::NOTIFY_SECRET
-            ));
-        }
+        requests::check_policy(
+            &self.state,
+            &v.repo_url,
+            v.notify_url.as_deref(),
+            v.image.as_ref(),
+        )?;
         match requests::create_job(&self.state, v, Some("mcp".into()))
             .await
             .map_err(queue_err)?
@@ -455,6 +453,7 @@ impl Raibid {
             .await
             .map_err(queue_err)?
             .map(|j| Json(j.public()))
+            .map_err(|r| r.message().to_string())
     }
 
     #[tool(
@@ -484,7 +483,7 @@ impl Raibid {
 
     #[tool(
         name = "cleanup",
-        description = "Delete a finished job's record, log, diagnostics and patch. Refused for a queued or running job (cancel it first).",
+        description = "Delete a finished job's record, log, diagnostics and patch; for an image job also ask the image agents to remove its local images (pushed tags stay in the registry). Refused for a queued or running job (cancel it first).",
         annotations(destructive_hint = true)
     )]
     async fn cleanup(&self, Parameters(req): Parameters<JobRef>) -> Result<Json<Cleaned>, String> {
@@ -497,6 +496,13 @@ impl Raibid {
             ));
         }
         let id = &job.id;
+        if job.kind == raibid_core::job::JobKind::Image {
+            // Its images live in the image agents' storage: they remove them before their next job
+            // (the same request as `DELETE /api/v1/jobs/{id}/images`).
+            raibid_core::image::request_cleanup(&self.state.queue, id, crate::images::CLEANUP_KEEP)
+                .await
+                .map_err(|e| queue_err(QueueError::Redis(e)))?;
+        }
         let mut con = self.state.queue.redis();
         let n: u64 = redis::cmd("DEL")
             .arg(contract::job_key(id))
