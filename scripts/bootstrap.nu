@@ -1,5 +1,5 @@
 #!/usr/bin/env nu
-# Bootstrap raibid-ci on a DGX Spark (Ubuntu 22.04, ARM64): from a fresh host to a reconciled cluster.
+# Bootstrap raibid-ci on a DGX Spark (DGX OS 7 = Ubuntu 24.04, arm64, Docker and the NVIDIA toolkit preinstalled): from a fresh host to a reconciled cluster.
 #
 # Ordered stages (`--list`): preflight → k3s → node → flux → age-key → secrets → gitea → tokens → ops-repo →
 # images → flux-sync → reconcile. Each stage first checks whether its work is done and skips it if so, so

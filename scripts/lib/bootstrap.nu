@@ -149,12 +149,16 @@ export def evaluate-checks [host: record, pins: record]: nothing -> table {
       fix: "raibid-ci targets ARM64; on x86_64 it works but builds x86_64 images"}
     {check: cores, ok: ($host.cores >= 20), fatal: ($host.cores < 4), found: $"($host.cores)", want: "20 (apps/dgx-spark sizing), at least 4",
       fix: "lower the agent counts in apps/dgx-spark/kustomization.yaml for a smaller box"}
-    {check: memory, ok: ($host.mem_bytes >= 120 * $gib), fatal: ($host.mem_bytes < 16 * $gib), found: $"($host.mem_bytes // $gib) GiB", want: "128 GiB, at least 16",
+    # A DGX Spark's 128 GB of LPDDR5x show as MemTotal ≈ 119.7 GiB (the GPU's carve-out and the kernel's own);
+    # anything from 112 GiB is a Spark-sized box.
+    {check: memory, ok: ($host.mem_bytes >= 112 * $gib), fatal: ($host.mem_bytes < 16 * $gib), found: $"(($host.mem_bytes / $gib) | math round --precision 1) GiB", want: "≈ 119.7 GiB (DGX Spark), at least 16",
       fix: "lower the agent sizes in apps/dgx-spark/kustomization.yaml for a smaller box"}
     {check: "disk /var/lib", ok: ($host.disk_free >= 200 * $gib), fatal: ($host.disk_free < 60 * $gib), found: $"($host.disk_free // $gib) GiB free", want: "200 GiB free, at least 60",
       fix: "free space under /var/lib (k3s images, Gitea's 50 GiB volume, build caches)"}
     {check: "cgroup v2", ok: ($host.cgroup_fs == "cgroup2fs"), fatal: true, found: $host.cgroup_fs, want: cgroup2fs,
-      fix: "boot with systemd.unified_cgroup_hierarchy=1 (Ubuntu 22.04 does by default)"}
+      fix: "boot with systemd.unified_cgroup_hierarchy=1 (DGX OS 7 / Ubuntu 24.04 does by default)"}
+    {check: "operating system", ok: ($host.os? | default "" | str starts-with "Ubuntu 24.04"), fatal: false, found: ($host.os? | default "unknown"), want: "DGX OS 7 (Ubuntu 24.04)",
+      fix: "raibid-ci is tested against DGX OS 7; other systemd distributions with cgroup v2 work but their AppArmor and firewall differ (docs/operations.md)"}
     {check: privileges, ok: ($host.uid == 0 or $host.sudo_ok), fatal: true, found: (if $host.uid == 0 { "root" } else if $host.sudo_ok { "sudo" } else { "no sudo" }), want: "root or passwordless sudo",
       fix: "run as a user with sudo rights (`sudo -v` first), or as root"}
   ]

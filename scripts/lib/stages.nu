@@ -141,7 +141,9 @@ export def gather-host [ctx: record]: nothing -> record {
     }
     $acc | insert $t.tool $v
   })
+  let osr = (system read /etc/os-release | default "" | lines | parse --regex '^PRETTY_NAME="?(?<v>[^"]*)"?$' | get -o 0.v)
   {
+    os: $osr
     arch: ((system run-cmd [uname -m]).stdout | str trim)
     cores: ((system run-cmd [nproc]).stdout | str trim | into int)
     mem_bytes: ($mem_kb * 1024)

@@ -342,8 +342,18 @@ def check_helm_pinned(objs: list[Obj]) -> list[str]:
             errs.append(f"{describe(hr)}: chart version {version!r} is not an exact version")
         spec = hr.get("spec") or {}
         for phase in ("install", "upgrade"):
-            if not (spec.get(phase) or {}).get("remediation"):
-                errs.append(f"{describe(hr)}: {phase}.remediation not stated")
+            ph = spec.get(phase) or {}
+            strategy = (ph.get("strategy") or {}).get("name")
+            if not ph.get("remediation") and not strategy:
+                errs.append(f"{describe(hr)}: {phase}.remediation not stated (nor {phase}.strategy RetryOnFailure)")
+            if strategy == "RetryOnFailure" and ph.get("remediation"):
+                errs.append(f"{describe(hr)}: {phase}.remediation is ignored with strategy RetryOnFailure: state one")
+        # Gitea's upgrades migrate its database: a rollback cannot undo that, and spent remediation retries leave
+        # the release Stalled, blocking infra-controllers (issue 21 §2). It retries instead.
+        if (((spec.get("chart") or {}).get("spec") or {}).get("chart")) == "gitea":
+            for phase in ("install", "upgrade"):
+                if ((spec.get(phase) or {}).get("strategy") or {}).get("name") != "RetryOnFailure":
+                    errs.append(f"{describe(hr)}: {phase}.strategy must be RetryOnFailure (migrations cannot be rolled back)")
     return errs
 
 
@@ -817,8 +827,8 @@ def check_secret_refs(objs: list[Obj]) -> list[str]:
 
 # Defaults in the binaries (clap default_value_t), used when a manifest does not set the variable.
 LEASE_DEFAULT, GRACE_DEFAULT = 30, 600
-KEDA_LINE = (2, 18)          # tested on Kubernetes 1.33 (the k3s pin); 2.17 is not
-REDIS_MIN = (7, 4, 6)        # CVE-2025-49844: Lua use-after-free; every queue operation is Lua
+KEDA_LINE = (2, 20)          # tested on Kubernetes 1.33-1.35 (the k3s pin is 1.35): docs/support-ranges.yaml
+REDIS_MIN = (7, 4, 9)        # CVE-2026-23479/-25243/-23631: authenticated RCE; every queue operation is Lua + streams
 
 
 def _int_env(cont: dict, objs: list[Obj], ns: str | None, name: str, default: int) -> int | None:
@@ -894,7 +904,7 @@ def check_runtime_settings(objs: list[Obj]) -> list[str]:
                 continue
             v = _version(img.split(":", 1)[1])
             if v < REDIS_MIN:
-                errs.append(f"{describe(owner)}: {img} is older than {'.'.join(map(str, REDIS_MIN))} (CVE-2025-49844)")
+                errs.append(f"{describe(owner)}: {img} is older than {'.'.join(map(str, REDIS_MIN))} (CVE-2026-23479, CVE-2026-25243, CVE-2026-23631)")
             res = c.get("resources") or {}
             req, lim = (res.get("requests") or {}).get("memory"), (res.get("limits") or {}).get("memory")
             if req != lim:
