@@ -45,6 +45,7 @@ export def settings []: nothing -> record {
     gitea_url: $"http://git.($domain)"
     dispatcher_url: $"http://ci.($domain)"
     cache_path: ($vars.RAIBID_CACHE_HOST_PATH? | default "/var/lib/raibid/cache")
+    image_cache_path: ($vars.RAIBID_IMAGE_CACHE_HOST_PATH? | default "/var/lib/raibid/image-cache")
     ops: {owner: $ops_path.0, name: $ops_path.1, branch: $sync.spec.ref.branch, cluster_url: $sync.spec.url}
     images: $images
     pins: (load-pins)

@@ -187,10 +187,17 @@ def preflight-steps [ctx: record]: nothing -> list<record> {
 
 # --- k3s -------------------------------------------------------------------------------------------------
 
-# The Localhost seccomp profile of the image agents (ADR 0002, 0006): rootless Buildah's user namespaces.
-# Pods name it `profiles/raibid-buildah.json`, relative to the kubelet's seccomp root.
-const BUILDAH_SECCOMP_SRC = "infrastructure/configs/seccomp/raibid-buildah.json"
-const BUILDAH_SECCOMP_NODE = "/var/lib/kubelet/seccomp/profiles/raibid-buildah.json"
+# The node files every agent pod needs (ADR 0002, 0006, 0014), from the repository: the Localhost seccomp
+# profiles (pods name them `profiles/<file>`, relative to the kubelet's seccomp root) and the AppArmor profile
+# with `userns,` and `mount` (pods name it `raibid-agent`; loaded with apparmor_parser). Same on every node.
+export const NODE_PROFILES = [
+  [src node what];
+  ["infrastructure/configs/seccomp/raibid-buildah.json" "/var/lib/kubelet/seccomp/profiles/raibid-buildah.json" "the image agents' seccomp profile (rootless Buildah)"]
+  ["infrastructure/configs/seccomp/raibid-agent.json" "/var/lib/kubelet/seccomp/profiles/raibid-agent.json" "the Rust agents' seccomp profile (bubblewrap)"]
+  ["infrastructure/configs/apparmor/raibid-agent" "/etc/apparmor.d/raibid-agent" "the agents' AppArmor profile (userns, mount)"]
+]
+const APPARMOR_PROFILE = "raibid-agent"
+const APPARMOR_LOADED = "/sys/kernel/security/apparmor/profiles"
 
 def host-files [ctx: record]: nothing -> record {
   let host = {cores: ((system run-cmd [nproc]).stdout | str trim | into int)
@@ -204,8 +211,7 @@ def host-files [ctx: record]: nothing -> record {
     config_now: (system read /etc/rancher/k3s/config.yaml)
     registries_now: $reg_now
     hosts_now: $hosts_now
-    seccomp: (open --raw (repo-path $ctx $BUILDAH_SECCOMP_SRC))
-    seccomp_now: (system read $BUILDAH_SECCOMP_NODE)
+    profiles: ($NODE_PROFILES | each {|p| $p | insert want (open --raw (repo-path $ctx $p.src)) | insert now (system read $p.node) })
   }
 }
 
@@ -219,9 +225,15 @@ def k3s-probe [ctx: record]: nothing -> record {
   if $f.config_now != $f.config { return (todo "/etc/rancher/k3s/config.yaml differs from the rendered one") }
   if $f.registries_now != $f.registries { return (todo "/etc/rancher/k3s/registries.yaml differs from the rendered one") }
   if $f.hosts_now != $f.hosts { return (todo $"/etc/hosts does not map ($ctx.s.git_host) and ($ctx.s.ci_host)") }
-  if $f.seccomp_now != $f.seccomp { return (todo $"the image agents' seccomp profile ($BUILDAH_SECCOMP_NODE) is missing or differs from ($BUILDAH_SECCOMP_SRC)") }
-  let owner = ((system run-cmd [stat -c %u:%g $ctx.s.cache_path]).stdout | str trim)
-  if $owner != "1000:1000" { return (todo $"the cache directory ($ctx.s.cache_path) is missing or not owned by 1000:1000") }
+  for p in $f.profiles {
+    if $p.now != $p.want { return (todo $"($p.what) ($p.node) is missing or differs from ($p.src)") }
+  }
+  let loaded = (system read $APPARMOR_LOADED | default "" | lines | any {|l| $l | str starts-with $"($APPARMOR_PROFILE) \(enforce\)" })
+  if not $loaded { return (todo $"AppArmor profile ($APPARMOR_PROFILE) is not loaded \(($APPARMOR_LOADED)\)") }
+  for dir in [$ctx.s.cache_path $ctx.s.image_cache_path] {
+    let owner = ((system run-cmd [stat -c %u:%g $dir]).stdout | str trim)
+    if $owner != "1000:1000" { return (todo $"the cache directory ($dir) is missing or not owned by 1000:1000") }
+  }
   if not (system exists $ctx.kubeconfig) { return (todo $"no kubeconfig at ($ctx.kubeconfig)") }
   ok $"k3s ($pin) active, config, registries, /etc/hosts and cache directory as rendered"
 }
@@ -239,7 +251,13 @@ def k3s-steps [ctx: record]: nothing -> list<record> {
     (ext-step (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin $f.registries --stdin-desc $"\(rendered registries.yaml: ($ctx.s.git_host) over HTTP\)")
     (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/hosts]) --stdin $f.hosts --stdin-desc $"\(/etc/hosts + '127.0.0.1 ($ctx.s.git_host) ($ctx.s.ci_host) # raibid-ci'\)")
     (ext-step (priv $ctx [install -d -o "1000" -g "1000" -m "0755" $ctx.s.cache_path]))
-    (ext-step (priv $ctx [install -D -m "0644" /dev/stdin $BUILDAH_SECCOMP_NODE]) --stdin $f.seccomp --stdin-desc $"\(($BUILDAH_SECCOMP_SRC): the image agents' Localhost seccomp profile\)")
+    (ext-step (priv $ctx [install -d -o "1000" -g "1000" -m "0755" $ctx.s.image_cache_path]))
+  ]
+  | append ($f.profiles | each {|p|
+    ext-step (priv $ctx [install -D -m "0644" /dev/stdin $p.node]) --stdin $p.want --stdin-desc $"\(($p.src): ($p.what)\)"
+  })
+  | append [
+    (ext-step (priv $ctx [apparmor_parser -r -W ($NODE_PROFILES | where node =~ apparmor | first | get node)]))
   ] | append (if $reinstall {[
     (ext-step [mkdir -p $ctx.tmp])
     (ext-step [curl -sfL -o $installer $"https://raw.githubusercontent.com/k3s-io/k3s/($tag)/install.sh"])

@@ -26,6 +26,12 @@ def fixture [name: string]: nothing -> path {
   })
   let f = (mktemp -t $"raibid-system-($name)-XXXXXX.nuon")
   $text | save -f $f
+  # A finished node holds exactly the profiles bootstrap installs from the repository (NODE_PROFILES).
+  if $name == "finished" {
+    let sys = (open $f)
+    let files = ($NODE_PROFILES | reduce --fold $sys.files {|p, acc| $acc | upsert $p.node (open --raw ($REPO_ROOT | path join $p.src)) })
+    $sys | update files $files | to nuon | save -f $f
+  }
   $f
 }
 

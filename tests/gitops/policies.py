@@ -1038,6 +1038,87 @@ def check_agent_credentials(objs: list[Obj]) -> list[str]:
     return errs
 
 
+AGENT_SECCOMP = "profiles/raibid-agent.json"
+AGENT_APPARMOR = "raibid-agent"
+RUST_CACHE_CLAIM, IMAGE_CACHE_CLAIM = "raibid-cache", "raibid-image-cache"
+PROC_RELAXED_FROM = (1, 35)  # Pod Security baseline allows procMount Unmasked with hostUsers: false from 1.35
+
+
+def _claim_paths(pod: dict, objs: list[Obj], ns: str | None) -> dict[str, str]:
+    """claim name -> host path of its PersistentVolume, for every PVC volume of the pod."""
+    out = {}
+    for v in pod.get("volumes") or []:
+        claim = (v.get("persistentVolumeClaim") or {}).get("claimName")
+        if not claim:
+            continue
+        pvc = find(objs, "PersistentVolumeClaim", claim, ns)
+        pv_name = (pvc[0].get("spec") or {}).get("volumeName") if pvc else None
+        pv = find(objs, "PersistentVolume", pv_name) if pv_name else []
+        out[claim] = ((pv[0].get("spec") or {}).get("hostPath") or {}).get("path", "") if pv else ""
+    return out
+
+
+def check_agent_sandbox(objs: list[Obj]) -> list[str]:
+    """Untrusted build steps (issue 17, ADR 0014). Every agent pod — Rust and image kinds, ScaledJob and warm pool —
+    can run bubblewrap: its own user namespace (hostUsers: false), an unmasked /proc (so bwrap may mount a fresh one
+    in its PID namespace), the Localhost seccomp profile that allows unshare/clone with namespace flags, mount and
+    pivot_root (image agents: the Buildah one), the Localhost AppArmor profile with `userns,` (Ubuntu 24.04) and
+    `mount`. The namespace enforces baseline at a version that allows that (1.35+). And the caches are apart
+    (issue 17 §5): image agents mount the image cache and not the Rust one; a Rust agent never mounts the image cache
+    (nor anything on its host path)."""
+    errs = []
+    found = agents(objs)
+    if not found:
+        return ["no agent found"]
+    image_paths = {((pv.get("spec") or {}).get("hostPath") or {}).get("path") for pv in find(objs, "PersistentVolume", IMAGE_CACHE_CLAIM)}
+    if not image_paths:
+        errs.append(f"no PersistentVolume {IMAGE_CACHE_CLAIM}: image agents have no cache of their own")
+    rust_paths = {((pv.get("spec") or {}).get("hostPath") or {}).get("path") for pv in find(objs, "PersistentVolume", RUST_CACHE_CLAIM)}
+    if image_paths & rust_paths:
+        errs.append(f"the image cache and the Rust cache share a host path {sorted(image_paths & rust_paths)}")
+    for owner, pod, c in found:
+        ns = owner["metadata"].get("namespace")
+        d = f"{describe(owner)} container {c.get('name')}"
+        image = pod_kinds(pod, objs, ns) == {IMAGE_KIND}
+        psc, sc = pod.get("securityContext") or {}, c.get("securityContext") or {}
+        if pod.get("hostUsers") is not False:
+            errs.append(f"{d}: hostUsers: false missing (bwrap needs the pod's own user namespace; and procMount "
+                        f"Unmasked is only allowed with it)")
+        if sc.get("procMount") != "Unmasked":
+            errs.append(f"{d}: procMount must be Unmasked (bwrap mounts a fresh /proc; the kernel refuses it over a masked one)")
+        want = BUILDAH_SECCOMP if image else AGENT_SECCOMP
+        prof = sc.get("seccompProfile") or psc.get("seccompProfile") or {}
+        if prof.get("type") != "Localhost" or prof.get("localhostProfile") != want:
+            errs.append(f"{d}: seccompProfile must be Localhost {want} (allows unshare/clone with namespace flags, mount, pivot_root)")
+        aa = sc.get("appArmorProfile") or psc.get("appArmorProfile") or {}
+        if aa.get("type") != "Localhost" or aa.get("localhostProfile") != AGENT_APPARMOR:
+            errs.append(f"{d}: appArmorProfile must be Localhost {AGENT_APPARMOR} (userns and mount; Ubuntu 24.04 "
+                        f"restricts unprivileged user namespaces to profiles that allow them)")
+        if sc.get("privileged") or "SYS_ADMIN" in ((sc.get("capabilities") or {}).get("add") or []):
+            errs.append(f"{d}: privileged or CAP_SYS_ADMIN: the sandbox needs neither")
+        claims = _claim_paths(pod, objs, ns)
+        if image:
+            if IMAGE_CACHE_CLAIM not in claims:
+                errs.append(f"{d}: image agents must use their own cache, claim {IMAGE_CACHE_CLAIM}")
+            if RUST_CACHE_CLAIM in claims:
+                errs.append(f"{d}: an image agent mounts the Rust agents' cache {RUST_CACHE_CLAIM}")
+        else:
+            bad = [cl for cl, path in claims.items() if cl == IMAGE_CACHE_CLAIM or (path and path in image_paths)]
+            if bad:
+                errs.append(f"{d}: a Rust agent mounts the image cache ({', '.join(bad)}): its steps could reach image "
+                            f"jobs' layer store (issue 17 §5)")
+        for n in find(objs, "Namespace", ns):
+            labels = n["metadata"].get("labels") or {}
+            v = labels.get("pod-security.kubernetes.io/enforce-version", "latest")
+            m = re.match(r"v(\d+)\.(\d+)$", v)
+            if labels.get("pod-security.kubernetes.io/enforce") == "restricted":
+                errs.append(f"{d}: namespace {ns} enforces restricted, which forbids the sandbox's profiles")
+            if m and (int(m.group(1)), int(m.group(2))) < PROC_RELAXED_FROM:
+                errs.append(f"{d}: namespace {ns} enforces Pod Security {v}, which forbids procMount Unmasked even "
+                            f"with hostUsers: false (allowed from v1.35)")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -1057,4 +1138,5 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("runtime-settings", check_runtime_settings),
     ("agent-cache", check_agent_cache),
     ("agent-credentials", check_agent_credentials),
+    ("agent-sandbox", check_agent_sandbox),
 ]
