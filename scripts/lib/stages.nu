@@ -514,10 +514,44 @@ export def controllers-manifests [root: string]: nothing -> string {
   | str join "---\n"
 }
 
+# The CustomResourceDefinitions each stage installs and the ones the manifests it applies use (issue 21 §2:
+# every custom resource, and KEDA's operator, after its CRDs). Flux's come with `flux install` (stage flux);
+# KEDA's from the keda-crds source at its tag, applied by stage gitea before the controllers (KEDA's operator
+# exits without them, kedacore/keda#824, and its HelmRelease would end Stalled).
+export def stage-crds []: nothing -> table {
+  [
+    [stage provides];
+    [flux [source.toolkit.fluxcd.io kustomize.toolkit.fluxcd.io helm.toolkit.fluxcd.io notification.toolkit.fluxcd.io]]
+    [gitea [keda.sh]]
+  ]
+}
+
+# The API groups a rendered manifest set needs CRDs for: custom resources by group, plus a chart that expects
+# its CRDs from elsewhere (KEDA with crds.install false needs keda.sh before its operator starts).
+export def crds-needed [docs: list<any>]: nothing -> list<string> {
+  let builtin = ['' apps batch policy networking.k8s.io rbac.authorization.k8s.io storage.k8s.io autoscaling
+    coordination.k8s.io discovery.k8s.io scheduling.k8s.io node.k8s.io apiextensions.k8s.io admissionregistration.k8s.io]
+  let groups = ($docs | each {|d| $d.apiVersion? | default "" | if ($in | str contains "/") { split row "/" | first } else { "" } })
+  let charts = ($docs | where {|d| $d.kind? == HelmRelease and $d.spec?.values?.crds?.install? == false }
+    | each {|d| if $d.spec.chart.spec.chart == keda { "keda.sh" } else { null } } | compact)
+  $groups | append $charts | where {|g| $g not-in $builtin } | uniq | sort
+}
+
+# The KEDA CRD source of the tree (GitRepository keda-crds): url and tag.
+export def keda-crds-source [root: string]: nothing -> record {
+  let g = (open --raw ($root | path join clusters $CLUSTER infrastructure.yaml) | from yaml
+    | if ($in | describe) =~ '^(list|table)' { $in } else { [$in] } | where kind == GitRepository and metadata.name == keda-crds | first)
+  {url: $g.spec.url, tag: $g.spec.ref.tag}
+}
+
 def gitea-steps [ctx: record]: nothing -> list<record> {
   let root = $ctx.s.root
   let vars = $ctx.s.vars
+  let keda = (keda-crds-source $root)
+  let kpath = ($keda.url | str replace --regex '^https://' '' | str replace --regex '\.git$' '')
   [
+    (ext-step [kubectl apply --server-side --field-manager=kustomize-controller -k $"https://($kpath)//config/crd?ref=($keda.tag)"])
+    (ext-step [kubectl wait --for=condition=Established --timeout=120s crd/scaledjobs.keda.sh crd/scaledobjects.keda.sh crd/triggerauthentications.keda.sh crd/clustertriggerauthentications.keda.sh])
     (nu-step "kubectl kustomize --load-restrictor=LoadRestrictionsNone infrastructure/controllers | (drop the encrypted Secrets) | flux envsubst --strict | kubectl apply --server-side --field-manager=kustomize-controller -f -" {||
       let kept = (controllers-manifests $root)
       let substituted = (with-env $vars { run-argv [flux envsubst --strict] --stdin $kept --hint "a ${VAR} in the manifests is not in clusters/dgx-spark/cluster-settings.yaml" })

@@ -327,3 +327,46 @@ def bootstrap_tokens_carry_documented_scopes_and_only_image_agents_can_push [] {
     }
   }
 }
+
+# --- CRDs before their users (issue 21 §2) ------------------------------------------------------------------
+
+# Walk the stages in order; every group a stage's manifests need must be provided by an earlier stage or by an
+# earlier step of the same stage. Returns the violations.
+def crd-order-violations [plan: table, stages: table, needs: record]: nothing -> list<string> {
+  mut provided = []
+  mut bad = []
+  for st in $plan {
+    let own = ($stages | where stage == $st.stage | get -o 0.provides | default [])
+    # Within the stage: its CRD steps (kubectl apply -k …/config/crd) must come before the manifests' apply.
+    let crd_at = ($st.commands | enumerate | where {|c| $c.item =~ 'config/crd' } | get -o 0.index)
+    let use_at = ($st.commands | enumerate | where {|c| $c.item =~ 'infrastructure/controllers' } | get -o 0.index)
+    if ($own | is-not-empty) and $st.stage != flux and ($crd_at == null or ($use_at != null and $crd_at > $use_at)) {
+      $bad = ($bad | append $"($st.stage): its CRDs are applied after the manifests that use them")
+    }
+    $provided = ($provided | append $own)
+    for g in ($needs | get -o $st.stage | default []) {
+      if $g not-in $provided { $bad = ($bad | append $"($st.stage): applies users of ($g) before any stage installed its CRDs") }
+    }
+  }
+  $bad
+}
+
+@test
+def crds_precede_their_users_in_the_stage_order [] {
+  let p = (plan-for fresh)
+  let docs = (controllers-manifests $REPO_ROOT | split row --regex '(?m)^---\s*$' | where {|d| $d | str trim | is-not-empty } | each {|d| $d | from yaml })
+  let needs = {gitea: (crds-needed $docs)}
+  # The controllers use Flux's kinds (HelmRepository, HelmRelease) and KEDA's operator needs keda.sh.
+  assert equal $needs.gitea [helm.toolkit.fluxcd.io keda.sh source.toolkit.fluxcd.io]
+  assert equal (crd-order-violations $p (stage-crds) $needs) []
+  let gitea = ($p | where stage == gitea | first)
+  let tag = (keda-crds-source $REPO_ROOT).tag
+  assert ($gitea.commands.0 | str contains $"config/crd?ref=($tag)") $gitea.commands.0
+  # Seen failing: the gitea stage as it was (controllers applied with no KEDA CRDs before them).
+  let old = ($p | update commands {|r| if $r.stage == gitea { $r.commands | where {|c| $c !~ 'config/crd|crd/scaledjobs' } } else { $r.commands } })
+  let old_stages = (stage-crds | where stage != gitea)
+  assert equal (crd-order-violations $old $old_stages $needs) ["gitea: applies users of keda.sh before any stage installed its CRDs"]
+  # And with the flux stage after gitea, the HelmReleases would come first.
+  let swapped = ($p | where stage != flux | append ($p | where stage == flux))
+  assert ((crd-order-violations $swapped (stage-crds) $needs) | any {|v| $v =~ 'helm.toolkit.fluxcd.io' })
+}
