@@ -370,3 +370,17 @@ def crds_precede_their_users_in_the_stage_order [] {
   let swapped = ($p | where stage != flux | append ($p | where stage == flux))
   assert ((crd-order-violations $swapped (stage-crds) $needs) | any {|v| $v =~ 'helm.toolkit.fluxcd.io' })
 }
+
+@test
+def the_documented_allocatable_is_what_the_k3s_config_leaves [] {
+  # A Spark: 20 cores, MemTotal 125516596 kB (≈ 119.7 GiB). The kubelet subtracts system-reserved and
+  # kube-reserved (render-k3s-config) and keeps eviction-hard memory.available free.
+  let mem_gib = 125516596 / 1024 / 1024
+  let r = (reservations 20 ($mem_gib | math floor))
+  let cfg = (render-k3s-config 20 ($mem_gib | math floor) | from yaml)
+  let evict = ($cfg.kubelet-arg | where {|a| $a | str starts-with "eviction-hard=" } | first | parse --regex 'memory.available<(?<g>\d+)Gi' | get 0.g | into int)
+  let cpu = 20 - 2 * ($r.cpu | into int)
+  let mem = ($mem_gib - 2 * ($r.memory | str replace "Gi" "" | into int) - $evict | math floor)
+  let q = (open ($REPO_ROOT | path join infrastructure configs build-limits.yaml) | where kind == ResourceQuota | first)
+  assert equal $q.metadata.annotations."raibid.dev/node-allocatable" $"cpu=($cpu),memory=($mem)Gi"
+}
