@@ -19,7 +19,7 @@ def print-plan [plan: table]: nothing -> nothing {
   let n = ($plan | length)
   for row in ($plan | enumerate) {
     let p = $row.item
-    let mark = if $p.action == "run" { "RUN " } else { "SKIP" }
+    let mark = match $p.action { "run" => "RUN ", "fail" => "FAIL", _ => "SKIP" }
     print $"[($row.index + 1)/($n)] ($p.stage | fill -w 10) ($mark)  ($p.reason)"
     for c in $p.commands { print $"      $ ($c)" }
   }

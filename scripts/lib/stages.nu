@@ -50,11 +50,15 @@ def priv [ctx: record, argv: list<string>]: nothing -> list<string> {
 
 def repo-path [ctx: record, rel: string]: nothing -> string { $ctx.s.root | path join $rel }
 
-# A root-only file (registries.yaml is 0600): read directly as root, through `sudo -n cat` otherwise.
-def read-root [ctx: record, path: string]: nothing -> any {
-  if $ctx.facts.uid == 0 or (system fake?) { return (system read $path) }
+# A root-only file (registries.yaml is 0600): read directly as root, through `sudo -n cat` otherwise. Null only
+# when the file does not exist; a sudo that cannot run (a password needed, no sudo rights) fails loudly: read as
+# "missing", it used to re-render registries.yaml without its credentials and rotate every token (issue 21 §2).
+export def read-root [ctx: record, path: string]: nothing -> any {
+  if $ctx.facts.uid == 0 { return (system read $path) }
   let r = (system run-cmd [sudo -n cat $path])
-  if $r.exit_code == 0 { $r.stdout } else { null }
+  if $r.exit_code == 0 { return $r.stdout }
+  if ($r.stderr | str contains "No such file or directory") { return null }
+  fail sudo_failed $"could not read ($path) as root: ($r.stderr | str trim)" --hint "bootstrap runs sudo non-interactively (sudo -n): run `sudo -v` first, or allow the owner passwordless sudo, or run bootstrap as root; nothing was changed"
 }
 
 # `kubectl … -o json` as a record, or null (no cluster yet, no such object).
@@ -812,7 +816,11 @@ export def all-stages []: nothing -> table {
 # The plan: for each selected stage, run or skip, why, and the exact commands.
 export def plan [ctx: record, selected: list<string>]: nothing -> table {
   all-stages | where name in $selected | each {|st|
-    let p = (try { do $st.probe $ctx } catch {|e| {done: false, reason: $"probe failed: ($e.msg)"} })
+    let p = (try { do $st.probe $ctx } catch {|e| {done: false, failed: true, reason: $"probe failed: ($e.msg)"} })
+    # A probe that fails (sudo refused, an unrecorded command) stops the real run at this stage: nothing to show.
+    if ($p.failed? | default false) {
+      return {stage: $st.name, action: "fail", reason: $p.reason, commands: []}
+    }
     let action = if $p.done and not $ctx.force { "skip" } else { "run" }
     let reason = if $p.done and $ctx.force { $"--force \(($p.reason)\)" } else { $p.reason }
     let commands = if $action == "run" {

@@ -384,3 +384,27 @@ def the_documented_allocatable_is_what_the_k3s_config_leaves [] {
   let q = (open ($REPO_ROOT | path join infrastructure configs build-limits.yaml) | where kind == ResourceQuota | first)
   assert equal $q.metadata.annotations."raibid.dev/node-allocatable" $"cpu=($cpu),memory=($mem)Gi"
 }
+
+@test
+def a_failing_sudo_is_loud_not_a_missing_file [] {
+  # The finished machine, but sudo now wants a password (sudo -n exits 1, sudo(8)). Before issue 21 the probes
+  # read that as "registries.yaml is missing": the k3s stage re-rendered it without credentials and the tokens
+  # stage rotated every token. Now both stages stop with sudo_failed and change nothing.
+  let f = (fixture finished)
+  let sys = (open $f)
+  $sys | update commands ($sys.commands | where argv != [sudo -n "true"] | append {argv: [sudo -n "true"], exit_code: 1, stderr: "sudo: a password is required\n"}) | to nuon | save -f $f
+  let p = (with-clean-env (fake-env $f) { plan (context) (all-stages | get name) })
+  for st in [k3s tokens] {
+    let row = ($p | where stage == $st | first)
+    assert ($row.reason | str contains "sudo: a password is required") $"($st): ($row.reason)"
+    assert equal [$row.action $row.commands] [fail []] $"($st) would run: ($row.commands)"
+  }
+  let err = (with-clean-env (fake-env $f) { try { read-root (context) /etc/rancher/k3s/registries.yaml; null } catch {|e| $e } })
+  assert equal ($err | error-code) sudo_failed
+  rm -f $f
+  # With sudo working, a file that really is missing is null (cat(1): exit 1, "No such file or directory").
+  let ok = (fixture finished)
+  assert equal (with-clean-env (fake-env $ok) { read-root (context) /etc/nothing-here }) null
+  assert ((with-clean-env (fake-env $ok) { read-root (context) /etc/rancher/k3s/registries.yaml }) | str contains "auth")
+  rm -f $ok
+}
