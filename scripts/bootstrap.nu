@@ -55,6 +55,7 @@ def main [
   --only: string   # run only this stage
   --from: string   # start at this stage and run the rest
   --force          # with --only: redo the stage even if done (a new age key / new secrets; old key kept as .bak)
+  --rotate         # with --only tokens: replace every Gitea token (without it a re-run creates only missing ones)
   --list           # list the stages and exit
 ]: nothing -> any {
   log start-clock
@@ -66,7 +67,10 @@ def main [
   }
   # kubectl and flux talk to this cluster only, whatever KUBECONFIG the shell has.
   $env.KUBECONFIG = $env.RAIBID_KUBECONFIG
-  let ctx = (context --force=$force)
+  if $rotate and $only != "tokens" {
+    fail bad_flags "--rotate needs --only tokens (it replaces every Gitea token and revokes the old ones)" --hint "nu scripts/bootstrap.nu --only tokens --force --rotate"
+  }
+  let ctx = (context --force=$force --rotate=$rotate)
   if $dry_run {
     print-plan (plan $ctx $selected)
     print "\nAfterwards:"
@@ -83,10 +87,7 @@ def main [
         log ok $"skip: ($p.reason)"
       } else {
         log step $"run: ($p.reason)"
-        for step in (do $stage.steps $ctx) {
-          log info $"$ ($step.show)"
-          do $step.run
-        }
+        run-steps $ctx (do $stage.steps $ctx)
         log ok "done"
       }
     }

@@ -29,13 +29,17 @@ export const TOKENS = [
 # --- context and small helpers ---------------------------------------------------------------------------
 
 # Everything the stages share: repository settings, host facts, paths and flags.
-export def context [--force]: nothing -> record {
+export def context [
+  --force    # redo stages that are done
+  --rotate   # replace every Gitea token (stage tokens), not only missing ones
+]: nothing -> record {
   let s = (settings)
   let facts = (system facts)
   {
     s: $s
     facts: $facts
     force: $force
+    rotate: $rotate
     keyfile: ($env.SOPS_AGE_KEY_FILE? | default ($facts.home | path join .config sops age keys.txt))
     config_dir: $env.RAIBID_CONFIG_DIR
     kubeconfig: $env.RAIBID_KUBECONFIG
@@ -588,28 +592,71 @@ def tokens-probe [ctx: record]: nothing -> record {
   ok "Gitea tokens in place (owner, dispatcher, agent, Flux, registry)"
 }
 
+# Where bootstrap keeps sensitive files while a stage runs (tokens between steps): mode 0700, removed after every
+# stage, whether it finished or failed halfway (run-steps), so no plaintext token outlives its stage.
+export def secret-tmp [ctx: record]: nothing -> string { $ctx.tmp | path join secret }
+
+# Run a stage's steps in order; whatever happens, remove the stage's sensitive temp files afterwards.
+export def run-steps [ctx: record, steps: list<record>]: nothing -> nothing {
+  let dir = (secret-tmp $ctx)
+  try {
+    for step in $steps {
+      log info $"$ ($step.show)"
+      do $step.run
+    }
+  } catch {|e|
+    rm -rf $dir
+    return $e.raw
+  }
+  rm -rf $dir
+}
+
+def some-or-null [v: any, key: string]: nothing -> any { if $v == null { null } else { $v | get -o $key } }
+
+# The value each bootstrap token has where it is used today, or null: what a re-run keeps (issue 21 §2: tokens
+# rotate only with --rotate).
+export def existing-tokens [ctx: record]: nothing -> record {
+  let app = (secret-files "apps/")
+  let dec = {|name| let f = ($app | where name == $name); if ($f | is-empty) { null } else { decrypt $ctx $f.0.path } }
+  let flux = (kget [-n $NAMESPACES.flux get secret $CLUSTER_SECRETS.flux_git.name])
+  let flux_pw = (some-or-null (some-or-null $flux data) password)
+  {
+    raibid-owner: (system read (config-copy $ctx RAIBID_GITEA_TOKEN) | if $in == null { null } else { str trim })
+    raibid-dispatcher: (some-or-null (do $dec raibid-dispatcher) RAIBID_GITEA_TOKEN)
+    raibid-agent: (some-or-null (do $dec raibid-agent) RAIBID_GIT_TOKEN)
+    raibid-flux: (if $flux_pw == null { null } else { $flux_pw | decode base64 | decode })
+    raibid-registry: (some-or-null (registries-auth (read-root $ctx /etc/rancher/k3s/registries.yaml) $ctx.s.git_host) password)
+    raibid-image-push: (some-or-null (do $dec raibid-registry-push) password)
+  }
+}
+
 def tokens-steps [ctx: record]: nothing -> list<record> {
   let files = (secret-files "apps/")
   let admin = $"($ctx.s.gitea_url)/api/v1/users/($GITEA_ADMIN)/tokens"
-  # The new token values live in a 0600 file in the bootstrap's temp dir while the stage runs.
-  let store = ($ctx.tmp | path join tokens.json)
+  # Every token value (kept or new) lives in a 0600 file below secret-tmp while the stage runs; run-steps
+  # removes it when the stage ends, also when it fails halfway.
+  let store = ((secret-tmp $ctx) | path join tokens.json)
   let tok = {|name| open $store | get $name }
   let local = {|n| open --raw (config-copy $ctx $n) | str trim }
+  let have = (existing-tokens $ctx)
+  let make = if $ctx.rotate { $TOKENS } else { $TOKENS | where {|t| ($have | get $t.name) == null } }
+  let what = if ($make | is-empty) { $"none: all ($TOKENS | length) tokens are in place \(--rotate replaces them\)" } else { $make | get name | str join ', ' }
   [
-    (nu-step $"POST ($admin) \(basic auth as ($GITEA_ADMIN)\) for ($TOKENS | get name | str join ', '); an existing token of the same name is replaced \(DELETE …/tokens/{name}\)" {||
+    (nu-step $"POST ($admin) \(basic auth as ($GITEA_ADMIN)\) for: ($what); an existing token of the same name is replaced \(DELETE …/tokens/{name}\)" {||
       let basic = (admin-basic $ctx)
       let made = (with-env {RAIBID_GITEA_URL: $ctx.s.gitea_url} {
-        $TOKENS | reduce --fold {} {|t, acc| $acc | insert $t.name (gitea create-token $GITEA_ADMIN $t.name $t.scopes $basic) }
+        $make | reduce --fold {} {|t, acc| $acc | insert $t.name (gitea create-token $GITEA_ADMIN $t.name $t.scopes $basic) }
       })
-      mkdir $ctx.tmp
+      mkdir (secret-tmp $ctx)
+      ^chmod 700 (secret-tmp $ctx)
       "" | save --force $store
       ^chmod 600 $store
-      $made | to json | save --force $store
-      write-config-secret RAIBID_GITEA_TOKEN $made.raibid-owner --force | ignore
+      $have | merge $made | to json | save --force $store
+      if "raibid-owner" in $made { write-config-secret RAIBID_GITEA_TOKEN $made.raibid-owner --force | ignore }
     })
   ]
   | append ($files | each {|f|
-    nu-step (encrypt-show $f) {||
+    nu-step $"(encrypt-show $f)  # only when its values change" {||
       let values = if $f.name == "raibid-dispatcher" {
         {
           RAIBID_API_TOKEN: (do $local RAIBID_API_TOKEN), RAIBID_GITEA_WEBHOOK_SECRET: (do $local RAIBID_GITEA_WEBHOOK_SECRET)
@@ -621,6 +668,7 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
       } else {
         {RAIBID_GIT_TOKEN: (do $tok raibid-agent)}
       }
+      if (decrypt $ctx $f.path) == $values and (listed-in-kustomization $ctx $f.path) { log info $"($f.path): unchanged"; return }
       encrypt-secret $ctx $f $values
     }
   })
@@ -630,21 +678,23 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
         metadata: {name: $CLUSTER_SECRETS.flux_git.name, namespace: $CLUSTER_SECRETS.flux_git.namespace}
         stringData: {username: $GITEA_ADMIN, password: (do $tok raibid-flux)}} | to yaml
     })
-    (ext-step (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin-desc "(registries.yaml with the raibid-registry token)" --stdin-from {||
-      render-registries $ctx.s.git_host {username: $GITEA_ADMIN, password: (do $tok raibid-registry)}
-    })
-    (nu-step $"rm ($store)" {|| rm -f $store })
-    (ext-step (priv $ctx [systemctl restart k3s]))
-    (nu-step "wait until every node is Ready again (deadline 5 min)" {||
+    (nu-step $"(show-argv (priv $ctx [install -m '0600' /dev/stdin /etc/rancher/k3s/registries.yaml])) <<< \(registries.yaml with the raibid-registry token\), then (show-argv (priv $ctx [systemctl restart k3s])) and wait for the nodes: only when it changes" {||
+      let want = (render-registries $ctx.s.git_host {username: $GITEA_ADMIN, password: (do $tok raibid-registry)})
+      if (read-root $ctx /etc/rancher/k3s/registries.yaml) == $want { log info "registries.yaml: unchanged"; return }
+      run-argv (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin $want | ignore
+      run-argv (priv $ctx [systemctl restart k3s]) | ignore
       wait-until "the k3s node after the restart" {|| nodes-ready } --timeout 5min | ignore
     })
+    (nu-step $"rm -r (secret-tmp $ctx)" {|| rm -rf (secret-tmp $ctx) })
     (commit-step $ctx ($files | each {|f| [$f.path ($f.path | path dirname | path join kustomization.yaml)] } | flatten | uniq) "bootstrap: encrypted app secrets")
-    (nu-step "note: the tokens were (re)created; a dispatcher or agents already running read the new Secrets only after a restart" {||
+  ]
+  | append (if ($make | is-empty) { [] } else {[
+    (nu-step $"note: ($what) were \(re\)created; a dispatcher or agents already running read the new Secrets only after a restart" {||
       if (kget [-n $NAMESPACES.system get deployment $SERVICES.dispatcher.name]) != null {
         log warn "raibid already runs: after the next stages pushed the new Secrets, restart it: kubectl -n raibid-system rollout restart deployment/raibid-dispatcher; kubectl -n raibid-builds rollout restart deployment/raibid-agent-warm"
       }
     })
-  ]
+  ]})
 }
 
 # --- ops repository --------------------------------------------------------------------------------------

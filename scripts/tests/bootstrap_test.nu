@@ -408,3 +408,47 @@ def a_failing_sudo_is_loud_not_a_missing_file [] {
   assert ((with-clean-env (fake-env $ok) { read-root (context) /etc/rancher/k3s/registries.yaml }) | str contains "auth")
   rm -f $ok
 }
+
+@test
+def tokens_rotate_only_when_asked [] {
+  # A finished machine, tokens stage forced: every token is where it is used, so nothing is created.
+  let f = (fixture finished)
+  let forced = (with-clean-env (fake-env $f) { plan (context --force) [tokens] })
+  assert ($forced.0.commands.0 | str contains "for: none: all 6 tokens are in place") $forced.0.commands.0
+  assert not ($forced.0.commands | any {|c| $c =~ '^note: ' }) "a forced re-run announces new tokens"
+  let have = (with-clean-env (fake-env $f) { existing-tokens (context) })
+  assert equal ($have | values | where $it == null) [] $"a token was not found: ($have)"
+  assert equal $have.raibid-flux "recorded-flux-token"
+  # --rotate replaces all of them.
+  let rotated = (with-clean-env (fake-env $f) { plan (context --force --rotate) [tokens] })
+  assert ($rotated.0.commands.0 | str contains "for: raibid-owner, raibid-dispatcher, raibid-agent, raibid-flux, raibid-registry, raibid-image-push")
+  # Only the registry credentials lost: only that token is made (before issue 21 all six were replaced).
+  let sys = (open $f)
+  $sys | update files ($sys.files | update "/etc/rancher/k3s/registries.yaml" (render-registries "git.raibid.internal" null)) | to nuon | save -f $f
+  let p = (with-clean-env (fake-env $f) { plan (context) [tokens] })
+  assert ($p.0.commands.0 | str contains "for: raibid-registry;") $p.0.commands.0
+  rm -f $f
+  let cli = (do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) --dry-run --rotate } | complete)
+  assert ($cli.stderr | str contains "bad_flags") $cli.stderr
+}
+
+@test
+def a_stage_failing_halfway_leaves_no_plaintext_token [] {
+  let tmp = (mktemp -d -t raibid-stage-XXXXXX)
+  let ctx = {tmp: $tmp}
+  let store = ((secret-tmp $ctx) | path join tokens.json)
+  let steps = [
+    (nu-step "write the tokens" {|| mkdir (secret-tmp $ctx); '{"raibid-agent": "plaintext"}' | save $store })
+    (nu-step "fail" {|| error make {msg: "boom"} })
+    (nu-step "never" {|| "x" | save ($tmp | path join never) })
+  ]
+  let err = (try { run-steps $ctx $steps; null } catch {|e| $e })
+  assert ($err != null) "the failure was swallowed"
+  assert ($err.msg | str contains "boom") $err.msg
+  assert not ($store | path exists) "tokens.json outlived the failed stage"
+  assert not ($tmp | path join never | path exists)
+  # and after a stage that succeeds
+  run-steps $ctx [(nu-step "write" {|| mkdir (secret-tmp $ctx); "t" | save $store })]
+  assert not ((secret-tmp $ctx) | path exists)
+  rm -rf $tmp
+}
