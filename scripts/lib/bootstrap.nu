@@ -117,6 +117,10 @@ export def parse-version []: string -> any {
   if ($m | is-empty) { null } else { $m.0.v }
 }
 
+# Is version a at least b (x.y.z)?
+@example "sops" { version-at-least "3.12.0" "3.11.0" } --result true
+export def version-at-least [a: string, b: string]: nothing -> bool { (version-cmp $a $b) >= 0 }
+
 def version-cmp [a: string, b: string]: nothing -> int {
   let x = ($a | split row "." | each { into int })
   let y = ($b | split row "." | each { into int })

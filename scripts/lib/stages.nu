@@ -355,10 +355,37 @@ def sops-owner-key [text: string]: nothing -> any {
   $text | lines | where {|l| $l !~ '^\s*#' } | each {|l| $l | parse --regex '&owner\s+(?<k>\S+)' | get -o 0.k } | compact | get -o 0
 }
 
+# The kind of an age public key: age ≥ 1.4 makes post-quantum keys (`age1pq1…`) by default, older ages X25519
+# (`age1…`).
+@example "post-quantum" { age-key-kind "age1pq1abc" } --result "post-quantum"
+export def age-key-kind [pub: string]: nothing -> string {
+  if ($pub | str starts-with "age1pq1") { "post-quantum" } else if ($pub | str starts-with "age1") { "x25519" } else { "unknown" }
+}
+
+# Why the pinned sops and Flux cannot read a key of this kind (empty when they can): post-quantum keys need sops
+# ≥ 3.12.0 and Flux ≥ 2.9.0 (kustomize-controller's SOPS decryption).
+export def age-kind-problems [kind: string, pins: record]: nothing -> list<string> {
+  if $kind == "x25519" { return [] }
+  if $kind != "post-quantum" { return [$"an age key of unknown kind"] }
+  [
+    (if (version-at-least ($pins.SOPS_VERSION? | default "0.0.0") "3.12.0") { null } else { $"sops ($pins.SOPS_VERSION?) reads post-quantum age keys only from 3.12.0" })
+    (if (version-at-least ($pins.FLUX_VERSION? | default "0.0.0") "2.9.0") { null } else { $"Flux ($pins.FLUX_VERSION?) decrypts post-quantum age keys only from 2.9.0" })
+  ] | compact
+}
+
+# Refuse an owner key the pinned sops and Flux cannot use, saying what to do.
+def check-age-kind [ctx: record, pub: string]: nothing -> nothing {
+  let problems = (age-kind-problems (age-key-kind $pub) $ctx.s.pins)
+  if ($problems | is-not-empty) {
+    fail age_key_unreadable $"($ctx.keyfile) holds a (age-key-kind $pub) key that the pinned tools cannot read: ($problems | str join '; ')" --hint $"either pin sops >= 3.12.0 and Flux >= 2.9.0 in scripts/pins.env \(docs/pins.md\), or replace the key by an X25519 one made with an age < 1.4 \(`age-keygen -o ($ctx.keyfile)`\) before any secret is encrypted to it"
+  }
+}
+
 def age-probe [ctx: record]: nothing -> record {
   if not (system exists $ctx.keyfile) { return (todo $"no age key at ($ctx.keyfile)") }
   let pub = (age-public $ctx.keyfile)
   if $pub == null { return (todo $"($ctx.keyfile) is not an age key") }
+  check-age-kind $ctx $pub
   let owner = (sops-owner-key (system read (repo-path $ctx ".sops.yaml") | default ""))
   if $owner == $SOPS_PLACEHOLDER { return (todo ".sops.yaml still names the placeholder recipient") }
   if $owner != $pub { return (todo $".sops.yaml names another age key \(($owner)\); --force makes this key the owner") }
@@ -382,8 +409,9 @@ def age-steps [ctx: record]: nothing -> list<record> {
     ]
   }
   $gen | append [
-    (nu-step $".sops.yaml: replace the recipient on the &owner line with the public key of ($key)" {||
+    (nu-step $".sops.yaml: replace the recipient on the &owner line with the public key of ($key) \(refused when the pinned sops/Flux cannot read its kind\)" {||
       let pub = (run-argv [age-keygen -y $key] | str trim)
+      check-age-kind $ctx $pub
       let file = (repo-path $ctx ".sops.yaml")
       let text = (open --raw $file)
       let current = (sops-owner-key $text)

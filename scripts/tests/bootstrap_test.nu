@@ -452,3 +452,27 @@ def a_stage_failing_halfway_leaves_no_plaintext_token [] {
   assert not ((secret-tmp $ctx) | path exists)
   rm -rf $tmp
 }
+
+@test
+def age_key_kind_must_be_readable_by_the_pinned_sops_and_flux [] {
+  assert equal (age-key-kind "age1pq1qyqszqgpqyqszqgp") "post-quantum"
+  assert equal (age-key-kind "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq") "x25519"
+  let pins = (load-pins)
+  # Today's pins (sops 3.12, Flux 2.9) read both kinds, so age 1.4's default post-quantum key is fine.
+  assert equal (age-kind-problems "post-quantum" $pins) []
+  assert equal (age-kind-problems "x25519" $pins) []
+  # The pins before issue 21 (sops 3.11.0, Flux 2.7.5) cannot: both are named.
+  let old = ($pins | update SOPS_VERSION "3.11.0" | update FLUX_VERSION "2.7.5")
+  let p = (age-kind-problems "post-quantum" $old)
+  assert equal ($p | length) 2 $"($p)"
+  assert ($p.0 | str contains "sops 3.11.0 reads post-quantum age keys only from 3.12.0")
+  assert ($p.1 | str contains "Flux 2.7.5 decrypts post-quantum age keys only from 2.9.0")
+  # The probe refuses such a key with a message that says what to do.
+  let f = (fixture finished)
+  let sys = (open $f)
+  $sys | update commands ($sys.commands | each {|c| if ($c.argv | first 2) == [age-keygen -y] { $c | update stdout "age1pq1qyqszqgpqyqszqgp\n" } else { $c } }) | to nuon | save -f $f
+  let r = (with-clean-env (fake-env $f) { plan ((context) | update s.pins $old) [age-key] })
+  assert equal $r.0.action fail
+  assert ($r.0.reason | str contains "post-quantum key that the pinned tools cannot read") $r.0.reason
+  rm -f $f
+}
