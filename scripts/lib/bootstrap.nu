@@ -64,13 +64,25 @@ export def reservations [cores: int, mem_gib: int]: nothing -> record {
   {cpu: $cpu, memory: $"($mem)Gi"}
 }
 
-# /etc/rancher/k3s/config.yaml, rendered from the box's size.
-export def render-k3s-config [cores: int, mem_gib: int]: nothing -> string {
+# /etc/rancher/k3s/config.yaml, rendered from the box's size and the node's network. `node` is
+# {name, ip, iface, tls_san: [..], server_url?, token_file?}: a server (the first Spark) names its API's
+# addresses (tls-san); an agent (`bootstrap.nu join`) names the server and its agent-token file. node-ip and
+# flannel-iface pin k3s to one interface: a Spark has 10GbE, two ConnectX-7 ports and Wi-Fi, and k3s would
+# otherwise take the default route's, which may be the Wi-Fi.
+export def render-k3s-config [cores: int, mem_gib: int, node: record = {}]: nothing -> string {
   let r = (reservations $cores $mem_gib)
+  let agent = ($node.server_url? | default "" | is-not-empty)
   [
     "# Rendered by scripts/bootstrap.nu (stage k3s) from the repository; re-run the stage instead of editing."
-    "write-kubeconfig-mode: \"0600\""
-    "secrets-encryption: true"
+    (if $agent { null } else { "write-kubeconfig-mode: \"0600\"" })
+    (if $agent { null } else { "secrets-encryption: true" })
+    (if ($node.name? | default "" | is-empty) { null } else { $"node-name: ($node.name)" })
+    (if ($node.ip? | default "" | is-empty) { null } else { $"node-ip: ($node.ip)" })
+    (if ($node.iface? | default "" | is-empty) { null } else { $"flannel-iface: ($node.iface)" })
+    (if $agent { $"server: ($node.server_url)" } else { null })
+    (if $agent { $"token-file: ($node.token_file)" } else { null })
+    (if $agent or ($node.tls_san? | default [] | is-empty) { null } else { "tls-san:" })
+    ...(if $agent { [] } else { $node.tls_san? | default [] | each {|s| $"  - ($s)" } })
     "kubelet-arg:"
     $"  - \"system-reserved=cpu=($r.cpu),memory=($r.memory),ephemeral-storage=20Gi\""
     $"  - \"kube-reserved=cpu=($r.cpu),memory=($r.memory),ephemeral-storage=10Gi\""
@@ -78,7 +90,54 @@ export def render-k3s-config [cores: int, mem_gib: int]: nothing -> string {
     "  - \"container-log-max-size=50Mi\""
     "  - \"container-log-max-files=3\""
     ""
+  ] | compact | str join "\n"
+}
+
+# k3s' packaged Traefik answers 60 s after a request started reading (Traefik 3's default
+# respondingTimeouts.readTimeout): a large image push through git.<domain> takes longer. A HelmChartConfig in
+# k3s' manifests directory sets the chart's values (k3s docs, "Customizing Packaged Components").
+export def render-traefik-config []: nothing -> string {
+  [
+    "# Rendered by scripts/bootstrap.nu (stage k3s): Traefik timeouts for large image pushes to Gitea's registry."
+    "apiVersion: helm.cattle.io/v1"
+    "kind: HelmChartConfig"
+    "metadata:"
+    "  name: traefik"
+    "  namespace: kube-system"
+    "spec:"
+    "  valuesContent: |-"
+    "    ports:"
+    "      web:"
+    "        transport:"
+    "          respondingTimeouts:"
+    "            readTimeout: 1800s"
+    "            writeTimeout: 1800s"
+    "            idleTimeout: 180s"
+    ""
   ] | str join "\n"
+}
+
+# The ufw rules k3s needs when ufw is active (k3s docs, "Requirements: Inbound Rules" and the ufw notes):
+# the API server, the kubelet and flannel's VXLAN between nodes, and the pod and service CIDRs.
+export const UFW_RULES = [
+  [allow];
+  [[6443/tcp]]
+  [[10250/tcp]]
+  [[8472/udp]]
+  [[from 10.42.0.0/16 to any]]
+  [[from 10.43.0.0/16 to any]]
+]
+
+# Which UFW_RULES an active ufw lacks, from `ufw status` (ufw(8): "Status: active" then one line per rule,
+# e.g. "6443/tcp  ALLOW  Anywhere" or "Anywhere  ALLOW  10.42.0.0/16"); none when ufw is inactive.
+export def ufw-missing [status: string]: nothing -> list<list<string>> {
+  if not ($status | str contains "Status: active") { return [] }
+  let ls = ($status | lines)
+  $UFW_RULES | get allow | where {|r|
+    let port = if $r.0 == from { null } else { $r.0 }
+    let src = if $r.0 == from { $r.1 } else { null }
+    not ($ls | any {|l| ($l =~ 'ALLOW') and (if $port != null { $l | str starts-with $port } else { $l | str contains $src }) })
+  }
 }
 
 # /etc/rancher/k3s/registries.yaml: containerd pulls git.<domain> (Gitea's OCI registry) over HTTP,
@@ -162,6 +221,8 @@ export def evaluate-checks [host: record, pins: record]: nothing -> table {
       fix: "free space under /var/lib (k3s images, Gitea's 50 GiB volume, build caches)"}
     {check: "cgroup v2", ok: ($host.cgroup_fs == "cgroup2fs"), fatal: true, found: $host.cgroup_fs, want: cgroup2fs,
       fix: "boot with systemd.unified_cgroup_hierarchy=1 (DGX OS 7 / Ubuntu 24.04 does by default)"}
+    {check: "node interface", ok: (not ($host.iface? | default "" | str starts-with "wl")), fatal: false, found: ($host.iface? | default "unknown"), want: "a wired port (10GbE or ConnectX-7)",
+      fix: "k3s would run over Wi-Fi: set RAIBID_NODE_IFACE to the 10GbE or a ConnectX-7 interface (ip -br link)"}
     {check: "operating system", ok: ($host.os? | default "" | str starts-with "Ubuntu 24.04"), fatal: false, found: ($host.os? | default "unknown"), want: "DGX OS 7 (Ubuntu 24.04)",
       fix: "raibid-ci is tested against DGX OS 7; other systemd distributions with cgroup v2 work but their AppArmor and firewall differ (docs/operations.md)"}
     {check: privileges, ok: ($host.uid == 0 or $host.sudo_ok), fatal: true, found: (if $host.uid == 0 { "root" } else if $host.sudo_ok { "sudo" } else { "no sudo" }), want: "root or passwordless sudo",

@@ -40,6 +40,9 @@ export def context [
     facts: $facts
     force: $force
     rotate: $rotate
+    # The interface k3s uses (node-ip, flannel-iface); empty: the default route's (docs/operations.md).
+    node_iface: ($env.RAIBID_NODE_IFACE? | default "")
+    join: null
     keyfile: ($env.SOPS_AGE_KEY_FILE? | default ($facts.home | path join .config sops age keys.txt))
     config_dir: $env.RAIBID_CONFIG_DIR
     kubeconfig: $env.RAIBID_KUBECONFIG
@@ -152,6 +155,7 @@ export def gather-host [ctx: record]: nothing -> record {
   let osr = (system read /etc/os-release | default "" | lines | parse --regex '^PRETTY_NAME="?(?<v>[^"]*)"?$' | get -o 0.v)
   {
     os: $osr
+    iface: (node-net $ctx).iface
     arch: ((system run-cmd [uname -m]).stdout | str trim)
     cores: ((system run-cmd [nproc]).stdout | str trim | into int)
     mem_bytes: ($mem_kb * 1024)
@@ -207,13 +211,54 @@ export const NODE_PROFILES = [
 const APPARMOR_PROFILE = "raibid-agent"
 const APPARMOR_LOADED = "/sys/kernel/security/apparmor/profiles"
 
+const TRAEFIK_CONFIG = "/var/lib/rancher/k3s/server/manifests/raibid-traefik-config.yaml"
+
+# A root-only probe command: as root directly, else `sudo -n` (never prompts). Fails loudly when sudo refuses.
+def priv-probe [ctx: record, argv: list<string>]: nothing -> record {
+  let r = (system run-cmd (if $ctx.facts.uid == 0 { $argv } else { [sudo -n ...$argv] }))
+  if $r.exit_code != 0 and ($r.stderr | str contains "sudo:") {
+    fail sudo_failed $"could not run `($argv | str join ' ')` as root: ($r.stderr | str trim)" --hint "run `sudo -v` first, allow the owner passwordless sudo, or run bootstrap as root; nothing was changed"
+  }
+  $r
+}
+
+# The node's interface and IPv4 address (ip(8) with -j: JSON): RAIBID_NODE_IFACE, else the default route's.
+export def node-net [ctx: record]: nothing -> record {
+  let iface = if ($ctx.node_iface? | default "" | is-not-empty) { $ctx.node_iface } else {
+    let r = (system run-cmd [ip -j -4 route show default])
+    if $r.exit_code != 0 { "" } else { $r.stdout | from json | get -o 0.dev | default "" }
+  }
+  if ($iface | is-empty) { return {iface: "", ip: ""} }
+  let a = (system run-cmd [ip -j -4 addr show dev $iface])
+  let ip = if $a.exit_code != 0 { "" } else {
+    $a.stdout | from json | get -o 0.addr_info | default [] | where {|x| ($x.family? | default "") == inet } | get -o 0.local | default ""
+  }
+  {iface: $iface, ip: $ip}
+}
+
+# What this node is in the cluster: its name and network, and for an agent (join) the server and token file.
+export def node-spec [ctx: record]: nothing -> record {
+  let net = (node-net $ctx)
+  let base = {name: $ctx.facts.hostname, ip: $net.ip, iface: $net.iface}
+  if ($ctx.join? | default null) == null {
+    $base | insert tls_san ([$ctx.facts.hostname $net.ip] | where {|x| $x | is-not-empty })
+  } else {
+    $base | insert server_url $ctx.join.server_url | insert token_file $ctx.join.token_file
+  }
+}
+
 def host-files [ctx: record]: nothing -> record {
   let host = {cores: ((system run-cmd [nproc]).stdout | str trim | into int)
     mem_gib: ((system read /proc/meminfo | default "" | parse --regex 'MemTotal:\s+(?<kb>\d+)' | get -o 0.kb | default "0" | into int) // (1024 * 1024))}
   let reg_now = (read-root $ctx /etc/rancher/k3s/registries.yaml)
   let hosts_now = (system read /etc/hosts | default "")
+  let server = (($ctx.join? | default null) == null)
   {
-    config: (render-k3s-config $host.cores $host.mem_gib)
+    node: (node-spec $ctx)
+    ufw_missing: (ufw-missing ((priv-probe $ctx [ufw status]).stdout))
+    traefik: (if $server { render-traefik-config } else { null })
+    traefik_now: (if $server { system read $TRAEFIK_CONFIG } else { null })
+    config: (render-k3s-config $host.cores $host.mem_gib (node-spec $ctx))
     registries: (render-registries $ctx.s.git_host (registries-auth $reg_now $ctx.s.git_host))
     hosts: (render-hosts $hosts_now [$ctx.s.git_host $ctx.s.ci_host])
     config_now: (system read /etc/rancher/k3s/config.yaml)
@@ -233,6 +278,8 @@ def k3s-probe [ctx: record]: nothing -> record {
   if $f.config_now != $f.config { return (todo "/etc/rancher/k3s/config.yaml differs from the rendered one") }
   if $f.registries_now != $f.registries { return (todo "/etc/rancher/k3s/registries.yaml differs from the rendered one") }
   if $f.hosts_now != $f.hosts { return (todo $"/etc/hosts does not map ($ctx.s.git_host) and ($ctx.s.ci_host)") }
+  if ($f.ufw_missing | is-not-empty) { return (todo $"ufw is active and lacks k3s' rules: ($f.ufw_missing | each {|r| $r | str join ' ' } | str join ', ')") }
+  if $f.traefik_now != $f.traefik { return (todo $"Traefik's timeouts ($TRAEFIK_CONFIG) are missing or differ") }
   for p in $f.profiles {
     if $p.now != $p.want { return (todo $"($p.what) ($p.node) is missing or differs from ($p.src)") }
   }
@@ -255,12 +302,16 @@ def k3s-steps [ctx: record]: nothing -> list<record> {
   let reinstall = ((k3s-version) != $pin)
   [
     (ext-step (priv $ctx [install -d -m "0755" /etc/rancher/k3s]))
-    (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/rancher/k3s/config.yaml]) --stdin $f.config --stdin-desc "(rendered k3s config: kubelet reservations for this box)")
+    (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/rancher/k3s/config.yaml]) --stdin $f.config --stdin-desc $"\(rendered k3s config: kubelet reservations for this box, node-ip ($f.node.ip) on ($f.node.iface)\)")
     (ext-step (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin $f.registries --stdin-desc $"\(rendered registries.yaml: ($ctx.s.git_host) over HTTP\)")
     (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/hosts]) --stdin $f.hosts --stdin-desc $"\(/etc/hosts + '127.0.0.1 ($ctx.s.git_host) ($ctx.s.ci_host) # raibid-ci'\)")
     (ext-step (priv $ctx [install -d -o "1000" -g "1000" -m "0755" $ctx.s.cache_path]))
     (ext-step (priv $ctx [install -d -o "1000" -g "1000" -m "0755" $ctx.s.image_cache_path]))
   ]
+  | append ($f.ufw_missing | each {|r| ext-step (priv $ctx ([ufw allow] | append $r)) })
+  | append (if $f.traefik == null { [] } else {[
+    (ext-step (priv $ctx [install -D -m "0644" /dev/stdin $TRAEFIK_CONFIG]) --stdin $f.traefik --stdin-desc "(HelmChartConfig traefik: read/write timeouts 1800 s for large image pushes)")
+  ]})
   | append ($f.profiles | each {|p|
     ext-step (priv $ctx [install -D -m "0644" /dev/stdin $p.node]) --stdin $p.want --stdin-desc $"\(($p.src): ($p.what)\)"
   })

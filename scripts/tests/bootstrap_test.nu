@@ -30,6 +30,10 @@ def fixture [name: string]: nothing -> path {
   if $name == "finished" {
     let sys = (open $f)
     let files = ($NODE_PROFILES | reduce --fold $sys.files {|p, acc| $acc | upsert $p.node (open --raw ($REPO_ROOT | path join $p.src)) })
+    # and the k3s config and Traefik timeouts it rendered for this box (20 cores, 119 GiB, 10GbE at 192.168.1.20).
+    let node = {name: spark, ip: "192.168.1.20", iface: enP7s7, tls_san: [spark "192.168.1.20"]}
+    let files = ($files | upsert "/etc/rancher/k3s/config.yaml" (render-k3s-config 20 119 $node)
+      | upsert "/var/lib/rancher/k3s/server/manifests/raibid-traefik-config.yaml" (render-traefik-config))
     $sys | update files $files | to nuon | save -f $f
   }
   $f
@@ -475,4 +479,25 @@ def age_key_kind_must_be_readable_by_the_pinned_sops_and_flux [] {
   assert equal $r.0.action fail
   assert ($r.0.reason | str contains "post-quantum key that the pinned tools cannot read") $r.0.reason
   rm -f $f
+}
+
+@test
+def node_flags_ufw_and_traefik [] {
+  let server = (render-k3s-config 20 119 {name: spark, ip: "192.168.1.20", iface: enP7s7, tls_san: [spark "192.168.1.20"]} | from yaml)
+  assert equal [$server.node-ip $server.flannel-iface $server.tls-san $server.node-name] ["192.168.1.20" enP7s7 [spark "192.168.1.20"] spark]
+  let agent = (render-k3s-config 20 119 {name: spark-2, ip: "192.168.1.21", iface: enP7s7, server_url: "https://192.168.1.20:6443", token_file: "/etc/rancher/k3s/agent-token"} | from yaml)
+  assert equal [$agent.server $agent.token-file ($agent.tls-san? | default null) ($agent.secrets-encryption? | default null)] ["https://192.168.1.20:6443" /etc/rancher/k3s/agent-token null null]
+  # ufw(8): inactive needs nothing; active without k3s' rules needs all of them; the finished fixture's has them.
+  assert equal (ufw-missing "Status: inactive\n") []
+  assert equal (ufw-missing "Status: active\n\nTo  Action  From\n22/tcp  ALLOW  Anywhere\n" | length) ($UFW_RULES | length)
+  let t = (render-traefik-config | from yaml)
+  assert equal $t.kind HelmChartConfig
+  assert equal ($t.spec.valuesContent | from yaml | get ports.web.transport.respondingTimeouts.readTimeout) 1800s
+  # The plan pins k3s to the wired port and warns about Wi-Fi.
+  let p = (plan-for fresh)
+  let k3s = ($p | where stage == k3s | first)
+  assert ($k3s.commands | any {|c| $c | str contains "node-ip 192.168.1.20 on enP7s7" }) ($k3s.commands | str join "\n")
+  assert ($k3s.commands | any {|c| $c | str contains "raibid-traefik-config.yaml" })
+  let wifi = (evaluate-checks {os: "Ubuntu 24.04.3 LTS", iface: wlP9s9, arch: aarch64, cores: 20, mem_bytes: (125516596 * 1024), disk_free: (3000 * 1024 * 1024 * 1024), cgroup_fs: cgroup2fs, listening: [], uid: 0, sudo_ok: true, tools: {}, k3s_version: null} (load-pins))
+  assert equal ($wifi | where check == "node interface" | get 0.ok) false
 }
