@@ -1119,6 +1119,24 @@ def check_agent_sandbox(objs: list[Obj]) -> list[str]:
     return errs
 
 
+def check_agent_spread(objs: list[Obj]) -> list[str]:
+    """Warm agent Deployments spread over nodes (issue 21 §3): a hostname topology spread constraint that selects the
+    Deployment's own pods, ScheduleAnyway (one node must still run them all)."""
+    errs = []
+    for d in find(objs, "Deployment"):
+        pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if not any("raibid-agent" in str(c.get("image", "")) for c in containers(pod, init=False)):
+            continue
+        own = ((d["spec"].get("selector") or {}).get("matchLabels")) or {}
+        ok = [c for c in pod.get("topologySpreadConstraints") or []
+              if c.get("topologyKey") == "kubernetes.io/hostname" and c.get("whenUnsatisfiable") == "ScheduleAnyway"
+              and ((c.get("labelSelector") or {}).get("matchLabels") or {}) == own]
+        if not ok:
+            errs.append(f"{describe(d)}: warm agents must spread over nodes (topologySpreadConstraints on "
+                        f"kubernetes.io/hostname, ScheduleAnyway, selecting {own})")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -1139,4 +1157,5 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("agent-cache", check_agent_cache),
     ("agent-credentials", check_agent_credentials),
     ("agent-sandbox", check_agent_sandbox),
+    ("agent-spread", check_agent_spread),
 ]
