@@ -234,7 +234,7 @@ export def evaluate-checks [host: record, pins: record]: nothing -> table {
       found: (if $k3s_there { "k3s" } else if $busy { "in use" } else { "free" }), want: "free (k3s, Traefik)",
       fix: $"stop what listens on ($p): sudo ss -ltnp 'sport = :($p)'"})
   }
-  for t in (required-tools) {
+  for t in (required-tools | where {|t| $t.tool in ($host.tools | columns) }) {
     let have = ($host.tools | get -o $t.tool)
     let want = if $t.pin == null { "any" } else { $pins | get -o $t.pin | default "?" }
     let ok = if $have == null { false } else if $t.match == "exact" { $have == $want } else if $t.match == "at_least" and $want != "?" { (version-cmp $have $want) >= 0 } else { true }

@@ -134,9 +134,16 @@ def k3s-version []: nothing -> any {
   $r.stdout | parse --regex '(?<v>v\d+\.\d+\.\d+\+k3s\d+)' | get -o 0.v
 }
 
-def k3s-active []: nothing -> bool {
-  ((system run-cmd [systemctl is-active k3s]).stdout | str trim) == "active"
+# The k3s service of this node: `k3s` on the server, `k3s-agent` on a joined node (k3s' install.sh names them so).
+def k3s-unit [ctx: record]: nothing -> string { if ($ctx.join? | default null) == null { "k3s" } else { "k3s-agent" } }
+
+# systemctl(1) is-active: prints the state, exit 0 only when active (3 inactive, 4 no such unit).
+def k3s-active [unit: string = "k3s"]: nothing -> bool {
+  ((system run-cmd [systemctl is-active $unit]).stdout | str trim) == "active"
 }
+
+# The tools a joining node needs (it builds nothing and holds no secrets): the others are node 1's.
+const JOIN_TOOLS = [git curl]
 
 # What preflight looks at, read through system.nu.
 export def gather-host [ctx: record]: nothing -> record {
@@ -145,7 +152,8 @@ export def gather-host [ctx: record]: nothing -> record {
   let listening = ((system run-cmd [ss -Htln]).stdout | lines
     | each {|l| $l | split row --regex '\s+' | get -o 3 | default "" | parse --regex ':(?<p>\d+)$' | get -o 0.p }
     | compact | each { into int } | uniq)
-  let tools = (required-tools | reduce --fold {} {|t, acc|
+  let joining = (($ctx.join? | default null) != null)
+  let tools = (required-tools | where {|t| (not $joining) or $t.tool in $JOIN_TOOLS } | reduce --fold {} {|t, acc|
     let v = if (system which-path $t.tool) == null { null } else {
       let r = (system run-cmd $t.version_cmd)
       if $r.exit_code == 0 { $"($r.stdout)($r.stderr)" | parse-version } else { null }
@@ -177,7 +185,7 @@ def preflight-probe [ctx: record]: nothing -> record {
   if ($bad | is-not-empty) {
     return (todo $"to fix: ($bad | each {|c| $"($c.check) \(($c.found)\)" } | str join ', ')")
   }
-  if $host.k3s_version == $pin and (k3s-active) {
+  if $host.k3s_version == $pin and (k3s-active (k3s-unit $ctx)) {
     ok $"k3s ($pin) is running and every tool is present"
   } else {
     todo "fresh host: check architecture, cores, memory, disk, ports, cgroup v2 and tools"
@@ -253,13 +261,21 @@ def host-files [ctx: record]: nothing -> record {
   let reg_now = (read-root $ctx /etc/rancher/k3s/registries.yaml)
   let hosts_now = (system read /etc/hosts | default "")
   let server = (($ctx.join? | default null) == null)
+  let auth = if $server { registries-auth $reg_now $ctx.s.git_host } else {
+    # A joining node pulls with the same credentials as node 1: its registries.yaml, copied (--registries).
+    let a = (registries-auth (open --raw $ctx.join.registries_src) $ctx.s.git_host)
+    if $a == null { fail join_registries $"($ctx.join.registries_src) has no credentials for ($ctx.s.git_host)" --hint "copy /etc/rancher/k3s/registries.yaml from the first Spark after its tokens stage (sudo cat … | ssh this-host 'cat > registries.yaml')" }
+    $a
+  }
   {
+    token: (if $server { null } else { open --raw $ctx.join.token_src | str trim })
+    token_now: (if $server { null } else { read-root $ctx $ctx.join.token_file | default "" | str trim })
     node: (node-spec $ctx)
     ufw_missing: (ufw-missing ((priv-probe $ctx [ufw status]).stdout))
     traefik: (if $server { render-traefik-config } else { null })
     traefik_now: (if $server { system read $TRAEFIK_CONFIG } else { null })
     config: (render-k3s-config $host.cores $host.mem_gib (node-spec $ctx))
-    registries: (render-registries $ctx.s.git_host (registries-auth $reg_now $ctx.s.git_host))
+    registries: (render-registries $ctx.s.git_host $auth)
     hosts: (render-hosts $hosts_now [$ctx.s.git_host $ctx.s.ci_host])
     config_now: (system read /etc/rancher/k3s/config.yaml)
     registries_now: $reg_now
@@ -273,8 +289,9 @@ def k3s-probe [ctx: record]: nothing -> record {
   let v = (k3s-version)
   if $v == null { return (todo "k3s is not installed") }
   if $v != $pin { return (todo $"k3s ($v) is installed, the pin is ($pin)") }
-  if not (k3s-active) { return (todo "the k3s service is not active") }
+  if not (k3s-active (k3s-unit $ctx)) { return (todo $"the (k3s-unit $ctx) service is not active") }
   let f = (host-files $ctx)
+  if $f.token != $f.token_now { return (todo $"the agent token ($ctx.join.token_file) is missing or differs from ($ctx.join.token_src)") }
   if $f.config_now != $f.config { return (todo "/etc/rancher/k3s/config.yaml differs from the rendered one") }
   if $f.registries_now != $f.registries { return (todo "/etc/rancher/k3s/registries.yaml differs from the rendered one") }
   if $f.hosts_now != $f.hosts { return (todo $"/etc/hosts does not map ($ctx.s.git_host) and ($ctx.s.ci_host)") }
@@ -289,7 +306,7 @@ def k3s-probe [ctx: record]: nothing -> record {
     let owner = ((system run-cmd [stat -c %u:%g $dir]).stdout | str trim)
     if $owner != "1000:1000" { return (todo $"the cache directory ($dir) is missing or not owned by 1000:1000") }
   }
-  if not (system exists $ctx.kubeconfig) { return (todo $"no kubeconfig at ($ctx.kubeconfig)") }
+  if ($ctx.join? | default null) == null and not (system exists $ctx.kubeconfig) { return (todo $"no kubeconfig at ($ctx.kubeconfig)") }
   ok $"k3s ($pin) active, config, registries, /etc/hosts and cache directory as rendered"
 }
 
@@ -300,8 +317,11 @@ def k3s-steps [ctx: record]: nothing -> list<record> {
   let tag = ($pin | str replace --all "+" "%2B")
   let gid = ((system run-cmd [id -g]).stdout | str trim)
   let reinstall = ((k3s-version) != $pin)
+  let joining = (($ctx.join? | default null) != null)
+  let unit = (k3s-unit $ctx)
   [
     (ext-step (priv $ctx [install -d -m "0755" /etc/rancher/k3s]))
+    (if $joining { ext-step (priv $ctx [install -m "0600" /dev/stdin $ctx.join.token_file]) --stdin $f.token --stdin-desc $"\(the agent token from ($ctx.join.token_src)\)" })
     (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/rancher/k3s/config.yaml]) --stdin $f.config --stdin-desc $"\(rendered k3s config: kubelet reservations for this box, node-ip ($f.node.ip) on ($f.node.iface)\)")
     (ext-step (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin $f.registries --stdin-desc $"\(rendered registries.yaml: ($ctx.s.git_host) over HTTP\)")
     (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/hosts]) --stdin $f.hosts --stdin-desc $"\(/etc/hosts + '127.0.0.1 ($ctx.s.git_host) ($ctx.s.ci_host) # raibid-ci'\)")
@@ -320,17 +340,19 @@ def k3s-steps [ctx: record]: nothing -> list<record> {
   ] | append (if $reinstall {[
     (ext-step [mkdir -p $ctx.tmp])
     (ext-step [curl -sfL -o $installer $"https://raw.githubusercontent.com/k3s-io/k3s/($tag)/install.sh"])
-    (ext-step (priv $ctx [env $"INSTALL_K3S_VERSION=($pin)" sh $installer]))
+    # install.sh: INSTALL_K3S_EXEC=agent makes an agent (service k3s-agent); server URL and token come from the
+    # config file rendered above (server:, token-file:), never from the command line.
+    (ext-step (priv $ctx ([env $"INSTALL_K3S_VERSION=($pin)"] | append (if $joining { ["INSTALL_K3S_EXEC=agent"] } else { [] }) | append [sh $installer])))
   ]} else {[
-    (ext-step (priv $ctx [systemctl restart k3s]))
-  ]}) | append [
+    (ext-step (priv $ctx [systemctl restart $unit]))
+  ]}) | compact | append (if $joining { [] } else {[
     (nu-step "wait for /etc/rancher/k3s/k3s.yaml (deadline 2 min)" {||
       wait-until "k3s kubeconfig /etc/rancher/k3s/k3s.yaml" {|| {ok: ("/etc/rancher/k3s/k3s.yaml" | path exists), detail: "not written yet"} } --timeout 2min --inspect ["sudo systemctl status k3s" "sudo journalctl -u k3s -n 100"]
       | ignore
     })
     (ext-step [mkdir -p ($ctx.kubeconfig | path dirname)])
     (ext-step (priv $ctx [install -m "0600" -o $"($ctx.facts.uid)" -g $gid /etc/rancher/k3s/k3s.yaml $ctx.kubeconfig]))
-  ]
+  ]})
 }
 
 # --- node ------------------------------------------------------------------------------------------------
@@ -922,6 +944,40 @@ def reconcile-steps [ctx: record]: nothing -> list<record> {
 }
 
 # --- the list --------------------------------------------------------------------------------------------
+
+# `bootstrap.nu join`: what a second Spark needs from the first, checked before anything runs. The agent token
+# (never the server token: that one would let the node act as a server and read every Secret), the server's URL,
+# and node 1's registries.yaml (Gitea pull credentials).
+export def join-spec [server_url: string, token_src: string, registries_src: string]: nothing -> record {
+  if ($server_url !~ '^https://[^/]+:6443/?$') {
+    fail bad_server_url $"--server ($server_url) is not the first Spark's API" --hint "e.g. --server https://192.168.1.20:6443 (the server's node-ip)"
+  }
+  for f in [$token_src $registries_src] {
+    if not ($f | path exists) { fail missing_file $"($f) does not exist" --hint "copy it from the first Spark first (docs/operations.md, Add a Spark)" }
+  }
+  let token = (open --raw $token_src | str trim)
+  # k3s tokens: K10<ca hash>::server:<secret> is the server token (/var/lib/rancher/k3s/server/token, node-token);
+  # the agent token (/var/lib/rancher/k3s/server/agent-token) only joins agents.
+  if ($token | str contains "::server:") {
+    fail server_token $"($token_src) holds the SERVER token" --hint "use the agent token: on the first Spark `sudo cat /var/lib/rancher/k3s/server/agent-token`; a node joined with the server token can act as a server"
+  }
+  if ($token | is-empty) { fail empty_token $"($token_src) is empty" }
+  {server_url: ($server_url | str trim --right --char "/"), token_src: $token_src, token_file: "/etc/rancher/k3s/agent-token", registries_src: $registries_src}
+}
+
+# Drain, then delete a node (kubectl drain: cordons it and evicts its pods, honouring their grace periods;
+# DaemonSet pods stay; emptyDir data goes with the pods). Its caches stay on its disk.
+export def remove-node-steps [node: string, timeout: duration]: nothing -> list<record> {
+  let secs = ($timeout / 1sec | into int)
+  [
+    (ext-step [kubectl drain $node --ignore-daemonsets --delete-emptydir-data $"--timeout=($secs)s"])
+    (ext-step [kubectl delete node $node --wait=true])
+  ]
+}
+
+# The stages `join` runs on the new node: the same host preparation as node 1 (k3s as an agent, profiles,
+# caches, registries, /etc/hosts, ufw), nothing cluster-wide.
+export def join-stages []: nothing -> list<string> { [preflight k3s] }
 
 # Every stage in order: name, what it does, probe, steps.
 export def all-stages []: nothing -> table {

@@ -501,3 +501,51 @@ def node_flags_ufw_and_traefik [] {
   let wifi = (evaluate-checks {os: "Ubuntu 24.04.3 LTS", iface: wlP9s9, arch: aarch64, cores: 20, mem_bytes: (125516596 * 1024), disk_free: (3000 * 1024 * 1024 * 1024), cgroup_fs: cgroup2fs, listening: [], uid: 0, sudo_ok: true, tools: {}, k3s_version: null} (load-pins))
   assert equal ($wifi | where check == "node interface" | get 0.ok) false
 }
+
+# --- a second Spark (issue 21 §3) ---------------------------------------------------------------------------
+
+@test
+def join_prepares_the_node_like_node_one_with_the_agent_token [] {
+  let dir = (mktemp -d -t raibid-join-XXXXXX)
+  let token = ($dir | path join agent-token)
+  let reg = ($dir | path join registries.yaml)
+  "K10abc::node:agentsecret\n" | save $token
+  render-registries "git.raibid.internal" {username: raibid-admin, password: recorded-registry-token} | save $reg
+  # The new host: a fresh Spark called spark-2 (the fresh fixture with its own hostname).
+  let f = (fixture fresh)
+  let sys = (open $f)
+  $sys | update facts.hostname spark-2 | to nuon | save -f $f
+  let p = (with-clean-env (fake-env $f) {
+    let ctx = (context | update join (join-spec "https://192.168.1.20:6443" $token $reg))
+    plan $ctx (join-stages)
+  })
+  assert equal ($p | get stage) [preflight k3s]
+  assert equal ($p | where action != run | get stage) [] ($p | to nuon)
+  let cmds = ($p | where stage == k3s | first | get commands)
+  let text = ($cmds | str join "\n")
+  # An agent: the token installed from the file (never on a command line), install.sh as agent, no kubeconfig, no Traefik.
+  assert ($text | str contains $"sudo install -m 0600 /dev/stdin /etc/rancher/k3s/agent-token <<< \(the agent token from ($token)\)") $text
+  assert ($text | str contains "INSTALL_K3S_EXEC=agent")
+  assert not ($text | str contains "agentsecret") "the token was printed"
+  assert not ($text | str contains "k3s.yaml")
+  assert not ($text | str contains "traefik")
+  # The same host preparation as node 1: caches, both seccomp profiles, the AppArmor profile, registries, hosts.
+  for want in ["/var/lib/raibid/cache" "/var/lib/raibid/image-cache" "raibid-agent.json" "raibid-buildah.json" "apparmor_parser -r -W /etc/apparmor.d/raibid-agent" "registries.yaml" "/etc/hosts"] {
+    assert ($text | str contains $want) $"join does not prepare ($want)"
+  }
+  # Refusals: the server token, a wrong URL.
+  "K10abc::server:serversecret\n" | save -f $token
+  assert equal (error-code-of { join-spec "https://192.168.1.20:6443" $token $reg }) server_token
+  assert equal (error-code-of { join-spec "192.168.1.20" $token $reg }) bad_server_url
+  rm -rf $dir $f
+}
+
+@test
+def remove_node_drains_first_and_needs_force [] {
+  let s = (remove-node-steps spark-2 70min | get show)
+  assert equal $s ["kubectl drain spark-2 --ignore-daemonsets --delete-emptydir-data --timeout=4200s" "kubectl delete node spark-2 --wait=true"]
+  let out = (do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) remove-node spark-2 } | complete)
+  assert equal $out.exit_code 1
+  assert ($out.stderr | str contains "needs_force") $out.stderr
+  assert ($out.stdout | str contains "kubectl drain spark-2")
+}
