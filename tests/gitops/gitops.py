@@ -118,7 +118,9 @@ def find_kustomizations(root: Path = ROOT) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".venv"))
-        if any(f in filenames for f in ("kustomization.yaml", "kustomization.yml", "Kustomization")):
+        names = [f for f in ("kustomization.yaml", "kustomization.yml", "Kustomization") if f in filenames]
+        # A kustomize Component cannot be built alone: it is built (and validated) by the kustomizations using it.
+        if names and "kind: Component" not in (Path(dirpath) / names[0]).read_text():
             found.append(Path(dirpath))
     return found
 
