@@ -6,6 +6,21 @@
 # lib/system.nu when RAIBID_FAKE_SYSTEM is set. This is a stand-in: k3s, Flux and Gitea cannot run in this
 # CI (no systemd, no privileges, no ARM64 box), so the probes are exercised against what a fresh DGX Spark
 # and a finished one answer, not against a live cluster.
+#
+# What each fake follows (exit codes and output as the tools document them):
+#   sudo -n …            sudo(8): -n never prompts; a needed password is "sudo: a password is required", exit 1
+#                        (system.nu: decided by the recorded `sudo -n true`, then the inner command is faked)
+#   cat FILE             GNU coreutils cat(1): the bytes, or exit 1 "cat: FILE: No such file or directory"
+#   systemctl is-active  systemctl(1): prints the state; exit 0 active, 3 inactive, 4 no such unit
+#   k3s --version        k3s' version banner "k3s version v1.35.6+k3s1 (<commit>)" + "go version …"
+#   kubectl get … -o json kubectl: the object as JSON, exit 0; NotFound is exit 1 (the probes read null)
+#   flux version --client flux CLI: "flux: v<version>"
+#   ip -j -4 route/addr  ip(8) (iproute2) with -j: JSON arrays (dev, prefsrc; ifname, addr_info[].local)
+#   ufw status           ufw(8): "Status: inactive", or "Status: active" and a To/Action/From table
+#   age-keygen -y KEY    age-keygen(1): the recipient, age1… (X25519) or age1pq1… (post-quantum, age ≥ 1.4)
+#   sops --decrypt       sops: the plain document on stdout, non-zero exit when the key does not match
+#   HTTP probes          the Gitea API (Swagger in shared/reference, checked by fakes/swagger.py)
+# apt-get is never faked: preflight only prints the `apt-get install` that fixes a missing tool.
 
 use std/assert
 use std/testing *
