@@ -221,6 +221,20 @@ const APPARMOR_LOADED = "/sys/kernel/security/apparmor/profiles"
 
 const TRAEFIK_CONFIG = "/var/lib/rancher/k3s/server/manifests/raibid-traefik-config.yaml"
 
+# Ubuntu 24.04 (kernel.apparmor_restrict_unprivileged_userns=1) lets a program create user namespaces only under
+# an AppArmor profile that says `userns,`. The images stage runs rootless Buildah on the host: Ubuntu's apparmor
+# package ships such a profile for it (/etc/apparmor.d/buildah); where it is missing, bootstrap installs the
+# form upstream projects ship for their binaries (runc, rootlesskit: `flags=(unconfined) { userns, }`).
+const USERNS_RESTRICT = "/proc/sys/kernel/apparmor_restrict_unprivileged_userns"
+const BUILDAH_HOST_PROFILE = "/etc/apparmor.d/raibid-buildah-host"
+const BUILDAH_HOST_PROFILE_TEXT = "# Installed by scripts/bootstrap.nu (stage k3s): rootless Buildah may create user namespaces (Ubuntu 24.04).\nabi <abi/4.0>,\ninclude <tunables/global>\n\n/usr/bin/buildah flags=(unconfined) {\n  userns,\n\n  include if exists <local/raibid-buildah-host>\n}\n"
+
+# Does AppArmor let the host's Buildah create user namespaces?
+def buildah-userns-ok []: nothing -> bool {
+  let restricted = ((system read $USERNS_RESTRICT | default "0" | str trim) == "1")
+  (not $restricted) or (system exists /etc/apparmor.d/buildah) or ((system read $BUILDAH_HOST_PROFILE) == $BUILDAH_HOST_PROFILE_TEXT)
+}
+
 # A root-only probe command: as root directly, else `sudo -n` (never prompts). Fails loudly when sudo refuses.
 def priv-probe [ctx: record, argv: list<string>]: nothing -> record {
   let r = (system run-cmd (if $ctx.facts.uid == 0 { $argv } else { [sudo -n ...$argv] }))
@@ -273,6 +287,7 @@ def host-files [ctx: record]: nothing -> record {
     node: (node-spec $ctx)
     ufw_missing: (ufw-missing ((priv-probe $ctx [ufw status]).stdout))
     traefik: (if $server { render-traefik-config } else { null })
+    buildah_userns: (if $server { buildah-userns-ok } else { true })
     traefik_now: (if $server { system read $TRAEFIK_CONFIG } else { null })
     config: (render-k3s-config $host.cores $host.mem_gib (node-spec $ctx))
     registries: (render-registries $ctx.s.git_host $auth)
@@ -297,6 +312,7 @@ def k3s-probe [ctx: record]: nothing -> record {
   if $f.hosts_now != $f.hosts { return (todo $"/etc/hosts does not map ($ctx.s.git_host) and ($ctx.s.ci_host)") }
   if ($f.ufw_missing | is-not-empty) { return (todo $"ufw is active and lacks k3s' rules: ($f.ufw_missing | each {|r| $r | str join ' ' } | str join ', ')") }
   if $f.traefik_now != $f.traefik { return (todo $"Traefik's timeouts ($TRAEFIK_CONFIG) are missing or differ") }
+  if not $f.buildah_userns { return (todo $"AppArmor restricts user namespaces \(($USERNS_RESTRICT) = 1\) and no profile lets /usr/bin/buildah create them") }
   for p in $f.profiles {
     if $p.now != $p.want { return (todo $"($p.what) ($p.node) is missing or differs from ($p.src)") }
   }
@@ -329,6 +345,10 @@ def k3s-steps [ctx: record]: nothing -> list<record> {
     (ext-step (priv $ctx [install -d -o "1000" -g "1000" -m "0755" $ctx.s.image_cache_path]))
   ]
   | append ($f.ufw_missing | each {|r| ext-step (priv $ctx ([ufw allow] | append $r)) })
+  | append (if $f.buildah_userns { [] } else {[
+    (ext-step (priv $ctx [install -D -m "0644" /dev/stdin $BUILDAH_HOST_PROFILE]) --stdin $BUILDAH_HOST_PROFILE_TEXT --stdin-desc "(AppArmor: /usr/bin/buildah flags=(unconfined) { userns, })")
+    (ext-step (priv $ctx [apparmor_parser -r -W $BUILDAH_HOST_PROFILE]))
+  ]})
   | append (if $f.traefik == null { [] } else {[
     (ext-step (priv $ctx [install -D -m "0644" /dev/stdin $TRAEFIK_CONFIG]) --stdin $f.traefik --stdin-desc "(HelmChartConfig traefik: read/write timeouts 1800 s for large image pushes)")
   ]})

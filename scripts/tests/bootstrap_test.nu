@@ -513,6 +513,8 @@ def node_flags_ufw_and_traefik [] {
   let k3s = ($p | where stage == k3s | first)
   assert ($k3s.commands | any {|c| $c | str contains "node-ip 192.168.1.20 on enP7s7" }) ($k3s.commands | str join "\n")
   assert ($k3s.commands | any {|c| $c | str contains "raibid-traefik-config.yaml" })
+  # Ubuntu 24.04 restricts user namespaces; the fresh fixture has no buildah profile: bootstrap installs one.
+  assert ($k3s.commands | any {|c| $c | str contains "apparmor_parser -r -W /etc/apparmor.d/raibid-buildah-host" }) ($k3s.commands | str join "\n")
   let wifi = (evaluate-checks {os: "Ubuntu 24.04.3 LTS", iface: wlP9s9, arch: aarch64, cores: 20, mem_bytes: (125516596 * 1024), disk_free: (3000 * 1024 * 1024 * 1024), cgroup_fs: cgroup2fs, listening: [], uid: 0, sudo_ok: true, tools: {}, k3s_version: null} (load-pins))
   assert equal ($wifi | where check == "node interface" | get 0.ok) false
 }
