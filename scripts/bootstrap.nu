@@ -1,5 +1,5 @@
 #!/usr/bin/env nu
-# Bootstrap raibid-ci on a DGX Spark (Ubuntu 22.04, ARM64): from a fresh host to a reconciled cluster.
+# Bootstrap raibid-ci on a DGX Spark (DGX OS 7 = Ubuntu 24.04, arm64, Docker and the NVIDIA toolkit preinstalled): from a fresh host to a reconciled cluster.
 #
 # Ordered stages (`--list`): preflight → k3s → node → flux → age-key → secrets → gitea → tokens → ops-repo →
 # images → flux-sync → reconcile. Each stage first checks whether its work is done and skips it if so, so
@@ -9,7 +9,7 @@
 
 use lib/env.nu
 use lib/errors.nu [fail]
-use lib/bootstrap.nu [select-stages]
+use lib/bootstrap.nu [select-stages nu-step ext-step]
 use lib/stages.nu *
 use lib/system.nu
 use lib/log.nu
@@ -19,7 +19,7 @@ def print-plan [plan: table]: nothing -> nothing {
   let n = ($plan | length)
   for row in ($plan | enumerate) {
     let p = $row.item
-    let mark = if $p.action == "run" { "RUN " } else { "SKIP" }
+    let mark = match $p.action { "run" => "RUN ", "fail" => "FAIL", _ => "SKIP" }
     print $"[($row.index + 1)/($n)] ($p.stage | fill -w 10) ($mark)  ($p.reason)"
     for c in $p.commands { print $"      $ ($c)" }
   }
@@ -55,6 +55,7 @@ def main [
   --only: string   # run only this stage
   --from: string   # start at this stage and run the rest
   --force          # with --only: redo the stage even if done (a new age key / new secrets; old key kept as .bak)
+  --rotate         # with --only tokens: replace every Gitea token (without it a re-run creates only missing ones)
   --list           # list the stages and exit
 ]: nothing -> any {
   log start-clock
@@ -66,7 +67,10 @@ def main [
   }
   # kubectl and flux talk to this cluster only, whatever KUBECONFIG the shell has.
   $env.KUBECONFIG = $env.RAIBID_KUBECONFIG
-  let ctx = (context --force=$force)
+  if $rotate and $only != "tokens" {
+    fail bad_flags "--rotate needs --only tokens (it replaces every Gitea token and revokes the old ones)" --hint "nu scripts/bootstrap.nu --only tokens --force --rotate"
+  }
+  let ctx = (context --force=$force --rotate=$rotate)
   if $dry_run {
     print-plan (plan $ctx $selected)
     print "\nAfterwards:"
@@ -83,14 +87,72 @@ def main [
         log ok $"skip: ($p.reason)"
       } else {
         log step $"run: ($p.reason)"
-        for step in (do $stage.steps $ctx) {
-          log info $"$ ($step.show)"
-          do $step.run
-        }
+        run-steps $ctx (do $stage.steps $ctx)
         log ok "done"
       }
     }
   }
   log ok $"bootstrap finished in (log elapsed)"
   summary $ctx
+}
+
+# Join this host to the cluster as a k3s agent node: a second (third, …) Spark. Runs on the NEW host, from a
+# clone of this repository; prepares it like node 1 (profiles, caches, registries, /etc/hosts, ufw) and starts
+# k3s as an agent. Then, on node 1: `kubectl get nodes` (docs/operations.md, "Add a Spark").
+@example "plan it" { nu scripts/bootstrap.nu join --server https://192.168.1.20:6443 --token-file ./agent-token --registries ./registries.yaml --dry-run }
+@example "join" { nu scripts/bootstrap.nu join --server https://192.168.1.20:6443 --token-file ./agent-token --registries ./registries.yaml }
+def "main join" [
+  --server: string       # the first Spark's API server, https://<its node-ip>:6443
+  --token-file: path     # the cluster's AGENT token (node 1: /var/lib/rancher/k3s/server/agent-token); the server token is refused
+  --registries: path     # node 1's /etc/rancher/k3s/registries.yaml (Gitea pull credentials), copied here
+  --dry-run              # print the plan and change nothing
+]: nothing -> any {
+  log start-clock
+  if $server == null or $token_file == null or $registries == null {
+    fail bad_flags "join needs --server, --token-file and --registries" --hint "nu scripts/bootstrap.nu join --server https://<node 1>:6443 --token-file ./agent-token --registries ./registries.yaml"
+  }
+  let join = (join-spec $server $token_file $registries)
+  $env.KUBECONFIG = $env.RAIBID_KUBECONFIG
+  let ctx = (context | update join $join)
+  let selected = (join-stages)
+  if $dry_run {
+    print-plan (plan $ctx $selected)
+    print $"\nAfterwards, on the first Spark: kubectl get node ($ctx.facts.hostname) \(Ready\)"
+    return
+  }
+  system guard-real "join"
+  for st in (all-stages | where name in $selected | enumerate) {
+    with-env {RAIBID_STAGE: $"($st.index + 1)/($selected | length) ($st.item.name)"} {
+      let p = (do $st.item.probe $ctx)
+      if $p.done { log ok $"skip: ($p.reason)" } else {
+        log step $"run: ($p.reason)"
+        run-steps $ctx (do $st.item.steps $ctx)
+        log ok "done"
+      }
+    }
+  }
+  log ok $"($ctx.facts.hostname) joined in (log elapsed); on the first Spark: kubectl get node ($ctx.facts.hostname)"
+}
+
+# Remove a Spark from the cluster: drain it (running builds finish or are released within their grace period),
+# then delete the Node. Run on the first Spark. On the removed host afterwards: `sudo k3s-agent-uninstall.sh`
+# (and `nu scripts/teardown.nu --purge` removes its caches). Destructive: needs --force.
+@example "see what it would do" { nu scripts/bootstrap.nu remove-node spark-2 --dry-run }
+@example "remove" { nu scripts/bootstrap.nu remove-node spark-2 --force }
+def "main remove-node" [
+  node: string         # the node's name (kubectl get nodes)
+  --force              # really drain and delete it
+  --dry-run            # print the commands and change nothing
+  --timeout: duration = 70min   # drain deadline: the agents' grace period (3600 s warm, 630 s burst) plus margin
+]: nothing -> nothing {
+  $env.KUBECONFIG = $env.RAIBID_KUBECONFIG
+  let steps = (remove-node-steps $node $timeout)
+  if $dry_run or not $force {
+    for s in $steps { print $"  $ ($s.show)" }
+    if not $dry_run { fail needs_force $"removing node ($node) drains and deletes it" --hint $"re-run with --force: nu scripts/bootstrap.nu remove-node ($node) --force" }
+    return
+  }
+  system guard-real "remove a node"
+  for s in $steps { log step $s.show; do $s.run }
+  log ok $"($node) removed; on it: sudo /usr/local/bin/k3s-agent-uninstall.sh"
 }

@@ -45,6 +45,7 @@ export def settings []: nothing -> record {
     gitea_url: $"http://git.($domain)"
     dispatcher_url: $"http://ci.($domain)"
     cache_path: ($vars.RAIBID_CACHE_HOST_PATH? | default "/var/lib/raibid/cache")
+    image_cache_path: ($vars.RAIBID_IMAGE_CACHE_HOST_PATH? | default "/var/lib/raibid/image-cache")
     ops: {owner: $ops_path.0, name: $ops_path.1, branch: $sync.spec.ref.branch, cluster_url: $sync.spec.url}
     images: $images
     pins: (load-pins)
@@ -63,13 +64,25 @@ export def reservations [cores: int, mem_gib: int]: nothing -> record {
   {cpu: $cpu, memory: $"($mem)Gi"}
 }
 
-# /etc/rancher/k3s/config.yaml, rendered from the box's size.
-export def render-k3s-config [cores: int, mem_gib: int]: nothing -> string {
+# /etc/rancher/k3s/config.yaml, rendered from the box's size and the node's network. `node` is
+# {name, ip, iface, tls_san: [..], server_url?, token_file?}: a server (the first Spark) names its API's
+# addresses (tls-san); an agent (`bootstrap.nu join`) names the server and its agent-token file. node-ip and
+# flannel-iface pin k3s to one interface: a Spark has 10GbE, two ConnectX-7 ports and Wi-Fi, and k3s would
+# otherwise take the default route's, which may be the Wi-Fi.
+export def render-k3s-config [cores: int, mem_gib: int, node: record = {}]: nothing -> string {
   let r = (reservations $cores $mem_gib)
+  let agent = ($node.server_url? | default "" | is-not-empty)
   [
     "# Rendered by scripts/bootstrap.nu (stage k3s) from the repository; re-run the stage instead of editing."
-    "write-kubeconfig-mode: \"0600\""
-    "secrets-encryption: true"
+    (if $agent { null } else { "write-kubeconfig-mode: \"0600\"" })
+    (if $agent { null } else { "secrets-encryption: true" })
+    (if ($node.name? | default "" | is-empty) { null } else { $"node-name: ($node.name)" })
+    (if ($node.ip? | default "" | is-empty) { null } else { $"node-ip: ($node.ip)" })
+    (if ($node.iface? | default "" | is-empty) { null } else { $"flannel-iface: ($node.iface)" })
+    (if $agent { $"server: ($node.server_url)" } else { null })
+    (if $agent { $"token-file: ($node.token_file)" } else { null })
+    (if $agent or ($node.tls_san? | default [] | is-empty) { null } else { "tls-san:" })
+    ...(if $agent { [] } else { $node.tls_san? | default [] | each {|s| $"  - ($s)" } })
     "kubelet-arg:"
     $"  - \"system-reserved=cpu=($r.cpu),memory=($r.memory),ephemeral-storage=20Gi\""
     $"  - \"kube-reserved=cpu=($r.cpu),memory=($r.memory),ephemeral-storage=10Gi\""
@@ -77,7 +90,54 @@ export def render-k3s-config [cores: int, mem_gib: int]: nothing -> string {
     "  - \"container-log-max-size=50Mi\""
     "  - \"container-log-max-files=3\""
     ""
+  ] | compact | str join "\n"
+}
+
+# k3s' packaged Traefik answers 60 s after a request started reading (Traefik 3's default
+# respondingTimeouts.readTimeout): a large image push through git.<domain> takes longer. A HelmChartConfig in
+# k3s' manifests directory sets the chart's values (k3s docs, "Customizing Packaged Components").
+export def render-traefik-config []: nothing -> string {
+  [
+    "# Rendered by scripts/bootstrap.nu (stage k3s): Traefik timeouts for large image pushes to Gitea's registry."
+    "apiVersion: helm.cattle.io/v1"
+    "kind: HelmChartConfig"
+    "metadata:"
+    "  name: traefik"
+    "  namespace: kube-system"
+    "spec:"
+    "  valuesContent: |-"
+    "    ports:"
+    "      web:"
+    "        transport:"
+    "          respondingTimeouts:"
+    "            readTimeout: 1800s"
+    "            writeTimeout: 1800s"
+    "            idleTimeout: 180s"
+    ""
   ] | str join "\n"
+}
+
+# The ufw rules k3s needs when ufw is active (k3s docs, "Requirements: Inbound Rules" and the ufw notes):
+# the API server, the kubelet and flannel's VXLAN between nodes, and the pod and service CIDRs.
+export const UFW_RULES = [
+  [allow];
+  [[6443/tcp]]
+  [[10250/tcp]]
+  [[8472/udp]]
+  [[from 10.42.0.0/16 to any]]
+  [[from 10.43.0.0/16 to any]]
+]
+
+# Which UFW_RULES an active ufw lacks, from `ufw status` (ufw(8): "Status: active" then one line per rule,
+# e.g. "6443/tcp  ALLOW  Anywhere" or "Anywhere  ALLOW  10.42.0.0/16"); none when ufw is inactive.
+export def ufw-missing [status: string]: nothing -> list<list<string>> {
+  if not ($status | str contains "Status: active") { return [] }
+  let ls = ($status | lines)
+  $UFW_RULES | get allow | where {|r|
+    let port = if $r.0 == from { null } else { $r.0 }
+    let src = if $r.0 == from { $r.1 } else { null }
+    not ($ls | any {|l| ($l =~ 'ALLOW') and (if $port != null { $l | str starts-with $port } else { $l | str contains $src }) })
+  }
 }
 
 # /etc/rancher/k3s/registries.yaml: containerd pulls git.<domain> (Gitea's OCI registry) over HTTP,
@@ -116,6 +176,10 @@ export def parse-version []: string -> any {
   if ($m | is-empty) { null } else { $m.0.v }
 }
 
+# Is version a at least b (x.y.z)?
+@example "sops" { version-at-least "3.12.0" "3.11.0" } --result true
+export def version-at-least [a: string, b: string]: nothing -> bool { (version-cmp $a $b) >= 0 }
+
 def version-cmp [a: string, b: string]: nothing -> int {
   let x = ($a | split row "." | each { into int })
   let y = ($b | split row "." | each { into int })
@@ -149,12 +213,18 @@ export def evaluate-checks [host: record, pins: record]: nothing -> table {
       fix: "raibid-ci targets ARM64; on x86_64 it works but builds x86_64 images"}
     {check: cores, ok: ($host.cores >= 20), fatal: ($host.cores < 4), found: $"($host.cores)", want: "20 (apps/dgx-spark sizing), at least 4",
       fix: "lower the agent counts in apps/dgx-spark/kustomization.yaml for a smaller box"}
-    {check: memory, ok: ($host.mem_bytes >= 120 * $gib), fatal: ($host.mem_bytes < 16 * $gib), found: $"($host.mem_bytes // $gib) GiB", want: "128 GiB, at least 16",
+    # A DGX Spark's 128 GB of LPDDR5x show as MemTotal ≈ 119.7 GiB (the GPU's carve-out and the kernel's own);
+    # anything from 112 GiB is a Spark-sized box.
+    {check: memory, ok: ($host.mem_bytes >= 112 * $gib), fatal: ($host.mem_bytes < 16 * $gib), found: $"(($host.mem_bytes / $gib) | math round --precision 1) GiB", want: "≈ 119.7 GiB (DGX Spark), at least 16",
       fix: "lower the agent sizes in apps/dgx-spark/kustomization.yaml for a smaller box"}
     {check: "disk /var/lib", ok: ($host.disk_free >= 200 * $gib), fatal: ($host.disk_free < 60 * $gib), found: $"($host.disk_free // $gib) GiB free", want: "200 GiB free, at least 60",
       fix: "free space under /var/lib (k3s images, Gitea's 50 GiB volume, build caches)"}
     {check: "cgroup v2", ok: ($host.cgroup_fs == "cgroup2fs"), fatal: true, found: $host.cgroup_fs, want: cgroup2fs,
-      fix: "boot with systemd.unified_cgroup_hierarchy=1 (Ubuntu 22.04 does by default)"}
+      fix: "boot with systemd.unified_cgroup_hierarchy=1 (DGX OS 7 / Ubuntu 24.04 does by default)"}
+    {check: "node interface", ok: (not ($host.iface? | default "" | str starts-with "wl")), fatal: false, found: ($host.iface? | default "unknown"), want: "a wired port (10GbE or ConnectX-7)",
+      fix: "k3s would run over Wi-Fi: set RAIBID_NODE_IFACE to the 10GbE or a ConnectX-7 interface (ip -br link)"}
+    {check: "operating system", ok: ($host.os? | default "" | str starts-with "Ubuntu 24.04"), fatal: false, found: ($host.os? | default "unknown"), want: "DGX OS 7 (Ubuntu 24.04)",
+      fix: "raibid-ci is tested against DGX OS 7; other systemd distributions with cgroup v2 work but their AppArmor and firewall differ (docs/operations.md)"}
     {check: privileges, ok: ($host.uid == 0 or $host.sudo_ok), fatal: true, found: (if $host.uid == 0 { "root" } else if $host.sudo_ok { "sudo" } else { "no sudo" }), want: "root or passwordless sudo",
       fix: "run as a user with sudo rights (`sudo -v` first), or as root"}
   ]
@@ -164,7 +234,7 @@ export def evaluate-checks [host: record, pins: record]: nothing -> table {
       found: (if $k3s_there { "k3s" } else if $busy { "in use" } else { "free" }), want: "free (k3s, Traefik)",
       fix: $"stop what listens on ($p): sudo ss -ltnp 'sport = :($p)'"})
   }
-  for t in (required-tools) {
+  for t in (required-tools | where {|t| $t.tool in ($host.tools | columns) }) {
     let have = ($host.tools | get -o $t.tool)
     let want = if $t.pin == null { "any" } else { $pins | get -o $t.pin | default "?" }
     let ok = if $have == null { false } else if $t.match == "exact" { $have == $want } else if $t.match == "at_least" and $want != "?" { (version-cmp $have $want) >= 0 } else { true }

@@ -36,6 +36,7 @@ export def env-spec []: nothing -> table {
     [RAIBID_FAKE_SYSTEM script null "tests only: a NUON file of recorded command outputs that the bootstrap probes read instead of the host"]
     [GITHUB_TOKEN script null "GitHub token (private repositories, webhooks, higher rate limit)"]
     [GITHUB_TOKEN_FILE script null "file holding the GitHub token"]
+    [RAIBID_NODE_IFACE script null "bootstrap: the network interface k3s uses on this node (node-ip, flannel-iface); default the default route's (a Spark: prefer the 10GbE or a ConnectX-7 port over Wi-Fi)"]
     [SOPS_AGE_KEY_FILE script null "the owner's age key (sops' own variable; default ~/.config/sops/age/keys.txt)"]
     [RAIBID_STAGE internal null "set by bootstrap while a stage runs (progress lines)"]
     [RAIBID_CLOCK_START internal null "set by log start-clock (elapsed time in progress lines)"]

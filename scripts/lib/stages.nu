@@ -29,13 +29,20 @@ export const TOKENS = [
 # --- context and small helpers ---------------------------------------------------------------------------
 
 # Everything the stages share: repository settings, host facts, paths and flags.
-export def context [--force]: nothing -> record {
+export def context [
+  --force    # redo stages that are done
+  --rotate   # replace every Gitea token (stage tokens), not only missing ones
+]: nothing -> record {
   let s = (settings)
   let facts = (system facts)
   {
     s: $s
     facts: $facts
     force: $force
+    rotate: $rotate
+    # The interface k3s uses (node-ip, flannel-iface); empty: the default route's (docs/operations.md).
+    node_iface: ($env.RAIBID_NODE_IFACE? | default "")
+    join: null
     keyfile: ($env.SOPS_AGE_KEY_FILE? | default ($facts.home | path join .config sops age keys.txt))
     config_dir: $env.RAIBID_CONFIG_DIR
     kubeconfig: $env.RAIBID_KUBECONFIG
@@ -50,11 +57,15 @@ def priv [ctx: record, argv: list<string>]: nothing -> list<string> {
 
 def repo-path [ctx: record, rel: string]: nothing -> string { $ctx.s.root | path join $rel }
 
-# A root-only file (registries.yaml is 0600): read directly as root, through `sudo -n cat` otherwise.
-def read-root [ctx: record, path: string]: nothing -> any {
-  if $ctx.facts.uid == 0 or (system fake?) { return (system read $path) }
+# A root-only file (registries.yaml is 0600): read directly as root, through `sudo -n cat` otherwise. Null only
+# when the file does not exist; a sudo that cannot run (a password needed, no sudo rights) fails loudly: read as
+# "missing", it used to re-render registries.yaml without its credentials and rotate every token (issue 21 §2).
+export def read-root [ctx: record, path: string]: nothing -> any {
+  if $ctx.facts.uid == 0 { return (system read $path) }
   let r = (system run-cmd [sudo -n cat $path])
-  if $r.exit_code == 0 { $r.stdout } else { null }
+  if $r.exit_code == 0 { return $r.stdout }
+  if ($r.stderr | str contains "No such file or directory") { return null }
+  fail sudo_failed $"could not read ($path) as root: ($r.stderr | str trim)" --hint "bootstrap runs sudo non-interactively (sudo -n): run `sudo -v` first, or allow the owner passwordless sudo, or run bootstrap as root; nothing was changed"
 }
 
 # `kubectl … -o json` as a record, or null (no cluster yet, no such object).
@@ -123,9 +134,16 @@ def k3s-version []: nothing -> any {
   $r.stdout | parse --regex '(?<v>v\d+\.\d+\.\d+\+k3s\d+)' | get -o 0.v
 }
 
-def k3s-active []: nothing -> bool {
-  ((system run-cmd [systemctl is-active k3s]).stdout | str trim) == "active"
+# The k3s service of this node: `k3s` on the server, `k3s-agent` on a joined node (k3s' install.sh names them so).
+def k3s-unit [ctx: record]: nothing -> string { if ($ctx.join? | default null) == null { "k3s" } else { "k3s-agent" } }
+
+# systemctl(1) is-active: prints the state, exit 0 only when active (3 inactive, 4 no such unit).
+def k3s-active [unit: string = "k3s"]: nothing -> bool {
+  ((system run-cmd [systemctl is-active $unit]).stdout | str trim) == "active"
 }
+
+# The tools a joining node needs (it builds nothing and holds no secrets): the others are node 1's.
+const JOIN_TOOLS = [git curl]
 
 # What preflight looks at, read through system.nu.
 export def gather-host [ctx: record]: nothing -> record {
@@ -134,14 +152,18 @@ export def gather-host [ctx: record]: nothing -> record {
   let listening = ((system run-cmd [ss -Htln]).stdout | lines
     | each {|l| $l | split row --regex '\s+' | get -o 3 | default "" | parse --regex ':(?<p>\d+)$' | get -o 0.p }
     | compact | each { into int } | uniq)
-  let tools = (required-tools | reduce --fold {} {|t, acc|
+  let joining = (($ctx.join? | default null) != null)
+  let tools = (required-tools | where {|t| (not $joining) or $t.tool in $JOIN_TOOLS } | reduce --fold {} {|t, acc|
     let v = if (system which-path $t.tool) == null { null } else {
       let r = (system run-cmd $t.version_cmd)
       if $r.exit_code == 0 { $"($r.stdout)($r.stderr)" | parse-version } else { null }
     }
     $acc | insert $t.tool $v
   })
+  let osr = (system read /etc/os-release | default "" | lines | parse --regex '^PRETTY_NAME="?(?<v>[^"]*)"?$' | get -o 0.v)
   {
+    os: $osr
+    iface: (node-net $ctx).iface
     arch: ((system run-cmd [uname -m]).stdout | str trim)
     cores: ((system run-cmd [nproc]).stdout | str trim | into int)
     mem_bytes: ($mem_kb * 1024)
@@ -163,7 +185,7 @@ def preflight-probe [ctx: record]: nothing -> record {
   if ($bad | is-not-empty) {
     return (todo $"to fix: ($bad | each {|c| $"($c.check) \(($c.found)\)" } | str join ', ')")
   }
-  if $host.k3s_version == $pin and (k3s-active) {
+  if $host.k3s_version == $pin and (k3s-active (k3s-unit $ctx)) {
     ok $"k3s ($pin) is running and every tool is present"
   } else {
     todo "fresh host: check architecture, cores, memory, disk, ports, cgroup v2 and tools"
@@ -185,25 +207,95 @@ def preflight-steps [ctx: record]: nothing -> list<record> {
 
 # --- k3s -------------------------------------------------------------------------------------------------
 
-# The Localhost seccomp profile of the image agents (ADR 0002, 0006): rootless Buildah's user namespaces.
-# Pods name it `profiles/raibid-buildah.json`, relative to the kubelet's seccomp root.
-const BUILDAH_SECCOMP_SRC = "infrastructure/configs/seccomp/raibid-buildah.json"
-const BUILDAH_SECCOMP_NODE = "/var/lib/kubelet/seccomp/profiles/raibid-buildah.json"
+# The node files every agent pod needs (ADR 0002, 0006, 0014), from the repository: the Localhost seccomp
+# profiles (pods name them `profiles/<file>`, relative to the kubelet's seccomp root) and the AppArmor profile
+# with `userns,` and `mount` (pods name it `raibid-agent`; loaded with apparmor_parser). Same on every node.
+export const NODE_PROFILES = [
+  [src node what];
+  ["infrastructure/configs/seccomp/raibid-buildah.json" "/var/lib/kubelet/seccomp/profiles/raibid-buildah.json" "the image agents' seccomp profile (rootless Buildah)"]
+  ["infrastructure/configs/seccomp/raibid-agent.json" "/var/lib/kubelet/seccomp/profiles/raibid-agent.json" "the Rust agents' seccomp profile (bubblewrap)"]
+  ["infrastructure/configs/apparmor/raibid-agent" "/etc/apparmor.d/raibid-agent" "the agents' AppArmor profile (userns, mount)"]
+]
+const APPARMOR_PROFILE = "raibid-agent"
+const APPARMOR_LOADED = "/sys/kernel/security/apparmor/profiles"
+
+const TRAEFIK_CONFIG = "/var/lib/rancher/k3s/server/manifests/raibid-traefik-config.yaml"
+
+# Ubuntu 24.04 (kernel.apparmor_restrict_unprivileged_userns=1) lets a program create user namespaces only under
+# an AppArmor profile that says `userns,`. The images stage runs rootless Buildah on the host: Ubuntu's apparmor
+# package ships such a profile for it (/etc/apparmor.d/buildah); where it is missing, bootstrap installs the
+# form upstream projects ship for their binaries (runc, rootlesskit: `flags=(unconfined) { userns, }`).
+const USERNS_RESTRICT = "/proc/sys/kernel/apparmor_restrict_unprivileged_userns"
+const BUILDAH_HOST_PROFILE = "/etc/apparmor.d/raibid-buildah-host"
+const BUILDAH_HOST_PROFILE_TEXT = "# Installed by scripts/bootstrap.nu (stage k3s): rootless Buildah may create user namespaces (Ubuntu 24.04).\nabi <abi/4.0>,\ninclude <tunables/global>\n\n/usr/bin/buildah flags=(unconfined) {\n  userns,\n\n  include if exists <local/raibid-buildah-host>\n}\n"
+
+# Does AppArmor let the host's Buildah create user namespaces?
+def buildah-userns-ok []: nothing -> bool {
+  let restricted = ((system read $USERNS_RESTRICT | default "0" | str trim) == "1")
+  (not $restricted) or (system exists /etc/apparmor.d/buildah) or ((system read $BUILDAH_HOST_PROFILE) == $BUILDAH_HOST_PROFILE_TEXT)
+}
+
+# A root-only probe command: as root directly, else `sudo -n` (never prompts). Fails loudly when sudo refuses.
+def priv-probe [ctx: record, argv: list<string>]: nothing -> record {
+  let r = (system run-cmd (if $ctx.facts.uid == 0 { $argv } else { [sudo -n ...$argv] }))
+  if $r.exit_code != 0 and ($r.stderr | str contains "sudo:") {
+    fail sudo_failed $"could not run `($argv | str join ' ')` as root: ($r.stderr | str trim)" --hint "run `sudo -v` first, allow the owner passwordless sudo, or run bootstrap as root; nothing was changed"
+  }
+  $r
+}
+
+# The node's interface and IPv4 address (ip(8) with -j: JSON): RAIBID_NODE_IFACE, else the default route's.
+export def node-net [ctx: record]: nothing -> record {
+  let iface = if ($ctx.node_iface? | default "" | is-not-empty) { $ctx.node_iface } else {
+    let r = (system run-cmd [ip -j -4 route show default])
+    if $r.exit_code != 0 { "" } else { $r.stdout | from json | get -o 0.dev | default "" }
+  }
+  if ($iface | is-empty) { return {iface: "", ip: ""} }
+  let a = (system run-cmd [ip -j -4 addr show dev $iface])
+  let ip = if $a.exit_code != 0 { "" } else {
+    $a.stdout | from json | get -o 0.addr_info | default [] | where {|x| ($x.family? | default "") == inet } | get -o 0.local | default ""
+  }
+  {iface: $iface, ip: $ip}
+}
+
+# What this node is in the cluster: its name and network, and for an agent (join) the server and token file.
+export def node-spec [ctx: record]: nothing -> record {
+  let net = (node-net $ctx)
+  let base = {name: $ctx.facts.hostname, ip: $net.ip, iface: $net.iface}
+  if ($ctx.join? | default null) == null {
+    $base | insert tls_san ([$ctx.facts.hostname $net.ip] | where {|x| $x | is-not-empty })
+  } else {
+    $base | insert server_url $ctx.join.server_url | insert token_file $ctx.join.token_file
+  }
+}
 
 def host-files [ctx: record]: nothing -> record {
   let host = {cores: ((system run-cmd [nproc]).stdout | str trim | into int)
     mem_gib: ((system read /proc/meminfo | default "" | parse --regex 'MemTotal:\s+(?<kb>\d+)' | get -o 0.kb | default "0" | into int) // (1024 * 1024))}
   let reg_now = (read-root $ctx /etc/rancher/k3s/registries.yaml)
   let hosts_now = (system read /etc/hosts | default "")
+  let server = (($ctx.join? | default null) == null)
+  let auth = if $server { registries-auth $reg_now $ctx.s.git_host } else {
+    # A joining node pulls with the same credentials as node 1: its registries.yaml, copied (--registries).
+    let a = (registries-auth (open --raw $ctx.join.registries_src) $ctx.s.git_host)
+    if $a == null { fail join_registries $"($ctx.join.registries_src) has no credentials for ($ctx.s.git_host)" --hint "copy /etc/rancher/k3s/registries.yaml from the first Spark after its tokens stage (sudo cat … | ssh this-host 'cat > registries.yaml')" }
+    $a
+  }
   {
-    config: (render-k3s-config $host.cores $host.mem_gib)
-    registries: (render-registries $ctx.s.git_host (registries-auth $reg_now $ctx.s.git_host))
+    token: (if $server { null } else { open --raw $ctx.join.token_src | str trim })
+    token_now: (if $server { null } else { read-root $ctx $ctx.join.token_file | default "" | str trim })
+    node: (node-spec $ctx)
+    ufw_missing: (ufw-missing ((priv-probe $ctx [ufw status]).stdout))
+    traefik: (if $server { render-traefik-config } else { null })
+    buildah_userns: (if $server { buildah-userns-ok } else { true })
+    traefik_now: (if $server { system read $TRAEFIK_CONFIG } else { null })
+    config: (render-k3s-config $host.cores $host.mem_gib (node-spec $ctx))
+    registries: (render-registries $ctx.s.git_host $auth)
     hosts: (render-hosts $hosts_now [$ctx.s.git_host $ctx.s.ci_host])
     config_now: (system read /etc/rancher/k3s/config.yaml)
     registries_now: $reg_now
     hosts_now: $hosts_now
-    seccomp: (open --raw (repo-path $ctx $BUILDAH_SECCOMP_SRC))
-    seccomp_now: (system read $BUILDAH_SECCOMP_NODE)
+    profiles: ($NODE_PROFILES | each {|p| $p | insert want (open --raw (repo-path $ctx $p.src)) | insert now (system read $p.node) })
   }
 }
 
@@ -212,15 +304,25 @@ def k3s-probe [ctx: record]: nothing -> record {
   let v = (k3s-version)
   if $v == null { return (todo "k3s is not installed") }
   if $v != $pin { return (todo $"k3s ($v) is installed, the pin is ($pin)") }
-  if not (k3s-active) { return (todo "the k3s service is not active") }
+  if not (k3s-active (k3s-unit $ctx)) { return (todo $"the (k3s-unit $ctx) service is not active") }
   let f = (host-files $ctx)
+  if $f.token != $f.token_now { return (todo $"the agent token ($ctx.join.token_file) is missing or differs from ($ctx.join.token_src)") }
   if $f.config_now != $f.config { return (todo "/etc/rancher/k3s/config.yaml differs from the rendered one") }
   if $f.registries_now != $f.registries { return (todo "/etc/rancher/k3s/registries.yaml differs from the rendered one") }
   if $f.hosts_now != $f.hosts { return (todo $"/etc/hosts does not map ($ctx.s.git_host) and ($ctx.s.ci_host)") }
-  if $f.seccomp_now != $f.seccomp { return (todo $"the image agents' seccomp profile ($BUILDAH_SECCOMP_NODE) is missing or differs from ($BUILDAH_SECCOMP_SRC)") }
-  let owner = ((system run-cmd [stat -c %u:%g $ctx.s.cache_path]).stdout | str trim)
-  if $owner != "1000:1000" { return (todo $"the cache directory ($ctx.s.cache_path) is missing or not owned by 1000:1000") }
-  if not (system exists $ctx.kubeconfig) { return (todo $"no kubeconfig at ($ctx.kubeconfig)") }
+  if ($f.ufw_missing | is-not-empty) { return (todo $"ufw is active and lacks k3s' rules: ($f.ufw_missing | each {|r| $r | str join ' ' } | str join ', ')") }
+  if $f.traefik_now != $f.traefik { return (todo $"Traefik's timeouts ($TRAEFIK_CONFIG) are missing or differ") }
+  if not $f.buildah_userns { return (todo $"AppArmor restricts user namespaces \(($USERNS_RESTRICT) = 1\) and no profile lets /usr/bin/buildah create them") }
+  for p in $f.profiles {
+    if $p.now != $p.want { return (todo $"($p.what) ($p.node) is missing or differs from ($p.src)") }
+  }
+  let loaded = (system read $APPARMOR_LOADED | default "" | lines | any {|l| $l | str starts-with $"($APPARMOR_PROFILE) \(enforce\)" })
+  if not $loaded { return (todo $"AppArmor profile ($APPARMOR_PROFILE) is not loaded \(($APPARMOR_LOADED)\)") }
+  for dir in [$ctx.s.cache_path $ctx.s.image_cache_path] {
+    let owner = ((system run-cmd [stat -c %u:%g $dir]).stdout | str trim)
+    if $owner != "1000:1000" { return (todo $"the cache directory ($dir) is missing or not owned by 1000:1000") }
+  }
+  if ($ctx.join? | default null) == null and not (system exists $ctx.kubeconfig) { return (todo $"no kubeconfig at ($ctx.kubeconfig)") }
   ok $"k3s ($pin) active, config, registries, /etc/hosts and cache directory as rendered"
 }
 
@@ -231,27 +333,46 @@ def k3s-steps [ctx: record]: nothing -> list<record> {
   let tag = ($pin | str replace --all "+" "%2B")
   let gid = ((system run-cmd [id -g]).stdout | str trim)
   let reinstall = ((k3s-version) != $pin)
+  let joining = (($ctx.join? | default null) != null)
+  let unit = (k3s-unit $ctx)
   [
     (ext-step (priv $ctx [install -d -m "0755" /etc/rancher/k3s]))
-    (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/rancher/k3s/config.yaml]) --stdin $f.config --stdin-desc "(rendered k3s config: kubelet reservations for this box)")
+    (if $joining { ext-step (priv $ctx [install -m "0600" /dev/stdin $ctx.join.token_file]) --stdin $f.token --stdin-desc $"\(the agent token from ($ctx.join.token_src)\)" })
+    (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/rancher/k3s/config.yaml]) --stdin $f.config --stdin-desc $"\(rendered k3s config: kubelet reservations for this box, node-ip ($f.node.ip) on ($f.node.iface)\)")
     (ext-step (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin $f.registries --stdin-desc $"\(rendered registries.yaml: ($ctx.s.git_host) over HTTP\)")
     (ext-step (priv $ctx [install -m "0644" /dev/stdin /etc/hosts]) --stdin $f.hosts --stdin-desc $"\(/etc/hosts + '127.0.0.1 ($ctx.s.git_host) ($ctx.s.ci_host) # raibid-ci'\)")
     (ext-step (priv $ctx [install -d -o "1000" -g "1000" -m "0755" $ctx.s.cache_path]))
-    (ext-step (priv $ctx [install -D -m "0644" /dev/stdin $BUILDAH_SECCOMP_NODE]) --stdin $f.seccomp --stdin-desc $"\(($BUILDAH_SECCOMP_SRC): the image agents' Localhost seccomp profile\)")
+    (ext-step (priv $ctx [install -d -o "1000" -g "1000" -m "0755" $ctx.s.image_cache_path]))
+  ]
+  | append ($f.ufw_missing | each {|r| ext-step (priv $ctx ([ufw allow] | append $r)) })
+  | append (if $f.buildah_userns { [] } else {[
+    (ext-step (priv $ctx [install -D -m "0644" /dev/stdin $BUILDAH_HOST_PROFILE]) --stdin $BUILDAH_HOST_PROFILE_TEXT --stdin-desc "(AppArmor: /usr/bin/buildah flags=(unconfined) { userns, })")
+    (ext-step (priv $ctx [apparmor_parser -r -W $BUILDAH_HOST_PROFILE]))
+  ]})
+  | append (if $f.traefik == null { [] } else {[
+    (ext-step (priv $ctx [install -D -m "0644" /dev/stdin $TRAEFIK_CONFIG]) --stdin $f.traefik --stdin-desc "(HelmChartConfig traefik: read/write timeouts 1800 s for large image pushes)")
+  ]})
+  | append ($f.profiles | each {|p|
+    ext-step (priv $ctx [install -D -m "0644" /dev/stdin $p.node]) --stdin $p.want --stdin-desc $"\(($p.src): ($p.what)\)"
+  })
+  | append [
+    (ext-step (priv $ctx [apparmor_parser -r -W ($NODE_PROFILES | where node =~ apparmor | first | get node)]))
   ] | append (if $reinstall {[
     (ext-step [mkdir -p $ctx.tmp])
     (ext-step [curl -sfL -o $installer $"https://raw.githubusercontent.com/k3s-io/k3s/($tag)/install.sh"])
-    (ext-step (priv $ctx [env $"INSTALL_K3S_VERSION=($pin)" sh $installer]))
+    # install.sh: INSTALL_K3S_EXEC=agent makes an agent (service k3s-agent); server URL and token come from the
+    # config file rendered above (server:, token-file:), never from the command line.
+    (ext-step (priv $ctx ([env $"INSTALL_K3S_VERSION=($pin)"] | append (if $joining { ["INSTALL_K3S_EXEC=agent"] } else { [] }) | append [sh $installer])))
   ]} else {[
-    (ext-step (priv $ctx [systemctl restart k3s]))
-  ]}) | append [
+    (ext-step (priv $ctx [systemctl restart $unit]))
+  ]}) | compact | append (if $joining { [] } else {[
     (nu-step "wait for /etc/rancher/k3s/k3s.yaml (deadline 2 min)" {||
       wait-until "k3s kubeconfig /etc/rancher/k3s/k3s.yaml" {|| {ok: ("/etc/rancher/k3s/k3s.yaml" | path exists), detail: "not written yet"} } --timeout 2min --inspect ["sudo systemctl status k3s" "sudo journalctl -u k3s -n 100"]
       | ignore
     })
     (ext-step [mkdir -p ($ctx.kubeconfig | path dirname)])
     (ext-step (priv $ctx [install -m "0600" -o $"($ctx.facts.uid)" -g $gid /etc/rancher/k3s/k3s.yaml $ctx.kubeconfig]))
-  ]
+  ]})
 }
 
 # --- node ------------------------------------------------------------------------------------------------
@@ -327,10 +448,37 @@ def sops-owner-key [text: string]: nothing -> any {
   $text | lines | where {|l| $l !~ '^\s*#' } | each {|l| $l | parse --regex '&owner\s+(?<k>\S+)' | get -o 0.k } | compact | get -o 0
 }
 
+# The kind of an age public key: age ≥ 1.4 makes post-quantum keys (`age1pq1…`) by default, older ages X25519
+# (`age1…`).
+@example "post-quantum" { age-key-kind "age1pq1abc" } --result "post-quantum"
+export def age-key-kind [pub: string]: nothing -> string {
+  if ($pub | str starts-with "age1pq1") { "post-quantum" } else if ($pub | str starts-with "age1") { "x25519" } else { "unknown" }
+}
+
+# Why the pinned sops and Flux cannot read a key of this kind (empty when they can): post-quantum keys need sops
+# ≥ 3.12.0 and Flux ≥ 2.9.0 (kustomize-controller's SOPS decryption).
+export def age-kind-problems [kind: string, pins: record]: nothing -> list<string> {
+  if $kind == "x25519" { return [] }
+  if $kind != "post-quantum" { return [$"an age key of unknown kind"] }
+  [
+    (if (version-at-least ($pins.SOPS_VERSION? | default "0.0.0") "3.12.0") { null } else { $"sops ($pins.SOPS_VERSION?) reads post-quantum age keys only from 3.12.0" })
+    (if (version-at-least ($pins.FLUX_VERSION? | default "0.0.0") "2.9.0") { null } else { $"Flux ($pins.FLUX_VERSION?) decrypts post-quantum age keys only from 2.9.0" })
+  ] | compact
+}
+
+# Refuse an owner key the pinned sops and Flux cannot use, saying what to do.
+def check-age-kind [ctx: record, pub: string]: nothing -> nothing {
+  let problems = (age-kind-problems (age-key-kind $pub) $ctx.s.pins)
+  if ($problems | is-not-empty) {
+    fail age_key_unreadable $"($ctx.keyfile) holds a (age-key-kind $pub) key that the pinned tools cannot read: ($problems | str join '; ')" --hint $"either pin sops >= 3.12.0 and Flux >= 2.9.0 in scripts/pins.env \(docs/pins.md\), or replace the key by an X25519 one made with an age < 1.4 \(`age-keygen -o ($ctx.keyfile)`\) before any secret is encrypted to it"
+  }
+}
+
 def age-probe [ctx: record]: nothing -> record {
   if not (system exists $ctx.keyfile) { return (todo $"no age key at ($ctx.keyfile)") }
   let pub = (age-public $ctx.keyfile)
   if $pub == null { return (todo $"($ctx.keyfile) is not an age key") }
+  check-age-kind $ctx $pub
   let owner = (sops-owner-key (system read (repo-path $ctx ".sops.yaml") | default ""))
   if $owner == $SOPS_PLACEHOLDER { return (todo ".sops.yaml still names the placeholder recipient") }
   if $owner != $pub { return (todo $".sops.yaml names another age key \(($owner)\); --force makes this key the owner") }
@@ -354,8 +502,9 @@ def age-steps [ctx: record]: nothing -> list<record> {
     ]
   }
   $gen | append [
-    (nu-step $".sops.yaml: replace the recipient on the &owner line with the public key of ($key)" {||
+    (nu-step $".sops.yaml: replace the recipient on the &owner line with the public key of ($key) \(refused when the pinned sops/Flux cannot read its kind\)" {||
       let pub = (run-argv [age-keygen -y $key] | str trim)
+      check-age-kind $ctx $pub
       let file = (repo-path $ctx ".sops.yaml")
       let text = (open --raw $file)
       let current = (sops-owner-key $text)
@@ -494,10 +643,44 @@ export def controllers-manifests [root: string]: nothing -> string {
   | str join "---\n"
 }
 
+# The CustomResourceDefinitions each stage installs and the ones the manifests it applies use (issue 21 §2:
+# every custom resource, and KEDA's operator, after its CRDs). Flux's come with `flux install` (stage flux);
+# KEDA's from the keda-crds source at its tag, applied by stage gitea before the controllers (KEDA's operator
+# exits without them, kedacore/keda#824, and its HelmRelease would end Stalled).
+export def stage-crds []: nothing -> table {
+  [
+    [stage provides];
+    [flux [source.toolkit.fluxcd.io kustomize.toolkit.fluxcd.io helm.toolkit.fluxcd.io notification.toolkit.fluxcd.io]]
+    [gitea [keda.sh]]
+  ]
+}
+
+# The API groups a rendered manifest set needs CRDs for: custom resources by group, plus a chart that expects
+# its CRDs from elsewhere (KEDA with crds.install false needs keda.sh before its operator starts).
+export def crds-needed [docs: list<any>]: nothing -> list<string> {
+  let builtin = ['' apps batch policy networking.k8s.io rbac.authorization.k8s.io storage.k8s.io autoscaling
+    coordination.k8s.io discovery.k8s.io scheduling.k8s.io node.k8s.io apiextensions.k8s.io admissionregistration.k8s.io]
+  let groups = ($docs | each {|d| $d.apiVersion? | default "" | if ($in | str contains "/") { split row "/" | first } else { "" } })
+  let charts = ($docs | where {|d| $d.kind? == HelmRelease and $d.spec?.values?.crds?.install? == false }
+    | each {|d| if $d.spec.chart.spec.chart == keda { "keda.sh" } else { null } } | compact)
+  $groups | append $charts | where {|g| $g not-in $builtin } | uniq | sort
+}
+
+# The KEDA CRD source of the tree (GitRepository keda-crds): url and tag.
+export def keda-crds-source [root: string]: nothing -> record {
+  let g = (open --raw ($root | path join clusters $CLUSTER infrastructure.yaml) | from yaml
+    | if ($in | describe) =~ '^(list|table)' { $in } else { [$in] } | where kind == GitRepository and metadata.name == keda-crds | first)
+  {url: $g.spec.url, tag: $g.spec.ref.tag}
+}
+
 def gitea-steps [ctx: record]: nothing -> list<record> {
   let root = $ctx.s.root
   let vars = $ctx.s.vars
+  let keda = (keda-crds-source $root)
+  let kpath = ($keda.url | str replace --regex '^https://' '' | str replace --regex '\.git$' '')
   [
+    (ext-step [kubectl apply --server-side --field-manager=kustomize-controller -k $"https://($kpath)//config/crd?ref=($keda.tag)"])
+    (ext-step [kubectl wait --for=condition=Established --timeout=120s crd/scaledjobs.keda.sh crd/scaledobjects.keda.sh crd/triggerauthentications.keda.sh crd/clustertriggerauthentications.keda.sh])
     (nu-step "kubectl kustomize --load-restrictor=LoadRestrictionsNone infrastructure/controllers | (drop the encrypted Secrets) | flux envsubst --strict | kubectl apply --server-side --field-manager=kustomize-controller -f -" {||
       let kept = (controllers-manifests $root)
       let substituted = (with-env $vars { run-argv [flux envsubst --strict] --stdin $kept --hint "a ${VAR} in the manifests is not in clusters/dgx-spark/cluster-settings.yaml" })
@@ -530,28 +713,71 @@ def tokens-probe [ctx: record]: nothing -> record {
   ok "Gitea tokens in place (owner, dispatcher, agent, Flux, registry)"
 }
 
+# Where bootstrap keeps sensitive files while a stage runs (tokens between steps): mode 0700, removed after every
+# stage, whether it finished or failed halfway (run-steps), so no plaintext token outlives its stage.
+export def secret-tmp [ctx: record]: nothing -> string { $ctx.tmp | path join secret }
+
+# Run a stage's steps in order; whatever happens, remove the stage's sensitive temp files afterwards.
+export def run-steps [ctx: record, steps: list<record>]: nothing -> nothing {
+  let dir = (secret-tmp $ctx)
+  try {
+    for step in $steps {
+      log info $"$ ($step.show)"
+      do $step.run
+    }
+  } catch {|e|
+    rm -rf $dir
+    return $e.raw
+  }
+  rm -rf $dir
+}
+
+def some-or-null [v: any, key: string]: nothing -> any { if $v == null { null } else { $v | get -o $key } }
+
+# The value each bootstrap token has where it is used today, or null: what a re-run keeps (issue 21 §2: tokens
+# rotate only with --rotate).
+export def existing-tokens [ctx: record]: nothing -> record {
+  let app = (secret-files "apps/")
+  let dec = {|name| let f = ($app | where name == $name); if ($f | is-empty) { null } else { decrypt $ctx $f.0.path } }
+  let flux = (kget [-n $NAMESPACES.flux get secret $CLUSTER_SECRETS.flux_git.name])
+  let flux_pw = (some-or-null (some-or-null $flux data) password)
+  {
+    raibid-owner: (system read (config-copy $ctx RAIBID_GITEA_TOKEN) | if $in == null { null } else { str trim })
+    raibid-dispatcher: (some-or-null (do $dec raibid-dispatcher) RAIBID_GITEA_TOKEN)
+    raibid-agent: (some-or-null (do $dec raibid-agent) RAIBID_GIT_TOKEN)
+    raibid-flux: (if $flux_pw == null { null } else { $flux_pw | decode base64 | decode })
+    raibid-registry: (some-or-null (registries-auth (read-root $ctx /etc/rancher/k3s/registries.yaml) $ctx.s.git_host) password)
+    raibid-image-push: (some-or-null (do $dec raibid-registry-push) password)
+  }
+}
+
 def tokens-steps [ctx: record]: nothing -> list<record> {
   let files = (secret-files "apps/")
   let admin = $"($ctx.s.gitea_url)/api/v1/users/($GITEA_ADMIN)/tokens"
-  # The new token values live in a 0600 file in the bootstrap's temp dir while the stage runs.
-  let store = ($ctx.tmp | path join tokens.json)
+  # Every token value (kept or new) lives in a 0600 file below secret-tmp while the stage runs; run-steps
+  # removes it when the stage ends, also when it fails halfway.
+  let store = ((secret-tmp $ctx) | path join tokens.json)
   let tok = {|name| open $store | get $name }
   let local = {|n| open --raw (config-copy $ctx $n) | str trim }
+  let have = (existing-tokens $ctx)
+  let make = if $ctx.rotate { $TOKENS } else { $TOKENS | where {|t| ($have | get $t.name) == null } }
+  let what = if ($make | is-empty) { $"none: all ($TOKENS | length) tokens are in place \(--rotate replaces them\)" } else { $make | get name | str join ', ' }
   [
-    (nu-step $"POST ($admin) \(basic auth as ($GITEA_ADMIN)\) for ($TOKENS | get name | str join ', '); an existing token of the same name is replaced \(DELETE …/tokens/{name}\)" {||
+    (nu-step $"POST ($admin) \(basic auth as ($GITEA_ADMIN)\) for: ($what); an existing token of the same name is replaced \(DELETE …/tokens/{name}\)" {||
       let basic = (admin-basic $ctx)
       let made = (with-env {RAIBID_GITEA_URL: $ctx.s.gitea_url} {
-        $TOKENS | reduce --fold {} {|t, acc| $acc | insert $t.name (gitea create-token $GITEA_ADMIN $t.name $t.scopes $basic) }
+        $make | reduce --fold {} {|t, acc| $acc | insert $t.name (gitea create-token $GITEA_ADMIN $t.name $t.scopes $basic) }
       })
-      mkdir $ctx.tmp
+      mkdir (secret-tmp $ctx)
+      ^chmod 700 (secret-tmp $ctx)
       "" | save --force $store
       ^chmod 600 $store
-      $made | to json | save --force $store
-      write-config-secret RAIBID_GITEA_TOKEN $made.raibid-owner --force | ignore
+      $have | merge $made | to json | save --force $store
+      if "raibid-owner" in $made { write-config-secret RAIBID_GITEA_TOKEN $made.raibid-owner --force | ignore }
     })
   ]
   | append ($files | each {|f|
-    nu-step (encrypt-show $f) {||
+    nu-step $"(encrypt-show $f)  # only when its values change" {||
       let values = if $f.name == "raibid-dispatcher" {
         {
           RAIBID_API_TOKEN: (do $local RAIBID_API_TOKEN), RAIBID_GITEA_WEBHOOK_SECRET: (do $local RAIBID_GITEA_WEBHOOK_SECRET)
@@ -563,6 +789,7 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
       } else {
         {RAIBID_GIT_TOKEN: (do $tok raibid-agent)}
       }
+      if (decrypt $ctx $f.path) == $values and (listed-in-kustomization $ctx $f.path) { log info $"($f.path): unchanged"; return }
       encrypt-secret $ctx $f $values
     }
   })
@@ -572,21 +799,23 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
         metadata: {name: $CLUSTER_SECRETS.flux_git.name, namespace: $CLUSTER_SECRETS.flux_git.namespace}
         stringData: {username: $GITEA_ADMIN, password: (do $tok raibid-flux)}} | to yaml
     })
-    (ext-step (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin-desc "(registries.yaml with the raibid-registry token)" --stdin-from {||
-      render-registries $ctx.s.git_host {username: $GITEA_ADMIN, password: (do $tok raibid-registry)}
-    })
-    (nu-step $"rm ($store)" {|| rm -f $store })
-    (ext-step (priv $ctx [systemctl restart k3s]))
-    (nu-step "wait until every node is Ready again (deadline 5 min)" {||
+    (nu-step $"(show-argv (priv $ctx [install -m '0600' /dev/stdin /etc/rancher/k3s/registries.yaml])) <<< \(registries.yaml with the raibid-registry token\), then (show-argv (priv $ctx [systemctl restart k3s])) and wait for the nodes: only when it changes" {||
+      let want = (render-registries $ctx.s.git_host {username: $GITEA_ADMIN, password: (do $tok raibid-registry)})
+      if (read-root $ctx /etc/rancher/k3s/registries.yaml) == $want { log info "registries.yaml: unchanged"; return }
+      run-argv (priv $ctx [install -m "0600" /dev/stdin /etc/rancher/k3s/registries.yaml]) --stdin $want | ignore
+      run-argv (priv $ctx [systemctl restart k3s]) | ignore
       wait-until "the k3s node after the restart" {|| nodes-ready } --timeout 5min | ignore
     })
+    (nu-step $"rm -r (secret-tmp $ctx)" {|| rm -rf (secret-tmp $ctx) })
     (commit-step $ctx ($files | each {|f| [$f.path ($f.path | path dirname | path join kustomization.yaml)] } | flatten | uniq) "bootstrap: encrypted app secrets")
-    (nu-step "note: the tokens were (re)created; a dispatcher or agents already running read the new Secrets only after a restart" {||
+  ]
+  | append (if ($make | is-empty) { [] } else {[
+    (nu-step $"note: ($what) were \(re\)created; a dispatcher or agents already running read the new Secrets only after a restart" {||
       if (kget [-n $NAMESPACES.system get deployment $SERVICES.dispatcher.name]) != null {
         log warn "raibid already runs: after the next stages pushed the new Secrets, restart it: kubectl -n raibid-system rollout restart deployment/raibid-dispatcher; kubectl -n raibid-builds rollout restart deployment/raibid-agent-warm"
       }
     })
-  ]
+  ]})
 }
 
 # --- ops repository --------------------------------------------------------------------------------------
@@ -736,6 +965,40 @@ def reconcile-steps [ctx: record]: nothing -> list<record> {
 
 # --- the list --------------------------------------------------------------------------------------------
 
+# `bootstrap.nu join`: what a second Spark needs from the first, checked before anything runs. The agent token
+# (never the server token: that one would let the node act as a server and read every Secret), the server's URL,
+# and node 1's registries.yaml (Gitea pull credentials).
+export def join-spec [server_url: string, token_src: string, registries_src: string]: nothing -> record {
+  if ($server_url !~ '^https://[^/]+:6443/?$') {
+    fail bad_server_url $"--server ($server_url) is not the first Spark's API" --hint "e.g. --server https://192.168.1.20:6443 (the server's node-ip)"
+  }
+  for f in [$token_src $registries_src] {
+    if not ($f | path exists) { fail missing_file $"($f) does not exist" --hint "copy it from the first Spark first (docs/operations.md, Add a Spark)" }
+  }
+  let token = (open --raw $token_src | str trim)
+  # k3s tokens: K10<ca hash>::server:<secret> is the server token (/var/lib/rancher/k3s/server/token, node-token);
+  # the agent token (/var/lib/rancher/k3s/server/agent-token) only joins agents.
+  if ($token | str contains "::server:") {
+    fail server_token $"($token_src) holds the SERVER token" --hint "use the agent token: on the first Spark `sudo cat /var/lib/rancher/k3s/server/agent-token`; a node joined with the server token can act as a server"
+  }
+  if ($token | is-empty) { fail empty_token $"($token_src) is empty" }
+  {server_url: ($server_url | str trim --right --char "/"), token_src: $token_src, token_file: "/etc/rancher/k3s/agent-token", registries_src: $registries_src}
+}
+
+# Drain, then delete a node (kubectl drain: cordons it and evicts its pods, honouring their grace periods;
+# DaemonSet pods stay; emptyDir data goes with the pods). Its caches stay on its disk.
+export def remove-node-steps [node: string, timeout: duration]: nothing -> list<record> {
+  let secs = ($timeout / 1sec | into int)
+  [
+    (ext-step [kubectl drain $node --ignore-daemonsets --delete-emptydir-data $"--timeout=($secs)s"])
+    (ext-step [kubectl delete node $node --wait=true])
+  ]
+}
+
+# The stages `join` runs on the new node: the same host preparation as node 1 (k3s as an agent, profiles,
+# caches, registries, /etc/hosts, ufw), nothing cluster-wide.
+export def join-stages []: nothing -> list<string> { [preflight k3s] }
+
 # Every stage in order: name, what it does, probe, steps.
 export def all-stages []: nothing -> table {
   [
@@ -758,7 +1021,11 @@ export def all-stages []: nothing -> table {
 # The plan: for each selected stage, run or skip, why, and the exact commands.
 export def plan [ctx: record, selected: list<string>]: nothing -> table {
   all-stages | where name in $selected | each {|st|
-    let p = (try { do $st.probe $ctx } catch {|e| {done: false, reason: $"probe failed: ($e.msg)"} })
+    let p = (try { do $st.probe $ctx } catch {|e| {done: false, failed: true, reason: $"probe failed: ($e.msg)"} })
+    # A probe that fails (sudo refused, an unrecorded command) stops the real run at this stage: nothing to show.
+    if ($p.failed? | default false) {
+      return {stage: $st.name, action: "fail", reason: $p.reason, commands: []}
+    }
     let action = if $p.done and not $ctx.force { "skip" } else { "run" }
     let reason = if $p.done and $ctx.force { $"--force \(($p.reason)\)" } else { $p.reason }
     let commands = if $action == "run" {

@@ -31,6 +31,20 @@ export def run-cmd [
       return {exit_code: 127, stdout: "", stderr: $"($argv.0): command not found"}
     }
     let hit = ($sys.commands? | default [] | where {|c| $c.argv == $argv })
+    if ($hit | is-empty) and $argv.0 == "sudo" and ($argv | get -o 1) == "-n" and ($argv | length) > 2 {
+      # sudo(8): with -n (non-interactive) sudo never prompts; when a password would be needed it prints
+      # "sudo: a password is required" and exits 1. Whether it would is what `sudo -n true` answers on this host.
+      let ok = ($sys.commands? | default [] | where {|c| $c.argv == [sudo -n "true"] } | get -o 0.exit_code | default 0) == 0
+      if not $ok { return {exit_code: 1, stdout: "", stderr: "sudo: a password is required\n"} }
+      return (run-cmd ($argv | skip 2))
+    }
+    if ($hit | is-empty) and $argv.0 == "cat" and ($argv | length) == 2 {
+      # cat(1) (GNU coreutils): the file's bytes on stdout; a missing file is exit 1 with
+      # "cat: <path>: No such file or directory" on stderr.
+      let content = ($sys.files? | default {} | get -o $argv.1)
+      if $content == null { return {exit_code: 1, stdout: "", stderr: $"cat: ($argv.1): No such file or directory\n"} }
+      return {exit_code: 0, stdout: $content, stderr: ""}
+    }
     if ($hit | is-empty) {
       fail fake_system_unrecorded $"the fake system has no recording for: ($argv | str join ' ')" --hint $"add it to ($env.RAIBID_FAKE_SYSTEM)"
     }

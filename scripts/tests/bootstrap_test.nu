@@ -6,6 +6,21 @@
 # lib/system.nu when RAIBID_FAKE_SYSTEM is set. This is a stand-in: k3s, Flux and Gitea cannot run in this
 # CI (no systemd, no privileges, no ARM64 box), so the probes are exercised against what a fresh DGX Spark
 # and a finished one answer, not against a live cluster.
+#
+# What each fake follows (exit codes and output as the tools document them):
+#   sudo -n …            sudo(8): -n never prompts; a needed password is "sudo: a password is required", exit 1
+#                        (system.nu: decided by the recorded `sudo -n true`, then the inner command is faked)
+#   cat FILE             GNU coreutils cat(1): the bytes, or exit 1 "cat: FILE: No such file or directory"
+#   systemctl is-active  systemctl(1): prints the state; exit 0 active, 3 inactive, 4 no such unit
+#   k3s --version        k3s' version banner "k3s version v1.35.6+k3s1 (<commit>)" + "go version …"
+#   kubectl get … -o json kubectl: the object as JSON, exit 0; NotFound is exit 1 (the probes read null)
+#   flux version --client flux CLI: "flux: v<version>"
+#   ip -j -4 route/addr  ip(8) (iproute2) with -j: JSON arrays (dev, prefsrc; ifname, addr_info[].local)
+#   ufw status           ufw(8): "Status: inactive", or "Status: active" and a To/Action/From table
+#   age-keygen -y KEY    age-keygen(1): the recipient, age1… (X25519) or age1pq1… (post-quantum, age ≥ 1.4)
+#   sops --decrypt       sops: the plain document on stdout, non-zero exit when the key does not match
+#   HTTP probes          the Gitea API (Swagger in shared/reference, checked by fakes/swagger.py)
+# apt-get is never faked: preflight only prints the `apt-get install` that fixes a missing tool.
 
 use std/assert
 use std/testing *
@@ -26,6 +41,16 @@ def fixture [name: string]: nothing -> path {
   })
   let f = (mktemp -t $"raibid-system-($name)-XXXXXX.nuon")
   $text | save -f $f
+  # A finished node holds exactly the profiles bootstrap installs from the repository (NODE_PROFILES).
+  if $name == "finished" {
+    let sys = (open $f)
+    let files = ($NODE_PROFILES | reduce --fold $sys.files {|p, acc| $acc | upsert $p.node (open --raw ($REPO_ROOT | path join $p.src)) })
+    # and the k3s config and Traefik timeouts it rendered for this box (20 cores, 119 GiB, 10GbE at 192.168.1.20).
+    let node = {name: spark, ip: "192.168.1.20", iface: enP7s7, tls_san: [spark "192.168.1.20"]}
+    let files = ($files | upsert "/etc/rancher/k3s/config.yaml" (render-k3s-config 20 119 $node)
+      | upsert "/var/lib/rancher/k3s/server/manifests/raibid-traefik-config.yaml" (render-traefik-config))
+    $sys | update files $files | to nuon | save -f $f
+  }
   $f
 }
 
@@ -95,7 +120,8 @@ def versions_and_settings_substitution [] {
 def preflight_judges_the_host [] {
   let pins = (load-pins)
   let tools = {git: "2.34.1", curl: "7.81.0", sops: $pins.SOPS_VERSION, age-keygen: $pins.AGE_VERSION, flux: $pins.FLUX_VERSION, buildah: "1.23.1"}
-  let host = {arch: aarch64, cores: 20, mem_bytes: (128 * 1024 * 1024 * 1024), disk_free: (3000 * 1024 * 1024 * 1024), cgroup_fs: cgroup2fs,
+  # What a DGX Spark reports: MemTotal ≈ 119.7 GiB (issue 21: a check wanting 120 GiB flagged every Spark).
+  let host = {os: "Ubuntu 24.04.3 LTS", arch: aarch64, cores: 20, mem_bytes: (125516596 * 1024), disk_free: (3000 * 1024 * 1024 * 1024), cgroup_fs: cgroup2fs,
     listening: [22 53], uid: 1000, sudo_ok: true, tools: $tools, k3s_version: null}
   assert equal (evaluate-checks $host $pins | where not ok) []
   let fresh = ($host | update tools ($tools | update flux null | update sops "3.8.0") | update listening [22 80])
@@ -319,4 +345,224 @@ def bootstrap_tokens_carry_documented_scopes_and_only_image_agents_can_push [] {
       assert equal $refs [] $"($m): a Rust agent gets the registry push token"
     }
   }
+}
+
+# --- CRDs before their users (issue 21 §2) ------------------------------------------------------------------
+
+# Walk the stages in order; every group a stage's manifests need must be provided by an earlier stage or by an
+# earlier step of the same stage. Returns the violations.
+def crd-order-violations [plan: table, stages: table, needs: record]: nothing -> list<string> {
+  mut provided = []
+  mut bad = []
+  for st in $plan {
+    let own = ($stages | where stage == $st.stage | get -o 0.provides | default [])
+    # Within the stage: its CRD steps (kubectl apply -k …/config/crd) must come before the manifests' apply.
+    let crd_at = ($st.commands | enumerate | where {|c| $c.item =~ 'config/crd' } | get -o 0.index)
+    let use_at = ($st.commands | enumerate | where {|c| $c.item =~ 'infrastructure/controllers' } | get -o 0.index)
+    if ($own | is-not-empty) and $st.stage != flux and ($crd_at == null or ($use_at != null and $crd_at > $use_at)) {
+      $bad = ($bad | append $"($st.stage): its CRDs are applied after the manifests that use them")
+    }
+    $provided = ($provided | append $own)
+    for g in ($needs | get -o $st.stage | default []) {
+      if $g not-in $provided { $bad = ($bad | append $"($st.stage): applies users of ($g) before any stage installed its CRDs") }
+    }
+  }
+  $bad
+}
+
+@test
+def crds_precede_their_users_in_the_stage_order [] {
+  let p = (plan-for fresh)
+  let docs = (controllers-manifests $REPO_ROOT | split row --regex '(?m)^---\s*$' | where {|d| $d | str trim | is-not-empty } | each {|d| $d | from yaml })
+  let needs = {gitea: (crds-needed $docs)}
+  # The controllers use Flux's kinds (HelmRepository, HelmRelease) and KEDA's operator needs keda.sh.
+  assert equal $needs.gitea [helm.toolkit.fluxcd.io keda.sh source.toolkit.fluxcd.io]
+  assert equal (crd-order-violations $p (stage-crds) $needs) []
+  let gitea = ($p | where stage == gitea | first)
+  let tag = (keda-crds-source $REPO_ROOT).tag
+  assert ($gitea.commands.0 | str contains $"config/crd?ref=($tag)") $gitea.commands.0
+  # Seen failing: the gitea stage as it was (controllers applied with no KEDA CRDs before them).
+  let old = ($p | update commands {|r| if $r.stage == gitea { $r.commands | where {|c| $c !~ 'config/crd|crd/scaledjobs' } } else { $r.commands } })
+  let old_stages = (stage-crds | where stage != gitea)
+  assert equal (crd-order-violations $old $old_stages $needs) ["gitea: applies users of keda.sh before any stage installed its CRDs"]
+  # And with the flux stage after gitea, the HelmReleases would come first.
+  let swapped = ($p | where stage != flux | append ($p | where stage == flux))
+  assert ((crd-order-violations $swapped (stage-crds) $needs) | any {|v| $v =~ 'helm.toolkit.fluxcd.io' })
+}
+
+@test
+def the_documented_allocatable_is_what_the_k3s_config_leaves [] {
+  # A Spark: 20 cores, MemTotal 125516596 kB (≈ 119.7 GiB). The kubelet subtracts system-reserved and
+  # kube-reserved (render-k3s-config) and keeps eviction-hard memory.available free.
+  let mem_gib = 125516596 / 1024 / 1024
+  let r = (reservations 20 ($mem_gib | math floor))
+  let cfg = (render-k3s-config 20 ($mem_gib | math floor) | from yaml)
+  let evict = ($cfg.kubelet-arg | where {|a| $a | str starts-with "eviction-hard=" } | first | parse --regex 'memory.available<(?<g>\d+)Gi' | get 0.g | into int)
+  let cpu = 20 - 2 * ($r.cpu | into int)
+  let mem = ($mem_gib - 2 * ($r.memory | str replace "Gi" "" | into int) - $evict | math floor)
+  let q = (open ($REPO_ROOT | path join infrastructure configs build-limits.yaml) | where kind == ResourceQuota | first)
+  assert equal $q.metadata.annotations."raibid.dev/node-allocatable" $"cpu=($cpu),memory=($mem)Gi"
+}
+
+@test
+def a_failing_sudo_is_loud_not_a_missing_file [] {
+  # The finished machine, but sudo now wants a password (sudo -n exits 1, sudo(8)). Before issue 21 the probes
+  # read that as "registries.yaml is missing": the k3s stage re-rendered it without credentials and the tokens
+  # stage rotated every token. Now both stages stop with sudo_failed and change nothing.
+  let f = (fixture finished)
+  let sys = (open $f)
+  $sys | update commands ($sys.commands | where argv != [sudo -n "true"] | append {argv: [sudo -n "true"], exit_code: 1, stderr: "sudo: a password is required\n"}) | to nuon | save -f $f
+  let p = (with-clean-env (fake-env $f) { plan (context) (all-stages | get name) })
+  for st in [k3s tokens] {
+    let row = ($p | where stage == $st | first)
+    assert ($row.reason | str contains "sudo: a password is required") $"($st): ($row.reason)"
+    assert equal [$row.action $row.commands] [fail []] $"($st) would run: ($row.commands)"
+  }
+  let err = (with-clean-env (fake-env $f) { try { read-root (context) /etc/rancher/k3s/registries.yaml; null } catch {|e| $e } })
+  assert equal ($err | error-code) sudo_failed
+  rm -f $f
+  # With sudo working, a file that really is missing is null (cat(1): exit 1, "No such file or directory").
+  let ok = (fixture finished)
+  assert equal (with-clean-env (fake-env $ok) { read-root (context) /etc/nothing-here }) null
+  assert ((with-clean-env (fake-env $ok) { read-root (context) /etc/rancher/k3s/registries.yaml }) | str contains "auth")
+  rm -f $ok
+}
+
+@test
+def tokens_rotate_only_when_asked [] {
+  # A finished machine, tokens stage forced: every token is where it is used, so nothing is created.
+  let f = (fixture finished)
+  let forced = (with-clean-env (fake-env $f) { plan (context --force) [tokens] })
+  assert ($forced.0.commands.0 | str contains "for: none: all 6 tokens are in place") $forced.0.commands.0
+  assert not ($forced.0.commands | any {|c| $c =~ '^note: ' }) "a forced re-run announces new tokens"
+  let have = (with-clean-env (fake-env $f) { existing-tokens (context) })
+  assert equal ($have | values | where $it == null) [] $"a token was not found: ($have)"
+  assert equal $have.raibid-flux "recorded-flux-token"
+  # --rotate replaces all of them.
+  let rotated = (with-clean-env (fake-env $f) { plan (context --force --rotate) [tokens] })
+  assert ($rotated.0.commands.0 | str contains "for: raibid-owner, raibid-dispatcher, raibid-agent, raibid-flux, raibid-registry, raibid-image-push")
+  # Only the registry credentials lost: only that token is made (before issue 21 all six were replaced).
+  let sys = (open $f)
+  $sys | update files ($sys.files | update "/etc/rancher/k3s/registries.yaml" (render-registries "git.raibid.internal" null)) | to nuon | save -f $f
+  let p = (with-clean-env (fake-env $f) { plan (context) [tokens] })
+  assert ($p.0.commands.0 | str contains "for: raibid-registry;") $p.0.commands.0
+  rm -f $f
+  let cli = (do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) --dry-run --rotate } | complete)
+  assert ($cli.stderr | str contains "bad_flags") $cli.stderr
+}
+
+@test
+def a_stage_failing_halfway_leaves_no_plaintext_token [] {
+  let tmp = (mktemp -d -t raibid-stage-XXXXXX)
+  let ctx = {tmp: $tmp}
+  let store = ((secret-tmp $ctx) | path join tokens.json)
+  let steps = [
+    (nu-step "write the tokens" {|| mkdir (secret-tmp $ctx); '{"raibid-agent": "plaintext"}' | save $store })
+    (nu-step "fail" {|| error make {msg: "boom"} })
+    (nu-step "never" {|| "x" | save ($tmp | path join never) })
+  ]
+  let err = (try { run-steps $ctx $steps; null } catch {|e| $e })
+  assert ($err != null) "the failure was swallowed"
+  assert ($err.msg | str contains "boom") $err.msg
+  assert not ($store | path exists) "tokens.json outlived the failed stage"
+  assert not ($tmp | path join never | path exists)
+  # and after a stage that succeeds
+  run-steps $ctx [(nu-step "write" {|| mkdir (secret-tmp $ctx); "t" | save $store })]
+  assert not ((secret-tmp $ctx) | path exists)
+  rm -rf $tmp
+}
+
+@test
+def age_key_kind_must_be_readable_by_the_pinned_sops_and_flux [] {
+  assert equal (age-key-kind "age1pq1qyqszqgpqyqszqgp") "post-quantum"
+  assert equal (age-key-kind "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq") "x25519"
+  let pins = (load-pins)
+  # Today's pins (sops 3.12, Flux 2.9) read both kinds, so age 1.4's default post-quantum key is fine.
+  assert equal (age-kind-problems "post-quantum" $pins) []
+  assert equal (age-kind-problems "x25519" $pins) []
+  # The pins before issue 21 (sops 3.11.0, Flux 2.7.5) cannot: both are named.
+  let old = ($pins | update SOPS_VERSION "3.11.0" | update FLUX_VERSION "2.7.5")
+  let p = (age-kind-problems "post-quantum" $old)
+  assert equal ($p | length) 2 $"($p)"
+  assert ($p.0 | str contains "sops 3.11.0 reads post-quantum age keys only from 3.12.0")
+  assert ($p.1 | str contains "Flux 2.7.5 decrypts post-quantum age keys only from 2.9.0")
+  # The probe refuses such a key with a message that says what to do.
+  let f = (fixture finished)
+  let sys = (open $f)
+  $sys | update commands ($sys.commands | each {|c| if ($c.argv | first 2) == [age-keygen -y] { $c | update stdout "age1pq1qyqszqgpqyqszqgp\n" } else { $c } }) | to nuon | save -f $f
+  let r = (with-clean-env (fake-env $f) { plan ((context) | update s.pins $old) [age-key] })
+  assert equal $r.0.action fail
+  assert ($r.0.reason | str contains "post-quantum key that the pinned tools cannot read") $r.0.reason
+  rm -f $f
+}
+
+@test
+def node_flags_ufw_and_traefik [] {
+  let server = (render-k3s-config 20 119 {name: spark, ip: "192.168.1.20", iface: enP7s7, tls_san: [spark "192.168.1.20"]} | from yaml)
+  assert equal [$server.node-ip $server.flannel-iface $server.tls-san $server.node-name] ["192.168.1.20" enP7s7 [spark "192.168.1.20"] spark]
+  let agent = (render-k3s-config 20 119 {name: spark-2, ip: "192.168.1.21", iface: enP7s7, server_url: "https://192.168.1.20:6443", token_file: "/etc/rancher/k3s/agent-token"} | from yaml)
+  assert equal [$agent.server $agent.token-file ($agent.tls-san? | default null) ($agent.secrets-encryption? | default null)] ["https://192.168.1.20:6443" /etc/rancher/k3s/agent-token null null]
+  # ufw(8): inactive needs nothing; active without k3s' rules needs all of them; the finished fixture's has them.
+  assert equal (ufw-missing "Status: inactive\n") []
+  assert equal (ufw-missing "Status: active\n\nTo  Action  From\n22/tcp  ALLOW  Anywhere\n" | length) ($UFW_RULES | length)
+  let t = (render-traefik-config | from yaml)
+  assert equal $t.kind HelmChartConfig
+  assert equal ($t.spec.valuesContent | from yaml | get ports.web.transport.respondingTimeouts.readTimeout) 1800s
+  # The plan pins k3s to the wired port and warns about Wi-Fi.
+  let p = (plan-for fresh)
+  let k3s = ($p | where stage == k3s | first)
+  assert ($k3s.commands | any {|c| $c | str contains "node-ip 192.168.1.20 on enP7s7" }) ($k3s.commands | str join "\n")
+  assert ($k3s.commands | any {|c| $c | str contains "raibid-traefik-config.yaml" })
+  # Ubuntu 24.04 restricts user namespaces; the fresh fixture has no buildah profile: bootstrap installs one.
+  assert ($k3s.commands | any {|c| $c | str contains "apparmor_parser -r -W /etc/apparmor.d/raibid-buildah-host" }) ($k3s.commands | str join "\n")
+  let wifi = (evaluate-checks {os: "Ubuntu 24.04.3 LTS", iface: wlP9s9, arch: aarch64, cores: 20, mem_bytes: (125516596 * 1024), disk_free: (3000 * 1024 * 1024 * 1024), cgroup_fs: cgroup2fs, listening: [], uid: 0, sudo_ok: true, tools: {}, k3s_version: null} (load-pins))
+  assert equal ($wifi | where check == "node interface" | get 0.ok) false
+}
+
+# --- a second Spark (issue 21 §3) ---------------------------------------------------------------------------
+
+@test
+def join_prepares_the_node_like_node_one_with_the_agent_token [] {
+  let dir = (mktemp -d -t raibid-join-XXXXXX)
+  let token = ($dir | path join agent-token)
+  let reg = ($dir | path join registries.yaml)
+  "K10abc::node:agentsecret\n" | save $token
+  render-registries "git.raibid.internal" {username: raibid-admin, password: recorded-registry-token} | save $reg
+  # The new host: a fresh Spark called spark-2 (the fresh fixture with its own hostname).
+  let f = (fixture fresh)
+  let sys = (open $f)
+  $sys | update facts.hostname spark-2 | to nuon | save -f $f
+  let p = (with-clean-env (fake-env $f) {
+    let ctx = (context | update join (join-spec "https://192.168.1.20:6443" $token $reg))
+    plan $ctx (join-stages)
+  })
+  assert equal ($p | get stage) [preflight k3s]
+  assert equal ($p | where action != run | get stage) [] ($p | to nuon)
+  let cmds = ($p | where stage == k3s | first | get commands)
+  let text = ($cmds | str join "\n")
+  # An agent: the token installed from the file (never on a command line), install.sh as agent, no kubeconfig, no Traefik.
+  assert ($text | str contains $"sudo install -m 0600 /dev/stdin /etc/rancher/k3s/agent-token <<< \(the agent token from ($token)\)") $text
+  assert ($text | str contains "INSTALL_K3S_EXEC=agent")
+  assert not ($text | str contains "agentsecret") "the token was printed"
+  assert not ($text | str contains "k3s.yaml")
+  assert not ($text | str contains "traefik")
+  # The same host preparation as node 1: caches, both seccomp profiles, the AppArmor profile, registries, hosts.
+  for want in ["/var/lib/raibid/cache" "/var/lib/raibid/image-cache" "raibid-agent.json" "raibid-buildah.json" "apparmor_parser -r -W /etc/apparmor.d/raibid-agent" "registries.yaml" "/etc/hosts"] {
+    assert ($text | str contains $want) $"join does not prepare ($want)"
+  }
+  # Refusals: the server token, a wrong URL.
+  "K10abc::server:serversecret\n" | save -f $token
+  assert equal (error-code-of { join-spec "https://192.168.1.20:6443" $token $reg }) server_token
+  assert equal (error-code-of { join-spec "192.168.1.20" $token $reg }) bad_server_url
+  rm -rf $dir $f
+}
+
+@test
+def remove_node_drains_first_and_needs_force [] {
+  let s = (remove-node-steps spark-2 70min | get show)
+  assert equal $s ["kubectl drain spark-2 --ignore-daemonsets --delete-emptydir-data --timeout=4200s" "kubectl delete node spark-2 --wait=true"]
+  let out = (do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) remove-node spark-2 } | complete)
+  assert equal $out.exit_code 1
+  assert ($out.stderr | str contains "needs_force") $out.stderr
+  assert ($out.stdout | str contains "kubectl drain spark-2")
 }

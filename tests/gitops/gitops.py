@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # points RAIBID_REFERENCE_DIR at them.
 REFERENCE_DIR = Path(os.environ.get("RAIBID_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
 CRD_DIR = REFERENCE_DIR / "crds"
+# KEDA's CRDs at the pinned chart version (issue 21): shared/reference/crds-keda-v<version> (kedacore/keda
+# config/crd/bases at that tag), or tests/gitops/data/crds-keda-v<version> for a version the reference lacks.
+KEDA_CHART = ROOT / "infrastructure" / "controllers" / "keda.yaml"
 CONTRACT = ROOT / "rust" / "raibid-core" / "src" / "contract.rs"
 PINS = ROOT / "scripts" / "pins.env"
 CLUSTER_DIR = ROOT / "clusters" / "dgx-spark"
@@ -115,7 +118,9 @@ def find_kustomizations(root: Path = ROOT) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".venv"))
-        if any(f in filenames for f in ("kustomization.yaml", "kustomization.yml", "Kustomization")):
+        names = [f for f in ("kustomization.yaml", "kustomization.yml", "Kustomization") if f in filenames]
+        # A kustomize Component cannot be built alone: it is built (and validated) by the kustomizations using it.
+        if names and "kind: Component" not in (Path(dirpath) / names[0]).read_text():
             found.append(Path(dirpath))
     return found
 
@@ -203,8 +208,10 @@ def crd_schemas() -> dict[tuple[str, str, str], tuple[dict, str]]:
     """(group, version, kind) -> (strict JSON schema, scope) from every CRD in the reference directory."""
     if not CRD_DIR.is_dir():
         raise ToolMissing(f"{CRD_DIR} is missing: the Flux and KEDA CRDs to validate against (set RAIBID_REFERENCE_DIR)")
+    keda = keda_crd_dir()
+    files = [f for f in sorted(CRD_DIR.glob("*.yaml")) if not f.name.startswith("keda.sh_")] + sorted(keda.glob("keda.sh_*.yaml"))
     out = {}
-    for f in sorted(CRD_DIR.glob("*.yaml")):
+    for f in files:
         for crd in yaml.safe_load_all(f.read_text()):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
@@ -229,6 +236,23 @@ def crd_schemas() -> dict[tuple[str, str, str], tuple[dict, str]]:
                         schema["required"].append(r)
                 out[(spec["group"], v["name"], spec["names"]["kind"])] = (schema, spec["scope"])
     return out
+
+
+def keda_version() -> str:
+    for doc in yaml.safe_load_all(KEDA_CHART.read_text()):
+        if doc and doc.get("kind") == "HelmRelease":
+            return str(doc["spec"]["chart"]["spec"]["version"])
+    raise ValueError(f"{KEDA_CHART}: no HelmRelease")
+
+
+def keda_crd_dir() -> Path:
+    """The KEDA CRDs of the pinned chart version (the CRDs move with the chart: policy runtime-settings)."""
+    v = keda_version()
+    for d in (REFERENCE_DIR / f"crds-keda-v{v}", Path(__file__).parent / "data" / f"crds-keda-v{v}"):
+        if d.is_dir():
+            return d
+    raise ToolMissing(f"no KEDA CRDs for v{v}: copy config/crd/bases of kedacore/keda at tag v{v} into "
+                      f"tests/gitops/data/crds-keda-v{v} (cite the commit in a README there)")
 
 
 def split_api_version(api_version: str) -> tuple[str, str]:

@@ -342,8 +342,18 @@ def check_helm_pinned(objs: list[Obj]) -> list[str]:
             errs.append(f"{describe(hr)}: chart version {version!r} is not an exact version")
         spec = hr.get("spec") or {}
         for phase in ("install", "upgrade"):
-            if not (spec.get(phase) or {}).get("remediation"):
-                errs.append(f"{describe(hr)}: {phase}.remediation not stated")
+            ph = spec.get(phase) or {}
+            strategy = (ph.get("strategy") or {}).get("name")
+            if not ph.get("remediation") and not strategy:
+                errs.append(f"{describe(hr)}: {phase}.remediation not stated (nor {phase}.strategy RetryOnFailure)")
+            if strategy == "RetryOnFailure" and ph.get("remediation"):
+                errs.append(f"{describe(hr)}: {phase}.remediation is ignored with strategy RetryOnFailure: state one")
+        # Gitea's upgrades migrate its database: a rollback cannot undo that, and spent remediation retries leave
+        # the release Stalled, blocking infra-controllers (issue 21 §2). It retries instead.
+        if (((spec.get("chart") or {}).get("spec") or {}).get("chart")) == "gitea":
+            for phase in ("install", "upgrade"):
+                if ((spec.get(phase) or {}).get("strategy") or {}).get("name") != "RetryOnFailure":
+                    errs.append(f"{describe(hr)}: {phase}.strategy must be RetryOnFailure (migrations cannot be rolled back)")
     return errs
 
 
@@ -817,8 +827,8 @@ def check_secret_refs(objs: list[Obj]) -> list[str]:
 
 # Defaults in the binaries (clap default_value_t), used when a manifest does not set the variable.
 LEASE_DEFAULT, GRACE_DEFAULT = 30, 600
-KEDA_LINE = (2, 18)          # tested on Kubernetes 1.33 (the k3s pin); 2.17 is not
-REDIS_MIN = (7, 4, 6)        # CVE-2025-49844: Lua use-after-free; every queue operation is Lua
+KEDA_LINE = (2, 20)          # tested on Kubernetes 1.33-1.35 (the k3s pin is 1.35): docs/support-ranges.yaml
+REDIS_MIN = (7, 4, 9)        # CVE-2026-23479/-25243/-23631: authenticated RCE; every queue operation is Lua + streams
 
 
 def _int_env(cont: dict, objs: list[Obj], ns: str | None, name: str, default: int) -> int | None:
@@ -894,7 +904,7 @@ def check_runtime_settings(objs: list[Obj]) -> list[str]:
                 continue
             v = _version(img.split(":", 1)[1])
             if v < REDIS_MIN:
-                errs.append(f"{describe(owner)}: {img} is older than {'.'.join(map(str, REDIS_MIN))} (CVE-2025-49844)")
+                errs.append(f"{describe(owner)}: {img} is older than {'.'.join(map(str, REDIS_MIN))} (CVE-2026-23479, CVE-2026-25243, CVE-2026-23631)")
             res = c.get("resources") or {}
             req, lim = (res.get("requests") or {}).get("memory"), (res.get("limits") or {}).get("memory")
             if req != lim:
@@ -1028,6 +1038,105 @@ def check_agent_credentials(objs: list[Obj]) -> list[str]:
     return errs
 
 
+AGENT_SECCOMP = "profiles/raibid-agent.json"
+AGENT_APPARMOR = "raibid-agent"
+RUST_CACHE_CLAIM, IMAGE_CACHE_CLAIM = "raibid-cache", "raibid-image-cache"
+PROC_RELAXED_FROM = (1, 35)  # Pod Security baseline allows procMount Unmasked with hostUsers: false from 1.35
+
+
+def _claim_paths(pod: dict, objs: list[Obj], ns: str | None) -> dict[str, str]:
+    """claim name -> host path of its PersistentVolume, for every PVC volume of the pod."""
+    out = {}
+    for v in pod.get("volumes") or []:
+        claim = (v.get("persistentVolumeClaim") or {}).get("claimName")
+        if not claim:
+            continue
+        pvc = find(objs, "PersistentVolumeClaim", claim, ns)
+        pv_name = (pvc[0].get("spec") or {}).get("volumeName") if pvc else None
+        pv = find(objs, "PersistentVolume", pv_name) if pv_name else []
+        out[claim] = ((pv[0].get("spec") or {}).get("hostPath") or {}).get("path", "") if pv else ""
+    return out
+
+
+def check_agent_sandbox(objs: list[Obj]) -> list[str]:
+    """Untrusted build steps (issue 17, ADR 0014). Every agent pod — Rust and image kinds, ScaledJob and warm pool —
+    can run bubblewrap: its own user namespace (hostUsers: false), an unmasked /proc (so bwrap may mount a fresh one
+    in its PID namespace), the Localhost seccomp profile that allows unshare/clone with namespace flags, mount and
+    pivot_root (image agents: the Buildah one), the Localhost AppArmor profile with `userns,` (Ubuntu 24.04) and
+    `mount`. The namespace enforces baseline at a version that allows that (1.35+). And the caches are apart
+    (issue 17 §5): image agents mount the image cache and not the Rust one; a Rust agent never mounts the image cache
+    (nor anything on its host path)."""
+    errs = []
+    found = agents(objs)
+    if not found:
+        return ["no agent found"]
+    image_paths = {((pv.get("spec") or {}).get("hostPath") or {}).get("path") for pv in find(objs, "PersistentVolume", IMAGE_CACHE_CLAIM)}
+    if not image_paths:
+        errs.append(f"no PersistentVolume {IMAGE_CACHE_CLAIM}: image agents have no cache of their own")
+    rust_paths = {((pv.get("spec") or {}).get("hostPath") or {}).get("path") for pv in find(objs, "PersistentVolume", RUST_CACHE_CLAIM)}
+    if image_paths & rust_paths:
+        errs.append(f"the image cache and the Rust cache share a host path {sorted(image_paths & rust_paths)}")
+    for owner, pod, c in found:
+        ns = owner["metadata"].get("namespace")
+        d = f"{describe(owner)} container {c.get('name')}"
+        image = pod_kinds(pod, objs, ns) == {IMAGE_KIND}
+        psc, sc = pod.get("securityContext") or {}, c.get("securityContext") or {}
+        if pod.get("hostUsers") is not False:
+            errs.append(f"{d}: hostUsers: false missing (bwrap needs the pod's own user namespace; and procMount "
+                        f"Unmasked is only allowed with it)")
+        if sc.get("procMount") != "Unmasked":
+            errs.append(f"{d}: procMount must be Unmasked (bwrap mounts a fresh /proc; the kernel refuses it over a masked one)")
+        want = BUILDAH_SECCOMP if image else AGENT_SECCOMP
+        prof = sc.get("seccompProfile") or psc.get("seccompProfile") or {}
+        if prof.get("type") != "Localhost" or prof.get("localhostProfile") != want:
+            errs.append(f"{d}: seccompProfile must be Localhost {want} (allows unshare/clone with namespace flags, mount, pivot_root)")
+        aa = sc.get("appArmorProfile") or psc.get("appArmorProfile") or {}
+        if aa.get("type") != "Localhost" or aa.get("localhostProfile") != AGENT_APPARMOR:
+            errs.append(f"{d}: appArmorProfile must be Localhost {AGENT_APPARMOR} (userns and mount; Ubuntu 24.04 "
+                        f"restricts unprivileged user namespaces to profiles that allow them)")
+        if sc.get("privileged") or "SYS_ADMIN" in ((sc.get("capabilities") or {}).get("add") or []):
+            errs.append(f"{d}: privileged or CAP_SYS_ADMIN: the sandbox needs neither")
+        claims = _claim_paths(pod, objs, ns)
+        if image:
+            if IMAGE_CACHE_CLAIM not in claims:
+                errs.append(f"{d}: image agents must use their own cache, claim {IMAGE_CACHE_CLAIM}")
+            if RUST_CACHE_CLAIM in claims:
+                errs.append(f"{d}: an image agent mounts the Rust agents' cache {RUST_CACHE_CLAIM}")
+        else:
+            bad = [cl for cl, path in claims.items() if cl == IMAGE_CACHE_CLAIM or (path and path in image_paths)]
+            if bad:
+                errs.append(f"{d}: a Rust agent mounts the image cache ({', '.join(bad)}): its steps could reach image "
+                            f"jobs' layer store (issue 17 §5)")
+        for n in find(objs, "Namespace", ns):
+            labels = n["metadata"].get("labels") or {}
+            v = labels.get("pod-security.kubernetes.io/enforce-version", "latest")
+            m = re.match(r"v(\d+)\.(\d+)$", v)
+            if labels.get("pod-security.kubernetes.io/enforce") == "restricted":
+                errs.append(f"{d}: namespace {ns} enforces restricted, which forbids the sandbox's profiles")
+            if m and (int(m.group(1)), int(m.group(2))) < PROC_RELAXED_FROM:
+                errs.append(f"{d}: namespace {ns} enforces Pod Security {v}, which forbids procMount Unmasked even "
+                            f"with hostUsers: false (allowed from v1.35)")
+    return errs
+
+
+def check_agent_spread(objs: list[Obj]) -> list[str]:
+    """Warm agent Deployments spread over nodes (issue 21 §3): a hostname topology spread constraint that selects the
+    Deployment's own pods, ScheduleAnyway (one node must still run them all)."""
+    errs = []
+    for d in find(objs, "Deployment"):
+        pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if not any("raibid-agent" in str(c.get("image", "")) for c in containers(pod, init=False)):
+            continue
+        own = ((d["spec"].get("selector") or {}).get("matchLabels")) or {}
+        ok = [c for c in pod.get("topologySpreadConstraints") or []
+              if c.get("topologyKey") == "kubernetes.io/hostname" and c.get("whenUnsatisfiable") == "ScheduleAnyway"
+              and ((c.get("labelSelector") or {}).get("matchLabels") or {}) == own]
+        if not ok:
+            errs.append(f"{describe(d)}: warm agents must spread over nodes (topologySpreadConstraints on "
+                        f"kubernetes.io/hostname, ScheduleAnyway, selecting {own})")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -1047,4 +1156,6 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("runtime-settings", check_runtime_settings),
     ("agent-cache", check_agent_cache),
     ("agent-credentials", check_agent_credentials),
+    ("agent-sandbox", check_agent_sandbox),
+    ("agent-spread", check_agent_spread),
 ]

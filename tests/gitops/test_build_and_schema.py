@@ -34,7 +34,7 @@ def test_build_uses_kustomize_controller_flags():
 
 def test_validation_targets_the_pinned_k3s_kubernetes():
     pins = gitops.read_pins()
-    # v1.33.6+k3s1 ships Kubernetes 1.33.6
+    # v1.35.6+k3s1 ships Kubernetes 1.35.6
     assert pins["K3S_VERSION"].lstrip("v").split("+")[0] == pins["KUBERNETES_VERSION"]
     from kubernetes_validate import utils
     assert gitops.kubernetes_version() and utils.major_minor(pins["KUBERNETES_VERSION"]) <= utils.latest_version()

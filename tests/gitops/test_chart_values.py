@@ -1,0 +1,57 @@
+"""Helm ignores a values key the chart does not know, so a typo or a key renamed in a new chart version silently does
+nothing (issue 21 §1: re-check every values key against the new charts). For each HelmRelease whose chart's default
+values are in tests/gitops/data/chart-values/<chart>-<version>.yaml (copied from the chart's tag, README there),
+every key path the release sets must exist in those defaults (maps with free-form keys: `{}` in the defaults)."""
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from policies import find
+
+DATA = Path(__file__).parent / "data" / "chart-values"
+
+
+def unknown_keys(values, defaults, path="") -> list[str]:
+    out = []
+    if not isinstance(values, dict):
+        return out
+    if not isinstance(defaults, dict):
+        return out
+    if defaults == {}:  # a free-form map in the chart (labels, annotations, operator: {})
+        return out
+    for k, v in values.items():
+        p = f"{path}.{k}" if path else k
+        if k not in defaults:
+            out.append(p)
+        else:
+            out += unknown_keys(v, defaults[k], p)
+    return out
+
+
+def releases_with_defaults(objs):
+    for hr in find(objs, "HelmRelease"):
+        chart = hr["spec"]["chart"]["spec"]
+        f = DATA / f"{chart['chart']}-{chart['version']}.yaml"
+        if f.exists():
+            yield hr, yaml.safe_load(f.read_text())
+
+
+def test_the_keda_chart_version_has_its_defaults_here(deployed):
+    assert [hr["metadata"]["name"] for hr, _ in releases_with_defaults(deployed)] == ["keda"], \
+        "copy the pinned keda chart's values.yaml into tests/gitops/data/chart-values/"
+
+
+def test_every_values_key_exists_in_the_chart(deployed):
+    errs = [f"{hr['metadata']['name']}: values.{k} is not a key of the chart's values"
+            for hr, d in releases_with_defaults(deployed) for k in unknown_keys(hr["spec"].get("values") or {}, d)]
+    assert not errs, "\n".join(errs)
+
+
+def test_a_misspelt_key_fails(deployed):
+    hr, d = next(releases_with_defaults(deployed))
+    values = copy.deepcopy(hr["spec"]["values"])
+    values["crds"]["instal"] = False
+    values["resources"]["metricsServer"] = {"requests": {"cpu": "1"}}
+    assert unknown_keys(values, d) == ["crds.instal", "resources.metricsServer"]
