@@ -18,6 +18,10 @@ pub mod keys {
     /// The consumer group of image agents on `IMAGE_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
     /// Every job stream's group has the same name, so one `XREADGROUP` serves an agent of several kinds.
     pub const IMAGE_AGENTS_GROUP: &str = "raibid-agents";
+    /// The stream of GPU test jobs (`gpu: true` in `.raibid.yaml`, `gpu_required` at submit): only agents that probed a GPU read it.
+    pub const GPU_JOBS_STREAM: &str = "raibid:jobs:gpu";
+    /// The consumer group of GPU agents on `GPU_JOBS_STREAM` (its own KEDA ScaledJob scales on its lag).
+    pub const GPU_AGENTS_GROUP: &str = "raibid-agents";
     /// Sorted set of job ids whose local images image agents remove (score: request time in ms).
     pub const IMAGE_CLEANUP: &str = "raibid:images:cleanup";
     /// Dead-letter stream: jobs delivered more than the retry limit.
@@ -254,8 +258,14 @@ pub mod kinds {
         stream: keys::IMAGE_JOBS_STREAM,
         group: keys::IMAGE_AGENTS_GROUP,
     };
+    /// GPU test jobs (a Rust pipeline on an agent that probed a GPU): pods with `nvidia.com/gpu`.
+    pub const GPU: Route = Route {
+        kind: "gpu",
+        stream: keys::GPU_JOBS_STREAM,
+        group: keys::GPU_AGENTS_GROUP,
+    };
     /// Every agent type.
-    pub const ALL: [Route; 2] = [RUST, IMAGE];
+    pub const ALL: [Route; 3] = [RUST, IMAGE, GPU];
 
     /// The route of a kind name.
     pub fn route(kind: &str) -> Option<Route> {

@@ -238,17 +238,20 @@ pub enum JobKind {
     Rust,
     /// A container image build, test and publish with Buildah.
     Image,
+    /// A Rust pipeline that needs a GPU: only agents that found one at start take it.
+    Gpu,
 }
 
 impl JobKind {
     /// Every kind.
-    pub const ALL: [JobKind; 2] = [JobKind::Rust, JobKind::Image];
+    pub const ALL: [JobKind; 3] = [JobKind::Rust, JobKind::Image, JobKind::Gpu];
 
     /// The snake_case name (`contract::kinds::Route::kind`).
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Rust => "rust",
             JobKind::Image => "image",
+            JobKind::Gpu => "gpu",
         }
     }
 
@@ -262,6 +265,7 @@ impl JobKind {
         match self {
             JobKind::Rust => crate::contract::kinds::RUST,
             JobKind::Image => crate::contract::kinds::IMAGE,
+            JobKind::Gpu => crate::contract::kinds::GPU,
         }
     }
 }
