@@ -111,6 +111,14 @@ pub struct AgentConfig {
     /// What steps may read: step user, secret scopes, the Redis URL from a file.
     #[command(flatten)]
     pub hardening: Hardening,
+
+    /// The NVIDIA driver's `nvidia-smi` a `gpu` agent probes at start (a test points it at a fixture).
+    #[arg(long, default_value = "nvidia-smi", hide = true)]
+    pub nvidia_smi: PathBuf,
+
+    /// Where a `gpu` agent looks for NVIDIA device nodes (`nvidia<N>`, `nvidiactl`, `nvidia-uvm`).
+    #[arg(long, default_value = "/dev", hide = true)]
+    pub gpu_device_dir: PathBuf,
 }
 
 /// Options that bound what a build step can read or cost (docs/adr/0009-agent-step-isolation.md).

@@ -38,6 +38,10 @@ async fn execute_in_slot(
     if ctx.claim.job.kind == raibid_core::job::JobKind::Image {
         return crate::image::execute(ctx, ws, cache).await;
     }
+    if ctx.claim.job.kind == raibid_core::job::JobKind::Gpu {
+        // Which GPU runs it: in the record from the start (get_job, the timeline, raibid-top).
+        ctx.claim.job.gpu = ctx.shared.gpu.as_ref().map(|g| g.gpus.clone());
+    }
     let now = Utc::now();
     ctx.claim.job.timestamps.started = Some(now);
     let _ = tokio::fs::remove_dir_all(ws).await;
@@ -107,6 +111,15 @@ async fn execute_in_slot(
     };
     if let Some(req) = pipeline.image.clone() {
         return crate::image::hand_over(ctx, &pipeline.name, req).await;
+    }
+    if pipeline.gpu && ctx.claim.job.kind == raibid_core::job::JobKind::Rust {
+        return crate::handover::hand_over(
+            ctx,
+            &pipeline.name,
+            raibid_core::job::JobKind::Gpu,
+            |_| {},
+        )
+        .await;
     }
     let mut secrets = Vec::new();
     let repo = ctx.claim.job.source.repo_url.clone();
@@ -561,10 +574,16 @@ pub(crate) fn step_view(ctx: &JobCtx<'_>, ws: &Path) -> crate::sandbox::View {
     let p = job_paths(ctx);
     let mut rw = vec![ws.to_path_buf(), p.cargo_home];
     rw.extend(p.target);
+    // A GPU job's steps get the agent's GPU device nodes, nothing else of /dev.
+    let dev = match (&ctx.shared.gpu, ctx.claim.job.kind) {
+        (Some(g), raibid_core::job::JobKind::Gpu) => g.devices.clone(),
+        _ => Vec::new(),
+    };
     crate::sandbox::View {
         cwd: ws.to_path_buf(),
         rw,
         ro: vec![p.mirror],
+        dev,
     }
 }
 
@@ -610,6 +629,10 @@ pub(crate) fn step_env(
     }
     if let Some(t) = &paths.target {
         env.push(("CARGO_TARGET_DIR".into(), t.to_string_lossy().into_owned()));
+    }
+    if let (Some(g), raibid_core::job::JobKind::Gpu) = (&ctx.shared.gpu, job.kind) {
+        env.push(("NVIDIA_VISIBLE_DEVICES".into(), g.visible.clone()));
+        env.push(("CUDA_VISIBLE_DEVICES".into(), g.visible.clone()));
     }
     env.push(("CARGO_TERM_COLOR".into(), "never".into()));
     env.push(("CI".into(), "true".into()));

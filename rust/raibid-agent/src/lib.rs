@@ -14,6 +14,8 @@ pub mod cargo_output;
 pub mod config;
 pub mod executor;
 pub mod git;
+pub mod gpu;
+pub(crate) mod handover;
 pub mod image;
 pub mod isolation;
 pub mod masking;
@@ -57,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) step_user: Option<isolation::StepUser>,
     /// The sandbox steps run in (None: this agent runs no build steps, e.g. image jobs only).
     pub(crate) sandbox: Option<sandbox::Sandbox>,
+    /// The GPU(s) this agent found at start (agents serving the `gpu` kind only).
+    pub(crate) gpu: Option<gpu::GpuProbe>,
     pub(crate) scopes: secret_scopes::SecretScopes,
     pub(crate) running: Mutex<HashMap<String, watch::Sender<Stop>>>,
     pub(crate) jobs_done: AtomicU64,

@@ -57,6 +57,8 @@ pub struct View {
     pub rw: Vec<PathBuf>,
     /// Read-only paths.
     pub ro: Vec<PathBuf>,
+    /// Device nodes (a GPU job's `/dev/nvidia*`), bound as devices under `/dev` by their names.
+    pub dev: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -208,6 +210,9 @@ impl Sandbox {
             "--hostname",
             "raibid-step",
         ]);
+        // A fresh /proc (only the sandbox's processes) and a minimal /dev first: the device nodes a
+        // view names are bound into that /dev below.
+        cmd.args(["--proc", "/proc", "--dev", "/dev"]);
         for m in self.mounts(view, env) {
             match m {
                 Mount::Symlink(target, p) => {
@@ -233,7 +238,15 @@ impl Sandbox {
                 cmd.arg("--ro-bind").arg("/dev/null").arg(f);
             }
         }
-        cmd.args(["--proc", "/proc", "--dev", "/dev", "--chdir"])
+        for d in &view.dev {
+            if let Some(name) = d.file_name() {
+                cmd.arg("--dev-bind-try")
+                    .arg(d)
+                    .arg(Path::new("/dev").join(name));
+            }
+        }
+        // The sandbox's own root (where the mount points live) is read-only too.
+        cmd.args(["--remount-ro", "/", "--chdir"])
             .arg(&view.cwd)
             .arg("--")
             .arg(program)
@@ -334,6 +347,7 @@ mod tests {
             cwd: "/root/ws".into(),
             rw: vec!["/root/ws".into()],
             ro: vec![],
+            dev: vec![],
         };
         let env = vec![("HOME".to_string(), "/root".to_string())];
         let m = sb.mounts(&view, &env);

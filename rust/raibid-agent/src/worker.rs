@@ -40,6 +40,14 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     isolation::prepare_private_dir(&cfg.workspace_dir, step_user.as_ref())?;
     isolation::prepare_private_dir(&cfg.cache_dir, step_user.as_ref())?;
     isolation::prepare_private_dir(&cfg.cache_dir.join("cargo"), step_user.as_ref())?;
+    // A GPU agent declares the capability only once it found a GPU; without one it does not start.
+    let gpu = if serves(&cfg, "gpu") {
+        let p = crate::gpu::probe(&cfg.nvidia_smi, &cfg.gpu_device_dir).await?;
+        tracing::info!(gpus = ?p.gpus, visible = %p.visible, "GPU found");
+        Some(p)
+    } else {
+        None
+    };
     // Build steps run only in a sandbox: an agent that runs them and cannot start one does not start.
     let sandbox = if qcfg_runs_steps(&cfg) {
         Some(
@@ -77,6 +85,7 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
         masker: Masker::new(token),
         step_user,
         sandbox,
+        gpu,
         scopes,
         cfg,
         queue,
@@ -105,9 +114,14 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
 
 /// Does this agent run build steps in its own processes (the `rust` kind)?
 fn qcfg_runs_steps(cfg: &AgentConfig) -> bool {
+    serves(cfg, "rust") || serves(cfg, "gpu")
+}
+
+/// Does this agent serve `kind`?
+fn serves(cfg: &AgentConfig, kind: &str) -> bool {
     cfg.kinds
         .split(',')
-        .any(|k| k.trim().eq_ignore_ascii_case("rust"))
+        .any(|k| k.trim().eq_ignore_ascii_case(kind))
 }
 
 pub(crate) async fn connect_with_backoff(

@@ -535,7 +535,7 @@ async fn a_warm_checkout_is_exactly_the_commit_after_one_git_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_concurrent_jobs_of_one_repository_build_in_their_own_slots() {
     let s = stack().await;
-    let barrier = s.tmp.path().join("barrier");
+    let barrier = s.shared().join("barrier");
     std::fs::create_dir_all(&barrier).unwrap();
     // Each job waits until both are in their build step, so they overlap for sure.
     let pipeline = format!(

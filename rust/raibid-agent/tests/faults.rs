@@ -329,10 +329,16 @@ async fn a_stale_agent_cannot_overwrite_the_result_of_the_one_that_took_over() {
 async fn a_poison_job_is_dead_lettered_after_exactly_k_deliveries_while_others_flow() {
     let k = 3;
     let s = stack(k).await;
-    // The step kills its agent (its shell's parent) every time.
+    // Every delivery of the poison job kills the agent that runs it. A step cannot reach its agent
+    // (its sandbox's PID namespace, ADR 0011): the step marks that it runs and the supervisor below
+    // kills that agent, as a step that crashes its pod (OOM, a kernel panic) would.
+    let running = s.shared().join("poison-running");
     let poison = make_repo(
         &s.tmp.path().join("poison"),
-        "steps:\n  - name: boom\n    run: kill -9 $PPID; sleep 5\n",
+        &format!(
+            "steps:\n  - name: boom\n    run: echo $RAIBID_ATTEMPT > {}; sleep 30\n",
+            running.display()
+        ),
     );
     let fine = make_repo(
         &s.tmp.path().join("fine"),
@@ -345,14 +351,28 @@ async fn a_poison_job_is_dead_lettered_after_exactly_k_deliveries_while_others_f
     }
     // A supervisor restarts dead agents under new names (what Kubernetes does with pods).
     let mut agents: Vec<Child> = (0..2).map(|i| s.agent(&format!("pod-{i}"))).collect();
+    let mut names: Vec<String> = (0..2).map(|i| format!("pod-{i}")).collect();
     let mut next = 2;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
+        if std::fs::remove_file(&running).is_ok() {
+            let holder = s.job(&pid).await["agent"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if let Some(i) = names.iter().position(|n| *n == holder) {
+                let _ = agents[i].kill();
+            }
+        }
         for a in agents.iter_mut() {
             if let Ok(Some(_)) = a.try_wait() {
                 *a = s.agent(&format!("pod-{next}"));
                 next += 1;
             }
+        }
+        names = (0..agents.len()).map(|_| String::new()).collect();
+        for (i, a) in agents.iter().enumerate() {
+            names[i] = agent_name(a.id());
         }
         if is_final(&s.job(&pid).await) {
             break;
@@ -818,4 +838,17 @@ async fn a_2xx_survives_redis_sigkill_and_dedup_survives_a_dispatcher_restart() 
     }
     kill(&mut a, "-TERM");
     let _ = a.wait();
+}
+
+/// The `--name` an agent process was started with (its command line).
+fn agent_name(pid: u32) -> String {
+    let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = c
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    args.iter()
+        .position(|a| a == "--name")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_default()
 }

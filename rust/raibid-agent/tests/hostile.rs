@@ -24,8 +24,6 @@ use support::*;
 const REDIS_PASSWORD: &str = "redis-pw-hostile-5b1e";
 const GIT_TOKEN: &str = "git-token-hostile-77ac";
 const SCOPED: &str = "scoped-secret-hostile-e4d2";
-/// The survivor's `sleep` argument: a number no other process on the machine uses.
-const SURVIVOR: &str = "297.4242";
 
 /// Every path under `root` (files and directories), sorted.
 fn tree(root: &Path) -> Vec<PathBuf> {
@@ -47,7 +45,7 @@ fn tree(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Processes on the host whose command line carries `needle`.
+/// Processes on the host with `needle` as one of their arguments (the survivors' `sleep`).
 fn processes_with(needle: &str) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -55,8 +53,8 @@ fn processes_with(needle: &str) -> Vec<String> {
             continue;
         }
         if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            if c.contains(needle) && !c.contains("hostile-") {
+            let c = String::from_utf8_lossy(&c).into_owned();
+            if c.split('\0').any(|a| a == needle) {
                 out.push(format!("{}: {c}", e.file_name().to_string_lossy()));
             }
         }
@@ -83,7 +81,8 @@ fn indent(script: &str) -> String {
 /// The hostile step: plant in every given directory (a hook and config where it is a git
 /// directory, a file elsewhere), overwrite every given file, search `/proc` for the secrets, leave a
 /// survivor. Prints `PLANTED <path>` / `LEAK in <where>` for each success, `attempted <n>` at the end.
-fn hostile_step(dirs: &[PathBuf], files: &[PathBuf]) -> String {
+/// `survivor`: the survivors' `sleep` argument, a number no other process on the machine uses.
+fn hostile_step(dirs: &[PathBuf], files: &[PathBuf], survivor: &str) -> String {
     let dirs = dirs
         .iter()
         .map(|d| format!("'{}'", d.display()))
@@ -114,8 +113,8 @@ for p in {pw} {tok}; do
     if tr '\0' '\n' < "$f" 2>/dev/null | grep -qF -f pat; then echo "LEAK in $f"; fi
   done
 done
-setsid env -u RAIBID_JOB_ID sh -c 'sleep {SURVIVOR}' > /dev/null 2>&1 < /dev/null &
-( setsid nohup env -i sleep {SURVIVOR} > /dev/null 2>&1 < /dev/null & )
+setsid env -u RAIBID_JOB_ID sh -c 'sleep {survivor}' > /dev/null 2>&1 < /dev/null &
+( setsid nohup env -i sleep {survivor} > /dev/null 2>&1 < /dev/null & )
 echo "attempted $n"
 "#,
         pw = b64(REDIS_PASSWORD),
@@ -136,7 +135,6 @@ done
 test "$SCOPED_ONE" = "$(echo {scoped} | base64 -d)" && echo scoped-secret-present
 ls -a .git/hooks 2>/dev/null | grep -v '^\.' | grep -v '\.sample$' | sed 's/^/PLANTED hook /'
 test -e raibid-planted && echo "PLANTED in the checkout"
-ps -e -o pid=,args= 2>/dev/null | grep -v grep | grep -F {SURVIVOR} && echo "PLANTED a survivor"
 echo victim-done
 "#,
         pw = b64(REDIS_PASSWORD),
@@ -146,6 +144,12 @@ echo victim-done
 }
 
 async fn hostile_step_reaches_nothing(uid: Option<u32>) {
+    // One per test: the two run at once.
+    let survivor = if uid.is_some() {
+        "297.4243"
+    } else {
+        "297.4241"
+    };
     use std::os::unix::process::CommandExt;
     let e = env(Some(REDIS_PASSWORD)).await;
     let tmp = e.tmp.path();
@@ -239,7 +243,7 @@ async fn hostile_step_reaches_nothing(uid: Option<u32>) {
         &tmp.join("evil"),
         &format!(
             "steps:\n  - name: attack\n    run: |\n{}",
-            hostile_step(&dirs, &files)
+            hostile_step(&dirs, &files, survivor)
         ),
     );
     if uid.is_some() {
@@ -277,7 +281,7 @@ async fn hostile_step_reaches_nothing(uid: Option<u32>) {
         .collect();
     assert!(hits.is_empty(), "the hostile step reached: {hits:#?}");
     // Nothing of it outlives its job (whatever setsid and a scrubbed environment did).
-    let survivors = processes_with(SURVIVOR);
+    let survivors = processes_with(survivor);
     assert!(survivors.is_empty(), "survivors: {survivors:?}");
     // The node's files are as they were (the victim's mirror, slot, cargo home, the layer store).
     assert_eq!(

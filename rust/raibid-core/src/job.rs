@@ -357,6 +357,20 @@ pub struct StepResult {
     pub started_at: Option<DateTime<Utc>>,
 }
 
+/// One GPU as a GPU agent found it at start (`nvidia-smi -q`: product name, UUID, driver and CUDA
+/// version) and as the job's steps see it (`NVIDIA_VISIBLE_DEVICES`/`CUDA_VISIBLE_DEVICES`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GpuInfo {
+    /// Product name (e.g. `NVIDIA GB10`).
+    pub name: String,
+    /// GPU UUID (`GPU-…`).
+    pub uuid: String,
+    /// Driver version (e.g. `580.95.05`).
+    pub driver_version: String,
+    /// CUDA version the driver supports (e.g. `13.0`).
+    pub cuda_version: String,
+}
+
 /// A job record as stored in `raibid:job:{id}` and returned by the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Job {
@@ -401,6 +415,9 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<serde_json::Value>")]
     pub image: Option<crate::image::ImageJob>,
+    /// GPU jobs: the GPU(s) the agent ran it on, as the agent probed them at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<Vec<GpuInfo>>,
     /// Fields this version does not know (written by a newer one), kept as they are through every
     /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -432,6 +449,7 @@ impl Job {
             cargo: None,
             cache: None,
             image: None,
+            gpu: None,
             extra: serde_json::Map::new(),
         }
     }

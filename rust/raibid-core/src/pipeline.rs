@@ -46,6 +46,8 @@ pub struct Pipeline {
     pub secrets: Vec<String>,
     /// `image:`: a push of this repository is an image job (`raibid_core::image`, ADR 0006).
     pub image: Option<crate::image::ImageRequest>,
+    /// `gpu: true`: the steps need a GPU; a push of this repository runs on a GPU agent (kind `gpu`).
+    pub gpu: bool,
 }
 
 /// One step.
@@ -79,6 +81,8 @@ struct RawPipeline {
     secrets: Vec<String>,
     #[serde(default)]
     image: Option<crate::image::ImageRequest>,
+    #[serde(default)]
+    gpu: bool,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +207,11 @@ impl Pipeline {
                 "steps: a pipeline with `image:` is an image job (build, test, publish); leave `steps:` out".into(),
             ));
         }
+        if raw.gpu && raw.image.is_some() {
+            return Err(PipelineError(
+                "gpu: an image job builds an image and cannot ask for a GPU; use `gpu: true` with `steps:`".into(),
+            ));
+        }
         if raw.steps.is_empty() && raw.image.is_none() {
             return Err(PipelineError(
                 "steps: at least one step is required (or an `image:` section)".into(),
@@ -266,6 +275,7 @@ impl Pipeline {
             steps,
             secrets: raw.secrets,
             image: raw.image,
+            gpu: raw.gpu,
         })
     }
 
@@ -293,6 +303,7 @@ impl Pipeline {
             ],
             secrets: Vec::new(),
             image: None,
+            gpu: false,
         }
     }
 }

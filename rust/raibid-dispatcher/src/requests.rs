@@ -36,6 +36,10 @@ pub struct SubmitJob {
     /// instead of the cargo pipeline.
     #[serde(default)]
     pub image: Option<serde_json::Value>,
+    /// The steps need a GPU: the job goes to the GPU pool (kind `gpu`) and waits for a GPU agent.
+    /// The same as `gpu: true` in `.raibid.yaml`.
+    #[serde(default)]
+    pub gpu_required: bool,
 }
 
 /// A submission that passed validation.
@@ -53,6 +57,8 @@ pub struct ValidSubmit {
     pub notify_url: Option<String>,
     /// Image job request.
     pub image: Option<raibid_core::image::ImageRequest>,
+    /// A GPU job (kind `gpu`).
+    pub gpu: bool,
 }
 
 /// Check a submission; the error names the field.
@@ -126,6 +132,9 @@ pub fn validate_submit(s: SubmitJob, notify_hosts: &[String]) -> Result<ValidSub
         // The image pool builds the commit as pushed: a patch would be silently dropped.
         return Err("patch: an image job builds the commit as it is in the repository and cannot apply a patch; commit and push the change, or submit the patch without `image` (a cargo job)".into());
     }
+    if s.gpu_required && image.is_some() {
+        return Err("gpu_required: an image job builds an image and cannot ask for a GPU; leave out one of `image` and `gpu_required`".into());
+    }
     Ok(ValidSubmit {
         repo_url: url,
         git_ref,
@@ -133,6 +142,7 @@ pub fn validate_submit(s: SubmitJob, notify_hosts: &[String]) -> Result<ValidSub
         patch,
         notify_url,
         image,
+        gpu: s.gpu_required,
     })
 }
 
@@ -216,6 +226,9 @@ pub async fn create_job(
     if let Some(r) = v.image {
         job.kind = raibid_core::job::JobKind::Image;
         job.image = Some(raibid_core::image::ImageJob::new(r));
+    }
+    if v.gpu {
+        job.kind = raibid_core::job::JobKind::Gpu;
     }
     if let Some(p) = &v.patch {
         store_patch(state, &job.id, p).await?;

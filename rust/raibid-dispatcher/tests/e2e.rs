@@ -636,11 +636,13 @@ async fn a_second_build_of_the_same_repo_downloads_nothing() {
         .filter(|l| l.contains("Downloaded") || l.contains("Downloading") || l.contains("Updating"))
         .collect();
     assert!(net.is_empty(), "the second build used the network: {net:?}");
-    assert!(env
-        .tmp
-        .path()
-        .join("fresh-cache/cargo/registry/cache")
-        .exists());
+    // The repository's own CARGO_HOME (one per repository, ADR 0011) holds the downloaded crates.
+    let homes: Vec<_> = std::fs::read_dir(env.tmp.path().join("fresh-cache/cargo"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("registry/cache").exists())
+        .collect();
+    assert_eq!(homes.len(), 1, "one CARGO_HOME with a registry cache");
     agent.stop().await;
 }
 

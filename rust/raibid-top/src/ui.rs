@@ -478,9 +478,16 @@ fn hms(t: Option<DateTime<Utc>>) -> String {
 /// Why the job waited, in words.
 pub fn why_waited(app: &App, j: &Job) -> String {
     let t = &j.timestamps;
+    // Only agents of the job's kind can take it (agents older than the `kinds` field: any).
+    let kind = j.kind.as_str();
+    let serves = |a: &&raibid_core::queue::AgentInfo| {
+        a.kinds.is_empty() || a.kinds.iter().any(|k| k == kind)
+    };
+    let of_kind = app.agents.values().filter(serves).count();
     let idle = app
         .agents
         .values()
+        .filter(serves)
         .filter(|a| a.current_job.is_none())
         .count();
     let mut why = Vec::new();
@@ -495,11 +502,14 @@ pub fn why_waited(app: &App, j: &Job) -> String {
             let w = fmt_dur((app.now - q).num_milliseconds());
             if app.agents.is_empty() {
                 why.push(format!("waiting {w}: no agent is running"));
-            } else if idle == 0 {
+            } else if of_kind == 0 && j.kind == raibid_core::job::JobKind::Gpu {
                 why.push(format!(
-                    "waiting {w}: no idle agent ({} busy)",
-                    app.agents.len()
+                    "waiting {w}: no agent of kind `gpu` is running (start one on a host with an NVIDIA GPU: ./scripts/dev.sh up --gpu)"
                 ));
+            } else if of_kind == 0 {
+                why.push(format!("waiting {w}: no agent of kind `{kind}` is running"));
+            } else if idle == 0 {
+                why.push(format!("waiting {w}: no idle agent ({of_kind} busy)"));
             } else {
                 why.push(format!(
                     "waiting {w} for one of {idle} idle agent(s) to read the queue"
@@ -628,6 +638,15 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
                 Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
             ),
         ]));
+    }
+    for g in j.gpu.iter().flatten() {
+        lines.push(kv(
+            "gpu",
+            format!(
+                "{} {} (driver {}, CUDA {})",
+                g.name, g.uuid, g.driver_version, g.cuda_version
+            ),
+        ));
     }
     lines.extend(cache_lines(j, dim));
     lines.push(Line::from(Span::styled(" steps", dim)));

@@ -68,43 +68,10 @@ pub(crate) async fn hand_over(
         let _ = ctx.update("step_finished").await;
         return (Status::Failed, Some(format!("config: {msg}")));
     }
-    let mut source = ctx.claim.job.source.clone();
-    source.delivery_id = None;
-    let mut job = raibid_core::job::Job::new(source, Utc::now());
-    job.kind = raibid_core::job::JobKind::Image;
-    job.pipeline = Some(pipeline.to_string());
-    job.image = Some(ImageJob::new(req));
-    let from = ctx.claim.job.id.to_string();
-    let id = match ctx
-        .shared
-        .queue
-        .enqueue(job, Some(("handover", &from)))
-        .await
-    {
-        Ok(raibid_core::queue::Enqueued::New(j)) => j.id.to_string(),
-        Ok(raibid_core::queue::Enqueued::Duplicate(id)) => id,
-        Err(e) => {
-            let msg = format!("could not hand the job over to the image pool: {e}");
-            ctx.sys("config", format!("[raibid] {msg}")).await;
-            ctx.claim.job.end_step("failed", None, Utc::now());
-            let _ = ctx.update("step_finished").await;
-            return (Status::Failed, Some(format!("config: {msg}")));
-        }
-    };
-    ctx.sys(
-        "config",
-        format!(
-            "[raibid] {} has `image:`: handed over to image job {id} (kind image)",
-            raibid_core::pipeline::PIPELINE_FILE
-        ),
-    )
-    .await;
-    ctx.claim.job.pipeline = Some(format!("{pipeline}-handover"));
-    ctx.claim.job.end_step("succeeded", None, Utc::now());
-    if !ctx.update("step_finished").await {
-        return (LOST, None);
-    }
-    (Status::Succeeded, None)
+    crate::handover::hand_over(ctx, pipeline, raibid_core::job::JobKind::Image, |job| {
+        job.image = Some(ImageJob::new(req));
+    })
+    .await
 }
 
 /// Run an image job: clone, building, testing, publishing. Same contract as `executor::execute`.

@@ -35,6 +35,15 @@ impl Queue {
             .arg(ts_string(Utc::now()))
             .arg("jobs_done")
             .arg(jobs_done)
+            .arg("kinds")
+            .arg(
+                self.cfg
+                    .kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .ignore()
             .cmd("EXPIRE")
             .arg(&key)
@@ -107,6 +116,15 @@ impl Queue {
                 current_job: m.get("current_job").filter(|s| !s.is_empty()).cloned(),
                 last_heartbeat: m.get("last_heartbeat").cloned().unwrap_or_default(),
                 jobs_done: m.get("jobs_done").and_then(|s| s.parse().ok()).unwrap_or(0),
+                kinds: m
+                    .get("kinds")
+                    .map(|s| {
+                        s.split(',')
+                            .filter(|k| !k.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));

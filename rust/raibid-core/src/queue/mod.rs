@@ -153,6 +153,9 @@ pub struct AgentInfo {
     pub last_heartbeat: String,
     /// Jobs finished by this agent.
     pub jobs_done: u64,
+    /// The job kinds it serves (`rust`, `image`, `gpu`); empty from agents older than this field.
+    #[serde(default)]
+    pub kinds: Vec<String>,
 }
 
 /// A claimed job: the record, its stream entry and the lease token that fences writes.

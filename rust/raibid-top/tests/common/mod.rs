@@ -48,6 +48,7 @@ pub fn job(i: usize, status: Status, ago_s: i64) -> Job {
     let mut j = Job {
         id: raibid_core::job::JobId::parse(&id(i)).unwrap(),
         kind: Default::default(),
+        gpu: None,
         extra: Default::default(),
         cache: None,
         cargo: None,
@@ -176,6 +177,7 @@ pub fn agents() -> Vec<AgentInfo> {
             current_job: (n == 1).then(|| id(2)),
             last_heartbeat: (now() - Duration::seconds(n)).to_rfc3339(),
             jobs_done: 10 * n as u64,
+            kinds: vec!["rust".into()],
         })
         .collect()
 }
