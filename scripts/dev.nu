@@ -99,6 +99,8 @@ def dispatcher-env [s: record]: nothing -> record {
     ($c.env.LISTEN): ($s.url | str replace "http://" "")
     # What the local agents clone (file:// in local mode): the dispatcher refuses anything else at submit.
     ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
+    # The agents' registry: an `image.registry` naming another host is refused at submit (issue 17 §1).
+    ($c.env.REGISTRY): ($s.registry? | default "")
   }
 }
 

@@ -240,6 +240,10 @@ impl RegistryPolicy {
     /// Check a request of a job of `repo_url`: its registry is allowed, and the repository path it
     /// pushes to (`<registry namespace>/<name>`) starts with the repository's owner and is not reserved.
     pub fn check(&self, req: &ImageRequest, repo_url: &str) -> Result<(), ImageError> {
+        if !req.publish {
+            // Nothing is pushed and no credentials are written: the image stays local under the job's id.
+            return Ok(());
+        }
         if let Some(r) = &req.registry {
             if !self.allows_registry(r) {
                 return Err(err(
@@ -1002,6 +1006,13 @@ mod tests {
             let e = p.check(&r(v), repo).unwrap_err();
             assert_eq!(e.field, "image.name", "{name}: {e}");
         }
+        // Not published: nothing to check.
+        assert!(p
+            .check(
+                &r(json!({"name": "other/app", "registry": "evil.example", "publish": false})),
+                repo
+            )
+            .is_ok());
         // Local mode (file://): no owner, only the reserved namespaces.
         assert!(p
             .check(&r(json!({"name": "team/app"})), "file:///srv/r")

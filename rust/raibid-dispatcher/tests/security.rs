@@ -508,3 +508,45 @@ async fn a_failure_reason_is_masked_and_bounded() {
     );
     assert!(reason.ends_with("[truncated]"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_raibid_yaml_image_is_not_handed_over_with_a_patch_or_into_a_reserved_namespace() {
+    let env = spawn_app(Options::default()).await;
+    let patch = "--- a/note.txt\n+++ b/note.txt\n@@ -1 +1 @@\n-a\n+b\n";
+    let mut ids = Vec::new();
+    for (name, image, with_patch) in [
+        ("reserved", "raibid/raibid-agent", false),
+        ("patched", "team/app", true),
+    ] {
+        let repo = env.tmp.path().join(name);
+        let (url, _) = make_repo(
+            &repo,
+            &[
+                ("note.txt", "a\n"),
+                (".raibid.yaml", &format!("image:\n  name: {image}\n")),
+            ],
+        );
+        let mut body = json!({"repo_url": url, "ref": "main"});
+        if with_patch {
+            body["patch"] = json!(patch);
+        }
+        let (s, v) = env.api_post("/api/v1/jobs", body).await;
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let agent = env.start_agent("agent-handover");
+    let reserved = env.wait_final(&ids[0], Duration::from_secs(120)).await;
+    let patched = env.wait_final(&ids[1], Duration::from_secs(120)).await;
+    agent.stop().await;
+    for (job, needle) in [(&reserved, "reserved"), (&patched, "patch")] {
+        assert_eq!(job["status"], "failed", "{job}");
+        let reason = job["failure_reason"].as_str().unwrap();
+        assert!(
+            reason.contains("not handed over") && reason.contains(needle),
+            "{reason}"
+        );
+    }
+    // No image job was made.
+    let (_, list) = env.api_get("/api/v1/jobs?limit=50").await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
+}

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 /// Options of image jobs (Buildah).
 #[derive(Debug, Clone, Args)]
 pub struct ImageConfig {
-    /// Default registry image jobs push to (host[:port][/namespace]); a request's `registry` wins.
+    /// The installation's registry image jobs push to (host[:port][/namespace]); the only host the
+    /// registry user name and password are sent to. A request may name it or one of --registry-allowed.
     #[arg(long, env = env::REGISTRY)]
     pub registry: Option<String>,
 
