@@ -82,8 +82,24 @@ def --wrapped devsh-bg [dir: path, out: path, envs: record, ...args: string]: no
   with-env ($envs | merge {RAIBID_STATE_DIR: $dir, OUT: $out}) {
     cd $REPO_ROOT
     # setsid execs in place (the child is no group leader): its pid is the new process group.
-    ^sh -c 'setsid ./scripts/dev.sh "$@" >"$OUT" 2>&1 & echo $!' dev-test ...$args | str trim | into int
+    let pid = (^sh -c 'setsid ./scripts/dev.sh "$@" >"$OUT" 2>&1 & echo $!' dev-test ...$args | str trim | into int)
+    $"($pid)\n" | save --append ($dir | path join test-bg.pids)
+    $pid
   }
+}
+
+# Run `body` with a fresh state dir; whatever happens, stop what it started (the `up`s started in the
+# background, then `down`) and remove the dir.
+def with-state [body: closure] {
+  let dir = (mktemp -d -t raibid-state-XXXXXX)
+  let r = try { do $body $dir; {} } catch {|e| {err: $e} }
+  let bg = ($dir | path join test-bg.pids)
+  if ($bg | path exists) {
+    for p in (open --raw $bg | lines | where $it != "") { do { ^kill -KILL -- $"-($p)" } | complete | ignore }
+  }
+  devsh $dir down | ignore
+  rm -rf $dir
+  if ($r.err? != null) { $r.err.raw }
 }
 
 def wait-for [what: string, seconds: int, cond: closure] {
@@ -106,8 +122,7 @@ def up-args [] { [up --bin-dir $DEVBIN --agents 2 --no-demo] }
 @test
 def up_interrupted_at_every_point_leaves_nothing_after_down [] {
   let points = [spawned-redis redis spawned-registry registry spawned-dispatcher dispatcher spawned-agent-1 agents]
-  for point in $points {
-    let dir = (mktemp -d -t raibid-state-XXXXXX)
+  for point in $points { with-state {|dir|
     let out = ($dir | path join up.out)
     let pid = (devsh-bg $dir $out {RAIBID_DEV_TEST_PAUSE: $point} ...(up-args))
     wait-line $out $"paused at ($point)"
@@ -133,15 +148,13 @@ def up_interrupted_at_every_point_leaves_nothing_after_down [] {
     assert str contains $down.stderr "local stack stopped"
     for p in $left.pid { assert not (alive $p) $"at ($point): pid ($p) still runs after down" }
     assert equal (holders $dir) [] $"at ($point)"
-    rm -rf $dir
-  }
+  } }
 }
 
 # The first build says it takes a while and names the crate being compiled; Ctrl-C in the build
 # leaves nothing running. Later builds say nothing of the kind.
 @test
-def first_build_is_announced_and_interruptible [] {
-  let dir = (mktemp -d -t raibid-state-XXXXXX)
+def first_build_is_announced_and_interruptible [] { with-state {|dir|
   let target = ($dir | path join target)
   let envs = {PATH: ($env.PATH | prepend $FAKE_CARGO), CARGO_TARGET_DIR: $target, FAKE_CARGO_PAUSE: "60"}
   let out = ($dir | path join up.out)
@@ -165,8 +178,7 @@ def first_build_is_announced_and_interruptible [] {
   assert str contains $again.stderr "compiling raibid-dispatcher"
   assert equal (devsh $dir down).exit_code 0
   assert equal (holders $dir) []
-  rm -rf $dir
-}
+} }
 
 def env-of [dir: path]: nothing -> record {
   let r = (devsh $dir env)
@@ -178,8 +190,7 @@ def env-of [dir: path]: nothing -> record {
 # `down` then `up` keeps the URL and the token (eval'd shells, an open raibid-top and links stay
 # valid); `up --rotate-token` gives a new token at the same URL.
 @test
-def port_and_token_survive_down_and_up [] {
-  let dir = (mktemp -d -t raibid-state-XXXXXX)
+def port_and_token_survive_down_and_up [] { with-state {|dir|
   assert equal (devsh $dir ...(up-args)).exit_code 0
   let first = (env-of $dir)
   assert equal (devsh $dir down).exit_code 0
@@ -197,14 +208,12 @@ def port_and_token_survive_down_and_up [] {
   assert not equal $third.RAIBID_API_TOKEN $first.RAIBID_API_TOKEN
   assert equal (devsh $dir down).exit_code 0
   assert equal (holders $dir) []
-  rm -rf $dir
-}
+} }
 
 # The `Next:` lines after `up` are commands that work as printed: run them, in order, in sh from the
 # checkout (the last one is `down`).
 @test
-def next_hints_work_as_printed [] {
-  let dir = (mktemp -d -t raibid-state-XXXXXX)
+def next_hints_work_as_printed [] { with-state {|dir|
   let up = (devsh $dir ...(up-args))
   assert equal $up.exit_code 0 $up.stderr
   let next = ($up.stdout | lines | skip until {|l| $l == "Next:" } | skip 1 | where $it != ""
@@ -216,5 +225,4 @@ def next_hints_work_as_printed [] {
   assert equal $r.exit_code 0 $"($script)\n($r.stdout)\n($r.stderr)"
   assert str contains $r.stderr "local stack stopped"
   assert equal (holders $dir) []
-  rm -rf $dir
-}
+} }
