@@ -87,9 +87,10 @@ def ensure-build [--release] {
   }
   # cargo's own lines pass through; each `Compiling` line says how far the build is, so a long
   # stretch on one big crate still names it.
+  let color = if (is-terminal --stderr) { [--color always] } else { [] }
   let code = try {
-    do { cd (root | path join rust); ^cargo build --locked ...$flags --bins } e>| lines | each {|l|
-      let m = ($l | parse --regex '^\s*Compiling (?<crate>\S+) (?<version>\S+)')
+    do { cd (root | path join rust); ^cargo build --locked ...$color ...$flags --bins } e>| lines | each {|l|
+      let m = ($l | ansi strip | parse --regex '^\s*Compiling (?<crate>\S+) (?<version>\S+)')
       if ($m | is-empty) { print -e $l } else { print -e $"(elapsed)    compiling ($m.0.crate) ($m.0.version) \(of ($crates) crates in the lock file\)" }
     } | ignore
     0
@@ -552,8 +553,8 @@ def run-suite [dir: path, cmd: list<string>]: nothing -> int {
   try {
     do { cd $dir; ^($cmd | first) ...($cmd | skip 1) }
     0
-  } catch {
-    $env.LAST_EXIT_CODE
+  } catch {|e|
+    if (interrupted $e) { $e.raw } else { $env.LAST_EXIT_CODE }
   }
 }
 
@@ -562,6 +563,13 @@ def "main test" [
   --only: string   # run one suite: rust, nu, gitops or mcp
 ] {
   start-clock
+  try { run-tests $only } catch {|e|
+    if (interrupted $e) { print -e $"(elapsed) !! interrupted"; exit 130 }
+    $e.raw
+  }
+}
+
+def run-tests [only: any] {
   ensure-apt redis-server redis-server
   ensure-apt git git
   ensure-apt age age
