@@ -2,7 +2,7 @@
 # local processes), and the project's test command. Run through ./scripts/dev.sh, which installs the
 # pinned Nushell first.
 
-use lib/errors.nu [fail]
+use lib/errors.nu [fail interrupted]
 use lib/contract.nu [load-contract repo-root]
 use lib/log.nu *
 
@@ -179,16 +179,6 @@ def test-pause [point: string] {
   if ($env.RAIBID_DEV_TEST_PAUSE? | default "") != $point { return }
   print -e $"paused at ($point)"
   loop { sleep 1sec }
-}
-
-# True when the error `e` is a Ctrl-C: Nushell's own interrupt, or an external command ended by SIGINT
-# (also when wrapped by a closure).
-def interrupted [e: record]: nothing -> bool {
-  let d = ($e.details? | default $e)
-  let dbg = ($e.debug? | default "")
-  if ($dbg | str starts-with "Interrupted") or ($d.msg? == "Operation interrupted") { return true }
-  if ($d.code? == "nu::shell::terminated_by_signal") and ($dbg | str contains "SIGINT") { return true }
-  ($d.inner? | default [] | any {|i| interrupted $i })
 }
 
 # One line on what a stopped `up` left running (processes of the state dir), for the user to clean up.
@@ -532,6 +522,18 @@ def "main env" [] {
 def "main top" [
   ...args: string   # extra raibid-top arguments, e.g. --max-jobs 2000
 ] {
+  quiet-interrupt { top $args }
+}
+
+# Run `body`; a Ctrl-C ends it with one line (exit 130) instead of a Nushell trace.
+def quiet-interrupt [body: closure] {
+  try { do $body } catch {|e|
+    if (interrupted $e) { print -e "interrupted"; exit 130 }
+    $e.raw
+  }
+}
+
+def top [args: list<string>] {
   let s = (stack-env)
   let c = (load-contract)
   ensure-build --release

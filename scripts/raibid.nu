@@ -16,7 +16,7 @@
 # the Spark. Nothing else is read.
 
 use lib/env.nu
-use lib/errors.nu [fail]
+use lib/errors.nu [fail interrupted]
 use lib/api.nu *
 use lib/contract.nu [job-statuses]
 use lib/secrets.nu [secret]
@@ -109,6 +109,11 @@ export def "jobs logs" [
   call GET $"/jobs/($id)" | ignore
   let url = (api-url $"/jobs/($id)/logs?follow=true")
   let token = (secret RAIBID_API_TOKEN)
+  # Ctrl-C stops following quietly, as it stops `tail -f`.
+  try { follow-lines $url $token } catch {|e| if not (interrupted $e) { $e.raw } }
+}
+
+def follow-lines [url: string, token: string] {
   http get --raw --headers {Authorization: $"Bearer ($token)", Accept: "text/event-stream"} $url
   | lines
   | where {|l| $l =~ '^(event|data):' }

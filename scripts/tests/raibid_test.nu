@@ -251,3 +251,31 @@ def image_jobs_submitted_from_the_cli [] {
     }
   }
 }
+
+# Ctrl-C while following ends it quietly, as it ends `tail -f`: the lines so far, no Nushell trace.
+@test
+def ctrl_c_stops_follow_quietly [] {
+  with-fakes {dispatcher: ((state) | insert hold [(id 8)])} {|f|
+    let out = (mktemp -t raibid-follow-XXXXXX)
+    let pid = (with-clean-env (api-env $f) {
+      with-env {OUT: $out} {
+        cd $REPO_ROOT
+        ^sh -c 'setsid ./scripts/raibid jobs logs "$1" --follow >"$OUT" 2>&1 & echo $!' follow (id 8) | str trim | into int
+      }
+    })
+    let deadline = (date now) + 20sec
+    while not (open --raw $out | str contains "[system] job finished") {
+      assert ((date now) < $deadline) $"no lines followed: (open --raw $out)"
+      sleep 20ms
+    }
+    ^kill -INT -- $"-($pid)"
+    while ((do { ^kill -0 $pid } | complete).exit_code == 0) {
+      assert ((date now) < $deadline) "follow did not stop on Ctrl-C"
+      sleep 20ms
+    }
+    let text = (open --raw $out)
+    assert equal ($text | lines | last) "[system] job finished" $text
+    assert not ($text =~ '(Error:|╭|nu::shell)') $"a trace: ($text)"
+    rm -f $out
+  }
+}

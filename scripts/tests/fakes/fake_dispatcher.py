@@ -178,6 +178,9 @@ class FakeDispatcher(FakeServer):
         for line in lines:
             chunk(f"event: log\nid: {line['seq']}\ndata: {json.dumps(line)}\n\n")
             time.sleep(0.05)  # arrive over time, like a running job
+        while job["id"] in self.state.get("hold", []):
+            chunk(": keep-alive\n\n")  # a job that runs on (state "hold": [ids])
+            time.sleep(0.2)
         final = job["status"] if job["status"] in FINAL else "succeeded"
         chunk(f"event: end\ndata: {json.dumps({'status': final})}\n\n")
         h.wfile.write(b"0\r\n\r\n")
