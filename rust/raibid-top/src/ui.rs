@@ -1040,10 +1040,20 @@ fn render_status(f: &mut Frame, app: &App, area: Rect) {
         Input::None => {
             let (w, h) = app.size;
             if w < MIN_SIZE.0 || h < MIN_SIZE.1 {
-                Line::from(Span::styled(
+                // The warning itself fits: the longest wording the room takes.
+                let room = usize::from(left_a.width);
+                let says = [
                     format!("terminal {w}×{h} is below 80×24: showing what fits"),
-                    Style::new().fg(Color::Yellow),
-                ))
+                    format!("{w}×{h} is below 80×24"),
+                    format!("{w}×{h} < 80×24"),
+                    "< 80×24".to_string(),
+                ];
+                let text = says
+                    .iter()
+                    .find(|t| t.chars().count() <= room)
+                    .cloned()
+                    .unwrap_or_else(|| fit(&says[3], room));
+                Line::from(Span::styled(text, Style::new().fg(Color::Yellow)))
             } else {
                 let room = usize::from(left_a.width);
                 match app.status_message() {

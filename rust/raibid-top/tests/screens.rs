@@ -334,3 +334,16 @@ fn what_does_not_fit_is_cut_with_an_ellipsis_not_mid_word() {
     assert!(last.contains(id), "{last}");
     assert!(last.contains('…'), "{last}");
 }
+
+#[test]
+fn below_80x24_the_warning_itself_fits() {
+    for (w, h, says) in [
+        (60, 16, "60×16 is below 80×24"),
+        (79, 23, "terminal 79×23 is below 80×24: showing what fits"),
+    ] {
+        let mut app = few();
+        let s = screen(&mut app, w, h);
+        let last = s.lines().last().unwrap();
+        assert!(last.starts_with(says), "{w}×{h}: {last}");
+    }
+}
