@@ -148,7 +148,7 @@ def spawn-bg [name: string, argv: list<string>, envs: record = {}]: nothing -> i
   let log = ($logs | path join $"($name).log")
   let lock = (lock-dir | path join $"($name).lock")
   let pid = (with-env ($envs | merge {RAIBID_BG_LOG: $log}) {
-    ^setsid sh -c 'exec "$@" >>"$RAIBID_BG_LOG" 2>&1 < /dev/null & echo $!' raibid-spawn flock --nonblock --no-fork $lock ...$argv | str trim | into int
+    ^setsid sh -c 'exec "$@" >>"$RAIBID_BG_LOG" 2>&1 < /dev/null & echo $!' raibid-spawn flock --nonblock ...(flock-no-fork) $lock ...$argv | str trim | into int
   })
   test-pause $"spawned-($name)"
   let pids = (state | path join pids)
@@ -158,6 +158,12 @@ def spawn-bg [name: string, argv: list<string>, envs: record = {}]: nothing -> i
 }
 
 def lock-dir []: nothing -> path { state | path join locks }
+
+# `--no-fork` where flock has it (util-linux 2.38+; the recorded pid is then the service's own). An
+# older flock forks the service, which inherits the locked descriptor: `down` finds both by the lock.
+def flock-no-fork []: nothing -> list<string> {
+  if ((do { ^flock --help } | complete).stdout | str contains "--no-fork") { [--no-fork] } else { [] }
+}
 
 # Every process of this state dir's stack: those holding one of its lock files (services, and what
 # they started unless it closed the descriptor). One row per process: the service's name and its pid.
@@ -612,7 +618,7 @@ def run-tests [only: any] {
   ok $"all suites passed: ($suites | str join ', ')"
 }
 
-# raibid-ci local mode. Commands: up, down, restart, env, status, top, test.
+# raibid-ci local mode. Commands: up, down, restart, env, status, top, test (and `./scripts/dev.sh nu`: the pinned Nushell).
 def main [] {
   print (help main)
 }
