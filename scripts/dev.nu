@@ -192,7 +192,13 @@ def left-running []: nothing -> string {
   let left = (stack-procs)
   if ($left | is-empty) { return "nothing is left running" }
   let names = ($left | group-by name | transpose name procs | each {|g| $"($g.name) \(pid ($g.procs.pid | str join ', ')\)" } | str join ", ")
-  $"still running: ($names); ./scripts/dev.sh down stops them"
+  $"still running: ($names); (dev-cmd down) stops them"
+}
+
+# `./scripts/dev.sh <sub>` as the user types it for this stack (with RAIBID_STATE_DIR when it has its own).
+def dev-cmd [sub: string]: nothing -> string {
+  let sd = if ($env.RAIBID_STATE_DIR? | default "") != "" { $"RAIBID_STATE_DIR=(state) " } else { "" }
+  $"($sd)./scripts/dev.sh ($sub)"
 }
 
 def alive [pid: int]: nothing -> bool {
@@ -392,13 +398,12 @@ def up-stack [agents: any, no_demo: bool, port: any, bin_dir: any, rotate_token:
 # The `Next:` lines after `up`: commands that work as printed, from the checkout, in sh or bash (with
 # RAIBID_STATE_DIR when the stack has a state dir of its own).
 def next-hints [] {
-  let sd = if ($env.RAIBID_STATE_DIR? | default "") != "" { $"RAIBID_STATE_DIR=(state) " } else { "" }
   let hints = [
     [cmd note];
-    [$"eval \"$\(($sd)./scripts/dev.sh env\)\"" "RAIBID_URL, RAIBID_API_TOKEN, ... for this stack"]
+    [$"eval \"$\((dev-cmd env)\)\"" "RAIBID_URL, RAIBID_API_TOKEN, ... for this stack"]
     ["./scripts/raibid jobs" "the human CLI over the API (after the eval above)"]
-    [$"($sd)./scripts/dev.sh status" "queue, agents"]
-    [$"($sd)./scripts/dev.sh down" "stop everything (the next up keeps the URL and token)"]
+    [(dev-cmd status) "queue, agents"]
+    [(dev-cmd down) "stop everything (the next up keeps the URL and token)"]
   ]
   let w = ($hints.cmd | each {|c| $c | str length } | math max)
   print ""

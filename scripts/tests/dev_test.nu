@@ -131,7 +131,7 @@ def up_interrupted_at_every_point_leaves_nothing_after_down [] {
     let text = (open --raw $out)
     let said = ($text | lines | where $it =~ 'interrupted')
     assert equal ($said | length) 1 $"at ($point): ($text)"
-    assert ($said.0 =~ 'interrupted: still running: redis \(pid \d+\).*; ./scripts/dev.sh down stops them') $"at ($point): ($said.0)"
+    assert ($said.0 =~ 'interrupted: still running: redis \(pid \d+\).*; RAIBID_STATE_DIR=\S+ ./scripts/dev.sh down stops them$') $"at ($point): ($said.0)"
     assert not ($text =~ '(Error:|╭|nu::shell)') $"at ($point), a trace: ($text)"
     let left = (holders $dir)
     assert ("redis" in $left.name) $"at ($point): ($left)"
@@ -143,7 +143,9 @@ def up_interrupted_at_every_point_leaves_nothing_after_down [] {
     let second = (do { ^flock --nonblock --no-fork ($dir | path join locks redis.lock) redis-server --port 0 --dir ($dir | path join redis) } | complete)
     assert ($second.exit_code != 0) "a second redis-server started on the same AOF dir"
     assert equal (holders $dir | where name == redis | length) 1
-    let down = (devsh $dir down)
+    # The line's own `down` command, run as printed.
+    let cmd = ($said.0 | parse --regex '; (?<cmd>.*) stops them$' | get 0.cmd)
+    let down = (do { cd $REPO_ROOT; ^sh -c $cmd } | complete)
     assert equal $down.exit_code 0 $down.stderr
     assert str contains $down.stderr "local stack stopped"
     for p in $left.pid { assert not (alive $p) $"at ($point): pid ($p) still runs after down" }
