@@ -23,7 +23,11 @@ use lib/secrets.nu [secret]
 
 # The raibid CLI (see the subcommands).
 export def main []: nothing -> nothing {
-  print (help main)
+  print "raibid: the CLI over the dispatcher's API (RAIBID_URL, RAIBID_API_TOKEN). Each command takes --help:
+  jobs [--status] [--repo] [--limit] [--full]     jobs submit <repo-url> [--ref] [--sha] [--image name[:tag]]
+  jobs show <id>    jobs logs <id> [--follow]     jobs cancel <id>    jobs retry <id>
+  queue    agents   cache [--dir]    cache mirrors [--dir]    cache prune [--max-bytes] [--older-than] [--force]
+In Nushell it returns tables: use scripts/raibid.nu; raibid jobs --status failed | sort-by received"
 }
 
 # The job statuses, from the contract (completion of --status).
@@ -266,16 +270,28 @@ def slot-in-use [lock: path]: nothing -> bool {
   (do { ^flock --nonblock --shared $lock true } | complete).exit_code != 0
 }
 
-# Run as a script (`nu scripts/raibid.nu jobs`, `./scripts/raibid jobs`), Nushell calls `main <command>`;
-# used as a module, the same commands are `raibid <command>`.
+# Run as a script (`nu scripts/raibid.nu jobs`, `./scripts/raibid jobs`), Nushell calls `main <command>`:
+# these aliases; used as a module, the same commands are `raibid <command>`.
+
+# List jobs, newest first. The columns fit 100 terminal columns; `--full` gives whole records.
 alias "main jobs" = jobs
+# Submit a job: build and test a repository at a ref (or an exact commit); with `--image`, build a
 alias "main jobs submit" = jobs submit
+# One job with its steps and timestamps.
 alias "main jobs show" = jobs show
+# Log lines of a job, as records; `--follow` prints them live as plain lines (`[step] line`, as `tail -f`
 alias "main jobs logs" = jobs logs
+# Ask the dispatcher to cancel a queued or running job.
 alias "main jobs cancel" = jobs cancel
+# Run a finished job again (a new job whose retry_of is this one).
 alias "main jobs retry" = jobs retry
+# Queue figures: stream length, consumer-group lag (what KEDA scales on), pending, oldest waiting job.
 alias "main queue" = queue
+# Agents with their current job and last heartbeat.
 alias "main agents" = agents
+# The cargo target slots in a node's cache directory: one row per slot with its keys, size, last use and
 alias "main cache" = cache
+# The git mirrors in a node's cache directory (`git/<repo-id>.git`, one bare repository per repository,
 alias "main cache mirrors" = cache mirrors
+# Delete slots no job holds: the least recently used first until the total is under --max-bytes, and/or
 alias "main cache prune" = cache prune
