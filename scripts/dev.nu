@@ -195,6 +195,16 @@ def left-running []: nothing -> string {
   $"still running: ($names); (dev-cmd down) stops them"
 }
 
+# The Ctrl-C reaches Nushell and the foreground command at once: Nushell may see it only once a handler
+# runs, and a second Ctrl-C may come. So a handler checks and looks around under `try`, twice.
+def is-interrupt [e: record]: nothing -> bool { try { interrupted $e } catch { true } }
+
+# Print the line `say` makes and exit 130; a Ctrl-C that lands meanwhile makes it try again.
+def interrupt-exit [say: closure] {
+  try { print -e (do $say) } catch { try { print -e (do $say) } catch { try { print -e "interrupted" } } }
+  exit 130
+}
+
 # `./scripts/dev.sh <sub>` as the user types it for this stack (with RAIBID_STATE_DIR when it has its own).
 def dev-cmd [sub: string]: nothing -> string {
   let sd = if ($env.RAIBID_STATE_DIR? | default "") != "" { $"RAIBID_STATE_DIR=(state) " } else { "" }
@@ -325,10 +335,7 @@ def "main up" [
   try {
     up-stack $agents $no_demo $port $bin_dir $rotate_token
   } catch {|e|
-    if (interrupted $e) {
-      print -e $"(elapsed) !! interrupted: (left-running)"
-      exit 130
-    }
+    if (is-interrupt $e) { interrupt-exit { $"(elapsed) !! interrupted: (left-running)" } }
     if ($e.details?.code? != "raibid::already_running") and ((stack-procs) | is-not-empty) { warn $"up failed; (left-running)" }
     $e.raw
   }
@@ -539,7 +546,7 @@ def "main top" [
 # Run `body`; a Ctrl-C ends it with one line (exit 130) instead of a Nushell trace.
 def quiet-interrupt [body: closure] {
   try { do $body } catch {|e|
-    if (interrupted $e) { print -e "interrupted"; exit 130 }
+    if (is-interrupt $e) { interrupt-exit { "interrupted" } }
     $e.raw
   }
 }
@@ -577,7 +584,7 @@ def "main test" [
 ] {
   start-clock
   try { run-tests $only } catch {|e|
-    if (interrupted $e) { print -e $"(elapsed) !! interrupted"; exit 130 }
+    if (is-interrupt $e) { interrupt-exit { $"(elapsed) !! interrupted" } }
     $e.raw
   }
 }

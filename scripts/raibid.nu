@@ -114,7 +114,7 @@ export def "jobs logs" [
   let url = (api-url $"/jobs/($id)/logs?follow=true")
   let token = (secret RAIBID_API_TOKEN)
   # Ctrl-C stops following quietly, as it stops `tail -f`.
-  try { follow-lines $url $token } catch {|e| if not (interrupted $e) { $e.raw } }
+  try { follow-lines $url $token } catch {|e| if not (try { interrupted $e } catch { true }) { $e.raw } }
 }
 
 def follow-lines [url: string, token: string] {

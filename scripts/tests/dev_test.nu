@@ -116,7 +116,7 @@ def wait-line [out: path, text: string] {
 
 def up-args [] { [up --bin-dir $DEVBIN --agents 2 --no-demo] }
 
-# Ctrl-C at each point of `up`, after the thing before it started, and where it says so: one line
+# Ctrl-C (once, or twice) at each point of `up`, after the thing before it started, and where it says so: one line
 # saying what still runs and that `down` stops it (no Nushell trace); a second `up` refuses to start
 # a second stack (a second Redis on the same AOF dir cannot even start); `down` leaves nothing.
 @test
@@ -127,6 +127,8 @@ def up_interrupted_at_every_point_leaves_nothing_after_down [] {
     let pid = (devsh-bg $dir $out {RAIBID_DEV_TEST_PAUSE: $point} ...(up-args))
     wait-line $out $"paused at ($point)"
     ^kill -INT -- $"-($pid)"
+    # And a second Ctrl-C where it may land in the handler.
+    if $point in [redis dispatcher agents] { do { ^kill -INT -- $"-($pid)" } | complete | ignore }
     wait-for "up's exit" 20 { not (alive $pid) }
     let text = (open --raw $out)
     let said = ($text | lines | where $it =~ 'interrupted')
@@ -164,7 +166,9 @@ def first_build_is_announced_and_interruptible [] { with-state {|dir|
   wait-line $out "compiling raibid-core v0.1.0"
   let text = (open --raw $out)
   assert ($text =~ 'first build: \d+ crates from scratch, roughly \d+ minutes') $text
+  # Ctrl-C twice, as an impatient user does: still one line.
   ^kill -INT -- $"-($pid)"
+  do { ^kill -INT -- $"-($pid)" } | complete | ignore
   wait-for "up's exit" 20 { not (alive $pid) }
   let text = (open --raw $out)
   assert ($text | str contains "interrupted: nothing is left running") $text
