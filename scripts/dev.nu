@@ -2,7 +2,7 @@
 # local processes), and the project's test command. Run through ./scripts/dev.sh, which installs the
 # pinned Nushell first.
 
-use lib/errors.nu [fail]
+use lib/errors.nu [fail interrupted]
 use lib/contract.nu [load-contract repo-root]
 use lib/log.nu *
 
@@ -76,15 +76,40 @@ def ensure-mcp-venv []: nothing -> path {
 
 def ensure-build [--release] {
   let flags = if $release { ["--release"] } else { [] }
+  let profile = if $release { "release" } else { "debug" }
+  let first = not ((target-dir | path join $profile raibid-dispatcher) | path exists)
   step $"building the Rust workspace \(cargo build ($flags | str join ' ')\)"
-  let code = (run-suite (root | path join rust) [cargo build --locked ...$flags --bins])
+  let crates = (open --raw (root | path join rust Cargo.lock) | lines | where $it == "[[package]]" | length)
+  if $first {
+    let cores = (sys cpu | length)
+    let minutes = ([2 (30 // $cores)] | math max)
+    info $"first build: ($crates) crates from scratch, roughly ($minutes) minutes on ($cores) cores \(longer while the machine is busy\); later builds take seconds"
+  }
+  # cargo's own lines pass through; each `Compiling` line says how far the build is, so a long
+  # stretch on one big crate still names it.
+  let color = if (is-terminal --stderr) { [--color always] } else { [] }
+  let code = try {
+    do { cd (root | path join rust); ^cargo build --locked ...$color ...$flags --bins } e>| lines | each {|l|
+      let m = ($l | ansi strip | parse --regex '^\s*Compiling (?<crate>\S+) (?<version>\S+)')
+      if ($m | is-empty) { print -e $l } else { print -e $"(elapsed)    compiling ($m.0.crate) ($m.0.version) \(of ($crates) crates in the lock file\)" }
+    } | ignore
+    0
+  } catch {|e|
+    if (interrupted $e) { $e.raw } else { $env.LAST_EXIT_CODE }
+  }
   if $code != 0 { fail build_failed "cargo build failed" --hint "see the compiler output above" }
 }
 
 # A binary of the workspace: from `dir` when given (already built ones, e.g. target/debug), else the
 # release build.
 def bin [name: string, dir?: string]: nothing -> path {
-  if $dir == null or $dir == "" { root | path join rust target release $name } else { $dir | path expand | path join $name }
+  if $dir == null or $dir == "" { target-dir | path join release $name } else { $dir | path expand | path join $name }
+}
+
+# Cargo's target directory (CARGO_TARGET_DIR when set, as cargo does).
+def target-dir []: nothing -> path {
+  let t = ($env.CARGO_TARGET_DIR? | default "")
+  if $t != "" { $t | path expand } else { root | path join rust target }
 }
 
 # The dispatcher's environment for the stack `s`.
@@ -113,18 +138,79 @@ def start-dispatcher [s: record] {
 }
 
 # Start a program in the background, in its own session, with its output in a log file.
-# Arguments go in as argv; nothing is put through a shell string.
+# Arguments go in as argv; nothing is put through a shell string. The program holds the lock file
+# locks/<name>.lock of the state dir for its whole life (`flock --no-fork` execs it with the lock's
+# descriptor open, and what it starts inherits it): a second one of the same name in the same state
+# dir cannot start (so never two Redis on one AOF directory), and `down` finds every process of the
+# state dir by the lock it holds, whether or not its pid was recorded.
 def spawn-bg [name: string, argv: list<string>, envs: record = {}]: nothing -> int {
   let logs = (state | path join logs)
   mkdir $logs
+  mkdir (lock-dir)
   let log = ($logs | path join $"($name).log")
+  let lock = (lock-dir | path join $"($name).lock")
   let pid = (with-env ($envs | merge {RAIBID_BG_LOG: $log}) {
-    ^setsid sh -c 'exec "$@" >>"$RAIBID_BG_LOG" 2>&1 < /dev/null & echo $!' raibid-spawn ...$argv | str trim | into int
+    ^setsid sh -c 'exec "$@" >>"$RAIBID_BG_LOG" 2>&1 < /dev/null & echo $!' raibid-spawn flock --nonblock ...(flock-no-fork) $lock ...$argv | str trim | into int
   })
+  test-pause $"spawned-($name)"
   let pids = (state | path join pids)
   mkdir $pids
   $pid | into string | save -f ($pids | path join $"($name).pid")
   $pid
+}
+
+def lock-dir []: nothing -> path { state | path join locks }
+
+# `--no-fork` where flock has it (util-linux 2.38+; the recorded pid is then the service's own). An
+# older flock forks the service, which inherits the locked descriptor: `down` finds both by the lock.
+def flock-no-fork []: nothing -> list<string> {
+  if ((do { ^flock --help } | complete).stdout | str contains "--no-fork") { [--no-fork] } else { [] }
+}
+
+# Every process of this state dir's stack: those holding one of its lock files (services, and what
+# they started unless it closed the descriptor). One row per process: the service's name and its pid.
+def stack-procs []: nothing -> table {
+  let locks = (lock-dir)
+  if not ($locks | path exists) { return [] }
+  let fds = (glob /proc/[0-9]*/fd)
+  if ($fds | is-empty) { return [] }
+  let found = (do { ^find ...$fds -maxdepth 1 -lname ($locks | path join "*.lock") -printf "%p %l\n" } | complete).stdout
+  $found | lines | parse --regex '^/proc/(?<pid>\d+)/fd/\d+ (?<lock>.*)$'
+  | each {|r| {name: ($r.lock | path basename | str replace --regex '\.lock$' ''), pid: ($r.pid | into int)} }
+  | uniq-by pid
+  | where {|r| $r.pid != $nu.pid }
+}
+
+# A test hook: with RAIBID_DEV_TEST_PAUSE=<point>, `up` says `paused at <point>` and waits there (for
+# a test to interrupt it at a defined point). Unset, it does nothing.
+def test-pause [point: string] {
+  if ($env.RAIBID_DEV_TEST_PAUSE? | default "") != $point { return }
+  print -e $"paused at ($point)"
+  loop { sleep 1sec }
+}
+
+# One line on what a stopped `up` left running (processes of the state dir), for the user to clean up.
+def left-running []: nothing -> string {
+  let left = (stack-procs)
+  if ($left | is-empty) { return "nothing is left running" }
+  let names = ($left | group-by name | transpose name procs | each {|g| $"($g.name) \(pid ($g.procs.pid | str join ', ')\)" } | str join ", ")
+  $"still running: ($names); (dev-cmd down) stops them"
+}
+
+# The Ctrl-C reaches Nushell and the foreground command at once: Nushell may see it only once a handler
+# runs, and a second Ctrl-C may come. So a handler checks and looks around under `try`, twice.
+def is-interrupt [e: record]: nothing -> bool { try { interrupted $e } catch { true } }
+
+# Print the line `say` makes and exit 130; a Ctrl-C that lands meanwhile makes it try again.
+def interrupt-exit [say: closure] {
+  try { print -e (do $say) } catch { try { print -e (do $say) } catch { try { print -e "interrupted" } } }
+  exit 130
+}
+
+# `./scripts/dev.sh <sub>` as the user types it for this stack (with RAIBID_STATE_DIR when it has its own).
+def dev-cmd [sub: string]: nothing -> string {
+  let sd = if ($env.RAIBID_STATE_DIR? | default "") != "" { $"RAIBID_STATE_DIR=(state) " } else { "" }
+  $"($sd)./scripts/dev.sh ($sub)"
 }
 
 def alive [pid: int]: nothing -> bool {
@@ -170,12 +256,10 @@ def ensure-image-tools [] {
   if not ("/bin/busybox" | path exists) { ensure-apt busybox busybox-static }
 }
 
-# Start the local OCI registry (Debian's docker-registry) on its own free port, data in the state dir.
-# Returns its address (host:port).
-def start-registry []: nothing -> string {
+# Start the local OCI registry (Debian's docker-registry) at `addr` (host:port), data in the state dir.
+def start-registry [addr: string] {
   let dir = (state | path join registry)
   mkdir ($dir | path join data)
-  let addr = $"127.0.0.1:(free-port)"
   let cfg = ($dir | path join config.yml)
   {
     version: "0.1"
@@ -186,29 +270,89 @@ def start-registry []: nothing -> string {
   step $"starting docker-registry on ($addr) \(data in ($dir | path join data)\)"
   spawn-bg registry [docker-registry serve $cfg] | ignore
   wait-http $"http://($addr)/v2/" "the local registry"
-  $addr
+}
+
+# Start redis-server on `port` with its AOF in the state dir, and wait until it answers. The lock it
+# holds (spawn-bg) makes a second Redis on the same directory exit at once: that is reported, not waited on.
+def start-redis [port: int] {
+  let dir = (state | path join redis)
+  mkdir $dir
+  step $"starting redis-server on 127.0.0.1:($port) \(appendonly yes, appendfsync always\)"
+  let pid = (spawn-bg redis [redis-server --bind 127.0.0.1 --port ($port | into string) --appendonly yes --appendfsync always --save "" --dir $dir])
+  let deadline = (date now) + 30sec
+  loop {
+    let pong = (do { ^redis-cli -h 127.0.0.1 -p ($port | into string) ping } | complete).stdout | str trim
+    if $pong == "PONG" { return }
+    if not (alive $pid) {
+      fail redis_failed $"redis-server exited at once: (open --raw (state | path join logs redis.log) | str trim | lines | last 1 | str join '')" --hint $"another Redis may use ($dir): ./scripts/dev.sh down first"
+    }
+    if (date now) > $deadline { fail not_ready $"redis-server did not answer on port ($port) within 30s" --hint $"look at (state | path join logs redis.log)" }
+    sleep 50ms
+  }
+}
+
+# `want` when it is free, else a free port (saying so).
+def keep-port [want: any, what: string]: nothing -> int {
+  if $want == null { return (free-port) }
+  let ok = (try { port $want $want; true } catch { false })
+  if $ok { return $want }
+  let p = (free-port)
+  warn $"port ($want) of the ($what) is taken by another program; using ($p) this time"
+  $p
+}
+
+# The stack's settings, kept in settings.json across `down`/`up` (so the URL, the token, eval'd shells
+# and an open raibid-top stay valid): ports, API token, webhook secrets. New secrets the first time;
+# a new API token with --rotate-token.
+def stack-settings [port: any, rotate_token: bool]: nothing -> record {
+  let f = (state | path join settings.json)
+  let old = if ($f | path exists) { open $f } else { {} }
+  let s = {
+    port: (keep-port ($port | default $old.port?) "dispatcher")
+    redis_port: (keep-port $old.redis_port? "Redis")
+    registry_port: (keep-port $old.registry_port? "registry")
+    token: (if $rotate_token or $old.token? == null { random-secret } else { $old.token })
+    gitea_secret: ($old.gitea_secret? | default (random-secret))
+    github_secret: ($old.github_secret? | default (random-secret))
+  }
+  mkdir (state)
+  $s | to json | save -f $f
+  ^chmod 600 $f
+  $s
 }
 
 # Start the local stack: Redis (AOF on), the dispatcher and a warm agent pool; then run a demo job.
+# Ctrl-C at any point stops `up` with one line saying what is still running; `down` stops it.
 @example "start with 4 agents and no demo" { ./scripts/dev.sh up --agents 4 --no-demo }
 @example "a queue without consumers, to watch the lag KEDA scales on" { ./scripts/dev.sh up --agents 0 }
 @example "already built debug binaries, a state dir of its own (as raibid-top's tmux test does)" { RAIBID_STATE_DIR=/tmp/st ./scripts/dev.sh up --bin-dir rust/target/debug --agents 1 --no-demo }
 def "main up" [
   --agents: int     # warm pool size (default: half the cores, at least 1; 0 = no consumer)
   --no-demo         # skip the demo job
-  --port: int       # dispatcher port (default: a free one)
+  --port: int       # dispatcher port (default: the one this state dir used last, else a free one)
   --bin-dir: string # run raibid-dispatcher/raibid-agent from this directory as they are (no cargo build --release)
+  --rotate-token    # a new API token (default: the one this state dir used last)
 ] {
   start-clock
+  try {
+    up-stack $agents $no_demo $port $bin_dir $rotate_token
+  } catch {|e|
+    if (is-interrupt $e) { interrupt-exit { $"(elapsed) !! interrupted: (left-running)" } }
+    if ($e.details?.code? != "raibid::already_running") and ((stack-procs) | is-not-empty) { warn $"up failed; (left-running)" }
+    $e.raw
+  }
+}
+
+def up-stack [agents: any, no_demo: bool, port: any, bin_dir: any, rotate_token: bool] {
   let n = ($agents | default ([1 ((sys cpu | length) // 2)] | math max))
-  if $n < 0 { fail bad_argument "--agents must be 0 or more" --span (metadata $agents).span }
-  if ((state | path join env.json) | path exists) {
-    let s = (open (state | path join env.json))
-    if (alive $s.redis_pid) {
-      fail already_running $"a local stack is already running \(dispatcher ($s.url)\)" --hint "./scripts/dev.sh down first, or ./scripts/dev.sh env to use it"
-    }
+  if $n < 0 { fail bad_argument "--agents must be 0 or more" }
+  let left = (stack-procs)
+  if ($left | is-not-empty) {
+    let url = if ((state | path join env.json) | path exists) { $" \(dispatcher ((open (state | path join env.json)).url)\)" } else { "" }
+    fail already_running $"a local stack is already running here($url): ($left | get name | uniq | str join ', ')" --hint "./scripts/dev.sh down first (it stops what any earlier up left), or ./scripts/dev.sh env to use it"
   }
   ensure-apt redis-server redis-server
+  ensure-apt redis-cli redis-tools
   ensure-apt git git
   ensure-apt bwrap bubblewrap          # every build step runs in a bubblewrap sandbox (docs/adr/0011)
   ensure-image-tools
@@ -217,29 +361,30 @@ def "main up" [
   } else {
     for b in [raibid-dispatcher raibid-agent] {
       if not ((bin $b $bin_dir) | path exists) {
-        fail missing_binary $"no ($b) in ($bin_dir | path expand)" --hint "build it first (cargo build --bins), or leave out --bin-dir" --span (metadata $bin_dir).span
+        fail missing_binary $"no ($b) in ($bin_dir | path expand)" --hint "build it first (cargo build --bins), or leave out --bin-dir"
       }
     }
   }
-  mkdir (state | path join redis)
-  let redis_port = (free-port)
   let c = (load-contract)
-  step $"starting redis-server on 127.0.0.1:($redis_port) \(appendonly yes, appendfsync always\)"
-  let redis_pid = (spawn-bg redis [redis-server --bind 127.0.0.1 --port ($redis_port | into string) --appendonly yes --appendfsync always --save "" --dir (state | path join redis)])
+  let k = (stack-settings $port $rotate_token)
   let s = {
-    url: $"http://127.0.0.1:($port | default (free-port))"
-    token: (random-secret)
-    redis_url: $"redis://127.0.0.1:($redis_port)"
-    gitea_secret: (random-secret)
-    github_secret: (random-secret)
-    redis_pid: $redis_pid
-    registry: (start-registry)
+    url: $"http://127.0.0.1:($k.port)"
+    token: $k.token
+    redis_url: $"redis://127.0.0.1:($k.redis_port)"
+    gitea_secret: $k.gitea_secret
+    github_secret: $k.github_secret
+    registry: $"127.0.0.1:($k.registry_port)"
     bin_dir: ($bin_dir | default "" | if $in == "" { "" } else { $in | path expand })
   }
+  # Written before anything starts: `env` works at once, and the pids follow in pids/ as each starts.
   $s | to json | save -f (state | path join env.json)
   ^chmod 600 (state | path join env.json)
-  sleep 200ms
+  start-redis $k.redis_port
+  test-pause redis
+  start-registry $s.registry
+  test-pause registry
   start-dispatcher $s
+  test-pause dispatcher
   let agent_env = {
     ($c.env.REDIS_URL): $s.redis_url
     ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
@@ -254,14 +399,26 @@ def "main up" [
     if $n == 0 { break }
     spawn-bg $"agent-($i)" [(bin raibid-agent $s.bin_dir) --name $"local-agent-($i)"] $agent_env | ignore
   }
+  test-pause agents
   ok $"stack up: redis, dispatcher, registry ($s.registry), ($n) agent\(s\) serving rust and image jobs; logs in (state | path join logs)"
   if not $no_demo and $n > 0 { demo $s }
+  next-hints
+}
+
+# The `Next:` lines after `up`: commands that work as printed, from the checkout, in sh or bash (with
+# RAIBID_STATE_DIR when the stack has a state dir of its own).
+def next-hints [] {
+  let hints = [
+    [cmd note];
+    [$"eval \"$\((dev-cmd env)\)\"" "RAIBID_URL, RAIBID_API_TOKEN, ... for this stack"]
+    ["./scripts/raibid jobs" "the human CLI over the API (after the eval above)"]
+    [(dev-cmd status) "queue, agents"]
+    [(dev-cmd down) "stop everything (the next up keeps the URL and token)"]
+  ]
+  let w = ($hints.cmd | each {|c| $c | str length } | math max)
   print ""
   print "Next:"
-  print "  eval \"$(./scripts/dev.sh env)\"        # RAIBID_URL, RAIBID_API_TOKEN, ... for this stack"
-  print "  nu scripts/raibid.nu jobs               # the human CLI over the API"
-  print "  ./scripts/dev.sh status                 # queue, agents"
-  print "  ./scripts/dev.sh down                   # stop everything"
+  for h in $hints { print $"  ($h.cmd | fill -w $w)  # ($h.note)" }
 }
 
 def demo [s: record] {
@@ -300,29 +457,50 @@ def follow-log [s: record, id: string] {
   | ignore
 }
 
-# Stop the local stack; leaves no process behind.
+# Stop the local stack; leaves no process behind. It stops what any earlier `up` of this state dir
+# left, finished or interrupted: the pids it recorded (pids/) and every process holding one of the
+# state dir's lock files (locks/, see spawn-bg), never processes found by name. The settings (port,
+# token, secrets) and Redis' data stay for the next `up`.
 def "main down" [] {
   start-clock
   let pids_dir = (state | path join pids)
-  if not ($pids_dir | path exists) { ok "nothing running"; return }
-  let entries = (ls $pids_dir | where name =~ '\.pid$' | each {|f| {name: ($f.name | path basename | str replace '.pid' ''), pid: (open --raw $f.name | str trim | into int)} })
+  let recorded = if ($pids_dir | path exists) {
+    ls $pids_dir | where name =~ '\.pid$' | each {|f| {name: ($f.name | path basename | str replace '.pid' ''), pid: (open --raw $f.name | str trim | into int)} }
+  } else { [] }
+  # A recorded pid is stopped only while it holds the state dir's lock: after a reboot the same
+  # number may be someone else's process.
+  let found = (stack-procs)
+  let entries = ($recorded | where {|e| $e.pid in $found.pid } | append $found | uniq-by pid)
+  if ($entries | is-empty) and ($recorded | is-empty) {
+    rm -f (state | path join env.json)
+    ok "nothing running"
+    return
+  }
   # Agents and the dispatcher first, all at once (SIGTERM: they finish what they do), Redis last.
   for group in [($entries | where name != "redis") ($entries | where name == "redis")] {
-    for e in $group {
-      if (alive $e.pid) {
-        info $"stopping ($e.name) \(pid ($e.pid)\)"
-        do { ^kill -TERM $e.pid } | complete | ignore
-      }
+    for g in ($group | where {|e| alive $e.pid } | group-by name | transpose name procs) {
+      info $"stopping ($g.name) \(pid ($g.procs.pid | str join ', ')\)"
+      for e in $g.procs { do { ^kill -TERM $e.pid } | complete | ignore }
     }
     let deadline = (date now) + 15sec
-    while ($group | any {|e| alive $e.pid }) and ((date now) < $deadline) { sleep 100ms }
+    while ($group | any {|e| alive $e.pid }) and ((date now) < $deadline) { sleep 50ms }
     for e in $group {
       # Each service runs in its own session: kill whatever is left of it (build steps included).
       do { ^pkill -KILL -s $e.pid } | complete | ignore
       do { ^kill -KILL $e.pid } | complete | ignore
-      rm -f ($pids_dir | path join $"($e.name).pid")
     }
   }
+  # Any straggler still holding a lock (a step that left its service's session).
+  let deadline = (date now) + 5sec
+  while ((stack-procs) | is-not-empty) and ((date now) < $deadline) {
+    for e in (stack-procs) { do { ^kill -KILL $e.pid } | complete | ignore }
+    sleep 50ms
+  }
+  let still = (stack-procs)
+  if ($still | is-not-empty) {
+    fail stop_failed $"could not stop: ($still | each {|e| $'($e.name) pid ($e.pid)' } | str join ', ')" --hint "kill them by hand"
+  }
+  rm -rf $pids_dir
   rm -f (state | path join env.json)
   ok "local stack stopped"
 }
@@ -365,6 +543,18 @@ def "main env" [] {
 def "main top" [
   ...args: string   # extra raibid-top arguments, e.g. --max-jobs 2000
 ] {
+  quiet-interrupt { top $args }
+}
+
+# Run `body`; a Ctrl-C ends it with one line (exit 130) instead of a Nushell trace.
+def quiet-interrupt [body: closure] {
+  try { do $body } catch {|e|
+    if (is-interrupt $e) { interrupt-exit { "interrupted" } }
+    $e.raw
+  }
+}
+
+def top [args: list<string>] {
   let s = (stack-env)
   let c = (load-contract)
   ensure-build --release
@@ -386,8 +576,8 @@ def run-suite [dir: path, cmd: list<string>]: nothing -> int {
   try {
     do { cd $dir; ^($cmd | first) ...($cmd | skip 1) }
     0
-  } catch {
-    $env.LAST_EXIT_CODE
+  } catch {|e|
+    if (interrupted $e) { $e.raw } else { $env.LAST_EXIT_CODE }
   }
 }
 
@@ -396,6 +586,13 @@ def "main test" [
   --only: string   # run one suite: rust, nu, gitops or mcp
 ] {
   start-clock
+  try { run-tests $only } catch {|e|
+    if (is-interrupt $e) { interrupt-exit { $"(elapsed) !! interrupted" } }
+    $e.raw
+  }
+}
+
+def run-tests [only: any] {
   ensure-apt redis-server redis-server
   ensure-apt git git
   ensure-apt bwrap bubblewrap          # every build step runs in a bubblewrap sandbox (docs/adr/0011)
@@ -437,7 +634,7 @@ def "main test" [
   ok $"all suites passed: ($suites | str join ', ')"
 }
 
-# raibid-ci local mode. Commands: up, down, restart, env, status, top, test.
+# raibid-ci local mode. Commands: up, down, restart, env, status, top, test (and `./scripts/dev.sh nu`: the pinned Nushell).
 def main [] {
   print (help main)
 }

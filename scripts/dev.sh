@@ -1,7 +1,8 @@
 #!/bin/sh
 # raibid-ci local bootstrapper (like gradlew): makes sure the pinned Nushell is present in a project-local
 # tools directory, then hands over to scripts/dev.nu. Usage: ./scripts/dev.sh <up|down|env|test|status> [...]
-# Run `./scripts/dev.sh help` for the commands.
+# Run `./scripts/dev.sh help` for the commands. `./scripts/dev.sh nu [ARGS]` runs the pinned Nushell itself
+# (e.g. for `use scripts/raibid.nu; raibid jobs | sort-by received`).
 set -eu
 root=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
 . "$root/scripts/pins.env"
@@ -28,4 +29,8 @@ fi
 
 PATH="$tools/bin:$PATH"
 export PATH RAIBID_ROOT="$root"
+if [ "${1:-}" = nu ]; then
+  shift
+  exec "$nu_bin" "$@"
+fi
 exec "$nu_bin" --no-config-file "$root/scripts/dev.nu" "$@"

@@ -1,8 +1,12 @@
 #!/usr/bin/env nu
-# raibid: a terminal CLI over the dispatcher's API. Every command returns Nushell tables or records, so
-# results pipe into `where`, `sort-by`, `get`:
+# raibid: a terminal CLI over the dispatcher's API. Used as a module (as nupm modules are), every command
+# returns Nushell tables or records, so results pipe into `where`, `sort-by`, `get`:
 #
-#   nu scripts/raibid.nu jobs --status failed | sort-by received | last 5
+#   use scripts/raibid.nu
+#   raibid jobs --status failed | sort-by received | last 5
+#
+# From any other shell, `./scripts/raibid jobs --status failed` prints the same table (the pinned Nushell
+# runs this file as a script; `./scripts/dev.sh nu` opens that Nushell for the module use above).
 #
 # `cache` works on a node's cache directory directly (RAIBID_CACHE_DIR or --dir; on the Spark the
 # hostPath of the raibid-cache PersistentVolume), not through the API.
@@ -12,26 +16,35 @@
 # the Spark. Nothing else is read.
 
 use lib/env.nu
-use lib/errors.nu [fail]
+use lib/errors.nu [fail interrupted]
 use lib/api.nu *
+use lib/contract.nu [job-statuses]
 use lib/secrets.nu [secret]
 
 # The raibid CLI (see the subcommands).
 export def main []: nothing -> nothing {
-  print (help main)
+  print "raibid: the CLI over the dispatcher's API (RAIBID_URL, RAIBID_API_TOKEN). Each command takes --help:
+  jobs [--status] [--repo] [--limit] [--full]     jobs submit <repo-url> [--ref] [--sha] [--image name[:tag]]
+  jobs show <id>    jobs logs <id> [--follow]     jobs cancel <id>    jobs retry <id>
+  queue    agents   cache [--dir]    cache mirrors [--dir]    cache prune [--max-bytes] [--older-than] [--force]
+In Nushell it returns tables: use scripts/raibid.nu; raibid jobs --status failed | sort-by received"
 }
 
-# List jobs, newest first.
-@example "failed jobs of one repository" { nu scripts/raibid.nu jobs --status failed --repo hello }
-@example "the 200 newest, as records" { nu scripts/raibid.nu jobs --limit 200 --full }
-export def "main jobs" [
-  --status: string          # queued, running, succeeded, failed, cancelled or timed_out
+# The job statuses, from the contract (completion of --status).
+def statuses []: nothing -> list<string> { job-statuses }
+
+# List jobs, newest first. The columns fit 100 terminal columns; `--full` gives whole records.
+@example "failed jobs of one repository" { raibid jobs --status failed --repo hello }
+@example "the 200 newest, as records" { raibid jobs --limit 200 --full }
+export def "jobs" [
+  --status: string@statuses # queued, running, building, testing, publishing, succeeded, failed, cancelled or timed_out
   --repo: string            # substring of the repository URL
   --limit: int = 50         # at most this many jobs (pages are fetched as needed)
   --full                    # whole Job records instead of table rows
 ]: nothing -> table {
-  if $status != null and $status not-in $STATUSES {
-    fail bad_status $"'($status)' is not a job status" --hint $"one of ($STATUSES | str join ', ')" --span (metadata $status).span
+  let known = (job-statuses)
+  if $status != null and $status not-in $known {
+    fail bad_status $"'($status)' is not a job status" --hint $"one of ($known | str join ', ')" --span (metadata $status).span
   }
   if $limit < 1 { fail bad_limit "--limit must be at least 1" --span (metadata $limit).span }
   mut jobs = []
@@ -48,31 +61,48 @@ export def "main jobs" [
   if $full { $jobs | each {|j| $j | normalize-job } } else { $jobs | each {|j| $j | job-row } }
 }
 
-# Submit a job: build and test a repository at a ref (or an exact commit).
-@example "build main of a Gitea repository" { nu scripts/raibid.nu jobs submit http://git.raibid.internal/octo/hello.git }
-@example "a branch at an exact commit" { nu scripts/raibid.nu jobs submit https://git.example/o/r.git --ref feature --sha 0123456789abcdef0123456789abcdef01234567 }
-export def "main jobs submit" [
+# Submit a job: build and test a repository at a ref (or an exact commit); with `--image`, build a
+# container image from its Containerfile (or Dockerfile), test and publish it (an image job).
+@example "build main of a Gitea repository" { raibid jobs submit http://git.raibid.internal/octo/hello.git }
+@example "a branch at an exact commit" { raibid jobs submit https://git.example/o/r.git --ref feature --sha 0123456789abcdef0123456789abcdef01234567 }
+@example "an image job: build, test and publish team/app:v1" { raibid jobs submit https://git.example/team/app.git --image team/app:v1 }
+export def "jobs submit" [
   repo_url: string          # clone URL
   --ref: string = "main"    # branch name or full ref (refs/heads/…, refs/tags/…)
   --sha: string             # exact commit (40 or 64 hex characters)
+  --image: string           # an image job: the image name[:tag] (default tags: the short sha and the branch)
+  --no-publish              # image job: build and test, push nothing
 ]: nothing -> record {
-  call POST "/jobs" --body {repo_url: $repo_url, ref: $ref, sha: $sha} | normalize-job
+  mut body = {repo_url: $repo_url, ref: $ref, sha: $sha}
+  if $image != null {
+    let m = ($image | parse --regex '^(?<name>.+?)(?::(?<tag>[A-Za-z0-9_][A-Za-z0-9_.-]*))?$')
+    let name = ($m.0?.name? | default "")
+    if $name == "" { fail bad_image $"'($image)' is not an image name[:tag]" --span (metadata $image).span }
+    let tag = ($m.0.tag? | default "")
+    $body = ($body | insert image ({name: $name}
+      | merge (if $tag == "" { {} } else { {tags: [$tag]} })
+      | merge (if $no_publish { {publish: false} } else { {} })))
+  } else if $no_publish {
+    fail bad_argument "--no-publish is for image jobs" --hint "add --image name[:tag]" --span (metadata $no_publish).span
+  }
+  call POST "/jobs" --body $body | normalize-job
 }
 
 # One job with its steps and timestamps.
-@example "why did it fail?" { nu scripts/raibid.nu jobs show 01JD0000000000000000000000 | get failure_reason }
-export def "main jobs show" [
+@example "why did it fail?" { raibid jobs show 01JD0000000000000000000000 | get failure_reason }
+export def "jobs show" [
   id: string  # job id
 ]: nothing -> record {
   call GET $"/jobs/($id)" | normalize-job
 }
 
-# Log lines of a job; `--follow` streams them live until the job ends.
-@example "stderr of the test step" { nu scripts/raibid.nu jobs logs 01JD0000000000000000000000 | where step == test and stream == stderr }
-@example "watch a running job" { nu scripts/raibid.nu jobs logs 01JD0000000000000000000000 --follow }
-export def "main jobs logs" [
+# Log lines of a job, as records; `--follow` prints them live as plain lines (`[step] line`, as `tail -f`
+# does) until the job ends, then `finished: <status>`.
+@example "stderr of the test step" { raibid jobs logs 01JD0000000000000000000000 | where step == test and stream == stderr }
+@example "watch a running job" { raibid jobs logs 01JD0000000000000000000000 --follow }
+export def "jobs logs" [
   id: string     # job id
-  --follow (-f)  # stream new lines until the job is finished
+  --follow (-f)  # print new lines as they come until the job is finished
 ]: nothing -> any {
   if not $follow {
     let r = (call GET $"/jobs/($id)/logs")
@@ -83,6 +113,11 @@ export def "main jobs logs" [
   call GET $"/jobs/($id)" | ignore
   let url = (api-url $"/jobs/($id)/logs?follow=true")
   let token = (secret RAIBID_API_TOKEN)
+  # Ctrl-C stops following quietly, as it stops `tail -f`.
+  try { follow-lines $url $token } catch {|e| if not (try { interrupted $e } catch { true }) { $e.raw } }
+}
+
+def follow-lines [url: string, token: string] {
   http get --raw --headers {Authorization: $"Bearer ($token)", Accept: "text/event-stream"} $url
   | lines
   | where {|l| $l =~ '^(event|data):' }
@@ -92,36 +127,38 @@ export def "main jobs logs" [
       let event = ($w.0 | str substring 6.. | str trim)
       let data = ($w.1 | str substring 5.. | str trim | from json)
       if $event == "end" {
-        print -e $"raibid: job ($id) finished: ($data.status)"
+        print $"finished: ($data.status)"
         {end: true}
       } else {
-        $data | update ts { into datetime }
+        print $"[($data.step)] ($data.line)"
+        {end: false}
       }
     }
-  | take until {|r| $r.end? == true }
+  | take until {|r| $r.end }
+  | ignore
 }
 
 # Ask the dispatcher to cancel a queued or running job.
-export def "main jobs cancel" [
+export def "jobs cancel" [
   id: string  # job id
 ]: nothing -> record {
   call POST $"/jobs/($id)/cancel" | normalize-job
 }
 
 # Run a finished job again (a new job whose retry_of is this one).
-export def "main jobs retry" [
+export def "jobs retry" [
   id: string  # job id
 ]: nothing -> record {
   call POST $"/jobs/($id)/retry" | normalize-job
 }
 
 # Queue figures: stream length, consumer-group lag (what KEDA scales on), pending, oldest waiting job.
-export def "main queue" []: nothing -> record {
+export def "queue" []: nothing -> record {
   call GET "/queue"
 }
 
 # Agents with their current job and last heartbeat.
-export def "main agents" []: nothing -> table {
+export def "agents" []: nothing -> table {
   (call GET "/agents").agents | each {|a|
     let hb = ($a.last_heartbeat | into datetime)
     $a | update last_heartbeat $hb | insert heartbeat_age ((date now) - $hb)
@@ -130,8 +167,8 @@ export def "main agents" []: nothing -> table {
 
 # The cargo target slots in a node's cache directory: one row per slot with its keys, size, last use and
 # whether a job holds it now (its `flock` lock is taken). `cache mirrors` lists the git mirrors.
-@example "the biggest slots" { nu scripts/raibid.nu cache --dir /var/lib/raibid/cache | sort-by bytes | last 5 }
-export def "main cache" [
+@example "the biggest slots" { raibid cache --dir /var/lib/raibid/cache | sort-by bytes | last 5 }
+export def "cache" [
   --dir: path   # the cache directory (default: RAIBID_CACHE_DIR, else /tmp/raibid/cache)
 ]: nothing -> table {
   let root = (cache-root $dir)
@@ -163,14 +200,14 @@ export def "main cache" [
 # touched by every update), whether it is trusted (a mirror without the marker is rebuilt before any use)
 # and whether a fetch holds it now. The repository URL is never stored in a mirror (no credential in a
 # URL lands on disk); it is taken from a slot of the same repository when there is one.
-@example "mirrors by size" { nu scripts/raibid.nu cache mirrors --dir /var/lib/raibid/cache | sort-by bytes }
-export def "main cache mirrors" [
+@example "mirrors by size" { raibid cache mirrors --dir /var/lib/raibid/cache | sort-by bytes }
+export def "cache mirrors" [
   --dir: path   # the cache directory (default: RAIBID_CACHE_DIR, else /tmp/raibid/cache)
 ]: nothing -> table {
   let root = (cache-root $dir)
   let git = ($root | path join git)
   if not ($git | path exists) { return [] }
-  let repos = (main cache --dir $dir | select repo_id repo | uniq-by repo_id)
+  let repos = (cache --dir $dir | select repo_id repo | uniq-by repo_id)
   ls $git | where type == dir and ($it.name | str ends-with '.git') | each {|m|
     let id = ($m.name | path basename | str replace --regex '\.git$' '')
     let marker = ($m.name | path join raibid-mirror-ok)
@@ -192,9 +229,9 @@ export def "main cache mirrors" [
 # Delete slots no job holds: the least recently used first until the total is under --max-bytes, and/or
 # those unused for longer than --older-than. Without --force it only lists what it would delete. Each slot
 # is deleted while holding its lock (`flock --nonblock`), so a job can never take a slot being deleted.
-@example "what would go to get under 200 GiB" { nu scripts/raibid.nu cache prune --dir /var/lib/raibid/cache --max-bytes 200GiB }
-@example "delete slots unused for a week" { nu scripts/raibid.nu cache prune --older-than 1wk --force }
-export def "main cache prune" [
+@example "what would go to get under 200 GiB" { raibid cache prune --dir /var/lib/raibid/cache --max-bytes 200GiB }
+@example "delete slots unused for a week" { raibid cache prune --older-than 1wk --force }
+export def "cache prune" [
   --dir: path                # the cache directory (default: RAIBID_CACHE_DIR, else /tmp/raibid/cache)
   --max-bytes: filesize      # delete least recently used slots until the total is at most this
   --older-than: duration     # delete slots last used longer ago than this
@@ -204,7 +241,7 @@ export def "main cache prune" [
     fail missing_argument "say what to prune" --hint "give --max-bytes and/or --older-than"
   }
   if (which flock | is-empty) { fail missing_tool "flock is not installed" --hint "apt-get install util-linux" }
-  let slots = (main cache --dir $dir | sort-by last_used)
+  let slots = (cache --dir $dir | sort-by last_used)
   mut total = ($slots | get bytes | math sum | default 0b)
   mut out = []
   for s in $slots {
@@ -232,3 +269,29 @@ def slot-in-use [lock: path]: nothing -> bool {
   if not ($lock | path exists) { return false }
   (do { ^flock --nonblock --shared $lock true } | complete).exit_code != 0
 }
+
+# Run as a script (`nu scripts/raibid.nu jobs`, `./scripts/raibid jobs`), Nushell calls `main <command>`:
+# these aliases; used as a module, the same commands are `raibid <command>`.
+
+# List jobs, newest first. The columns fit 100 terminal columns; `--full` gives whole records.
+alias "main jobs" = jobs
+# Submit a job: build and test a repository at a ref (or an exact commit); with `--image`, build a
+alias "main jobs submit" = jobs submit
+# One job with its steps and timestamps.
+alias "main jobs show" = jobs show
+# Log lines of a job, as records; `--follow` prints them live as plain lines (`[step] line`, as `tail -f`
+alias "main jobs logs" = jobs logs
+# Ask the dispatcher to cancel a queued or running job.
+alias "main jobs cancel" = jobs cancel
+# Run a finished job again (a new job whose retry_of is this one).
+alias "main jobs retry" = jobs retry
+# Queue figures: stream length, consumer-group lag (what KEDA scales on), pending, oldest waiting job.
+alias "main queue" = queue
+# Agents with their current job and last heartbeat.
+alias "main agents" = agents
+# The cargo target slots in a node's cache directory: one row per slot with its keys, size, last use and
+alias "main cache" = cache
+# The git mirrors in a node's cache directory (`git/<repo-id>.git`, one bare repository per repository,
+alias "main cache mirrors" = cache mirrors
+# Delete slots no job holds: the least recently used first until the total is under --max-bytes, and/or
+alias "main cache prune" = cache prune

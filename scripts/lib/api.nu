@@ -3,11 +3,12 @@
 # point these two at the local dev stack (`./scripts/dev.sh env`) or at the Spark (bootstrap's summary).
 
 use errors.nu [fail]
-use contract.nu [load-contract]
+use contract.nu [load-contract job-statuses]
 use http.nu [request]
 use secrets.nu [secret]
 
-export const STATUSES = [queued running succeeded failed cancelled timed_out]
+# The job statuses (one list: the contract's `Status`).
+export def statuses []: nothing -> list<string> { job-statuses }
 
 # Absolute URL of an API path (`/jobs` → http://…/api/v1/jobs).
 export def api-url [path: string]: nothing -> string {
@@ -28,7 +29,7 @@ export def call [method: string, path: string, --body: any = null]: nothing -> a
   let msg = ($e.message? | default ($res.body | to text | str trim))
   let hint = match $res.status {
     401 => "check RAIBID_API_TOKEN (or RAIBID_API_TOKEN_FILE); `./scripts/dev.sh env` prints the local one"
-    404 => "check the job id (`nu scripts/raibid.nu jobs` lists them)"
+    404 => "check the job id (`raibid jobs` lists them)"
     409 => "the job is in a state that does not allow this (see `jobs show`)"
     503 => "the dispatcher cannot reach Redis; see its /readyz and logs"
     _ => ""
@@ -43,24 +44,37 @@ def to-date []: any -> any { if $in == null { null } else { $in | into datetime 
 export def normalize-job []: record -> record {
   $in
   | update timestamps {|j| $j.timestamps | transpose k v | reduce --fold {} {|r, acc| $acc | insert $r.k ($r.v | to-date) } }
-  | update steps {|j| $j.steps | each {|s| $s | update duration_ms {|x| if $x.duration_ms == null { null } else { $x.duration_ms * 1ms } } | rename --column {duration_ms: duration} } }
+  | update steps {|j| $j.steps | each {|s| $s | update duration_ms {|x| if $x.duration_ms == null { null } else { $x.duration_ms * 1ms | round-duration } } | rename --column {duration_ms: duration} } }
 }
 
-# One row per job for tables: the fields worth scanning, flattened.
+# A duration rounded to what a person reads: milliseconds below 10 s, seconds below 10 min, minutes above.
+@example "a 30 s build" { 30sec + 200ms + 966us | round-duration } --result 30sec
+export def round-duration []: any -> any {
+  let d = $in
+  if $d == null { return null }
+  let unit = if $d < 10sec { 1ms } else if $d < 10min { 1sec } else { 1min }
+  (($d / $unit) | math round) * $unit
+}
+
+# The repository of a clone URL as people name it: `owner/name` (host, scheme and `.git` dropped).
+@example "a Gitea URL" { "http://git.raibid.internal/octo/hello.git" | short-repo } --result "octo/hello"
+export def short-repo []: string -> string {
+  $in | str replace --regex '^[a-z+]+://[^/]*/' '' | str replace --regex '\.git/?$' '' | str trim --right --char '/'
+  | split row '/' | last 2 | str join '/'
+}
+
+# One row per job for tables: the fields worth scanning, flattened, in at most 100 terminal columns
+# (`jobs --full` has the whole record: sha, attempt, agent, trigger, …).
 export def job-row []: record -> record {
   let j = ($in | normalize-job)
   let t = $j.timestamps
   {
     id: $j.id
     status: $j.status
-    repo: $j.source.repo_url
-    ref: ($j.source.ref | str replace --regex '^refs/heads/' '')
-    sha: ($j.source.sha? | default "" | str substring 0..11)
+    repo: ($j.source.repo_url | short-repo)
+    ref: ($j.source.ref | str replace --regex '^refs/(heads|tags)/' '')
     step: $j.step
-    attempt: $j.attempt
-    agent: $j.agent
-    trigger: $j.source.trigger.kind
     received: $t.received
-    duration: (if $t.started != null and $t.finished != null { $t.finished - $t.started } else { null })
+    duration: (if $t.started != null and $t.finished != null { $t.finished - $t.started | round-duration } else { null })
   }
 }

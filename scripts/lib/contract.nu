@@ -39,3 +39,17 @@ export def load-contract []: nothing -> record {
   }
   open --raw $file | parse-contract
 }
+
+# The job statuses, in lifecycle order, from their one definition: the `Status` enum of
+# rust/raibid-core/src/job.rs (serde `snake_case` names, as the API and the records spell them).
+@example "the first two" { job-statuses | first 2 } --result [queued running]
+export def job-statuses []: nothing -> list<string> {
+  let file = (repo-root | path join rust raibid-core src job.rs)
+  let text = (open --raw $file)
+  let body = ($text | parse --regex '(?s)pub enum Status \{(?<body>.*?)\n\}' | get 0?.body?)
+  if $body == null {
+    error make --unspanned {msg: $"no `pub enum Status` in ($file)", code: "raibid::contract_missing"}
+  }
+  $body | lines | str trim | where {|l| $l =~ '^[A-Z][A-Za-z]*,$' }
+  | each {|l| $l | str trim --right --char ',' | str snake-case }
+}

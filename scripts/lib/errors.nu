@@ -57,3 +57,15 @@ export def run-argv [
   }
   $res.stdout
 }
+
+# True when the caught error `e` is a Ctrl-C: Nushell's own interrupt, or an external command ended by
+# SIGINT or exiting 130 (also when wrapped by a closure). Commands turn it into one line instead of a trace.
+export def interrupted [e: record]: nothing -> bool {
+  let d = ($e.details? | default $e)
+  let dbg = ($e.debug? | default "")
+  if ($dbg | str starts-with "Interrupted") or ($d.msg? == "Operation interrupted") { return true }
+  if ($d.code? == "nu::shell::terminated_by_signal") and ($dbg | str contains "SIGINT") { return true }
+  # A shell script (sh) whose child died of SIGINT exits 130 rather than by the signal.
+  if ($e.exit_code? == 130) { return true }
+  ($d.inner? | default [] | any {|i| interrupted $i })
+}

@@ -4,7 +4,7 @@
 
 use std/assert
 use std/testing *
-use ../raibid.nu ["main cache" "main cache prune" "main cache mirrors"]
+use ../raibid.nu
 
 def slot [root: path, repo: string, n: int, last_used_ms: int, bytes: int] {
   let dir = ($root | path join targets $repo $"slot-($n)")
@@ -27,7 +27,7 @@ def cache_lists_slots_with_sizes_last_use_and_locks [] {
     slot $root repo-a 0 ($now - 3_600_000) 1000
     slot $root repo-a 1 $now 2000
     slot $root repo-b 0 ($now - 86_400_000) 4000
-    let rows = (main cache --dir $root)
+    let rows = (raibid cache --dir $root)
     assert equal ($rows | length) 3
     assert equal ($rows | where repo_id == repo-a | get slot | sort) [slot-0 slot-1]
     assert equal ($rows | where repo_id == repo-b | first | get bytes) 4000b
@@ -47,21 +47,21 @@ def prune_deletes_least_recently_used_free_slots_and_never_a_held_one [] {
     let lock = ($root | path join targets repo-b slot-0.lock)
     let holder = (job spawn { ^flock $lock sleep 30 })
     mut tries = 0
-    while not ((main cache --dir $root | where repo_id == repo-b | first).in_use) {
+    while not ((raibid cache --dir $root | where repo_id == repo-b | first).in_use) {
       $tries = $tries + 1
       if $tries > 500 { error make {msg: "the holder never took the lock"} }
       sleep 10ms
     }
-    let dry = (main cache prune --dir $root --max-bytes 6500b)
+    let dry = (raibid cache prune --dir $root --max-bytes 6500b)
     assert equal ($dry | get deleted) [false]
     assert equal ($dry | get slot) [slot-0]
     assert ($root | path join targets repo-a slot-0 | path exists)
-    let done = (main cache prune --dir $root --max-bytes 6500b --force)
+    let done = (raibid cache prune --dir $root --max-bytes 6500b --force)
     assert equal ($done | get deleted) [true]
     assert not ($root | path join targets repo-a slot-0 | path exists)
     assert ($root | path join targets repo-b slot-0 | path exists) "a held slot is never deleted"
     job kill $holder
-    assert equal (try { main cache prune --dir $root } catch {|e| $e.msg }) "say what to prune"
+    assert equal (try { raibid cache prune --dir $root } catch {|e| $e.msg }) "say what to prune"
   }
 }
 
@@ -92,12 +92,12 @@ def cache_mirrors_lists_each_mirror_with_size_packs_use_and_trust [] {
     let lock = ($root | path join git repo-a.lock)
     let holder = (job spawn { ^flock $lock sleep 30 })
     mut tries = 0
-    while not ((main cache mirrors --dir $root | where repo_id == repo-a | first).in_use) {
+    while not ((raibid cache mirrors --dir $root | where repo_id == repo-a | first).in_use) {
       $tries = $tries + 1
       if $tries > 500 { error make {msg: "the holder never took the lock"} }
       sleep 10ms
     }
-    let rows = (main cache mirrors --dir $root | sort-by repo_id)
+    let rows = (raibid cache mirrors --dir $root | sort-by repo_id)
     job kill $holder
     assert equal ($rows | get repo_id) [repo-a repo-z]
     let a = ($rows | first)

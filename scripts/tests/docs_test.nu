@@ -35,3 +35,25 @@ def the_bootstrap_adr_exists_and_is_referenced [] {
   let text = (open --raw $adr.0)
   for section in ["## Context" "## Decision" "## Consequences"] { assert ($text | str contains $section) }
 }
+
+# The README's Nushell examples work as written: each ```nu block runs, from the checkout, in the pinned
+# Nushell against a dispatcher (the fake of its API) named by RAIBID_URL / RAIBID_API_TOKEN.
+@test
+def readme_nushell_examples_run_as_written [] {
+  let blocks = (open --raw ($REPO_ROOT | path join README.md) | parse --regex '(?s)```nu\n(?<code>.*?)```' | get code)
+  assert ($blocks | is-not-empty) "the README has Nushell examples"
+  let t = "readme-token-0123456789"
+  let job = {id: "01JD0000000000000000000001", kind: rust, status: failed, step: test, attempt: 1, agent: "a",
+    source: {repo_url: "http://git.raibid.internal/octo/hello.git", ref: "refs/heads/main", sha: null, trigger: {kind: api, actor: null}, delivery_id: null, forge_repo: null}
+    pipeline: null, timestamps: {received: "2026-11-21T10:00:00Z", queued: null, claimed: null, started: null, finished: null}
+    steps: [], failure_reason: "step test exited with 101", retry_of: null, cancel_requested: false}
+  with-fakes {dispatcher: {token: $t, jobs: [$job], logs: {}, live: {}, queue: {}, agents: []}} {|f|
+    with-clean-env {RAIBID_URL: $f.dispatcher.url, RAIBID_API_TOKEN: $t} {
+      for code in $blocks {
+        let r = (do { cd $REPO_ROOT; ^$nu.current-exe --no-config-file -c $code } | complete)
+        assert equal $r.exit_code 0 $"($code)\n($r.stderr)"
+      }
+    }
+    assert-no-violations $f.dispatcher
+  }
+}

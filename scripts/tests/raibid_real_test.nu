@@ -4,7 +4,7 @@
 use std/assert
 use std/testing *
 use helpers.nu *
-use ../raibid.nu ["main jobs" "main jobs submit" "main jobs show" "main jobs logs" "main jobs cancel" "main jobs retry" "main queue" "main agents"]
+use ../raibid.nu
 
 const ROOT = path self ../..
 
@@ -74,26 +74,30 @@ def example-repo [dir: path, pipeline?: string]: nothing -> string {
 def submit_follow_show_queue_agents_against_the_real_dispatcher [] {
   with-stack {|dir|
     let url = (example-repo $dir)
-    let job = (main jobs submit $url)
+    let job = (raibid jobs submit $url)
     assert equal $job.status queued
-    # --follow streams the live log and ends when the job ends.
-    let lines = (main jobs logs $job.id --follow)
-    assert ($lines | any {|l| $l.line =~ 'test result: ok\. 2 passed' }) "cargo test output arrives through --follow"
-    let shown = (main jobs show $job.id)
+    # --follow prints the live log as plain lines and ends when the job ends (finished: last).
+    let followed = (do { ^$nu.current-exe --no-config-file -c $"use ($ROOT | path join scripts raibid.nu); raibid jobs logs ($job.id) --follow" } | complete)
+    assert equal $followed.exit_code 0 $followed.stderr
+    assert ($followed.stdout | lines | any {|l| $l =~ '^\[test\] test result: ok\. 2 passed' }) "cargo test output arrives through --follow"
+    assert equal ($followed.stdout | lines | last) "finished: succeeded"
+    let lines = (raibid jobs logs $job.id)
+    assert ($lines | any {|l| $l.line =~ 'test result: ok\. 2 passed' }) "and is in the stored log"
+    let shown = (raibid jobs show $job.id)
     assert equal $shown.status succeeded
     assert equal ($shown.steps | get name) [clone config build test]
-    let listed = (main jobs --status succeeded)
+    let listed = (raibid jobs --status succeeded)
     assert equal ($listed | get id) [$job.id]
-    let q = (main queue)
+    let q = (raibid queue)
     # Totals over every agent type, and each type's own stream under `kinds`.
     assert equal [$q.group $q.lag $q.pending] [raibid-agents 0 0]
     assert equal ($q.kinds | get stream) [raibid:jobs raibid:jobs:image]
     assert equal ($q.kinds | get lag) [0 0]
-    assert equal (main agents | get id) [real-test-agent]
+    assert equal (raibid agents | get id) [real-test-agent]
     # Retry makes a new job; cancel of a finished job is refused with the API's message.
-    let again = (main jobs retry $job.id)
+    let again = (raibid jobs retry $job.id)
     assert equal $again.retry_of $job.id
-    assert equal (error-code-of { main jobs cancel $job.id }) conflict
+    assert equal (error-code-of { raibid jobs cancel $job.id }) conflict
   }
 }
 
@@ -101,15 +105,15 @@ def submit_follow_show_queue_agents_against_the_real_dispatcher [] {
 def cancel_a_running_job_through_the_cli [] {
   with-stack {|dir|
     let url = (example-repo $dir "steps:\n  - name: wait\n    run: sleep 60\n")
-    let job = (main jobs submit $url)
+    let job = (raibid jobs submit $url)
     let deadline = (date now) + 30sec
-    while (main jobs show $job.id | get step) != "wait" {
+    while (raibid jobs show $job.id | get step) != "wait" {
       assert ((date now) < $deadline) "the job never reached its step"
       sleep 100ms
     }
-    main jobs cancel $job.id | ignore
+    raibid jobs cancel $job.id | ignore
     sleep 1sec
-    let j = (main jobs show $job.id)
+    let j = (raibid jobs show $job.id)
     assert equal $j.status cancelled
     assert ($j.failure_reason =~ 'wait')
   }

@@ -5,7 +5,7 @@
 use std/assert
 use std/testing *
 use helpers.nu *
-use ../raibid.nu ["main jobs" "main jobs submit" "main jobs show" "main jobs logs" "main jobs cancel" "main jobs retry" "main queue" "main agents"]
+use ../raibid.nu
 
 const TOKEN = "api-test-token-0123456789"
 
@@ -42,19 +42,20 @@ def api-env [f: record] { {RAIBID_URL: $f.dispatcher.url, RAIBID_API_TOKEN: $TOK
 def jobs_lists_filters_and_follows_cursors [] {
   with-fakes {dispatcher: (state)} {|f|
     with-clean-env (api-env $f) {
-      let all = (main jobs)
+      let all = (raibid jobs)
       assert equal ($all | length) 8
-      assert equal ($all | columns) [id status repo ref sha step attempt agent trigger received duration]
+      assert equal ($all | columns) [id status repo ref step received duration]
+      assert equal ($all.0.repo) "acme/svc-api"
       assert equal ($all.0.received | describe) datetime
       assert equal ($all | where status == succeeded | first | get duration) 2min
-      assert equal (main jobs --status failed | get id) [(id 3) (id 6)]
-      assert equal (main jobs --repo hello | length) 4
+      assert equal (raibid jobs --status failed | get id) [(id 3) (id 6)]
+      assert equal (raibid jobs --repo hello | length) 4
       # Pages of 3: the cursor is followed until the limit.
-      assert equal (main jobs --limit 3 | length) 3
+      assert equal (raibid jobs --limit 3 | length) 3
       let listed = (calls $f.dispatcher GET '^/api/v1/jobs$')
       assert equal ($listed | last | get query) {limit: "3"}
-      assert equal (main jobs --full | first | get source.forge_repo) "acme/svc-api"
-      assert equal (error-code-of { main jobs --status bogus }) bad_status
+      assert equal (raibid jobs --full | first | get source.forge_repo) "acme/svc-api"
+      assert equal (error-code-of { raibid jobs --status bogus }) bad_status
       assert-no-violations $f.dispatcher
     }
   }
@@ -66,7 +67,7 @@ def jobs_pages_through_next_cursor [] {
   let many = (1..520 | each {|n| job (id $n) succeeded "octo/hello" })
   with-fakes {dispatcher: ((state) | update jobs $many)} {|f|
     with-clean-env (api-env $f) {
-      let ids = (main jobs --limit 520 | get id)
+      let ids = (raibid jobs --limit 520 | get id)
       assert equal ($ids | length) 520
       assert equal ($ids | uniq | length) 520
       let q = (calls $f.dispatcher GET '^/api/v1/jobs$' | get query)
@@ -80,17 +81,17 @@ def jobs_pages_through_next_cursor [] {
 def submit_show_cancel_retry [] {
   with-fakes {dispatcher: (state)} {|f|
     with-clean-env (api-env $f) {
-      let j = (main jobs submit "http://git.raibid.internal/octo/hello.git" --ref dev)
+      let j = (raibid jobs submit "http://git.raibid.internal/octo/hello.git" --ref dev)
       assert equal $j.status queued
       assert equal $j.source.ref "refs/heads/dev"
       assert equal ($j.timestamps.received | describe) datetime
       assert equal (calls $f.dispatcher POST '^/api/v1/jobs$' | get 0.body) {repo_url: "http://git.raibid.internal/octo/hello.git", ref: dev, sha: null}
-      assert equal (main jobs show $j.id | get id) $j.id
-      assert equal (main jobs cancel $j.id | get status) cancelled
-      let r = (main jobs retry $j.id)
+      assert equal (raibid jobs show $j.id | get id) $j.id
+      assert equal (raibid jobs cancel $j.id | get status) cancelled
+      let r = (raibid jobs retry $j.id)
       assert equal $r.retry_of $j.id
       assert equal $r.source.trigger.kind retry
-      assert equal (main jobs show (id 3) | get steps.0.duration) 1min
+      assert equal (raibid jobs show (id 3) | get steps.0.duration) 1min
       assert-no-violations $f.dispatcher
     }
   }
@@ -100,15 +101,15 @@ def submit_show_cancel_retry [] {
 def api_errors_keep_the_dispatchers_code [] {
   with-fakes {dispatcher: (state)} {|f|
     with-clean-env (api-env $f) {
-      assert equal (error-code-of { main jobs show "nope" }) not_found
-      assert equal (error-code-of { main jobs retry (id 8) }) conflict
-      assert equal (error-code-of { main jobs submit "x" --sha "abc" }) unprocessable
+      assert equal (error-code-of { raibid jobs show "nope" }) not_found
+      assert equal (error-code-of { raibid jobs retry (id 8) }) conflict
+      assert equal (error-code-of { raibid jobs submit "x" --sha "abc" }) unprocessable
     }
     with-clean-env ((api-env $f) | update RAIBID_API_TOKEN "wrong") {
-      assert equal (error-code-of { main queue }) unauthorized
+      assert equal (error-code-of { raibid queue }) unauthorized
     }
     with-clean-env ((api-env $f) | reject RAIBID_API_TOKEN) {
-      assert equal (error-code-of { main queue }) secret_missing
+      assert equal (error-code-of { raibid queue }) secret_missing
     }
   }
 }
@@ -117,13 +118,10 @@ def api_errors_keep_the_dispatchers_code [] {
 def logs_and_follow_stream_records [] {
   with-fakes {dispatcher: (state)} {|f|
     with-clean-env (api-env $f) {
-      let lines = (main jobs logs (id 8))
+      let lines = (raibid jobs logs (id 8))
       assert equal ($lines | get line) ["Compiling hello v0.1.0" "test result: FAILED"]
       assert equal ($lines | where stream == stderr | get step) [test]
       assert equal ($lines.0.ts | describe) datetime
-      let followed = (main jobs logs (id 8) --follow)
-      assert equal ($followed | get line) ["Compiling hello v0.1.0" "test result: FAILED" "running 3 tests" "job finished"]
-      assert equal ($followed | columns) [seq step stream ts line]
       assert-no-violations $f.dispatcher
     }
   }
@@ -133,9 +131,9 @@ def logs_and_follow_stream_records [] {
 def queue_and_agents [] {
   with-fakes {dispatcher: (state)} {|f|
     with-clean-env (api-env $f) {
-      let q = (main queue)
+      let q = (raibid queue)
       assert equal ($q | select stream group lag) {stream: "raibid:jobs", group: "raibid-agents", lag: 2}
-      let a = (main agents)
+      let a = (raibid agents)
       assert equal ($a | get id) [agent-1]
       assert equal ($a.0.heartbeat_age | describe) duration
       assert-no-violations $f.dispatcher
@@ -155,5 +153,129 @@ def token_from_file_and_cli_output_is_a_table [] {
       assert not ($out.stdout + $out.stderr | str contains $TOKEN)
     }
     rm -f $tok
+  }
+}
+
+# Run raibid.nu in a nu of its own (as a user does) with `code`, in the checkout.
+def nu-run [f: record, code: string]: nothing -> record {
+  with-clean-env (api-env $f) {
+    do { cd $REPO_ROOT; ^$nu.current-exe --no-config-file -c $code } | complete
+  }
+}
+
+# Used as a module, as documented (`use scripts/raibid.nu; raibid jobs`), the commands return tables
+# a pipeline sorts and filters.
+@test
+def usable_as_a_module_with_tables_back [] {
+  with-fakes {dispatcher: (state)} {|f|
+    let r = (nu-run $f "use scripts/raibid.nu; raibid jobs --status failed | sort-by received | get id | to nuon")
+    assert equal $r.exit_code 0 $r.stderr
+    assert equal ($r.stdout | from nuon) [(id 3) (id 6)]
+    let r = (nu-run $f "use scripts/raibid.nu; raibid jobs logs (raibid jobs --status running | first | get id) | where stream == stderr | get line | to nuon")
+    assert equal $r.exit_code 0 $r.stderr
+    assert equal ($r.stdout | from nuon) ["test result: FAILED"]
+    # And as a script, from any shell.
+    let sh = (with-clean-env (api-env $f) { do { cd $REPO_ROOT; ^./scripts/raibid jobs --status failed } | complete })
+    assert equal $sh.exit_code 0 $sh.stderr
+    assert str contains $sh.stdout (id 6)
+  }
+}
+
+# Durations read as a person reads them, and the default columns fit 100 terminal columns.
+@test
+def durations_rounded_and_rows_fit_100_columns [] {
+  let jobs = ((state).jobs | append [
+    (job (id 9) succeeded "octo/hello" --started "2026-11-21T10:00:01Z" --finished "2026-11-21T10:00:31.200966844Z")
+    (job (id 10) succeeded "octo/hello" --started "2026-11-21T10:00:01Z" --finished "2026-11-21T10:00:02.234567Z")
+    (job (id 11) failed "octo/hello" --started "2026-11-21T10:00:01Z" --finished "2026-11-21T10:14:40Z")
+  ])
+  with-fakes {dispatcher: ((state) | update jobs $jobs)} {|f|
+    with-clean-env (api-env $f) {
+      let rows = (raibid jobs)
+      assert equal ($rows | where id == (id 9) | get 0.duration) 30sec
+      assert equal ($rows | where id == (id 10) | get 0.duration) (1sec + 235ms)
+      assert equal ($rows | where id == (id 11) | get 0.duration) 15min
+      let text = ($rows | first 4 | table --width 100 | ansi strip | lines)
+      assert ($text | all {|l| ($l | str length --grapheme-clusters) <= 100 }) ($text | str join "\n")
+      assert equal ($text | length) 8 $"one line per job: ($text | str join "\n")"
+      for c in [id status repo ref step received duration] { assert str contains $text.1 $c }
+    }
+  }
+}
+
+# `--follow` prints plain lines as `tail -f` does, `finished:` after the last one.
+@test
+def follow_prints_plain_lines_then_finished [] {
+  with-fakes {dispatcher: (state)} {|f|
+    let r = (nu-run $f $"use scripts/raibid.nu; raibid jobs logs (id 8) --follow")
+    assert equal $r.exit_code 0 $r.stderr
+    assert equal ($r.stdout | lines) [
+      "[build] Compiling hello v0.1.0" "[test] test result: FAILED" "[test] running 3 tests" "[system] job finished"
+      "finished: succeeded"
+    ]
+  }
+}
+
+# One list of statuses, the contract's: every status the API accepts is accepted (and documented in
+# the flag's help), an unknown one is refused naming them.
+@test
+def statuses_come_from_the_contract [] {
+  use ../lib/contract.nu [job-statuses]
+  let all = (job-statuses)
+  assert equal $all [queued running building testing publishing succeeded failed cancelled timed_out]
+  with-fakes {dispatcher: (state)} {|f|
+    with-clean-env (api-env $f) {
+      assert equal (raibid jobs --status building) []
+      for s in $all { raibid jobs --status $s | ignore }
+      assert equal (error-code-of { raibid jobs --status bogus }) bad_status
+      assert-no-violations $f.dispatcher
+    }
+  }
+  let help = (help raibid jobs)
+  for s in $all { assert str contains $help $s }
+}
+
+# Image jobs from the CLI: `jobs submit URL --image name[:tag]` (as over REST and MCP).
+@test
+def image_jobs_submitted_from_the_cli [] {
+  with-fakes {dispatcher: (state)} {|f|
+    with-clean-env (api-env $f) {
+      let j = (raibid jobs submit "http://git.raibid.internal/team/app.git" --image team/app:v1)
+      assert equal $j.kind image
+      assert equal (calls $f.dispatcher POST '^/api/v1/jobs$' | last | get body.image) {name: "team/app", tags: [v1]}
+      raibid jobs submit "http://git.raibid.internal/team/app.git" --image team/app --no-publish | ignore
+      assert equal (calls $f.dispatcher POST '^/api/v1/jobs$' | last | get body.image) {name: "team/app", publish: false}
+      assert equal (error-code-of { raibid jobs submit "http://git.raibid.internal/team/app.git" --image "Bad Name" }) unprocessable
+      assert equal (error-code-of { raibid jobs submit "http://git.raibid.internal/team/app.git" --no-publish }) bad_argument
+      assert-no-violations $f.dispatcher
+    }
+  }
+}
+
+# Ctrl-C while following ends it quietly, as it ends `tail -f`: the lines so far, no Nushell trace.
+@test
+def ctrl_c_stops_follow_quietly [] {
+  with-fakes {dispatcher: ((state) | insert hold [(id 8)])} {|f|
+    let out = (mktemp -t raibid-follow-XXXXXX)
+    let pid = (with-clean-env (api-env $f) {
+      with-env {OUT: $out} {
+        cd $REPO_ROOT
+        ^sh -c 'setsid ./scripts/raibid jobs logs "$1" --follow >"$OUT" 2>&1 & echo $!' follow (id 8) | str trim | into int
+      }
+    })
+    let deadline = (date now) + 20sec
+    while not (open --raw $out | str contains "[system] job finished") {
+      assert ((date now) < $deadline) $"no lines followed: (open --raw $out)"
+      sleep 20ms
+    }
+    ^kill -INT -- $"-($pid)"
+    while ((do { ^kill -0 $pid } | complete).exit_code == 0) {
+      assert ((date now) < $deadline) "follow did not stop on Ctrl-C"
+      sleep 20ms
+    }
+    let text = (open --raw $out)
+    assert equal ($text | lines | last) "[system] job finished" $text
+    assert not ($text =~ '(Error:|╭|nu::shell)') $"a trace: ($text)"
+    rm -f $out
   }
 }

@@ -392,6 +392,8 @@ pub struct App {
     pub conn: Conn,
     /// The last message for the status line (ok, text).
     pub message: Option<(bool, String)>,
+    /// The view that said `message`: the status line shows it on that view only.
+    pub message_view: View,
     /// Terminal size.
     pub size: (u16, u16),
     /// Lines per page (set by the renderer).
@@ -442,6 +444,7 @@ impl App {
             help: false,
             conn: Conn::Connecting(1),
             message: None,
+            message_view: View::Jobs,
             size: MIN_SIZE,
             page: 20,
             quit: false,
@@ -542,6 +545,14 @@ impl App {
 
     fn say(&mut self, ok: bool, m: impl Into<String>) {
         self.message = Some((ok, m.into()));
+        self.message_view = self.view();
+    }
+
+    /// The status-line message of the view shown (another view's message is not shown here).
+    pub fn status_message(&self) -> Option<&(bool, String)> {
+        self.message
+            .as_ref()
+            .filter(|_| self.message_view == self.view())
     }
 
     fn push_view(&mut self, v: View) {
@@ -563,7 +574,13 @@ impl App {
                 out.push(Command::Quit);
             }
             Action::Back => {
-                if self.views.len() > 1 {
+                if self.view() == View::Logs && !self.log.query.is_empty() {
+                    // A searched log: Esc/q clears the search first, the next one leaves.
+                    self.log.query.clear();
+                    self.log.current = None;
+                    self.log.research();
+                    self.say(true, "search cleared");
+                } else if self.views.len() > 1 {
                     let left = self.views.pop();
                     if left == Some(View::Logs) && !self.views.contains(&View::Logs) {
                         out.push(Command::CloseLog);

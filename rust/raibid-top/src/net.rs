@@ -407,7 +407,7 @@ async fn commands(client: Client, mut rx: UnboundedReceiver<Command>, tx: Unboun
                     let path = format!("{}/jobs/{id}/retry", http::API_PREFIX);
                     match client.post::<Job>(&path, json!({})).await {
                         Ok(j) => {
-                            let m = format!("retry of {id} queued as {}", j.id);
+                            let m = format!("queued as {}: retry of {id}", j.id);
                             send(&tx, Net::Job(Box::new(j)));
                             send(&tx, Net::Outcome(Ok(m)));
                         }
@@ -424,7 +424,7 @@ async fn commands(client: Client, mut rx: UnboundedReceiver<Command>, tx: Unboun
                     let body = json!({"repo_url": repo_url, "ref": git_ref});
                     match client.post::<Job>(&path, body).await {
                         Ok(j) => {
-                            let m = format!("submitted {} as {}", repo_url, j.id);
+                            let m = format!("queued as {}: {repo_url}", j.id);
                             send(&tx, Net::Job(Box::new(j)));
                             send(&tx, Net::Outcome(Ok(m)));
                         }

@@ -320,6 +320,64 @@ fn fit(s: &str, w: usize) -> String {
     out
 }
 
+/// `items` joined by `sep` in at most `w` cells: as many whole items as fit, then `…`.
+fn fit_items(items: &[String], sep: &str, w: usize) -> String {
+    let all = items.join(sep);
+    if all.chars().count() <= w {
+        return all;
+    }
+    let mut out = String::new();
+    for it in items {
+        let next = if out.is_empty() {
+            it.clone()
+        } else {
+            format!("{out}{sep}{it}")
+        };
+        // Room for the separator and the ellipsis after it.
+        if next.chars().count() + sep.chars().count() + 1 > w {
+            break;
+        }
+        out = next;
+    }
+    if out.is_empty() {
+        return fit(&all, w);
+    }
+    format!("{out}{sep}…")
+}
+
+/// A line cargo prints on stderr about its progress (a right-aligned verb: `   Compiling x v1`,
+/// `    Finished`, `     Running`), not a diagnostic.
+pub fn is_cargo_status(line: &str) -> bool {
+    const VERBS: [&str; 20] = [
+        "Compiling",
+        "Checking",
+        "Finished",
+        "Running",
+        "Fresh",
+        "Downloading",
+        "Downloaded",
+        "Updating",
+        "Locking",
+        "Adding",
+        "Blocking",
+        "Doc-tests",
+        "Documenting",
+        "Building",
+        "Installing",
+        "Installed",
+        "Packaging",
+        "Verifying",
+        "Removed",
+        "Waiting",
+    ];
+    let t = line.trim_start();
+    line.len() > t.len()
+        && VERBS.iter().any(|v| {
+            t.strip_prefix(v)
+                .is_some_and(|r| r.starts_with(' ') || r.is_empty())
+        })
+}
+
 /// The cache hit ratio of a job: compilation units reused over units built, when cargo reported any.
 pub fn hit_ratio(j: &Job) -> Option<f64> {
     let c = j.cache.as_ref()?;
@@ -618,14 +676,13 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
         }
     }
     lines.push(Line::from(spans));
-    lines.push(kv(
-        "at",
-        points
-            .iter()
-            .map(|(n, a)| format!("{n} {}", hms(*a)))
-            .collect::<Vec<_>>()
-            .join("  "),
-    ));
+    let at: Vec<String> = points
+        .iter()
+        .map(|(n, a)| format!("{n} {}", hms(*a)))
+        .collect();
+    // What does not fit is cut between two times, with `…`, never inside one.
+    let room = usize::from(area.width.saturating_sub(2 + 10));
+    lines.push(kv("at", fit_items(&at, "  ", room)));
     let why = why_waited(app, j);
     if !why.is_empty() {
         lines.push(kv("waited", why));
@@ -798,7 +855,9 @@ fn render_logs(f: &mut Frame, app: &App, area: Rect) {
         if log.wrap { "on" } else { "off" },
     );
     if !log.query.is_empty() {
-        title.push_str(&format!(" · /{} {} matches", log.query, log.matches.len()));
+        let n = log.matches.len();
+        let noun = if n == 1 { "match" } else { "matches" };
+        title.push_str(&format!(" · /{} {n} {noun}", log.query));
     }
     if log.truncated {
         title.push_str(" · truncated");
@@ -828,6 +887,11 @@ fn render_logs(f: &mut Frame, app: &App, area: Rect) {
             Row::Line(i) => {
                 let l = &log.lines[i];
                 let (gutter, base) = match l.stream.as_str() {
+                    // cargo's progress (`Compiling`, `Finished`, `Running`, …) is ordinary stderr.
+                    "stderr" if is_cargo_status(&l.line) => ("▌", Style::new()),
+                    "stderr" if l.line.starts_with("warning") => {
+                        ("▌", Style::new().fg(Color::Yellow))
+                    }
                     "stderr" => ("▌", Style::new().fg(Color::LightRed)),
                     "system" => ("·", Style::new().fg(Color::DarkGray)),
                     _ => (" ", Style::new()),
@@ -995,15 +1059,26 @@ fn render_status(f: &mut Frame, app: &App, area: Rect) {
         Input::None => {
             let (w, h) = app.size;
             if w < MIN_SIZE.0 || h < MIN_SIZE.1 {
-                Line::from(Span::styled(
+                // The warning itself fits: the longest wording the room takes.
+                let room = usize::from(left_a.width);
+                let says = [
                     format!("terminal {w}×{h} is below 80×24: showing what fits"),
-                    Style::new().fg(Color::Yellow),
-                ))
+                    format!("{w}×{h} is below 80×24"),
+                    format!("{w}×{h} < 80×24"),
+                    "< 80×24".to_string(),
+                ];
+                let text = says
+                    .iter()
+                    .find(|t| t.chars().count() <= room)
+                    .cloned()
+                    .unwrap_or_else(|| fit(&says[3], room));
+                Line::from(Span::styled(text, Style::new().fg(Color::Yellow)))
             } else {
-                match &app.message {
-                    Some((true, m)) => Line::from(Span::raw(m.clone())),
+                let room = usize::from(left_a.width);
+                match app.status_message() {
+                    Some((true, m)) => Line::from(Span::raw(fit(m, room))),
                     Some((false, m)) => {
-                        Line::from(Span::styled(m.clone(), Style::new().fg(Color::Red)))
+                        Line::from(Span::styled(fit(m, room), Style::new().fg(Color::Red)))
                     }
                     None => Line::from(Span::styled(
                         "? help  : command  / filter  Enter detail  l log  q quit",

@@ -222,3 +222,128 @@ fn cache_figures_in_the_detail_and_long_agent_names() {
         app_with(jobs)
     });
 }
+
+/// The row of the screen holding `text`, and the column it starts at (in cells).
+fn find(t: &ratatui::Terminal<ratatui::backend::TestBackend>, text: &str) -> (u16, u16) {
+    let b = t.backend().buffer();
+    let area = b.area;
+    for y in 0..area.height {
+        let row: Vec<&str> = (0..area.width).map(|x| b[(x, y)].symbol()).collect();
+        let line: String = row.concat();
+        if let Some(byte) = line.find(text) {
+            // Cells up to the match (every cell here is one symbol).
+            let mut cells = 0u16;
+            let mut seen = 0;
+            for s in &row {
+                if seen >= byte {
+                    break;
+                }
+                seen += s.len();
+                cells += 1;
+            }
+            return (cells, y);
+        }
+    }
+    panic!("{text:?} is not on the screen");
+}
+
+#[test]
+fn cargo_progress_on_stderr_is_not_painted_as_an_error() {
+    use ratatui::style::Color;
+    let mut app = few();
+    key(&mut app, KeyCode::Char('l'));
+    let job = app.log.job.clone();
+    let lines = [
+        "   Compiling hello v0.1.0 (/w/hello)",
+        "    Finished `test` profile [unoptimized] target(s) in 1.2s",
+        "     Running unittests src/lib.rs (target/debug/deps/hello-1)",
+        "warning: unused variable: `x`",
+        "error[E0308]: mismatched types",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, l)| raibid_core::queue::LogLine {
+        seq: format!("1700000000000-{i}"),
+        step: "build".into(),
+        stream: "stderr".into(),
+        ts: "2026-01-01T12:00:00Z".into(),
+        line: (*l).into(),
+    })
+    .collect();
+    app.update(Action::Net(Net::Log {
+        job,
+        lines,
+        truncated: false,
+    }));
+    let t = render(&mut app, 100, 30);
+    let fg = |text: &str| {
+        let (x, y) = find(&t, text);
+        t.backend().buffer()[(x, y)].fg
+    };
+    for ordinary in ["Compiling hello", "Finished `test`", "Running unittests"] {
+        assert_eq!(fg(ordinary), Color::Reset, "{ordinary} painted");
+    }
+    assert_eq!(fg("warning: unused"), Color::Yellow);
+    assert_eq!(fg("error[E0308]"), Color::LightRed);
+    // The stream is still marked.
+    let (x, y) = find(&t, "Compiling hello");
+    assert_eq!(t.backend().buffer()[(x - 4, y)].symbol(), "▌");
+}
+
+#[test]
+fn one_match_is_one_match() {
+    let mut app = few();
+    key(&mut app, KeyCode::Char('l'));
+    let job = app.log.job.clone();
+    app.update(Action::Net(Net::Log {
+        job,
+        lines: log_lines(20),
+        truncated: false,
+    }));
+    key(&mut app, KeyCode::Char('/'));
+    typed(&mut app, "x10");
+    key(&mut app, KeyCode::Enter);
+    let s = screen(&mut app, 100, 30);
+    assert!(s.contains("/x10 1 match "), "{s}");
+}
+
+#[test]
+fn what_does_not_fit_is_cut_with_an_ellipsis_not_mid_word() {
+    // The detail's `at` row: whole times, then `…`.
+    let mut app = few();
+    typed(&mut app, "jjjj");
+    key(&mut app, KeyCode::Enter);
+    for w in [80, 100, 120] {
+        let s = screen(&mut app, w, 24);
+        let at = s.lines().find(|l| l.starts_with("│ at ")).unwrap();
+        let body = at.trim_end_matches('│').trim_end();
+        assert!(
+            body.ends_with("  …") || body.ends_with(":00.000") || body.ends_with(".040"),
+            "{w} columns: {at}"
+        );
+        assert!(!body.ends_with(" st") && !body.ends_with(" s"), "{at}");
+    }
+    // The submitted job's id on the status line at 80 columns: whole, the URL after it cut with `…`.
+    let mut app = few();
+    let id = "01KDVDNA01DGKNBEM4ZBF66QDZ";
+    app.update(Action::Net(Net::Outcome(Ok(format!(
+        "queued as {id}: file:///home/someone/projects/a-rather-long-repository-name.git"
+    )))));
+    let s = screen(&mut app, 80, 24);
+    let last = s.lines().last().unwrap();
+    assert!(last.contains(id), "{last}");
+    assert!(last.contains('…'), "{last}");
+}
+
+#[test]
+fn below_80x24_the_warning_itself_fits() {
+    for (w, h, says) in [
+        (60, 16, "60×16 is below 80×24"),
+        (79, 23, "terminal 79×23 is below 80×24: showing what fits"),
+    ] {
+        let mut app = few();
+        let s = screen(&mut app, w, h);
+        let last = s.lines().last().unwrap();
+        assert!(last.starts_with(says), "{w}×{h}: {last}");
+    }
+}

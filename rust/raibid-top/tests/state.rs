@@ -507,3 +507,42 @@ fn a_resync_says_events_were_missed_and_the_reloaded_page_replaces_the_list() {
         "the cursor stays on its job"
     );
 }
+
+#[test]
+fn esc_in_a_searched_log_clears_the_search_first() {
+    let mut app = few();
+    key(&mut app, KeyCode::Char('l'));
+    let job = app.log.job.clone();
+    app.update(Action::Net(Net::Log {
+        job,
+        lines: log_lines(50),
+        truncated: false,
+    }));
+    key(&mut app, KeyCode::Char('/'));
+    typed(&mut app, "warning");
+    key(&mut app, KeyCode::Enter);
+    assert!(!app.log.matches.is_empty());
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.view(), View::Logs, "the first Esc clears the search");
+    assert!(app.log.query.is_empty());
+    assert!(app.log.matches.is_empty());
+    assert_eq!(app.log.current, None);
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.view(), View::Jobs, "the next one leaves the log");
+}
+
+#[test]
+fn a_status_message_shows_on_the_view_that_said_it_only() {
+    let mut app = few();
+    key(&mut app, KeyCode::Char('l'));
+    key(&mut app, KeyCode::Char('w'));
+    assert!(screen(&mut app, 100, 30).contains("wrap on"));
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.view(), View::Jobs);
+    let s = screen(&mut app, 100, 30);
+    assert!(
+        !s.contains("wrap on"),
+        "the log's message on the jobs view:\n{s}"
+    );
+    assert!(s.contains("? help  : command"), "{s}");
+}

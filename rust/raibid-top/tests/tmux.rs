@@ -5,7 +5,8 @@
 //! `raibid-top` binary and the test reads the screen with `tmux capture-pane`. No key is pressed for a
 //! job to go queued → running → succeeded on screen; its log opens and shows the build's lines; a long
 //! job is cancelled from the UI; `./scripts/dev.sh restart dispatcher` restarts the dispatcher process
-//! and raibid-top reconnects by itself. `./scripts/dev.sh down` always runs (a drop guard). Every wait
+//! and raibid-top reconnects by itself; so it does after `dev.sh down` and `dev.sh up` (same address and
+//! token, kept by the state dir). `./scripts/dev.sh down` always runs (a drop guard). Every wait
 //! polls the screen until the text appears, with a deadline; nothing sleeps to synchronise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,7 +50,18 @@ struct Stack {
 
 impl Stack {
     fn up() -> Stack {
-        let state = tempfile::tempdir().unwrap();
+        let mut stack = Stack {
+            state: tempfile::tempdir().unwrap(),
+            url: String::new(),
+            token: String::new(),
+        };
+        stack.start();
+        stack
+    }
+
+    /// `dev.sh up` in this stack's state dir (again, after a `down`), then its URL and token from
+    /// `dev.sh env`.
+    fn start(&mut self) {
         for b in ["raibid-dispatcher", "raibid-agent"] {
             assert!(
                 bin_dir().join(b).exists(),
@@ -57,14 +69,9 @@ impl Stack {
                 bin_dir().display()
             );
         }
-        let mut stack = Stack {
-            state,
-            url: String::new(),
-            token: String::new(),
-        };
         let dir = bin_dir().display().to_string();
         let out = dev_sh(
-            stack.state.path(),
+            self.state.path(),
             &["up", "--bin-dir", &dir, "--agents", "1", "--no-demo"],
         )
         .output()
@@ -75,7 +82,7 @@ impl Stack {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let env = dev_sh(stack.state.path(), &["env"]).output().unwrap();
+        let env = dev_sh(self.state.path(), &["env"]).output().unwrap();
         assert!(env.status.success(), "dev.sh env failed");
         let env = String::from_utf8_lossy(&env.stdout).into_owned();
         let var = |name: &str| -> String {
@@ -84,9 +91,18 @@ impl Stack {
                 .unwrap_or_else(|| panic!("dev.sh env printed no {name}"))
                 .to_string()
         };
-        stack.url = var("RAIBID_URL");
-        stack.token = var("RAIBID_API_TOKEN");
-        stack
+        self.url = var("RAIBID_URL");
+        self.token = var("RAIBID_API_TOKEN");
+    }
+
+    /// `dev.sh down` (the state dir, with its settings and Redis data, stays).
+    fn down(&self) {
+        let out = dev_sh(self.state.path(), &["down"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "dev.sh down failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -105,8 +121,8 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(cmd: &[&str], env: &[(&str, String)]) -> Tmux {
-        let socket = format!("raibid-top-test-{}", std::process::id());
+    fn start(name: &str, cmd: &[&str], env: &[(&str, String)]) -> Tmux {
+        let socket = format!("raibid-top-test-{}-{name}", std::process::id());
         let t = Tmux { socket };
         let mut args: Vec<String> = ["new-session", "-d", "-s", "top", "-x", "120", "-y", "36"]
             .map(String::from)
@@ -232,6 +248,7 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
     )
     .unwrap();
     let tmux = Tmux::start(
+        "follows",
         &[env!("CARGO_BIN_EXE_raibid-top")],
         &[
             ("RAIBID_URL", stack.url.clone()),
@@ -362,6 +379,56 @@ async fn raibid_top_in_tmux_follows_the_real_stack() {
         !s.contains("raibid-top ") || s.contains("Pane is dead")
     })
     .await;
+    drop(tmux);
+    drop(stack);
+}
+
+/// `dev.sh down` then `dev.sh up` in the same state dir: the dispatcher comes back at the same address
+/// with the same token (and Redis with its data), and an open raibid-top reconnects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raibid_top_reconnects_after_down_and_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut stack = Stack::up();
+    let http = reqwest::Client::new();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, &stack.token).unwrap();
+    let tmux = Tmux::start(
+        "downup",
+        &[env!("CARGO_BIN_EXE_raibid-top")],
+        &[
+            ("RAIBID_URL", stack.url.clone()),
+            ("RAIBID_API_TOKEN_FILE", token_file.display().to_string()),
+            ("TERM", "xterm-256color".into()),
+        ],
+    );
+    let fast = git_repo(
+        &tmp.path().join("fast"),
+        "steps:\n  - name: build\n    run: echo built\n",
+    );
+    let before = submit(&http, &stack, &fast).await;
+    tmux.wait_row(&before, "succeeded", Duration::from_secs(60))
+        .await;
+
+    let (url, token) = (stack.url.clone(), stack.token.clone());
+    stack.down();
+    tmux.wait("the lost connection", Duration::from_secs(20), |s| {
+        s.contains("disconnected") || s.contains("reconnecting")
+    })
+    .await;
+    stack.start();
+    assert_eq!(stack.url, url, "up keeps the dispatcher's address");
+    assert_eq!(stack.token, token, "up keeps the API token");
+    tmux.wait("live again", Duration::from_secs(30), |s| {
+        s.contains("● live") && !s.contains("disconnected") && !s.contains("reconnecting")
+    })
+    .await;
+    // The job from before is still listed (Redis kept its data), and a new one runs to the end.
+    let after = submit(&http, &stack, &fast).await;
+    let s = tmux
+        .wait_row(&after, "succeeded", Duration::from_secs(60))
+        .await;
+    assert!(s.contains(&before[before.len() - 8..]), "{s}");
+    tmux.keys(&["q"]);
     drop(tmux);
     drop(stack);
 }

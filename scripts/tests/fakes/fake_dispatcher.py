@@ -16,10 +16,20 @@ import re
 import string
 import time
 import datetime as dt
+import pathlib
 
 from fakebase import FakeServer, Reply, serve
 
-STATUSES = {"queued", "running", "succeeded", "failed", "cancelled", "timed_out"}
+
+def contract_statuses() -> set[str]:
+    """The job statuses as the dispatcher knows them: the `Status` enum of raibid-core's job.rs."""
+    src = (pathlib.Path(__file__).resolve().parents[3] / "rust/raibid-core/src/job.rs").read_text()
+    body = re.search(r"pub enum Status \{(.*?)\n\}", src, re.S).group(1)
+    names = re.findall(r"^\s*([A-Z][A-Za-z]*),$", body, re.M)
+    return {re.sub(r"(?<!^)([A-Z])", r"_\1", n).lower() for n in names}
+
+
+STATUSES = contract_statuses()
 FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 ROUTES = [
     ("POST", r"/api/v1/jobs", "submit", set()),
@@ -74,14 +84,16 @@ class FakeDispatcher(FakeServer):
         self.violation(req, "no such API route")
         raise err(404, "not_found", "no such API route")
 
-    def new_job(self, repo_url, ref, sha, kind, retry_of=None):
+    def new_job(self, repo_url, ref, sha, kind, retry_of=None, image=None):
         t = now()
-        job = {"id": new_id(), "status": "queued", "step": None, "attempt": 0, "agent": None,
+        job = {"id": new_id(), "kind": "image" if image else "rust", "status": "queued", "step": None, "attempt": 0, "agent": None,
                "source": {"repo_url": repo_url, "ref": ref, "sha": sha, "trigger": {"kind": kind, "actor": None},
                           "delivery_id": None, "forge_repo": None},
                "pipeline": None,
                "timestamps": {"received": t, "queued": t, "claimed": None, "started": None, "finished": None},
                "steps": [], "failure_reason": None, "retry_of": retry_of, "cancel_requested": False}
+        if image:
+            job["image"] = {"request": image, "phases": {}, "failed_phase": None, "image_id": None, "pushed": []}
         self.state["jobs"].insert(0, job)
         return job
 
@@ -89,7 +101,7 @@ class FakeDispatcher(FakeServer):
         b = req["body"]
         if not isinstance(b, dict):
             raise err(400, "bad_request", "invalid JSON body")
-        extra = set(b) - {"repo_url", "ref", "sha"}
+        extra = set(b) - {"repo_url", "ref", "sha", "image"}
         if extra:
             self.violation(req, f"unknown body fields {sorted(extra)}")
             raise err(400, "bad_request", f"unknown field {sorted(extra)[0]}")
@@ -102,8 +114,21 @@ class FakeDispatcher(FakeServer):
         sha = b.get("sha")
         if sha is not None and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", sha):
             raise err(422, "unprocessable", "sha: must be a full 40- or 64-character hex commit id")
+        image = b.get("image")
+        if image is not None:
+            known = {"name", "containerfile", "context", "tags", "build_args", "target", "test", "publish", "registry", "secrets"}
+            if not isinstance(image, dict) or set(image) - known:
+                self.violation(req, f"image: unknown fields {sorted(set(image) - known) if isinstance(image, dict) else image}")
+                raise err(400, "bad_request", "image: unknown field")
+            if not isinstance(image.get("name"), str) or not re.fullmatch(r"[a-z0-9]+([._/-][a-z0-9]+)*", image["name"]):
+                raise err(422, "unprocessable", "image.name: not an OCI repository name")
+            for i, tag in enumerate(image.get("tags", [])):
+                if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
+                    raise err(422, "unprocessable", f"image.tags[{i}]: not a valid tag")
+            if "publish" in image and not isinstance(image["publish"], bool):
+                raise err(422, "unprocessable", "image.publish: must be a boolean")
         ref = b["ref"] if b["ref"].startswith("refs/") else "refs/heads/" + b["ref"]
-        return 201, self.new_job(b["repo_url"], ref, sha, "api"), {}
+        return 201, self.new_job(b["repo_url"], ref, sha, "api", image=image), {}
 
     def h_list(self, req):
         q = req["query"]
@@ -153,6 +178,9 @@ class FakeDispatcher(FakeServer):
         for line in lines:
             chunk(f"event: log\nid: {line['seq']}\ndata: {json.dumps(line)}\n\n")
             time.sleep(0.05)  # arrive over time, like a running job
+        while job["id"] in self.state.get("hold", []):
+            chunk(": keep-alive\n\n")  # a job that runs on (state "hold": [ids])
+            time.sleep(0.2)
         final = job["status"] if job["status"] in FINAL else "succeeded"
         chunk(f"event: end\ndata: {json.dumps({'status': final})}\n\n")
         h.wfile.write(b"0\r\n\r\n")
