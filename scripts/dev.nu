@@ -274,14 +274,19 @@ def start-registry [addr: string] {
 
 # Start redis-server on `port` with its AOF in the state dir, and wait until it answers. The lock it
 # holds (spawn-bg) makes a second Redis on the same directory exit at once: that is reported, not waited on.
-def start-redis [port: int] {
+# It requires `password` (build steps share the host's loopback: docs/security.md); the password goes in
+# through a 0600 config file in the state dir, never on a command line.
+def start-redis [port: int, password: string] {
   let dir = (state | path join redis)
   mkdir $dir
-  step $"starting redis-server on 127.0.0.1:($port) \(appendonly yes, appendfsync always\)"
-  let pid = (spawn-bg redis [redis-server --bind 127.0.0.1 --port ($port | into string) --appendonly yes --appendfsync always --save "" --dir $dir])
+  let conf = ($dir | path join redis.conf)
+  $"requirepass ($password)\n" | save -f $conf
+  ^chmod 600 $conf
+  step $"starting redis-server on 127.0.0.1:($port) \(appendonly yes, appendfsync always, a password\)"
+  let pid = (spawn-bg redis [redis-server $conf --bind 127.0.0.1 --port ($port | into string) --appendonly yes --appendfsync always --save "" --dir $dir])
   let deadline = (date now) + 30sec
   loop {
-    let pong = (do { ^redis-cli -h 127.0.0.1 -p ($port | into string) ping } | complete).stdout | str trim
+    let pong = (with-env {REDISCLI_AUTH: $password} { do { ^redis-cli --no-auth-warning -h 127.0.0.1 -p ($port | into string) ping } | complete }).stdout | str trim
     if $pong == "PONG" { return }
     if not (alive $pid) {
       fail redis_failed $"redis-server exited at once: (open --raw (state | path join logs redis.log) | str trim | lines | last 1 | str join '')" --hint $"another Redis may use ($dir): ./scripts/dev.sh down first"
@@ -314,6 +319,7 @@ def stack-settings [port: any, rotate_token: bool]: nothing -> record {
     token: (if $rotate_token or $old.token? == null { random-secret } else { $old.token })
     gitea_secret: ($old.gitea_secret? | default (random-secret))
     github_secret: ($old.github_secret? | default (random-secret))
+    redis_password: ($old.redis_password? | default (random-secret))
   }
   mkdir (state)
   $s | to json | save -f $f
@@ -370,7 +376,7 @@ def up-stack [agents: any, no_demo: bool, port: any, bin_dir: any, rotate_token:
   let s = {
     url: $"http://127.0.0.1:($k.port)"
     token: $k.token
-    redis_url: $"redis://127.0.0.1:($k.redis_port)"
+    redis_url: $"redis://:($k.redis_password)@127.0.0.1:($k.redis_port)"
     gitea_secret: $k.gitea_secret
     github_secret: $k.github_secret
     registry: $"127.0.0.1:($k.registry_port)"
@@ -379,7 +385,7 @@ def up-stack [agents: any, no_demo: bool, port: any, bin_dir: any, rotate_token:
   # Written before anything starts: `env` works at once, and the pids follow in pids/ as each starts.
   $s | to json | save -f (state | path join env.json)
   ^chmod 600 (state | path join env.json)
-  start-redis $k.redis_port
+  start-redis $k.redis_port $k.redis_password
   test-pause redis
   start-registry $s.registry
   test-pause registry
