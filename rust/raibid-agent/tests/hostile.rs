@@ -345,3 +345,74 @@ fn nix_is_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
+
+/// Defence in depth (issue 17 §3): a mirror whose hooks or config were changed on the node (by
+/// anything but the agent) is rebuilt before the agent's git runs there, and the planted hook and
+/// proxy never take effect; a checkout's `.git` config planted between jobs is reset the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mirror_or_checkout_tampered_on_the_node_is_rebuilt_and_its_hook_never_runs() {
+    let e = env(None).await;
+    let tmp = e.tmp.path();
+    let repo = make_repo(
+        &tmp.join("repo"),
+        "steps:\n  - name: ok\n    run: echo fine\n",
+    );
+    e.agent("tamper-agent", &[]);
+    wait_log(
+        &e.log_path("tamper-agent"),
+        "agent started",
+        Duration::from_secs(20),
+    );
+    let first = e.submit(&repo).await;
+    assert_eq!(
+        e.wait_final(&first, Duration::from_secs(60))
+            .await
+            .status
+            .as_str(),
+        "succeeded"
+    );
+    let git_dir = tmp.join("cache/git");
+    let mirror = std::fs::read_dir(&git_dir)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path())
+        .find(|p| p.extension().is_some_and(|x| x == "git"))
+        .expect("the mirror");
+    let ran = tmp.join("hook-ran");
+    for hook in ["reference-transaction", "post-checkout", "pre-auto-gc"] {
+        let h = mirror.join("hooks").join(hook);
+        std::fs::write(&h, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+        std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cfg = std::fs::read_to_string(mirror.join("config")).unwrap();
+    cfg.push_str("[core]\n\tfsmonitor = touch-fsmonitor\n");
+    std::fs::write(mirror.join("config"), cfg).unwrap();
+    // The checkout's .git too: a fsmonitor command and a post-checkout hook.
+    let slot_git = tree(&tmp.join("cache/targets"))
+        .into_iter()
+        .find(|p| p.ends_with("src/.git"))
+        .expect("the checkout's .git");
+    std::fs::write(
+        slot_git.join("config"),
+        format!("[core]\n\tfsmonitor = touch {}\n", ran.display()),
+    )
+    .unwrap();
+    std::fs::create_dir_all(slot_git.join("hooks")).unwrap();
+    let h = slot_git.join("hooks/post-checkout");
+    std::fs::write(&h, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+    std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let second = e.submit(&repo).await;
+    let j = e.wait_final(&second, Duration::from_secs(60)).await;
+    let log = lines(&e, &second).await;
+    assert_eq!(j.status.as_str(), "succeeded", "{log}");
+    assert!(log.contains("rebuilding the mirror"), "{log}");
+    assert!(
+        !ran.exists(),
+        "a planted hook or fsmonitor ran as the agent: {log}"
+    );
+    let cfg = std::fs::read_to_string(mirror.join("config")).unwrap();
+    assert!(!cfg.contains("fsmonitor"), "{cfg}");
+    assert!(!std::fs::read_to_string(slot_git.join("config"))
+        .unwrap()
+        .contains("fsmonitor"));
+}

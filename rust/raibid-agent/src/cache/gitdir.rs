@@ -179,6 +179,52 @@ mod tests {
         assert!(config_keys("[core]\n\tx = a\\\n b\n").is_err());
     }
 
+    /// Issue 17 §6: a path a step turned into a symbolic link (to a file of the agent's) is never
+    /// written through.
+    #[test]
+    fn write_new_never_follows_a_symlink_or_overwrites() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("agent-owned");
+        std::fs::write(&target, "keep").unwrap();
+        let link = t.path().join("raibid.patch");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(write_new(&link, b"diff").is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        let plain = t.path().join("new");
+        write_new(&plain, b"x").unwrap();
+        assert!(
+            write_new(&plain, b"y").is_err(),
+            "an existing file is not overwritten"
+        );
+    }
+
+    /// A checkout's `.git` that a step swapped for a link, or pointed elsewhere with `commondir`, is
+    /// refused (the agent checks out anew); a plain one gets the agent's config back and loses its hooks.
+    #[test]
+    fn a_checkouts_git_dir_is_reset_or_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        for d in [".git/objects/info", ".git/refs", ".git/hooks"] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+        }
+        std::fs::write(src.join(".git/config"), "[core]\n\tfsmonitor = /tmp/evil\n").unwrap();
+        std::fs::write(src.join(".git/hooks/post-checkout"), "#!/bin/sh\n").unwrap();
+        reset_checkout(&src).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(src.join(".git/config")).unwrap(),
+            CHECKOUT_CONFIG
+        );
+        assert!(!src.join(".git/hooks").exists());
+        std::fs::write(src.join(".git/commondir"), "/elsewhere\n").unwrap();
+        assert!(reset_checkout(&src).unwrap_err().contains("commondir"));
+        std::fs::remove_file(src.join(".git/commondir")).unwrap();
+        std::fs::remove_dir_all(src.join(".git/objects")).unwrap();
+        std::os::unix::fs::symlink(t.path(), src.join(".git/objects")).unwrap();
+        assert!(reset_checkout(&src)
+            .unwrap_err()
+            .contains("not a plain directory"));
+    }
+
     #[test]
     fn a_mirror_with_a_planted_hook_proxy_or_alternates_is_refused() {
         let t = tempfile::tempdir().unwrap();
