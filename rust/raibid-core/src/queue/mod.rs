@@ -35,6 +35,7 @@ pub use crate::event::Event;
 
 /// A log line `(step, stream, line)` with the moment the agent read it (its `ts` in the job's log).
 pub type StampedLine = (chrono::DateTime<chrono::Utc>, (String, String, String));
+pub use jobs::ListFilter;
 pub use metrics::{CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS};
 
 /// Errors of the queue layer.
@@ -197,6 +198,7 @@ pub enum Enqueued {
 }
 
 const TRIM_LUA: &str = include_str!("lua/trim.lua");
+const INDEX_LUA: &str = include_str!("lua/index.lua");
 
 struct Scripts {
     enqueue: Script,
@@ -209,9 +211,17 @@ struct Scripts {
 
 impl Scripts {
     fn load() -> Scripts {
-        let with_prelude = |body: &str| Script::new(&format!("{TRIM_LUA}\n{body}"));
+        let names = format!(
+            "local RAIBID_STATUS_INDEX = '{}'\nlocal RAIBID_REF_INDEX = '{}'\nlocal RAIBID_JOB_INDEX = '{}'\nlocal RAIBID_JOB_PREFIX = '{}'\n",
+            crate::contract::keys::JOB_INDEX_BY_STATUS_PREFIX,
+            crate::contract::keys::JOB_INDEX_BY_REF_PREFIX,
+            crate::contract::keys::JOB_INDEX,
+            crate::contract::keys::JOB_PREFIX
+        );
+        let with_prelude =
+            |body: &str| Script::new(&format!("{names}{INDEX_LUA}\n{TRIM_LUA}\n{body}"));
         Scripts {
-            enqueue: Script::new(include_str!("lua/enqueue.lua")),
+            enqueue: with_prelude(include_str!("lua/enqueue.lua")),
             update: with_prelude(include_str!("lua/update.lua")),
             requeue: with_prelude(include_str!("lua/requeue.lua")),
             append: Script::new(include_str!("lua/append_log.lua")),
