@@ -4,22 +4,31 @@
 //! in `RAIBID_MCP_ALLOWED_ORIGINS`; coding agents send none). The SDK itself checks `Host` against
 //! loopback plus `RAIBID_MCP_ALLOWED_HOSTS` (DNS-rebinding protection) and the `Origin` again.
 //!
+//! A 401 carries `WWW-Authenticate: Bearer realm="raibid"` (RFC 6750), so clients ask for the token
+//! instead of starting an OAuth flow. Requests the SDK would answer with a transport error get their
+//! JSON-RPC error here (HTTP 400): malformed JSON -32700, not a request -32600, `tools/call` whose
+//! `params` or `arguments` is not an object -32602.
+//!
 //! `tools` holds the tools (their schemas derive from the same Rust types as the REST API), `logs` the
-//! bounded log windows of `get_logs`.
+//! bounded log windows of `get_logs`, `budget` the one answer budget every tool answer passes, `schema`
+//! the published tool list.
 
+pub mod budget;
 pub mod logs;
+pub mod schema;
 pub mod tools;
 
 use crate::AppState;
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use raibid_core::contract::http;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// `Host` values answered besides the configured ones (the SDK's loopback default).
@@ -49,11 +58,115 @@ pub fn router(state: &AppState) -> Router<AppState> {
     );
     Router::new()
         .route_service(http::MCP_PATH, service)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            jsonrpc_boundary,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), check_origin))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::api::require_token,
         ))
+        .layer(middleware::map_response(www_authenticate))
+}
+
+/// The `WWW-Authenticate` challenge of a 401 (RFC 6750).
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"raibid\"";
+
+async fn www_authenticate(mut r: Response) -> Response {
+    if r.status() == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(BEARER_CHALLENGE),
+        );
+    }
+    r
+}
+
+fn jsonrpc_error(id: Value, code: i64, message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+/// The JSON-RPC error a message gets before the SDK sees it, if any: (id, code, message).
+pub fn jsonrpc_refusal(body: &[u8]) -> Option<(Value, i64, String)> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Some((Value::Null, -32700, format!("Parse error: {e}"))),
+    };
+    let Value::Object(m) = &v else {
+        // Batches (arrays) are the SDK's to answer.
+        return (!v.is_array()).then(|| {
+            (
+                Value::Null,
+                -32600,
+                "Invalid Request: a JSON-RPC message is an object".into(),
+            )
+        });
+    };
+    let id = m.get("id").cloned().unwrap_or(Value::Null);
+    if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Some((
+            id,
+            -32600,
+            "Invalid Request: `jsonrpc` must be \"2.0\"".into(),
+        ));
+    }
+    let is_response = m.contains_key("result") || m.contains_key("error");
+    let method = m.get("method");
+    if !is_response && !method.is_some_and(Value::is_string) {
+        return Some((
+            id,
+            -32600,
+            "Invalid Request: `method` must be a string".into(),
+        ));
+    }
+    if method.and_then(Value::as_str) == Some("tools/call") {
+        let params = m.get("params");
+        if !params.is_some_and(Value::is_object) {
+            return Some((
+                id,
+                -32602,
+                "Invalid params: `params` must be an object with `name` and `arguments`".into(),
+            ));
+        }
+        if params
+            .and_then(|p| p.get("arguments"))
+            .is_some_and(|a| !a.is_object() && !a.is_null())
+        {
+            return Some((
+                id,
+                -32602,
+                "Invalid params: `arguments` must be an object".into(),
+            ));
+        }
+    }
+    None
+}
+
+async fn jsonrpc_boundary(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, state.settings.body_limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": format!("Invalid Request: body larger than {} bytes", state.settings.body_limit)}})),
+            )
+                .into_response()
+        }
+    };
+    if let Some((id, code, message)) = jsonrpc_refusal(&bytes) {
+        return jsonrpc_error(id, code, message);
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// True when `origin` is one of the allowed origins (exact `scheme://host[:port]` match).
