@@ -255,7 +255,7 @@ async fn random_valid_inputs_are_accepted_or_refused_with_a_tool_error() {
     assert_eq!(s, 202);
     let ids = vec![id.clone(), format!("1-0@3")];
     let list = tools(&env).await;
-    assert_eq!(list.len(), 11);
+    assert_eq!(list.len(), 12);
     let mut rng = StdRng::seed_from_u64(
         std::env::var("RAIBID_PROPTEST_SEED")
             .ok()
@@ -831,6 +831,11 @@ async fn every_answer_fits_the_budget_under_adversarial_jobs() {
             "get_failure_summary",
             json!({"job_id": failed, "warnings": true, "tail_lines": 200}),
         ),
+        (
+            "validate_config",
+            json!({"config": format!("steps:\n{}", (0..700).map(|i| format!("  - name: s{i}\n    run: echo {i} {}\n", "x".repeat(300))).collect::<String>())}),
+        ),
+        ("validate_config", json!({"config": escaped_junk(200_000)})),
         ("cleanup", json!({"job_id": failed})),
     ];
     let names: Vec<String> = tools(&env)
@@ -853,8 +858,9 @@ async fn every_answer_fits_the_budget_under_adversarial_jobs() {
         let (bytes, reply) = call_wire(&env, name, args).await;
         assert!(reply.get("error").is_none(), "{name} {args}: {reply}");
         let is_err = reply["result"]["isError"] == true;
+        let shown: String = args.to_string().chars().take(120).collect();
         eprintln!(
-            "{name:<20} {bytes:>9} B ≈ {:>6} tokens{} {args}",
+            "{name:<20} {bytes:>9} B ≈ {:>6} tokens{} {shown}",
             bytes / 3,
             if is_err { " (tool error)" } else { "" }
         );
@@ -1361,4 +1367,41 @@ async fn failure_summaries_of_real_jobs() {
         }
     }
     agent.stop().await;
+}
+
+/// `validate_config` answers a pipeline's errors with key paths, without a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn validate_config_names_the_key() {
+    let env = spawn_app(Options::default()).await;
+    let check = |config: &'static str| {
+        let env = &env;
+        async move {
+            let (_, r) = call_wire(env, "validate_config", &json!({"config": config})).await;
+            assert!(r["result"]["isError"] != true, "{r}");
+            r["result"]["structuredContent"].clone()
+        }
+    };
+    let ok = check("steps:\n  - name: build\n    run: cargo build\n    timeout: 10m\n").await;
+    assert_eq!(ok["valid"], true, "{ok}");
+    assert_eq!(ok["steps"][0]["name"], "build");
+    assert_eq!(ok["steps"][0]["timeout_secs"], 600);
+    let bad =
+        check("steps:\n  - name: build\n    run: cargo build\n  - name: clone\n    run: x\n").await;
+    assert_eq!(bad["valid"], false);
+    assert!(
+        bad["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("steps[1].name: `clone` is reserved"),
+        "{bad}"
+    );
+    let typo = check("steps:\n  - name: build\n    rn: cargo build\n").await;
+    assert_eq!(typo["valid"], false);
+    assert!(
+        typo["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `rn`"),
+        "{typo}"
+    );
 }

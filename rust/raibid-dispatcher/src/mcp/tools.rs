@@ -107,6 +107,61 @@ pub struct FailureQuery {
     pub tail_lines: Option<u32>,
 }
 
+/// `validate_config` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// The text of a `.raibid.yaml` (at most 256 KiB).
+    pub config: String,
+}
+
+/// One step of a valid pipeline.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ConfigStep {
+    /// Step name.
+    pub name: String,
+    /// Its command (one line, cut at 200 bytes).
+    pub run: String,
+    /// Its timeout in seconds, when set.
+    pub timeout_secs: Option<u64>,
+}
+
+/// `validate_config` answer.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ConfigCheck {
+    /// True when the agent would run this pipeline.
+    pub valid: bool,
+    /// What is wrong, naming the key (e.g. ``steps[1].name: `clone` is reserved for the agent's own
+    /// step``, or the YAML error with its line and column).
+    pub errors: Vec<String>,
+    /// Pipeline name (the commit-status context suffix), when valid.
+    pub name: Option<String>,
+    /// Job timeout in seconds, when valid.
+    pub timeout_secs: Option<u64>,
+    /// The steps the agent would run after `clone` (and `patch`), in order, when valid.
+    pub steps: Vec<ConfigStep>,
+    /// Secrets the steps ask for.
+    pub secrets: Vec<String>,
+    /// True for an image job (`image:`).
+    pub image: bool,
+    /// What this answer left out.
+    pub cut: Option<String>,
+}
+
+impl Fit for ConfigCheck {
+    /// Degradation: the step list is shortened (the first steps kept).
+    fn degrade(&mut self, ratio: f64) -> bool {
+        let n = self.steps.len();
+        if n <= 1 {
+            return false;
+        }
+        let k = keep_share(n, ratio, 1);
+        self.steps.truncate(k);
+        self.cut = Some(format!("only the first {k} of {n} steps listed"));
+        true
+    }
+}
+
 /// `submit_job` answer.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Submitted {
@@ -1205,6 +1260,48 @@ impl Raibid {
     }
 
     #[tool(
+        name = "validate_config",
+        description = "Check a `.raibid.yaml` (given as text) without running a job: whether the agent would accept it, the error naming the key (`steps[1].run: must not be empty`, or the YAML line and column) when not, else the steps it would run. Call it before committing a pipeline change.",
+        annotations(read_only_hint = true)
+    )]
+    async fn validate_config(
+        &self,
+        Parameters(req): Parameters<ValidateConfig>,
+    ) -> Result<Json<ConfigCheck>, String> {
+        let answer = match raibid_core::pipeline::Pipeline::parse(&req.config) {
+            Ok(p) => ConfigCheck {
+                valid: true,
+                errors: Vec::new(),
+                name: Some(p.name),
+                timeout_secs: Some(p.timeout.as_secs()),
+                steps: p
+                    .steps
+                    .iter()
+                    .map(|s| ConfigStep {
+                        name: s.name.clone(),
+                        run: one_line(&s.run, 200),
+                        timeout_secs: s.timeout.map(|t| t.as_secs()),
+                    })
+                    .collect(),
+                secrets: p.secrets,
+                image: p.image.is_some(),
+                cut: None,
+            },
+            Err(e) => ConfigCheck {
+                valid: false,
+                errors: vec![one_line(&e.to_string(), 2_000)],
+                name: None,
+                timeout_secs: None,
+                steps: Vec::new(),
+                secrets: Vec::new(),
+                image: false,
+                cut: None,
+            },
+        };
+        budget::fit(answer)
+    }
+
+    #[tool(
         name = "cleanup",
         description = "Delete a finished job's record, log, diagnostics and patch. Refused for a queued or running job (cancel it first).",
         annotations(destructive_hint = true)
@@ -1387,7 +1484,7 @@ async fn failure_summary(
     }
     let next = match job.status {
         Status::Failed | Status::TimedOut => format!(
-            "fix the errors, then submit_job with a patch; get_logs with job_id={} and step=`{}` reads the whole step",
+            "fix what failed, then submit_job with a patch; get_logs with job_id={} and step=`{}` reads the whole step",
             job.id,
             job.step.as_deref().map(|s| one_line(s, 120)).unwrap_or_default()
         ),
