@@ -141,6 +141,10 @@ pub mod env {
     pub const MCP_ALLOWED_ORIGINS: &str = "RAIBID_MCP_ALLOWED_ORIGINS";
     /// Secret the dispatcher signs `notify_url` deliveries with (`X-Raibid-Signature`).
     pub const NOTIFY_SECRET: &str = "RAIBID_NOTIFY_SECRET";
+    /// A second bearer token for `/mcp` that may only read (list, get, logs, diagnostics): no submit, cancel, retry or cleanup.
+    pub const MCP_READONLY_TOKEN: &str = "RAIBID_MCP_READONLY_TOKEN";
+    /// File holding the read-only `/mcp` token.
+    pub const MCP_READONLY_TOKEN_FILE: &str = "RAIBID_MCP_READONLY_TOKEN_FILE";
     /// File holding the notification secret.
     pub const NOTIFY_SECRET_FILE: &str = "RAIBID_NOTIFY_SECRET_FILE";
     /// Comma-separated hosts a `notify_url` may name even when they resolve to loopback or private addresses.

@@ -1405,3 +1405,82 @@ async fn validate_config_names_the_key() {
         "{typo}"
     );
 }
+
+/// A read-only token (`RAIBID_MCP_READONLY_TOKEN`) lists and calls only the read-only tools; a
+/// submit, cancel, retry or cleanup with it is a tool error saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_only_token_only_reads() {
+    let env = spawn_app(Options {
+        settings: |s| s.mcp_readonly_token = Some("read-only-token-42".into()),
+        ..Options::default()
+    })
+    .await;
+    let send = |token: &'static str, method: &'static str, params: Value| {
+        let r = env
+            .http
+            .post(env.url("/mcp"))
+            .bearer_auth(token)
+            .header("accept", ACCEPT)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}));
+        async move {
+            let r = r.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = send("read-only-token-42", "tools/list", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for w in ["submit_job", "cancel_job", "retry_job", "cleanup"] {
+        assert!(
+            !names.contains(&w),
+            "{w} listed for a read-only token: {names:?}"
+        );
+    }
+    for r in [
+        "get_job",
+        "get_logs",
+        "get_diagnostics",
+        "get_failure_summary",
+        "list_jobs",
+        "wait_for_job",
+        "queue_status",
+        "validate_config",
+    ] {
+        assert!(
+            names.contains(&r),
+            "{r} missing for a read-only token: {names:?}"
+        );
+    }
+    let (_, v) = send(
+        "read-only-token-42",
+        "tools/call",
+        json!({"name": "submit_job", "arguments": {"repo_url": "file:///x", "ref": "main"}}),
+    )
+    .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "{v}"
+    );
+    assert_eq!(env.job_count().await, 0);
+    let (_, v) = send(
+        "read-only-token-42",
+        "tools/call",
+        json!({"name": "list_jobs", "arguments": {}}),
+    )
+    .await;
+    assert!(v["result"]["isError"] != true, "{v}");
+    let (s, _) = send("wrong-token", "tools/list", json!({})).await;
+    assert_eq!(s, 401);
+    let (_, v) = send(TOKEN, "tools/list", json!({})).await;
+    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 12);
+}

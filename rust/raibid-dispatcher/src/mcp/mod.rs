@@ -9,6 +9,8 @@
 //! JSON-RPC error here (HTTP 400): malformed JSON -32700, not a request -32600, `tools/call` whose
 //! `params` or `arguments` is not an object -32602.
 //!
+//! A second, read-only token (`RAIBID_MCP_READONLY_TOKEN`) lists and calls only the read-only tools.
+//!
 //! `tools` holds the tools (their schemas derive from the same Rust types as the REST API), `logs` the
 //! bounded log windows of `get_logs`, `budget` the one answer budget every tool answer passes, `schema`
 //! the published tool list.
@@ -63,11 +65,58 @@ pub fn router(state: &AppState) -> Router<AppState> {
             jsonrpc_boundary,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), check_origin))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::api::require_token,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), check_token))
         .layer(middleware::map_response(www_authenticate))
+}
+
+/// What the bearer token of a `/mcp` request may do (a request extension; the tools read it from the
+/// HTTP request parts rmcp passes along).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The API token: every tool.
+    Full,
+    /// `RAIBID_MCP_READONLY_TOKEN`: only the read-only tools.
+    ReadOnly,
+}
+
+fn same_secret(expected: &str, given: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    bool::from(Sha256::digest(expected.as_bytes()).ct_eq(&Sha256::digest(given.as_bytes())))
+}
+
+/// The API token (full access) or the read-only token, checked before any MCP processing.
+async fn check_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let access = if given.is_empty() {
+        None
+    } else if same_secret(&state.settings.api_token, given) {
+        Some(Access::Full)
+    } else if state
+        .settings
+        .mcp_readonly_token
+        .as_deref()
+        .is_some_and(|t| !t.is_empty() && same_secret(t, given))
+    {
+        Some(Access::ReadOnly)
+    } else {
+        None
+    };
+    let Some(access) = access else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": {"code": "unauthorized", "message": "missing or invalid credentials"}})),
+        )
+            .into_response();
+    };
+    req.extensions_mut().insert(access);
+    next.run(req).await
 }
 
 /// The `WWW-Authenticate` challenge of a 401 (RFC 6750).

@@ -1338,6 +1338,25 @@ impl Raibid {
     }
 }
 
+/// The access of the request's token (full when the transport says nothing, as in-process tests).
+fn access(ctx: &RequestContext<RoleServer>) -> super::Access {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<super::Access>().copied())
+        .unwrap_or(super::Access::Full)
+}
+
+impl Raibid {
+    /// True for a tool annotated read-only (the tools a read-only token may call).
+    fn read_only(&self, name: &str) -> bool {
+        self.tool_router
+            .get(name)
+            .and_then(|t| t.annotations.as_ref())
+            .and_then(|a| a.read_only_hint)
+            .unwrap_or(false)
+    }
+}
+
 async fn load_diagnostics(state: &AppState, job: &Job) -> Result<Diagnostics, String> {
     let mut con = state.queue.redis();
     let raw: Option<String> = redis::cmd("GET")
@@ -1617,6 +1636,13 @@ impl ServerHandler for Raibid {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, rmcp::ErrorData> {
         let name = request.name.to_string();
+        if access(&context) == super::Access::ReadOnly && !self.read_only(&name) {
+            return Ok(CallToolResponse::Complete(rmcp::model::CallToolResult::error(vec![
+                rmcp::model::ContentBlock::text(format!(
+                    "{name}: this token is read-only (it may list, get, read logs and diagnostics); use the API token to change jobs"
+                )),
+            ])));
+        }
         let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
         match self.tool_router.call(tcc).await? {
             CallToolResponse::Complete(r) => {
@@ -1629,10 +1655,17 @@ impl ServerHandler for Raibid {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, rmcp::ErrorData> {
+        let read_only = access(&context) == super::Access::ReadOnly;
+        let tools = self
+            .tool_router
+            .list_all()
+            .into_iter()
+            .filter(|t| !read_only || self.read_only(&t.name))
+            .collect();
         Ok(ListToolsResult::with_all_items(super::schema::tools(
-            self.tool_router.list_all(),
+            tools,
             &self.state.settings.intake.allowed_schemes,
         )))
     }
