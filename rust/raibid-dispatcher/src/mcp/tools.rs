@@ -162,6 +162,116 @@ impl Fit for ConfigCheck {
     }
 }
 
+/// `find_flaky_tests` / `get_test_history` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestHistoryQuery {
+    /// Only jobs whose repository URL contains this text.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Only jobs of this ref (`main` or `refs/heads/main`).
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
+    /// For get_test_history: the test's full name, e.g. `tests::adds`.
+    #[serde(default)]
+    pub test: Option<String>,
+    /// How many recent finished jobs to look at (default 200, at most 1000).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub jobs: Option<u32>,
+}
+
+/// A test that failed and passed on the same code.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FlakyTest {
+    /// Test name.
+    pub test: String,
+    /// Repository.
+    pub repo_url: String,
+    /// The commit both runs built.
+    pub sha: String,
+    /// Jobs where it failed (at most 5 ids).
+    pub failed_in: Vec<String>,
+    /// Jobs of the same commit (and patch) that succeeded (at most 5 ids).
+    pub passed_in: Vec<String>,
+    /// The assertion of its latest failure (one line, cut at 300 bytes).
+    pub assertion: Option<String>,
+}
+
+/// `find_flaky_tests` answer.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FlakyTests {
+    /// Finished jobs looked at.
+    pub scanned_jobs: u64,
+    /// Tests that failed in one job and passed in another of the same commit and patch, most failures
+    /// first.
+    pub flaky: Vec<FlakyTest>,
+    /// What this answer left out.
+    pub cut: Option<String>,
+}
+
+impl Fit for FlakyTests {
+    /// Degradation: the list is shortened (most failures kept).
+    fn degrade(&mut self, ratio: f64) -> bool {
+        let n = self.flaky.len();
+        if n <= 1 {
+            return false;
+        }
+        let k = keep_share(n, ratio, 1);
+        self.flaky.truncate(k);
+        self.cut = Some(format!("only the first {k} of {n} flaky tests"));
+        true
+    }
+}
+
+/// One job's outcome for a test.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TestRun {
+    /// Job id.
+    pub job_id: String,
+    /// Commit.
+    pub sha: Option<String>,
+    /// The job had a patch (uncommitted changes).
+    pub patched: bool,
+    /// `failed` (the test failed), `passed` (the job succeeded).
+    pub outcome: String,
+    /// The assertion when it failed (one line, cut at 300 bytes).
+    pub assertion: Option<String>,
+    /// When the job finished.
+    pub finished: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `get_test_history` answer.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TestHistory {
+    /// Test name.
+    pub test: String,
+    /// Finished jobs looked at.
+    pub scanned_jobs: u64,
+    /// Runs of the test, newest first (jobs that failed before running it are left out).
+    pub runs: Vec<TestRun>,
+    /// Failures among `runs`.
+    pub failures: u64,
+    /// True when it failed and passed on the same commit and patch.
+    pub flaky: bool,
+    /// What this answer left out.
+    pub cut: Option<String>,
+}
+
+impl Fit for TestHistory {
+    /// Degradation: the oldest runs are left out.
+    fn degrade(&mut self, ratio: f64) -> bool {
+        let n = self.runs.len();
+        if n <= 1 {
+            return false;
+        }
+        let k = keep_share(n, ratio, 1);
+        self.runs.truncate(k);
+        self.cut = Some(format!("only the newest {k} of {n} runs"));
+        true
+    }
+}
+
 /// `submit_job` answer.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Submitted {
@@ -1302,6 +1412,114 @@ impl Raibid {
     }
 
     #[tool(
+        name = "find_flaky_tests",
+        description = "Tests that failed in one job and passed in another job of the same commit (and patch) among the recent finished jobs of a repository (`repo`: a substring of its URL; `ref` optional): flaky, not broken by the change. Then get_test_history for one test.",
+        annotations(read_only_hint = true)
+    )]
+    async fn find_flaky_tests(
+        &self,
+        Parameters(req): Parameters<TestHistoryQuery>,
+    ) -> Result<Json<FlakyTests>, String> {
+        let runs = test_runs(&self.state, &req).await?;
+        let mut groups: std::collections::BTreeMap<(String, String), Vec<&JobRuns>> =
+            Default::default();
+        for r in &runs.jobs {
+            if let Some(k) = r.code_key() {
+                groups.entry(k).or_default().push(r);
+            }
+        }
+        let mut flaky: Vec<FlakyTest> = Vec::new();
+        for ((repo_url, _), jobs) in &groups {
+            let passed: Vec<String> = jobs
+                .iter()
+                .filter(|j| j.status == Status::Succeeded)
+                .map(|j| j.id.clone())
+                .collect();
+            if passed.is_empty() {
+                continue;
+            }
+            let mut by_test: std::collections::BTreeMap<&str, (Vec<String>, Option<String>)> =
+                Default::default();
+            for j in jobs {
+                for (t, a) in &j.failed_tests {
+                    let e = by_test.entry(t.as_str()).or_default();
+                    e.0.push(j.id.clone());
+                    if e.1.is_none() {
+                        e.1 = a.clone();
+                    }
+                }
+            }
+            for (t, (failed_in, assertion)) in by_test {
+                flaky.push(FlakyTest {
+                    test: t.to_string(),
+                    repo_url: repo_url.clone(),
+                    sha: jobs[0].sha.clone().unwrap_or_default(),
+                    failed_in: failed_in.into_iter().take(5).collect(),
+                    passed_in: passed.iter().take(5).cloned().collect(),
+                    assertion,
+                });
+            }
+        }
+        flaky.sort_by(|a, b| b.failed_in.len().cmp(&a.failed_in.len()));
+        budget::fit(FlakyTests {
+            scanned_jobs: runs.scanned,
+            flaky,
+            cut: None,
+        })
+    }
+
+    #[tool(
+        name = "get_test_history",
+        description = "One test's outcome across the recent finished jobs of a repository (`test`: its full name; `repo`, `ref` optional): failed (with the assertion) or passed, newest first, and whether it failed and passed on the same commit (flaky).",
+        annotations(read_only_hint = true)
+    )]
+    async fn get_test_history(
+        &self,
+        Parameters(req): Parameters<TestHistoryQuery>,
+    ) -> Result<Json<TestHistory>, String> {
+        let Some(test) = req.test.clone().filter(|t| !t.is_empty()) else {
+            return Err("test: give the test's full name, e.g. `tests::adds` (find_flaky_tests lists candidates)".into());
+        };
+        let runs = test_runs(&self.state, &req).await?;
+        let mut out = Vec::new();
+        let mut outcomes: std::collections::HashMap<(String, String), (bool, bool)> =
+            Default::default();
+        for j in &runs.jobs {
+            let failed = j.failed_tests.iter().find(|(t, _)| *t == test);
+            let outcome = match (failed, j.status) {
+                (Some(_), _) => "failed",
+                (None, Status::Succeeded) => "passed",
+                _ => continue,
+            };
+            if let Some(k) = j.code_key() {
+                let e = outcomes.entry(k).or_default();
+                if outcome == "failed" {
+                    e.0 = true;
+                } else {
+                    e.1 = true;
+                }
+            }
+            out.push(TestRun {
+                job_id: j.id.clone(),
+                sha: j.sha.clone(),
+                patched: j.patch.is_some(),
+                outcome: outcome.into(),
+                assertion: failed.and_then(|(_, a)| a.clone()),
+                finished: j.finished,
+            });
+        }
+        let failures = out.iter().filter(|r| r.outcome == "failed").count() as u64;
+        budget::fit(TestHistory {
+            test: one_line(&test, 300),
+            scanned_jobs: runs.scanned,
+            runs: out,
+            failures,
+            flaky: outcomes.values().any(|(f, p)| *f && *p),
+            cut: None,
+        })
+    }
+
+    #[tool(
         name = "cleanup",
         description = "Delete a finished job's record, log, diagnostics and patch. Refused for a queued or running job (cancel it first).",
         annotations(destructive_hint = true)
@@ -1355,6 +1573,103 @@ impl Raibid {
             .and_then(|a| a.read_only_hint)
             .unwrap_or(false)
     }
+}
+
+/// A finished job's test outcomes.
+struct JobRuns {
+    id: String,
+    status: Status,
+    repo_url: String,
+    sha: Option<String>,
+    patch: Option<String>,
+    finished: Option<chrono::DateTime<chrono::Utc>>,
+    /// Failing tests and their assertions (one line).
+    failed_tests: Vec<(String, Option<String>)>,
+}
+
+impl JobRuns {
+    /// What identifies the code a job built: repository, commit and patch digest.
+    fn code_key(&self) -> Option<(String, String)> {
+        let sha = self.sha.as_ref()?;
+        Some((
+            self.repo_url.clone(),
+            format!("{sha}+{}", self.patch.as_deref().unwrap_or("")),
+        ))
+    }
+}
+
+struct Runs {
+    scanned: u64,
+    jobs: Vec<JobRuns>,
+}
+
+/// The recent finished jobs matching `q` with their failing tests (diagnostics read in one pipeline).
+async fn test_runs(state: &AppState, q: &TestHistoryQuery) -> Result<Runs, String> {
+    let n = q.jobs.unwrap_or(200);
+    if !(1..=1000).contains(&n) {
+        return Err("jobs: must be between 1 and 1000".into());
+    }
+    let git_ref = q.git_ref.as_deref().filter(|r| !r.is_empty()).map(|r| {
+        if r.starts_with("refs/") {
+            r.to_string()
+        } else {
+            format!("refs/heads/{r}")
+        }
+    });
+    let mut finished = Vec::new();
+    for st in [Status::Succeeded, Status::Failed] {
+        let filter = raibid_core::queue::ListFilter {
+            status: Some(st),
+            git_ref: git_ref.as_deref(),
+            repo: q.repo.as_deref().filter(|r| !r.is_empty()),
+        };
+        let (page, _) = state
+            .queue
+            .list_filtered(&filter, n as usize, None)
+            .await
+            .map_err(queue_err)?;
+        finished.extend(page);
+    }
+    finished.sort_by(|a, b| b.id.as_str().cmp(a.id.as_str()));
+    finished.truncate(n as usize);
+    let mut con = state.queue.redis();
+    let mut p = redis::pipe();
+    for j in &finished {
+        p.cmd("GET").arg(contract::job_diagnostics_key(&j.id));
+    }
+    let raws: Vec<Option<String>> = if finished.is_empty() {
+        Vec::new()
+    } else {
+        p.query_async(&mut con)
+            .await
+            .map_err(|e| queue_err(QueueError::Redis(e)))?
+    };
+    let jobs = finished
+        .iter()
+        .zip(raws)
+        .map(|(j, raw)| {
+            let d: Diagnostics = raw
+                .and_then(|r| serde_json::from_str(&r).ok())
+                .unwrap_or_default();
+            JobRuns {
+                id: j.id.to_string(),
+                status: j.status,
+                repo_url: j.source.repo_url.clone(),
+                sha: j.source.sha.clone(),
+                patch: j.source.patch.as_ref().map(|p| p.sha256.clone()),
+                finished: j.timestamps.finished,
+                failed_tests: d
+                    .tests
+                    .into_iter()
+                    .map(|t| (t.name, t.panic_message.map(|m| one_line(&m, 300))))
+                    .collect(),
+            }
+        })
+        .collect();
+    Ok(Runs {
+        scanned: finished.len() as u64,
+        jobs,
+    })
 }
 
 async fn load_diagnostics(state: &AppState, job: &Job) -> Result<Diagnostics, String> {
