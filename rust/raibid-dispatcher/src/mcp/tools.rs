@@ -1460,7 +1460,7 @@ impl Raibid {
                 });
             }
         }
-        flaky.sort_by(|a, b| b.failed_in.len().cmp(&a.failed_in.len()));
+        flaky.sort_by_key(|f| std::cmp::Reverse(f.failed_in.len()));
         budget::fit(FlakyTests {
             scanned_jobs: runs.scanned,
             flaky,
