@@ -364,6 +364,24 @@ async fn token_origin_and_host_are_checked_before_mcp() {
         200
     );
     assert_eq!(send(Some(TOKEN), vec![]).await, 200);
+    // The server's own loopback origin (same host and port) is a same-origin page: allowed (the
+    // conformance suite's dns-rebinding scenario); another loopback port is not.
+    let own = env.base.clone();
+    let port = own.rsplit(':').next().unwrap().to_string();
+    let host: &'static str = Box::leak(format!("127.0.0.1:{port}").into_boxed_str());
+    let origin: &'static str = Box::leak(format!("http://127.0.0.1:{port}").into_boxed_str());
+    assert_eq!(
+        send(Some(TOKEN), vec![("host", host), ("origin", origin)]).await,
+        200
+    );
+    assert_eq!(
+        send(
+            Some(TOKEN),
+            vec![("host", host), ("origin", "http://127.0.0.1:1")]
+        )
+        .await,
+        403
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

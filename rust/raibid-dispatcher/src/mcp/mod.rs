@@ -1,7 +1,7 @@
 //! MCP for coding agents: Streamable HTTP at `POST /mcp` (the official Rust SDK, `rmcp`), served
 //! statelessly so any dispatcher replica answers any request. In front of the SDK: the same bearer token
 //! as `/api/v1` (401 before any MCP processing) and `Origin` validation (403 unless the origin is listed
-//! in `RAIBID_MCP_ALLOWED_ORIGINS`; coding agents send none). The SDK itself checks `Host` against
+//! in `RAIBID_MCP_ALLOWED_ORIGINS` or is the server's own loopback origin; coding agents send none). The SDK itself checks `Host` against
 //! loopback plus `RAIBID_MCP_ALLOWED_HOSTS` (DNS-rebinding protection) and the `Origin` again.
 //!
 //! A 401 carries `WWW-Authenticate: Bearer realm="raibid"` (RFC 6750), so clients ask for the token
@@ -226,12 +226,37 @@ pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
         .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
 }
 
-async fn check_origin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// True when `origin` is the server's own loopback origin: `http://<Host>` with a loopback `Host`
+/// (a page served by this very server; a DNS-rebinding page has a foreign `Host`, which the SDK refuses).
+pub fn same_loopback_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(n, _)| n);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    LOOPBACK_HOSTS.contains(&name)
+        && origin
+            .trim_end_matches('/')
+            .strip_prefix("http://")
+            .is_some_and(|o| o.eq_ignore_ascii_case(host))
+}
+
+async fn check_origin(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     if let Some(origin) = req.headers().get("origin") {
-        let ok = origin
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let listed = origin
             .to_str()
             .is_ok_and(|o| origin_allowed(o, &state.settings.mcp_allowed_origins));
-        if !ok {
+        let own = origin.to_str().is_ok_and(|o| same_loopback_origin(o, host));
+        if own && !listed {
+            // Checked here; the SDK's own check only knows the listed origins.
+            req.headers_mut().remove(header::ORIGIN);
+        }
+        if !(listed || own) {
             return (
                 StatusCode::FORBIDDEN,
                 Json(json!({"error": {"code": "forbidden_origin", "message": "this Origin may not call /mcp (see RAIBID_MCP_ALLOWED_ORIGINS)"}})),
