@@ -32,6 +32,8 @@ pub mod keys {
     pub const JOB_INDEX_BY_STATUS_PREFIX: &str = "raibid:jobs:index:status:";
     /// Prefix of the listing's per-ref index: `raibid:jobs:index:ref:{full ref}`, scored like `JOB_INDEX`.
     pub const JOB_INDEX_BY_REF_PREFIX: &str = "raibid:jobs:index:ref:";
+    /// Marker: the per-status and per-ref listing indexes were built for the records written before they existed.
+    pub const JOB_LIST_INDEXES_BUILT: &str = "raibid:jobs:index:built";
     /// Prefix of a job record hash: `raibid:job:{id}` (fields `record` JSON, `rev`, `log_bytes`, `log_truncated`).
     pub const JOB_PREFIX: &str = "raibid:job:";
     /// Suffix of a job's log stream: `raibid:job:{id}:log`.

@@ -1083,6 +1083,10 @@ async fn the_failure_summary_puts_the_failure_first() {
 async fn list_jobs_filters_before_paging_from_an_index() {
     let env = spawn_app(Options::default()).await;
     let (url, _) = make_repo(&env.tmp.path().join("many"), &[]);
+    // The first filtered listing builds the indexes for older records, once (nothing here yet; see
+    // older_records_are_indexed_on_the_first_filtered_list): from then on the write scripts keep them.
+    let (_, r) = call_wire(&env, "list_jobs", &json!({"ref": "main"})).await;
+    assert_eq!(r["result"]["structuredContent"]["jobs"], json!([]), "{r}");
     let mut main_ids = Vec::new();
     for i in 0..1_503 {
         let r = if i % 500 == 7 { "main" } else { "dev" };
@@ -1163,6 +1167,72 @@ async fn list_jobs_filters_before_paging_from_an_index() {
         }
     }
     assert_eq!(seen.len(), 1_500);
+}
+
+/// Records written before the per-status and per-ref indexes existed are listed by filters too: the
+/// first filtered listing builds the indexes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn older_records_are_indexed_on_the_first_filtered_list() {
+    let env = spawn_app(Options::default()).await;
+    let (url, _) = make_repo(&env.tmp.path().join("old"), &[]);
+    for i in 0..30 {
+        let r = if i % 3 == 0 { "main" } else { "dev" };
+        let (s, v) = env
+            .api_post("/api/v1/jobs", json!({"repo_url": url, "ref": r}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        if i < 6 {
+            let id = v["id"].as_str().unwrap();
+            let (s, _) = env
+                .api_post(&format!("/api/v1/jobs/{id}/cancel"), json!({}))
+                .await;
+            assert_eq!(s, 202);
+        }
+    }
+    // As before the indexes existed: only the main index.
+    let mut con = redis::Client::open(env.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("raibid:jobs:index:*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(keys.len() >= 4, "{keys:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let (_, r) = call_wire(
+        &env,
+        "list_jobs",
+        &json!({"ref": "main", "status": "cancelled", "limit": 100}),
+    )
+    .await;
+    let a = &r["result"]["structuredContent"];
+    assert_eq!(a["jobs"].as_array().unwrap().len(), 2, "{a}");
+    let (_, r) = call_wire(
+        &env,
+        "list_jobs",
+        &json!({"status": "queued", "limit": 100}),
+    )
+    .await;
+    assert_eq!(
+        r["result"]["structuredContent"]["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        24
+    );
+    let built: bool = redis::cmd("EXISTS")
+        .arg(raibid_core::contract::keys::JOB_LIST_INDEXES_BUILT)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(built);
 }
 
 /// `get_logs` with a step the job does not have is a tool error listing its steps; `queue_status`

@@ -610,6 +610,7 @@ impl Queue {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<(Vec<Job>, Option<String>)> {
+        self.ensure_list_indexes().await?;
         let mut con = self.con.clone();
         let mut candidates = vec![keys::JOB_INDEX.to_string()];
         if let Some(st) = filter.status {
@@ -703,6 +704,69 @@ impl Queue {
                 out.push(job);
             }
         }
+    }
+}
+
+impl Queue {
+    /// Add the records written before the per-status and per-ref indexes existed to them, once per
+    /// Redis (marker `JOB_LIST_INDEXES_BUILT`; the write scripts keep them from then on). Idempotent:
+    /// replicas doing it at the same time add the same entries.
+    async fn ensure_list_indexes(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.list_indexes_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut con = self.con.clone();
+        let built: bool = redis::cmd("EXISTS")
+            .arg(keys::JOB_LIST_INDEXES_BUILT)
+            .query_async(&mut con)
+            .await?;
+        if !built {
+            const BATCH: i64 = 500;
+            let mut start = 0i64;
+            loop {
+                let ids: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(keys::JOB_INDEX)
+                    .arg(start)
+                    .arg(start + BATCH - 1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut con)
+                    .await?;
+                if ids.is_empty() {
+                    break;
+                }
+                let mut p = redis::pipe();
+                for (id, _) in &ids {
+                    p.cmd("HGET").arg(contract::job_key(id)).arg("record");
+                }
+                let records: Vec<Option<String>> = p.query_async(&mut con).await?;
+                let mut w = redis::pipe();
+                for ((id, score), rec) in ids.iter().zip(records) {
+                    let Some(job) = rec.and_then(|r| serde_json::from_str::<Job>(&r).ok()) else {
+                        continue;
+                    };
+                    w.cmd("ZADD")
+                        .arg(contract::job_index_by_status(job.status.as_str()))
+                        .arg(*score)
+                        .arg(id)
+                        .ignore();
+                    w.cmd("ZADD")
+                        .arg(contract::job_index_by_ref(&job.source.git_ref))
+                        .arg(*score)
+                        .arg(id)
+                        .ignore();
+                }
+                w.query_async::<()>(&mut con).await?;
+                start += BATCH;
+            }
+            let _: () = redis::cmd("SET")
+                .arg(keys::JOB_LIST_INDEXES_BUILT)
+                .arg("1")
+                .query_async(&mut con)
+                .await?;
+        }
+        self.list_indexes_ready.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -239,6 +239,8 @@ pub struct Queue {
     cfg: QueueConfig,
     // Shared, not copied: every HTTP connection clones the router state, and with it the Queue.
     scripts: Arc<Scripts>,
+    /// This process saw the listing's secondary indexes built (`Queue::list_filtered`).
+    list_indexes_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Milliseconds part of a stream entry id.
@@ -272,6 +274,7 @@ impl Queue {
             con,
             cfg,
             scripts: Arc::new(Scripts::load()),
+            list_indexes_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         q.ensure_group().await?;
         Ok(q)
