@@ -81,6 +81,7 @@ async fn bench(tmp: &Path, cache: &Path) -> Bench {
     .unwrap();
     let settings = Settings {
         api_token: TOKEN.into(),
+        mcp_readonly_token: None,
         gitea_secret: None,
         github_secret: None,
         gitea: None,

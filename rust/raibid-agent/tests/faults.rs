@@ -56,6 +56,7 @@ async fn stack(max_attempts: u32) -> Stack {
     let queue = Queue::connect(&redis.url(), qcfg).await.unwrap();
     let settings = Settings {
         api_token: TOKEN.into(),
+        mcp_readonly_token: None,
         gitea_secret: None,
         github_secret: None,
         gitea: None,

@@ -66,6 +66,38 @@ pub struct CompilerMessage {
     pub step: Option<String>,
     /// How many times the same message was reported (several targets or steps).
     pub count: u32,
+    /// rustc's suggested fixes as data (from its JSON: `suggested_replacement` spans), at most
+    /// [`MAX_SUGGESTIONS`]; apply a `MachineApplicable` one as it is, without parsing `rendered`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<Suggestion>,
+}
+
+/// Most suggestions kept per compiler message.
+pub const MAX_SUGGESTIONS: usize = 8;
+/// Longest replacement text kept (longer suggestions are left out).
+pub const MAX_REPLACEMENT_BYTES: usize = 1024;
+
+/// A fix rustc suggests: replace the span `line_start:column_start` – `line_end:column_end` (1-based,
+/// end exclusive, columns in characters) of `file` with `replacement`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Suggestion {
+    /// What the fix does (rustc's help message), e.g. `if this is intentional, prefix it with an underscore`.
+    pub message: String,
+    /// File, relative to the package (e.g. `src/lib.rs`).
+    pub file: String,
+    /// First line of the span to replace.
+    pub line_start: u32,
+    /// First column of the span to replace.
+    pub column_start: u32,
+    /// Last line of the span to replace.
+    pub line_end: u32,
+    /// Column just after the span to replace.
+    pub column_end: u32,
+    /// The text to put there (empty: delete the span).
+    pub replacement: String,
+    /// rustc's `suggestion_applicability`: `MachineApplicable` (apply as is), `MaybeIncorrect`,
+    /// `HasPlaceholders` (edit before applying) or `Unspecified`.
+    pub applicability: Option<String>,
 }
 
 /// A failing test from libtest's output.
@@ -179,6 +211,15 @@ struct RawDiagnostic {
     spans: Vec<RawSpan>,
     #[serde(default)]
     rendered: Option<String>,
+    #[serde(default)]
+    children: Vec<RawChild>,
+}
+
+#[derive(Deserialize)]
+struct RawChild {
+    message: String,
+    #[serde(default)]
+    spans: Vec<RawSpan>,
 }
 
 #[derive(Deserialize)]
@@ -192,7 +233,40 @@ struct RawSpan {
     line_start: u32,
     column_start: u32,
     #[serde(default)]
+    line_end: Option<u32>,
+    #[serde(default)]
+    column_end: Option<u32>,
+    #[serde(default)]
     is_primary: bool,
+    #[serde(default)]
+    suggested_replacement: Option<String>,
+    #[serde(default)]
+    suggestion_applicability: Option<String>,
+}
+
+/// The suggestions of a diagnostic: every span (its own or its children's) carrying a replacement.
+fn suggestions(d: &RawDiagnostic) -> Vec<Suggestion> {
+    let own = d.spans.iter().map(|s| (d.message.as_str(), s));
+    let children = d
+        .children
+        .iter()
+        .flat_map(|c| c.spans.iter().map(move |s| (c.message.as_str(), s)));
+    own.chain(children)
+        .filter_map(|(message, s)| {
+            let r = s.suggested_replacement.as_ref()?;
+            (r.len() <= MAX_REPLACEMENT_BYTES).then(|| Suggestion {
+                message: message.to_string(),
+                file: s.file_name.clone(),
+                line_start: s.line_start,
+                column_start: s.column_start,
+                line_end: s.line_end.unwrap_or(s.line_start),
+                column_end: s.column_end.unwrap_or(s.column_start),
+                replacement: r.clone(),
+                applicability: s.suggestion_applicability.clone(),
+            })
+        })
+        .take(MAX_SUGGESTIONS)
+        .collect()
 }
 
 /// Parse one line of cargo's `--message-format=json` output. `None` when it is not a cargo message.
@@ -210,7 +284,9 @@ pub fn parse_line(line: &str) -> Option<CargoMessage> {
                 .iter()
                 .find(|s| s.is_primary)
                 .or_else(|| d.spans.first());
+            let suggestions = suggestions(&d);
             CargoMessage::Compiler(CompilerMessage {
+                suggestions,
                 level: d.level,
                 code: d.code.map(|c| c.code),
                 message: d.message,
@@ -577,6 +653,34 @@ mod tests {
     use super::*;
 
     const E0308: &str = r#"{"reason":"compiler-message","package_id":"path+file:///w/demo#0.1.0","manifest_path":"/w/demo/Cargo.toml","target":{"kind":["lib"],"crate_types":["lib"],"name":"demo","src_path":"/w/demo/src/lib.rs","edition":"2021","doc":true,"doctest":true,"test":true},"message":{"$message_type":"diagnostic","message":"mismatched types","code":{"code":"E0308","explanation":"Expected type did not match the received type.\n"},"level":"error","spans":[{"file_name":"src/lib.rs","byte_start":40,"byte_end":47,"line_start":2,"line_end":2,"column_start":18,"column_end":25,"is_primary":true,"text":[{"text":"    let x: u32 = \"hello\";","highlight_start":18,"highlight_end":25}],"label":"expected `u32`, found `&str`","suggested_replacement":null,"suggestion_applicability":null,"expansion":null}],"children":[],"rendered":"error[E0308]: mismatched types\n --> src/lib.rs:2:18\n  |\n2 |     let x: u32 = \"hello\";\n  |            ---   ^^^^^^^ expected `u32`, found `&str`\n\n"}}"#;
+
+    /// rustc's unused-variable warning, as cargo prints it: the fix is a child's span with a
+    /// machine-applicable replacement.
+    const UNUSED: &str = r#"{"reason":"compiler-message","package_id":"path+file:///w/demo#0.1.0","manifest_path":"/w/demo/Cargo.toml","target":{"kind":["lib"],"crate_types":["lib"],"name":"demo","src_path":"/w/demo/src/lib.rs","edition":"2021","doc":true,"doctest":true,"test":true},"message":{"$message_type":"diagnostic","message":"unused variable: `x`","code":{"code":"unused_variables","explanation":null},"level":"warning","spans":[{"file_name":"src/lib.rs","byte_start":29,"byte_end":30,"line_start":2,"line_end":2,"column_start":9,"column_end":10,"is_primary":true,"text":[{"text":"    let x = 1;","highlight_start":9,"highlight_end":10}],"label":null,"suggested_replacement":null,"suggestion_applicability":null,"expansion":null}],"children":[{"children":[],"code":null,"level":"note","message":"`#[warn(unused_variables)]` on by default","rendered":null,"spans":[]},{"children":[],"code":null,"level":"help","message":"if this is intentional, prefix it with an underscore","rendered":null,"spans":[{"file_name":"src/lib.rs","byte_start":29,"byte_end":30,"line_start":2,"line_end":2,"column_start":9,"column_end":10,"is_primary":true,"text":[{"text":"    let x = 1;","highlight_start":9,"highlight_end":10}],"label":null,"suggested_replacement":"_x","suggestion_applicability":"MachineApplicable","expansion":null}]}],"rendered":"warning: unused variable: `x`\n --> src/lib.rs:2:9\n  |\n2 |     let x = 1;\n  |         ^ help: if this is intentional, prefix it with an underscore: `_x`\n\n"}}"#;
+
+    #[test]
+    fn suggestions_are_data() {
+        let Some(CargoMessage::Compiler(m)) = parse_line(UNUSED) else {
+            panic!("not a compiler message")
+        };
+        assert_eq!(
+            m.suggestions,
+            vec![Suggestion {
+                message: "if this is intentional, prefix it with an underscore".into(),
+                file: "src/lib.rs".into(),
+                line_start: 2,
+                column_start: 9,
+                line_end: 2,
+                column_end: 10,
+                replacement: "_x".into(),
+                applicability: Some("MachineApplicable".into()),
+            }]
+        );
+        let Some(CargoMessage::Compiler(e)) = parse_line(E0308) else {
+            panic!("not a compiler message")
+        };
+        assert!(e.suggestions.is_empty());
+    }
 
     #[test]
     fn compiler_message_becomes_rendered_lines_and_a_diagnostic() {

@@ -32,6 +32,12 @@ pub mod keys {
     pub const STATUS_REPORTER_GROUP: &str = "raibid-status-reporters";
     /// Sorted set of every job id, scored by receive time in milliseconds (listing and pagination).
     pub const JOB_INDEX: &str = "raibid:jobs:index";
+    /// Prefix of the listing's per-status index: `raibid:jobs:index:status:{status}`, scored like `JOB_INDEX` (filters before paging).
+    pub const JOB_INDEX_BY_STATUS_PREFIX: &str = "raibid:jobs:index:status:";
+    /// Prefix of the listing's per-ref index: `raibid:jobs:index:ref:{full ref}`, scored like `JOB_INDEX`.
+    pub const JOB_INDEX_BY_REF_PREFIX: &str = "raibid:jobs:index:ref:";
+    /// Marker: the per-status and per-ref listing indexes were built for the records written before they existed.
+    pub const JOB_LIST_INDEXES_BUILT: &str = "raibid:jobs:index:built";
     /// Prefix of a job record hash: `raibid:job:{id}` (fields `record` JSON, `rev`, `log_bytes`, `log_truncated`).
     pub const JOB_PREFIX: &str = "raibid:job:";
     /// Suffix of a job's log stream: `raibid:job:{id}:log`.
@@ -141,6 +147,10 @@ pub mod env {
     pub const MCP_ALLOWED_ORIGINS: &str = "RAIBID_MCP_ALLOWED_ORIGINS";
     /// Secret the dispatcher signs `notify_url` deliveries with (`X-Raibid-Signature`).
     pub const NOTIFY_SECRET: &str = "RAIBID_NOTIFY_SECRET";
+    /// A second bearer token for `/mcp` that may only read (list, get, logs, diagnostics): no submit, cancel, retry or cleanup.
+    pub const MCP_READONLY_TOKEN: &str = "RAIBID_MCP_READONLY_TOKEN";
+    /// File holding the read-only `/mcp` token.
+    pub const MCP_READONLY_TOKEN_FILE: &str = "RAIBID_MCP_READONLY_TOKEN_FILE";
     /// File holding the notification secret.
     pub const NOTIFY_SECRET_FILE: &str = "RAIBID_NOTIFY_SECRET_FILE";
     /// Comma-separated hosts a `notify_url` may name even when they resolve to loopback or private addresses.
@@ -296,6 +306,16 @@ pub fn agent_name_claim_key(name: &str) -> String {
 /// Build an agent heartbeat key.
 pub fn agent_key(name: &str) -> String {
     format!("{}{name}", keys::AGENT_PREFIX)
+}
+
+/// `raibid:jobs:index:status:{status}`.
+pub fn job_index_by_status(status: &str) -> String {
+    format!("{}{status}", keys::JOB_INDEX_BY_STATUS_PREFIX)
+}
+
+/// `raibid:jobs:index:ref:{ref}`.
+pub fn job_index_by_ref(git_ref: &str) -> String {
+    format!("{}{git_ref}", keys::JOB_INDEX_BY_REF_PREFIX)
 }
 
 /// Build a job's diagnostics key.

@@ -119,6 +119,15 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::MCP_ALLOWED_ORIGINS, default_value = "")]
     pub mcp_allowed_origins: String,
 
+    /// A read-only bearer token for /mcp: its holder may list, get, read logs and diagnostics, and
+    /// validate configs, but not submit, cancel, retry or clean up. Unset: none.
+    #[arg(long, env = env::MCP_READONLY_TOKEN, hide_env_values = true)]
+    pub mcp_readonly_token: Option<String>,
+
+    /// File holding the read-only /mcp token.
+    #[arg(long, env = env::MCP_READONLY_TOKEN_FILE)]
+    pub mcp_readonly_token_file: Option<PathBuf>,
+
     /// Secret notify_url deliveries are signed with (X-Raibid-Signature). Unset: notify_url is refused.
     #[arg(long, env = env::NOTIFY_SECRET, hide_env_values = true)]
     pub notify_secret: Option<String>,
@@ -243,6 +252,8 @@ pub struct Settings {
     pub mcp_allowed_hosts: Vec<String>,
     /// Browser origins allowed on /mcp.
     pub mcp_allowed_origins: Vec<String>,
+    /// Read-only /mcp bearer token.
+    pub mcp_readonly_token: Option<String>,
     /// notify_url signing secret.
     pub notify_secret: Option<String>,
     /// Hosts notify_url may reach inside the network.
@@ -314,6 +325,11 @@ impl Settings {
             lease: std::time::Duration::from_secs(cfg.lease_secs),
             mcp_allowed_hosts: csv_list(&cfg.mcp_allowed_hosts),
             mcp_allowed_origins: csv_list(&cfg.mcp_allowed_origins),
+            mcp_readonly_token: secret(
+                &cfg.mcp_readonly_token,
+                &cfg.mcp_readonly_token_file,
+                "read-only MCP token",
+            )?,
             notify_secret: secret(
                 &cfg.notify_secret,
                 &cfg.notify_secret_file,

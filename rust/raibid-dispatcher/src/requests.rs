@@ -314,32 +314,17 @@ pub async fn list_jobs(
         }
     });
     let repo = q.repo.as_deref().filter(|r| !r.is_empty());
-    let mut jobs = Vec::new();
-    let mut cursor = q.cursor.clone();
-    // The ref filter is applied here: read pages until the page is full (at most 20 reads).
-    for _ in 0..20 {
-        let (page, next) = state
-            .queue
-            .list(status, repo, limit as usize, cursor.as_deref())
-            .await?;
-        for j in page {
-            if want_ref.as_ref().is_some_and(|r| *r != j.source.git_ref) {
-                continue;
-            }
-            if jobs.len() < limit as usize {
-                jobs.push(j.public());
-            }
-        }
-        cursor = next;
-        if jobs.len() >= limit as usize || cursor.is_none() || want_ref.is_none() {
-            break;
-        }
-    }
-    let next_cursor = if jobs.len() >= limit as usize {
-        jobs.last().map(|j| j.id.to_string())
-    } else {
-        cursor
+    // The filters apply before paging, from the queue's indexes (issue 18 §4).
+    let filter = raibid_core::queue::ListFilter {
+        status,
+        git_ref: want_ref.as_deref(),
+        repo,
     };
+    let (page, next_cursor) = state
+        .queue
+        .list_filtered(&filter, limit as usize, q.cursor.as_deref())
+        .await?;
+    let jobs = page.iter().map(Job::public).collect();
     Ok(Ok(JobPage { jobs, next_cursor }))
 }
 

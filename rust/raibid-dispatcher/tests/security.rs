@@ -319,6 +319,7 @@ async fn replica(
     let queue = Queue::connect(redis, QueueConfig::default()).await.unwrap();
     let settings = Settings {
         api_token: TOKEN.into(),
+        mcp_readonly_token: None,
         gitea_secret: None,
         github_secret: None,
         gitea: None,

@@ -408,6 +408,7 @@ async fn live_benchmarks() {
     let addr = listener.local_addr().unwrap();
     let settings = raibid_dispatcher::Settings {
         api_token: TOKEN.into(),
+        mcp_readonly_token: None,
         gitea_secret: None,
         github_secret: None,
         gitea: None,

@@ -166,6 +166,7 @@ pub async fn stack() -> Stack {
         .unwrap();
     let settings = Settings {
         api_token: TOKEN.into(),
+        mcp_readonly_token: None,
         gitea_secret: None,
         github_secret: None,
         gitea: None,

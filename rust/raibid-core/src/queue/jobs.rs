@@ -74,6 +74,7 @@ impl Queue {
             .arg(prune_before)
             .arg(self.cfg.max_jobs)
             .arg(job.status.as_str())
+            .arg(job.source.git_ref.as_str())
             .invoke_async(&mut con)
             .await?;
         match r.as_slice() {
@@ -595,5 +596,196 @@ impl Queue {
                 }
             }
         }
+    }
+
+    /// List jobs matching `filter`, newest first, `limit` at most; `cursor` is the id of the last job
+    /// of the previous page (same filter). The filters apply before paging: the page is read from the
+    /// smallest index that covers a filter (`JOB_INDEX_BY_STATUS_PREFIX`, `JOB_INDEX_BY_REF_PREFIX`,
+    /// else `JOB_INDEX`), so a page is full unless the list ends, and `next_cursor` is `None` only then.
+    /// The repository filter (a substring of the URL) and a second index filter are checked on the
+    /// records read from that index.
+    pub async fn list_filtered(
+        &self,
+        filter: &ListFilter<'_>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Job>, Option<String>)> {
+        self.ensure_list_indexes().await?;
+        let mut con = self.con.clone();
+        let mut candidates = vec![keys::JOB_INDEX.to_string()];
+        if let Some(st) = filter.status {
+            candidates.push(contract::job_index_by_status(st.as_str()));
+        }
+        if let Some(r) = filter.git_ref {
+            candidates.push(contract::job_index_by_ref(r));
+        }
+        let mut base = candidates[0].clone();
+        if candidates.len() > 1 {
+            let mut best = u64::MAX;
+            for k in &candidates[1..] {
+                let n: u64 = redis::cmd("ZCARD").arg(k).query_async(&mut con).await?;
+                if n < best {
+                    best = n;
+                    base = k.clone();
+                }
+            }
+        }
+        let mut start: i64 = match cursor {
+            None => 0,
+            Some(c) => {
+                let rank: Option<i64> = redis::cmd("ZREVRANK")
+                    .arg(&base)
+                    .arg(c)
+                    .query_async(&mut con)
+                    .await?;
+                match rank {
+                    Some(r) => r + 1,
+                    None => {
+                        // The cursor's job left this index (its status changed): continue after its
+                        // receive time.
+                        let score: Option<f64> = redis::cmd("ZSCORE")
+                            .arg(keys::JOB_INDEX)
+                            .arg(c)
+                            .query_async(&mut con)
+                            .await?;
+                        let Some(score) = score else {
+                            return Ok((Vec::new(), None));
+                        };
+                        redis::cmd("ZCOUNT")
+                            .arg(&base)
+                            .arg(format!("({score}"))
+                            .arg("+inf")
+                            .query_async(&mut con)
+                            .await?
+                    }
+                }
+            }
+        };
+        let mut out = Vec::new();
+        const BATCH: i64 = 200;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(&base)
+                .arg(start)
+                .arg(start + BATCH - 1)
+                .query_async(&mut con)
+                .await?;
+            if ids.is_empty() {
+                return Ok((out, None));
+            }
+            let mut p = redis::pipe();
+            for id in &ids {
+                p.cmd("HGET").arg(contract::job_key(id)).arg("record");
+            }
+            let records: Vec<Option<String>> = p.query_async(&mut con).await?;
+            for (id, rec) in ids.iter().zip(records) {
+                start += 1;
+                let Some(rec) = rec else {
+                    // Expired or deleted record: drop it from the index read.
+                    let _: redis::RedisResult<i64> = redis::cmd("ZREM")
+                        .arg(&base)
+                        .arg(id)
+                        .query_async(&mut con)
+                        .await;
+                    start -= 1;
+                    continue;
+                };
+                let Ok(job) = serde_json::from_str::<Job>(&rec) else {
+                    continue;
+                };
+                if !filter.matches(&job) {
+                    continue;
+                }
+                if out.len() >= limit {
+                    // One more match exists: the page is full and the list goes on.
+                    let next = out.last().map(|j: &Job| j.id.to_string());
+                    return Ok((out, next));
+                }
+                out.push(job);
+            }
+        }
+    }
+}
+
+impl Queue {
+    /// Add the records written before the per-status and per-ref indexes existed to them, once per
+    /// Redis (marker `JOB_LIST_INDEXES_BUILT`; the write scripts keep them from then on). Idempotent:
+    /// replicas doing it at the same time add the same entries.
+    async fn ensure_list_indexes(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.list_indexes_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut con = self.con.clone();
+        let built: bool = redis::cmd("EXISTS")
+            .arg(keys::JOB_LIST_INDEXES_BUILT)
+            .query_async(&mut con)
+            .await?;
+        if !built {
+            const BATCH: i64 = 500;
+            let mut start = 0i64;
+            loop {
+                let ids: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(keys::JOB_INDEX)
+                    .arg(start)
+                    .arg(start + BATCH - 1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut con)
+                    .await?;
+                if ids.is_empty() {
+                    break;
+                }
+                let mut p = redis::pipe();
+                for (id, _) in &ids {
+                    p.cmd("HGET").arg(contract::job_key(id)).arg("record");
+                }
+                let records: Vec<Option<String>> = p.query_async(&mut con).await?;
+                let mut w = redis::pipe();
+                for ((id, score), rec) in ids.iter().zip(records) {
+                    let Some(job) = rec.and_then(|r| serde_json::from_str::<Job>(&r).ok()) else {
+                        continue;
+                    };
+                    w.cmd("ZADD")
+                        .arg(contract::job_index_by_status(job.status.as_str()))
+                        .arg(*score)
+                        .arg(id)
+                        .ignore();
+                    w.cmd("ZADD")
+                        .arg(contract::job_index_by_ref(&job.source.git_ref))
+                        .arg(*score)
+                        .arg(id)
+                        .ignore();
+                }
+                w.query_async::<()>(&mut con).await?;
+                start += BATCH;
+            }
+            let _: () = redis::cmd("SET")
+                .arg(keys::JOB_LIST_INDEXES_BUILT)
+                .arg("1")
+                .query_async(&mut con)
+                .await?;
+        }
+        self.list_indexes_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// What `Queue::list_filtered` keeps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter<'a> {
+    /// Only jobs in this status.
+    pub status: Option<Status>,
+    /// Only jobs of this full ref (`refs/heads/main`).
+    pub git_ref: Option<&'a str>,
+    /// Only jobs whose repository URL contains this text.
+    pub repo: Option<&'a str>,
+}
+
+impl ListFilter<'_> {
+    /// True when `job` passes every filter.
+    pub fn matches(&self, job: &Job) -> bool {
+        self.status.is_none_or(|s| s == job.status)
+            && self.git_ref.is_none_or(|r| r == job.source.git_ref)
+            && self.repo.is_none_or(|r| job.source.repo_url.contains(r))
     }
 }

@@ -35,6 +35,7 @@ pub use crate::event::Event;
 
 /// A log line `(step, stream, line)` with the moment the agent read it (its `ts` in the job's log).
 pub type StampedLine = (chrono::DateTime<chrono::Utc>, (String, String, String));
+pub use jobs::ListFilter;
 pub use metrics::{CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS};
 
 /// Errors of the queue layer.
@@ -200,6 +201,7 @@ pub enum Enqueued {
 }
 
 const TRIM_LUA: &str = include_str!("lua/trim.lua");
+const INDEX_LUA: &str = include_str!("lua/index.lua");
 
 struct Scripts {
     enqueue: Script,
@@ -212,9 +214,17 @@ struct Scripts {
 
 impl Scripts {
     fn load() -> Scripts {
-        let with_prelude = |body: &str| Script::new(&format!("{TRIM_LUA}\n{body}"));
+        let names = format!(
+            "local RAIBID_STATUS_INDEX = '{}'\nlocal RAIBID_REF_INDEX = '{}'\nlocal RAIBID_JOB_INDEX = '{}'\nlocal RAIBID_JOB_PREFIX = '{}'\n",
+            crate::contract::keys::JOB_INDEX_BY_STATUS_PREFIX,
+            crate::contract::keys::JOB_INDEX_BY_REF_PREFIX,
+            crate::contract::keys::JOB_INDEX,
+            crate::contract::keys::JOB_PREFIX
+        );
+        let with_prelude =
+            |body: &str| Script::new(&format!("{names}{INDEX_LUA}\n{TRIM_LUA}\n{body}"));
         Scripts {
-            enqueue: Script::new(include_str!("lua/enqueue.lua")),
+            enqueue: with_prelude(include_str!("lua/enqueue.lua")),
             update: with_prelude(include_str!("lua/update.lua")),
             requeue: with_prelude(include_str!("lua/requeue.lua")),
             append: Script::new(include_str!("lua/append_log.lua")),
@@ -232,6 +242,8 @@ pub struct Queue {
     cfg: QueueConfig,
     // Shared, not copied: every HTTP connection clones the router state, and with it the Queue.
     scripts: Arc<Scripts>,
+    /// This process saw the listing's secondary indexes built (`Queue::list_filtered`).
+    list_indexes_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Milliseconds part of a stream entry id.
@@ -278,6 +290,7 @@ impl Queue {
             con,
             cfg,
             scripts: Arc::new(Scripts::load()),
+            list_indexes_ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         q.ensure_group().await?;
         Ok(q)

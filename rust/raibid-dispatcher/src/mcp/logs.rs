@@ -11,9 +11,11 @@ use redis::Value;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Size budget of the log lines in one answer (serialized JSON), ≈ 10k tokens. The tool result carries
-/// it twice (structured content and its text form): ≈ 20k tokens in all, under Claude Code's 25k limit.
-pub const ANSWER_BUDGET_BYTES: usize = 40_000;
+/// Size budget of the log lines in one answer as they go over the wire: each line counted twice, in
+/// the structured content and in its text copy (where its JSON is escaped once more). The rest of the
+/// answer fits in what is left of the answer budget (`budget::WIRE_BUDGET_BYTES`, 75,000 bytes ≈ 25k
+/// tokens); `budget::fit` checks the whole answer.
+pub const ANSWER_BUDGET_BYTES: usize = 64_000;
 /// Longest line returned; longer ones are cut with a marker.
 pub const MAX_LINE_BYTES: usize = 2_000;
 /// Default tail length.
@@ -128,9 +130,13 @@ fn cut_line(s: &str) -> String {
     format!("{head}…[line cut: {} more bytes]", s.len() - head.len())
 }
 
+/// Wire bytes of one line: its JSON (with a separator) plus that JSON escaped again in the text copy.
 fn cost(l: &Line) -> usize {
-    // JSON of one line: the text escaped plus the field names and numbers.
-    serde_json::to_string(&l.text).map_or(l.text.len(), |s| s.len()) + l.step.len() + 40
+    let Ok(j) = serde_json::to_string(l) else {
+        return 14 * l.text.len() + 200;
+    };
+    let t = serde_json::to_string(&j).map_or(2 * j.len() + 2, |t| t.len());
+    j.len() + t
 }
 
 async fn xlen(queue: &Queue, id: &str) -> Result<u64, QueueError> {

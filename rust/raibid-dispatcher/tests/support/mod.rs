@@ -289,6 +289,7 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
         lease: Duration::from_secs(opts.lease_secs),
         mcp_allowed_hosts: Vec::new(),
         mcp_allowed_origins: Vec::new(),
+        mcp_readonly_token: None,
         notify_secret: None,
         notify_allowed_hosts: Vec::new(),
         intake: opts.intake.clone(),

@@ -1,7 +1,7 @@
 -- Enqueue a job: record hash + stream entry + index + de-duplication key + status count + event, all or
 -- nothing.
 -- KEYS: job, stream, index, events, dedup, counts
--- ARGV: id, record, score, dedup_ttl, event, events_maxlen, has_dedup, prune_before, max_jobs, status
+-- ARGV: id, record, score, dedup_ttl, event, events_maxlen, has_dedup, prune_before, max_jobs, status, ref
 if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[5])
   if existing then return {0, existing} end
@@ -11,6 +11,12 @@ redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', 1, 'entry', entry, 'lease'
 redis.call('HINCRBY', KEYS[6], ARGV[10], 1)
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
+-- The listing's secondary indexes (status, ref); past retention they are pruned like the main one.
+redis.call('ZADD', RAIBID_STATUS_INDEX .. ARGV[10], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', RAIBID_STATUS_INDEX .. ARGV[10], '-inf', ARGV[8])
+local by_ref = RAIBID_REF_INDEX .. ARGV[11]
+redis.call('ZADD', by_ref, ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', by_ref, '-inf', ARGV[8])
 -- Bound the number of records kept: drop the oldest finished ones past max_jobs (a few per enqueue).
 local max_jobs = tonumber(ARGV[9])
 if max_jobs > 0 then

@@ -25,6 +25,7 @@ if cur[2] ~= ARGV[12] then
   if cur[2] then redis.call('HINCRBY', KEYS[6], cur[2], -1) end
   redis.call('HINCRBY', KEYS[6], ARGV[12], 1)
   redis.call('HSET', KEYS[1], 'status', ARGV[12])
+  raibid_reindex(KEYS[1], cur[2], ARGV[12])
 end
 redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
 redis.call('HDEL', KEYS[1], 'lease_expires')

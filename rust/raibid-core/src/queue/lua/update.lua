@@ -12,6 +12,7 @@ if cur[3] ~= ARGV[11] then
   if cur[3] then redis.call('HINCRBY', KEYS[5], cur[3], -1) end
   redis.call('HINCRBY', KEYS[5], ARGV[11], 1)
   redis.call('HSET', KEYS[1], 'status', ARGV[11])
+  raibid_reindex(KEYS[1], cur[3], ARGV[11])
 end
 local rev = tonumber(cur[1]) + 1
 redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', rev, 'lease', ARGV[8])
