@@ -332,6 +332,18 @@ def bootstrap_tokens_carry_documented_scopes_and_only_image_agents_can_push [] {
   # agent's clone token, and a mounted file would be readable by any step of the agent's uid: ADR 0009).
   let pushers = ($TOKENS | where {|t| "write:package" in $t.scopes } | get name)
   assert equal $pushers [raibid-image-push]
+  # …a token of the push user, not of the admin (ADR 0012), whose name the image agents push with; every agent
+  # and the dispatcher enforce the same registry and reserved namespaces.
+  assert equal ($TOKENS | where name == raibid-image-push | get 0.owner) $PUSH_USER
+  let cm = {|f| open ($REPO_ROOT | path join apps base raibid $f) | get data }
+  assert equal (do $cm agent-image-config.yaml | get RAIBID_REGISTRY_USERNAME) $PUSH_USER
+  let agents = (do $cm agent-config.yaml)
+  let disp = (open ($REPO_ROOT | path join apps base raibid dispatcher.yaml) | where kind == Deployment | first | get spec.template.spec.containers.0.env
+    | reduce --fold {} {|e, acc| $acc | insert $e.name ($e.value? | default null) })
+  for k in [RAIBID_REGISTRY RAIBID_REGISTRY_RESERVED_NAMESPACES] {
+    assert (($agents | get -o $k) != null) $"agent-config.yaml has no ($k)"
+    assert equal ($disp | get -o $k) ($agents | get $k) $"the dispatcher's ($k) is not the agents'"
+  }
   let f = ($SECRET_FILES | where name == raibid-registry-push | first)
   assert equal $f.keys [password]
   for m in [agent-image-scaledjob.yaml agent-image-warm-pool.yaml agent-scaledjob.yaml agent-warm-pool.yaml] {
