@@ -541,6 +541,20 @@ def image_push_token_is_a_non_admin_users_with_package_write_only_where_reposito
       assert ($rotated.raibid-image-push != $values.raibid-image-push) "--rotate kept the push token"
       assert equal ($st2.tokens | get $PUSH_USER) {raibid-image-push: $rotated.raibid-image-push}
       assert equal ($st2.token_scopes | get $PUSH_USER | get raibid-image-push) [write:package]
+      # Someone made the push user a site admin and put it into raibid: the next run undoes both.
+      with-env {RAIBID_GITEA_URL: $f.gitea.url} {
+        let b = {username: raibid-admin, password: pw}
+        gitea call PATCH $"/admin/users/($PUSH_USER)" --basic $b --body {admin: true} | ignore
+        let tid = (gitea call POST "/orgs/raibid/teams" --basic $b --body {name: ops, permission: write}).body.id
+        gitea call PUT $"/teams/($tid)/members/($PUSH_USER)" --basic $b | ignore
+      }
+      assert equal ((push-user-problems $ctx) | length) 2 "the probe misses the admin flag or the raibid membership"
+      let fix = (do (all-stages | where name == tokens | first | get steps) ($ctx | update tmp (mktemp -d -t raibid-tokens-XXXXXX)) | where {|s| $s.show | str starts-with "Gitea user" } | first)
+      do $fix.run
+      let st3 = (fake-get $f.gitea state)
+      assert equal ($st3.users | get $PUSH_USER | get is_admin) false
+      assert equal ($st3.teams | values | where org == raibid | get members | flatten) []
+      assert equal (push-user-problems $ctx) []
       # A user's namespace and raibid's own cannot be granted.
       assert equal (error-code-of { run-gitea-token-steps (push-ctx $f.gitea.url [someone]) }) push_org_is_user
       assert equal (error-code-of { run-gitea-token-steps (push-ctx $f.gitea.url [raibid]) }) push_org_reserved
