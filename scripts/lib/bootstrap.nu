@@ -48,6 +48,9 @@ export def settings []: nothing -> record {
     image_cache_path: ($vars.RAIBID_IMAGE_CACHE_HOST_PATH? | default "/var/lib/raibid/image-cache")
     ops: {owner: $ops_path.0, name: $ops_path.1, branch: $sync.spec.ref.branch, cluster_url: $sync.spec.url}
     images: $images
+    # Gitea organisations whose repositories publish images through CI (ADR 0012): the image push user gets
+    # package write there, and nowhere else. Comma- or space-separated in cluster-settings.yaml.
+    publish_orgs: ($vars.RAIBID_IMAGE_PUBLISH_ORGS? | default "" | split row --regex '[,\s]+' | where {|o| $o | is-not-empty } | uniq)
     pins: (load-pins)
   }
 }

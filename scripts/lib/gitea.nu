@@ -10,12 +10,14 @@ export def api-base []: nothing -> string {
   $"($env.RAIBID_GITEA_URL | str trim --right --char '/')/api/v1"
 }
 
-def auth-headers [basic: any]: nothing -> record {
-  if $basic != null {
+def auth-headers [basic: any, sudo: any]: nothing -> record {
+  let auth = if $basic != null {
     {Authorization: $"Basic ($'($basic.username):($basic.password)' | encode base64)"}
   } else {
     {Authorization: $"token (secret RAIBID_GITEA_TOKEN --purpose 'the Gitea API')"}
   }
+  # Gitea's `Sudo` header (swagger securityDefinitions.SudoHeader): an admin acts as that user.
+  if $sudo == null { $auth } else { $auth | insert Sudo $sudo }
 }
 
 # Call Gitea. Returns {status, headers, body}; 401/403/5xx and unexpected statuses raise errors.
@@ -25,9 +27,10 @@ export def call [
   --body: any = null       # JSON body
   --ok: list<int> = [200 201 204]  # statuses returned as results (e.g. add 404 to test existence)
   --basic: any = null      # {username, password}: basic auth instead of the token (bootstrap creates tokens)
+  --sudo: any = null       # act as this user (the caller must be a site admin)
 ]: nothing -> record {
   let url = $"(api-base)($path)"
-  let res = (request $method $url --headers ({Accept: "application/json"} | merge (auth-headers $basic)) --body $body
+  let res = (request $method $url --headers ({Accept: "application/json"} | merge (auth-headers $basic $sudo)) --body $body
     --service Gitea --hint "set RAIBID_GITEA_URL to a Gitea reachable from here (bootstrap's summary prints it)")
   if $res.status in $ok { return $res }
   let msg = ($res.body | if ($in | describe | str starts-with "record") { $in.message? | default "" } else { $in | into string } | str trim)
@@ -42,12 +45,12 @@ export def call [
 }
 
 # GET every page of a list endpoint (`page`/`limit` query, stops on a short page or at the Link `next` end).
-export def get-all [path: string, --limit: int = 50]: nothing -> list<any> {
+export def get-all [path: string, --limit: int = 50, --basic: any = null]: nothing -> list<any> {
   mut page = 1
   mut out = []
   let sep = if ($path | str contains "?") { "&" } else { "?" }
   loop {
-    let res = (call GET $"($path)($sep)page=($page)&limit=($limit)")
+    let res = (call GET $"($path)($sep)page=($page)&limit=($limit)" --basic $basic)
     let items = ($res.body | if ($in | describe | str starts-with "record") { $in.data? | default [] } else { $in })
     $out = ($out | append $items)
     let next = ($res.headers.link? | parse-link-header | get -o next)
@@ -86,19 +89,113 @@ export def hooks [owner: string, name: string]: nothing -> list<any> {
 
 # --- used by bootstrap (admin basic auth) ---------------------------------------------------------------
 
-# Create (or replace) an access token of `user`; returns its value. Needs the user's password.
+# Create (or replace) an access token of `user`; returns its value. Token endpoints need basic auth: `basic` is
+# the user's own, or a site admin's, who then acts as `user` through the `Sudo` header. Without it Gitea's answer
+# depends on the version: 1.20 created the token for the *caller* (go-gitea/gitea#26234) and DELETE removes only
+# the caller's tokens, so a token of another user is never made or replaced with the admin as the caller.
 export def create-token [
   user: string
   name: string
   scopes: list<string>
-  basic: record          # {username, password}
+  basic: record          # {username, password}: `user`'s, or a site admin's
 ]: nothing -> string {
-  let existing = (call GET $"/users/($user)/tokens" --basic $basic).body
-  if ($existing | any {|t| $t.name == $name }) {
+  let sudo = if $basic.username == $user { null } else { $user }
+  if (token-exists $user $name $basic) {
     # Gitea shows a token's value only once: an existing one cannot be reused, so it is replaced.
-    call DELETE $"/users/($user)/tokens/($name)" --basic $basic | ignore
+    call DELETE $"/users/($user)/tokens/($name)" --basic $basic --sudo $sudo | ignore
   }
-  (call POST $"/users/($user)/tokens" --basic $basic --body {name: $name, scopes: $scopes}).body.sha1
+  (call POST $"/users/($user)/tokens" --basic $basic --sudo $sudo --body {name: $name, scopes: $scopes}).body.sha1
+}
+
+# Does `user` have a token called `name`? (basic as in create-token)
+export def token-exists [user: string, name: string, basic: record]: nothing -> bool {
+  let sudo = if $basic.username == $user { null } else { $user }
+  (get-all-tokens $user $basic $sudo) | any {|t| $t.name == $name }
+}
+
+def get-all-tokens [user: string, basic: record, sudo: any]: nothing -> list<any> {
+  (call GET $"/users/($user)/tokens" --basic $basic --sudo $sudo).body
+}
+
+# Remove `user`'s token `name` if it exists; true when one was removed.
+export def delete-token [user: string, name: string, basic: record]: nothing -> bool {
+  if not (token-exists $user $name $basic) { return false }
+  let sudo = if $basic.username == $user { null } else { $user }
+  call DELETE $"/users/($user)/tokens/($name)" --basic $basic --sudo $sudo | ignore
+  true
+}
+
+# The team a push user gets in an organisation that publishes images (ADR 0012): package write, nothing else.
+export def packages-team [name: string]: nothing -> record {
+  {name: $name, description: "raibid-ci image pushes: package write only (ADR 0012)", permission: "write",
+    includes_all_repositories: false, can_create_org_repo: false, units_map: {"repo.packages": "write"}}
+}
+
+# Does an existing team (Gitea's Team) grant what packages-team asks and nothing more?
+export def team-is-packages-only [team: record]: nothing -> bool {
+  let units = ($team.units_map? | default {})
+  let others = ($units | transpose k v | where {|u| $u.k != "repo.packages" and $u.v != "none" })
+  (($units | get -o "repo.packages") == "write" and ($others | is-empty)
+    and not ($team.includes_all_repositories? | default false) and not ($team.can_create_org_repo? | default false)
+    and ($team.permission? | default "write") not-in [admin owner])
+}
+
+# The dedicated image push user (ADR 0012), made as the site admin `basic`: it exists (created with a random
+# password that is never kept: its token is made through Sudo), is no site admin, is a member of none of the
+# `reserved` organisations, and is in a team `team` (packages-team) of each organisation in `orgs`, created when
+# missing (never a user's namespace: only the user itself may write there). Returns what it changed.
+export def ensure-push-user [
+  user: string
+  email: string
+  orgs: list<string>      # organisations whose repositories publish images
+  reserved: list<string>  # organisations it must not belong to (raibid's own images)
+  team: string            # the team's name in each of `orgs`
+  basic: record           # a site admin's {username, password}
+]: nothing -> list<string> {
+  let bad = ($orgs | where {|o| ($o | str lowercase) in ($reserved | str lowercase) })
+  if ($bad | is-not-empty) {
+    fail push_org_reserved $"($bad | str join ', ') cannot publish images: reserved for raibid's own images" --hint "remove it from RAIBID_IMAGE_PUBLISH_ORGS (clusters/dgx-spark/cluster-settings.yaml)"
+  }
+  mut made = []
+  let u = (call GET $"/users/($user)" --ok [200 404] --basic $basic)
+  if $u.status == 404 {
+    call POST "/admin/users" --basic $basic --body {
+      username: $user, email: $email, password: (random chars --length 40), must_change_password: false, visibility: "private"
+    } | ignore
+    $made = ($made | append $"user ($user)")
+  } else if ($u.body.is_admin? | default false) {
+    call PATCH $"/admin/users/($user)" --basic $basic --body {admin: false} | ignore
+    $made = ($made | append $"($user) is no longer a site admin")
+  }
+  for o in $reserved {
+    if (call GET $"/orgs/($o)/members/($user)" --ok [204 404] --basic $basic).status == 204 {
+      call DELETE $"/orgs/($o)/members/($user)" --basic $basic | ignore
+      $made = ($made | append $"($user) removed from ($o)")
+    }
+  }
+  let want = (packages-team $team)
+  for o in $orgs {
+    if (call GET $"/orgs/($o)" --ok [200 404] --basic $basic).status == 404 {
+      if (call GET $"/users/($o)" --ok [200 404] --basic $basic).status == 200 {
+        fail push_org_is_user $"($o) is a Gitea user, not an organisation: only ($o) itself could push there" --hint "move its repositories to an organisation (ADR 0012), or remove it from RAIBID_IMAGE_PUBLISH_ORGS"
+      }
+      call POST "/orgs" --basic $basic --body {username: $o, visibility: "private", description: "raibid-ci"} | ignore
+      $made = ($made | append $"org ($o)")
+    }
+    let existing = (get-all $"/orgs/($o)/teams" --basic $basic | where name == $team | get -o 0)
+    let id = if $existing == null {
+      $made = ($made | append $"team ($o)/($team)")
+      (call POST $"/orgs/($o)/teams" --basic $basic --body $want).body.id
+    } else if not (team-is-packages-only $existing) {
+      $made = ($made | append $"team ($o)/($team) reset to package write only")
+      (call PATCH $"/teams/($existing.id)" --basic $basic --body $want).body.id
+    } else { $existing.id }
+    if (call GET $"/teams/($id)/members/($user)" --ok [200 404] --basic $basic).status == 404 {
+      call PUT $"/teams/($id)/members/($user)" --basic $basic | ignore
+      $made = ($made | append $"($user) in ($o)/($team)")
+    }
+  }
+  $made
 }
 
 # Make sure the organization and the (private) repository exist; returns what was created.

@@ -15,15 +15,21 @@ use log.nu
 # The Gitea admin bootstrap creates (Gitea reserves the name `admin`).
 export const GITEA_ADMIN = "raibid-admin"
 
-# Gitea tokens bootstrap creates: name, scopes, where the value goes.
+# The Gitea user whose token the image agents push with (ADR 0012): no site admin, no member of `raibid` (the
+# cluster's own images), package write only in the organisations of RAIBID_IMAGE_PUBLISH_ORGS, through a team
+# of this name. The image agents' RAIBID_REGISTRY_USERNAME (apps/base/raibid/agent-image-config.yaml) is it.
+export const PUSH_USER = "raibid-push"
+export const PACKAGES_TEAM = "raibid-packages"
+
+# Gitea tokens bootstrap creates: name, scopes, whose, where the value goes.
 export const TOKENS = [
-  [name scopes use];
-  [raibid-owner [write:repository write:organization read:user] "owner's copy (RAIBID_GITEA_TOKEN for mirror.nu)"]
-  [raibid-dispatcher [write:repository read:user] "Secret raibid-dispatcher (mirror-sync, commit statuses)"]
-  [raibid-agent [read:repository] "Secret raibid-agent (clones)"]
-  [raibid-flux [read:repository] "Secret flux-system (Flux reads the ops repository)"]
-  [raibid-registry [read:package] "registries.yaml (containerd pulls the raibid images)"]
-  [raibid-image-push [write:package] "Secret raibid-registry-push (image agents push to Gitea's OCI registry)"]
+  [name scopes owner use];
+  [raibid-owner [write:repository write:organization read:user] $GITEA_ADMIN "owner's copy (RAIBID_GITEA_TOKEN for mirror.nu)"]
+  [raibid-dispatcher [write:repository read:user] $GITEA_ADMIN "Secret raibid-dispatcher (mirror-sync, commit statuses)"]
+  [raibid-agent [read:repository] $GITEA_ADMIN "Secret raibid-agent (clones)"]
+  [raibid-flux [read:repository] $GITEA_ADMIN "Secret flux-system (Flux reads the ops repository)"]
+  [raibid-registry [read:package] $GITEA_ADMIN "registries.yaml (containerd pulls the raibid images)"]
+  [raibid-image-push [write:package] $PUSH_USER "Secret raibid-registry-push (image agents push to Gitea's OCI registry)"]
 ]
 
 # --- context and small helpers ---------------------------------------------------------------------------
@@ -710,7 +716,62 @@ def tokens-probe [ctx: record]: nothing -> record {
   if $me.status != 200 { return (todo $"the owner's Gitea token does not work \(HTTP ($me.status)\)") }
   if (kget [-n $NAMESPACES.flux get secret $CLUSTER_SECRETS.flux_git.name]) == null { return (todo "no flux-system Secret (Flux's Gitea credentials)") }
   if (registries-auth (read-root $ctx /etc/rancher/k3s/registries.yaml) $ctx.s.git_host) == null { return (todo "registries.yaml has no credentials for Gitea's registry") }
-  ok "Gitea tokens in place (owner, dispatcher, agent, Flux, registry)"
+  let push = (push-user-problems $ctx)
+  if ($push | is-not-empty) { return (todo ($push | str join "; ")) }
+  if (existing-tokens $ctx).raibid-image-push == null { return (todo $"the image push token is not ($PUSH_USER)'s raibid-image-push") }
+  ok $"Gitea tokens in place \(owner, dispatcher, agent, Flux, registry; image pushes as ($PUSH_USER)\)"
+}
+
+# The organisations the push user must stay out of: raibid's own images' (and the ops repository's) owners.
+export def reserved-orgs [ctx: record]: nothing -> list<string> {
+  ["raibid" $ctx.s.ops.owner] | append ($ctx.s.images | each {|i| (image-parts $i.ref).owner }) | uniq
+}
+
+def admin-probe-headers [ctx: record, --sudo: string = ""]: nothing -> record {
+  let b = (admin-basic-or-null $ctx)
+  if $b == null { return {} }
+  basic-header $b | if ($sudo | is-empty) { $in } else { insert Sudo $sudo }
+}
+
+# What is not as ADR 0012 wants about the image push user (read-only, for the probe): it exists, is no site
+# admin, is in no reserved organisation and in the packages team of every RAIBID_IMAGE_PUBLISH_ORGS organisation.
+export def push-user-problems [ctx: record]: nothing -> list<string> {
+  let api = $"($ctx.s.gitea_url)/api/v1"
+  let h = (admin-probe-headers $ctx)
+  let u = (system http-probe GET $"($api)/users/($PUSH_USER)" --headers $h)
+  if $u.status != 200 { return [$"no Gitea user ($PUSH_USER) \(image pushes, ADR 0012\)"] }
+  mut out = []
+  if ($u.body.is_admin? | default false) { $out = ($out | append $"($PUSH_USER) is a site admin") }
+  for o in (reserved-orgs $ctx) {
+    if (system http-probe GET $"($api)/orgs/($o)/members/($PUSH_USER)" --headers $h).status == 204 {
+      $out = ($out | append $"($PUSH_USER) is a member of ($o)")
+    }
+  }
+  for o in $ctx.s.publish_orgs {
+    let teams = (system http-probe GET $"($api)/orgs/($o)/teams" --headers $h)
+    let team = if $teams.status == 200 { $teams.body | where name == $PACKAGES_TEAM | get -o 0 } else { null }
+    if $team == null or not (gitea team-is-packages-only $team) {
+      $out = ($out | append $"no team ($o)/($PACKAGES_TEAM) with package write only")
+      continue
+    }
+    if (system http-probe GET $"($api)/teams/($team.id)/members/($PUSH_USER)" --headers $h).status != 200 {
+      $out = ($out | append $"($PUSH_USER) is not in ($o)/($PACKAGES_TEAM)")
+    }
+  }
+  $out
+}
+
+# Is `value` the push user's token `raibid-image-push`? Gitea shows a token's last eight characters only: the
+# one in the Secret must end like it (an older bootstrap made it for the admin, ADR 0012).
+export def push-token-verified [ctx: record, value: any]: nothing -> any {
+  if $value == null { return null }
+  let r = (system http-probe GET $"($ctx.s.gitea_url)/api/v1/users/($PUSH_USER)/tokens" --headers (admin-probe-headers $ctx --sudo $PUSH_USER))
+  if $r.status != 200 { return null }
+  let t = ($r.body | where name == raibid-image-push | get -o 0)
+  let n = ($value | str length)
+  let last8 = if $n > 8 { $value | str substring ($n - 8).. } else { $value }
+  if $t == null or ($t.token_last_eight? | default "") != $last8 { return null }
+  $value
 }
 
 # Where bootstrap keeps sensitive files while a stage runs (tokens between steps): mode 0700, removed after every
@@ -747,13 +808,13 @@ export def existing-tokens [ctx: record]: nothing -> record {
     raibid-agent: (some-or-null (do $dec raibid-agent) RAIBID_GIT_TOKEN)
     raibid-flux: (if $flux_pw == null { null } else { $flux_pw | decode base64 | decode })
     raibid-registry: (some-or-null (registries-auth (read-root $ctx /etc/rancher/k3s/registries.yaml) $ctx.s.git_host) password)
-    raibid-image-push: (some-or-null (do $dec raibid-registry-push) password)
+    raibid-image-push: (push-token-verified $ctx (some-or-null (do $dec raibid-registry-push) password))
   }
 }
 
 def tokens-steps [ctx: record]: nothing -> list<record> {
   let files = (secret-files "apps/")
-  let admin = $"($ctx.s.gitea_url)/api/v1/users/($GITEA_ADMIN)/tokens"
+  let api = $"($ctx.s.gitea_url)/api/v1"
   # Every token value (kept or new) lives in a 0600 file below secret-tmp while the stage runs; run-steps
   # removes it when the stage ends, also when it fails halfway.
   let store = ((secret-tmp $ctx) | path join tokens.json)
@@ -762,11 +823,21 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
   let have = (existing-tokens $ctx)
   let make = if $ctx.rotate { $TOKENS } else { $TOKENS | where {|t| ($have | get $t.name) == null } }
   let what = if ($make | is-empty) { $"none: all ($TOKENS | length) tokens are in place \(--rotate replaces them\)" } else { $make | get name | str join ', ' }
+  let orgs = $ctx.s.publish_orgs
   [
-    (nu-step $"POST ($admin) \(basic auth as ($GITEA_ADMIN)\) for: ($what); an existing token of the same name is replaced \(DELETE …/tokens/{name}\)" {||
+    (nu-step $"Gitea user ($PUSH_USER) \(POST ($api)/admin/users when missing: no site admin, a random password kept nowhere\), out of ((reserved-orgs $ctx) | str join ', '), in team ($PACKAGES_TEAM) \(package write only\) of: (if ($orgs | is-empty) { 'no organisation (RAIBID_IMAGE_PUBLISH_ORGS is empty)' } else { $orgs | str join ', ' })" {||
+      let made = (with-env {RAIBID_GITEA_URL: $ctx.s.gitea_url} {
+        gitea ensure-push-user $PUSH_USER $"($PUSH_USER)@noreply.($ctx.s.domain)" $orgs (reserved-orgs $ctx) $PACKAGES_TEAM (admin-basic $ctx)
+      })
+      for m in $made { log ok $"Gitea: ($m)" }
+    })
+    (nu-step $"POST ($api)/users/{owner}/tokens \(basic auth as ($GITEA_ADMIN); ($PUSH_USER)'s with `Sudo: ($PUSH_USER)`\) for: ($what); an existing token of the same name is replaced \(DELETE …/tokens/{name}\)" {||
       let basic = (admin-basic $ctx)
       let made = (with-env {RAIBID_GITEA_URL: $ctx.s.gitea_url} {
-        $make | reduce --fold {} {|t, acc| $acc | insert $t.name (gitea create-token $GITEA_ADMIN $t.name $t.scopes $basic) }
+        let m = ($make | reduce --fold {} {|t, acc| $acc | insert $t.name (gitea create-token $t.owner $t.name $t.scopes $basic) })
+        # An older bootstrap made the push token for the admin (a token that could push anywhere): remove it.
+        if (gitea delete-token $GITEA_ADMIN raibid-image-push $basic) { log ok $"removed ($GITEA_ADMIN)'s old raibid-image-push token" }
+        $m
       })
       mkdir (secret-tmp $ctx)
       ^chmod 700 (secret-tmp $ctx)

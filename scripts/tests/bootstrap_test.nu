@@ -31,6 +31,7 @@ use ../lib/pins.nu [load-pins]
 use ../lib/errors.nu [error-code]
 use ../lib/gitea.nu
 use ../lib/cluster.nu [SECRET_FILES]
+use ../lib/secrets.nu [write-config-secret]
 
 # A fixture with its placeholders for image tags filled in from the repository (so a version bump needs
 # no re-recording), written to a temp file.
@@ -213,7 +214,7 @@ def dry_run_cli_prints_the_plan_and_no_secret [] {
   assert equal $out.exit_code 0 $out.stderr
   assert ($out.stdout | str contains "0 of 12 stages would run, 12 would be skipped")
   assert ($out.stdout | str contains "[7/12] gitea      SKIP")
-  for s in [recorded-admin-password recorded-api-token recorded-notify-secret recorded-owner-token recorded-registry-token AGE-SECRET-KEY] {
+  for s in [recorded-admin-password recorded-api-token recorded-notify-secret recorded-owner-token recorded-registry-token recorded-image-push-token AGE-SECRET-KEY] {
     assert not ($out.stdout + $out.stderr | str contains $s) $"($s) was printed"
   }
   let fresh = (fixture fresh)
@@ -331,6 +332,18 @@ def bootstrap_tokens_carry_documented_scopes_and_only_image_agents_can_push [] {
   # agent's clone token, and a mounted file would be readable by any step of the agent's uid: ADR 0009).
   let pushers = ($TOKENS | where {|t| "write:package" in $t.scopes } | get name)
   assert equal $pushers [raibid-image-push]
+  # …a token of the push user, not of the admin (ADR 0012), whose name the image agents push with; every agent
+  # and the dispatcher enforce the same registry and reserved namespaces.
+  assert equal ($TOKENS | where name == raibid-image-push | get 0.owner) $PUSH_USER
+  let cm = {|f| open ($REPO_ROOT | path join apps base raibid $f) | get data }
+  assert equal (do $cm agent-image-config.yaml | get RAIBID_REGISTRY_USERNAME) $PUSH_USER
+  let agents = (do $cm agent-config.yaml)
+  let disp = (open ($REPO_ROOT | path join apps base raibid dispatcher.yaml) | where kind == Deployment | first | get spec.template.spec.containers.0.env
+    | reduce --fold {} {|e, acc| $acc | insert $e.name ($e.value? | default null) })
+  for k in [RAIBID_REGISTRY RAIBID_REGISTRY_RESERVED_NAMESPACES] {
+    assert (($agents | get -o $k) != null) $"agent-config.yaml has no ($k)"
+    assert equal ($disp | get -o $k) ($agents | get $k) $"the dispatcher's ($k) is not the agents'"
+  }
   let f = ($SECRET_FILES | where name == raibid-registry-push | first)
   assert equal $f.keys [password]
   for m in [agent-image-scaledjob.yaml agent-image-warm-pool.yaml agent-scaledjob.yaml agent-warm-pool.yaml] {
@@ -433,22 +446,121 @@ def tokens_rotate_only_when_asked [] {
   # A finished machine, tokens stage forced: every token is where it is used, so nothing is created.
   let f = (fixture finished)
   let forced = (with-clean-env (fake-env $f) { plan (context --force) [tokens] })
-  assert ($forced.0.commands.0 | str contains "for: none: all 6 tokens are in place") $forced.0.commands.0
+  assert ($forced.0.commands.1 | str contains "for: none: all 6 tokens are in place") $forced.0.commands.1
   assert not ($forced.0.commands | any {|c| $c =~ '^note: ' }) "a forced re-run announces new tokens"
   let have = (with-clean-env (fake-env $f) { existing-tokens (context) })
   assert equal ($have | values | where $it == null) [] $"a token was not found: ($have)"
   assert equal $have.raibid-flux "recorded-flux-token"
   # --rotate replaces all of them.
   let rotated = (with-clean-env (fake-env $f) { plan (context --force --rotate) [tokens] })
-  assert ($rotated.0.commands.0 | str contains "for: raibid-owner, raibid-dispatcher, raibid-agent, raibid-flux, raibid-registry, raibid-image-push")
+  assert ($rotated.0.commands.1 | str contains "for: raibid-owner, raibid-dispatcher, raibid-agent, raibid-flux, raibid-registry, raibid-image-push")
   # Only the registry credentials lost: only that token is made (before issue 21 all six were replaced).
   let sys = (open $f)
   $sys | update files ($sys.files | update "/etc/rancher/k3s/registries.yaml" (render-registries "git.raibid.internal" null)) | to nuon | save -f $f
   let p = (with-clean-env (fake-env $f) { plan (context) [tokens] })
-  assert ($p.0.commands.0 | str contains "for: raibid-registry;") $p.0.commands.0
+  assert ($p.0.commands.1 | str contains "for: raibid-registry;") $p.0.commands.1
   rm -f $f
   let cli = (do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) --dry-run --rotate } | complete)
   assert ($cli.stderr | str contains "bad_flags") $cli.stderr
+}
+
+# The tokens stage's Gitea steps (the push user, then the tokens), run against the swagger-checked fake Gitea as
+# on an installation where no token is in place yet (no Secret decrypts, no cluster: every token is made).
+# Returns the token values the stage would write into the Secrets.
+def run-gitea-token-steps [ctx: record]: nothing -> record {
+  let steps = (do (all-stages | where name == tokens | first | get steps) $ctx)
+  let gitea_steps = ($steps | where {|s| ($s.show | str starts-with "POST ") or ($s.show | str starts-with "Gitea user") })
+  for s in $gitea_steps { do $s.run }
+  let store = ((secret-tmp $ctx) | path join tokens.json)
+  let values = (open $store)
+  rm -rf (secret-tmp $ctx)
+  $values
+}
+
+def push-ctx [url: string, orgs: list<string>, --rotate]: nothing -> record {
+  write-config-secret GITEA_ADMIN_PASSWORD pw --force | ignore
+  context --rotate=$rotate | update s.gitea_url $url | upsert s.publish_orgs $orgs | update tmp (mktemp -d -t raibid-tokens-XXXXXX)
+}
+
+@test
+def image_push_token_is_a_non_admin_users_with_package_write_only_where_repositories_publish [] {
+  # Issue 17 §2, ADR 0012. Seen failing on the stage before: raibid-image-push was made for raibid-admin (a site
+  # admin: its write:package token could replace raibid/raibid-agent), and no push user existed.
+  # The starting point: an installation made by that stage (the admin holds a push token), `raibid` exists,
+  # `acme` publishes images and exists, `octo` publishes and does not exist yet, `someone` is a user.
+  let state = {
+    users: {raibid-admin: {token: "t", password: "pw", is_admin: true}, someone: {password: "x"}}
+    orgs: {raibid: {owner: raibid-admin}, acme: {owner: raibid-admin}}
+    tokens: {raibid-admin: {raibid-image-push: "0000000000000000000000000000000000adm1n0"}}
+  }
+  with-fakes {gitea: $state} {|f|
+    with-clean-env {} {
+      let ctx = (push-ctx $f.gitea.url [acme octo])
+      assert ((push-user-problems $ctx) | is-not-empty) "the probe finds nothing to do before the stage ran"
+      let values = (run-gitea-token-steps $ctx)
+      let st = (fake-get $f.gitea state)
+      # raibid-image-push is the push user's, scope write:package only; the admin keeps no push token.
+      let admin_push = ($st.tokens.raibid-admin | get -o raibid-image-push)
+      assert ($admin_push == null) $"raibid-image-push is still a token of the admin \(the Secret gets it: ($values.raibid-image-push == $admin_push)\)"
+      assert equal ($st.tokens | get -o $PUSH_USER | default {} | columns) [raibid-image-push] $"($PUSH_USER)'s tokens"
+      assert equal ($st.token_scopes | get $PUSH_USER | get raibid-image-push) [write:package]
+      assert equal ($values.raibid-image-push) ($st.tokens | get $PUSH_USER | get raibid-image-push) "the Secret would not get the push user's token"
+      # A user of its own, no site admin, no password change pending (its password is random and kept nowhere).
+      let u = ($st.users | get $PUSH_USER)
+      assert equal [$u.is_admin $u.must_change_password] [false false]
+      for t in ($TOKENS | where name != raibid-image-push) {
+        assert ($t.name in ($st.tokens.raibid-admin | columns)) $"($t.name) is not the admin's"
+      }
+      # Package write, through a team with only the packages unit, in acme and (created) octo; not in raibid.
+      assert ("octo" in ($st.orgs | columns)) "the publishing organisation octo was not created"
+      for o in [acme octo] {
+        let teams = ($st.teams | values | where org == $o)
+        assert equal ($teams | get name) [$PACKAGES_TEAM] $"($o)'s teams"
+        let tm = ($teams | first)
+        assert equal [$tm.permission $tm.units_map $tm.includes_all_repositories $tm.can_create_org_repo $tm.members] [write {"repo.packages": write} false false [$PUSH_USER]] $"($o)/($PACKAGES_TEAM)"
+      }
+      assert equal ($st.teams | values | where org == raibid) [] "the push user was put into raibid"
+      # What the password was is in no file bootstrap keeps.
+      let pw = $u.password
+      let files = (glob ($env.RAIBID_CONFIG_DIR | path join "**" "*") | append (glob ($ctx.tmp | path join "**" "*")) | where {|p| ($p | path type) == file })
+      assert equal ($files | where {|p| open --raw $p | str contains $pw }) [] "the push user's password landed in a file"
+      # The probe is content, and the Secret's value is recognised as the push user's token (an admin's is not).
+      assert equal (push-user-problems $ctx) []
+      assert equal (push-token-verified $ctx $values.raibid-image-push) $values.raibid-image-push
+      assert equal (push-token-verified $ctx "0000000000000000000000000000000000adm1n0") null
+      # Re-running changes nothing in Gitea's users, organisations and teams.
+      let before = (calls $f.gitea | length)
+      let again = ($ctx | update tmp (mktemp -d -t raibid-tokens-XXXXXX))
+      let step = (do (all-stages | where name == tokens | first | get steps) $again | where {|s| $s.show | str starts-with "Gitea user" } | first)
+      do $step.run
+      let writes = (calls $f.gitea | skip $before | where method != GET)
+      assert equal $writes [] $"a re-run changed Gitea: ($writes | select method path | to nuon)"
+      # --rotate replaces the push token (still the push user's, still write:package only).
+      let rotated = (run-gitea-token-steps (push-ctx $f.gitea.url [acme octo] --rotate))
+      let st2 = (fake-get $f.gitea state)
+      assert ($rotated.raibid-image-push != $values.raibid-image-push) "--rotate kept the push token"
+      assert equal ($st2.tokens | get $PUSH_USER) {raibid-image-push: $rotated.raibid-image-push}
+      assert equal ($st2.token_scopes | get $PUSH_USER | get raibid-image-push) [write:package]
+      # Someone made the push user a site admin and put it into raibid: the next run undoes both.
+      with-env {RAIBID_GITEA_URL: $f.gitea.url} {
+        let b = {username: raibid-admin, password: pw}
+        gitea call PATCH $"/admin/users/($PUSH_USER)" --basic $b --body {admin: true} | ignore
+        let tid = (gitea call POST "/orgs/raibid/teams" --basic $b --body {name: ops, permission: write}).body.id
+        gitea call PUT $"/teams/($tid)/members/($PUSH_USER)" --basic $b | ignore
+      }
+      assert equal ((push-user-problems $ctx) | length) 2 "the probe misses the admin flag or the raibid membership"
+      let fix = (do (all-stages | where name == tokens | first | get steps) ($ctx | update tmp (mktemp -d -t raibid-tokens-XXXXXX)) | where {|s| $s.show | str starts-with "Gitea user" } | first)
+      do $fix.run
+      let st3 = (fake-get $f.gitea state)
+      assert equal ($st3.users | get $PUSH_USER | get is_admin) false
+      assert equal ($st3.teams | values | where org == raibid | get members | flatten) []
+      assert equal (push-user-problems $ctx) []
+      # A user's namespace and raibid's own cannot be granted.
+      assert equal (error-code-of { run-gitea-token-steps (push-ctx $f.gitea.url [someone]) }) push_org_is_user
+      assert equal (error-code-of { run-gitea-token-steps (push-ctx $f.gitea.url [raibid]) }) push_org_reserved
+      assert-no-violations $f.gitea
+    }
+  }
 }
 
 @test

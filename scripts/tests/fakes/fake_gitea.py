@@ -4,8 +4,15 @@ like Gitea for the endpoints raibid-ci's scripts use. Any undocumented call, or 
 does not implement, is a violation the tests assert on; the fake's own answers are checked against the
 documented response schemas too, so it cannot drift from Gitea's shapes.
 
-State (JSON, --state): {"users": {login: {"token", "password", "is_admin"}}, "orgs": {name: {}},
-"repos": {full_name: Repository}, "hooks": {full_name: [Hook]}, "statuses": {full_name: state}}
+State (JSON, --state): {"users": {login: {"token", "password", "is_admin"}}, "orgs": {name: {"owner"}},
+"repos": {full_name: Repository}, "hooks": {full_name: [Hook]}, "statuses": {full_name: state},
+"tokens": {login: {name: value}}, "token_scopes": {login: {name: [scope]}},
+"teams": {id: {"org", "name", "permission", "units_map", "includes_all_repositories", "can_create_org_repo", "members"}}}
+
+Authentication as Gitea does it: `Authorization: token …` or Basic; the `Sudo` header makes a site admin act as
+another user (anyone else gets 403). The token endpoints act on the *authenticated* user: a call for another
+user's tokens without Sudo is a violation, because Gitea versions disagree on it (1.20 created the token for the
+caller, go-gitea/gitea#26234; DELETE only ever removes the caller's).
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ class FakeGitea(FakeServer):
     def __init__(self, state, args):
         super().__init__(state)
         self.swagger = Swagger(args.swagger)
-        for k in ("users", "orgs", "repos", "hooks", "statuses", "tokens", "syncs"):
+        for k in ("users", "orgs", "repos", "hooks", "statuses", "tokens", "syncs", "token_scopes", "teams"):
             state.setdefault(k, {})
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -65,6 +72,54 @@ class FakeGitea(FakeServer):
                 return login
             raise Reply(401, {"message": "user's password is invalid", "url": self.base_url + "/api/swagger"})
         return None
+
+    def sudo(self, req, user: str | None) -> str | None:
+        """Gitea's sudo(): a site admin acts as the user the Sudo header (or ?sudo=) names."""
+        target = req["headers"].get("sudo") or req["query"].get("sudo")
+        if not target or user is None:
+            return user
+        if not self.is_admin(user):
+            raise Reply(403, {"message": "Only administrators allowed to sudo."})
+        if target not in self.state["users"]:
+            raise Reply(404, {"message": "user does not exist"})
+        return target
+
+    def is_admin(self, login: str | None) -> bool:
+        return bool(login and self.state["users"].get(login, {}).get("is_admin"))
+
+    def require_admin(self, user: str) -> None:
+        if not self.is_admin(user):
+            raise Reply(403, {"message": "reqSiteAdmin"})
+
+    def own_tokens(self, req, user: str, username: str) -> None:
+        """reqSelfOrAdmin + reqBasicOrRevProxyAuth on /users/{username}/tokens; acting on another user's tokens
+        without Sudo differs between Gitea versions (see the module doc): a violation."""
+        if username not in self.state["users"]:
+            raise Reply(404, {"message": "user does not exist"})
+        if user != username:
+            if not self.is_admin(user):
+                raise Reply(403, {"message": "reqSelfOrAdmin"})
+            self.violation(req, f"{username}'s tokens handled by {user} without Sudo: Gitea 1.20 acts on the caller (go-gitea/gitea#26234)")
+
+    def org_members(self, org: str) -> set:
+        members = {self.state["orgs"][org].get("owner")} if org in self.state["orgs"] else set()
+        for tm in self.state["teams"].values():
+            if tm["org"] == org:
+                members |= set(tm["members"])
+        return members - {None}
+
+    def team_obj(self, tid: str) -> dict:
+        tm = self.state["teams"][tid]
+        return {"id": int(tid), "name": tm["name"], "description": tm.get("description", ""),
+                "permission": tm["permission"], "units_map": tm["units_map"], "units": sorted(tm["units_map"]),
+                "includes_all_repositories": tm["includes_all_repositories"],
+                "can_create_org_repo": tm["can_create_org_repo"],
+                "organization": {"id": abs(hash(tm["org"])) % 10000, "name": tm["org"], "username": tm["org"]}}
+
+    def team(self, tid: str) -> dict:
+        if tid not in self.state["teams"]:
+            raise Reply(404, {"message": "team does not exist"})
+        return self.state["teams"][tid]
 
     def repo(self, owner: str, name: str) -> dict:
         r = self.state["repos"].get(f"{owner}/{name}")
@@ -101,7 +156,10 @@ class FakeGitea(FakeServer):
             self.violation(req, p)
         if template is None or not op:
             return 404, {"message": "not found"}, {}
-        user = self.authenticate(req)
+        try:
+            user = self.sudo(req, self.authenticate(req))
+        except Reply as r:
+            return r.status, r.body, r.headers
         if user is None and template not in ("/version",):
             return 401, {"message": "token is required", "url": self.base_url + "/api/swagger"}, {}
         fn = getattr(self, "h_" + req["method"].lower() + re.sub(r"[^a-z]+", "_", template.lower()).rstrip("_"), None)
@@ -251,27 +309,150 @@ class FakeGitea(FakeServer):
 
     # Used by bootstrap: tokens and the ops repository.
     def h_get_users_username_tokens(self, req, user, username):
+        self.own_tokens(req, user, username)
         toks = self.state["tokens"].get(username, {})
-        return 200, [{"id": i + 1, "name": n, "scopes": ["all"], "token_last_eight": t[-8:]} for i, (n, t) in enumerate(toks.items())], {}
+        scopes = self.state["token_scopes"].get(username, {})
+        return 200, [{"id": i + 1, "name": n, "scopes": scopes.get(n, ["all"]), "token_last_eight": t[-8:]}
+                     for i, (n, t) in enumerate(toks.items())], {}
 
     def h_post_users_username_tokens(self, req, user, username):
         if not req["headers"].get("authorization", "").startswith("Basic "):
             raise Reply(403, {"message": "tokens can only be created with basic authentication"})
+        self.own_tokens(req, user, username)
         name = req["body"]["name"]
         toks = self.state["tokens"].setdefault(username, {})
         if name in toks:
             raise Reply(400, {"message": "access token name has been used already"})
-        toks[name] = base64.b16encode(name.encode()).decode().lower().ljust(40, "0")[:40]
+        # Distinct per user and per creation, so a replaced token has a new value (and last eight).
+        n = self.state.setdefault("token_serial", 0) + 1
+        self.state["token_serial"] = n
+        toks[name] = (base64.b16encode(f"{username}/{name}".encode()).decode().lower()[:32] + f"{n:08x}")[-40:].rjust(40, "0")
+        self.state["token_scopes"].setdefault(username, {})[name] = req["body"].get("scopes", [])
         return 201, {"id": len(toks), "name": name, "scopes": req["body"].get("scopes", []), "sha1": toks[name],
                      "token_last_eight": toks[name][-8:]}, {}
 
     def h_delete_users_username_tokens_token(self, req, user, username, token):
+        if not req["headers"].get("authorization", "").startswith("Basic "):
+            raise Reply(403, {"message": "tokens can only be deleted with basic authentication"})
+        self.own_tokens(req, user, username)
         toks = self.state["tokens"].get(username, {})
         for i, name in enumerate(list(toks)):
             if token in (name, str(i + 1)):
                 del toks[name]
+                self.state["token_scopes"].get(username, {}).pop(name, None)
                 return 204, None, {}
         raise Reply(404, {"message": "token not found"})
+
+    # Users, organisation membership and teams (bootstrap's image push user, ADR 0012).
+    def h_post_admin_users(self, req, user):
+        self.require_admin(user)
+        b = req["body"]
+        name = b["username"]
+        if self.owner_exists(name):
+            raise Reply(422, {"message": "user already exists [name: %s]" % name})
+        if not b.get("password"):
+            raise Reply(400, {"message": "password is required for a local user"})
+        self.state["users"][name] = {"password": b["password"], "is_admin": False, "email": b["email"],
+                                     "must_change_password": b.get("must_change_password", True),
+                                     "visibility": b.get("visibility", "public")}
+        return 201, self.user_obj(name), {}
+
+    def h_patch_admin_users_username(self, req, user, username):
+        self.require_admin(user)
+        u = self.state["users"].get(username)
+        if u is None:
+            raise Reply(422, {"message": "user does not exist"})
+        b = req["body"] or {}
+        if "admin" in b:
+            u["is_admin"] = bool(b["admin"])
+        for k in ("password", "must_change_password", "prohibit_login", "visibility", "restricted"):
+            if k in b:
+                u[k] = b[k]
+        return 200, self.user_obj(username), {}
+
+    def h_get_orgs_org_members_username(self, req, user, org, username):
+        if org not in self.state["orgs"] or username not in self.state["users"]:
+            raise Reply(404, {"message": "not found"})
+        if user not in self.org_members(org) and not self.is_admin(user):
+            return 303, None, {"Location": f"{self.base_url}/api/v1/orgs/{org}/public_members/{username}"}
+        return (204, None, {}) if username in self.org_members(org) else (404, None, {})
+
+    def h_delete_orgs_org_members_username(self, req, user, org, username):
+        if org not in self.state["orgs"]:
+            raise Reply(404, {"message": "org does not exist"})
+        if not (self.is_admin(user) or self.state["orgs"][org].get("owner") == user):
+            raise Reply(403, {"message": "not an owner of the organization"})
+        for tm in self.state["teams"].values():
+            if tm["org"] == org and username in tm["members"]:
+                tm["members"].remove(username)
+        return 204, None, {}
+
+    def h_get_orgs_org_teams(self, req, user, org):
+        if org not in self.state["orgs"]:
+            raise Reply(404, {"message": "org does not exist"})
+        items = [self.team_obj(tid) for tid, tm in sorted(self.state["teams"].items(), key=lambda x: int(x[0])) if tm["org"] == org]
+        chunk, headers = self._page(req, items, req["path"])
+        return 200, chunk, headers
+
+    def h_post_orgs_org_teams(self, req, user, org):
+        if org not in self.state["orgs"]:
+            raise Reply(404, {"message": "org does not exist"})
+        if not (self.is_admin(user) or self.state["orgs"][org].get("owner") == user):
+            raise Reply(403, {"message": "not an owner of the organization"})
+        b = req["body"]
+        if any(tm["org"] == org and tm["name"].lower() == b["name"].lower() for tm in self.state["teams"].values()):
+            raise Reply(422, {"message": "team already exists"})
+        tid = str(next(_ids))
+        self.state["teams"][tid] = {"org": org, "members": []}
+        self._set_team(tid, b)
+        return 201, self.team_obj(tid), {}
+
+    def _set_team(self, tid: str, b: dict) -> None:
+        tm = self.state["teams"][tid]
+        order = ["none", "read", "write", "admin", "owner"]
+        perm = b.get("permission", tm.get("permission", "read"))
+        units = b.get("units_map")
+        if units is not None:
+            for v in units.values():
+                if v not in order:
+                    raise Reply(422, {"message": f"invalid unit access mode {v!r}"})
+            tm["units_map"] = dict(units)
+            if order.index(perm) < order.index("admin") and units:
+                # Gitea: with a units map, the team's mode is the smallest of its units' (MinUnitAccessMode).
+                perm = min((v for v in units.values() if v != "none"), key=order.index, default="none")
+        tm.setdefault("units_map", {})
+        tm["name"] = b.get("name", tm.get("name"))
+        tm["description"] = b.get("description", tm.get("description", ""))
+        tm["permission"] = perm
+        tm["includes_all_repositories"] = bool(b.get("includes_all_repositories", tm.get("includes_all_repositories", False)))
+        tm["can_create_org_repo"] = bool(b.get("can_create_org_repo", tm.get("can_create_org_repo", False)))
+
+    def h_get_teams_id(self, req, user, id):
+        self.team(id)
+        return 200, self.team_obj(id), {}
+
+    def h_patch_teams_id(self, req, user, id):
+        tm = self.team(id)
+        if not (self.is_admin(user) or self.state["orgs"][tm["org"]].get("owner") == user):
+            raise Reply(403, {"message": "not an owner of the organization"})
+        self._set_team(id, req["body"] or {})
+        return 200, self.team_obj(id), {}
+
+    def h_get_teams_id_members_username(self, req, user, id, username):
+        tm = self.team(id)
+        if username not in tm["members"]:
+            raise Reply(404, {"message": "not a member"})
+        return 200, self.user_obj(username), {}
+
+    def h_put_teams_id_members_username(self, req, user, id, username):
+        tm = self.team(id)
+        if not (self.is_admin(user) or self.state["orgs"][tm["org"]].get("owner") == user):
+            raise Reply(403, {"message": "not an owner of the organization"})
+        if username not in self.state["users"]:
+            raise Reply(404, {"message": "user does not exist"})
+        if username not in tm["members"]:
+            tm["members"].append(username)
+        return 204, None, {}
 
     def h_post_orgs_org_repos(self, req, user, org):
         if org not in self.state["orgs"]:
