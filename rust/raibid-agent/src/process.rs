@@ -33,15 +33,23 @@ pub(crate) enum StepEnd {
 }
 
 /// A job's log budget, shared by all its steps' output pumps: lines and bytes (with per-entry
-/// overhead). Past it one marker is sent and the rest of the output is read and dropped, so a flood
-/// costs Redis nothing more and the agent only the reading.
+/// overhead). Past the head budget one marker is sent and further output only goes into each step
+/// stream's tail (its last lines, kept and sent when the stream ends, from a reserve of the budget), so
+/// a noisy step never eats a later step's failure; the rest is read and dropped (counted).
 #[derive(Debug)]
 pub struct LogBudget {
     max_lines: u64,
     max_bytes: u64,
+    all_lines: u64,
+    all_bytes: u64,
     lines: AtomicU64,
     bytes: AtomicU64,
     over: AtomicBool,
+    dropped_lines: AtomicU64,
+    dropped_bytes: AtomicU64,
+    /// A step stream's tail: at most this many lines and bytes.
+    tail_lines: usize,
+    tail_bytes: usize,
 }
 
 /// What to do with one line.
@@ -57,18 +65,27 @@ pub enum Admit {
 
 impl LogBudget {
     /// A budget for step output under the queue's caps, keeping a reserve (a tenth, at most 64 KiB and
-    /// 100 lines) for the agent's own lines (step results) after it.
+    /// 100 lines) for the agent's own lines (step results) after it, and an eighth for the tails of the
+    /// steps whose output came past the head budget.
     pub fn new(cap_lines: u64, cap_bytes: u64) -> LogBudget {
+        let all_lines = cap_lines - (cap_lines / 10).min(100);
+        let all_bytes = cap_bytes - (cap_bytes / 10).min(64 * 1024);
         LogBudget {
-            max_lines: cap_lines - (cap_lines / 10).min(100),
-            max_bytes: cap_bytes - (cap_bytes / 10).min(64 * 1024),
+            max_lines: all_lines - cap_lines / 8,
+            max_bytes: all_bytes - cap_bytes / 8,
+            all_lines,
+            all_bytes,
             lines: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             over: AtomicBool::new(false),
+            dropped_lines: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
+            tail_lines: ((cap_lines / 32) as usize).clamp(1, 200),
+            tail_bytes: ((cap_bytes / 32) as usize).clamp(1024, 64 * 1024),
         }
     }
 
-    /// Account for one line of `cost` bytes (text + overhead).
+    /// Account for one line of `cost` bytes (text + overhead) against the head budget.
     pub fn admit(&self, cost: u64) -> Admit {
         if self.over.load(Ordering::Relaxed) {
             return Admit::Drop;
@@ -84,7 +101,20 @@ impl LogBudget {
         }
     }
 
-    /// Past the cap?
+    /// Account for one line of a tail (or its marker) against the whole budget (head and tail
+    /// reserve). False: over it; the line is dropped.
+    fn admit_tail(&self, cost: u64) -> bool {
+        let l = self.lines.fetch_add(1, Ordering::Relaxed) + 1;
+        let b = self.bytes.fetch_add(cost, Ordering::Relaxed) + cost;
+        l <= self.all_lines && b <= self.all_bytes
+    }
+
+    fn dropped(&self, cost: u64) {
+        self.dropped_lines.fetch_add(1, Ordering::Relaxed);
+        self.dropped_bytes.fetch_add(cost, Ordering::Relaxed);
+    }
+
+    /// Past the head budget (something of the job's output was, or will be, dropped)?
     pub fn exhausted(&self) -> bool {
         self.over.load(Ordering::Relaxed)
     }
@@ -97,9 +127,17 @@ impl LogBudget {
         )
     }
 
+    /// Lines and bytes (with overhead) of step output dropped so far.
+    pub fn dropped_total(&self) -> (u64, u64) {
+        (
+            self.dropped_lines.load(Ordering::Relaxed),
+            self.dropped_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     fn marker(&self) -> String {
         format!(
-            "[raibid] log cap reached ({} lines / {} bytes with per-line overhead): the rest of this job's output is dropped",
+            "[raibid] log cap reached ({} lines / {} bytes with per-line overhead kept): further output is dropped, except the last lines of each step, kept at its end",
             self.max_lines, self.max_bytes
         )
     }
@@ -114,6 +152,11 @@ struct Sink {
     last: Option<Vec<u8>>,
     repeats: u64,
     since: Instant,
+    /// The stream's last lines past the head budget (stream, text, cost), sent when it ends.
+    tail: std::collections::VecDeque<(String, String, u64)>,
+    tail_bytes: usize,
+    /// Lines and bytes of this stream dropped (not in the log, not in the tail).
+    dropped: (u64, u64),
 }
 
 impl Sink {
@@ -122,13 +165,72 @@ impl Sink {
         let cost = (text.len() + self.step.len() + stream.len()) as u64 + ENTRY_OVERHEAD;
         let (stream, text) = match self.budget.admit(cost) {
             Admit::Send => (stream.to_string(), text),
-            Admit::Marker => ("system".to_string(), self.budget.marker()),
-            Admit::Drop => return true,
+            Admit::Marker => {
+                let marker = self.budget.marker();
+                self.keep_in_tail(stream, text, cost);
+                ("system".to_string(), marker)
+            }
+            Admit::Drop => {
+                self.keep_in_tail(stream, text, cost);
+                return true;
+            }
         };
         self.tx
             .send((self.step.clone(), stream, text))
             .await
             .is_ok()
+    }
+
+    /// Keep a line past the head budget in the tail; what the tail lets go is dropped (counted).
+    fn keep_in_tail(&mut self, stream: &str, text: String, cost: u64) {
+        self.tail_bytes += text.len();
+        self.tail.push_back((stream.to_string(), text, cost));
+        while self.tail.len() > self.budget.tail_lines || self.tail_bytes > self.budget.tail_bytes {
+            let Some((_, t, c)) = self.tail.pop_front() else {
+                break;
+            };
+            self.tail_bytes -= t.len();
+            self.dropped.0 += 1;
+            self.dropped.1 += c;
+            self.budget.dropped(c);
+        }
+    }
+
+    /// At the end of the stream: say what was dropped and send the tail (from the budget's reserve).
+    async fn flush_tail(&mut self) {
+        if self.tail.is_empty() && self.dropped.0 == 0 {
+            return;
+        }
+        let (kept_lines, kept_bytes) = (self.budget.max_lines, self.budget.max_bytes);
+        let marker = format!(
+            "[raibid] log cap: this job's log kept its first {kept_lines} lines / {kept_bytes} bytes; {} lines ({} bytes) of step `{}` ({}) after them were dropped; its last {} lines follow",
+            self.dropped.0,
+            self.dropped.1,
+            self.step,
+            self.stream,
+            self.tail.len()
+        );
+        let cost = (marker.len() + self.step.len() + 6) as u64 + ENTRY_OVERHEAD;
+        if self.budget.admit_tail(cost) {
+            let _ = self
+                .tx
+                .send((self.step.clone(), "system".to_string(), marker))
+                .await;
+        }
+        while let Some((stream, text, cost)) = self.tail.pop_front() {
+            if !self.budget.admit_tail(cost) {
+                self.budget.dropped(cost);
+                continue;
+            }
+            if self
+                .tx
+                .send((self.step.clone(), stream, text))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     async fn flush_repeats(&mut self) -> bool {
@@ -162,11 +264,6 @@ impl Sink {
         }
         if !self.flush_repeats().await {
             return false;
-        }
-        if self.budget.exhausted() {
-            // Drain without building strings.
-            self.last = None;
-            return true;
         }
         let mut text = String::from_utf8_lossy(raw).into_owned();
         let limit = if continued {
@@ -210,6 +307,9 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         last: None,
         repeats: 0,
         since: Instant::now(),
+        tail: std::collections::VecDeque::new(),
+        tail_bytes: 0,
+        dropped: (0, 0),
     };
     let piece = MAX_LINE - SPLIT_MARK.len();
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
@@ -264,6 +364,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         }
     }
     sink.flush_repeats().await;
+    sink.flush_tail().await;
 }
 
 pub(crate) fn kill_group(pgid: i32) {
@@ -401,15 +502,17 @@ mod tests {
 
     #[test]
     fn the_budget_admits_up_to_its_cap_then_one_marker() {
+        // Cap 1000 lines: 100 for the agent's own lines, 125 for the steps' tails, 775 for the head.
         let b = LogBudget::new(1000, 1_000_000);
-        for _ in 0..900 {
+        for _ in 0..775 {
             assert_eq!(b.admit(ENTRY_OVERHEAD), Admit::Send);
         }
         assert_eq!(b.admit(ENTRY_OVERHEAD), Admit::Marker);
         assert_eq!(b.admit(ENTRY_OVERHEAD), Admit::Drop);
+        assert!(b.admit_tail(ENTRY_OVERHEAD), "the tails have their reserve");
         let b = LogBudget::new(1_000_000, 100_000);
-        assert_eq!(b.admit(80_000), Admit::Send);
-        assert_eq!(b.admit(20_000), Admit::Marker);
+        assert_eq!(b.admit(70_000), Admit::Send);
+        assert_eq!(b.admit(10_000), Admit::Marker);
     }
 
     #[tokio::test]

@@ -205,6 +205,7 @@ pub(crate) async fn run_job(
         mut claim,
         logs,
         masker,
+        budget,
         ..
     } = ctx;
     drop(logs);
@@ -220,6 +221,12 @@ pub(crate) async fn run_job(
             None
         }
     };
+    if budget.exhausted() {
+        // The agent dropped output: the log says so (API `truncated`, MCP), not only the Redis cap.
+        if let Err(e) = shared.queue.mark_log_truncated(&id).await {
+            tracing::warn!(job = %id, error = %e, "could not mark the log truncated");
+        }
+    }
     crate::cache::record_job(
         &shared.queue,
         claim.job.cache.as_mut(),

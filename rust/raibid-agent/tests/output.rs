@@ -32,12 +32,18 @@ async fn two_gib_without_a_newline_keeps_the_agent_small_and_the_job_ends_normal
     );
     let lines = e.logs(&id).await;
     let zeros: Vec<_> = lines.iter().filter(|l| l.step == "zeros").collect();
+    // Every piece is at most 64 KiB and marked as continued, but the line's last piece (kept in the
+    // step's tail since issue 18 §3: the end of the output survives the cap).
+    let pieces: Vec<_> = zeros.iter().filter(|l| l.stream == "stdout").collect();
     assert!(
-        zeros
+        pieces.iter().all(|l| l.line.len() <= 64 * 1024),
+        "every piece of the endless line is at most 64 KiB"
+    );
+    assert!(
+        pieces[..pieces.len() - 1]
             .iter()
-            .filter(|l| l.stream == "stdout")
-            .all(|l| l.line.len() <= 64 * 1024 && l.line.ends_with(SPLIT_MARK)),
-        "every piece of the endless line is at most 64 KiB and marked"
+            .all(|l| l.line.ends_with(SPLIT_MARK)),
+        "every piece but the last is marked as continued"
     );
     assert!(
         zeros.iter().any(|l| l.line.contains("log cap reached")),
@@ -135,4 +141,67 @@ async fn ten_seconds_of_empty_lines_stay_within_the_log_cap() {
 async fn a_hundred_megabytes_of_short_lines_stay_within_the_log_cap() {
     // seq 1 14500000 prints 114 MB in lines of at most 9 bytes.
     flood("seq 1 14500000").await;
+}
+
+/// Issue 18 §3: a noisy step that uses the whole log budget does not eat a later step's failure. The
+/// failing step's last lines are kept (a reserved tail per step), a marker says how much was kept and
+/// dropped, the job's `log_truncated` is set although Redis' own cap was never reached, and the log
+/// stays within the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_noisy_step_does_not_eat_the_failing_steps_output() {
+    const CAP_BYTES: u64 = 256 * 1024;
+    const CAP_LINES: u64 = 2_000;
+    let e = env(None).await;
+    let repo = make_repo(
+        &e.tmp.path().join("noisy"),
+        "steps:\n  - name: noisy\n    run: seq 1 100000\n  - name: failing\n    run: |\n      seq 1 5000 | sed 's/^/progress /'\n      echo 'assertion `left == right` failed: left: 1, right: 2'\n      exit 101\n",
+    );
+    e.agent(
+        "agent-noisy",
+        &[
+            ("RAIBID_LOG_CAP_BYTES", CAP_BYTES.to_string()),
+            ("RAIBID_LOG_CAP_LINES", CAP_LINES.to_string()),
+        ],
+    );
+    let id = e.submit(&repo).await;
+    let j = e.wait_final(&id, Duration::from_secs(120)).await;
+    assert_eq!(j.status.as_str(), "failed");
+    let lines = e.logs(&id).await;
+    let failing: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.step == "failing")
+        .map(|l| l.line.as_str())
+        .collect();
+    assert!(
+        failing.contains(&"assertion `left == right` failed: left: 1, right: 2"),
+        "the failing step's failure was dropped: {:?}",
+        &failing[failing.len().saturating_sub(5)..]
+    );
+    assert!(
+        failing.iter().any(
+            |l| l.starts_with("[raibid] log cap: this job's log kept its first")
+                && l.contains("of step `failing` (stdout) after them were dropped")
+        ),
+        "a marker says what was kept: {:?}",
+        &failing[..failing.len().min(5)]
+    );
+    assert!(
+        e.queue.log_truncated(&id).await.unwrap(),
+        "log_truncated is set whenever the agent dropped output"
+    );
+    let bytes: u64 = lines
+        .iter()
+        .map(|l| (l.line.len() + l.step.len() + l.stream.len()) as u64 + 64)
+        .sum();
+    assert!(
+        lines.len() as u64 <= CAP_LINES && bytes <= CAP_BYTES,
+        "within the cap: {} lines, {bytes} bytes",
+        lines.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.line.contains("[raibid] log truncated")),
+        "Redis' own cap was not what cut it"
+    );
 }

@@ -128,6 +128,19 @@ impl Queue {
             .unwrap_or_default())
     }
 
+    /// Record that the job's log is not whole (the agent dropped some of its output: its per-job
+    /// budget, `log_truncated` as the Redis-side cap sets it).
+    pub async fn mark_log_truncated(&self, job_id: &str) -> Result<()> {
+        let mut con = self.con.clone();
+        let _: () = redis::cmd("HSET")
+            .arg(contract::job_key(job_id))
+            .arg("log_truncated")
+            .arg("1")
+            .query_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
     /// Whether the job's log was truncated.
     pub async fn log_truncated(&self, job_id: &str) -> Result<bool> {
         let mut con = self.con.clone();
