@@ -15,7 +15,7 @@ from conftest import tool
 
 ROOT = gitops.ROOT
 TOOLS = ["rust", "nushell", "kubectl", "kustomize", "flux", "helm", "sops", "age", "redis", "buildah", "skopeo"]
-STUB_PKGS = {"nodejs": "20.0.0", "redis": "7.2.0", "buildah": "1.40.0", "skopeo": "1.18.0", "git": "2.47.0",
+STUB_PKGS = {"nodejs": "20.0.0", "redis": "7.2.0", "buildah": "1.40.0", "skopeo": "1.18.0", "git": "2.47.0", "bubblewrap": "0.11.0",
              "python3": "3.12.0"}
 PINNED = {"nushell": "NUSHELL_VERSION", "kubectl": "KUBERNETES_VERSION", "kustomize": "KUSTOMIZE_VERSION",
           "fluxcd": "FLUX_VERSION", "kubernetes-helm": "HELM_VERSION", "sops": "SOPS_VERSION", "age": "AGE_VERSION"}

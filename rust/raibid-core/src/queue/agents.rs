@@ -65,7 +65,8 @@ impl Queue {
             .arg(ttl.as_secs().max(1))
             .ignore();
         let _: () = p.query_async(&mut con).await?;
-        if let Some(node) = self.cfg.node.as_deref() {
+        // Only agents that read the node stream (Rust agents with a node name) count as the node's agents.
+        if let (Some(node), Some(_)) = (self.cfg.node.as_deref(), self.node_stream()) {
             let _: i64 = redis::Script::new(NODE_BEAT)
                 .key(keys::NODES)
                 .key(contract::node_agents_key(node))

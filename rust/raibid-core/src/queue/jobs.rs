@@ -414,7 +414,7 @@ impl Queue {
     }
 
     /// This agent's node stream, when it has a node name and runs Rust jobs.
-    fn node_stream(&self) -> Option<String> {
+    pub(super) fn node_stream(&self) -> Option<String> {
         let node = self.cfg.node.as_deref()?;
         self.my_routes()
             .contains(&JobKind::Rust.route())
