@@ -99,6 +99,11 @@ async fn routes_to_the_warm_node_only_while_it_has_a_free_agent() {
     let j2 = enqueue(&shared).await;
     assert_eq!(stream_of(&shared, &j2).await, ns);
     assert_eq!(lag(&shared, &ns).await, Some(1));
+    // The queue figures (API, raibid-top, /metrics) show the node stream with its own lag.
+    let stats = shared.stats().await.unwrap();
+    let node = stats.kinds.iter().find(|k| k.stream == ns).expect("node stream in the figures");
+    assert_eq!(node.lag, Some(1));
+    assert_eq!(stats.lag, Some(1));
     let j3 = enqueue(&shared).await;
     assert_eq!(stream_of(&shared, &j3).await, keys::JOBS_STREAM);
     // Another spelling of the same repository routes alike.
