@@ -23,7 +23,10 @@ fn node_agent(env: &Env, node: &str, name: &str) -> u32 {
         &[
             ("RAIBID_NODE_NAME", node.to_string()),
             ("RAIBID_CACHE_DIR", cache.display().to_string()),
-            ("RAIBID_SANDBOX_SHARED_DIRS", shared(env).display().to_string()),
+            (
+                "RAIBID_SANDBOX_SHARED_DIRS",
+                shared(env).display().to_string(),
+            ),
             ("HOME", std::env::var("HOME").unwrap_or_default()),
         ],
     )
@@ -139,7 +142,10 @@ async fn a_busy_node_does_not_delay_the_job() {
         &env.tmp.path().join("warm"),
         "steps:\n  - name: t\n    run: \"true\"\n",
     );
-    let blocker = support::make_repo(&env.tmp.path().join("blocker"), &blocking_pipeline(&sh, "blocker"));
+    let blocker = support::make_repo(
+        &env.tmp.path().join("blocker"),
+        &blocking_pipeline(&sh, "blocker"),
+    );
     // Both repositories warm on node a (its only agent ran them).
     assert_eq!(node_of(&run(&env, &warm).await), "a");
     assert_eq!(node_of(&run(&env, &blocker).await), "a");
@@ -148,10 +154,15 @@ async fn a_busy_node_does_not_delay_the_job() {
     // Node a's only agent busy with the blocker's second run (routed to node a: warm, free).
     let busy = env.submit(&blocker).await;
     let busy_job = env
-        .wait(&busy, Duration::from_secs(30), |j| j.status == Status::Running)
+        .wait(&busy, Duration::from_secs(30), |j| {
+            j.status == Status::Running
+        })
         .await;
     assert_eq!(busy_job.agent.as_deref(), Some("a-1"));
-    assert_eq!(stream_of(&env, &busy).await, contract::node_jobs_stream("a"));
+    assert_eq!(
+        stream_of(&env, &busy).await,
+        contract::node_jobs_stream("a")
+    );
     // The warm repository's next push: node a holds its cache but has no free agent → shared stream,
     // started by node b within the warm-claim latency.
     let id = env.submit(&warm).await;
@@ -178,14 +189,19 @@ async fn a_dead_nodes_jobs_are_reclaimed_and_finish_elsewhere() {
     let sh = shared(&env);
     let a1 = node_agent(&env, "a", "a-1");
     wait_live(&env, "a", "a-1").await;
-    let repo = support::make_repo(&env.tmp.path().join("repo"), &blocking_pipeline(&sh, "repo"));
+    let repo = support::make_repo(
+        &env.tmp.path().join("repo"),
+        &blocking_pipeline(&sh, "repo"),
+    );
     assert_eq!(node_of(&run(&env, &repo).await), "a");
     node_agent(&env, "b", "b-1");
     wait_live(&env, "b", "b-1").await;
     // Routed to node a and running there; then node a's agent dies.
     let id = env.submit(&repo).await;
-    env.wait(&id, Duration::from_secs(30), |j| j.status == Status::Running)
-        .await;
+    env.wait(&id, Duration::from_secs(30), |j| {
+        j.status == Status::Running
+    })
+    .await;
     assert_eq!(stream_of(&env, &id).await, contract::node_jobs_stream("a"));
     std::process::Command::new("kill")
         .args(["-9", &a1.to_string()])
@@ -194,7 +210,11 @@ async fn a_dead_nodes_jobs_are_reclaimed_and_finish_elsewhere() {
     // The dispatcher's reaper (here: the test) reclaims the expired lease onto the shared stream.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = env.queue.reap("reaper", Duration::from_secs(30)).await.unwrap();
+        let r = env
+            .queue
+            .reap("reaper", Duration::from_secs(30))
+            .await
+            .unwrap();
         if r.iter().any(|(j, _)| j == &id) {
             break;
         }

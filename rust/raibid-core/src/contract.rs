@@ -311,7 +311,11 @@ pub fn routing_repo_key(url: &str) -> String {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    let host = authority.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
+    let host = authority
+        .rsplit('@')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let path = path.trim_end_matches('/');
     let path = path.strip_suffix(".git").unwrap_or(path);
     if scheme.is_empty() {

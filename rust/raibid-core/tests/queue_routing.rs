@@ -101,7 +101,11 @@ async fn routes_to_the_warm_node_only_while_it_has_a_free_agent() {
     assert_eq!(lag(&shared, &ns).await, Some(1));
     // The queue figures (API, raibid-top, /metrics) show the node stream with its own lag.
     let stats = shared.stats().await.unwrap();
-    let node = stats.kinds.iter().find(|k| k.stream == ns).expect("node stream in the figures");
+    let node = stats
+        .kinds
+        .iter()
+        .find(|k| k.stream == ns)
+        .expect("node stream in the figures");
     assert_eq!(node.lag, Some(1));
     assert_eq!(stats.lag, Some(1));
     let j3 = enqueue(&shared).await;
@@ -158,7 +162,10 @@ async fn a_dead_nodes_undelivered_jobs_go_back_to_the_shared_stream() {
     // The reaper moves it once the node has no live agent (waits on the state, not a fixed time).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = shared.reap("reaper", Duration::from_secs(30)).await.unwrap();
+        let r = shared
+            .reap("reaper", Duration::from_secs(30))
+            .await
+            .unwrap();
         if r.iter().any(|(j, _)| j == &id) {
             break;
         }

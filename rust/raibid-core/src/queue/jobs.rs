@@ -1,8 +1,8 @@
 //! Jobs: enqueue, load, compare-and-set writes, claims, fenced progress and final writes, cancel, list.
 
 use super::{
-    field, is_nogroup, json, record_json, xreadgroup, xreadgroup_now, Claim, Enqueued, Event, Queue, QueueError,
-    Result, CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS,
+    field, is_nogroup, json, record_json, xreadgroup, xreadgroup_now, Claim, Enqueued, Event,
+    Queue, QueueError, Result, CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS,
 };
 use crate::contract::{self, keys, kinds::Route};
 use crate::job::{Job, JobId, JobKind, Status};
@@ -389,7 +389,12 @@ impl Queue {
                         continue;
                     };
                     for e in &k.ids {
-                        delivered.push((route, *s, e.id.clone(), field(e, "job").unwrap_or_default()));
+                        delivered.push((
+                            route,
+                            *s,
+                            e.id.clone(),
+                            field(e, "job").unwrap_or_default(),
+                        ));
                     }
                 }
             }
@@ -487,25 +492,29 @@ impl Queue {
                 Ok(x) => x,
                 Err(QueueError::NotFound(_)) => {
                     // Expired or deleted record (retention, cleanup): nothing to run.
-                    self.ack_entry_in(stream, route.group, entry_id, &id, None).await?;
+                    self.ack_entry_in(stream, route.group, entry_id, &id, None)
+                        .await?;
                     return Ok(None);
                 }
                 Err(QueueError::Corrupt(_, why)) => {
                     tracing::warn!(job = %id, reason = %why, "dead-lettering a job whose record this agent cannot read");
                     let reason = format!("record unreadable by this agent version: {why}");
-                    self.ack_entry_in(stream, route.group, entry_id, &id, Some(&reason)).await?;
+                    self.ack_entry_in(stream, route.group, entry_id, &id, Some(&reason))
+                        .await?;
                     return Ok(None);
                 }
                 Err(e) => return Err(e),
             };
             let now = Utc::now();
             if job.status.is_final() {
-                self.ack_entry_in(stream, route.group, entry_id, &id, None).await?;
+                self.ack_entry_in(stream, route.group, entry_id, &id, None)
+                    .await?;
                 return Ok(None);
             }
             if job.kind.route() != route {
                 let reason = format!("a `{}` job on the `{stream}` stream", job.kind.as_str());
-                self.ack_entry_in(stream, route.group, entry_id, &id, Some(&reason)).await?;
+                self.ack_entry_in(stream, route.group, entry_id, &id, Some(&reason))
+                    .await?;
                 return Ok(None);
             }
             if job.cancel_requested {

@@ -88,10 +88,7 @@ impl Queue {
 
     async fn stream_stats(&self, stream: &str, group: &str) -> Result<QueueStats> {
         let mut con = self.con.clone();
-        let length: u64 = redis::cmd("XLEN")
-            .arg(stream)
-            .query_async(&mut con)
-            .await?;
+        let length: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut con).await?;
         let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(stream)

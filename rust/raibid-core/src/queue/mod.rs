@@ -338,7 +338,11 @@ impl Queue {
             .map(|r| (r.stream, r.group, "0"))
             .collect();
         groups.push((keys::EVENTS_STREAM, keys::STATUS_REPORTER_GROUP, "$"));
-        let node_stream = self.cfg.node.as_deref().map(crate::contract::node_jobs_stream);
+        let node_stream = self
+            .cfg
+            .node
+            .as_deref()
+            .map(crate::contract::node_jobs_stream);
         if let Some(ns) = &node_stream {
             groups.push((ns, keys::AGENTS_GROUP, "0"));
         }
