@@ -188,3 +188,40 @@ async fn a_dead_nodes_undelivered_jobs_go_back_to_the_shared_stream() {
     finish(&shared, c).await;
     assert_eq!(lag(&shared, keys::JOBS_STREAM).await, Some(0));
 }
+
+#[tokio::test]
+async fn a_job_a_live_node_never_takes_goes_back_after_the_orphan_timeout() {
+    let (_r, shared, _) = setup(QueueConfig::default()).await;
+    let a = Queue::connect(&_r.url(), node_cfg("a")).await.unwrap();
+    let ns = contract::node_jobs_stream("a");
+    a.record_warm_repo(REPO).await.unwrap();
+    // An agent that died without deregistering still looks free until its heartbeat expires.
+    a.heartbeat("a-1", None, 0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let id = enqueue(&shared).await;
+    assert_eq!(stream_of(&shared, &id).await, ns);
+    // Within the orphan timeout it stays for the node (its burst pool scales on the lag).
+    let r = shared
+        .reap("reaper", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(r.is_empty(), "{r:?}");
+    assert_eq!(lag(&shared, &ns).await, Some(1));
+    // Past it, the reaper gives it to the shared stream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = shared
+            .reap("reaper", Duration::from_millis(200))
+            .await
+            .unwrap();
+        if r.iter().any(|(j, _)| j == &id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stream_of(&shared, &id).await, keys::JOBS_STREAM);
+    assert_eq!(lag(&shared, &ns).await, Some(0));
+    assert_eq!(lag(&shared, keys::JOBS_STREAM).await, Some(1));
+}

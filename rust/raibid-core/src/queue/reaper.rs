@@ -196,9 +196,12 @@ impl Queue {
             let stream = contract::node_jobs_stream(&node);
             self.reap_route(rust, &stream, orphan, now_ms, &mut out)
                 .await?;
-            if expiry < now_ms {
-                self.rescue_node_stream(&stream, reaper, &mut out).await?;
-            }
+            // A node with no live agent gives back everything still waiting on its stream; a live node
+            // what waited longer than the orphan timeout (an agent that died without deregistering
+            // looked free until its heartbeat expired, and the job was routed to it).
+            let cutoff = (expiry >= now_ms).then(|| now_ms - orphan.as_millis() as i64);
+            self.rescue_node_stream(&stream, reaper, cutoff, &mut out)
+                .await?;
         }
         Ok(out)
     }
@@ -216,24 +219,36 @@ impl Queue {
         Ok(v.into_iter().map(|(n, s)| (n, s as i64)).collect())
     }
 
-    /// Move the undelivered entries of a dead node's stream (no live agent on it) to the shared stream:
-    /// the reaper reads them as a consumer of the group and requeues each (acknowledged there, added to
-    /// the shared stream, in one script), so they finish elsewhere and both streams' `lag` stay exact.
+    /// Move undelivered entries of a node stream to the shared stream: all of them (`cutoff` `None`: the
+    /// node has no live agent) or those published before `cutoff` (ms). The reaper reads them as a
+    /// consumer of the group and requeues each (acknowledged there, added to the shared stream, in one
+    /// script), so they finish elsewhere and both streams' `lag` stay exact.
     async fn rescue_node_stream(
         &self,
         stream: &str,
         reaper: &str,
+        cutoff: Option<i64>,
         out: &mut Vec<(String, Requeued)>,
     ) -> Result<()> {
         let group = keys::AGENTS_GROUP;
         let mut con = self.con.clone();
         for _ in 0..100 {
+            let count = match cutoff {
+                None => 100,
+                Some(c) => {
+                    let n = self.undelivered_before(stream, c).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    n
+                }
+            };
             let r: redis::RedisResult<Option<StreamRangeReply>> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(group)
                 .arg(reaper)
                 .arg("COUNT")
-                .arg(100)
+                .arg(count)
                 .arg("STREAMS")
                 .arg(stream)
                 .arg(">")
@@ -258,7 +273,10 @@ impl Queue {
                         .await?;
                     continue;
                 };
-                let reason = "its node has no live agent left";
+                let reason = match cutoff {
+                    None => "its node has no live agent left",
+                    Some(_) => "no agent of its node took it within the orphan timeout",
+                };
                 match self
                     .requeue_as(&id, &e.id, Some(stream), reason, Caller::Force)
                     .await
@@ -274,6 +292,33 @@ impl Queue {
             }
         }
         Ok(())
+    }
+
+    /// How many of a node stream's undelivered entries (at most 100) were published before `cutoff` (ms).
+    async fn undelivered_before(&self, stream: &str, cutoff: i64) -> Result<usize> {
+        let mut con = self.con.clone();
+        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut con)
+            .await;
+        let Ok(groups) = groups else { return Ok(0) };
+        let Some(g) = groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == keys::AGENTS_GROUP)
+        else {
+            return Ok(0);
+        };
+        let r: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(format!("({}", g.last_delivered_id))
+            .arg(format!("{}", cutoff.max(0)))
+            .arg("COUNT")
+            .arg(100)
+            .query_async(&mut con)
+            .await?;
+        Ok(r.ids.len())
     }
 
     /// The stream of a job's entry: the record's `stream` when `entry` is its current entry, else the
