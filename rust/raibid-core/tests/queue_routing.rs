@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 use raibid_core::contract::{self, keys};
-use raibid_core::job::Status;
+use raibid_core::job::{JobKind, Status};
 use raibid_core::queue::{Claim, Enqueued, Queue, QueueConfig};
 use std::time::{Duration, Instant};
 
@@ -136,7 +136,7 @@ async fn routes_to_the_warm_node_only_while_it_has_a_free_agent() {
     }
     // An image job is never routed.
     let mut img = job();
-    img.kind = raibid_core::job::JobKind::Image;
+    img.kind = JobKind::Image;
     let Enqueued::New(img) = shared.enqueue(img, None).await.unwrap() else {
         panic!()
     };
@@ -224,4 +224,50 @@ async fn a_job_a_live_node_never_takes_goes_back_after_the_orphan_timeout() {
     assert_eq!(stream_of(&shared, &id).await, keys::JOBS_STREAM);
     assert_eq!(lag(&shared, &ns).await, Some(0));
     assert_eq!(lag(&shared, keys::JOBS_STREAM).await, Some(1));
+}
+
+#[tokio::test]
+async fn an_entry_delivered_along_with_the_claimed_one_is_given_back() {
+    // One XREADGROUP over several streams delivers up to one entry per stream. Before, the second one stayed
+    // pending on an agent that never ran it, until the reaper's orphan timeout.
+    let both = QueueConfig {
+        kinds: vec![JobKind::Rust, JobKind::Image],
+        ..QueueConfig::default()
+    };
+    let (_r, q, mut c) = setup(both).await;
+    let rust = enqueue(&q).await;
+    let mut img = job();
+    img.kind = JobKind::Image;
+    let Enqueued::New(img) = q.enqueue(img, None).await.unwrap() else {
+        panic!()
+    };
+    let first = q
+        .claim_next(&mut c, "agent-1", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.job.id.as_str(), rust);
+    // The image job is undelivered again (lag exact), nothing of it pending, and another agent takes it.
+    assert_eq!(lag(&q, keys::IMAGE_JOBS_STREAM).await, Some(1));
+    let mut con = q.redis();
+    let pending: (u64, Option<String>, Option<String>, Option<redis::Value>) =
+        redis::cmd("XPENDING")
+            .arg(keys::IMAGE_JOBS_STREAM)
+            .arg(keys::AGENTS_GROUP)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    assert_eq!(pending.0, 0);
+    let second = q
+        .claim_next(&mut c, "agent-2", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.job.id, img.id);
+    assert_eq!(second.job.attempt, 1);
+    finish(&q, first).await;
+    finish(&q, second).await;
+    for s in [keys::JOBS_STREAM, keys::IMAGE_JOBS_STREAM] {
+        assert_eq!(lag(&q, s).await, Some(0), "{s}");
+    }
 }
