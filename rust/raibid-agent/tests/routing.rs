@@ -173,6 +173,10 @@ async fn a_busy_node_does_not_delay_the_job() {
     assert_eq!(j.agent.as_deref(), Some("b-1"));
     assert_eq!(stream_of(&env, &id).await, contract::keys::JOBS_STREAM);
     let latency = j.claim_latency_secs().unwrap();
+    eprintln!(
+        "busy warm node: started on the other node after {:.1} ms",
+        latency * 1000.0
+    );
     assert!(latency < 1.0, "claim latency {latency} s");
     // It did not wait for node a.
     assert_eq!(env.job(&busy).await.status, Status::Running);
