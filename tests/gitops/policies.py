@@ -152,6 +152,19 @@ def pod_kinds(pod: dict, objs: list[Obj], namespace: str | None) -> set[str]:
             for k in agent_kinds(c, objs, namespace)}
 
 
+def node_pool_node(sj: Obj) -> str | None:
+    """The node of a per-node pool (ADR 0013): a ScaledJob whose trigger reads a stream named by contract.rs
+    NODE_JOBS_STREAM_PREFIX (raibid:jobs:node:<node>) and labelled raibid.dev/node=<node>; None for the rest."""
+    prefix = gitops.read_contract()["keys"]["NODE_JOBS_STREAM_PREFIX"]
+    for t in (sj.get("spec") or {}).get("triggers") or []:
+        stream = str((t.get("metadata") or {}).get("stream", ""))
+        if stream.startswith(prefix):
+            node = stream[len(prefix):]
+            label = (sj["metadata"].get("labels") or {}).get("raibid.dev/node")
+            return node if label == node else f"{node} (label raibid.dev/node={label!r})"
+    return None
+
+
 def check_scaledjob(objs: list[Obj]) -> list[str]:
     c = gitops.read_contract()
     keys, env = c["keys"], c["env"]
@@ -160,17 +173,30 @@ def check_scaledjob(objs: list[Obj]) -> list[str]:
     sjs = find(objs, "ScaledJob")
     if not sjs:
         return ["no KEDA ScaledJob for the agents"]
-    # One pool per agent type: each kind of contract.rs has exactly one ScaledJob serving only it.
+    # One pool per agent type: each kind of contract.rs has exactly one ScaledJob serving only it, on the
+    # kind's stream; besides, per-node Rust pools (ADR 0013) on raibid:jobs:node:<node> (contract.rs
+    # NODE_JOBS_STREAM_PREFIX), one per node, pinned to their node.
+    node_prefix = keys["NODE_JOBS_STREAM_PREFIX"]
+    node_pools: dict[str, list[str]] = {}
     by_kind: dict[str, list[str]] = {}
     for sj in sjs:
         pod = ((sj.get("spec") or {}).get("jobTargetRef") or {}).get("template", {}).get("spec") or {}
         ks = sorted(pod_kinds(pod, objs, sj["metadata"].get("namespace")))
         if len(ks) != 1:
             errs.append(f"{describe(sj)}: its agents must serve exactly one kind (RAIBID_AGENT_KINDS), not {ks}")
+        node = node_pool_node(sj)
+        if node is not None:
+            node_pools.setdefault(node, []).append(describe(sj))
+            if ks != ["rust"]:
+                errs.append(f"{describe(sj)}: a node pool serves Rust jobs only (node streams carry Rust jobs), not {ks}")
+            continue
         for k in ks:
             if k not in routes:
                 errs.append(f"{describe(sj)}: kind {k!r} is not an agent type of contract.rs ({sorted(routes)})")
             by_kind.setdefault(k, []).append(describe(sj))
+    for node, pools in node_pools.items():
+        if len(pools) != 1:
+            errs.append(f"node {node!r} needs exactly one node pool (has {pools})")
     for k in routes:
         if len(by_kind.get(k, [])) != 1:
             errs.append(f"kind {k!r} needs exactly one ScaledJob (has {by_kind.get(k, [])})")
@@ -188,6 +214,14 @@ def check_scaledjob(objs: list[Obj]) -> list[str]:
         kinds = sorted(pod_kinds(pod, objs, ns))
         route = routes.get(kinds[0]) if len(kinds) == 1 else None
         route = route or {"stream": keys["JOBS_STREAM"], "group": keys["AGENTS_GROUP"]}
+        node = node_pool_node(sj)
+        if node is not None:
+            route = {"stream": node_prefix + node, "group": keys["AGENTS_GROUP"]}
+            pinned = [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]
+            terms = (pod.get("affinity") or {}).get("nodeAffinity", {}).get(
+                "requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms")
+            if terms != pinned:
+                errs.append(f"{d}: a node pool's pods must be pinned to node {node!r} (kubernetes.io/hostname)")
         for t in streams:
             md = t.get("metadata") or {}
             want = {"stream": route["stream"], "consumerGroup": route["group"],
@@ -283,6 +317,16 @@ def check_contract_env(objs: list[Obj]) -> list[str]:
         if ((name.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") != "metadata.name":
             errs.append(f"{d}: {env['AGENT_NAME']} must come from the downward API (fieldRef metadata.name): "
                         f"one consumer per pod")
+    for owner, pod, cont in ags:
+        # Rust agents name their node (ADR 0013): the routing records and the node stream need the node the
+        # pod runs on, which only the downward API knows.
+        ns = owner["metadata"].get("namespace")
+        if "rust" not in agent_kinds(cont, objs, ns):
+            continue
+        d = f"{describe(owner)} container {cont.get('name')}"
+        node = env_of(cont, objs, ns).get(env["NODE_NAME"], {})
+        if ((node.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") != "spec.nodeName":
+            errs.append(f"{d}: {env['NODE_NAME']} must come from the downward API (fieldRef spec.nodeName)")
     warm = [a for a in ags if a[0]["kind"] == "Deployment"]
     if not warm:
         errs.append("no warm pool (a Deployment of long-running agents)")

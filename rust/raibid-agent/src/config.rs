@@ -30,6 +30,12 @@ pub struct AgentConfig {
     #[arg(long, env = env::IDLE_TIMEOUT_SECS, default_value_t = 60)]
     pub idle_timeout_secs: u64,
 
+    /// The Kubernetes node this agent runs on (downward API `spec.nodeName`). Set: the agent records which
+    /// repositories its node's cache holds, and reads its node's stream (`raibid:jobs:node:<node>`) before
+    /// the shared one, so the dispatcher can route a repository's next job to this node (ADR 0013).
+    #[arg(long, env = env::NODE_NAME)]
+    pub node_name: Option<String>,
+
     /// Jobs run at once by a long-running agent.
     #[arg(long, env = env::CONCURRENCY, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
@@ -187,12 +193,26 @@ impl AgentConfig {
         if kinds.is_empty() {
             anyhow::bail!("{}: name at least one job kind", env::AGENT_KINDS);
         }
+        let node = self
+            .node_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty());
+        if let Some(n) = node {
+            if !raibid_core::contract::valid_node_name(n) {
+                anyhow::bail!(
+                    "{}: `{n}` is not a node name (lower-case letters, digits, `-` and `.`)",
+                    env::NODE_NAME
+                );
+            }
+        }
         Ok(raibid_core::queue::QueueConfig {
             log_cap_bytes: self.log_cap_bytes,
             log_cap_lines: self.log_cap_lines,
             retention: std::time::Duration::from_secs(self.retention_secs),
             lease: std::time::Duration::from_secs(self.lease_secs),
             kinds,
+            node: node.map(str::to_string),
             ..raibid_core::queue::QueueConfig::default()
         })
     }

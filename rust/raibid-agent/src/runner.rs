@@ -233,6 +233,16 @@ pub(crate) async fn run_job(
         cargo.as_ref().and_then(|c| c.units()),
     )
     .await;
+    // The repository's cache is warm on this node now: its next job may be routed here (ADR 0013).
+    if claim.job.cache.is_some() {
+        if let Err(e) = shared
+            .queue
+            .record_warm_repo(&claim.job.source.repo_url)
+            .await
+        {
+            tracing::warn!(job = %id, error = %e, "could not record the node's warm repository");
+        }
+    }
     heartbeat.abort();
     grace.abort();
     if let Ok(mut m) = shared.running.lock() {

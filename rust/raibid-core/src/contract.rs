@@ -68,6 +68,16 @@ pub mod keys {
     pub const NOTIFY_GROUP: &str = "raibid-notifiers";
     /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
     pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
+    /// Prefix of a node's own job stream: `raibid:jobs:node:<node>` (Rust jobs routed to the node holding the repository's warm cache; group `raibid-agents`; its own KEDA ScaledJob).
+    pub const NODE_JOBS_STREAM_PREFIX: &str = "raibid:jobs:node:";
+    /// Sorted set of nodes with agents: node name scored by the latest heartbeat expiry (ms, Redis clock) of an agent on it.
+    pub const NODES: &str = "raibid:nodes";
+    /// Prefix of a node's keys: `raibid:node:<node>:repos` and `raibid:node:<node>:agents`.
+    pub const NODE_PREFIX: &str = "raibid:node:";
+    /// Suffix of a node's warm repositories: sorted set of repository keys (`routing_repo_key`) scored by the last job's end (ms), entries older than the routing TTL dropped.
+    pub const NODE_REPOS_SUFFIX: &str = ":repos";
+    /// Suffix of a node's live agents: sorted set of agent consumer names scored by their heartbeat expiry (ms, Redis clock).
+    pub const NODE_AGENTS_SUFFIX: &str = ":agents";
     /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
     pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
 }
@@ -104,6 +114,8 @@ pub mod env {
     pub const BODY_LIMIT: &str = "RAIBID_BODY_LIMIT";
     /// The agent's consumer name (unique per agent; the pod name on Kubernetes).
     pub const AGENT_NAME: &str = "RAIBID_AGENT_NAME";
+    /// The Kubernetes node the agent runs on (downward API `spec.nodeName`); set: the agent records the repositories its node's cache holds and reads `raibid:jobs:node:<node>` before the shared stream (ADR 0013). Unset: shared stream only.
+    pub const NODE_NAME: &str = "RAIBID_NODE_NAME";
     /// Number of jobs a long-running agent runs at once.
     pub const CONCURRENCY: &str = "RAIBID_CONCURRENCY";
     /// Claim exactly one job, run it, exit (KEDA ScaledJob mode).
@@ -280,6 +292,56 @@ pub mod kinds {
     /// The route of a kind name.
     pub fn route(kind: &str) -> Option<Route> {
         ALL.into_iter().find(|r| r.kind == kind)
+    }
+}
+
+/// A node's job stream: `raibid:jobs:node:<node>`.
+pub fn node_jobs_stream(node: &str) -> String {
+    format!("{}{node}", keys::NODE_JOBS_STREAM_PREFIX)
+}
+
+/// A node's warm repositories: `raibid:node:<node>:repos`.
+pub fn node_repos_key(node: &str) -> String {
+    format!("{}{node}{}", keys::NODE_PREFIX, keys::NODE_REPOS_SUFFIX)
+}
+
+/// A node's live agents: `raibid:node:<node>:agents`.
+pub fn node_agents_key(node: &str) -> String {
+    format!("{}{node}{}", keys::NODE_PREFIX, keys::NODE_AGENTS_SUFFIX)
+}
+
+/// Is `node` usable as a node name in keys (a Kubernetes node name: lower-case alphanumerics, `-`
+/// and `.`, at most 253 characters)?
+pub fn valid_node_name(node: &str) -> bool {
+    !node.is_empty()
+        && node.len() <= 253
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// The key a repository is routed by: its URL without user info, scheme and host in lower case, without
+/// a trailing `/` or `.git` (the same repository pushed over two spellings of its URL routes alike).
+pub fn routing_repo_key(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (s.to_ascii_lowercase(), r),
+        None => (String::new(), url),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit('@')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let path = path.trim_end_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
     }
 }
 

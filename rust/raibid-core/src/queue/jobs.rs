@@ -1,8 +1,8 @@
 //! Jobs: enqueue, load, compare-and-set writes, claims, fenced progress and final writes, cancel, list.
 
 use super::{
-    field, is_nogroup, json, record_json, xreadgroup, Claim, Enqueued, Event, Queue, QueueError,
-    Result, CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS,
+    field, is_nogroup, json, record_json, xreadgroup, xreadgroup_now, Claim, Enqueued, Event,
+    Queue, QueueError, Result, CLAIM_LATENCY_BUCKETS, JOB_DURATION_BUCKETS,
 };
 use crate::contract::{self, keys, kinds::Route};
 use crate::job::{Job, JobId, JobKind, Status};
@@ -20,6 +20,8 @@ pub(super) struct Cas<'a> {
     pub event: Option<&'a str>,
     /// Entry to acknowledge (final writes), if any.
     pub ack_entry: Option<&'a str>,
+    /// The stream of that entry (or of `entry`) when it is not the kind's shared one (a node stream).
+    pub stream: Option<&'a str>,
     /// Lease token to store (`""` clears it).
     pub new_lease: &'a str,
     /// Lease the record must hold (fencing), if any.
@@ -51,6 +53,12 @@ impl Queue {
         let event = json(&job.id, &Event::of("job_created", &job, now))?;
         let dedup = delivery.map(|(forge, id)| contract::delivery_key(forge, id));
         let prune_before = now.timestamp_millis() - self.cfg.retention.as_millis() as i64;
+        // Rust jobs are routed to the node holding the repository's warm cache (ADR 0013).
+        let repo = if job.kind == JobKind::Rust {
+            contract::routing_repo_key(&job.source.repo_url)
+        } else {
+            String::new()
+        };
         let r: Vec<Value> = self
             .scripts
             .enqueue
@@ -64,6 +72,7 @@ impl Queue {
                     .unwrap_or_else(|| contract::delivery_key("none", "none")),
             )
             .key(keys::JOB_STATUS_COUNTS)
+            .key(keys::NODES)
             .arg(job.id.as_str())
             .arg(record)
             .arg(now.timestamp_millis())
@@ -74,11 +83,23 @@ impl Queue {
             .arg(prune_before)
             .arg(self.cfg.max_jobs)
             .arg(job.status.as_str())
+            .arg(repo)
+            .arg(super::ROUTING_TTL.as_millis() as u64)
+            .arg(keys::NODE_PREFIX)
+            .arg(keys::NODE_REPOS_SUFFIX)
+            .arg(keys::NODE_AGENTS_SUFFIX)
+            .arg(keys::NODE_JOBS_STREAM_PREFIX)
+            .arg(job.kind.route().group)
             .arg(job.source.git_ref.as_str())
             .invoke_async(&mut con)
             .await?;
         match r.as_slice() {
-            [Value::Int(1), _] => Ok(Enqueued::New(job)),
+            [Value::Int(1), _, stream] => {
+                if let Ok(s) = redis::from_redis_value_ref::<String>(stream) {
+                    tracing::debug!(job = %job.id, stream = %s, "enqueued");
+                }
+                Ok(Enqueued::New(job))
+            }
             [Value::Int(0), existing] => Ok(Enqueued::Duplicate(
                 redis::from_redis_value_ref::<String>(existing).unwrap_or_default(),
             )),
@@ -140,7 +161,7 @@ impl Queue {
         let route = job.kind.route();
         let mut inv = self.scripts.update.prepare_invoke();
         inv.key(contract::job_key(&job.id))
-            .key(route.stream)
+            .key(w.stream.unwrap_or(route.stream))
             .key(keys::EVENTS_STREAM)
             .key(contract::job_log_key(&job.id))
             .key(keys::JOB_STATUS_COUNTS)
@@ -194,6 +215,7 @@ impl Queue {
                 rev: &rev,
                 event: Some(event),
                 ack_entry: None,
+                stream: None,
                 new_lease: &lease,
                 required_lease: None,
                 entry: None,
@@ -258,6 +280,7 @@ impl Queue {
                 rev: &rev,
                 event: Some(event),
                 ack_entry: ack,
+                stream: Some(&claim.stream),
                 new_lease,
                 required_lease: Some(&claim.lease),
                 entry: None,
@@ -284,7 +307,7 @@ impl Queue {
             .scripts
             .renew
             .key(contract::job_key(&claim.job.id))
-            .key(route.stream)
+            .key(&claim.stream)
             .arg(&claim.lease)
             .arg(claim.lease_ttl.as_millis() as u64)
             .arg(route.group)
@@ -306,37 +329,87 @@ impl Queue {
         block: Duration,
     ) -> Result<Option<Claim>> {
         let routes = self.my_routes();
-        let streams: Vec<&str> = routes.iter().map(|r| r.stream).collect();
+        // An agent with a node name reads its node's stream first (ADR 0013).
+        let node_stream = self.node_stream();
+        let mut streams: Vec<&str> = node_stream.iter().map(String::as_str).collect();
+        streams.extend(routes.iter().map(|r| r.stream));
+        let route_of = |key: &str| -> Option<Route> {
+            if node_stream.as_deref() == Some(key) {
+                Some(JobKind::Rust.route())
+            } else {
+                routes.iter().find(|r| r.stream == key).copied()
+            }
+        };
         let group = routes[0].group;
         let mut wait = block;
         // Skipped entries are followed by an immediate (non-blocking) read of the next one.
         for _ in 0..1000 {
-            let reply: redis::RedisResult<StreamReadReply> =
-                xreadgroup(&streams, group, agent, 1, wait)
-                    .query_async(con)
-                    .await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(e) if is_nogroup(&e) => {
-                    tracing::warn!(
-                        "consumer group missing (Redis flushed or lost?); recreating it"
-                    );
-                    self.ensure_group().await?;
-                    continue;
+            // The node stream alone first, without blocking: its entry wins and no shared entry comes
+            // along with it.
+            let first = match &node_stream {
+                Some(ns) => {
+                    let r: redis::RedisResult<Option<StreamReadReply>> =
+                        xreadgroup_now(ns, group, agent).query_async(con).await;
+                    match r {
+                        Ok(r) => r,
+                        Err(e) if is_nogroup(&e) => {
+                            self.ensure_group().await?;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
-                Err(e) => return Err(e.into()),
+                None => None,
             };
-            let Some((route, entry_id, raw)) = reply.keys.iter().find_map(|k| {
-                let route = routes.iter().find(|r| r.stream == k.key)?;
-                let e = k.ids.first()?;
-                Some((*route, e.id.clone(), field(e, "job").unwrap_or_default()))
-            }) else {
+            let reply = match first.filter(|r| r.keys.iter().any(|k| !k.ids.is_empty())) {
+                Some(r) => r,
+                None => {
+                    let reply: redis::RedisResult<StreamReadReply> =
+                        xreadgroup(&streams, group, agent, 1, wait)
+                            .query_async(con)
+                            .await;
+                    match reply {
+                        Ok(r) => r,
+                        Err(e) if is_nogroup(&e) => {
+                            tracing::warn!(
+                                "consumer group missing (Redis flushed or lost?); recreating it"
+                            );
+                            self.ensure_group().await?;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            // One read over several streams delivers up to one entry per stream: the first in the
+            // order of `streams` is claimed, the others are given back at once.
+            let mut delivered: Vec<(Route, &str, String, String)> = Vec::new();
+            for s in &streams {
+                for k in reply.keys.iter().filter(|k| k.key == *s) {
+                    let Some(route) = route_of(&k.key) else {
+                        continue;
+                    };
+                    for e in &k.ids {
+                        delivered.push((
+                            route,
+                            *s,
+                            e.id.clone(),
+                            field(e, "job").unwrap_or_default(),
+                        ));
+                    }
+                }
+            }
+            let mut delivered = delivered.into_iter();
+            let Some((route, stream, entry_id, raw)) = delivered.next() else {
                 return Ok(None);
             };
+            for (r, s, e, j) in delivered {
+                self.give_back(r, s, &e, &j).await?;
+            }
             // Delivery into this consumer's pending list is the claim; the record write confirms it.
             let delivered = Utc::now();
             if let Some(c) = self
-                .claim_entry_in(route, agent, &entry_id, &raw, delivered)
+                .claim_entry_in(route, stream, agent, &entry_id, &raw, delivered)
                 .await?
             {
                 return Ok(Some(c));
@@ -346,6 +419,38 @@ impl Queue {
         Ok(None)
     }
 
+    /// This agent's node stream, when it has a node name and runs Rust jobs.
+    pub(super) fn node_stream(&self) -> Option<String> {
+        let node = self.cfg.node.as_deref()?;
+        self.my_routes()
+            .contains(&JobKind::Rust.route())
+            .then(|| contract::node_jobs_stream(node))
+    }
+
+    /// Give back an entry delivered along with the one claimed: acknowledged and re-added at the tail
+    /// of its stream, the record's `entry` moved with it (`repost.lua`), so it stays queued and `lag`
+    /// exact. An entry naming no valid job is dead-lettered as a claim would.
+    async fn give_back(&self, route: Route, stream: &str, entry: &str, raw: &str) -> Result<()> {
+        let Ok(id) = JobId::parse(raw) else {
+            let reason = format!("entry {entry}: not a job id");
+            return self
+                .ack_entry_in(stream, route.group, entry, raw, Some(&reason))
+                .await;
+        };
+        let mut con = self.con.clone();
+        let _: i64 = self
+            .scripts
+            .repost
+            .key(contract::job_key(&id))
+            .key(stream)
+            .arg(entry)
+            .arg(route.group)
+            .arg(id.as_str())
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
     /// Claim the job of a delivered entry of the Rust stream.
     pub async fn claim_entry(
         &self,
@@ -353,13 +458,15 @@ impl Queue {
         entry_id: &str,
         job_id: &str,
     ) -> Result<Option<Claim>> {
-        self.claim_entry_in(JobKind::Rust.route(), agent, entry_id, job_id, Utc::now())
+        let route = JobKind::Rust.route();
+        self.claim_entry_in(route, route.stream, agent, entry_id, job_id, Utc::now())
             .await
     }
 
     async fn claim_entry_in(
         &self,
         route: Route,
+        stream: &str,
         agent: &str,
         entry_id: &str,
         raw_id: &str,
@@ -370,8 +477,9 @@ impl Queue {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(entry = %entry_id, "dead-lettering an entry with an invalid job id");
-                self.ack_entry(
-                    route,
+                self.ack_entry_in(
+                    stream,
+                    route.group,
                     entry_id,
                     raw_id,
                     Some(&format!("entry {entry_id}: {e}")),
@@ -385,29 +493,29 @@ impl Queue {
                 Ok(x) => x,
                 Err(QueueError::NotFound(_)) => {
                     // Expired or deleted record (retention, cleanup): nothing to run.
-                    self.ack_entry(route, entry_id, &id, None).await?;
+                    self.ack_entry_in(stream, route.group, entry_id, &id, None)
+                        .await?;
                     return Ok(None);
                 }
                 Err(QueueError::Corrupt(_, why)) => {
                     tracing::warn!(job = %id, reason = %why, "dead-lettering a job whose record this agent cannot read");
                     let reason = format!("record unreadable by this agent version: {why}");
-                    self.ack_entry(route, entry_id, &id, Some(&reason)).await?;
+                    self.ack_entry_in(stream, route.group, entry_id, &id, Some(&reason))
+                        .await?;
                     return Ok(None);
                 }
                 Err(e) => return Err(e),
             };
             let now = Utc::now();
             if job.status.is_final() {
-                self.ack_entry(route, entry_id, &id, None).await?;
+                self.ack_entry_in(stream, route.group, entry_id, &id, None)
+                    .await?;
                 return Ok(None);
             }
             if job.kind.route() != route {
-                let reason = format!(
-                    "a `{}` job on the `{}` stream",
-                    job.kind.as_str(),
-                    route.stream
-                );
-                self.ack_entry(route, entry_id, &id, Some(&reason)).await?;
+                let reason = format!("a `{}` job on the `{stream}` stream", job.kind.as_str());
+                self.ack_entry_in(stream, route.group, entry_id, &id, Some(&reason))
+                    .await?;
                 return Ok(None);
             }
             if job.cancel_requested {
@@ -420,6 +528,7 @@ impl Queue {
                     rev: &rev,
                     event: Some("job_finished"),
                     ack_entry: Some(entry_id),
+                    stream: Some(stream),
                     new_lease: "",
                     required_lease: None,
                     entry: None,
@@ -442,6 +551,7 @@ impl Queue {
                 rev: &rev,
                 event: Some("job_claimed"),
                 ack_entry: None,
+                stream: Some(stream),
                 new_lease: &lease,
                 required_lease: None,
                 entry: Some(entry_id),
@@ -458,6 +568,7 @@ impl Queue {
                 return Ok(Some(Claim {
                     job,
                     entry_id: entry_id.to_string(),
+                    stream: stream.to_string(),
                     lease,
                     lease_ttl,
                     rev: Some(rev),
@@ -478,14 +589,27 @@ impl Queue {
         job: &str,
         reason: Option<&str>,
     ) -> Result<()> {
+        self.ack_entry_in(route.stream, route.group, entry_id, job, reason)
+            .await
+    }
+
+    /// [`Queue::ack_entry`] on a given stream (a node stream) of the group.
+    pub(super) async fn ack_entry_in(
+        &self,
+        stream: &str,
+        group: &str,
+        entry_id: &str,
+        job: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
         let mut con = self.con.clone();
         let _: i64 = self
             .scripts
             .ack
-            .key(route.stream)
+            .key(stream)
             .key(keys::DEAD_STREAM)
             .arg(entry_id)
-            .arg(route.group)
+            .arg(group)
             .arg(job)
             .arg(reason.unwrap_or(""))
             .invoke_async(&mut con)

@@ -1,7 +1,6 @@
 //! Figures: queue depth and lag per agent type, histograms and status counts kept by the write paths.
 
 use super::{entry_millis, Queue, QueueStats, Result};
-use crate::contract::kinds::Route;
 use crate::job::Status;
 use chrono::Utc;
 use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
@@ -45,7 +44,15 @@ impl Queue {
     pub async fn stats(&self) -> Result<QueueStats> {
         let mut kinds = Vec::new();
         for route in crate::contract::kinds::ALL {
-            kinds.push(self.route_stats(route).await?);
+            kinds.push(self.stream_stats(route.stream, route.group).await?);
+        }
+        // Each node's stream (ADR 0013) with its own lag, after the kinds' shared streams.
+        for (node, _) in self.nodes().await? {
+            let stream = crate::contract::node_jobs_stream(&node);
+            kinds.push(
+                self.stream_stats(&stream, crate::contract::keys::AGENTS_GROUP)
+                    .await?,
+            );
         }
         let mut total = QueueStats {
             stream: kinds
@@ -79,20 +86,17 @@ impl Queue {
         Ok(total)
     }
 
-    async fn route_stats(&self, route: Route) -> Result<QueueStats> {
+    async fn stream_stats(&self, stream: &str, group: &str) -> Result<QueueStats> {
         let mut con = self.con.clone();
-        let length: u64 = redis::cmd("XLEN")
-            .arg(route.stream)
-            .query_async(&mut con)
-            .await?;
+        let length: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut con).await?;
         let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
             .arg("GROUPS")
-            .arg(route.stream)
+            .arg(stream)
             .query_async(&mut con)
             .await;
         let mut stats = QueueStats {
-            stream: route.stream.into(),
-            group: route.group.into(),
+            stream: stream.into(),
+            group: group.into(),
             length,
             lag: None,
             pending: 0,
@@ -105,7 +109,7 @@ impl Queue {
             stats.lag = Some(length);
             return Ok(stats);
         };
-        let Some(g) = groups.groups.into_iter().find(|g| g.name == route.group) else {
+        let Some(g) = groups.groups.into_iter().find(|g| g.name == group) else {
             stats.lag = Some(length);
             return Ok(stats);
         };
@@ -113,7 +117,7 @@ impl Queue {
         stats.pending = g.pending as u64;
         stats.consumers = g.consumers as u64;
         let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(route.stream)
+            .arg(stream)
             .arg(format!("({}", g.last_delivered_id))
             .arg("+")
             .arg("COUNT")

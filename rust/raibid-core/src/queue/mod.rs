@@ -86,7 +86,13 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// The job kinds this process consumes (an agent's `--kinds`); the dispatcher reaps and reports all.
     pub kinds: Vec<JobKind>,
+    /// The node an agent runs on (`RAIBID_NODE_NAME`): it records its node's warm repositories and
+    /// reads `raibid:jobs:node:<node>` before the shared stream (ADR 0013). `None`: shared stream only.
+    pub node: Option<String>,
 }
+
+/// How long a node's record of a repository's warm cache routes that repository's jobs to it.
+pub const ROUTING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for QueueConfig {
     fn default() -> Self {
@@ -101,6 +107,7 @@ impl Default for QueueConfig {
             max_attempts: 3,
             lease: Duration::from_secs(30),
             kinds: vec![JobKind::Rust],
+            node: None,
         }
     }
 }
@@ -166,6 +173,8 @@ pub struct Claim {
     pub job: crate::job::Job,
     /// The stream entry this delivery came from.
     pub entry_id: String,
+    /// The stream it came from: the kind's shared stream or this node's stream.
+    pub stream: String,
     /// Lease token.
     pub lease: String,
     /// Lease duration: the heartbeat renews the expiry stored with the claim to now + this.
@@ -210,6 +219,7 @@ struct Scripts {
     append: Script,
     ack: Script,
     renew: Script,
+    repost: Script,
 }
 
 impl Scripts {
@@ -230,6 +240,7 @@ impl Scripts {
             append: Script::new(include_str!("lua/append_log.lua")),
             ack: with_prelude(include_str!("lua/ack.lua")),
             renew: with_prelude(include_str!("lua/renew.lua")),
+            repost: with_prelude(include_str!("lua/repost.lua")),
         }
     }
 }
@@ -343,6 +354,14 @@ impl Queue {
             .map(|r| (r.stream, r.group, "0"))
             .collect();
         groups.push((keys::EVENTS_STREAM, keys::STATUS_REPORTER_GROUP, "$"));
+        let node_stream = self
+            .cfg
+            .node
+            .as_deref()
+            .map(crate::contract::node_jobs_stream);
+        if let Some(ns) = &node_stream {
+            groups.push((ns, keys::AGENTS_GROUP, "0"));
+        }
         for (stream, group, start) in groups {
             let r: redis::RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -393,6 +412,21 @@ fn xreadgroup(
     for _ in streams {
         c.arg(">");
     }
+    c
+}
+
+/// `XREADGROUP GROUP <group> <consumer> COUNT 1 STREAMS <stream> >` without `BLOCK`: one new entry of
+/// one stream, or nil at once.
+fn xreadgroup_now(stream: &str, group: &str, consumer: &str) -> redis::Cmd {
+    let mut c = redis::cmd("XREADGROUP");
+    c.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">");
     c
 }
 

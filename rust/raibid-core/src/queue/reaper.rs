@@ -39,13 +39,17 @@ impl Queue {
             Some(l) => Caller::Agent(l),
             None => Caller::Force,
         };
-        self.requeue_as(job_id, entry_id, reason, caller).await
+        self.requeue_as(job_id, entry_id, None, reason, caller)
+            .await
     }
 
+    /// `stream`: the stream of `entry_id`; `None` reads it from the record (its current entry's stream,
+    /// the kind's shared stream for records without one).
     async fn requeue_as(
         &self,
         job_id: &str,
         entry_id: &str,
+        stream: Option<&str>,
         reason: &str,
         caller: Caller<'_>,
     ) -> Result<Requeued> {
@@ -63,18 +67,27 @@ impl Queue {
                     for r in crate::contract::kinds::ALL {
                         self.ack_entry(r, entry_id, job_id, None).await?;
                     }
+                    if let Some(s) = stream {
+                        self.ack_entry_in(s, keys::AGENTS_GROUP, entry_id, job_id, None)
+                            .await?;
+                    }
                     return Ok(Requeued::Dropped);
                 }
                 Err(e) => return Err(e),
             };
             let route = job.kind.route();
+            let stream = match stream {
+                Some(s) => s.to_string(),
+                None => self.entry_stream(job_id, entry_id, route).await?,
+            };
             if let Caller::Agent(l) = caller {
                 if job.lease.as_deref() != Some(l) {
                     return Err(QueueError::LeaseLost(job_id.to_string()));
                 }
             }
             if job.status.is_final() {
-                self.ack_entry(route, entry_id, job_id, None).await?;
+                self.ack_entry_in(&stream, route.group, entry_id, job_id, None)
+                    .await?;
                 return Ok(Requeued::Dropped);
             }
             let now = Utc::now();
@@ -93,10 +106,13 @@ impl Queue {
                 );
                 ("dead", Requeued::DeadLettered)
             } else {
+                if job.status != Status::Queued {
+                    job.failure_reason =
+                        Some(format!("attempt {} interrupted: {reason}", job.attempt));
+                }
                 job.status = Status::Queued;
                 job.step = None;
                 job.lease = None;
-                job.failure_reason = Some(format!("attempt {} interrupted: {reason}", job.attempt));
                 job.timestamps.queued = Some(now);
                 job.timestamps.claimed = None;
                 job.timestamps.started = None;
@@ -118,11 +134,12 @@ impl Queue {
                 .scripts
                 .requeue
                 .key(contract::job_key(job_id))
-                .key(route.stream)
+                .key(&stream)
                 .key(keys::EVENTS_STREAM)
                 .key(keys::DEAD_STREAM)
                 .key(contract::job_log_key(job_id))
                 .key(keys::JOB_STATUS_COUNTS)
+                .key(route.stream)
                 .arg(&rev)
                 .arg(record)
                 .arg(entry_id)
@@ -144,7 +161,8 @@ impl Queue {
                 -3 => return Ok(Requeued::Alive),
                 -4 => {
                     // A stale entry (the job moved on to another entry): acknowledge it.
-                    self.ack_entry(route, entry_id, job_id, None).await?;
+                    self.ack_entry_in(&stream, route.group, entry_id, job_id, None)
+                        .await?;
                     return Ok(Requeued::Dropped);
                 }
                 0 if !matches!(caller, Caller::Reaper { .. }) => continue,
@@ -168,14 +186,161 @@ impl Queue {
         // One reading of the Redis clock per pass (expiries are compared inside the script again).
         let now_ms = self.redis_now_ms().await?;
         for route in crate::contract::kinds::ALL {
-            self.reap_route(route, orphan, now_ms, &mut out).await?;
+            self.reap_route(route, route.stream, orphan, now_ms, &mut out)
+                .await?;
+        }
+        // Node streams (ADR 0013): their expired claims go back to the shared stream, and so do the
+        // entries still undelivered on the stream of a node with no live agent left.
+        let rust = crate::job::JobKind::Rust.route();
+        for (node, expiry) in self.nodes().await? {
+            let stream = contract::node_jobs_stream(&node);
+            self.reap_route(rust, &stream, orphan, now_ms, &mut out)
+                .await?;
+            // A node with no live agent gives back everything still waiting on its stream; a live node
+            // what waited longer than the orphan timeout (an agent that died without deregistering
+            // looked free until its heartbeat expired, and the job was routed to it).
+            let cutoff = (expiry >= now_ms).then(|| now_ms - orphan.as_millis() as i64);
+            self.rescue_node_stream(&stream, reaper, cutoff, &mut out)
+                .await?;
         }
         Ok(out)
+    }
+
+    /// Nodes that had agents (`raibid:nodes`) with the expiry of their latest agent heartbeat (ms).
+    pub async fn nodes(&self) -> Result<Vec<(String, i64)>> {
+        let mut con = self.con.clone();
+        let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(keys::NODES)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut con)
+            .await?;
+        Ok(v.into_iter().map(|(n, s)| (n, s as i64)).collect())
+    }
+
+    /// Move undelivered entries of a node stream to the shared stream: all of them (`cutoff` `None`: the
+    /// node has no live agent) or those published before `cutoff` (ms). The reaper reads them as a
+    /// consumer of the group and requeues each (acknowledged there, added to the shared stream, in one
+    /// script), so they finish elsewhere and both streams' `lag` stay exact.
+    async fn rescue_node_stream(
+        &self,
+        stream: &str,
+        reaper: &str,
+        cutoff: Option<i64>,
+        out: &mut Vec<(String, Requeued)>,
+    ) -> Result<()> {
+        let group = keys::AGENTS_GROUP;
+        let mut con = self.con.clone();
+        for _ in 0..100 {
+            let count = match cutoff {
+                None => 100,
+                Some(c) => {
+                    let n = self.undelivered_before(stream, c).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    n
+                }
+            };
+            let r: redis::RedisResult<Option<StreamRangeReply>> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(group)
+                .arg(reaper)
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">")
+                .query_async(&mut con)
+                .await
+                .map(|r: Option<redis::streams::StreamReadReply>| {
+                    r.map(|r| StreamRangeReply {
+                        ids: r.keys.into_iter().flat_map(|k| k.ids).collect(),
+                    })
+                });
+            let entries = match r {
+                Ok(Some(r)) if !r.ids.is_empty() => r.ids,
+                Ok(_) => return Ok(()),
+                Err(e) if super::is_nogroup(&e) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            for e in entries {
+                let raw = field(&e, "job").unwrap_or_default();
+                let Ok(id) = JobId::parse(&raw) else {
+                    let reason = format!("entry {}: not a job id", e.id);
+                    self.ack_entry_in(stream, group, &e.id, &raw, Some(&reason))
+                        .await?;
+                    continue;
+                };
+                let reason = match cutoff {
+                    None => "its node has no live agent left",
+                    Some(_) => "no agent of its node took it within the orphan timeout",
+                };
+                match self
+                    .requeue_as(&id, &e.id, Some(stream), reason, Caller::Force)
+                    .await
+                {
+                    Ok(r) => {
+                        tracing::warn!(job = %id, stream, outcome = ?r, "moved a job off a node without agents");
+                        out.push((id.to_string(), r));
+                    }
+                    Err(err) => {
+                        tracing::warn!(job = %id, stream, error = %err, "could not move a job off a dead node; the next pass retries it")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many of a node stream's undelivered entries (at most 100) were published before `cutoff` (ms).
+    async fn undelivered_before(&self, stream: &str, cutoff: i64) -> Result<usize> {
+        let mut con = self.con.clone();
+        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut con)
+            .await;
+        let Ok(groups) = groups else { return Ok(0) };
+        let Some(g) = groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == keys::AGENTS_GROUP)
+        else {
+            return Ok(0);
+        };
+        let r: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(format!("({}", g.last_delivered_id))
+            .arg(format!("{}", cutoff.max(0)))
+            .arg("COUNT")
+            .arg(100)
+            .query_async(&mut con)
+            .await?;
+        Ok(r.ids.len())
+    }
+
+    /// The stream of a job's entry: the record's `stream` when `entry` is its current entry, else the
+    /// kind's shared stream.
+    async fn entry_stream(&self, job_id: &str, entry: &str, route: Route) -> Result<String> {
+        let mut con = self.con.clone();
+        let (cur, stream): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(contract::job_key(job_id))
+            .arg("entry")
+            .arg("stream")
+            .query_async(&mut con)
+            .await?;
+        Ok(match stream {
+            Some(s) if !s.is_empty() && cur.as_deref() == Some(entry) => s,
+            _ => route.stream.to_string(),
+        })
     }
 
     async fn reap_route(
         &self,
         route: Route,
+        stream: &str,
         orphan: Duration,
         now_ms: i64,
         out: &mut Vec<(String, Requeued)>,
@@ -184,7 +349,7 @@ impl Queue {
         let mut start = "-".to_string();
         loop {
             let pending: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
-                .arg(route.stream)
+                .arg(stream)
                 .arg(route.group)
                 .arg(&start)
                 .arg("+")
@@ -194,7 +359,9 @@ impl Queue {
             let pending = match pending {
                 Ok(p) => p,
                 Err(e) if super::is_nogroup(&e) => {
-                    self.ensure_group().await?;
+                    if stream == route.stream {
+                        self.ensure_group().await?;
+                    }
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
@@ -203,13 +370,13 @@ impl Queue {
             for p in &pending.ids {
                 start = format!("({}", p.id);
                 match self
-                    .reap_entry(route, &p.id, p.last_delivered_ms, orphan, now_ms)
+                    .reap_entry(route, stream, &p.id, p.last_delivered_ms, orphan, now_ms)
                     .await
                 {
                     Ok(Some(r)) => out.push(r),
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(entry = %p.id, stream = route.stream, error = %e, "reaper: could not handle an entry; going on with the others")
+                        tracing::warn!(entry = %p.id, stream, error = %e, "reaper: could not handle an entry; going on with the others")
                     }
                 }
             }
@@ -222,6 +389,7 @@ impl Queue {
     async fn reap_entry(
         &self,
         route: Route,
+        stream: &str,
         entry: &str,
         idle_ms: usize,
         orphan: Duration,
@@ -229,20 +397,22 @@ impl Queue {
     ) -> Result<Option<(String, Requeued)>> {
         let mut con = self.con.clone();
         let range: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(route.stream)
+            .arg(stream)
             .arg(entry)
             .arg(entry)
             .query_async(&mut con)
             .await?;
         let Some(raw) = range.ids.first().and_then(|e| field(e, "job")) else {
             // Trimmed or empty entry: nothing to run.
-            self.ack_entry(route, entry, "", None).await?;
+            self.ack_entry_in(stream, route.group, entry, "", None)
+                .await?;
             return Ok(None);
         };
         let id = match JobId::parse(&raw) {
             Ok(id) => id,
             Err(e) => {
-                self.ack_entry(route, entry, &raw, Some(&format!("entry {entry}: {e}")))
+                let reason = format!("entry {entry}: {e}");
+                self.ack_entry_in(stream, route.group, entry, &raw, Some(&reason))
                     .await?;
                 return Ok(None);
             }
@@ -263,7 +433,8 @@ impl Queue {
             Ok(j) => Some(j),
             Err(QueueError::Corrupt(_, why)) => {
                 let reason = format!("record unreadable: {why}");
-                self.ack_entry(route, entry, &id, Some(&reason)).await?;
+                self.ack_entry_in(stream, route.group, entry, &id, Some(&reason))
+                    .await?;
                 return Ok(Some((id.to_string(), Requeued::DeadLettered)));
             }
             Err(_) => None,
@@ -280,7 +451,13 @@ impl Queue {
             None => "its agent stopped renewing its lease".to_string(),
         };
         let r = self
-            .requeue_as(&id, entry, &reason, Caller::Reaper { orphan: orphaned })
+            .requeue_as(
+                &id,
+                entry,
+                Some(stream),
+                &reason,
+                Caller::Reaper { orphan: orphaned },
+            )
             .await?;
         if r == Requeued::Alive {
             return Ok(None);
@@ -301,11 +478,18 @@ impl Queue {
     pub async fn prune_consumers(&self, idle: Duration) -> Result<Vec<String>> {
         let mut con = self.con.clone();
         let mut gone = Vec::new();
-        for route in crate::contract::kinds::ALL {
+        let mut streams: Vec<(String, &str)> = crate::contract::kinds::ALL
+            .iter()
+            .map(|r| (r.stream.to_string(), r.group))
+            .collect();
+        for (node, _) in self.nodes().await? {
+            streams.push((contract::node_jobs_stream(&node), keys::AGENTS_GROUP));
+        }
+        for (stream, group) in &streams {
             let reply: redis::RedisResult<StreamInfoConsumersReply> = redis::cmd("XINFO")
                 .arg("CONSUMERS")
-                .arg(route.stream)
-                .arg(route.group)
+                .arg(stream)
+                .arg(group)
                 .query_async(&mut con)
                 .await;
             let Ok(reply) = reply else { continue };
@@ -316,8 +500,8 @@ impl Queue {
                 {
                     let _: i64 = redis::cmd("XGROUP")
                         .arg("DELCONSUMER")
-                        .arg(route.stream)
-                        .arg(route.group)
+                        .arg(stream)
+                        .arg(group)
                         .arg(&c.name)
                         .query_async(&mut con)
                         .await?;

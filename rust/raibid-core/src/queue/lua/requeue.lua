@@ -1,7 +1,8 @@
 -- Put a claimed job back (fresh entry at the tail), finish it, or dead-letter it; the old entry is
 -- acknowledged and the head trimmed. With mode 'reap' the lease expiry stored with the claim decides:
 -- a live lease (or a record that changed since the reaper read it) makes the reaper back off.
--- KEYS: job, stream, events, dead, log, counts
+-- KEYS: job, stream (of the old entry), events, dead, log, counts, queue stream (the kind's shared stream:
+--       an entry reclaimed from a node stream finishes elsewhere)
 -- ARGV: expected_rev, record, old_entry, group, job_id, event, events_maxlen, mode ('queue'|'dead'|'final'),
 --       attempts, reason, expire_secs, status, caller ('agent'|'reap'), orphan ('1' when the entry has no
 --       lease and idled past the orphan timeout)
@@ -31,8 +32,8 @@ redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
 redis.call('HDEL', KEYS[1], 'lease_expires')
 local nrev = tonumber(rev) + 1
 if ARGV[8] == 'queue' then
-  local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[5])
-  redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', nrev, 'lease', '', 'entry', entry)
+  local entry = redis.call('XADD', KEYS[7], '*', 'job', ARGV[5])
+  redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', nrev, 'lease', '', 'entry', entry, 'stream', KEYS[7])
 else
   redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', nrev, 'lease', '', 'entry', '')
   redis.call('EXPIRE', KEYS[1], ARGV[11])

@@ -21,7 +21,7 @@ if ARGV[8] == '' then
 elseif tonumber(ARGV[12]) > 0 then
   redis.call('HSET', KEYS[1], 'lease_expires', raibid_now_ms() + tonumber(ARGV[12]))
 end
-if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'entry', ARGV[10]) end
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'entry', ARGV[10], 'stream', KEYS[2]) end
 if ARGV[5] ~= '' then
   redis.call('XACK', KEYS[2], ARGV[6], ARGV[5])
   redis.call('HSET', KEYS[1], 'entry', '')
