@@ -700,7 +700,7 @@ def check_image_versions(objs: list[Obj]) -> list[str]:
     for owner, pod in pod_specs(objs):
         for c in containers(pod):
             img = str(c.get("image", ""))
-            if re.search(r"/raibid-(agent|dispatcher)(:|@|$)", img) and not img.endswith(":" + m.group(1)):
+            if re.search(r"/raibid-(agent|agent-gpu|dispatcher)(:|@|$)", img) and not img.endswith(":" + m.group(1)):
                 errs.append(f"{describe(owner)}: image {img} is not tagged with the workspace version {m.group(1)}")
     return errs
 
