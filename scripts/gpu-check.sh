@@ -23,7 +23,8 @@ shows it queued."
 gpus=$(nvidia-smi -L 2>&1) || refuse "nvidia-smi -L failed: the NVIDIA driver does not answer ($(printf '%s' "$gpus" | head -n 1))"
 [ -n "$gpus" ] || refuse "nvidia-smi -L lists no GPU"
 for tool in cargo redis-server redis-cli git curl python3 bwrap; do
-  command -v "$tool" >/dev/null 2>&1 || refuse "$tool not found (needed to build and run the local stack)"
+  command -v "$tool" >/dev/null 2>&1 || refuse "$tool not found: it builds or runs the local stack (Ubuntu: sudo apt-get \
+install -y redis-server git curl python3 bubblewrap; cargo: rustup, or nix develop in this repository)"
 done
 
 root=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
