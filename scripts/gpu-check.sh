@@ -33,8 +33,9 @@ work=$(mktemp -d -t raibid-gpu-check-XXXXXX)
 pids=""
 cleanup() {
   status=$?
-  for p in $pids; do kill "$p" 2>/dev/null || true; done
-  for p in $pids; do wait "$p" 2>/dev/null || true; done
+  # Agent first (it releases its name and job), then the dispatcher, Redis last: the reverse of the start order.
+  rev=""; for p in $pids; do rev="$p $rev"; done
+  for p in $rev; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [ "$status" -ne 0 ] && [ -d "$work/logs" ]; then
     for f in "$work"/logs/*.log; do [ -f "$f" ] && { say "--- last lines of $(basename "$f")"; tail -n 20 "$f" >&2; }; done
   fi
@@ -98,8 +99,10 @@ git -C "$repo" -c user.name=raibid -c user.email=gpu-check@raibid.invalid commit
 
 auth="Authorization: Bearer $token"
 body=$(python3 -c 'import json, sys; print(json.dumps({"repo_url": "file://" + sys.argv[1], "ref": "main", "gpu_required": True}))' "$repo")
-job=$(curl -fsS -X POST -H "$auth" -H 'Content-Type: application/json' --data "$body" "$url/api/v1/jobs") \
-  || { say "the dispatcher refused the GPU job"; exit 1; }
+answer=$(curl -sS -X POST -H "$auth" -H 'Content-Type: application/json' --data "$body" -w '\n%{http_code}' "$url/api/v1/jobs")
+code=$(printf '%s' "$answer" | tail -n 1)
+job=$(printf '%s' "$answer" | sed '$d')
+[ "$code" = 201 ] || { say "the dispatcher refused the GPU job (HTTP $code): $job"; exit 1; }
 id=$(printf '%s' "$job" | json id)
 say "submitted GPU job $id; waiting (up to ${budget}s)"
 
