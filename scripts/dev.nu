@@ -327,17 +327,33 @@ def stack-settings [port: any, rotate_token: bool]: nothing -> record {
   $s
 }
 
+# `up --gpu` runs only where a GPU agent can start: the NVIDIA driver's nvidia-smi lists a GPU. Refuses with the
+# reason otherwise (GPU jobs then wait in raibid:jobs:gpu for an agent of kind gpu; their lag is visible).
+def require-gpu [] {
+  let hint = "start without --gpu: GPU jobs then wait (queued, their lag visible in ./scripts/dev.sh status) until an agent of kind gpu runs somewhere; on a machine with a GPU, ./scripts/gpu-check.sh checks the whole path"
+  if (which nvidia-smi | is-empty) {
+    fail no_gpu "--gpu needs an NVIDIA GPU and its driver: nvidia-smi is not on the PATH, so no GPU agent could start here" --hint $hint
+  }
+  let r = (do { ^nvidia-smi -L } | complete)
+  if $r.exit_code != 0 or ($r.stdout | str trim | is-empty) {
+    let why = ($r.stdout + $r.stderr | lines | first 1 | str join "" | str trim)
+    fail no_gpu $"--gpu needs an NVIDIA GPU: `nvidia-smi -L` lists none \(exit ($r.exit_code)(if $why != '' { $': ($why)' } else { '' })\)" --hint $hint
+  }
+}
+
 # Start the local stack: Redis (AOF on), the dispatcher and a warm agent pool; then run a demo job.
 # Ctrl-C at any point stops `up` with one line saying what is still running; `down` stops it.
 @example "start with 4 agents and no demo" { ./scripts/dev.sh up --agents 4 --no-demo }
 @example "a queue without consumers, to watch the lag KEDA scales on" { ./scripts/dev.sh up --agents 0 }
 @example "already built debug binaries, a state dir of its own (as raibid-top's tmux test does)" { RAIBID_STATE_DIR=/tmp/st ./scripts/dev.sh up --bin-dir rust/target/debug --agents 1 --no-demo }
+@example "one more agent serving GPU jobs, on a machine with an NVIDIA GPU and its driver" { ./scripts/dev.sh up --gpu }
 def "main up" [
   --agents: int     # warm pool size (default: half the cores, at least 1; 0 = no consumer)
   --no-demo         # skip the demo job
   --port: int       # dispatcher port (default: the one this state dir used last, else a free one)
   --bin-dir: string # run raibid-dispatcher/raibid-agent from this directory as they are (no cargo build --release)
   --rotate-token    # a new API token (default: the one this state dir used last)
+  --gpu             # also start one agent serving kind gpu (RAIBID_AGENT_KINDS=gpu); refused where no GPU is
 ] {
   start-clock
   try {
@@ -352,6 +368,7 @@ def "main up" [
 def up-stack [agents: any, no_demo: bool, port: any, bin_dir: any, rotate_token: bool] {
   let n = ($agents | default ([1 ((sys cpu | length) // 2)] | math max))
   if $n < 0 { fail bad_argument "--agents must be 0 or more" }
+  if $gpu { require-gpu }
   let left = (stack-procs)
   if ($left | is-not-empty) {
     let url = if ((state | path join env.json) | path exists) { $" \(dispatcher ((open (state | path join env.json)).url)\)" } else { "" }
@@ -405,8 +422,13 @@ def up-stack [agents: any, no_demo: bool, port: any, bin_dir: any, rotate_token:
     if $n == 0 { break }
     spawn-bg $"agent-($i)" [(bin raibid-agent $s.bin_dir) --name $"local-agent-($i)"] $agent_env | ignore
   }
+  if $gpu {
+    # The GPU agent probes the GPU itself at start and exits 1 without one (its log says what it looked for).
+    step "starting one agent serving kind gpu (stream raibid:jobs:gpu)"
+    spawn-bg gpu-agent [(bin raibid-agent $s.bin_dir) --name local-gpu-agent] ($agent_env | merge {($c.env.AGENT_KINDS): "gpu"}) | ignore
+  }
   test-pause agents
-  ok $"stack up: redis, dispatcher, registry ($s.registry), ($n) agent\(s\) serving rust and image jobs; logs in (state | path join logs)"
+  ok $"stack up: redis, dispatcher, registry ($s.registry), ($n) agent\(s\) serving rust and image jobs(if $gpu { ', 1 serving gpu jobs' } else { '' }); logs in (state | path join logs)"
   if not $no_demo and $n > 0 { demo $s }
   next-hints
 }

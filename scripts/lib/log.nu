@@ -8,7 +8,8 @@ export def --env start-clock []: nothing -> nothing {
 
 # Elapsed time since start-clock as mm:ss.
 export def elapsed []: nothing -> string {
-  let start = ($env.RAIBID_CLOCK_START? | default (date now))
+  # A child nu (a test run by `dev.sh test`) inherits the variable as text: read it back as a date.
+  let start = ($env.RAIBID_CLOCK_START? | default (date now) | if ($in | describe) == "string" { $in | into datetime } else { $in })
   let secs = (((date now) - $start) / 1sec | math floor)
   $"($secs // 60 | fill -a r -c '0' -w 2):($secs mod 60 | fill -a r -c '0' -w 2)"
 }

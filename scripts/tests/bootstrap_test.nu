@@ -292,7 +292,7 @@ def seeded_controllers_are_what_flux_builds_minus_secrets [] {
   assert equal ($docs | where kind == Secret) []
   assert equal ($docs | where kind == HelmRelease | get metadata.name | sort) ($docs | where kind == HelmRelease | get metadata.name | sort | uniq)
   assert ("gitea" in ($docs | where kind == HelmRelease | get metadata.name))
-  assert equal ($docs | where kind == Namespace | get metadata.name | sort) [gitea keda raibid-builds raibid-system]
+  assert equal ($docs | where kind == Namespace | get metadata.name | sort) [gitea keda nvidia-device-plugin raibid-builds raibid-system]
   # ${VAR}s stay for flux envsubst --strict, and every one is a cluster setting.
   let vars = (open ($REPO_ROOT | path join clusters dgx-spark cluster-settings.yaml) | get data | columns)
   let used = ($docs | to yaml | parse --regex '\$\{(?<v>[A-Z0-9_]+)\}' | get v | uniq)

@@ -232,3 +232,25 @@ def next_hints_work_as_printed [] { with-state {|dir|
   assert str contains $r.stderr "local stack stopped"
   assert equal (holders $dir) []
 } }
+# `up --gpu` where no GPU is (this machine): refused before anything starts, with the reason and what to do.
+# (miette wraps long messages: the text is compared with its line breaks joined.)
+@test
+def up_gpu_refuses_without_a_gpu [] {
+  let dir = (mktemp -d -t raibid-state-XXXXXX)
+  let bin = (mktemp -d -t raibid-path-XXXXXX)
+  let flat = {|o| $o.stderr | str replace --all --regex '\s*\n\s*(\|\s*)?' ' ' }
+  let out = (with-env {RAIBID_STATE_DIR: $dir, PATH: $bin} { dev up --gpu --agents 0 --no-demo })
+  assert ($out.exit_code != 0)
+  let text = (do $flat $out)
+  assert str contains $text "raibid::no_gpu"
+  assert str contains $text "nvidia-smi is not on the PATH, so no GPU agent could start here"
+  assert str contains $text "start without --gpu: GPU jobs then wait"
+  # A driver that does not answer is refused too, with its first line.
+  "#!/bin/sh\necho \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"\nexit 9\n" | save -f ($bin | path join nvidia-smi)
+  ^chmod +x ($bin | path join nvidia-smi)
+  let out = (with-env {RAIBID_STATE_DIR: $dir, PATH: $bin} { dev up --gpu --agents 0 --no-demo })
+  assert ($out.exit_code != 0)
+  assert str contains (do $flat $out) "`nvidia-smi -L` lists none (exit 9: NVIDIA-SMI has failed"
+  assert (not ($dir | path join env.json | path exists)) "nothing was started"
+  rm -rf $dir $bin
+}

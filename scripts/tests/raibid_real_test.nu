@@ -5,6 +5,7 @@ use std/assert
 use std/testing *
 use helpers.nu *
 use ../raibid.nu
+use ../lib/contract.nu [load-contract]
 
 const ROOT = path self ../..
 
@@ -91,8 +92,10 @@ def submit_follow_show_queue_agents_against_the_real_dispatcher [] {
     let q = (raibid queue)
     # Totals over every agent type, and each type's own stream under `kinds`.
     assert equal [$q.group $q.lag $q.pending] [raibid-agents 0 0]
-    assert equal ($q.kinds | get stream) [raibid:jobs raibid:jobs:image]
-    assert equal ($q.kinds | get lag) [0 0]
+    # contract::kinds::ALL, in its order (rust, image, gpu: issue 20 added the GPU kind's stream).
+    let k = (load-contract).keys
+    assert equal ($q.kinds | get stream) [$k.JOBS_STREAM $k.IMAGE_JOBS_STREAM $k.GPU_JOBS_STREAM]
+    assert equal ($q.kinds | get lag) [0 0 0]
     assert equal (raibid agents | get id) [real-test-agent]
     # Retry makes a new job; cancel of a finished job is refused with the API's message.
     let again = (raibid jobs retry $job.id)

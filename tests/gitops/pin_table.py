@@ -70,6 +70,9 @@ def tree_pins(root: Path = ROOT) -> dict[str, dict]:
     for f in sorted((root / "containers").glob("*Containerfile*")):
         args: dict[str, str] = {}
         stages: set[str] = set()
+        # apt pins are per distribution: Debian (the rust/debian bases) is unnamed, others are named by the base
+        # image's tag (nvidia/cuda:…-ubuntu24.04 -> `apt bubblewrap (ubuntu24.04)`); a stage inherits its parent's.
+        distro, stage_distro = "", {}
         for line in f.read_text().splitlines():
             a = ARG.match(line)
             if a:
@@ -80,18 +83,25 @@ def tree_pins(root: Path = ROOT) -> dict[str, dict]:
             if m:
                 ref = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda x: args.get(x.group(1), x.group(0)), m.group(1))
                 st = re.search(r"\bAS\s+(\S+)", line, re.I)
+                if ref in stages:
+                    distro = stage_distro.get(ref, "")
+                else:
+                    d = re.search(r"(ubuntu\d+\.\d+)", ref.rsplit(":", 1)[-1]) if ":" in ref else None
+                    distro = d.group(1) if d else ""
                 if ref not in stages and ":" in ref:
                     name, tag = ref.rsplit(":", 1)
                     _add(out, f"image {name}", tag, f.relative_to(root).as_posix())
                 if st:
                     stages.add(st.group(1))
+                    stage_distro[st.group(1)] = distro
             if "apt-get install" in line or line.strip().startswith(("apt-", "&&", "\\")) or re.search(r"^\s+\S+=", line):
                 for p in APT_PIN.finditer(line.split("#", 1)[0]):
                     pkg, var, pkg2, ver = p.groups()
+                    suffix = f" ({distro})" if distro else ""
                     if pkg and var in args:
-                        _add(out, f"apt {pkg}", args[var], f.relative_to(root).as_posix())
+                        _add(out, f"apt {pkg}{suffix}", args[var], f.relative_to(root).as_posix())
                     elif pkg2 and ver and pkg2 not in ("RUST_VERSION",):
-                        _add(out, f"apt {pkg2}", ver, f.relative_to(root).as_posix())
+                        _add(out, f"apt {pkg2}{suffix}", ver, f.relative_to(root).as_posix())
     return out
 
 

@@ -744,7 +744,7 @@ def check_image_versions(objs: list[Obj]) -> list[str]:
     for owner, pod in pod_specs(objs):
         for c in containers(pod):
             img = str(c.get("image", ""))
-            if re.search(r"/raibid-(agent|dispatcher)(:|@|$)", img) and not img.endswith(":" + m.group(1)):
+            if re.search(r"/raibid-(agent|agent-gpu|dispatcher)(:|@|$)", img) and not img.endswith(":" + m.group(1)):
                 errs.append(f"{describe(owner)}: image {img} is not tagged with the workspace version {m.group(1)}")
     return errs
 
@@ -1181,6 +1181,117 @@ def check_agent_spread(objs: list[Obj]) -> list[str]:
     return errs
 
 
+GPU_KIND, GPU_RESOURCE, GPU_RUNTIME_CLASS = "gpu", "nvidia.com/gpu", "nvidia"
+DEVICE_PLUGIN_CHART, DEVICE_PLUGIN_MIN = "nvidia-device-plugin", (0, 17, 4)
+
+
+def time_slice_replicas(objs: list[Obj]) -> tuple[int | None, list[str]]:
+    """The device plugin's time-slicing replicas of nvidia.com/gpu, from its HelmRelease's default config (the
+    plugin's config file format: NVIDIA/k8s-device-plugin api/config/v1, `sharing.timeSlicing.resources[]`)."""
+    hrs = [hr for hr in find(objs, "HelmRelease")
+           if (((hr.get("spec") or {}).get("chart") or {}).get("spec") or {}).get("chart") == DEVICE_PLUGIN_CHART]
+    if not hrs:
+        return None, [f"no HelmRelease of chart {DEVICE_PLUGIN_CHART}: nothing advertises {GPU_RESOURCE} to the kubelet"]
+    hr, errs = hrs[0], []
+    d = describe(hr)
+    v = _version(str(hr["spec"]["chart"]["spec"].get("version", "")))
+    if v < DEVICE_PLUGIN_MIN:
+        errs.append(f"{d}: chart version {'.'.join(map(str, v))} < 0.17.4: earlier plugins fail on GB10 "
+                    f"(NVML reports device memory \"Not Supported\")")
+    values = hr["spec"].get("values") or {}
+    if values.get("runtimeClassName") != GPU_RUNTIME_CLASS:
+        errs.append(f"{d}: values.runtimeClassName must be {GPU_RUNTIME_CLASS} (the plugin needs NVML from the NVIDIA runtime)")
+    cfg = values.get("config") or {}
+    doc = (cfg.get("map") or {}).get(cfg.get("default") or "")
+    try:
+        conf = yaml.safe_load(doc) if isinstance(doc, str) else None
+    except yaml.YAMLError as e:
+        return None, errs + [f"{d}: values.config.map.{cfg.get('default')} is not YAML: {e}"]
+    if not isinstance(conf, dict):
+        return None, errs + [f"{d}: no default plugin config (values.config.default naming an entry of values.config.map)"]
+    if ((conf.get("flags") or {}).get("migStrategy") or "none") != "none":
+        errs.append(f"{d}: migStrategy must be none (GB10 has no MIG)")
+    ts = (conf.get("sharing") or {}).get("timeSlicing") or {}
+    if ts.get("renameByDefault"):
+        errs.append(f"{d}: renameByDefault would advertise {GPU_RESOURCE}.shared, which the GPU pool does not request")
+    reps = [r.get("replicas") for r in ts.get("resources") or [] if r.get("name") == GPU_RESOURCE]
+    if not reps or not isinstance(reps[0], int) or reps[0] < 1:
+        return None, errs + [f"{d}: no time-slicing replicas for {GPU_RESOURCE} (GB10 has no MIG: time-slicing is the sharing)"]
+    return reps[0], errs
+
+
+def _gpu_request(c: dict) -> tuple[str | None, str | None]:
+    res = c.get("resources") or {}
+    return (str((res.get("limits") or {}).get(GPU_RESOURCE)) if GPU_RESOURCE in (res.get("limits") or {}) else None,
+            str((res.get("requests") or {}).get(GPU_RESOURCE)) if GPU_RESOURCE in (res.get("requests") or {}) else None)
+
+
+def check_gpu_pool(objs: list[Obj]) -> list[str]:
+    """The GPU pool (issue 20 §2). Agent pods serving kind `gpu` hold exactly one GPU slice (`nvidia.com/gpu: 1`), run
+    with `runtimeClassName: nvidia` and the CUDA image raibid-agent-gpu; no other pod holds a slice or the NVIDIA
+    runtime. The device plugin (chart >= 0.17.4, runtimeClassName nvidia, no MIG) time-slices the GB10 into N replicas,
+    and the pool's pods at their maximum (warm replicas + rolling surge + ScaledJob maxReplicaCount x parallelism)
+    fit in N: CUDA allocations on unified memory are bounded by no pod limit, so N is the concurrency cap. A
+    ResourceQuota of raibid-builds grants the pool its share (requests.nvidia.com/gpu between the pool's maximum and N)."""
+    replicas, errs = time_slice_replicas(objs)
+    pool, total = [], 0
+    for owner, pod in pod_specs(objs):
+        ns = owner["metadata"].get("namespace")
+        d = describe(owner)
+        kinds = pod_kinds(pod, objs, ns)
+        gpu_pod = GPU_KIND in kinds
+        holders = [c.get("name") for c in containers(pod) if any(_gpu_request(c))]
+        if not gpu_pod:
+            if holders:
+                errs.append(f"{d}: containers {holders} request {GPU_RESOURCE} but do not serve kind {GPU_KIND}: "
+                            f"a slice held outside the GPU pool")
+            if pod.get("runtimeClassName") == GPU_RUNTIME_CLASS and kinds:
+                errs.append(f"{d}: runtimeClassName {GPU_RUNTIME_CLASS} on an agent that does not serve kind {GPU_KIND}")
+            continue
+        if pod.get("runtimeClassName") != GPU_RUNTIME_CLASS:
+            errs.append(f"{d}: runtimeClassName must be {GPU_RUNTIME_CLASS} (the NVIDIA runtime injects the driver and "
+                        f"the assigned device; k3s creates the RuntimeClass when the toolkit is present)")
+        for c in containers(pod, init=False):
+            if not ("raibid-agent" in str(c.get("image", "")) or c.get("name") == "agent"):
+                continue
+            lim, req = _gpu_request(c)
+            if lim != "1" or req not in (None, "1"):
+                errs.append(f"{d} container {c.get('name')}: resources.limits.{GPU_RESOURCE} must be 1 "
+                            f"(has limits {lim}, requests {req}): one time slice per GPU agent")
+            if not re.search(r"(^|/)raibid-agent-gpu(:|@|$)", str(c.get("image", ""))):
+                errs.append(f"{d} container {c.get('name')}: image {c.get('image')!r} is not raibid-agent-gpu (the CUDA 13 agent image)")
+        spec = owner.get("spec") or {}
+        if owner["kind"] == "ScaledJob":
+            n = int(spec.get("maxReplicaCount", 100)) * int((spec.get("jobTargetRef") or {}).get("parallelism", 1))
+        elif owner["kind"] == "Deployment":
+            reps = int(spec.get("replicas", 1))
+            ru = ((spec.get("strategy") or {}).get("rollingUpdate") or {})
+            surge = 0 if reps == 0 or (spec.get("strategy") or {}).get("type") == "Recreate" else ru.get("maxSurge", "25%")
+            if isinstance(surge, str) and surge.endswith("%"):
+                surge = -(-reps * int(surge[:-1]) // 100)
+            n = reps + int(surge)
+        else:
+            n = int(spec.get("replicas", 1))
+        pool.append(f"{d}: {n}")
+        total += n
+    if not pool:
+        errs.append(f"no agent pod serves kind {GPU_KIND}")
+    if replicas is not None and total > replicas:
+        errs.append(f"the GPU pool runs up to {total} pods ({'; '.join(pool)}), above the {replicas} time-slice "
+                    f"replicas of the device plugin: CUDA allocations are bounded by no pod limit, the slices are the cap")
+    quotas = [q for q in find(objs, "ResourceQuota") if q["metadata"].get("namespace") == "raibid-builds"
+              and f"requests.{GPU_RESOURCE}" in ((q.get("spec") or {}).get("hard") or {})]
+    if not quotas:
+        errs.append(f"no ResourceQuota in raibid-builds with requests.{GPU_RESOURCE}: the GPU pool has no quota share")
+    for q in quotas:
+        share = int(str(q["spec"]["hard"][f"requests.{GPU_RESOURCE}"]))
+        if replicas is not None and share > replicas:
+            errs.append(f"{describe(q)}: requests.{GPU_RESOURCE} {share} exceeds the {replicas} time-slice replicas")
+        if share < total:
+            errs.append(f"{describe(q)}: requests.{GPU_RESOURCE} {share} is below the GPU pool's {total} pods")
+    return errs
+
+
 REPO_CHECKS: list[tuple[str, Check]] = [
     ("scaledjob", check_scaledjob),
     ("contract-env", check_contract_env),
@@ -1202,4 +1313,5 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("agent-credentials", check_agent_credentials),
     ("agent-sandbox", check_agent_sandbox),
     ("agent-spread", check_agent_spread),
+    ("gpu-pool", check_gpu_pool),
 ]

@@ -38,9 +38,9 @@ def releases_with_defaults(objs):
             yield hr, yaml.safe_load(f.read_text())
 
 
-def test_the_keda_chart_version_has_its_defaults_here(deployed):
-    assert [hr["metadata"]["name"] for hr, _ in releases_with_defaults(deployed)] == ["keda"], \
-        "copy the pinned keda chart's values.yaml into tests/gitops/data/chart-values/"
+def test_the_pinned_chart_versions_have_their_defaults_here(deployed):
+    assert sorted(hr["metadata"]["name"] for hr, _ in releases_with_defaults(deployed)) == ["keda", "nvidia-device-plugin"], \
+        "copy the pinned keda and nvidia-device-plugin charts' values.yaml into tests/gitops/data/chart-values/"
 
 
 def test_every_values_key_exists_in_the_chart(deployed):
@@ -50,8 +50,16 @@ def test_every_values_key_exists_in_the_chart(deployed):
 
 
 def test_a_misspelt_key_fails(deployed):
-    hr, d = next(releases_with_defaults(deployed))
+    hr, d = next((hr, d) for hr, d in releases_with_defaults(deployed) if hr["metadata"]["name"] == "keda")
     values = copy.deepcopy(hr["spec"]["values"])
     values["crds"]["instal"] = False
     values["resources"]["metricsServer"] = {"requests": {"cpu": "1"}}
     assert unknown_keys(values, d) == ["crds.instal", "resources.metricsServer"]
+
+
+def test_a_misspelt_device_plugin_key_fails(deployed):
+    hr, d = next((hr, d) for hr, d in releases_with_defaults(deployed) if hr["metadata"]["name"] == "nvidia-device-plugin")
+    values = copy.deepcopy(hr["spec"]["values"])
+    values["runtimeClass"] = "nvidia"
+    values["gfd"]["enable"] = False
+    assert unknown_keys(values, d) == ["gfd.enable", "runtimeClass"]

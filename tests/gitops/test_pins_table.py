@@ -73,3 +73,26 @@ def test_every_support_range_names_its_source():
     support = pin_table.load_support()
     for comp in ("kubernetes", "keda", "flux"):
         assert support[comp].get("source"), f"docs/support-ranges.yaml: {comp} has no source"
+
+
+def test_apt_pins_are_per_distribution(tmp_path):
+    """bubblewrap of Debian trixie (agent.Containerfile) and of Ubuntu 24.04 (agent-gpu.Containerfile, CUDA base) are
+    two pins; two versions for one distribution still conflict (a stage inherits its parent's distribution)."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "pins.env").write_text("RUST_VERSION=1.95.0\n")
+    (tmp_path / "containers").mkdir()
+    (tmp_path / "containers" / "a.Containerfile").write_text(
+        "FROM docker.io/library/rust:1.95.0-slim-trixie\nARG BW=0.11.0-2\nRUN apt-get install -y \\\n      bubblewrap=${BW}\n")
+    (tmp_path / "containers" / "b.Containerfile").write_text(
+        "FROM docker.io/nvidia/cuda:13.0.0-base-ubuntu24.04 AS base\nFROM base\nARG BW=0.9.0-1ubuntu0.3\n"
+        "RUN apt-get install -y \\\n      bubblewrap=${BW}\n")
+    for d in pin_table.MANIFEST_DIRS:
+        (tmp_path / d).mkdir()
+    tree = pin_table.tree_pins(tmp_path)
+    assert tree["apt bubblewrap"]["version"] == "0.11.0-2"
+    assert tree["apt bubblewrap (ubuntu24.04)"]["version"] == "0.9.0-1ubuntu0.3"
+    assert not [e for e in pin_table.check_pins_table(tree, {}) if "one version per pin" in e]
+    (tmp_path / "containers" / "c.Containerfile").write_text(
+        "FROM docker.io/nvidia/cuda:13.0.0-base-ubuntu24.04\nARG BW=0.9.0-1ubuntu0.1\nRUN apt-get install -y \\\n      bubblewrap=${BW}\n")
+    errs = pin_table.check_pins_table(pin_table.tree_pins(tmp_path), {})
+    assert any("apt bubblewrap (ubuntu24.04): pinned to" in e and "one version per pin" in e for e in errs), errs
