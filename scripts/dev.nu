@@ -357,7 +357,7 @@ def "main up" [
 ] {
   start-clock
   try {
-    up-stack $agents $no_demo $port $bin_dir $rotate_token
+    up-stack $agents $no_demo $port $bin_dir $rotate_token $gpu
   } catch {|e|
     if (is-interrupt $e) { interrupt-exit { $"(elapsed) !! interrupted: (left-running)" } }
     if ($e.details?.code? != "raibid::already_running") and ((stack-procs) | is-not-empty) { warn $"up failed; (left-running)" }
@@ -365,7 +365,7 @@ def "main up" [
   }
 }
 
-def up-stack [agents: any, no_demo: bool, port: any, bin_dir: any, rotate_token: bool] {
+def up-stack [agents: any, no_demo: bool, port: any, bin_dir: any, rotate_token: bool, gpu: bool] {
   let n = ($agents | default ([1 ((sys cpu | length) // 2)] | math max))
   if $n < 0 { fail bad_argument "--agents must be 0 or more" }
   if $gpu { require-gpu }
