@@ -193,7 +193,10 @@ def test-pause [point: string] {
 def left-running []: nothing -> string {
   let left = (stack-procs)
   if ($left | is-empty) { return "nothing is left running" }
-  let names = ($left | group-by name | transpose name procs | each {|g| $"($g.name) \(pid ($g.procs.pid | str join ', ')\)" } | str join ", ")
+  # In the order `up` starts them (not /proc's: pids wrap around).
+  let rank = {|n| [redis registry dispatcher] | enumerate | where item == $n | get -o 0.index | default 3 }
+  let names = ($left | group-by name | transpose name procs | sort-by -c {|a, b| (do $rank $a.name) < (do $rank $b.name) }
+    | each {|g| $"($g.name) \(pid ($g.procs.pid | str join ', ')\)" } | str join ", ")
   $"still running: ($names); (dev-cmd down) stops them"
 }
 

@@ -12,8 +12,8 @@
 //! With `CACHE_BENCH_TRACE=1`, the last job's log lines are printed (stderr) at their offsets.
 //!
 //! `steps`: the cost of starting a step (issue 17: every step starts in a bubblewrap sandbox): jobs of 20
-//! steps `echo step`, each step's `started_at` → `finished_at` (spawn, the line, exit, the readers'
-//! end), p50/p90 over `--runs` jobs × 20 steps. Run it with `--agent` for a before/after pair.
+//! steps `echo step`, each step's `duration_ms` (spawn, the line, exit, the readers' end), p50/p90 over
+//! `--runs` jobs × 20 steps. Run it with `--agent` for a before/after pair.
 //!
 //! `builds`: for each workload — `ripgrep` (the newest published source from crates.io, fetched now
 //! with `cargo fetch`) or
@@ -281,8 +281,7 @@ async fn steps(runs: usize) {
                 n.strip_prefix('s')
                     .is_some_and(|i| i.parse::<u32>().is_ok())
             }) {
-                let d = ts(&s["finished_at"]) - ts(&s["started_at"]);
-                per_step.push(d.num_microseconds().unwrap() as f64 / 1000.0);
+                per_step.push(s["duration_ms"].as_f64().unwrap());
             }
         }
     }
