@@ -129,7 +129,7 @@ async fn an_image_job_builds_tests_inside_the_image_and_pushes() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
-    let pending = raibid_core::image::pending_cleanups(&s.queue)
+    let pending = raibid_core::queue::image_cleanup::pending_cleanups(&s.queue)
         .await
         .unwrap();
     assert_eq!(pending, vec![id.clone()]);

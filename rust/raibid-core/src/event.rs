@@ -112,9 +112,9 @@ pub enum LiveEvent {
     /// A job event.
     Job(Event),
     /// Queue figures.
-    Queue(crate::queue::QueueStats),
+    Queue(crate::queue_view::QueueStats),
     /// An agent seen (new, or its heartbeat/current job changed).
-    AgentSeen(crate::queue::AgentInfo),
+    AgentSeen(crate::queue_view::AgentInfo),
     /// An agent gone.
     AgentGone {
         /// Consumer name.

@@ -125,6 +125,7 @@ impl PartialEq<String> for JobId {
     }
 }
 
+#[cfg(feature = "queue")]
 impl redis::ToRedisArgs for JobId {
     fn write_redis_args<W>(&self, out: &mut W)
     where
@@ -134,6 +135,7 @@ impl redis::ToRedisArgs for JobId {
     }
 }
 
+#[cfg(feature = "queue")]
 impl redis::ToSingleRedisArg for JobId {}
 
 impl fmt::Display for JobId {

@@ -11,7 +11,9 @@ pub mod event;
 pub mod image;
 pub mod job;
 pub mod pipeline;
+#[cfg(feature = "queue")]
 pub mod queue;
+pub mod queue_view;
 pub mod retry;
 pub mod secret_source;
 #[cfg(feature = "testkit")]

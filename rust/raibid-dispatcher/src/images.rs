@@ -1,6 +1,6 @@
 //! `DELETE /api/v1/jobs/{id}/images`: the `cleanup` of an image job. The images live in the Buildah
 //! storage of the image agents (on their nodes), not here: the request is recorded in Redis
-//! (`raibid_core::image::request_cleanup`) and every image agent removes the job's local image before
+//! (`raibid_core::queue::image_cleanup::request_cleanup`) and every image agent removes the job's local image before
 //! its next job and in `raibid-agent --image-gc`. Pushed tags in the registry are not touched (they
 //! are the published result).
 
@@ -10,8 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use raibid_core::image::{local_reference, request_cleanup};
+use raibid_core::image::local_reference;
 use raibid_core::job::{is_valid_job_id, JobKind};
+use raibid_core::queue::image_cleanup::request_cleanup;
 use serde_json::json;
 use std::time::Duration;
 

@@ -327,7 +327,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     // The cache figures (one HGETALL of their counters), before OpenMetrics' closing `# EOF`.
     let mut cache = String::new();
-    raibid_core::cache_stats::render_metrics(&mut state.queue.redis(), &mut cache).await;
+    raibid_core::queue::cache_counters::render_metrics(&mut state.queue.redis(), &mut cache).await;
     if let Some(pos) = out.rfind("# EOF") {
         out.insert_str(pos, &cache);
     } else {

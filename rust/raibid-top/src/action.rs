@@ -3,7 +3,7 @@
 
 use raibid_core::event::{DeadLetter, LiveEvent};
 use raibid_core::job::{Job, Status};
-use raibid_core::queue::LogLine;
+use raibid_core::queue_view::LogLine;
 
 /// A view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

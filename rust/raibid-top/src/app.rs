@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use raibid_core::event::{DeadLetter, EventKind, LiveEvent};
 use raibid_core::job::{Job, Status};
-use raibid_core::queue::{AgentInfo, LogLine, QueueStats};
+use raibid_core::queue_view::{AgentInfo, LogLine, QueueStats};
 use std::collections::{BTreeMap, HashMap};
 
 /// The smallest terminal everything fits in.

@@ -6,7 +6,7 @@ use crate::action::{Action, Command, Net};
 use raibid_core::contract::http;
 use raibid_core::event::{DeadLetter, LiveEvent};
 use raibid_core::job::{Job, Status};
-use raibid_core::queue::LogLine;
+use raibid_core::queue_view::LogLine;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};

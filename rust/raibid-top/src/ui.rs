@@ -538,7 +538,7 @@ pub fn why_waited(app: &App, j: &Job) -> String {
     let t = &j.timestamps;
     // Only agents of the job's kind can take it (agents older than the `kinds` field: any).
     let kind = j.kind.as_str();
-    let serves = |a: &&raibid_core::queue::AgentInfo| {
+    let serves = |a: &&raibid_core::queue_view::AgentInfo| {
         a.kinds.is_empty() || a.kinds.iter().any(|k| k == kind)
     };
     let of_kind = app.agents.values().filter(serves).count();
@@ -995,7 +995,7 @@ fn render_dead(f: &mut Frame, app: &App, area: Rect) {
     let rows: Vec<TRow> = dead
         .iter()
         .map(|d| {
-            let when = raibid_core::queue::entry_millis(&d.entry)
+            let when = raibid_core::queue_view::entry_millis(&d.entry)
                 .and_then(DateTime::<Utc>::from_timestamp_millis)
                 .map(|t| fmt_dur((app.now - t).num_milliseconds()) + " ago")
                 .unwrap_or_default();

@@ -262,7 +262,7 @@ fn cargo_progress_on_stderr_is_not_painted_as_an_error() {
     ]
     .iter()
     .enumerate()
-    .map(|(i, l)| raibid_core::queue::LogLine {
+    .map(|(i, l)| raibid_core::queue_view::LogLine {
         seq: format!("1700000000000-{i}"),
         step: "build".into(),
         stream: "stderr".into(),

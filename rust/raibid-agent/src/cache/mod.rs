@@ -115,7 +115,7 @@ pub(crate) async fn record_job(
         stats.units_total = Some(u64::from(u.total));
     }
     let mut con = queue.redis();
-    if let Err(e) = raibid_core::cache_stats::record(&mut con, stats).await {
+    if let Err(e) = raibid_core::queue::cache_counters::record(&mut con, stats).await {
         tracing::warn!(error = %e, "could not record cache counters");
     }
 }

@@ -96,7 +96,7 @@ pub async fn run_cleanups(
             Some((id.to_string(), at.parse().ok()?))
         })
         .collect();
-    let reqs = raibid_core::image::cleanups_since(queue, last - CLEANUP_MARGIN_MS)
+    let reqs = raibid_core::queue::image_cleanup::cleanups_since(queue, last - CLEANUP_MARGIN_MS)
         .await
         .map_err(|e| e.to_string())?;
     let mut handled = Vec::new();
@@ -339,10 +339,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (b, log) = fake(d.path(), "[]");
         let keep = Duration::from_secs(3600);
-        raibid_core::image::request_cleanup(&q, "01AAA", keep)
+        raibid_core::queue::image_cleanup::request_cleanup(&q, "01AAA", keep)
             .await
             .unwrap();
-        raibid_core::image::request_cleanup(&q, "01BBB", keep)
+        raibid_core::queue::image_cleanup::request_cleanup(&q, "01BBB", keep)
             .await
             .unwrap();
         let first = run_cleanups(&b, &q).await.unwrap();
@@ -354,7 +354,7 @@ mod tests {
         run_cleanups(&b, &q).await.unwrap();
         assert_eq!(rmis(&log), 2, "{:?}", calls(&log));
         // ...but a new request is handled.
-        raibid_core::image::request_cleanup(&q, "01CCC", keep)
+        raibid_core::queue::image_cleanup::request_cleanup(&q, "01CCC", keep)
             .await
             .unwrap();
         assert_eq!(

@@ -27,11 +27,16 @@ use crate::contract::{keys, kinds::Route};
 use crate::job::JobKind;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::event::Event;
+
+pub mod cache_counters;
+pub mod image_cleanup;
+
+pub use crate::queue_view::{entry_millis, AgentInfo, LogLine, QueueStats};
 
 /// A log line `(step, stream, line)` with the moment the agent read it (its `ts` in the job's log).
 pub type StampedLine = (chrono::DateTime<chrono::Utc>, (String, String, String));
@@ -110,60 +115,6 @@ impl Default for QueueConfig {
             node: None,
         }
     }
-}
-
-/// One log line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    /// Stream entry id (monotonic; use as a resume cursor).
-    pub seq: String,
-    /// Step that produced it.
-    pub step: String,
-    /// `stdout`, `stderr` or `system`.
-    pub stream: String,
-    /// When the agent read it.
-    pub ts: String,
-    /// The line, without its newline.
-    pub line: String,
-}
-
-/// Queue figures: the totals over every agent type, and each type's own stream in `kinds`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueueStats {
-    /// Stream name (for the totals: the job streams, comma-separated).
-    pub stream: String,
-    /// Consumer group name.
-    pub group: String,
-    /// Entries in the stream: not yet claimed + claimed and not yet acknowledged (+ acknowledged ones
-    /// behind an older pending entry, until it is acknowledged and the head trimmed).
-    pub length: u64,
-    /// Entries never delivered to the group (what KEDA scales on); `None` if Redis cannot tell.
-    pub lag: Option<u64>,
-    /// Delivered, not acknowledged.
-    pub pending: u64,
-    /// Age of the oldest unclaimed entry.
-    pub oldest_waiting_age_secs: Option<f64>,
-    /// Consumers known to the group.
-    pub consumers: u64,
-    /// Per agent type (empty inside a per-type entry).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kinds: Vec<QueueStats>,
-}
-
-/// An agent as seen through its heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentInfo {
-    /// Consumer name.
-    pub id: String,
-    /// Job being run.
-    pub current_job: Option<String>,
-    /// Last heartbeat.
-    pub last_heartbeat: String,
-    /// Jobs finished by this agent.
-    pub jobs_done: u64,
-    /// The job kinds it serves (`rust`, `image`, `gpu`); empty from agents older than this field.
-    #[serde(default)]
-    pub kinds: Vec<String>,
 }
 
 /// A claimed job: the record, its stream entry and the lease token that fences writes.
@@ -255,11 +206,6 @@ pub struct Queue {
     scripts: Arc<Scripts>,
     /// This process saw the listing's secondary indexes built (`Queue::list_filtered`).
     list_indexes_ready: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// Milliseconds part of a stream entry id.
-pub fn entry_millis(id: &str) -> Option<i64> {
-    id.split('-').next()?.parse().ok()
 }
 
 fn ts_string(now: chrono::DateTime<chrono::Utc>) -> String {

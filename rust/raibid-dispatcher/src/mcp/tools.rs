@@ -1536,9 +1536,13 @@ impl Raibid {
         if job.kind == raibid_core::job::JobKind::Image {
             // Its images live in the image agents' storage: they remove them before their next job
             // (the same request as `DELETE /api/v1/jobs/{id}/images`).
-            raibid_core::image::request_cleanup(&self.state.queue, id, crate::images::CLEANUP_KEEP)
-                .await
-                .map_err(|e| queue_err(QueueError::Redis(e)))?;
+            raibid_core::queue::image_cleanup::request_cleanup(
+                &self.state.queue,
+                id,
+                crate::images::CLEANUP_KEEP,
+            )
+            .await
+            .map_err(|e| queue_err(QueueError::Redis(e)))?;
         }
         let mut con = self.state.queue.redis();
         let n: u64 = redis::cmd("DEL")

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use raibid_core::event::DeadLetter;
 use raibid_core::job::{Job, Source, Status, StepResult, Timestamps, Trigger, TriggerKind};
-use raibid_core::queue::{AgentInfo, LogLine, QueueStats};
+use raibid_core::queue_view::{AgentInfo, LogLine, QueueStats};
 use raibid_top::action::{Action, Net};
 use raibid_top::app::App;
 use ratatui::backend::TestBackend;
