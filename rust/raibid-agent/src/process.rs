@@ -66,14 +66,14 @@ pub enum Admit {
 impl LogBudget {
     /// A budget for step output under the queue's caps, keeping a reserve (a tenth, at most 64 KiB and
     /// 100 lines) for the agent's own lines (step results) after it, and one for the tails of the steps
-    /// whose output came past the head budget (an eighth, at most 256 KiB and 2,000 lines: a few dozen
-    /// steps' tails).
+    /// whose output came past the head budget (an eighth, at most 128 KiB and 2,000 lines: a few steps'
+    /// whole tails; later tails past it are dropped and counted).
     pub fn new(cap_lines: u64, cap_bytes: u64) -> LogBudget {
         let all_lines = cap_lines - (cap_lines / 10).min(100);
         let all_bytes = cap_bytes - (cap_bytes / 10).min(64 * 1024);
         LogBudget {
             max_lines: all_lines - (cap_lines / 8).min(2_000),
-            max_bytes: all_bytes - (cap_bytes / 8).min(256 * 1024),
+            max_bytes: all_bytes - (cap_bytes / 8).min(128 * 1024),
             all_lines,
             all_bytes,
             lines: AtomicU64::new(0),
