@@ -872,7 +872,7 @@ def check_secret_refs(objs: list[Obj]) -> list[str]:
 # Defaults in the binaries (clap default_value_t), used when a manifest does not set the variable.
 LEASE_DEFAULT, GRACE_DEFAULT = 30, 600
 KEDA_LINE = (2, 20)          # tested on Kubernetes 1.33-1.35 (the k3s pin is 1.35): docs/support-ranges.yaml
-REDIS_MIN = (7, 4, 9)        # CVE-2026-23479/-25243/-23631: authenticated RCE; every queue operation is Lua + streams
+REDIS_MIN = (7, 4, 10)       # 7.4.9: CVE-2026-23479/-25243/-23631; 7.4.10: stream RESTORE shared-NACK use-after-free (RCE); every queue operation is Lua + streams
 
 
 def _int_env(cont: dict, objs: list[Obj], ns: str | None, name: str, default: int) -> int | None:
@@ -948,7 +948,7 @@ def check_runtime_settings(objs: list[Obj]) -> list[str]:
                 continue
             v = _version(img.split(":", 1)[1])
             if v < REDIS_MIN:
-                errs.append(f"{describe(owner)}: {img} is older than {'.'.join(map(str, REDIS_MIN))} (CVE-2026-23479, CVE-2026-25243, CVE-2026-23631)")
+                errs.append(f"{describe(owner)}: {img} is older than {'.'.join(map(str, REDIS_MIN))} (CVE-2026-23479, CVE-2026-25243, CVE-2026-23631; the stream RESTORE use-after-free fixed in 7.4.10)")
             res = c.get("resources") or {}
             req, lim = (res.get("requests") or {}).get("memory"), (res.get("limits") or {}).get("memory")
             if req != lim:
