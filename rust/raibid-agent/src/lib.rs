@@ -1,32 +1,36 @@
-//! raibid-agent: claims jobs from `raibid:jobs` (consumer group `raibid-agents`), clones the commit into
-//! a fresh workspace, runs the pipeline step by step in its own process group, streams every output
-//! line into the job's log, writes the final status (fenced by its lease) and acknowledges the entry.
+//! raibid-agent: claims jobs from its kinds' streams, clones the commit into a fresh workspace, runs
+//! the job's kind, streams every output line into the job's log, writes the final status (fenced by
+//! its lease) and acknowledges the entry.
 //!
-//! `config` (options), `worker` (claim loop, cancel listener), `runner` (one claimed job: log flusher,
-//! heartbeat, shutdown grace, final write), `executor` (clone, config, steps), `process` (a step's
-//! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv), `isolation` (what a step
-//! can reach: step user, private directories, leftover processes), `secret_scopes` (which repository
-//! gets which secret), `cache` (git mirrors,
-//! cargo target slots, cache keys).
+//! Layers, each using only those below it (ADR 0015):
+//! - `worker` (claim loop, cancel listener) and `lifecycle` (one claimed job: log flusher, heartbeat,
+//!   shutdown grace; source = clone + patch, config and its transition, after-steps, cleanup, final
+//!   write), which calls a job's kind through `kinds::Kind`;
+//! - `kinds` (`rust`, `image`, `gpu`: what differs between jobs, each with its own options), which
+//!   never call back into the lifecycle;
+//! - `ctx` (what a running job carries) and the utilities taking plain inputs: `process` (a step's
+//!   process group and its output), `cargo_output` (cargo's JSON messages in the log), `masking`
+//!   (secrets out of log lines), `git` (URL policy, git argv), `isolation` (step user, private
+//!   directories, leftover processes), `sandbox`, `secret_scopes` (which repository gets which
+//!   secret), `patch`, `cache` (git mirrors, cargo target slots, cache keys); `config` (options).
 
 pub(crate) mod cache;
 pub mod cargo_output;
 pub mod config;
-pub mod executor;
+pub(crate) mod ctx;
 pub mod git;
-pub mod gpu;
-pub(crate) mod handover;
-pub mod image;
 pub mod isolation;
+pub mod kinds;
+pub(crate) mod lifecycle;
 pub mod masking;
 pub mod patch;
 pub mod process;
-pub mod runner;
 pub mod sandbox;
 pub mod secret_scopes;
 pub mod worker;
 
 pub use config::AgentConfig;
+pub use kinds::{gpu, image};
 pub use masking::Masker;
 pub use worker::run;
 
@@ -60,7 +64,7 @@ pub(crate) struct Shared {
     /// The sandbox steps run in (None: this agent runs no build steps, e.g. image jobs only).
     pub(crate) sandbox: Option<sandbox::Sandbox>,
     /// The GPU(s) this agent found at start (agents serving the `gpu` kind only).
-    pub(crate) gpu: Option<gpu::GpuProbe>,
+    pub(crate) gpu: Option<kinds::gpu::GpuProbe>,
     pub(crate) scopes: secret_scopes::SecretScopes,
     pub(crate) running: Mutex<HashMap<String, watch::Sender<Stop>>>,
     pub(crate) jobs_done: AtomicU64,

@@ -3,7 +3,6 @@
 //! leaves behind is killed when it ends.
 
 use crate::isolation;
-use crate::runner::{JobCtx, LogTx};
 use crate::Stop;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +20,9 @@ pub const SPLIT_MARK: &str = " [raibid: line continues]";
 pub const ENTRY_OVERHEAD: u64 = 64;
 /// How often a run of identical lines is summarised while it lasts.
 const REPEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Where log lines go: `(step, stream, line)` into the job's log flusher.
+pub(crate) type LogTx = tokio::sync::mpsc::Sender<(String, String, String)>;
 
 pub(crate) enum StepEnd {
     Released,
@@ -406,7 +408,25 @@ fn shell(env: &[(String, String)]) -> std::ffi::OsString {
     which("sh", path.as_ref()).map_or_else(|| "sh".into(), |p| p.into_os_string())
 }
 
-pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEnd {
+/// Where a step's output goes and what ends it besides its exit and its limit.
+pub(crate) struct StepIo<'a> {
+    /// The job's log.
+    pub(crate) logs: &'a LogTx,
+    /// The job's log budget.
+    pub(crate) budget: &'a Arc<LogBudget>,
+    /// The job's stop signal (cancel, lease lost, shutdown).
+    pub(crate) stop: &'a tokio::sync::watch::Receiver<Stop>,
+    /// The marker every process of the job carries (`isolation::kill_marked`): the job id.
+    pub(crate) marker: &'a str,
+}
+
+/// Run one step in `sandbox` (none: this agent runs no build steps) until it exits, its limit passes
+/// or `io.stop` says so; then nothing of it outlives it.
+pub(crate) async fn run_step(
+    sandbox: Option<&crate::sandbox::Sandbox>,
+    spec: StepSpec<'_>,
+    io: StepIo<'_>,
+) -> StepEnd {
     let StepSpec {
         name,
         script,
@@ -414,7 +434,7 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
         env,
         limit,
     } = spec;
-    let Some(sandbox) = &ctx.shared.sandbox else {
+    let Some(sandbox) = sandbox else {
         return StepEnd::SpawnFailed("this agent runs no build steps (it has no sandbox)".into());
     };
     let sh = shell(env);
@@ -436,8 +456,8 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
                 o,
                 name.to_string(),
                 "stdout",
-                ctx.logs.clone(),
-                ctx.budget.clone(),
+                io.logs.clone(),
+                io.budget.clone(),
             ))
         }),
         child.stderr.take().map(|o| {
@@ -445,15 +465,15 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
                 o,
                 name.to_string(),
                 "stderr",
-                ctx.logs.clone(),
-                ctx.budget.clone(),
+                io.logs.clone(),
+                io.budget.clone(),
             ))
         }),
     ]
     .into_iter()
     .flatten()
     .collect();
-    let mut stop = ctx.stop.clone();
+    let mut stop = io.stop.clone();
     let end = tokio::select! {
         st = child.wait() => match st {
             Ok(s) => {
@@ -472,7 +492,7 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
                 if *stop.borrow_and_update() != Stop::None { break; }
                 if stop.changed().await.is_err() { std::future::pending::<()>().await; }
             }
-        } => match ctx.stopped() { Stop::LeaseLost => StepEnd::LeaseLost, Stop::Release => StepEnd::Released, _ => StepEnd::Cancelled },
+        } => match *io.stop.borrow() { Stop::LeaseLost => StepEnd::LeaseLost, Stop::Release => StepEnd::Released, _ => StepEnd::Cancelled },
     };
     // Whatever happened, nothing of the step outlives it: kill the whole process group, then every
     // process that carries the job's marker (also those that left the group with setsid).
@@ -480,7 +500,7 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
         kill_group(pgid);
     }
     let _ = child.wait().await;
-    let id = ctx.claim.job.id.clone();
+    let id = io.marker.to_string();
     let _ = tokio::task::spawn_blocking(move || isolation::kill_marked(&id)).await;
     // The readers end at EOF once the writers are gone; one whose pipe an unmarked process still
     // holds is aborted (never left detached).

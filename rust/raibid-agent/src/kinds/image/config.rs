@@ -95,6 +95,18 @@ impl Default for ImageConfig {
 
 impl ImageConfig {
     /// Where image jobs may push (`raibid_core::image::RegistryPolicy`).
+    /// Files holding the registry credentials (hidden from every sandboxed step).
+    pub(crate) fn credential_files(&self) -> Vec<PathBuf> {
+        [
+            self.registry_auth_file.as_ref(),
+            self.registry_password_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
     pub fn policy(&self) -> raibid_core::image::RegistryPolicy {
         raibid_core::image::RegistryPolicy::from_lists(
             self.registry.as_deref(),

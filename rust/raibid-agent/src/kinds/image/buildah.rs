@@ -3,8 +3,8 @@
 //! whole process tree.
 
 use super::ImageConfig;
+use crate::process::LogTx;
 use crate::process::{kill_group, StepEnd, MAX_LINE, SPLIT_MARK};
-use crate::runner::LogTx;
 use crate::Stop;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

@@ -9,9 +9,70 @@
 //! `NVIDIA_VISIBLE_DEVICES` when the NVIDIA device plugin assigned one (a pod with `nvidia.com/gpu`),
 //! else the UUIDs it probed.
 
+use super::rust::{self, Plan, StepExtras, CARGO_CACHES};
+use super::{Capabilities, ConfigOutcome, ConfigStep, Kind, Privileges};
+use crate::ctx::{End, JobCtx, Workspace};
 use anyhow::{bail, Context};
-use raibid_core::job::GpuInfo;
+use raibid_core::job::{GpuInfo, JobKind};
 use std::path::{Path, PathBuf};
+
+/// The GPU kind's options: where its probe looks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GpuConfig {
+    /// The NVIDIA driver's `nvidia-smi` a `gpu` agent probes at start (a test points it at a fixture).
+    #[arg(long, default_value = "nvidia-smi", hide = true)]
+    pub nvidia_smi: PathBuf,
+
+    /// Where a `gpu` agent looks for NVIDIA device nodes (`nvidia<N>`, `nvidiactl`, `nvidia-uvm`).
+    #[arg(long, default_value = "/dev", hide = true)]
+    pub gpu_device_dir: PathBuf,
+}
+
+/// The `gpu` kind: a cargo pipeline (the Rust kind's) whose steps get the agent's GPU(s).
+pub(crate) struct Gpu;
+
+impl Kind for Gpu {
+    type Plan = Plan;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            kind: JobKind::Gpu,
+            privileges: Privileges::SandboxedSteps,
+            caches: CARGO_CACHES,
+            gpu: true,
+            patch: true,
+            config_step: ConfigStep::Always,
+        }
+    }
+
+    fn start(&self, ctx: &mut JobCtx<'_>) {
+        // Which GPU runs it: in the record from the start (get_job, the timeline, raibid-top).
+        ctx.claim.job.gpu = ctx.shared.gpu.as_ref().map(|g| g.gpus.clone());
+    }
+
+    async fn config(&self, ctx: &mut JobCtx<'_>, ws: &mut Workspace) -> ConfigOutcome<Plan> {
+        rust::config(ctx, ws, extras(ctx.shared.gpu.as_ref())).await
+    }
+
+    async fn run(&self, ctx: &mut JobCtx<'_>, ws: &mut Workspace, plan: Plan) -> End {
+        rust::run(ctx, &ws.checkout(), plan).await
+    }
+}
+
+/// What a GPU job's steps get: exactly the agent's GPU device nodes (nothing else of /dev) and
+/// `NVIDIA_VISIBLE_DEVICES` / `CUDA_VISIBLE_DEVICES`.
+fn extras(probe: Option<&GpuProbe>) -> StepExtras {
+    match probe {
+        Some(g) => StepExtras {
+            env: vec![
+                ("NVIDIA_VISIBLE_DEVICES".into(), g.visible.clone()),
+                ("CUDA_VISIBLE_DEVICES".into(), g.visible.clone()),
+            ],
+            dev: g.devices.clone(),
+        },
+        None => StepExtras::default(),
+    }
+}
 
 /// What a GPU agent found at start.
 #[derive(Debug, Clone)]
