@@ -678,3 +678,22 @@ def remove_node_drains_first_and_needs_force [] {
   assert ($out.stderr | str contains "needs_force") $out.stderr
   assert ($out.stdout | str contains "kubectl drain spark-2")
 }
+
+# --- the GitHub token for commit statuses (issue 22) -------------------------------------------------------
+
+@test
+def the_github_token_goes_into_the_dispatcher_secret_only_when_given_and_is_kept [] {
+  let base = {RAIBID_API_TOKEN: a, RAIBID_GITEA_TOKEN: g}
+  # Not given, none in the Secret: no key (the Deployment reads it with optional: true).
+  assert equal (dispatcher-secret-values $base null null) $base
+  assert equal (dispatcher-secret-values $base "" {RAIBID_API_TOKEN: a}) $base
+  # Given: written.
+  assert equal (dispatcher-secret-values $base "github_pat_1" null | get RAIBID_GITHUB_TOKEN) "github_pat_1"
+  # A re-run without it keeps the Secret's; a new one replaces it.
+  let existing = ($base | insert RAIBID_GITHUB_TOKEN "github_pat_1")
+  assert equal (dispatcher-secret-values $base null $existing) $existing
+  assert equal (dispatcher-secret-values $base "github_pat_2" $existing | get RAIBID_GITHUB_TOKEN) "github_pat_2"
+  # The key is one the documented layout names.
+  let keys = ($SECRET_FILES | where name == raibid-dispatcher | first | get keys)
+  assert ("RAIBID_GITHUB_TOKEN" in $keys) $"($keys)"
+}
