@@ -123,7 +123,11 @@ pub fn failure_line(reason: Option<&str>, d: &Diagnostics) -> Option<String> {
         _ => String::new(),
     };
     if let Some(c) = d.compiler.iter().find(|c| c.level.starts_with("error")) {
-        let code = c.code.as_deref().map(|k| format!("[{k}]")).unwrap_or_default();
+        let code = c
+            .code
+            .as_deref()
+            .map(|k| format!("[{k}]"))
+            .unwrap_or_default();
         return Some(format!(
             "error{code}: {}{}",
             c.message.lines().next().unwrap_or(""),
@@ -387,8 +391,17 @@ pub async fn github_status_reporter(state: AppState) {
         tracing::info!("no GitHub token configured: commit statuses are reported to Gitea only");
         return;
     };
-    if state.settings.gitea.is_none() && state.mirrors.snapshot(None, false, true).await.mirrors.is_empty() {
-        tracing::info!("no Gitea URL and no mirror override: no job has a GitHub repository to report to");
+    if state.settings.gitea.is_none()
+        && state
+            .mirrors
+            .snapshot(None, false, true)
+            .await
+            .mirrors
+            .is_empty()
+    {
+        tracing::info!(
+            "no Gitea URL and no mirror override: no job has a GitHub repository to report to"
+        );
     }
     run_reporter(state, Sink::GitHub(github)).await
 }
@@ -503,7 +516,10 @@ impl Reporter {
             }
             if ok {
                 if backlog {
-                    tracing::info!(forge = self.sink.name(), "status reporter: the forge takes statuses again; backlog posted");
+                    tracing::info!(
+                        forge = self.sink.name(),
+                        "status reporter: the forge takes statuses again; backlog posted"
+                    );
                 }
                 self.retry_at = None;
                 self.backoff = self.policy.base;
@@ -832,6 +848,53 @@ mod tests {
         assert_eq!(e[1].id, "2-0");
         assert!(e[1].map.is_empty());
         assert!(stream_entries(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn a_failure_is_summed_up_by_its_first_error_test_or_step() {
+        use raibid_core::cargo_messages::{CompilerMessage, FailingTest};
+        let step = Some("step `test` exited with code 101");
+        let mut d = Diagnostics::default();
+        assert_eq!(failure_line(step, &d).as_deref(), step);
+        d.tests.push(FailingTest {
+            name: "tests::adds".into(),
+            panic_message: Some("assertion `left == right` failed\n  left: 1".into()),
+            file: Some("src/lib.rs".into()),
+            line: Some(12),
+            column: Some(5),
+            output: String::new(),
+            output_truncated: false,
+            step: Some("test".into()),
+        });
+        assert_eq!(
+            failure_line(step, &d).unwrap(),
+            "test tests::adds failed: assertion `left == right` failed at src/lib.rs:12"
+        );
+        let msg = |level: &str, code: Option<&str>, m: &str, line: u32| CompilerMessage {
+            level: level.into(),
+            code: code.map(str::to_string),
+            message: m.into(),
+            file: Some("src/main.rs".into()),
+            line: Some(line),
+            column: Some(9),
+            rendered: None,
+            target: None,
+            step: None,
+            count: 1,
+            suggestions: Vec::new(),
+        };
+        d.compiler.push(msg(
+            "warning",
+            Some("unused_variables"),
+            "unused variable: `x`",
+            2,
+        ));
+        d.compiler
+            .push(msg("error", Some("E0308"), "mismatched types", 7));
+        assert_eq!(
+            failure_line(step, &d).unwrap(),
+            "error[E0308]: mismatched types at src/main.rs:7"
+        );
     }
 
     #[test]

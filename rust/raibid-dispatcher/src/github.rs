@@ -113,7 +113,7 @@ pub fn repo_of_url(raw: &str, hosts: &[String]) -> Option<String> {
             (host, path.to_string())
         }
     };
-    if !hosts.iter().any(|h| *h == host) {
+    if !hosts.contains(&host) {
         return None;
     }
     let path = path.trim_matches('/');
@@ -322,7 +322,13 @@ mod tests {
         }
         // A plain 403: the token lacks the permission.
         assert!(matches!(
-            classify(403, &none, r#"{"message":"Resource not accessible by personal access token"}"#, 0, "x"),
+            classify(
+                403,
+                &none,
+                r#"{"message":"Resource not accessible by personal access token"}"#,
+                0,
+                "x"
+            ),
             Err(GhError::Refused { .. })
         ));
         for s in [404, 422] {

@@ -118,13 +118,16 @@ impl Mirrors {
         let mut out = Vec::new();
         for page in 1..=MAX_PAGES {
             let (status, body) = gitea
-                .get_json(&format!("/repos/search?mode=mirror&limit={PAGE}&page={page}"))
+                .get_json(&format!(
+                    "/repos/search?mode=mirror&limit={PAGE}&page={page}"
+                ))
                 .await?;
             if status != 200 {
                 anyhow::bail!("Gitea answered {status} to the repository search");
             }
-            let r: SearchResults = serde_json::from_value(body)
-                .map_err(|e| anyhow::anyhow!("Gitea's repository search is not SearchResults: {e}"))?;
+            let r: SearchResults = serde_json::from_value(body).map_err(|e| {
+                anyhow::anyhow!("Gitea's repository search is not SearchResults: {e}")
+            })?;
             let n = r.data.len();
             for repo in r.data {
                 if !repo.mirror {
@@ -148,7 +151,11 @@ impl Mirrors {
                 break;
             }
         }
-        out.sort_by(|a, b| a.github.to_ascii_lowercase().cmp(&b.github.to_ascii_lowercase()));
+        out.sort_by(|a, b| {
+            a.github
+                .to_ascii_lowercase()
+                .cmp(&b.github.to_ascii_lowercase())
+        });
         Ok(out)
     }
 
@@ -228,13 +235,16 @@ impl Mirrors {
     pub async fn snapshot(&self, gitea: Option<&Gitea>, refresh: bool, statuses: bool) -> Snapshot {
         let mut cache = self.cache.lock().await;
         if let Some(g) = gitea {
-            if refresh || !cache.read.is_some_and(|t| t.elapsed() < self.ttl) {
+            if refresh || cache.read.is_none_or(|t| t.elapsed() >= self.ttl) {
                 self.refresh(&mut cache, g).await;
             }
         }
         let mut mirrors = self.overrides.clone();
         for m in &cache.from_gitea {
-            if !mirrors.iter().any(|o| o.github.eq_ignore_ascii_case(&m.github)) {
+            if !mirrors
+                .iter()
+                .any(|o| o.github.eq_ignore_ascii_case(&m.github))
+            {
                 mirrors.push(m.clone());
             }
         }
@@ -261,9 +271,8 @@ pub async fn list(
     State(state): State<AppState>,
     q: Result<Query<MirrorsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.body_text())
-    })?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.body_text()))?;
     let snap = state
         .mirrors
         .snapshot(

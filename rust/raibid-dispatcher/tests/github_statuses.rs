@@ -83,7 +83,8 @@ async fn github_push(env: &TestEnv, full: &str, sha: &str, delivery: &str) -> (u
 
 /// What Gitea's push webhook sends after the mirror synced: the mirror's name, the commit.
 fn mirror_push(clone_url: &str, sha: &str, gitea_full: &str) -> Vec<u8> {
-    let mut v: Value = serde_json::from_slice(&gitea_payload(clone_url, sha, "refs/heads/main")).unwrap();
+    let mut v: Value =
+        serde_json::from_slice(&gitea_payload(clone_url, sha, "refs/heads/main")).unwrap();
     v["repository"]["full_name"] = json!(gitea_full);
     serde_json::to_vec(&v).unwrap()
 }
@@ -92,14 +93,22 @@ fn taken(calls: &[GhCall]) -> Vec<&GhCall> {
     calls.iter().filter(|c| c.answered == 201).collect()
 }
 
-async fn wait_github(env: &TestEnv, what: &str, within: Duration, done: impl Fn(&[GhCall]) -> bool) -> Vec<GhCall> {
+async fn wait_github(
+    env: &TestEnv,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&[GhCall]) -> bool,
+) -> Vec<GhCall> {
     let deadline = Instant::now() + within;
     loop {
         let calls = env.github.calls();
         if done(&calls) {
             return calls;
         }
-        assert!(Instant::now() < deadline, "{what} not within {within:?}: {calls:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} not within {within:?}: {calls:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -139,7 +148,10 @@ async fn wait_gitea_success(env: &TestEnv) -> Vec<Call> {
             .into_iter()
             .filter(|c| c.path.contains("/statuses/"))
             .collect();
-        if calls.iter().any(|c| c.answered == 201 && c.body["state"] == "success") {
+        if calls
+            .iter()
+            .any(|c| c.answered == 201 && c.body["state"] == "success")
+        {
             return calls;
         }
         assert!(Instant::now() < deadline, "no success on Gitea: {calls:#?}");
@@ -164,7 +176,13 @@ async fn a_push_to_a_mirrored_github_repo_ends_with_its_status_on_github_and_git
     env.github.set_down(true);
 
     // GitHub push → mirror-sync of the mirror Gitea names; Gitea's push webhook then makes the job.
-    let (s, v) = github_push(&env, "Octo/Hello", &sha, "4a1d0e3c-0000-4000-8000-000000000001").await;
+    let (s, v) = github_push(
+        &env,
+        "Octo/Hello",
+        &sha,
+        "4a1d0e3c-0000-4000-8000-000000000001",
+    )
+    .await;
     assert_eq!((s, v["status"].as_str()), (202, Some("mirror_sync")), "{v}");
     assert_eq!(v["gitea_repo"], "mirrors/hello");
     let agent = env.start_agent("agent-gh");
@@ -207,9 +225,15 @@ async fn a_push_to_a_mirrored_github_repo_ends_with_its_status_on_github_and_git
         json!({"message": "API rate limit exceeded for user."}),
     );
     env.github.set_down(false);
-    let calls = wait_github(&env, "the final status on GitHub", Duration::from_secs(60), |c| {
-        c.iter().any(|c| c.answered == 201 && c.body["state"] == "success")
-    })
+    let calls = wait_github(
+        &env,
+        "the final status on GitHub",
+        Duration::from_secs(60),
+        |c| {
+            c.iter()
+                .any(|c| c.answered == 201 && c.body["state"] == "success")
+        },
+    )
     .await;
     assert!(
         env.github.violations().is_empty(),
@@ -226,7 +250,10 @@ async fn a_push_to_a_mirrored_github_repo_ends_with_its_status_on_github_and_git
     assert_eq!(after[0].answered, 429, "{after:#?}");
     assert_eq!(after[1].answered, 403, "{after:#?}");
     let gap = after[1].at - after[0].at;
-    assert!(gap >= Duration::from_millis(2900), "Retry-After: 3 not honoured: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "Retry-After: 3 not honoured: {gap:?}"
+    );
     assert!(
         after[2].unix >= reset as f64 - 0.1,
         "x-ratelimit-reset {reset} not honoured: next call at {}",
@@ -234,12 +261,18 @@ async fn a_push_to_a_mirrored_github_repo_ends_with_its_status_on_github_and_git
     );
     // What GitHub took: nothing twice, the final last, one context, the public job page.
     let took = taken(&calls);
-    let states: Vec<&str> = took.iter().map(|c| c.body["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = took
+        .iter()
+        .map(|c| c.body["state"].as_str().unwrap())
+        .collect();
     let mut dedup = states.clone();
     dedup.dedup();
     assert_eq!(states, dedup, "a transition was posted twice: {took:#?}");
     assert_eq!(*states.last().unwrap(), "success");
-    assert!(states.len() <= 2 && (states.len() == 1 || states[0] == "pending"), "{states:?}");
+    assert!(
+        states.len() <= 2 && (states.len() == 1 || states[0] == "pending"),
+        "{states:?}"
+    );
     for c in &took {
         assert_eq!(c.path, format!("/repos/Octo/Hello/statuses/{sha}"));
         assert_eq!(c.body["context"], "raibid/ci");
@@ -251,7 +284,10 @@ async fn a_push_to_a_mirrored_github_repo_ends_with_its_status_on_github_and_git
             "{target}"
         );
     }
-    assert_eq!(took.last().unwrap().body["description"], "lint: all steps passed");
+    assert_eq!(
+        took.last().unwrap().body["description"],
+        "lint: all steps passed"
+    );
     wait_no_pending(&env, keys::GITHUB_STATUS_REPORTER_GROUP).await;
     // Nothing more is posted afterwards (no replay of a transition).
     let n = env.github.calls().len();
@@ -293,8 +329,16 @@ async fn a_status_for_a_commit_github_does_not_have_is_logged_once_and_dropped()
     tokio::time::sleep(Duration::from_secs(2)).await;
     let calls = env.github.calls();
     assert_eq!(calls.len(), n, "not retried");
-    assert_eq!(calls.len(), 1, "pending and final: one call, then dropped: {calls:#?}");
-    assert!(env.github.violations().is_empty(), "{:?}", env.github.violations());
+    assert_eq!(
+        calls.len(),
+        1,
+        "pending and final: one call, then dropped: {calls:#?}"
+    );
+    assert!(
+        env.github.violations().is_empty(),
+        "{:?}",
+        env.github.violations()
+    );
     let said = log_lines_with(&[&id, "does not have this commit"]);
     assert_eq!(said.len(), 1, "logged once: {said:#?}");
     agent.stop().await;
@@ -312,7 +356,12 @@ async fn the_mapping_is_read_from_gitea_and_a_new_mirror_is_found_on_a_miss() {
     env.gitea
         .add_mirror("ci/lab", "https://gitlab.com/acme/lab.git");
     // Behind the API token.
-    let r = env.http.get(env.url("/api/v1/mirrors")).send().await.unwrap();
+    let r = env
+        .http
+        .get(env.url("/api/v1/mirrors"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let (s, m) = env.api_get("/api/v1/mirrors").await;
     assert_eq!(s, 200, "{m}");
@@ -330,14 +379,23 @@ async fn the_mapping_is_read_from_gitea_and_a_new_mirror_is_found_on_a_miss() {
     let mut n = 0;
     loop {
         n += 1;
-        let (s, v) = github_push(&env, "acme/b", sha, &format!("4a1d0e3c-0000-4000-8000-00000000010{n}")).await;
+        let (s, v) = github_push(
+            &env,
+            "acme/b",
+            sha,
+            &format!("4a1d0e3c-0000-4000-8000-00000000010{n}"),
+        )
+        .await;
         assert_eq!(s, 202, "{v}");
         if v["status"] == "mirror_sync" {
             assert_eq!(v["gitea_repo"], "ci/b");
             break;
         }
         assert_eq!(v["status"], "not_mirrored", "{v}");
-        assert!(started.elapsed() < Duration::from_secs(10), "never found: {v}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never found: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let searches = env.gitea.searches();
@@ -349,6 +407,10 @@ async fn the_mapping_is_read_from_gitea_and_a_new_mirror_is_found_on_a_miss() {
     let (s, _) = github_push(&env, "acme/a", sha, "4a1d0e3c-0000-4000-8000-000000000200").await;
     assert_eq!(s, 202);
     assert_eq!(env.gitea.searches(), searches);
-    assert!(env.gitea.violations().is_empty(), "{:?}", env.gitea.violations());
+    assert!(
+        env.gitea.violations().is_empty(),
+        "{:?}",
+        env.gitea.violations()
+    );
     assert_eq!(env.job_count().await, 0);
 }

@@ -237,7 +237,9 @@ async fn events_a_dead_reporter_left_pending_are_taken_over_and_it_is_pruned() {
     // was never posted in that story: its marker (one post per transition) goes.
     let mut con = redis_con(&env).await;
     let _: i64 = redis::cmd("DEL")
-        .arg(raibid_core::contract::status_posted_key("gitea", &id, "success"))
+        .arg(raibid_core::contract::status_posted_key(
+            "gitea", &id, "success",
+        ))
         .query_async(&mut con)
         .await
         .unwrap();

@@ -376,7 +376,10 @@ async fn github_push_for_a_mirrored_repo_triggers_mirror_sync_else_202_not_mirro
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["status"], "mirror_sync", "{v}");
     assert_eq!(v["gitea_repo"], "ci/acme-tool");
-    assert_eq!(syncs().last().unwrap().path, "/api/v1/repos/ci/acme-tool/mirror-sync");
+    assert_eq!(
+        syncs().last().unwrap().path,
+        "/api/v1/repos/ci/acme-tool/mirror-sync"
+    );
     assert!(
         env.gitea.violations().is_empty(),
         "{:?}",
@@ -397,7 +400,10 @@ async fn github_push_for_a_mirrored_repo_triggers_mirror_sync_else_202_not_mirro
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["status"], "not_mirrored", "{v}");
         let m = v["message"].as_str().unwrap();
-        assert!(m.contains("someone/else") && m.contains("not mirrored") && m.contains("no job"), "{m}");
+        assert!(
+            m.contains("someone/else") && m.contains("not mirrored") && m.contains("no job"),
+            "{m}"
+        );
     }
     assert_eq!(env.job_count().await, 0);
     assert_eq!(stream_len(&env).await, 0);

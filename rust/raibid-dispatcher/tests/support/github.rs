@@ -71,9 +71,14 @@ impl Contract {
                 .zip(&segs)
                 .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
         {
-            return Err(format!("no operation of the GitHub API contract matches {path}"));
+            return Err(format!(
+                "no operation of the GitHub API contract matches {path}"
+            ));
         }
-        if self.doc["paths"][TEMPLATE].get(method.to_ascii_lowercase()).is_none() {
+        if self.doc["paths"][TEMPLATE]
+            .get(method.to_ascii_lowercase())
+            .is_none()
+        {
             return Err(format!("{method} is not an operation of {TEMPLATE}"));
         }
         Ok((segs[1].into(), segs[2].into(), segs[4].into()))
@@ -120,7 +125,10 @@ impl Contract {
         }
         if ty == "object" {
             let obj = v.as_object().unwrap();
-            let props = schema["properties"].as_object().cloned().unwrap_or_default();
+            let props = schema["properties"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             for r in schema["required"].as_array().cloned().unwrap_or_default() {
                 let r = r.as_str().unwrap_or("");
                 if !obj.contains_key(r) {
@@ -143,7 +151,10 @@ impl Contract {
             errs.push("missing `Authorization: Bearer <token>`".into());
         }
         if h("accept") != "application/vnd.github+json" {
-            errs.push(format!("Accept is `{}`, not application/vnd.github+json", h("accept")));
+            errs.push(format!(
+                "Accept is `{}`, not application/vnd.github+json",
+                h("accept")
+            ));
         }
         if h("x-github-api-version") != "2022-11-28" {
             errs.push(format!(

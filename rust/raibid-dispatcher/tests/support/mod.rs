@@ -212,15 +212,20 @@ impl Swagger {
                 errs.push(format!("{def} has no field `{k}`"));
                 continue;
             };
-            let ty = if ps.get("$ref").is_some() { "object" } else { ps["type"].as_str().unwrap_or("") };
-            let ok = val.is_null() || match ty {
-                "string" => val.is_string(),
-                "boolean" => val.is_boolean(),
-                "integer" => val.is_i64() || val.is_u64(),
-                "array" => val.is_array(),
-                "object" => val.is_object(),
-                _ => true,
+            let ty = if ps.get("$ref").is_some() {
+                "object"
+            } else {
+                ps["type"].as_str().unwrap_or("")
             };
+            let ok = val.is_null()
+                || match ty {
+                    "string" => val.is_string(),
+                    "boolean" => val.is_boolean(),
+                    "integer" => val.is_i64() || val.is_u64(),
+                    "array" => val.is_array(),
+                    "object" => val.is_object(),
+                    _ => true,
+                };
             if !ok {
                 errs.push(format!("{def}.{k} should be {ty}"));
             }
@@ -232,11 +237,17 @@ impl Swagger {
     fn template(&self, path: &str) -> Option<String> {
         let rel = path.strip_prefix("/api/v1")?;
         let segs: Vec<&str> = rel.split('/').collect();
-        self.doc["paths"].as_object()?.keys().find(|tmpl| {
-            let t: Vec<&str> = tmpl.split('/').collect();
-            t.len() == segs.len()
-                && t.iter().zip(&segs).all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
-        }).cloned()
+        self.doc["paths"]
+            .as_object()?
+            .keys()
+            .find(|tmpl| {
+                let t: Vec<&str> = tmpl.split('/').collect();
+                t.len() == segs.len()
+                    && t.iter()
+                        .zip(&segs)
+                        .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
+            })
+            .cloned()
     }
 }
 
@@ -256,12 +267,18 @@ pub fn mirror_repo(full_name: &str, original_url: &str) -> Value {
 impl FakeGitea {
     /// Make `full_name` a pull mirror of `original_url` (as `mirror.nu` does with `/repos/migrate`).
     pub fn add_mirror(&self, full_name: &str, original_url: &str) {
-        self.repos.lock().unwrap().push(mirror_repo(full_name, original_url));
+        self.repos
+            .lock()
+            .unwrap()
+            .push(mirror_repo(full_name, original_url));
     }
 
     /// Calls of the repository search (the mirror mapping's reads).
     pub fn searches(&self) -> usize {
-        self.calls().iter().filter(|c| c.path == "/api/v1/repos/search").count()
+        self.calls()
+            .iter()
+            .filter(|c| c.path == "/api/v1/repos/search")
+            .count()
     }
 
     pub async fn start() -> FakeGitea {
@@ -685,7 +702,10 @@ impl TestEnv {
         self.stop_dispatcher();
         let deadline = Instant::now() + Duration::from_secs(30);
         while reqwest::get(format!("{old}/healthz")).await.is_ok() {
-            assert!(Instant::now() < deadline, "the old dispatcher does not stop");
+            assert!(
+                Instant::now() < deadline,
+                "the old dispatcher does not stop"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let (base, tx) = start_dispatcher(&self.queue, self.settings.clone()).await;
