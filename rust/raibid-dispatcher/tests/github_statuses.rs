@@ -300,6 +300,9 @@ async fn a_push_to_a_mirrored_github_repo_ends_with_its_status_on_github_and_git
     assert_eq!(m["mirrors"][0]["gitea"], "mirrors/hello");
     assert_eq!(m["mirrors"][0]["source"], "gitea");
     assert_eq!(m["github_statuses"], true);
+    // The token is never logged (nor in the mapping's answer).
+    assert!(log_lines_with(&[support::github::GITHUB_TOKEN]).is_empty());
+    assert!(!m.to_string().contains(support::github::GITHUB_TOKEN));
     agent.stop().await;
 }
 
