@@ -718,3 +718,22 @@ def node_pools_are_written_listed_rendered_and_removed [] {
   assert equal $out.exit_code 0 $out.stderr
   assert ($out.stdout | str contains "spark-2") $out.stdout
 }
+
+# --- the GitHub token for commit statuses (issue 22) -------------------------------------------------------
+
+@test
+def the_github_token_goes_into_the_dispatcher_secret_only_when_given_and_is_kept [] {
+  let base = {RAIBID_API_TOKEN: a, RAIBID_GITEA_TOKEN: g}
+  # Not given, none in the Secret: no key (the Deployment reads it with optional: true).
+  assert equal (dispatcher-secret-values $base null null) $base
+  assert equal (dispatcher-secret-values $base "" {RAIBID_API_TOKEN: a}) $base
+  # Given: written.
+  assert equal (dispatcher-secret-values $base "github_pat_1" null | get RAIBID_GITHUB_TOKEN) "github_pat_1"
+  # A re-run without it keeps the Secret's; a new one replaces it.
+  let existing = ($base | insert RAIBID_GITHUB_TOKEN "github_pat_1")
+  assert equal (dispatcher-secret-values $base null $existing) $existing
+  assert equal (dispatcher-secret-values $base "github_pat_2" $existing | get RAIBID_GITHUB_TOKEN) "github_pat_2"
+  # The key is one the documented layout names.
+  let keys = ($SECRET_FILES | where name == raibid-dispatcher | first | get keys)
+  assert ("RAIBID_GITHUB_TOKEN" in $keys) $"($keys)"
+}

@@ -1082,6 +1082,42 @@ def check_agent_credentials(objs: list[Obj]) -> list[str]:
     return errs
 
 
+def check_github_token(objs: list[Obj]) -> list[str]:
+    """The GitHub token for commit statuses (issue 22 §1): only the dispatcher reads it, from the SOPS-encrypted
+    Secret raibid-dispatcher (key RAIBID_GITHUB_TOKEN, optional: bootstrap writes it only when given), never as a
+    literal value; no agent (whose steps are untrusted code) gets it in any form."""
+    c = gitops.read_contract()["env"]
+    tok, tok_file = c["GITHUB_TOKEN"], c["GITHUB_TOKEN_FILE"]
+    errs = []
+    dps = dispatchers(objs)
+    if not dps:
+        return ["no dispatcher found"]
+    for owner, _pod, cont in dps:
+        d = f"{describe(owner)} container {cont.get('name')}"
+        e = env_of(cont, objs, owner["metadata"].get("namespace"))
+        if tok not in e and tok_file not in e:
+            errs.append(f"{d}: neither {tok} nor {tok_file} is set: GitHub commit statuses cannot be turned on")
+        if tok in e:
+            ref = (e[tok].get("valueFrom") or {}).get("secretKeyRef")
+            if not ref:
+                errs.append(f"{d}: {tok} must come from a secretKeyRef of Secret raibid-dispatcher, not a value")
+            else:
+                if ref.get("name") != "raibid-dispatcher" or ref.get("key") != tok:
+                    errs.append(f"{d}: {tok} must come from Secret raibid-dispatcher key {tok}, not "
+                                f"{ref.get('name')}/{ref.get('key')}")
+                if ref.get("optional") is not True:
+                    errs.append(f"{d}: the secretKeyRef of {tok} must be optional: true (the key exists only when "
+                                f"the owner gave bootstrap a GitHub token)")
+    for owner, pod, cont in agents(objs):
+        d = f"{describe(owner)} container {cont.get('name')}"
+        e = env_of(cont, objs, owner["metadata"].get("namespace"))
+        for name, entry in e.items():
+            ref = (entry.get("valueFrom") or {}).get("secretKeyRef") or {}
+            if name in (tok, tok_file) or ref.get("key") == tok or ref.get("name") == "raibid-dispatcher":
+                errs.append(f"{d}: an agent must never get the GitHub token ({name}): its steps are untrusted code")
+    return errs
+
+
 AGENT_SECCOMP = "profiles/raibid-agent.json"
 AGENT_APPARMOR = "raibid-agent"
 RUST_CACHE_CLAIM, IMAGE_CACHE_CLAIM = "raibid-cache", "raibid-image-cache"
@@ -1311,6 +1347,7 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("runtime-settings", check_runtime_settings),
     ("agent-cache", check_agent_cache),
     ("agent-credentials", check_agent_credentials),
+    ("github-token", check_github_token),
     ("agent-sandbox", check_agent_sandbox),
     ("agent-spread", check_agent_spread),
     ("gpu-pool", check_gpu_pool),

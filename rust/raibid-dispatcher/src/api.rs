@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/queue", get(queue_stats))
         .route("/agents", get(agents))
+        .route("/mirrors", get(crate::mirrors::list))
         .merge(crate::events::router())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -540,52 +541,14 @@ async fn github_webhook(
     if event != "push" {
         return Ok(ignored(&state, &format!("event `{event}` is not built")));
     }
-    let delivery = delivery_id(&state, &headers, webhook::GITHUB_DELIVERY_HEADER)?;
+    // Checked (a malformed one is refused) although the job, if any, comes from Gitea's webhook.
+    delivery_id(&state, &headers, webhook::GITHUB_DELIVERY_HEADER)?;
     let push = match webhook::parse_push(&body).map_err(|e| reject(&state, e))? {
         PushOutcome::Ignore(why) => return Ok(ignored(&state, why)),
         PushOutcome::Build(p) => p,
     };
-    if let Some(gitea_repo) = state
-        .settings
-        .mirrors
-        .get(&push.repo_full_name.to_ascii_lowercase())
-    {
-        let Some(gitea) = state.settings.gitea.as_ref() else {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "gitea_not_configured",
-                "repository is mirrored but no Gitea URL is configured",
-            ));
-        };
-        return match gitea.mirror_sync(gitea_repo).await {
-            Ok(()) => {
-                state.counters.mirror_syncs.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(github = %push.repo_full_name, gitea = %gitea_repo, "mirror-sync requested");
-                Ok((
-                    StatusCode::ACCEPTED,
-                    Json(json!({"status": "mirror_sync", "gitea_repo": gitea_repo})),
-                )
-                    .into_response())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "mirror-sync failed");
-                Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "mirror_sync_failed",
-                    "Gitea did not accept the mirror-sync; redeliver the webhook",
-                ))
-            }
-        };
-    }
-    enqueue_push(
-        &state,
-        push,
-        TriggerKind::GithubPush,
-        "github",
-        delivery,
-        None,
-    )
-    .await
+    // GitHub repositories build through their Gitea pull mirror (the mapping comes from Gitea).
+    crate::mirrors::github_push(&state, &push).await
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

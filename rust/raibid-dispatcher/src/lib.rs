@@ -4,9 +4,11 @@
 pub mod api;
 pub mod events;
 pub mod forge;
+pub mod github;
 pub mod images;
 pub mod mcp;
 pub mod metrics;
+pub mod mirrors;
 pub mod notify;
 pub mod public;
 pub mod requests;
@@ -74,10 +76,29 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::GITEA_TOKEN_FILE)]
     pub gitea_token_file: Option<PathBuf>,
 
-    /// GitHub repositories mirrored in Gitea: `gh-owner/name=gitea-owner/name,...`. A push to one of
-    /// them triggers a Gitea mirror-sync instead of a job (Gitea's push webhook then makes the job).
+    /// Override of the mirror mapping read from Gitea: `gh-owner/name=gitea-owner/name,...`. A push to a
+    /// mirrored GitHub repository triggers a Gitea mirror-sync (Gitea's push webhook then makes the job);
+    /// the mapping comes from Gitea (its pull mirrors' original_url), these entries win over it.
     #[arg(long, env = env::MIRRORS, default_value = "")]
     pub mirrors: String,
+
+    /// Seconds the mirror mapping read from Gitea is trusted; a push for a repository not in it reads
+    /// Gitea again at once.
+    #[arg(long, env = env::MIRROR_CACHE_SECS, default_value_t = 60)]
+    pub mirror_cache_secs: u64,
+
+    /// GitHub token for commit statuses on the GitHub repositories Gitea mirrors (fine-grained, with
+    /// only "Commit statuses: write"). Unset: statuses go to Gitea only.
+    #[arg(long, env = env::GITHUB_TOKEN, hide_env_values = true)]
+    pub github_token: Option<String>,
+
+    /// File holding the GitHub token.
+    #[arg(long, env = env::GITHUB_TOKEN_FILE)]
+    pub github_token_file: Option<PathBuf>,
+
+    /// GitHub REST API base URL (GitHub Enterprise Server: https://HOST/api/v3).
+    #[arg(long, env = env::GITHUB_API_URL, default_value = github::DEFAULT_API_URL)]
+    pub github_api_url: String,
 
     /// Public base URL of this dispatcher (links in commit statuses).
     #[arg(long, env = env::URL, default_value = "http://127.0.0.1:8080")]
@@ -273,6 +294,12 @@ pub struct Intake {
     pub allowed_hosts: Vec<String>,
     /// Commit-status retries.
     pub status_retry: forge::RetryPolicy,
+    /// GitHub client for commit statuses on mirrored repositories (none: Gitea only).
+    pub github: Option<github::GitHub>,
+    /// GitHub API base URL (its host tells GitHub repositories apart in Gitea's `original_url`).
+    pub github_api_url: String,
+    /// How long the mirror mapping read from Gitea is trusted.
+    pub mirror_ttl: std::time::Duration,
     /// Where image jobs may push (the agents' `RAIBID_REGISTRY`, `RAIBID_REGISTRY_ALLOWED`,
     /// `RAIBID_REGISTRY_RESERVED_NAMESPACES`).
     pub registries: raibid_core::image::RegistryPolicy,
@@ -285,6 +312,9 @@ impl Default for Intake {
             allowed_schemes: csv_list("https,http,ssh"),
             allowed_hosts: Vec::new(),
             status_retry: forge::RetryPolicy::default(),
+            github: None,
+            github_api_url: github::DEFAULT_API_URL.to_string(),
+            mirror_ttl: std::time::Duration::from_secs(60),
             registries: raibid_core::image::RegistryPolicy::default(),
         }
     }
@@ -302,6 +332,10 @@ impl Settings {
                 )
             })?;
         let gitea_token = secret(&cfg.gitea_token, &cfg.gitea_token_file, "Gitea token")?;
+        let github = match secret(&cfg.github_token, &cfg.github_token_file, "GitHub token")? {
+            Some(t) => Some(github::GitHub::new(&cfg.github_api_url, t)?),
+            None => None,
+        };
         let gitea = match (&cfg.gitea_url, gitea_token) {
             (Some(url), token) if !url.is_empty() => Some(forge::Gitea::new(url, token)?),
             _ => None,
@@ -344,6 +378,9 @@ impl Settings {
                     max: std::time::Duration::from_secs(cfg.status_retry_max_secs),
                     ..forge::RetryPolicy::default()
                 },
+                github,
+                github_api_url: cfg.github_api_url.clone(),
+                mirror_ttl: std::time::Duration::from_secs(cfg.mirror_cache_secs),
                 registries: raibid_core::image::RegistryPolicy::from_lists(
                     cfg.registry.as_deref(),
                     &cfg.registry_allowed,
@@ -384,6 +421,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Counters.
     pub counters: Arc<Counters>,
+    /// The mirror mapping (read from Gitea, cached; `RAIBID_MIRRORS` overrides).
+    pub mirrors: Arc<mirrors::Mirrors>,
     /// Turns true when the server starts shutting down: long-lived responses (SSE) end then, so the
     /// graceful shutdown does not wait on them.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -394,7 +433,13 @@ impl AppState {
     /// State over a connected queue.
     pub fn new(queue: Queue, settings: Settings) -> AppState {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let mirrors = Arc::new(mirrors::Mirrors::new(
+            &settings.mirrors,
+            settings.intake.mirror_ttl,
+            github::web_hosts(&settings.intake.github_api_url),
+        ));
         AppState {
+            mirrors,
             queue,
             settings: Arc::new(settings),
             counters: Arc::new(Counters::default()),
@@ -432,6 +477,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let reporter = tokio::spawn(forge::status_reporter(state.clone()));
+    // Its group exists before the first event it must see (created at `$`: no history replayed).
+    forge::ensure_github_group(&state).await;
+    let github_reporter = tokio::spawn(forge::github_status_reporter(state.clone()));
     let reaper = tokio::spawn(reaper(state.clone()));
     let notifier = tokio::spawn(notify::notifier(state.clone()));
     let stop_tx = state.stop_tx.clone();
@@ -445,6 +493,7 @@ pub async fn serve(
         })
         .await?;
     reporter.abort();
+    github_reporter.abort();
     reaper.abort();
     notifier.abort();
     Ok(())
