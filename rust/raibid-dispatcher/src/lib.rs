@@ -4,6 +4,7 @@
 pub mod api;
 pub mod events;
 pub mod forge;
+pub mod guard;
 pub mod images;
 pub mod mcp;
 pub mod metrics;

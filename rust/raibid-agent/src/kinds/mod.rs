@@ -71,7 +71,7 @@ pub(crate) enum ConfigOutcome<P> {
     Run(P),
     /// The pipeline asks for another kind: the lifecycle enqueues the source (with its patch) as a
     /// job of that kind and ends this one.
-    HandOver(HandOver),
+    HandOver(Box<HandOver>),
     /// The job fails in its config step with this message.
     Fail(String),
     // Issue 23 §1 (matrix) adds its transition here: `FanOut(..)`, one job per matrix cell, enqueued

@@ -95,20 +95,20 @@ pub(crate) async fn config(
         Err(e) => return ConfigOutcome::Fail(e),
     };
     if let Some(req) = pipeline.image.clone() {
-        return ConfigOutcome::HandOver(HandOver {
+        return ConfigOutcome::HandOver(Box::new(HandOver {
             to: JobKind::Image,
             pipeline: pipeline.name.clone(),
             asked_by: "has `image:`",
             image: Some(req),
-        });
+        }));
     }
     if pipeline.gpu && ctx.claim.job.kind == JobKind::Rust {
-        return ConfigOutcome::HandOver(HandOver {
+        return ConfigOutcome::HandOver(Box::new(HandOver {
             to: JobKind::Gpu,
             pipeline: pipeline.name.clone(),
             asked_by: "has `gpu: true`",
             image: None,
-        });
+        }));
     }
     let mut secrets = Vec::new();
     let repo = ctx.claim.job.source.repo_url.clone();
