@@ -7,10 +7,11 @@
 //! The GPU kind runs the same pipeline with its devices added (`StepExtras`).
 
 use super::{CacheUse, Capabilities, ConfigOutcome, ConfigStep, HandOver, Kind, Privileges};
-use crate::cache::{key, JobCache};
+use crate::cache::key;
+use crate::cache::slots::JobCache;
 use crate::ctx::{End, JobCtx, Workspace};
 use crate::process::{run_step, StepEnd, StepIo, StepSpec};
-use crate::{Stop, LOST, RELEASED};
+use crate::stop::{Stop, LOST, RELEASED};
 use chrono::Utc;
 use raibid_core::contract::env;
 use raibid_core::job::{JobKind, Status};

@@ -5,7 +5,7 @@
 use super::{after, handover, source};
 use crate::ctx::{End, JobCtx, Workspace};
 use crate::kinds::{self, ConfigOutcome, ConfigStep, Kind};
-use crate::LOST;
+use crate::stop::LOST;
 use chrono::Utc;
 use raibid_core::job::{JobKind, Status};
 use std::path::Path;

@@ -9,8 +9,8 @@ mod execute;
 mod handover;
 mod source;
 
-use crate::ctx::JobCtx;
-use crate::{Shared, Stop, LOST, RELEASED};
+use crate::ctx::{JobCtx, Shared};
+use crate::stop::{Stop, LOST, RELEASED};
 use chrono::Utc;
 use execute::execute;
 use raibid_core::queue::{Claim, QueueError};
