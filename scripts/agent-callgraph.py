@@ -13,8 +13,8 @@ reports:
   (both in one strongly connected component: following them, a job comes back to where it was),
   counted per occurrence and per pair of files, with the components listed.
 
-Usage: scripts/agent-callgraph.py [SRC_DIR] [ENTRY]    (defaults: rust/raibid-agent/src, lifecycle/mod.rs
-or runner.rs, whichever exists). To measure another commit: `git worktree add /tmp/x <commit>` and point
+Usage: scripts/agent-callgraph.py [-v] [SRC_DIR] [ENTRY]    (defaults: rust/raibid-agent/src, lifecycle/mod.rs
+or runner.rs, whichever exists; -v lists every edge). To measure another commit: `git worktree add /tmp/x <commit>` and point
 SRC_DIR at /tmp/x/rust/raibid-agent/src.
 """
 
@@ -35,10 +35,40 @@ def module_of(rel):
 
 
 def strip(text):
+    """The code without tests, comments, strings and character literals."""
     text = text.split("#[cfg(test)]")[0]
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
-    return "\n".join(line.split("//")[0] for line in text.splitlines())
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        elif c == "r" and re.match(r'r#*"', text[i:]) and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
+            hashes = re.match(r"r(#*)\"", text[i:]).group(1)
+            j = text.find('"' + hashes, i + 2 + len(hashes))
+            out.append('""')
+            i = n if j < 0 else j + 1 + len(hashes)
+        elif c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append('""')
+            i = j + 1
+        elif c == "'":
+            m = re.match(r"'(?:\\.|\\u\{[0-9a-fA-F]+\}|[^'\\])'", text[i:])
+            if m:
+                out.append("' '")
+                i += m.end()
+            else:
+                out.append(c)
+                i += 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def expand_use(tree):
@@ -79,6 +109,8 @@ def expand_use(tree):
 
 
 def main():
+    verbose = "-v" in sys.argv
+    sys.argv = [a for a in sys.argv if a != "-v"]
     src = sys.argv[1] if len(sys.argv) > 1 else "rust/raibid-agent/src"
     files = {}
     for root, _, names in os.walk(src):
@@ -151,10 +183,10 @@ def main():
             if t is not None and t != m:
                 edges[(rel, mods[t])] += 1
         for name, target in local.items():
-            if target in mods and mods[target] != rel:
-                n = len(re.findall(r"(?<![:\w])" + re.escape(name) + r"::", body))
-                if n:
-                    edges[(rel, mods[target])] += n
+            for rest in re.findall(r"(?<![:\w])" + re.escape(name) + r"((?:::" + IDENT + r")+)", body):
+                t = resolve((), ["crate", *target, *rest.split("::")[1:]])
+                if t is not None and t != m:
+                    edges[(rel, mods[t])] += 1
 
     graph = defaultdict(set)
     for (a, b) in edges:
@@ -208,6 +240,11 @@ def main():
             print("  cycle: " + " <-> ".join(c))
     for (a, b), n in sorted(back.items()):
         print(f"    {a} -> {b}: {n}")
+    if verbose:
+        print("edges (file -> file: references):")
+        for (a, b), n in sorted(edges.items()):
+            if a in seen:
+                print(f"    {a} -> {b}: {n}")
     kinds = sorted(f for f in seen if f.startswith("kinds/") or f.startswith("image/") or f in ("executor.rs", "gpu.rs", "handover.rs"))
     print("kind files reached: " + ", ".join(kinds))
 
