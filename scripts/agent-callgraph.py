@@ -20,6 +20,7 @@ SRC_DIR at /tmp/x/rust/raibid-agent/src.
 
 import os
 import re
+import signal
 import sys
 from collections import defaultdict
 
@@ -109,6 +110,7 @@ def expand_use(tree):
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     verbose = "-v" in sys.argv
     sys.argv = [a for a in sys.argv if a != "-v"]
     src = sys.argv[1] if len(sys.argv) > 1 else "rust/raibid-agent/src"

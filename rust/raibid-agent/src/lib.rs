@@ -3,9 +3,9 @@
 //! its lease) and acknowledges the entry.
 //!
 //! Layers, each using only those below it (ADR 0015):
-//! - `worker` (claim loop, cancel listener) and `lifecycle` (one claimed job: log flusher, heartbeat,
-//!   shutdown grace; source = clone + patch, config and its transition, after-steps, cleanup, final
-//!   write), which calls a job's kind through `kinds::Kind`;
+//! - `lifecycle`: the claim loop and cancel listener (`claim`), then one claimed job (log flusher,
+//!   heartbeat, shutdown grace; source = clone + patch, config and its transition, after-steps,
+//!   cleanup, final write), which calls a job's kind through `kinds::Kind`;
 //! - `kinds` (`rust`, `image`, `gpu`: what differs between jobs, each with its own options), which
 //!   never call back into the lifecycle;
 //! - `ctx` (what a running job carries) and the utilities taking plain inputs: `process` (a step's
@@ -30,9 +30,8 @@ pub mod process;
 pub mod sandbox;
 pub mod secret_scopes;
 pub(crate) mod stop;
-pub mod worker;
 
 pub use config::AgentConfig;
 pub use kinds::image;
+pub use lifecycle::claim::run;
 pub use masking::Masker;
-pub use worker::run;

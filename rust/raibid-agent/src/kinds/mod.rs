@@ -2,12 +2,12 @@
 //! (`crate::lifecycle`: claim and lease, workspace, source = clone + patch, config, report, cleanup,
 //! final write) is the same for every job; it calls the job's kind through [`Kind`] — its
 //! capabilities, its config phase (whose [`ConfigOutcome`] the lifecycle acts on) and its run phase.
-//! A kind never calls back into the lifecycle: it gets the job's context (`crate::ctx`) and returns.
-//! (`tests` below enforce that on the sources.)
+//! A kind never calls back into the lifecycle: it gets the job's context (`crate::ctx`) and returns
+//! (`tests` below and `tests/layers.rs` enforce that on the sources; ADR 0015).
 //!
-//! Adding a kind: one module here implementing [`Kind`], one line in the lifecycle's dispatch
-//! (`lifecycle::execute`) and in [`capabilities`], its options (if any) in [`KindOptions`]; see
-//! docs/adding-a-kind.md.
+//! Adding a kind: one module here implementing [`Kind`] (`kind.rs`), one line in the lifecycle's
+//! dispatch (`lifecycle/execute.rs`) and in [`capabilities`] and [`admit`] here, its options (if any)
+//! in [`KindOptions`] (`options.rs`); see docs/adding-a-kind.md.
 
 pub(crate) mod gpu;
 pub mod image;
@@ -49,12 +49,12 @@ mod tests {
     /// module, or of the lifecycle or a kind in a utility, fails here with the file and line.
     #[test]
     fn no_kind_calls_back_into_the_lifecycle_and_utilities_know_neither() {
-        const BACK: &[&str] = &["lifecycle::", "executor::", "runner::", "crate::worker"];
+        const BACK: &[&str] = &["lifecycle::", "executor::", "runner::", "worker::"];
         const UP: &[&str] = &[
             "lifecycle::",
             "executor::",
             "runner::",
-            "crate::worker",
+            "worker::",
             "crate::kinds",
             "crate::image",
         ];

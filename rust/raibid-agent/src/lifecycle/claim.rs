@@ -1,10 +1,12 @@
-//! The claim loop: one worker per slot blocked on XREADGROUP, and the cancel listener.
+//! The claim loop (the lifecycle's first phase): one worker per slot blocked on XREADGROUP on its
+//! kinds' streams, the agent's start-up (what the served kinds' capabilities need: a GPU probe, a
+//! sandbox), and the cancel listener.
 
+use super::run_job;
 use crate::config::AgentConfig;
 use crate::ctx::Shared;
 use crate::git;
 use crate::isolation;
-use crate::lifecycle::run_job;
 use crate::masking::Masker;
 use crate::stop::Stop;
 use anyhow::Context;
