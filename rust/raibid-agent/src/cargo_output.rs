@@ -4,7 +4,7 @@
 //! `raibid:job:{id}:diagnostics` (same retention as the log) and returns the unit counts for the record.
 //! This is the one parse of each line: the same counts feed the job's cache figures ([`CargoOutput::units`]).
 
-use crate::Masker;
+use crate::masking::Masker;
 use raibid_core::cargo_messages::{CargoUnits, Collector, LineOutcome};
 use raibid_core::contract;
 use raibid_core::queue::{Queue, StampedLine};

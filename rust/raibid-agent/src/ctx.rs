@@ -3,15 +3,39 @@
 //! masker, the log budget and the pipeline's secrets, with the few operations every phase needs
 //! (a system log line, a fenced record update, the stop state, the limits of its git commands).
 
-use crate::cache::JobCache;
+use crate::cache::slots::JobCache;
+use crate::git;
+use crate::masking::Masker;
 use crate::process::{LogBudget, LogTx};
-use crate::{git, Masker, Shared, Stop};
+use crate::stop::Stop;
 use raibid_core::job::Status;
-use raibid_core::queue::{Claim, QueueError};
+use raibid_core::queue::{Claim, Queue, QueueError};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
+
+/// What every job of this agent shares: its options, the queue, the git policy and credentials, the
+/// masker, the step user, the sandbox, the GPU(s) found at start, the secret scopes, the running
+/// jobs' stop signals, the caches.
+pub(crate) struct Shared {
+    pub(crate) cfg: crate::config::AgentConfig,
+    pub(crate) queue: Queue,
+    pub(crate) policy: git::UrlPolicy,
+    pub(crate) creds: git::Credentials,
+    pub(crate) masker: Masker,
+    pub(crate) step_user: Option<crate::isolation::StepUser>,
+    /// The sandbox steps run in (None: this agent runs no build steps, e.g. image jobs only).
+    pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
+    /// The GPU(s) this agent found at start (agents serving the `gpu` kind only).
+    pub(crate) gpu: Option<crate::gpu::GpuProbe>,
+    pub(crate) scopes: crate::secret_scopes::SecretScopes,
+    pub(crate) running: Mutex<HashMap<String, watch::Sender<Stop>>>,
+    pub(crate) jobs_done: AtomicU64,
+    pub(crate) cache: crate::cache::Cache,
+}
 
 /// How a phase ended the job: its final status and reason, or `LOST` (lease lost: write nothing) or
 /// `RELEASED` (shutdown: give the job back).

@@ -6,7 +6,7 @@
 
 use crate::ctx::JobCtx;
 use crate::git;
-use crate::LOST;
+use crate::stop::LOST;
 use chrono::Utc;
 use raibid_core::contract;
 use raibid_core::job::Status;

@@ -3,7 +3,7 @@
 //! leaves behind is killed when it ends.
 
 use crate::isolation;
-use crate::Stop;
+use crate::stop::Stop;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -386,26 +386,13 @@ pub(crate) struct StepSpec<'a> {
     pub(crate) limit: Duration,
 }
 
-/// `name` as `execvp` would find it in `path`, as an absolute path. Handing std an absolute program
-/// lets it start the child with `posix_spawn` (a vfork) instead of a `fork` of the agent: with a bare
-/// name and a `PATH` of the child's own it cannot use `posix_spawnp`.
-pub(crate) fn which(name: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::split_paths(path).map(|d| d.join(name)).find(|p| {
-        p.is_absolute()
-            && std::fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-    })
-}
-
-/// `sh` as the step's own `PATH` finds it (see [`which`]).
+/// `sh` as the step's own `PATH` finds it (see `lookup::which`).
 fn shell(env: &[(String, String)]) -> std::ffi::OsString {
     let path = env
         .iter()
         .find(|(k, _)| k == "PATH")
         .map_or("/bin:/usr/bin", |(_, v)| v.as_str());
-    which("sh", path.as_ref()).map_or_else(|| "sh".into(), |p| p.into_os_string())
+    crate::lookup::which("sh", path.as_ref()).map_or_else(|| "sh".into(), |p| p.into_os_string())
 }
 
 /// Where a step's output goes and what ends it besides its exit and its limit.

@@ -8,7 +8,7 @@
 //! answers 202 `not_mirrored`, no job), and the GitHub status reporter finds the GitHub repository of a
 //! job's Gitea repository. `GET /api/v1/mirrors` shows the mapping the dispatcher uses.
 
-use crate::api::ApiError;
+use crate::guard::ApiError;
 use crate::forge::Gitea;
 use crate::AppState;
 use axum::extract::{Query, State};

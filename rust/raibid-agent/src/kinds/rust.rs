@@ -7,10 +7,11 @@
 //! The GPU kind runs the same pipeline with its devices added (`StepExtras`).
 
 use super::{CacheUse, Capabilities, ConfigOutcome, ConfigStep, HandOver, Kind, Privileges};
-use crate::cache::{key, JobCache};
+use crate::cache::key;
+use crate::cache::slots::JobCache;
 use crate::ctx::{End, JobCtx, Workspace};
 use crate::process::{run_step, StepEnd, StepIo, StepSpec};
-use crate::{Stop, LOST, RELEASED};
+use crate::stop::{Stop, LOST, RELEASED};
 use chrono::Utc;
 use raibid_core::contract::env;
 use raibid_core::job::{JobKind, Status};
@@ -95,20 +96,20 @@ pub(crate) async fn config(
         Err(e) => return ConfigOutcome::Fail(e),
     };
     if let Some(req) = pipeline.image.clone() {
-        return ConfigOutcome::HandOver(HandOver {
+        return ConfigOutcome::HandOver(Box::new(HandOver {
             to: JobKind::Image,
             pipeline: pipeline.name.clone(),
             asked_by: "has `image:`",
             image: Some(req),
-        });
+        }));
     }
     if pipeline.gpu && ctx.claim.job.kind == JobKind::Rust {
-        return ConfigOutcome::HandOver(HandOver {
+        return ConfigOutcome::HandOver(Box::new(HandOver {
             to: JobKind::Gpu,
             pipeline: pipeline.name.clone(),
             asked_by: "has `gpu: true`",
             image: None,
-        });
+        }));
     }
     let mut secrets = Vec::new();
     let repo = ctx.claim.job.source.repo_url.clone();

@@ -5,7 +5,7 @@
 use super::{after, handover, source};
 use crate::ctx::{End, JobCtx, Workspace};
 use crate::kinds::{self, ConfigOutcome, ConfigStep, Kind};
-use crate::LOST;
+use crate::stop::LOST;
 use chrono::Utc;
 use raibid_core::job::{JobKind, Status};
 use std::path::Path;
@@ -66,7 +66,7 @@ async fn phases<K: Kind>(
             if !step {
                 ctx.claim.job.begin_step("config", Utc::now());
             }
-            return handover::hand_over(ctx, h).await;
+            return handover::hand_over(ctx, *h).await;
         }
         ConfigOutcome::Fail(msg) => return fail_config(ctx, step, &msg).await,
         // Issue 23 §1: `ConfigOutcome::FanOut(..)` is handled here (enqueue the cells, end this job),

@@ -7,7 +7,7 @@
 
 use crate::ctx::{End, JobCtx};
 use crate::kinds::{self, Capabilities, HandOver};
-use crate::LOST;
+use crate::stop::LOST;
 use chrono::{DateTime, Utc};
 use raibid_core::contract;
 use raibid_core::image::ImageJob;

@@ -1,16 +1,17 @@
-//! The lifecycle every job shares, whatever its kind: claim and lease (the log flusher, the heartbeat,
-//! the shutdown grace), workspace, source (clone + patch: `source`), config (the kind's, and the
+//! The lifecycle every job shares, whatever its kind: claim (`claim`: the claim loop) and lease (the
+//! log flusher, the heartbeat, the shutdown grace: `run_job`), workspace, source (clone + patch: `source`), config (the kind's, and the
 //! transition its outcome asks for: `execute`, `handover`), the kind's run, the after-steps hook
 //! (`after`), report, cleanup and the final write (fenced by the lease). Kinds (`crate::kinds`) are
-//! called through `kinds::Kind` and never call back into this module (ADR 0015).
+//! called through `kinds::Kind` and never call back into this module (ADR 0016).
 
 mod after;
+pub(crate) mod claim;
 mod execute;
 mod handover;
 mod source;
 
-use crate::ctx::JobCtx;
-use crate::{Shared, Stop, LOST, RELEASED};
+use crate::ctx::{JobCtx, Shared};
+use crate::stop::{Stop, LOST, RELEASED};
 use chrono::Utc;
 use execute::execute;
 use raibid_core::queue::{Claim, QueueError};

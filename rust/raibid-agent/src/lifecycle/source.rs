@@ -2,10 +2,11 @@
 //! commit checked out in the slot's stable checkout) and the patch step (`crate::patch`); and, after
 //! the job, the slot's bookkeeping (sizes, eviction).
 
-use crate::cache::{key, mirror, slots, CloneError, JobCache, Sink};
+use crate::cache::slots::{self, JobCache};
+use crate::cache::{key, mirror, CloneError, Sink};
 use crate::ctx::{End, JobCtx, Workspace};
 use crate::git;
-use crate::{Stop, LOST, RELEASED};
+use crate::stop::{Stop, LOST, RELEASED};
 use chrono::Utc;
 use raibid_core::cache_stats::CacheStats;
 use raibid_core::job::Status;

@@ -5,7 +5,7 @@
 use super::ImageConfig;
 use crate::process::LogTx;
 use crate::process::{kill_group, StepEnd, MAX_LINE, SPLIT_MARK};
-use crate::Stop;
+use crate::stop::Stop;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

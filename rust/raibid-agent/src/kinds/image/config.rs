@@ -141,7 +141,7 @@ mod tests {
     fn the_agent_command_is_consistent_with_the_image_options() {
         // Flattened options share one namespace with the agent's own: a clash panics at parse time.
         use clap::CommandFactory;
-        crate::AgentConfig::command().debug_assert();
+        crate::config::AgentConfig::command().debug_assert();
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use config::ImageConfig;
 use super::{CacheUse, Capabilities, ConfigOutcome, ConfigStep, HandOver, Kind, Privileges};
 use crate::ctx::{End, JobCtx, Workspace};
 use crate::process::StepEnd;
-use crate::{Stop, LOST, RELEASED};
+use crate::stop::{Stop, LOST, RELEASED};
 use chrono::Utc;
 use raibid_core::contract::env;
 use raibid_core::image::{
@@ -781,10 +781,11 @@ async fn pending_cleanups(ctx: &JobCtx<'_>, b: &Buildah) {
 
 /// `raibid-agent --image-gc`: pending cleanups, then the size/age GC; prints what it did.
 pub async fn gc_command(
-    cfg: &crate::AgentConfig,
+    cache_dir: &Path,
+    icfg: &ImageConfig,
     queue: Option<&raibid_core::queue::Queue>,
 ) -> anyhow::Result<()> {
-    let b = Buildah::under(&cfg.cache_dir, &cfg.kind_options.image);
+    let b = Buildah::under(cache_dir, icfg);
     let bc = b.clone();
     let _lock = tokio::task::spawn_blocking(move || storage::lock(&bc)).await??;
     if let Some(q) = queue {
@@ -800,13 +801,8 @@ pub async fn gc_command(
         .map_err(anyhow::Error::msg)?;
     let r = storage::gc(
         &b,
-        cfg.kind_options.image.image_cache_max_bytes,
-        Duration::from_secs(
-            cfg.kind_options
-                .image
-                .image_cache_max_age_hours
-                .saturating_mul(3600),
-        ),
+        icfg.image_cache_max_bytes,
+        Duration::from_secs(icfg.image_cache_max_age_hours.saturating_mul(3600)),
     )
     .await
     .map_err(anyhow::Error::msg)?;

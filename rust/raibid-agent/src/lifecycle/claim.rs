@@ -1,8 +1,14 @@
-//! The claim loop: one worker per slot blocked on XREADGROUP, and the cancel listener.
+//! The claim loop (the lifecycle's first phase): one worker per slot blocked on XREADGROUP on its
+//! kinds' streams, the agent's start-up (what the served kinds' capabilities need: a GPU probe, a
+//! sandbox), and the cancel listener.
 
+use super::run_job;
+use crate::config::AgentConfig;
+use crate::ctx::Shared;
+use crate::git;
 use crate::isolation;
-use crate::lifecycle::run_job;
-use crate::{git, AgentConfig, Masker, Shared, Stop};
+use crate::masking::Masker;
+use crate::stop::Stop;
 use anyhow::Context;
 use raibid_core::contract;
 use raibid_core::contract::env;
@@ -33,7 +39,12 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     let queue = connect_with_backoff(&redis_url, qcfg, &shutdown).await?;
     let Some(queue) = queue else { return Ok(()) };
     if cfg.kind_options.image.image_gc {
-        return crate::kinds::image::gc_command(&cfg, Some(&queue)).await;
+        return crate::kinds::image::gc_command(
+            &cfg.cache_dir,
+            &cfg.kind_options.image,
+            Some(&queue),
+        )
+        .await;
     }
     // `--once` is one job: one slot, whatever --concurrency says.
     let slots: Vec<String> = if cfg.concurrency == 1 || cfg.once {
@@ -49,7 +60,7 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     // A GPU agent declares the capability only once it found a GPU; without one it does not start.
     let gpu = if caps.iter().any(|c| c.gpu) {
         let g = &cfg.kind_options.gpu;
-        let p = crate::kinds::gpu::probe(&g.nvidia_smi, &g.gpu_device_dir).await?;
+        let p = crate::gpu::probe(&g.nvidia_smi, &g.gpu_device_dir).await?;
         tracing::info!(gpus = ?p.gpus, visible = %p.visible, "GPU found");
         Some(p)
     } else {
