@@ -417,3 +417,83 @@ async fn the_mapping_is_read_from_gitea_and_a_new_mirror_is_found_on_a_miss() {
     );
     assert_eq!(env.job_count().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_build_is_described_by_its_first_compiler_error_or_failing_test_on_github() {
+    let env = spawn_app(Options::default()).await;
+    let agent = env.start_agent("agent-gh-fail");
+    let compile = "pub fn greet(name: &str) -> String {\n    let unused = 1;\n    name\n}\n";
+    let failing = "pub fn sum(xs: &[i64]) -> i64 {\n    xs.iter().sum::<i64>() + 1\n}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn sums() {\n        assert_eq!(super::sum(&[1, 2, 3]), 6, \"one two three\");\n    }\n}\n";
+    for (name, src) in [("compile", compile), ("test", failing)] {
+        let gitea_repo = format!("mirrors/{name}");
+        let github_repo = format!("Octo/{name}");
+        env.gitea.add_mirror(
+            &gitea_repo,
+            &format!("https://github.com/{github_repo}.git"),
+        );
+        let (url, sha) = make_repo(&env.tmp.path().join(name), &[("src/lib.rs", src)]);
+        env.github.add_commit(&github_repo, &sha);
+        let (s, v) = env
+            .gitea_push(
+                &mirror_push(&url, &sha, &gitea_repo),
+                &format!("gh-fail-{name}"),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let id = v["job"].as_str().unwrap().to_string();
+        let job = env.wait_final(&id, Duration::from_secs(300)).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        let path = format!("/repos/{github_repo}/statuses/{sha}");
+        let calls = wait_github(
+            &env,
+            "the failure on GitHub",
+            Duration::from_secs(30),
+            |c| {
+                c.iter()
+                    .any(|c| c.path == path && c.answered == 201 && c.body["state"] == "failure")
+            },
+        )
+        .await;
+        let d = calls
+            .iter()
+            .find(|c| c.path == path && c.body["state"] == "failure")
+            .unwrap()
+            .body["description"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(d.chars().count() <= 140, "{d}");
+        match name {
+            "compile" => assert!(
+                d.starts_with("error[E0308]: mismatched types at src/lib.rs:3"),
+                "{d}"
+            ),
+            _ => assert!(
+                d.starts_with("test tests::sums failed: assertion `left == right` failed")
+                    && d.contains("src/lib.rs:9"),
+                "{d}"
+            ),
+        }
+        // Gitea says the same.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let gitea = loop {
+            let found = env.gitea.calls().into_iter().find(|c| {
+                c.path.contains(&format!("/repos/{gitea_repo}/statuses/"))
+                    && c.answered == 201
+                    && c.body["state"] == "failure"
+            });
+            if let Some(c) = found {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "no failure on Gitea");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(gitea.body["description"], json!(d));
+    }
+    assert!(
+        env.github.violations().is_empty(),
+        "{:?}",
+        env.github.violations()
+    );
+    agent.stop().await;
+}
