@@ -123,6 +123,23 @@ pub fn repo_of_url(raw: &str, hosts: &[String]) -> Option<String> {
     crate::forge::split_repo(&full).is_some().then_some(full)
 }
 
+/// Check `RAIBID_GITHUB_API_URL`: an http(s) URL without credentials (the token goes in a header).
+pub fn check_api_url(raw: &str) -> Result<(), String> {
+    let u = url::Url::parse(raw).map_err(|e| format!("not a URL ({e})"))?;
+    if u.scheme() != "https" && u.scheme() != "http" {
+        return Err(format!("scheme `{}` is not https", u.scheme()));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(
+            "credentials in the URL are not accepted (the token is RAIBID_GITHUB_TOKEN)".into(),
+        );
+    }
+    if u.host_str().is_none() {
+        return Err("no host".into());
+    }
+    Ok(())
+}
+
 /// A status description: one line, at most [`DESCRIPTION_MAX`] characters (cut with `…`).
 pub fn fit_description(text: &str) -> String {
     let one: String = text
@@ -384,6 +401,17 @@ mod tests {
         let d = fit_description(&long);
         assert_eq!(d.chars().count(), DESCRIPTION_MAX);
         assert!(d.ends_with('…'));
+    }
+
+    #[test]
+    fn the_api_url_is_checked() {
+        assert!(check_api_url(DEFAULT_API_URL).is_ok());
+        assert!(check_api_url("https://ghe.example.com/api/v3").is_ok());
+        assert!(check_api_url("ftp://x/").is_err());
+        assert!(check_api_url("https://user:pw@api.github.com")
+            .unwrap_err()
+            .contains("credentials"));
+        assert!(check_api_url("api.github.com").is_err());
     }
 
     #[test]

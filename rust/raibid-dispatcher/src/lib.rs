@@ -335,6 +335,8 @@ impl Settings {
                 )
             })?;
         let gitea_token = secret(&cfg.gitea_token, &cfg.gitea_token_file, "Gitea token")?;
+        github::check_api_url(&cfg.github_api_url)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", env::GITHUB_API_URL))?;
         let github = match secret(&cfg.github_token, &cfg.github_token_file, "GitHub token")? {
             Some(t) => Some(github::GitHub::new(&cfg.github_api_url, t)?),
             None => None,

@@ -417,3 +417,185 @@ async fn the_mapping_is_read_from_gitea_and_a_new_mirror_is_found_on_a_miss() {
     );
     assert_eq!(env.job_count().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_build_is_described_by_its_first_compiler_error_or_failing_test_on_github() {
+    let env = spawn_app(Options::default()).await;
+    let agent = env.start_agent("agent-gh-fail");
+    let compile = "pub fn greet(name: &str) -> String {\n    let unused = 1;\n    name\n}\n";
+    let failing = "pub fn sum(xs: &[i64]) -> i64 {\n    xs.iter().sum::<i64>() + 1\n}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn sums() {\n        assert_eq!(super::sum(&[1, 2, 3]), 6, \"one two three\");\n    }\n}\n";
+    for (name, src) in [("compile", compile), ("test", failing)] {
+        let gitea_repo = format!("mirrors/{name}");
+        let github_repo = format!("Octo/{name}");
+        env.gitea.add_mirror(
+            &gitea_repo,
+            &format!("https://github.com/{github_repo}.git"),
+        );
+        let (url, sha) = make_repo(&env.tmp.path().join(name), &[("src/lib.rs", src)]);
+        env.github.add_commit(&github_repo, &sha);
+        let (s, v) = env
+            .gitea_push(
+                &mirror_push(&url, &sha, &gitea_repo),
+                &format!("gh-fail-{name}"),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let id = v["job"].as_str().unwrap().to_string();
+        let job = env.wait_final(&id, Duration::from_secs(300)).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        let path = format!("/repos/{github_repo}/statuses/{sha}");
+        let calls = wait_github(
+            &env,
+            "the failure on GitHub",
+            Duration::from_secs(30),
+            |c| {
+                c.iter()
+                    .any(|c| c.path == path && c.answered == 201 && c.body["state"] == "failure")
+            },
+        )
+        .await;
+        let d = calls
+            .iter()
+            .find(|c| c.path == path && c.body["state"] == "failure")
+            .unwrap()
+            .body["description"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(d.chars().count() <= 140, "{d}");
+        match name {
+            "compile" => assert!(
+                d.starts_with("error[E0308]: mismatched types at src/lib.rs:3"),
+                "{d}"
+            ),
+            _ => assert!(
+                d.starts_with("test tests::sums failed: assertion `left == right` failed")
+                    && d.contains("src/lib.rs:9"),
+                "{d}"
+            ),
+        }
+        // Gitea says the same.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let gitea = loop {
+            let found = env.gitea.calls().into_iter().find(|c| {
+                c.path.contains(&format!("/repos/{gitea_repo}/statuses/"))
+                    && c.answered == 201
+                    && c.body["state"] == "failure"
+            });
+            if let Some(c) = found {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "no failure on Gitea");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(gitea.body["description"], json!(d));
+    }
+    assert!(
+        env.github.violations().is_empty(),
+        "{:?}",
+        env.github.violations()
+    );
+    agent.stop().await;
+}
+
+/// `last-delivered-id` of a group on the events stream.
+async fn last_delivered(env: &TestEnv, group: &str) -> String {
+    let mut con = redis::Client::open(env.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let groups: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(keys::EVENTS_STREAM)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for g in groups {
+        let s: Vec<String> = g
+            .iter()
+            .map(|v| match v {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if s.get(1).map(String::as_str) == Some(group) {
+            let i = s.iter().position(|k| k == "last-delivered-id").unwrap();
+            return s[i + 1].clone();
+        }
+    }
+    panic!("no group {group}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplicated_transition_event_posts_nothing_twice_on_either_forge() {
+    let env = spawn_app(Options::default()).await;
+    env.gitea
+        .add_mirror("mirrors/twice", "https://github.com/Octo/Twice.git");
+    let (url, sha) = make_repo(&env.tmp.path().join("r"), &[(".raibid.yaml", PIPELINE)]);
+    env.github.add_commit("Octo/Twice", &sha);
+    let agent = env.start_agent("agent-twice");
+    let (_, v) = env
+        .gitea_push(&mirror_push(&url, &sha, "mirrors/twice"), "gh-twice-1")
+        .await;
+    let id = v["job"].as_str().unwrap().to_string();
+    env.wait_final(&id, Duration::from_secs(120)).await;
+    wait_gitea_success(&env).await;
+    wait_github(&env, "success on GitHub", Duration::from_secs(30), |c| {
+        c.iter()
+            .any(|c| c.answered == 201 && c.body["state"] == "success")
+    })
+    .await;
+    let (gitea_before, github_before) = (env.gitea.calls().len(), env.github.calls().len());
+    // The final event again (a redelivery, a replica that took it over after the post).
+    let event = json!({
+        "type": "job_finished", "job": id, "status": "succeeded", "step": null, "agent": "agent-twice",
+        "ts": chrono::Utc::now().to_rfc3339(),
+    });
+    let mut con = redis::Client::open(env.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let entry: String = redis::cmd("XADD")
+        .arg(keys::EVENTS_STREAM)
+        .arg("*")
+        .arg("event")
+        .arg(event.to_string())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // Both reporters read and acknowledged it.
+    for group in [
+        keys::STATUS_REPORTER_GROUP,
+        keys::GITHUB_STATUS_REPORTER_GROUP,
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while last_delivered(&env, group).await != entry || group_pending(&env, group).await != 0 {
+            assert!(Instant::now() < deadline, "{group} did not handle {entry}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let posted = |calls: usize, before: usize| calls - before;
+    assert_eq!(
+        posted(
+            env.gitea
+                .calls()
+                .iter()
+                .filter(|c| c.path.contains("/statuses/"))
+                .count(),
+            env.gitea.calls()[..gitea_before]
+                .iter()
+                .filter(|c| c.path.contains("/statuses/"))
+                .count()
+        ),
+        0,
+        "Gitea got the transition twice"
+    );
+    assert_eq!(
+        env.github.calls().len(),
+        github_before,
+        "GitHub got the transition twice"
+    );
+    agent.stop().await;
+}
