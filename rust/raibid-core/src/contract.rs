@@ -80,6 +80,12 @@ pub mod keys {
     pub const NODE_AGENTS_SUFFIX: &str = ":agents";
     /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
     pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
+    /// Sorted set of schedule ids (issue 22 §3), scored by creation time in milliseconds.
+    pub const SCHEDULES: &str = "raibid:schedules";
+    /// Prefix of a schedule hash: `raibid:schedule:{id}` (fields `record` JSON, `paused`, `last_due` ms, `last_job`, `pending`).
+    pub const SCHEDULE_PREFIX: &str = "raibid:schedule:";
+    /// The forge name of a scheduled job's delivery de-duplication key: `raibid:delivery:schedule:{id}:{due ms}` (one job per due time).
+    pub const SCHEDULE_DELIVERY_FORGE: &str = "schedule";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -221,6 +227,8 @@ pub mod env {
     pub const PUSH_DEDUP_SECS: &str = "RAIBID_PUSH_DEDUP_SECS";
     /// Longest delay in seconds between two retries of a commit status Gitea did not take.
     pub const STATUS_RETRY_MAX_SECS: &str = "RAIBID_STATUS_RETRY_MAX_SECS";
+    /// Milliseconds between two looks of the dispatcher's scheduler for due schedules (0 turns the scheduler off in this replica).
+    pub const SCHEDULE_TICK_MS: &str = "RAIBID_SCHEDULE_TICK_MS";
 }
 
 /// HTTP paths of the dispatcher.
@@ -393,4 +401,9 @@ pub fn job_patch_key(id: &str) -> String {
 /// Build a job's notification marker key.
 pub fn job_notified_key(id: &str) -> String {
     format!("{}{id}{}", keys::JOB_PREFIX, keys::JOB_NOTIFIED_SUFFIX)
+}
+
+/// Build a schedule key: `raibid:schedule:{id}`.
+pub fn schedule_key(id: &str) -> String {
+    format!("{}{id}", keys::SCHEDULE_PREFIX)
 }

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod notify;
 pub mod public;
 pub mod requests;
+pub mod schedules;
 
 use anyhow::Context;
 use clap::Parser;
@@ -169,6 +170,11 @@ pub struct DispatcherConfig {
     /// Longest delay in seconds between two retries of a commit status Gitea did not take.
     #[arg(long, env = env::STATUS_RETRY_MAX_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub status_retry_max_secs: u64,
+
+    /// Milliseconds between two looks of the scheduler for due schedules (every replica runs one;
+    /// each due time fires once whatever their number). 0: no scheduler in this replica.
+    #[arg(long, env = env::SCHEDULE_TICK_MS, default_value_t = 1000)]
+    pub schedule_tick_ms: u64,
 }
 
 /// Split a comma-separated list into trimmed, lower-case, non-empty items.
@@ -262,7 +268,8 @@ pub struct Settings {
     pub intake: Intake,
 }
 
-/// What the dispatcher accepts (beyond well-formed input) and how it retries commit statuses.
+/// What the dispatcher accepts (beyond well-formed input), how it retries commit statuses and how
+/// often its scheduler looks for due schedules.
 #[derive(Debug, Clone)]
 pub struct Intake {
     /// Window of the (repository, ref, sha) push de-duplication; zero: off.
@@ -276,6 +283,8 @@ pub struct Intake {
     /// Where image jobs may push (the agents' `RAIBID_REGISTRY`, `RAIBID_REGISTRY_ALLOWED`,
     /// `RAIBID_REGISTRY_RESERVED_NAMESPACES`).
     pub registries: raibid_core::image::RegistryPolicy,
+    /// How often the scheduler looks for due schedules (zero: not in this replica).
+    pub schedule_tick: std::time::Duration,
 }
 
 impl Default for Intake {
@@ -286,6 +295,7 @@ impl Default for Intake {
             allowed_hosts: Vec::new(),
             status_retry: forge::RetryPolicy::default(),
             registries: raibid_core::image::RegistryPolicy::default(),
+            schedule_tick: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -349,6 +359,7 @@ impl Settings {
                     &cfg.registry_allowed,
                     &cfg.registry_reserved_namespaces,
                 ),
+                schedule_tick: std::time::Duration::from_millis(cfg.schedule_tick_ms),
             },
         })
     }
@@ -434,6 +445,7 @@ pub async fn serve(
     let reporter = tokio::spawn(forge::status_reporter(state.clone()));
     let reaper = tokio::spawn(reaper(state.clone()));
     let notifier = tokio::spawn(notify::notifier(state.clone()));
+    let scheduler = tokio::spawn(schedules::scheduler(state.clone()));
     let stop_tx = state.stop_tx.clone();
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
@@ -447,6 +459,7 @@ pub async fn serve(
     reporter.abort();
     reaper.abort();
     notifier.abort();
+    scheduler.abort();
     Ok(())
 }
 
