@@ -755,3 +755,24 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod dst {
+    use super::*;
+
+    #[test]
+    fn a_wall_time_skipped_by_daylight_saving_fires_at_the_next_valid_time() {
+        let w = When::of("30 2 * * *", "Europe/Berlin").unwrap_or_else(|e| panic!("{e}"));
+        // 2026-03-29: Berlin's clocks jump from 02:00 to 03:00 (01:00 UTC).
+        let t = Utc.with_ymd_and_hms(2026, 3, 28, 23, 0, 0).unwrap();
+        // 02:30 does not exist that night: it fires at 03:00 CEST (01:00 UTC), once.
+        assert_eq!(
+            w.next_after(t),
+            Some(Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap())
+        );
+        assert_eq!(
+            w.next_after(Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap()),
+            Some(Utc.with_ymd_and_hms(2026, 3, 30, 0, 30, 0).unwrap())
+        );
+    }
+}
