@@ -479,7 +479,13 @@ async fn prepare_target(ctx: &mut JobCtx<'_>, pipeline: &Pipeline, ws: &Path, jc
     for s in &pipeline.steps {
         all.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    all.extend(ctx.claim.job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all.extend(
+        ctx.claim
+            .job
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     let k = key::key(&jc.repo_id, &vv, &all);
     let logs = ctx.logs.clone();
     let sink = move |l: String| {

@@ -115,9 +115,8 @@ pub fn new_schedule_id() -> String {
 pub fn is_valid_schedule_id(id: &str) -> bool {
     id.strip_prefix("sch_").is_some_and(|u| {
         u.len() == 26
-            && u.bytes().all(|b| {
-                b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"ilou".contains(&b))
-            })
+            && u.bytes()
+                .all(|b| b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"ilou".contains(&b)))
     })
 }
 
@@ -207,7 +206,9 @@ mod tests {
         env.insert("CARGO_UPDATE".to_string(), "1".to_string());
         assert!(check_variant(&env).is_ok());
         env.insert("LD_PRELOAD".to_string(), "/x.so".to_string());
-        assert!(check_variant(&env).unwrap_err().starts_with("env.LD_PRELOAD:"));
+        assert!(check_variant(&env)
+            .unwrap_err()
+            .starts_with("env.LD_PRELOAD:"));
     }
 
     #[test]

@@ -348,13 +348,8 @@ async fn create(
     let paused = req.paused;
     let now = Utc::now();
     let s = validate_create(&state, req, now).map_err(unprocessable)?;
-    let record = serde_json::to_string(&s).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            e.to_string(),
-        )
-    })?;
+    let record = serde_json::to_string(&s)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let mut con = state.queue.redis();
     let _: () = redis::pipe()
         .atomic()
@@ -400,7 +395,10 @@ async fn get_one(
     Ok(Json(view(&state, s, Utc::now()).await).into_response())
 }
 
-async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     check_id(&id)?;
     let mut con = state.queue.redis();
     let (n, _): (u64, u64) = redis::pipe()
@@ -457,13 +455,8 @@ async fn update(
     if let Some(p) = req.paused {
         s.paused = p;
     }
-    let record = serde_json::to_string(&s.schedule).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            e.to_string(),
-        )
-    })?;
+    let record = serde_json::to_string(&s.schedule)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let mut con = state.queue.redis();
     let mut p = redis::pipe();
     p.atomic()
@@ -648,7 +641,9 @@ async fn fire(state: &AppState, s: &Stored, when: &When, due: i64, marker: &str)
             let _ = record(state, id, Some(marker), "last_job", &existing).await;
         }
         // The marker stays: this replica or another takes the due time over once it is stale.
-        Err(e) => tracing::warn!(schedule = %id, error = %e, "scheduled job not enqueued; retrying"),
+        Err(e) => {
+            tracing::warn!(schedule = %id, error = %e, "scheduled job not enqueued; retrying")
+        }
     }
 }
 
@@ -699,7 +694,14 @@ pub async fn tick(state: &AppState, stale: Duration) -> Result<(), QueueError> {
             .invoke_async(&mut con)
             .await?;
         if claimed == 1 {
-            fire(state, &s, &when, ms(due), &format!("{}:{}", ms(due), ms(now))).await;
+            fire(
+                state,
+                &s,
+                &when,
+                ms(due),
+                &format!("{}:{}", ms(due), ms(now)),
+            )
+            .await;
         }
     }
     Ok(())

@@ -66,7 +66,9 @@ impl Drop for Dispatcher {
 }
 
 async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
-    let mut r = reqwest::Client::new().request(method, url).bearer_auth(TOKEN);
+    let mut r = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(TOKEN);
     if let Some(b) = body {
         r = r.json(&b);
     }
@@ -160,7 +162,12 @@ async fn two_dispatchers_fire_each_due_time_exactly_once() {
     .await;
     let dues: Vec<i64> = f.keys().copied().collect();
     for (due, jobs) in &f {
-        assert_eq!(jobs.len(), 1, "due time {due} fired {} times: {f:?}", jobs.len());
+        assert_eq!(
+            jobs.len(),
+            1,
+            "due time {due} fired {} times: {f:?}",
+            jobs.len()
+        );
         assert_eq!(due % 2000, 0, "due time {due} is not on the expression");
     }
     for w in dues.windows(2) {
@@ -302,20 +309,32 @@ async fn bad_schedules_are_refused_naming_the_problem_and_the_routes_work() {
     assert!(m.starts_with("cron: `61 * * * *`"), "{m}");
     let (st, v) = post(with("cron", json!("every night"))).await;
     assert_eq!(st, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("`every night`"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`every night`"));
     let (st, v) = post(with("timezone", json!("Mars/Olympus_Mons"))).await;
     assert_eq!(st, 422, "{v}");
     let m = v["error"]["message"].as_str().unwrap();
     assert!(m.starts_with("timezone: `Mars/Olympus_Mons`"), "{m}");
     let (st, v) = post(with("env", json!({"LD_PRELOAD": "/tmp/x.so"}))).await;
     assert_eq!(st, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("env.LD_PRELOAD:"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("env.LD_PRELOAD:"));
     let (st, v) = post(with("repo_url", json!("ftp://example.com/x"))).await;
     assert_eq!(st, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("repo_url:"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("repo_url:"));
     let (st, v) = post(with("cron", json!("0 0 30 2 *"))).await;
     assert_eq!(st, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("never comes due"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("never comes due"));
     let (st, _) = post(json!({"repo_url": "file:///srv/app"})).await;
     assert_eq!(st, 400);
     let (st, _) = post(with("bogus", json!(1))).await;
@@ -328,11 +347,7 @@ async fn bad_schedules_are_refused_naming_the_problem_and_the_routes_work() {
     assert_eq!(v["schedules"], json!([]));
 
     // Create, get, list, patch, run now, delete.
-    let s = create(
-        &d.base,
-        with("timezone", json!("America/New_York")),
-    )
-    .await;
+    let s = create(&d.base, with("timezone", json!("America/New_York"))).await;
     let id = s["id"].as_str().unwrap();
     assert_eq!(s["timezone"], "America/New_York");
     assert_eq!(s["ref"], "refs/heads/main");
@@ -343,7 +358,10 @@ async fn bad_schedules_are_refused_naming_the_problem_and_the_routes_work() {
     )
     .await;
     assert_eq!(st, 422);
-    assert!(v["error"]["message"].as_str().unwrap().contains("`Nowhere/Land`"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`Nowhere/Land`"));
     let (st, job) = call(reqwest::Method::POST, format!("{url}/{id}/run"), None).await;
     assert_eq!(st, 201, "{job}");
     assert_eq!(job["source"]["trigger"]["kind"], "schedule");

@@ -32,7 +32,8 @@ async fn scheduled_jobs(env: &TestEnv, id: &str) -> Vec<Value> {
 async fn a_scheduled_job_runs_its_variant_and_skips_an_unchanged_commit() {
     let env = spawn_app(Options::default()).await;
     let dir = env.tmp.path().join("sched-repo");
-    let pipeline = "steps:\n  - name: variant\n    run: echo \"CARGO_UPDATE=${CARGO_UPDATE:-unset}\"\n";
+    let pipeline =
+        "steps:\n  - name: variant\n    run: echo \"CARGO_UPDATE=${CARGO_UPDATE:-unset}\"\n";
     let (url, sha) = make_repo(&dir, &[(".raibid.yaml", pipeline)]);
     let agent = env.start_agent("agent-sched");
     let (st, s) = env
@@ -60,7 +61,10 @@ async fn a_scheduled_job_runs_its_variant_and_skips_an_unchanged_commit() {
         .await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let (_, logs) = env
-        .api_get(&format!("/api/v1/jobs/{}/logs?step=variant", first["id"].as_str().unwrap()))
+        .api_get(&format!(
+            "/api/v1/jobs/{}/logs?step=variant",
+            first["id"].as_str().unwrap()
+        ))
         .await;
     let lines: Vec<&str> = logs["lines"]
         .as_array()
@@ -100,7 +104,11 @@ async fn a_scheduled_job_runs_its_variant_and_skips_an_unchanged_commit() {
             .current_dir(&dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     git(&["commit", "-q", "--allow-empty", "-m", "next"]);
@@ -111,7 +119,10 @@ async fn a_scheduled_job_runs_its_variant_and_skips_an_unchanged_commit() {
         if jobs.iter().any(|j| j["source"]["sha"] == new_sha.as_str()) {
             break;
         }
-        assert!(Instant::now() < deadline, "the new commit was not built: {jobs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the new commit was not built: {jobs:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     agent.stop().await;

@@ -777,7 +777,9 @@ impl App {
             other => {
                 self.say(
                     false,
-                    format!("unknown command `{other}`: try jobs, agents, dead, schedules, submit, q"),
+                    format!(
+                        "unknown command `{other}`: try jobs, agents, dead, schedules, submit, q"
+                    ),
                 );
                 Vec::new()
             }

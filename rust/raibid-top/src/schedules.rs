@@ -61,10 +61,7 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
         .map(|s| {
             let next = match s.next_run {
                 _ if s.paused => Span::styled("paused", Style::new().fg(Color::DarkGray)),
-                Some(t) => Span::raw(format!(
-                    "in {}",
-                    fmt_dur((t - app.now).num_milliseconds())
-                )),
+                Some(t) => Span::raw(format!("in {}", fmt_dur((t - app.now).num_milliseconds()))),
                 None => Span::raw("never"),
             };
             let last = match s.last_status {

@@ -25,7 +25,14 @@ fn command(app: &mut App, line: &str) -> Vec<Command> {
     key(app, KeyCode::Enter)
 }
 
-fn sched(n: u32, repo: &str, cron: &str, tz: &str, paused: bool, last: Option<Status>) -> ScheduleView {
+fn sched(
+    n: u32,
+    repo: &str,
+    cron: &str,
+    tz: &str,
+    paused: bool,
+    last: Option<Status>,
+) -> ScheduleView {
     ScheduleView {
         schedule: Schedule {
             id: format!("sch_01kd{n:0>22}"),
@@ -56,8 +63,22 @@ fn with_schedules() -> App {
     assert!(cmds.contains(&Command::LoadSchedules), "{cmds:?}");
     assert_eq!(app.view(), View::Schedules);
     app.update(Action::Net(Net::Schedules(vec![
-        sched(1, "octo/hello", "0 3 * * *", "Europe/Berlin", false, Some(Status::Failed)),
-        sched(2, "acme/svc-api", "*/30 * * * *", "UTC", false, Some(Status::Succeeded)),
+        sched(
+            1,
+            "octo/hello",
+            "0 3 * * *",
+            "Europe/Berlin",
+            false,
+            Some(Status::Failed),
+        ),
+        sched(
+            2,
+            "acme/svc-api",
+            "*/30 * * * *",
+            "UTC",
+            false,
+            Some(Status::Succeeded),
+        ),
         sched(3, "acme/svc-web", "@weekly", "America/New_York", true, None),
     ])));
     app
@@ -85,7 +106,10 @@ fn schedules_filter_and_reload() {
     key(&mut app, KeyCode::Enter);
     assert_eq!(raibid_top::schedules::shown(&app).len(), 2);
     let s = screen(&mut app, 160, 48);
-    assert!(s.contains("schedules (2)") && !s.contains("octo/hello"), "{s}");
+    assert!(
+        s.contains("schedules (2)") && !s.contains("octo/hello"),
+        "{s}"
+    );
     // `:schedules` again reloads.
     let cmds = command(&mut app, "sched");
     assert!(cmds.contains(&Command::LoadSchedules), "{cmds:?}");

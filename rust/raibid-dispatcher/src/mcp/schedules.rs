@@ -76,9 +76,9 @@ impl Raibid {
         annotations(read_only_hint = true)
     )]
     async fn list_schedules(&self) -> Result<Json<ScheduleAnswer>, String> {
-        let list = crate::schedules::list(self.state())
-            .await
-            .map_err(|e| format!("the schedule store is unavailable; retry in a few seconds ({e})"))?;
+        let list = crate::schedules::list(self.state()).await.map_err(|e| {
+            format!("the schedule store is unavailable; retry in a few seconds ({e})")
+        })?;
         let schedules: Vec<ScheduleSummary> = list
             .schedules
             .into_iter()
