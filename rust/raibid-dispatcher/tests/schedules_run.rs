@@ -73,6 +73,17 @@ async fn a_scheduled_job_runs_its_variant_and_skips_an_unchanged_commit() {
         .map(|l| l["line"].as_str().unwrap())
         .collect();
     assert!(lines.contains(&"CARGO_UPDATE=1"), "{lines:?}");
+    // A retry builds the same variant.
+    let (st, again) = env
+        .api_post(
+            &format!("/api/v1/jobs/{}/retry", first["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 201, "{again}");
+    assert_eq!(again["env"]["CARGO_UPDATE"], "1", "{again}");
+    assert_eq!(again["schedule_id"], id.as_str());
+    assert_eq!(again["source"]["trigger"]["kind"], "retry");
 
     // A later due time on the same commit is skipped: no job for it.
     let deadline = Instant::now() + Duration::from_secs(30);
