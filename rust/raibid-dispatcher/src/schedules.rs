@@ -59,6 +59,18 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 "#;
 
+/// Write a changed schedule unless it was deleted meanwhile. KEYS[1]; ARGV record, paused, and a
+/// `last_due` (ms) to move forward to, or empty. Returns 0 when the schedule is gone.
+const UPDATE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'paused', ARGV[2])
+if ARGV[3] ~= '' then
+  local last = tonumber(redis.call('HGET', KEYS[1], 'last_due') or '0') or 0
+  if tonumber(ARGV[3]) > last then redis.call('HSET', KEYS[1], 'last_due', ARGV[3]) end
+end
+return 1
+"#;
+
 /// A schedule to create (`POST /api/v1/schedules`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -457,26 +469,27 @@ async fn update(
     }
     let record = serde_json::to_string(&s.schedule)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let mut con = state.queue.redis();
-    let mut p = redis::pipe();
-    p.atomic()
-        .cmd("HSET")
-        .arg(contract::schedule_key(&id))
-        .arg("record")
-        .arg(record)
-        .arg("paused")
-        .arg(if s.paused { "1" } else { "0" })
-        .ignore();
     if resume || retime {
         // Due times that passed while paused (or under the old expression) do not fire now.
         s.last_due = s.last_due.max(ms(now));
-        p.cmd("HSET")
-            .arg(contract::schedule_key(&id))
-            .arg("last_due")
-            .arg(s.last_due)
-            .ignore();
     }
-    let _: () = p.query_async(&mut con).await.map_err(QueueError::from)?;
+    let mut con = state.queue.redis();
+    let written: i64 = redis::Script::new(UPDATE_LUA)
+        .key(contract::schedule_key(&id))
+        .arg(record)
+        .arg(if s.paused { "1" } else { "0" })
+        .arg(if resume || retime {
+            ms(now).to_string()
+        } else {
+            String::new()
+        })
+        .invoke_async(&mut con)
+        .await
+        .map_err(QueueError::from)?;
+    if written == 0 {
+        // Deleted meanwhile: not made again.
+        return Err(not_found(&id));
+    }
     tracing::info!(schedule = %id, paused = s.paused, "schedule updated");
     Ok(Json(view(&state, s, now).await).into_response())
 }
