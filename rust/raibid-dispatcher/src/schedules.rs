@@ -502,7 +502,7 @@ async fn run_now(
     let s = load(&state, &id).await?.ok_or_else(|| not_found(&id))?;
     crate::requests::check_policy(&state, &s.schedule.repo_url, None, None)
         .map_err(unprocessable)?;
-    let job = new_job(&state, &s.schedule, None, None);
+    let job = new_job(&state, &s.schedule, None, None).await;
     match state.queue.enqueue(job, None).await? {
         Enqueued::New(job) => {
             record(&state, &id, None, "last_job", job.id.as_str()).await?;
@@ -525,16 +525,36 @@ pub fn router() -> Router<AppState> {
         .route("/schedules/{id}/run", post(run_now))
 }
 
-/// `owner/name` in Gitea when the clone URL is under the configured Gitea (commit statuses).
-fn forge_repo(state: &AppState, url: &str) -> Option<String> {
-    let base = state.settings.gitea.as_ref()?.base();
-    let rest = url.strip_prefix(base)?.strip_prefix('/')?;
-    let rest = rest.trim_end_matches('/');
-    let rest = rest.strip_suffix(".git").unwrap_or(rest);
-    crate::forge::split_repo(rest).map(|_| rest.to_string())
+/// `owner/name` in Gitea, for the commit statuses: the clone URL is under the configured Gitea, or a
+/// recent push job of the same clone URL came from a Gitea repository (its webhook named it).
+async fn forge_repo(state: &AppState, url: &str) -> Option<String> {
+    state.settings.gitea.as_ref()?;
+    if let Some(base) = state.settings.gitea.as_ref().map(|g| g.base()) {
+        if let Some(rest) = url.strip_prefix(base).and_then(|r| r.strip_prefix('/')) {
+            let rest = rest.trim_end_matches('/');
+            let rest = rest.strip_suffix(".git").unwrap_or(rest);
+            if crate::forge::split_repo(rest).is_some() {
+                return Some(rest.to_string());
+            }
+        }
+    }
+    let filter = raibid_core::queue::ListFilter {
+        status: None,
+        git_ref: None,
+        repo: Some(url),
+    };
+    let (jobs, _) = state.queue.list_filtered(&filter, 50, None).await.ok()?;
+    jobs.into_iter()
+        .filter(|j| j.source.repo_url == url)
+        .find_map(|j| j.source.forge_repo)
 }
 
-fn new_job(state: &AppState, s: &Schedule, sha: Option<String>, delivery: Option<String>) -> Job {
+async fn new_job(
+    state: &AppState,
+    s: &Schedule,
+    sha: Option<String>,
+    delivery: Option<String>,
+) -> Job {
     let mut job = Job::new(
         Source {
             repo_url: s.repo_url.clone(),
@@ -545,7 +565,7 @@ fn new_job(state: &AppState, s: &Schedule, sha: Option<String>, delivery: Option
                 actor: None,
             },
             delivery_id: delivery,
-            forge_repo: forge_repo(state, &s.repo_url),
+            forge_repo: forge_repo(state, &s.repo_url).await,
             patch: None,
             notify_url: None,
         },
@@ -638,7 +658,7 @@ async fn fire(state: &AppState, s: &Stored, when: &When, due: i64, marker: &str)
             }
         }
     }
-    let job = new_job(state, &s.schedule, sha, Some(format!("{id}:{due}")));
+    let job = new_job(state, &s.schedule, sha, Some(format!("{id}:{due}"))).await;
     let delivery = format!("{id}:{due}");
     match state
         .queue

@@ -36,6 +36,17 @@ async fn a_scheduled_job_runs_its_variant_and_skips_an_unchanged_commit() {
         "steps:\n  - name: variant\n    run: echo \"CARGO_UPDATE=${CARGO_UPDATE:-unset}\"\n";
     let (url, sha) = make_repo(&dir, &[(".raibid.yaml", pipeline)]);
     let agent = env.start_agent("agent-sched");
+    // A push of the repository came from Gitea (`owner/hello`): the schedule's jobs report their
+    // commit status there too.
+    let (st, v) = env
+        .gitea_push(
+            &gitea_payload(&url, &sha, "refs/heads/main"),
+            "sched-push-1",
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    env.wait_final(v["job"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
     let (st, s) = env
         .api_post(
             "/api/v1/schedules",
@@ -60,6 +71,34 @@ async fn a_scheduled_job_runs_its_variant_and_skips_an_unchanged_commit() {
         .wait_final(first["id"].as_str().unwrap(), Duration::from_secs(60))
         .await;
     assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["source"]["forge_repo"], "owner/hello", "{done}");
+    assert_eq!(done["source"]["trigger"]["kind"], "schedule");
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let posted = env.gitea.calls().iter().any(|c| {
+            c.path == format!("/api/v1/repos/owner/hello/statuses/{sha}")
+                && c.body["state"] == "success"
+                && c.body["target_url"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(&first_id)
+        });
+        if posted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no success status for the scheduled job: {:?}",
+            env.gitea.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        env.gitea.violations().is_empty(),
+        "{:?}",
+        env.gitea.violations()
+    );
     let (_, logs) = env
         .api_get(&format!(
             "/api/v1/jobs/{}/logs?step=variant",
