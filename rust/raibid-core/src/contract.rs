@@ -255,6 +255,8 @@ pub mod http {
     pub const EVENTS_PATH: &str = "/api/v1/events";
     /// Dead letters: jobs that exhausted their attempts, with the reason.
     pub const DEAD_LETTERS_PATH: &str = "/api/v1/dead-letters";
+    /// Scheduled builds: list and create; `/{id}` get, patch (pause/resume), delete; `/{id}/run` run now.
+    pub const SCHEDULES_PATH: &str = "/api/v1/schedules";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
 }

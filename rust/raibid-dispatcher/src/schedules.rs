@@ -519,10 +519,16 @@ async fn run_now(
 
 /// The REST routes, relative to `/api/v1` (the API token applies).
 pub fn router() -> Router<AppState> {
+    let rel = contract::http::SCHEDULES_PATH
+        .strip_prefix(contract::http::API_PREFIX)
+        .unwrap_or(contract::http::SCHEDULES_PATH);
     Router::new()
-        .route("/schedules", post(create).get(list_route))
-        .route("/schedules/{id}", get(get_one).delete(delete).patch(update))
-        .route("/schedules/{id}/run", post(run_now))
+        .route(rel, post(create).get(list_route))
+        .route(
+            &format!("{rel}/{{id}}"),
+            get(get_one).delete(delete).patch(update),
+        )
+        .route(&format!("{rel}/{{id}}/run"), post(run_now))
 }
 
 /// `owner/name` in Gitea, for the commit statuses: the clone URL is under the configured Gitea, or a

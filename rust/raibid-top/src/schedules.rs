@@ -18,8 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 /// Load the schedules and hand them to the UI.
 pub fn load(client: Client, tx: UnboundedSender<Action>) {
     tokio::spawn(async move {
-        let path = format!("{}/schedules", http::API_PREFIX);
-        let n = match client.get::<ScheduleList>(&path).await {
+        let n = match client.get::<ScheduleList>(http::SCHEDULES_PATH).await {
             Ok(l) => Net::Schedules(l.schedules),
             Err(e) => Net::Outcome(Err(format!("schedules: {e}"))),
         };
