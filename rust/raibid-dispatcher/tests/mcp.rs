@@ -255,7 +255,7 @@ async fn random_valid_inputs_are_accepted_or_refused_with_a_tool_error() {
     assert_eq!(s, 202);
     let ids = vec![id.clone(), format!("1-0@3")];
     let list = tools(&env).await;
-    assert_eq!(list.len(), 14);
+    assert_eq!(list.len(), 15);
     let mut rng = StdRng::seed_from_u64(
         std::env::var("RAIBID_PROPTEST_SEED")
             .ok()
@@ -1359,7 +1359,9 @@ async fn the_tool_list_is_small_and_portable() {
     let (_, raw) = rpc(&env, "tools/list", json!({})).await;
     let size = serde_json::to_string(&raw).unwrap().len();
     eprintln!("tools/list: {size} bytes");
-    assert!(size < 50_000, "tools/list is {size} bytes");
+    // A coding agent reads the whole list into its context: ≈ 16k tokens at most for every tool with its
+    // input and output schemas (get_job's output schema, the whole job record, is the largest).
+    assert!(size < 64_000, "tools/list is {size} bytes");
 }
 
 /// The HTTP boundary: a 401 challenges for a bearer token (RFC 6750); malformed JSON is -32700,
