@@ -162,6 +162,7 @@ async fn execute_in_slot(
     // The repository's own CARGO_HOME (see `job_paths`).
     let _ = crate::cache::mkdirs(&job_paths(ctx).cargo_home, ctx.shared.step_user.as_ref());
     // steps
+    let outcome = 'steps: {
     for step in &pipeline.steps {
         match ctx.stopped() {
             Stop::None => {}
@@ -259,10 +260,14 @@ async fn execute_in_slot(
             return (LOST, None);
         }
         if let Some((status, reason)) = result {
-            return (status, Some(reason));
+            break 'steps (status, Some(reason));
         }
     }
     (Status::Succeeded, None)
+    };
+    // ARTIFACTS HOOK (issue 23 §2): the one call after the steps; the lead re-places it on the
+    // lifecycle's after-steps seam (issue 20 kinds refactor).
+    crate::artifacts::after_steps(ctx, &pipeline, ws, outcome).await
 }
 
 pub(crate) fn load_pipeline(ws: &Path) -> Result<(Pipeline, bool), String> {

@@ -9,6 +9,7 @@
 //! gets which secret), `cache` (git mirrors,
 //! cargo target slots, cache keys).
 
+pub mod artifacts;
 pub(crate) mod cache;
 pub mod cargo_output;
 pub mod config;

@@ -296,6 +296,108 @@ pub fn destination(policy: &RegistryPolicy, repo_url: &str) -> Result<(String, S
     Ok((host, path))
 }
 
+/// Where the registry credentials come from (the agents' and the dispatcher's `RAIBID_REGISTRY_*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialSources {
+    /// A containers auth file (`auth.json`): only the entry of the registry's host is used.
+    pub auth_file: Option<std::path::PathBuf>,
+    /// User name (with the password).
+    pub username: Option<String>,
+    /// The password from the environment (`RAIBID_REGISTRY_PASSWORD`).
+    pub password: Option<String>,
+    /// The password's file (`RAIBID_REGISTRY_PASSWORD_FILE`).
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl CredentialSources {
+    /// `(user, password)` for `host` (`host[:port]`), `None` for anonymous access. The user name and
+    /// password go only to `default_host` (the installation's registry, ADR 0012); from the auth file only
+    /// the entry of `host`.
+    pub fn for_host(
+        &self,
+        host: &str,
+        default_host: &str,
+    ) -> Result<Option<(String, String)>, String> {
+        if let Some(src) = &self.auth_file {
+            let data = std::fs::read(src)
+                .map_err(|e| format!("registry auth file {}: {e}", src.display()))?;
+            let doc: serde_json::Value = serde_json::from_slice(&data)
+                .map_err(|e| format!("registry auth file {}: not JSON: {e}", src.display()))?;
+            let Some(all) = doc.get("auths").and_then(|a| a.as_object()) else {
+                return Ok(None);
+            };
+            for (k, v) in all {
+                let key = k
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://");
+                if RegistryPolicy::host_of(key) != host.to_ascii_lowercase() {
+                    continue;
+                }
+                let Some(a) = v.get("auth").and_then(|a| a.as_str()) else {
+                    continue;
+                };
+                let decoded = base64_decode(a)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        format!("registry auth file {}: the entry of {host} is not base64 user:password", src.display())
+                    })?;
+                let (u, p) = decoded.split_once(':').ok_or_else(|| {
+                    format!(
+                        "registry auth file {}: the entry of {host} is not user:password",
+                        src.display()
+                    )
+                })?;
+                return Ok(Some((u.to_string(), p.to_string())));
+            }
+            return Ok(None);
+        }
+        let password = crate::secret_source::SecretSource {
+            what: crate::contract::env::REGISTRY_PASSWORD_FILE,
+            value: self.password.as_deref(),
+            file: self.password_file.as_deref(),
+        }
+        .load()
+        .map_err(|e| e.to_string())?;
+        match (&self.username, password) {
+            (Some(u), Some(p)) if host.eq_ignore_ascii_case(default_host) => {
+                Ok(Some((u.clone(), p)))
+            }
+            (Some(_), Some(_)) => Ok(None),
+            (Some(_), None) | (None, Some(_)) => Err(format!(
+                "registry credentials need both {} and {} (or {})",
+                crate::contract::env::REGISTRY_USERNAME,
+                crate::contract::env::REGISTRY_PASSWORD,
+                crate::contract::env::REGISTRY_PASSWORD_FILE
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Standard base64 (with or without padding) to bytes; `None` when it is not base64.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim().bytes().filter(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 /// The index member of an uploaded set (`raibid:artifacts`): `<job id> <host>/<repository>@<digest>`.
 pub fn index_member(job_id: &str, set: &ArtifactSet) -> String {
     format!(
@@ -386,6 +488,33 @@ mod tests {
         let ns = RegistryPolicy::from_lists(Some("127.0.0.1:5000/ci"), "", "");
         assert_eq!(destination(&ns, "file:///r/app").unwrap().1, "ci/app/artifacts");
         assert!(destination(&RegistryPolicy::default(), "file:///r").is_err());
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_configured_host() {
+        let d = tempfile::tempdir().unwrap();
+        let c = CredentialSources {
+            username: Some("push".into()),
+            password: Some("s3cret".into()),
+            ..CredentialSources::default()
+        };
+        assert_eq!(
+            c.for_host("reg:5000", "reg:5000").unwrap(),
+            Some(("push".into(), "s3cret".into()))
+        );
+        assert_eq!(c.for_host("evil:5000", "reg:5000").unwrap(), None);
+        let f = d.path().join("auth.json");
+        // "a:b" and "c:d"
+        std::fs::write(&f, r#"{"auths": {"reg:5000": {"auth": "YTpi"}, "other": {"auth": "Yzpk"}}}"#).unwrap();
+        let c = CredentialSources {
+            auth_file: Some(f),
+            ..CredentialSources::default()
+        };
+        assert_eq!(
+            c.for_host("reg:5000", "reg:5000").unwrap(),
+            Some(("a".into(), "b".into()))
+        );
+        assert_eq!(c.for_host("nowhere", "reg:5000").unwrap(), None);
     }
 
     #[test]
