@@ -2,6 +2,7 @@
 //! serves job state and live logs, reports commit statuses to Gitea and exposes metrics.
 
 pub mod api;
+pub mod artifacts;
 pub mod events;
 pub mod forge;
 pub mod images;
@@ -166,6 +167,22 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::REGISTRY_RESERVED_NAMESPACES, default_value = "raibid")]
     pub registry_reserved_namespaces: String,
 
+    /// Plain HTTP to the registry's host when the dispatcher fetches and deletes artifacts (the local registry).
+    #[arg(long, env = env::REGISTRY_INSECURE, default_value_t = false, action = clap::ArgAction::Set)]
+    pub registry_insecure: bool,
+
+    /// Registry user name for artifact downloads and deletions (with RAIBID_REGISTRY_PASSWORD or its file).
+    #[arg(long, env = env::REGISTRY_USERNAME)]
+    pub registry_username: Option<String>,
+
+    /// File holding the registry password or token.
+    #[arg(long, env = env::REGISTRY_PASSWORD_FILE)]
+    pub registry_password_file: Option<PathBuf>,
+
+    /// A containers auth file with the registry credentials (only the registry host's entry is used).
+    #[arg(long, env = env::REGISTRY_AUTH_FILE)]
+    pub registry_auth_file: Option<PathBuf>,
+
     /// Longest delay in seconds between two retries of a commit status Gitea did not take.
     #[arg(long, env = env::STATUS_RETRY_MAX_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub status_retry_max_secs: u64,
@@ -276,6 +293,8 @@ pub struct Intake {
     /// Where image jobs may push (the agents' `RAIBID_REGISTRY`, `RAIBID_REGISTRY_ALLOWED`,
     /// `RAIBID_REGISTRY_RESERVED_NAMESPACES`).
     pub registries: raibid_core::image::RegistryPolicy,
+    /// How artifacts are fetched from and deleted in the registry (issue 23 §2).
+    pub artifact_registry: artifacts::RegistryAccess,
 }
 
 impl Default for Intake {
@@ -286,6 +305,7 @@ impl Default for Intake {
             allowed_hosts: Vec::new(),
             status_retry: forge::RetryPolicy::default(),
             registries: raibid_core::image::RegistryPolicy::default(),
+            artifact_registry: artifacts::RegistryAccess::default(),
         }
     }
 }
@@ -349,6 +369,18 @@ impl Settings {
                     &cfg.registry_allowed,
                     &cfg.registry_reserved_namespaces,
                 ),
+                artifact_registry: artifacts::RegistryAccess {
+                    registry: cfg.registry.clone(),
+                    insecure: cfg.registry_insecure,
+                    credentials: raibid_core::artifacts::CredentialSources {
+                        auth_file: cfg.registry_auth_file.clone(),
+                        username: cfg.registry_username.clone(),
+                        password: std::env::var(env::REGISTRY_PASSWORD)
+                            .ok()
+                            .filter(|p| !p.is_empty()),
+                        password_file: cfg.registry_password_file.clone(),
+                    },
+                },
             },
         })
     }
@@ -434,6 +466,7 @@ pub async fn serve(
     let reporter = tokio::spawn(forge::status_reporter(state.clone()));
     let reaper = tokio::spawn(reaper(state.clone()));
     let notifier = tokio::spawn(notify::notifier(state.clone()));
+    let artifact_sweeper = tokio::spawn(artifacts::sweeper(state.clone()));
     let stop_tx = state.stop_tx.clone();
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
@@ -447,6 +480,7 @@ pub async fn serve(
     reporter.abort();
     reaper.abort();
     notifier.abort();
+    artifact_sweeper.abort();
     Ok(())
 }
 

@@ -159,6 +159,11 @@ impl Drop for Stack {
 }
 
 pub async fn stack() -> Stack {
+    stack_with(|_| {}).await
+}
+
+/// A stack whose dispatcher settings `f` adjusts (e.g. the artifact registry access).
+pub async fn stack_with(f: impl FnOnce(&mut Settings)) -> Stack {
     require_tools();
     let redis = RedisServer::start().expect("redis-server");
     let queue = Queue::connect(&redis.url(), QueueConfig::default())
@@ -185,6 +190,8 @@ pub async fn stack() -> Stack {
             ..raibid_dispatcher::Intake::default()
         },
     };
+    let mut settings = settings;
+    f(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(queue.clone(), settings);
@@ -220,6 +227,18 @@ impl Stack {
 
     /// Start an agent serving `kinds` (RAIBID_AGENT_KINDS).
     pub fn agent_of(&self, name: &str, kinds: &str, registry: &str, cache: &Path) {
+        self.agent_env(name, kinds, registry, cache, &[])
+    }
+
+    /// Start an agent serving `kinds` with extra environment variables.
+    pub fn agent_env(
+        &self,
+        name: &str,
+        kinds: &str,
+        registry: &str,
+        cache: &Path,
+        extra: &[(&str, &str)],
+    ) {
         let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
             .args(["--name", name, "--block-ms", "300"])
@@ -233,6 +252,7 @@ impl Stack {
             .env("RAIBID_BUILDAH_STORAGE_DRIVER", storage_driver())
             .env("RAIBID_SHUTDOWN_GRACE_SECS", "2")
             .env("RAIBID_LOG", "info")
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
