@@ -422,6 +422,7 @@ pub struct Job {
     pub gpu: Option<Vec<GpuInfo>>,
     /// The files `.raibid.yaml` `artifacts:` uploaded to the registry (name, size, digest, reference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub artifacts: Option<crate::artifacts::ArtifactSet>,
     /// Fields this version does not know (written by a newer one), kept as they are through every
     /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).

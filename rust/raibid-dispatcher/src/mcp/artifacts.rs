@@ -14,11 +14,11 @@ pub struct ArtifactsAnswer {
     pub job_id: String,
     /// The registry manifest (`host/repository@sha256:…`); null when the job uploaded none.
     pub reference: Option<String>,
-    /// Files: name (path in the workspace), size in bytes, `sha256:` digest, download URL (GET with the API token).
+    /// The files.
     pub files: Vec<crate::artifacts::ArtifactFile>,
     /// Files in all.
     pub files_total: usize,
-    /// What was left out to fit the answer budget.
+    /// What was left out (answer budget).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cut: Option<String>,
 }

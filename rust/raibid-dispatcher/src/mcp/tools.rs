@@ -396,10 +396,14 @@ fn degrade_job(job: &mut Job, stage: &mut u8, ratio: f64, cut: &mut Option<Strin
         *stage += 1;
         match *stage {
             1 => {
-                if !job.extra.is_empty() || job.image.is_some() {
+                if !job.extra.is_empty() || job.image.is_some() || job.artifacts.is_some() {
                     job.extra.clear();
                     job.image = None;
-                    note(cut, "image details and unknown fields left out");
+                    job.artifacts = None;
+                    note(
+                        cut,
+                        "image details, artifacts (list_artifacts) and unknown fields left out",
+                    );
                     return true;
                 }
             }
