@@ -201,6 +201,39 @@ async fn a_release_binary_is_uploaded_listed_downloaded_bit_identical_and_gone_a
     assert_eq!(sc["files"][0]["digest"], digest.as_str(), "{out}");
     assert_eq!(sc["files"][0]["download_url"], url);
     assert!(out.to_string().len() < 4096, "no bytes in the answer: {out}");
+    // Retention: a second job's record expires (deleted here as the TTL would); the sweeper deletes its
+    // manifest and forgets it, and leaves the first job's alone.
+    let id2 = s.submit_ok(job_of(&repo)).await;
+    let j2 = s.wait_final(&id2, LONG).await;
+    assert_eq!(j2["status"], "succeeded", "{j2}");
+    let d2 = j2["artifacts"]["manifest_digest"].as_str().unwrap().to_string();
+    let manifest_status = |d: String| {
+        let addr = reg.addr.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("http://{addr}/v2/local/hello-art/artifacts/manifests/{d}"))
+                .header("accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(manifest_status(d2.clone()).await, 200);
+    let _: i64 = redis::cmd("DEL")
+        .arg(raibid_core::contract::job_key(&id2))
+        .query_async(&mut s.queue.redis())
+        .await
+        .unwrap();
+    assert_eq!(raibid_dispatcher::artifacts::sweep(&s.state).await.unwrap(), 1);
+    assert_eq!(manifest_status(d2).await, 404, "gone with its record");
+    assert_eq!(raibid_dispatcher::artifacts::sweep(&s.state).await.unwrap(), 0);
+    assert_eq!(
+        manifest_status(art["manifest_digest"].as_str().unwrap().to_string()).await,
+        200,
+        "the first job's record is still there, and so are its artifacts"
+    );
     // cleanup: the record goes, and the manifest with it.
     let out = mcp(&s, "cleanup", json!({"job_id": id})).await;
     assert_eq!(out["isError"], false, "{out}");

@@ -138,6 +138,8 @@ impl Drop for Registry {
 }
 
 pub struct Stack {
+    /// The in-process dispatcher's state (for calling its functions directly).
+    pub state: AppState,
     pub redis: RedisServer,
     pub queue: Queue,
     pub base: String,
@@ -195,6 +197,7 @@ pub async fn stack_with(f: impl FnOnce(&mut Settings)) -> Stack {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(queue.clone(), settings);
+    let state2 = state.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         serve(state, listener, async {
@@ -204,6 +207,7 @@ pub async fn stack_with(f: impl FnOnce(&mut Settings)) -> Stack {
         .ok()
     });
     Stack {
+        state: state2,
         redis,
         queue,
         base,
