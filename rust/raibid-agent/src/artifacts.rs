@@ -153,8 +153,8 @@ impl Walk<'_> {
         };
         if c == "**" {
             // Zero directories deep, then every subdirectory (links are not descended into).
-            let again = open_dir_at(&dir, OsStr::new("."))
-                .map_err(|e| format!("`{prefix}`: {e}"))?;
+            let again =
+                open_dir_at(&dir, OsStr::new(".")).map_err(|e| format!("`{prefix}`: {e}"))?;
             self.walk(again, prefix, rest)?;
             for (name, _) in self.entries(&mut dir)? {
                 if let Ok(sub) = open_dir_at(&dir, OsStr::from_bytes(name.as_bytes())) {
@@ -335,10 +335,7 @@ pub async fn upload(
     c.store_auth_if_needed(reference.resolve_registry(), &auth)
         .await;
     let err = |what: &str, e: oci_client::errors::OciDistributionError| {
-        format!(
-            "pushing {what} to {}/{}: {e}",
-            t.registry, t.repository
-        )
+        format!("pushing {what} to {}/{}: {e}", t.registry, t.repository)
     };
     let mut uploaded = Vec::with_capacity(files.len());
     for f in files.iter_mut() {
@@ -629,6 +626,9 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(e.contains(env::ARTIFACTS_MAX_BYTES) && e.contains("15 bytes"), "{e}");
+        assert!(
+            e.contains(env::ARTIFACTS_MAX_BYTES) && e.contains("15 bytes"),
+            "{e}"
+        );
     }
 }

@@ -163,107 +163,107 @@ async fn execute_in_slot(
     let _ = crate::cache::mkdirs(&job_paths(ctx).cargo_home, ctx.shared.step_user.as_ref());
     // steps
     let outcome = 'steps: {
-    for step in &pipeline.steps {
-        match ctx.stopped() {
-            Stop::None => {}
-            Stop::Release => return (RELEASED, None),
-            Stop::LeaseLost => return (LOST, None),
-            Stop::Cancel => {
-                return (
-                    Status::Cancelled,
-                    Some(format!("cancelled before step `{}`", step.name)),
-                )
+        for step in &pipeline.steps {
+            match ctx.stopped() {
+                Stop::None => {}
+                Stop::Release => return (RELEASED, None),
+                Stop::LeaseLost => return (LOST, None),
+                Stop::Cancel => {
+                    return (
+                        Status::Cancelled,
+                        Some(format!("cancelled before step `{}`", step.name)),
+                    )
+                }
+            }
+            ctx.claim.job.begin_step(&step.name, Utc::now());
+            if !ctx.update("step_started").await {
+                return (LOST, None);
+            }
+            ctx.sys(&step.name, format!("$ {}", step.run)).await;
+            let env = step_env(ctx, &pipeline, step);
+            let view = step_view(ctx, ws);
+            let remaining = ctx.deadline.saturating_duration_since(Instant::now());
+            let (limit, limit_is_step) = match step.timeout {
+                Some(t) if t < remaining => (t, true),
+                _ => (remaining, false),
+            };
+            let started = Instant::now();
+            let spec = StepSpec {
+                name: &step.name,
+                script: &step.run,
+                view: &view,
+                env: &env,
+                limit,
+            };
+            let end = run_step(ctx, spec).await;
+            let secs = started.elapsed().as_secs_f64();
+            let (st, code, result) = match end {
+                StepEnd::Exited(0) => ("succeeded", Some(0), None),
+                StepEnd::Exited(c) => (
+                    "failed",
+                    Some(c),
+                    Some((
+                        Status::Failed,
+                        format!("step `{}` exited with code {c}", step.name),
+                    )),
+                ),
+                StepEnd::Signalled(s) => (
+                    "failed",
+                    None,
+                    Some((
+                        Status::Failed,
+                        format!("step `{}` was killed by signal {s}", step.name),
+                    )),
+                ),
+                StepEnd::TimedOut => (
+                    "timed_out",
+                    None,
+                    Some((
+                        Status::TimedOut,
+                        if limit_is_step {
+                            format!("step `{}` timed out after {}s", step.name, limit.as_secs())
+                        } else {
+                            format!(
+                                "job timed out after {}s during step `{}`",
+                                pipeline.timeout.as_secs(),
+                                step.name
+                            )
+                        },
+                    )),
+                ),
+                StepEnd::Cancelled => (
+                    "cancelled",
+                    None,
+                    Some((
+                        Status::Cancelled,
+                        format!("cancelled during step `{}`", step.name),
+                    )),
+                ),
+                StepEnd::LeaseLost => return (LOST, None),
+                StepEnd::Released => return (RELEASED, None),
+                StepEnd::SpawnFailed(e) => (
+                    "failed",
+                    None,
+                    Some((
+                        Status::Failed,
+                        format!("step `{}` could not start: {e}", step.name),
+                    )),
+                ),
+            };
+            ctx.sys(
+                &step.name,
+                format!("[raibid] step `{}` {st} in {secs:.2}s", step.name),
+            )
+            .await;
+            ctx.claim.job.end_step(st, code, Utc::now());
+            if !ctx.update("step_finished").await {
+                return (LOST, None);
+            }
+            if let Some((status, reason)) = result {
+                break 'steps (status, Some(reason));
             }
         }
-        ctx.claim.job.begin_step(&step.name, Utc::now());
-        if !ctx.update("step_started").await {
-            return (LOST, None);
-        }
-        ctx.sys(&step.name, format!("$ {}", step.run)).await;
-        let env = step_env(ctx, &pipeline, step);
-        let view = step_view(ctx, ws);
-        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
-        let (limit, limit_is_step) = match step.timeout {
-            Some(t) if t < remaining => (t, true),
-            _ => (remaining, false),
-        };
-        let started = Instant::now();
-        let spec = StepSpec {
-            name: &step.name,
-            script: &step.run,
-            view: &view,
-            env: &env,
-            limit,
-        };
-        let end = run_step(ctx, spec).await;
-        let secs = started.elapsed().as_secs_f64();
-        let (st, code, result) = match end {
-            StepEnd::Exited(0) => ("succeeded", Some(0), None),
-            StepEnd::Exited(c) => (
-                "failed",
-                Some(c),
-                Some((
-                    Status::Failed,
-                    format!("step `{}` exited with code {c}", step.name),
-                )),
-            ),
-            StepEnd::Signalled(s) => (
-                "failed",
-                None,
-                Some((
-                    Status::Failed,
-                    format!("step `{}` was killed by signal {s}", step.name),
-                )),
-            ),
-            StepEnd::TimedOut => (
-                "timed_out",
-                None,
-                Some((
-                    Status::TimedOut,
-                    if limit_is_step {
-                        format!("step `{}` timed out after {}s", step.name, limit.as_secs())
-                    } else {
-                        format!(
-                            "job timed out after {}s during step `{}`",
-                            pipeline.timeout.as_secs(),
-                            step.name
-                        )
-                    },
-                )),
-            ),
-            StepEnd::Cancelled => (
-                "cancelled",
-                None,
-                Some((
-                    Status::Cancelled,
-                    format!("cancelled during step `{}`", step.name),
-                )),
-            ),
-            StepEnd::LeaseLost => return (LOST, None),
-            StepEnd::Released => return (RELEASED, None),
-            StepEnd::SpawnFailed(e) => (
-                "failed",
-                None,
-                Some((
-                    Status::Failed,
-                    format!("step `{}` could not start: {e}", step.name),
-                )),
-            ),
-        };
-        ctx.sys(
-            &step.name,
-            format!("[raibid] step `{}` {st} in {secs:.2}s", step.name),
-        )
-        .await;
-        ctx.claim.job.end_step(st, code, Utc::now());
-        if !ctx.update("step_finished").await {
-            return (LOST, None);
-        }
-        if let Some((status, reason)) = result {
-            break 'steps (status, Some(reason));
-        }
-    }
-    (Status::Succeeded, None)
+        (Status::Succeeded, None)
     };
     // ARTIFACTS HOOK (issue 23 §2): the one call after the steps; the lead re-places it on the
     // lifecycle's after-steps seam (issue 20 kinds refactor).

@@ -136,8 +136,14 @@ async fn a_release_binary_is_uploaded_listed_downloaded_bit_identical_and_gone_a
         .unwrap();
     assert_eq!(list["files"][0]["digest"], digest.as_str(), "{list}");
     let url = list["files"][0]["download_url"].as_str().unwrap();
-    assert!(url.ends_with(&format!("/api/v1/jobs/{id}/artifacts/target/release/hello-art")));
-    let r = get(&s, &format!("/api/v1/jobs/{id}/artifacts/target/release/hello-art")).await;
+    assert!(url.ends_with(&format!(
+        "/api/v1/jobs/{id}/artifacts/target/release/hello-art"
+    )));
+    let r = get(
+        &s,
+        &format!("/api/v1/jobs/{id}/artifacts/target/release/hello-art"),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
     let got = r.bytes().await.unwrap();
@@ -153,7 +159,10 @@ async fn a_release_binary_is_uploaded_listed_downloaded_bit_identical_and_gone_a
     // Without the token: 401; an unknown name: 404 naming it.
     let r = s
         .http
-        .get(format!("{}/api/v1/jobs/{id}/artifacts/target/release/hello-art", s.base))
+        .get(format!(
+            "{}/api/v1/jobs/{id}/artifacts/target/release/hello-art",
+            s.base
+        ))
         .send()
         .await
         .unwrap();
@@ -200,18 +209,26 @@ async fn a_release_binary_is_uploaded_listed_downloaded_bit_identical_and_gone_a
     let sc = &out["structuredContent"];
     assert_eq!(sc["files"][0]["digest"], digest.as_str(), "{out}");
     assert_eq!(sc["files"][0]["download_url"], url);
-    assert!(out.to_string().len() < 4096, "no bytes in the answer: {out}");
+    assert!(
+        out.to_string().len() < 4096,
+        "no bytes in the answer: {out}"
+    );
     // Retention: a second job's record expires (deleted here as the TTL would); the sweeper deletes its
     // manifest and forgets it, and leaves the first job's alone.
     let id2 = s.submit_ok(job_of(&repo)).await;
     let j2 = s.wait_final(&id2, LONG).await;
     assert_eq!(j2["status"], "succeeded", "{j2}");
-    let d2 = j2["artifacts"]["manifest_digest"].as_str().unwrap().to_string();
+    let d2 = j2["artifacts"]["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let manifest_status = |d: String| {
         let addr = reg.addr.clone();
         async move {
             reqwest::Client::new()
-                .get(format!("http://{addr}/v2/local/hello-art/artifacts/manifests/{d}"))
+                .get(format!(
+                    "http://{addr}/v2/local/hello-art/artifacts/manifests/{d}"
+                ))
                 .header("accept", "application/vnd.oci.image.manifest.v1+json")
                 .send()
                 .await
@@ -226,9 +243,15 @@ async fn a_release_binary_is_uploaded_listed_downloaded_bit_identical_and_gone_a
         .query_async(&mut s.queue.redis())
         .await
         .unwrap();
-    assert_eq!(raibid_dispatcher::artifacts::sweep(&s.state).await.unwrap(), 1);
+    assert_eq!(
+        raibid_dispatcher::artifacts::sweep(&s.state).await.unwrap(),
+        1
+    );
     assert_eq!(manifest_status(d2).await, 404, "gone with its record");
-    assert_eq!(raibid_dispatcher::artifacts::sweep(&s.state).await.unwrap(), 0);
+    assert_eq!(
+        raibid_dispatcher::artifacts::sweep(&s.state).await.unwrap(),
+        0
+    );
     assert_eq!(
         manifest_status(art["manifest_digest"].as_str().unwrap().to_string()).await,
         200,
@@ -250,7 +273,8 @@ async fn a_release_binary_is_uploaded_listed_downloaded_bit_identical_and_gone_a
         .status();
     assert_eq!(code, 404, "the manifest is gone after cleanup");
     assert!(
-        reg.inspect(&format!("local/hello-art/artifacts:{id}")).is_none(),
+        reg.inspect(&format!("local/hello-art/artifacts:{id}"))
+            .is_none(),
         "the tag is gone too"
     );
     let idx: Vec<String> = redis::cmd("ZRANGE")
@@ -312,12 +336,16 @@ async fn a_symlink_to_the_agents_credential_file_is_refused_and_nothing_is_uploa
     assert_eq!(step(&j, "plant")["status"], "succeeded", "{j}");
     assert_eq!(step(&j, "artifacts")["status"], "failed", "{j}");
     let reason = j["failure_reason"].as_str().unwrap();
-    assert!(reason.starts_with("artifacts:") && reason.contains("symbolic link"), "{reason}");
+    assert!(
+        reason.starts_with("artifacts:") && reason.contains("symbolic link"),
+        "{reason}"
+    );
     let lines = s.logs(&id, Some("artifacts")).await;
     assert!(
-        lines
-            .iter()
-            .any(|l| l["line"].as_str().unwrap().contains("out/tool` is a symbolic link")),
+        lines.iter().any(|l| l["line"]
+            .as_str()
+            .unwrap()
+            .contains("out/tool` is a symbolic link")),
         "{lines:?}"
     );
     assert!(j.get("artifacts").is_none(), "{j}");
@@ -373,7 +401,9 @@ async fn the_caps_refuse_with_a_clear_message_and_keep_the_other_results() {
     assert_eq!(step(&j, "artifacts")["status"], "failed");
     let r = j["failure_reason"].as_str().unwrap();
     assert!(
-        r.contains("1200 bytes") && r.contains("cap is 1000 bytes") && r.contains("RAIBID_ARTIFACTS_MAX_BYTES"),
+        r.contains("1200 bytes")
+            && r.contains("cap is 1000 bytes")
+            && r.contains("RAIBID_ARTIFACTS_MAX_BYTES"),
         "{r}"
     );
     let yaml = "steps:\n  - name: make\n    run: mkdir -p out && touch out/a out/b out/c\nartifacts: ['out/*']\n";
@@ -381,17 +411,17 @@ async fn the_caps_refuse_with_a_clear_message_and_keep_the_other_results() {
     let id = s.submit_ok(job_of(&repo)).await;
     let j = s.wait_final(&id, LONG).await;
     let r = j["failure_reason"].as_str().unwrap();
-    assert!(r.contains("cap is 2 files") && r.contains("RAIBID_ARTIFACTS_MAX_COUNT"), "{r}");
+    assert!(
+        r.contains("cap is 2 files") && r.contains("RAIBID_ARTIFACTS_MAX_COUNT"),
+        "{r}"
+    );
     assert!(reg.catalog().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_registry_outage_fails_only_the_artifacts_step() {
     // A registry address where nothing listens (the port is free).
-    let down = format!(
-        "127.0.0.1:{}",
-        raibid_core::testkit::free_port().unwrap()
-    );
+    let down = format!("127.0.0.1:{}", raibid_core::testkit::free_port().unwrap());
     let s = stack_for(&down).await;
     let cache = s.cache_dir();
     s.agent_of(AGENT, "rust", &down, &cache);

@@ -149,7 +149,10 @@ async fn upload_throughput_of_a_100_mb_file_against_skopeo() {
         };
         assert_eq!(a.1, digest, "the uploaded blob is the file");
         let m: serde_json::Value = reqwest::Client::new()
-            .get(format!("http://{}/v2/bench/skopeo-{round}/manifests/bench", reg.addr))
+            .get(format!(
+                "http://{}/v2/bench/skopeo-{round}/manifests/bench",
+                reg.addr
+            ))
             .header("accept", "application/vnd.oci.image.manifest.v1+json")
             .send()
             .await
@@ -157,7 +160,11 @@ async fn upload_throughput_of_a_100_mb_file_against_skopeo() {
             .json()
             .await
             .unwrap();
-        assert_eq!(m["layers"][0]["digest"], digest.as_str(), "skopeo's push landed: {m}");
+        assert_eq!(
+            m["layers"][0]["digest"],
+            digest.as_str(),
+            "skopeo's push landed: {m}"
+        );
         eprintln!(
             "round {round}: raibid {:.3}s ({:.0} MB/s)  skopeo {:.3}s ({:.0} MB/s)",
             a.0,

@@ -289,9 +289,7 @@ pub fn destination(policy: &RegistryPolicy, repo_url: &str) -> Result<(String, S
         ));
     }
     if !crate::image::valid_repository_name(&path) {
-        return Err(format!(
-            "`{path}` is not a valid registry repository name"
-        ));
+        return Err(format!("`{path}` is not a valid registry repository name"));
     }
     Ok((host, path))
 }
@@ -452,7 +450,10 @@ mod tests {
         ] {
             let e = ArtifactSpec::from_raw(RawArtifacts::List(vec!["ok".into(), p.into()]))
                 .unwrap_err();
-            assert!(e.contains("artifacts.paths[1]") && e.contains(why), "{p}: {e}");
+            assert!(
+                e.contains("artifacts.paths[1]") && e.contains(why),
+                "{p}: {e}"
+            );
         }
         assert!(spec("{paths: []}").unwrap_err().contains("at least one"));
         assert!(spec("{paths: [a], when: sometimes}")
@@ -486,7 +487,10 @@ mod tests {
         let e = destination(&p, "https://git.test/raibid/raibid-ci").unwrap_err();
         assert!(e.contains("reserved"), "{e}");
         let ns = RegistryPolicy::from_lists(Some("127.0.0.1:5000/ci"), "", "");
-        assert_eq!(destination(&ns, "file:///r/app").unwrap().1, "ci/app/artifacts");
+        assert_eq!(
+            destination(&ns, "file:///r/app").unwrap().1,
+            "ci/app/artifacts"
+        );
         assert!(destination(&RegistryPolicy::default(), "file:///r").is_err());
     }
 
@@ -505,7 +509,11 @@ mod tests {
         assert_eq!(c.for_host("evil:5000", "reg:5000").unwrap(), None);
         let f = d.path().join("auth.json");
         // "a:b" and "c:d"
-        std::fs::write(&f, r#"{"auths": {"reg:5000": {"auth": "YTpi"}, "other": {"auth": "Yzpk"}}}"#).unwrap();
+        std::fs::write(
+            &f,
+            r#"{"auths": {"reg:5000": {"auth": "YTpi"}, "other": {"auth": "Yzpk"}}}"#,
+        )
+        .unwrap();
         let c = CredentialSources {
             auth_file: Some(f),
             ..CredentialSources::default()

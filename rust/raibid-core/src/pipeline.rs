@@ -406,7 +406,10 @@ mod tests {
         assert_eq!(a.when, crate::artifacts::When::Always);
         let e = Pipeline::parse("steps:\n  - name: b\n    run: x\nartifacts: [/etc/shadow]\n")
             .unwrap_err();
-        assert!(e.0.contains("artifacts.paths[0]") && e.0.contains("absolute"), "{e}");
+        assert!(
+            e.0.contains("artifacts.paths[0]") && e.0.contains("absolute"),
+            "{e}"
+        );
         let e = Pipeline::parse("steps:\n  - name: artifacts\n    run: x\n").unwrap_err();
         assert!(e.0.contains("reserved"), "{e}");
     }

@@ -131,7 +131,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(crate::images::delete_job_images),
         )
         .route("/jobs/{id}/artifacts", get(crate::artifacts::list))
-        .route("/jobs/{id}/artifacts/{*name}", get(crate::artifacts::download))
+        .route(
+            "/jobs/{id}/artifacts/{*name}",
+            get(crate::artifacts::download),
+        )
         .route("/queue", get(queue_stats))
         .route("/agents", get(agents))
         .merge(crate::events::router())

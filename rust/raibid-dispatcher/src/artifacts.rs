@@ -382,7 +382,9 @@ pub async fn sweep(state: &AppState) -> Result<usize, String> {
                 let _ = raibid_core::queue::artifacts::forget(&state.queue, &m).await;
                 n += 1;
             }
-            Err(e) => tracing::warn!(job = %id, error = %e, "artifacts: could not delete a manifest"),
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "artifacts: could not delete a manifest")
+            }
         }
     }
     Ok(n)
@@ -394,7 +396,10 @@ pub async fn sweeper(state: AppState) {
         tokio::time::sleep(Duration::from_secs(60)).await;
         match sweep(&state).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(manifests = n, "artifacts: deleted the manifests of jobs that are gone"),
+            Ok(n) => tracing::info!(
+                manifests = n,
+                "artifacts: deleted the manifests of jobs that are gone"
+            ),
             Err(e) => tracing::debug!(error = %e, "artifacts: sweep failed"),
         }
     }
@@ -406,7 +411,9 @@ mod tests {
 
     #[test]
     fn challenge_parameters_split_outside_quotes() {
-        let p = split_params(r#"realm="https://g/v2/token",service="g",scope="repository:a/b:pull,push""#);
+        let p = split_params(
+            r#"realm="https://g/v2/token",service="g",scope="repository:a/b:pull,push""#,
+        );
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[2].ends_with(r#"pull,push""#));
     }

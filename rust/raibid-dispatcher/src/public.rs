@@ -59,7 +59,10 @@ pub fn route_path() -> String {
 
 /// The public artifact download's path template (issue 23 §2): same token as the page.
 pub fn artifact_route_path() -> String {
-    format!("{}/{{id}}/{{token}}/artifacts/{{*name}}", http::PUBLIC_JOBS_PATH)
+    format!(
+        "{}/{{id}}/{{token}}/artifacts/{{*name}}",
+        http::PUBLIC_JOBS_PATH
+    )
 }
 
 /// `GET /public/jobs/{id}/{token}/artifacts/{name}`: one artifact of a job whose page the token opens.

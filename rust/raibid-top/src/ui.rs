@@ -781,7 +781,11 @@ fn artifact_lines(j: &raibid_core::job::Job, dim: Style) -> Vec<Line<'static>> {
     }
     if set.files.len() > 4 {
         out.push(Line::from(Span::styled(
-            format!(" artifact … {} more (raibid artifacts {})", set.files.len() - 4, j.id),
+            format!(
+                " artifact … {} more (raibid artifacts {})",
+                set.files.len() - 4,
+                j.id
+            ),
             dim,
         )));
     }
