@@ -1576,6 +1576,7 @@ async fn a_read_only_token_only_reads() {
         "wait_for_job",
         "queue_status",
         "validate_config",
+        "list_artifacts",
     ] {
         assert!(
             names.contains(&r),
@@ -1607,7 +1608,7 @@ async fn a_read_only_token_only_reads() {
     let (s, _) = send("wrong-token", "tools/list", json!({})).await;
     assert_eq!(s, 401);
     let (_, v) = send(TOKEN, "tools/list", json!({})).await;
-    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 14);
+    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 15);
 }
 
 /// A test that failed and passed on the same commit (and patch) is flaky; one that failed on a commit
