@@ -360,32 +360,52 @@ pub async fn delete_set(state: &AppState, job_id: &str, set: &ArtifactSet) -> Re
         .map_err(|e| e.to_string())
 }
 
+/// Index entries one sweep looks at, in pages of `SWEEP_PAGE` (a pipelined `EXISTS` each).
+pub const SWEEP_MAX: usize = 20_000;
+const SWEEP_PAGE: usize = 500;
+
 /// One sweep: the manifests of jobs whose record is gone are deleted. Returns how many.
 pub async fn sweep(state: &AppState) -> Result<usize, String> {
-    let members = raibid_core::queue::artifacts::uploads(&state.queue, 500)
-        .await
-        .map_err(|e| e.to_string())?;
     let access = &state.settings.intake.artifact_registry;
     let mut n = 0;
-    for m in members {
-        let Some((id, host, repo, digest)) = parse_index_member(&m) else {
-            let _ = raibid_core::queue::artifacts::forget(&state.queue, &m).await;
-            continue;
-        };
-        match state.queue.get(&id).await {
-            Ok(_) => continue,
-            Err(raibid_core::queue::QueueError::NotFound(_)) => {}
-            Err(e) => return Err(e.to_string()),
+    let mut offset = 0;
+    while offset < SWEEP_MAX {
+        let members = raibid_core::queue::artifacts::uploads(&state.queue, offset, SWEEP_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        if members.is_empty() {
+            break;
         }
-        match delete_manifest(access, &host, &repo, &digest).await {
-            Ok(()) => {
-                let _ = raibid_core::queue::artifacts::forget(&state.queue, &m).await;
-                n += 1;
+        let parsed: Vec<_> = members.iter().map(|m| parse_index_member(m)).collect();
+        let ids: Vec<String> = parsed
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.0.clone()).unwrap_or_default())
+            .collect();
+        let exist = raibid_core::queue::artifacts::records_exist(&state.queue, &ids)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut removed = 0;
+        for ((m, p), live) in members.iter().zip(parsed).zip(exist) {
+            let Some((id, host, repo, digest)) = p else {
+                let _ = raibid_core::queue::artifacts::forget(&state.queue, m).await;
+                removed += 1;
+                continue;
+            };
+            if live {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "artifacts: could not delete a manifest")
+            match delete_manifest(access, &host, &repo, &digest).await {
+                Ok(()) => {
+                    let _ = raibid_core::queue::artifacts::forget(&state.queue, m).await;
+                    removed += 1;
+                    n += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "artifacts: could not delete a manifest")
+                }
             }
         }
+        offset += members.len() - removed;
     }
     Ok(n)
 }

@@ -16,15 +16,33 @@ pub async fn record_upload(queue: &super::Queue, member: &str) -> Result<(), red
         .await
 }
 
-/// The oldest `limit` entries.
-pub async fn uploads(queue: &super::Queue, limit: usize) -> Result<Vec<String>, redis::RedisError> {
+/// `limit` entries from the `offset`-th oldest.
+pub async fn uploads(
+    queue: &super::Queue,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<String>, redis::RedisError> {
     let mut con = queue.redis();
+    let start = offset.min(i64::MAX as usize) as i64;
     redis::cmd("ZRANGE")
         .arg(ARTIFACTS_INDEX)
-        .arg(0)
-        .arg(limit.saturating_sub(1).min(isize::MAX as usize) as i64)
+        .arg(start)
+        .arg(start.saturating_add(limit.max(1) as i64 - 1))
         .query_async(&mut con)
         .await
+}
+
+/// Which of these job records still exist (one round trip).
+pub async fn records_exist(
+    queue: &super::Queue,
+    ids: &[String],
+) -> Result<Vec<bool>, redis::RedisError> {
+    let mut con = queue.redis();
+    let mut p = redis::pipe();
+    for id in ids {
+        p.cmd("EXISTS").arg(crate::contract::job_key(id));
+    }
+    p.query_async(&mut con).await
 }
 
 /// Forget an entry (its manifest is deleted).
