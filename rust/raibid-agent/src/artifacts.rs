@@ -475,6 +475,19 @@ pub(crate) async fn after_steps(
             outcome
         }
         Err(e) => {
+            match ctx.stopped() {
+                crate::Stop::LeaseLost => return (LOST, None),
+                crate::Stop::Release => return (RELEASED, None),
+                crate::Stop::Cancel => {
+                    ctx.claim.job.end_step("cancelled", None, Utc::now());
+                    let _ = ctx.update("step_finished").await;
+                    return (
+                        Status::Cancelled,
+                        Some("cancelled during step `artifacts`".into()),
+                    );
+                }
+                crate::Stop::None => {}
+            }
             ctx.sys(core_artifacts::STEP, format!("[raibid] artifacts: {e}"))
                 .await;
             ctx.claim.job.end_step("failed", None, Utc::now());
@@ -525,9 +538,21 @@ async fn run(ctx: &mut JobCtx<'_>, spec: &ArtifactSpec, ws: &Path) -> Result<Art
         .deadline
         .saturating_duration_since(std::time::Instant::now());
     let id = ctx.claim.job.id.to_string();
-    match tokio::time::timeout(remaining, upload(&target, &id, &commit, found, progress)).await {
-        Ok(r) => r,
-        Err(_) => Err("the job's timeout ended the upload".into()),
+    // A cancel, a lost lease or the shutdown grace ends the upload as it ends a step.
+    let mut stop = ctx.stop.clone();
+    let stopped = async move {
+        while *stop.borrow_and_update() == crate::Stop::None {
+            if stop.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout(remaining, upload(&target, &id, &commit, found, progress)) => match r {
+            Ok(r) => r,
+            Err(_) => Err("the job's timeout ended the upload".into()),
+        },
+        () = stopped => Err("the upload was stopped".into()),
     }
 }
 
