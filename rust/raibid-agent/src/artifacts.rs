@@ -27,7 +27,6 @@ use raibid_core::artifacts::{
 };
 use raibid_core::contract::env;
 use raibid_core::job::Status;
-use raibid_core::pipeline::Pipeline;
 use sha2::{Digest, Sha256};
 use std::ffi::OsStr;
 use std::io::Read;
@@ -425,13 +424,16 @@ fn target_of(ctx: &JobCtx<'_>) -> Result<Target, String> {
 /// After the steps: upload the job's artifacts when the pipeline has `artifacts:` and `when` says so,
 /// in a step `artifacts`. An upload that fails fails the job (when the steps had succeeded) with the
 /// reason in the step's log; the other steps' results stay as they are.
+///
+/// `spec` is the pipeline's `artifacts:` (decided in the config phase; on the kinds lifecycle it reaches
+/// `lifecycle/after.rs` through the job's context), `ws` the checkout.
 pub(crate) async fn after_steps(
     ctx: &mut JobCtx<'_>,
-    pipeline: &Pipeline,
+    spec: Option<&ArtifactSpec>,
     ws: &Path,
     outcome: (Status, Option<String>),
 ) -> (Status, Option<String>) {
-    let Some(spec) = pipeline.artifacts.clone() else {
+    let Some(spec) = spec.cloned() else {
         return outcome;
     };
     let status = outcome.0;

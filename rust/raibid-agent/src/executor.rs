@@ -267,7 +267,7 @@ async fn execute_in_slot(
     };
     // ARTIFACTS HOOK (issue 23 §2): the one call after the steps; the lead re-places it on the
     // lifecycle's after-steps seam (issue 20 kinds refactor).
-    crate::artifacts::after_steps(ctx, &pipeline, ws, outcome).await
+    crate::artifacts::after_steps(ctx, pipeline.artifacts.as_ref(), ws, outcome).await
 }
 
 pub(crate) fn load_pipeline(ws: &Path) -> Result<(Pipeline, bool), String> {
