@@ -126,6 +126,8 @@ def dispatcher-env [s: record]: nothing -> record {
     ($c.env.ALLOWED_SCHEMES): "file,https,http,ssh"
     # The agents' registry: an `image.registry` naming another host is refused at submit (issue 17 §1).
     ($c.env.REGISTRY): ($s.registry? | default "")
+    # The local registry speaks plain HTTP: artifact downloads and deletions (issue 23 §2) go there.
+    ($c.env.REGISTRY_INSECURE): "true"
   }
 }
 

@@ -26,6 +26,7 @@ export def main []: nothing -> nothing {
   print "raibid: the CLI over the dispatcher's API (RAIBID_URL, RAIBID_API_TOKEN). Each command takes --help:
   jobs [--status] [--repo] [--limit] [--full]     jobs submit <repo-url> [--ref] [--sha] [--image name[:tag]]
   jobs show <id>    jobs logs <id> [--follow]     jobs cancel <id>    jobs retry <id>
+  artifacts <id>    artifacts get <id> [path] [--out]
   queue    agents   cache [--dir]    cache mirrors [--dir]    cache prune [--max-bytes] [--older-than] [--force]
   mirror status [--refresh]   (the GitHub -> Gitea mirror mapping the dispatcher uses)
   schedule list    schedule add <repo-url> <cron> [--ref] [--timezone] [--vars]    schedule rm|run|pause|resume <id>
@@ -152,6 +153,54 @@ export def "jobs retry" [
   id: string  # job id
 ]: nothing -> record {
   call POST $"/jobs/($id)/retry" | normalize-job
+}
+
+# The files a job uploaded (`.raibid.yaml` `artifacts:`): name, size, sha256 digest, download URL.
+@example "the release binary of a job" { raibid artifacts 01JD0000000000000000000000 | where name =~ release }
+export def "artifacts" [
+  id: string  # job id
+]: nothing -> table {
+  call GET $"/jobs/($id)/artifacts" | get files | each {|f| $f | update size { into filesize } }
+}
+
+# Download one of a job's artifacts (the only one when `path` is left out) to `--out` (default: its
+# file name in the current directory). The bytes' SHA-256 is checked against the recorded digest.
+@example "fetch the release binary" { raibid artifacts get 01JD0000000000000000000000 target/release/mytool }
+export def "artifacts get" [
+  id: string        # job id
+  path?: string     # the artifact's name (its path in the workspace) or its digest (sha256:…)
+  --out (-o): path  # where to write it (default: the file name, in the current directory)
+  --force (-f)      # overwrite an existing file
+]: nothing -> record {
+  let files = (call GET $"/jobs/($id)/artifacts" | get files)
+  if ($files | is-empty) { fail no_artifacts $"job ($id) has no artifacts" --hint "the pipeline needs `artifacts:` in .raibid.yaml" }
+  let file = if $path == null {
+    if ($files | length) > 1 {
+      fail ambiguous_artifact $"job ($id) has ($files | length) artifacts; name one" --hint ($files | get name | str join ', ')
+    }
+    $files.0
+  } else {
+    let m = ($files | where {|f| $f.name == $path or $f.digest == $path })
+    if ($m | is-empty) {
+      fail unknown_artifact $"job ($id) has no artifact '($path)'" --hint ($files | get name | str join ', ') --span (metadata $path).span
+    }
+    $m.0
+  }
+  let dest = ($out | default ($file.name | path basename) | path expand)
+  if ($dest | path exists) and not $force {
+    fail file_exists $"($dest) exists" --hint "pass --force to overwrite, or --out another path"
+  }
+  let enc = ($file.name | split row '/' | each {|c| $c | url encode --all } | str join '/')
+  let token = (secret RAIBID_API_TOKEN --purpose 'the dispatcher API')
+  let part = $"($dest).part"
+  http get --raw --headers {Authorization: $"Bearer ($token)"} (api-url $"/jobs/($id)/artifacts/($enc)") | save --raw --force $part
+  let got = $"sha256:(open --raw $part | hash sha256)"
+  if $got != $file.digest {
+    rm -f $part
+    fail digest_mismatch $"($file.name): downloaded bytes have ($got), the job recorded ($file.digest)"
+  }
+  mv --force $part $dest
+  {name: $file.name, size: ($file.size | into filesize), digest: $file.digest, path: $dest}
 }
 
 # Queue figures: stream length, consumer-group lag (what KEDA scales on), pending, oldest waiting job.

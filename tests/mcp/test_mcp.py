@@ -20,7 +20,7 @@ from conftest import TOKEN, git, make_crate
 
 TOOLS = {"submit_job", "wait_for_job", "get_job", "get_failure_summary", "get_diagnostics", "get_logs", "list_jobs",
          "cancel_job", "retry_job", "queue_status", "cleanup", "validate_config",
-         "find_flaky_tests", "get_test_history", "list_schedules"}
+         "find_flaky_tests", "get_test_history", "list_schedules", "list_artifacts"}
 
 
 @asynccontextmanager

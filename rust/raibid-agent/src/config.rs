@@ -110,6 +110,14 @@ pub struct AgentConfig {
     #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
 
+    /// Per-job cap in bytes on the files `.raibid.yaml` `artifacts:` uploads (all together).
+    #[arg(long, env = env::ARTIFACTS_MAX_BYTES, default_value_t = raibid_core::artifacts::DEFAULT_MAX_BYTES)]
+    pub artifacts_max_bytes: u64,
+
+    /// Per-job cap on the number of artifact files.
+    #[arg(long, env = env::ARTIFACTS_MAX_COUNT, default_value_t = raibid_core::artifacts::DEFAULT_MAX_COUNT)]
+    pub artifacts_max_count: u64,
+
     /// Each kind's own options (image jobs: registry, storage, cache bounds; GPU jobs: the probe).
     #[command(flatten)]
     pub kind_options: crate::kinds::KindOptions,

@@ -53,6 +53,15 @@ pub(crate) struct JobCtx<'a> {
     pub(crate) budget: Arc<LogBudget>,
     /// (name, value) of the pipeline's secrets.
     pub(crate) secrets: Vec<(String, String)>,
+    /// What the after-steps phase uploads: set by the kind's config phase (issue 23 §2).
+    pub(crate) artifacts: Option<Uploads>,
+}
+
+/// The pipeline's `artifacts:` and where the job's `target/` really is (its slot's target directory in
+/// the node cache, not the checkout), as the kind's config phase decided them.
+pub(crate) struct Uploads {
+    pub(crate) spec: raibid_core::artifacts::ArtifactSpec,
+    pub(crate) target: Option<PathBuf>,
 }
 
 impl JobCtx<'_> {

@@ -14,6 +14,7 @@
 //!   directories, leftover processes), `sandbox`, `secret_scopes` (which repository gets which
 //!   secret), `patch`, `cache` (git mirrors, cargo target slots, cache keys); `config` (options).
 
+pub mod artifacts;
 pub(crate) mod cache;
 pub mod cargo_output;
 pub mod config;

@@ -82,6 +82,8 @@ pub mod keys {
     pub const NODE_REPOS_SUFFIX: &str = ":repos";
     /// Suffix of a node's live agents: sorted set of agent consumer names scored by their heartbeat expiry (ms, Redis clock).
     pub const NODE_AGENTS_SUFFIX: &str = ":agents";
+    /// Sorted set of uploaded artifact manifests: `<job id> <host>/<repository>@<digest>` scored by upload time (ms); the dispatcher deletes a manifest from the registry once its job's record is gone (cleanup, retention, the count bound).
+    pub const ARTIFACTS_INDEX: &str = "raibid:artifacts";
     /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
     pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
     /// Sorted set of schedule ids (issue 22 §3), scored by creation time in milliseconds.
@@ -225,6 +227,10 @@ pub mod env {
     pub const IMAGE_CACHE_MAX_BYTES: &str = "RAIBID_IMAGE_CACHE_MAX_BYTES";
     /// Hours a job's image is kept as cache before the GC removes it.
     pub const IMAGE_CACHE_MAX_AGE_HOURS: &str = "RAIBID_IMAGE_CACHE_MAX_AGE_HOURS";
+    /// Per-job cap in bytes on the files `.raibid.yaml` `artifacts:` uploads (all files together); past it the `artifacts` step fails naming the cap.
+    pub const ARTIFACTS_MAX_BYTES: &str = "RAIBID_ARTIFACTS_MAX_BYTES";
+    /// Per-job cap on the number of artifact files; past it the `artifacts` step fails naming the cap.
+    pub const ARTIFACTS_MAX_COUNT: &str = "RAIBID_ARTIFACTS_MAX_COUNT";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "RAIBID_LOG";
     /// Seconds within which a second push webhook for the same (repository, ref, sha) is a duplicate.

@@ -429,6 +429,10 @@ pub struct Job {
     /// GPU jobs: the GPU(s) the agent ran it on, as the agent probed them at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<Vec<GpuInfo>>,
+    /// The files `.raibid.yaml` `artifacts:` uploaded to the registry (name, size, digest, reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub artifacts: Option<crate::artifacts::ArtifactSet>,
     /// Fields this version does not know (written by a newer one), kept as they are through every
     /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -463,6 +467,7 @@ impl Job {
             cache: None,
             image: None,
             gpu: None,
+            artifacts: None,
             extra: serde_json::Map::new(),
         }
     }

@@ -4,6 +4,7 @@
 //! `contract` holds every shared name; `job`, `pipeline` and `webhook` are pure; `queue` is the only
 //! module that talks to Redis.
 
+pub mod artifacts;
 pub mod cache_stats;
 pub mod cargo_messages;
 pub mod contract;

@@ -26,7 +26,7 @@ pub const PIPELINE_FILE: &str = ".raibid.yaml";
 /// Pipeline files larger than this are refused.
 pub const MAX_PIPELINE_BYTES: usize = 256 * 1024;
 /// Step names reserved for the agent's own steps.
-pub const RESERVED_STEPS: [&str; 3] = ["clone", "config", "patch"];
+pub const RESERVED_STEPS: [&str; 4] = ["clone", "config", "patch", crate::artifacts::STEP];
 /// Default job timeout.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
@@ -48,6 +48,8 @@ pub struct Pipeline {
     pub image: Option<crate::image::ImageRequest>,
     /// `gpu: true`: the steps need a GPU; a push of this repository runs on a GPU agent (kind `gpu`).
     pub gpu: bool,
+    /// `artifacts:`: files uploaded to the registry after the steps (`crate::artifacts`).
+    pub artifacts: Option<crate::artifacts::ArtifactSpec>,
 }
 
 /// One step.
@@ -83,6 +85,8 @@ struct RawPipeline {
     image: Option<crate::image::ImageRequest>,
     #[serde(default)]
     gpu: bool,
+    #[serde(default)]
+    artifacts: Option<crate::artifacts::RawArtifacts>,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +272,16 @@ impl Pipeline {
                 )));
             }
         }
+        let artifacts = match raw.artifacts {
+            Some(_) if raw.image.is_some() => {
+                return Err(PipelineError(
+                    "artifacts: an image job publishes an image; `artifacts:` goes with `steps:`"
+                        .into(),
+                ))
+            }
+            Some(a) => Some(crate::artifacts::ArtifactSpec::from_raw(a).map_err(PipelineError)?),
+            None => None,
+        };
         Ok(Pipeline {
             name,
             env: raw.env,
@@ -276,6 +290,7 @@ impl Pipeline {
             secrets: raw.secrets,
             image: raw.image,
             gpu: raw.gpu,
+            artifacts,
         })
     }
 
@@ -304,6 +319,7 @@ impl Pipeline {
             secrets: Vec::new(),
             image: None,
             gpu: false,
+            artifacts: None,
         }
     }
 }
@@ -377,6 +393,25 @@ mod tests {
         assert!(e.0.contains("image.name"), "{e}");
         let e = Pipeline::parse("image:\n  name: a\n  tagz: [x]\n").unwrap_err();
         assert!(e.0.contains("tagz"), "{e}");
+    }
+
+    #[test]
+    fn an_artifacts_section_is_parsed_and_checked() {
+        let p = Pipeline::parse(
+            "steps:\n  - name: b\n    run: x\nartifacts:\n  paths: [target/release/tool]\n  when: always\n",
+        )
+        .unwrap();
+        let a = p.artifacts.unwrap();
+        assert_eq!(a.paths, ["target/release/tool"]);
+        assert_eq!(a.when, crate::artifacts::When::Always);
+        let e = Pipeline::parse("steps:\n  - name: b\n    run: x\nartifacts: [/etc/shadow]\n")
+            .unwrap_err();
+        assert!(
+            e.0.contains("artifacts.paths[0]") && e.0.contains("absolute"),
+            "{e}"
+        );
+        let e = Pipeline::parse("steps:\n  - name: artifacts\n    run: x\n").unwrap_err();
+        assert!(e.0.contains("reserved"), "{e}");
     }
 
     #[test]

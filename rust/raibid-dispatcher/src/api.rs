@@ -37,6 +37,11 @@ pub fn router(state: AppState) -> Router {
             "/jobs/{id}/images",
             axum::routing::delete(crate::images::delete_job_images),
         )
+        .route("/jobs/{id}/artifacts", get(crate::artifacts::list))
+        .route(
+            "/jobs/{id}/artifacts/{*name}",
+            get(crate::artifacts::download),
+        )
         .route("/queue", get(queue_stats))
         .route("/agents", get(agents))
         .route("/mirrors", get(crate::mirrors::list))
@@ -54,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route(http::READYZ_PATH, get(readyz))
         .route(http::METRICS_PATH, get(crate::metrics::metrics))
         .route(&crate::public::route_path(), get(crate::public::job_page))
+        .route(
+            &crate::public::artifact_route_path(),
+            get(crate::public::artifact),
+        )
         .nest(http::API_PREFIX, api)
         .merge(crate::mcp::router(&state))
         .with_state(state)

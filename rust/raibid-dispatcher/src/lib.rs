@@ -2,6 +2,7 @@
 //! serves job state and live logs, reports commit statuses to Gitea and exposes metrics.
 
 pub mod api;
+pub mod artifacts;
 pub mod events;
 pub mod forge;
 pub mod github;
@@ -191,6 +192,22 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::REGISTRY_RESERVED_NAMESPACES, default_value = "raibid")]
     pub registry_reserved_namespaces: String,
 
+    /// Plain HTTP to the registry's host when the dispatcher fetches and deletes artifacts (the local registry).
+    #[arg(long, env = env::REGISTRY_INSECURE, default_value_t = false, action = clap::ArgAction::Set)]
+    pub registry_insecure: bool,
+
+    /// Registry user name for artifact downloads and deletions (with RAIBID_REGISTRY_PASSWORD or its file).
+    #[arg(long, env = env::REGISTRY_USERNAME)]
+    pub registry_username: Option<String>,
+
+    /// File holding the registry password or token.
+    #[arg(long, env = env::REGISTRY_PASSWORD_FILE)]
+    pub registry_password_file: Option<PathBuf>,
+
+    /// A containers auth file with the registry credentials (only the registry host's entry is used).
+    #[arg(long, env = env::REGISTRY_AUTH_FILE)]
+    pub registry_auth_file: Option<PathBuf>,
+
     /// Longest delay in seconds between two retries of a commit status Gitea did not take.
     #[arg(long, env = env::STATUS_RETRY_MAX_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub status_retry_max_secs: u64,
@@ -315,6 +332,8 @@ pub struct Intake {
     pub registries: raibid_core::image::RegistryPolicy,
     /// How often the scheduler looks for due schedules (zero: not in this replica).
     pub schedule_tick: std::time::Duration,
+    /// How artifacts are fetched from and deleted in the registry (issue 23 §2).
+    pub artifact_registry: artifacts::RegistryAccess,
 }
 
 impl Default for Intake {
@@ -329,6 +348,7 @@ impl Default for Intake {
             mirror_ttl: std::time::Duration::from_secs(60),
             registries: raibid_core::image::RegistryPolicy::default(),
             schedule_tick: std::time::Duration::from_secs(1),
+            artifact_registry: artifacts::RegistryAccess::default(),
         }
     }
 }
@@ -402,6 +422,18 @@ impl Settings {
                     &cfg.registry_reserved_namespaces,
                 ),
                 schedule_tick: std::time::Duration::from_millis(cfg.schedule_tick_ms),
+                artifact_registry: artifacts::RegistryAccess {
+                    registry: cfg.registry.clone(),
+                    insecure: cfg.registry_insecure,
+                    credentials: raibid_core::artifacts::CredentialSources {
+                        auth_file: cfg.registry_auth_file.clone(),
+                        username: cfg.registry_username.clone(),
+                        password: std::env::var(env::REGISTRY_PASSWORD)
+                            .ok()
+                            .filter(|p| !p.is_empty()),
+                        password_file: cfg.registry_password_file.clone(),
+                    },
+                },
             },
         })
     }
@@ -485,3 +517,4 @@ pub async fn connect_queue(url: &str, qcfg: QueueConfig, attempts: u32) -> anyho
         last.map(|e| e.to_string()).unwrap_or_default()
     ))
 }
+

@@ -57,6 +57,33 @@ pub fn route_path() -> String {
     format!("{}/{{id}}/{{token}}", http::PUBLIC_JOBS_PATH)
 }
 
+/// The public artifact download's path template (issue 23 §2): same token as the page.
+pub fn artifact_route_path() -> String {
+    format!(
+        "{}/{{id}}/{{token}}/artifacts/{{*name}}",
+        http::PUBLIC_JOBS_PATH
+    )
+}
+
+/// `GET /public/jobs/{id}/{token}/artifacts/{name}`: one artifact of a job whose page the token opens.
+pub async fn artifact(
+    State(state): State<AppState>,
+    Path((id, token, name)): Path<(String, String, String)>,
+) -> Response {
+    let expected = job_token(&state.settings.api_token, &id);
+    if !is_valid_job_id(&id) || !bool::from(expected.as_bytes().ct_eq(token.as_bytes())) {
+        return not_found();
+    }
+    let job = match state.queue.get(&id).await {
+        Ok(j) => j,
+        Err(_) => return not_found(),
+    };
+    match crate::artifacts::stream_file(&state, &job, &name).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
@@ -125,11 +152,12 @@ pub async fn job_page(
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\">{refresh}<title>raibid job {id} · {status}</title>\
 <style>body{{font-family:sans-serif;margin:2em}}pre{{background:#111;color:#ddd;padding:1em;overflow-x:auto}}td,th{{padding:0 1em 0 0;text-align:left}}</style></head><body>\
-<h1>job {id}: {status}</h1>{summary}<h2>steps</h2><table><tr><th>step</th><th>status</th><th>exit</th><th>ms</th></tr>{steps}</table><h2>log</h2><pre>{log}</pre></body></html>",
+<h1>job {id}: {status}</h1>{summary}<h2>steps</h2><table><tr><th>step</th><th>status</th><th>exit</th><th>ms</th></tr>{steps}</table>{artifacts}<h2>log</h2><pre>{log}</pre></body></html>",
         id = esc(&job.id),
         status = esc(job.status.as_str()),
         summary = summary(&job),
         steps = steps(&job),
+        artifacts = artifacts(&job, &token),
     );
     (
         StatusCode::OK,
@@ -161,6 +189,30 @@ fn summary(job: &Job) -> String {
     }
     row("attempt", &job.attempt.to_string());
     o.push_str("</table>");
+    o
+}
+
+/// The artifacts' links (relative to the page, under the same token).
+fn artifacts(job: &Job, token: &str) -> String {
+    let Some(set) = &job.artifacts else {
+        return String::new();
+    };
+    let base = format!("{}/{}/{token}/artifacts", http::PUBLIC_JOBS_PATH, job.id);
+    let list = crate::artifacts::list_of(job, &base);
+    let mut o = String::from(
+        "<h2>artifacts</h2><table><tr><th>file</th><th>bytes</th><th>digest</th></tr>",
+    );
+    for f in &list.files {
+        let _ = write!(
+            o,
+            "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&f.download_url),
+            esc(&f.name),
+            f.size,
+            esc(&f.digest)
+        );
+    }
+    let _ = write!(o, "</table><p><code>{}</code></p>", esc(&set.reference));
     o
 }
 

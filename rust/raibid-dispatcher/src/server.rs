@@ -2,7 +2,7 @@
 //! and image cleanup) and the background tasks (status reporter, reaper, notifier). Above every other
 //! module: nothing imports this file but the crate root's re-export (ADR 0016).
 
-use crate::{api, forge, notify, schedules, AppState};
+use crate::{api, artifacts, forge, notify, schedules, AppState};
 use tokio::net::TcpListener;
 
 /// Serve on `listener` until `shutdown` resolves; in-flight requests finish first.
@@ -18,6 +18,7 @@ pub async fn serve(
     let reaper = tokio::spawn(reaper(state.clone()));
     let notifier = tokio::spawn(notify::notifier(state.clone()));
     let scheduler = tokio::spawn(schedules::scheduler(state.clone()));
+    let artifact_sweeper = tokio::spawn(artifacts::sweeper(state.clone()));
     let stop_tx = state.stop_tx.clone();
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
@@ -33,6 +34,7 @@ pub async fn serve(
     reaper.abort();
     notifier.abort();
     scheduler.abort();
+    artifact_sweeper.abort();
     Ok(())
 }
 

@@ -255,7 +255,7 @@ async fn random_valid_inputs_are_accepted_or_refused_with_a_tool_error() {
     assert_eq!(s, 202);
     let ids = vec![id.clone(), format!("1-0@3")];
     let list = tools(&env).await;
-    assert_eq!(list.len(), 15);
+    assert_eq!(list.len(), 16);
     let mut rng = StdRng::seed_from_u64(
         std::env::var("RAIBID_PROPTEST_SEED")
             .ok()
@@ -728,6 +728,22 @@ async fn adversarial_jobs(env: &TestEnv) -> (String, String, String, String) {
             j.steps = bs.clone();
             j.failure_reason = Some(escaped_junk(60_000));
             j.source.sha = Some("a".repeat(40));
+            // 3,000 artifacts with long names: list_artifacts pages them, get_job leaves them out.
+            j.artifacts = Some(raibid_core::artifacts::ArtifactSet {
+                reference: "127.0.0.1:5000/local/adversary/artifacts@sha256:00".into(),
+                registry: "127.0.0.1:5000".into(),
+                repository: "local/adversary/artifacts".into(),
+                tag: "t".into(),
+                manifest_digest: "sha256:00".into(),
+                files: (0..3000)
+                    .map(|i| raibid_core::artifacts::Artifact {
+                        name: format!("target/release/{i:05}-{}", "n".repeat(120)),
+                        size: i,
+                        digest: format!("sha256:{}", "a".repeat(64)),
+                    })
+                    .collect(),
+                uploaded: chrono::Utc::now(),
+            });
             j.timestamps.finished = Some(chrono::Utc::now());
             Ok(Some("job_finished"))
         })
@@ -893,6 +909,7 @@ async fn every_answer_fits_the_budget_under_adversarial_jobs() {
         ("cancel_job", json!({"job_id": running})),
         ("retry_job", json!({"job_id": failed})),
         ("queue_status", json!({})),
+        ("list_artifacts", json!({"job_id": failed})),
         ("get_failure_summary", json!({"job_id": failed})),
         (
             "get_failure_summary",
@@ -1597,6 +1614,7 @@ async fn a_read_only_token_only_reads() {
         "queue_status",
         "validate_config",
         "list_schedules",
+        "list_artifacts",
     ] {
         assert!(
             names.contains(&r),
@@ -1628,7 +1646,7 @@ async fn a_read_only_token_only_reads() {
     let (s, _) = send("wrong-token", "tools/list", json!({})).await;
     assert_eq!(s, 401);
     let (_, v) = send(TOKEN, "tools/list", json!({})).await;
-    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 15);
+    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 16);
 }
 
 /// A test that failed and passed on the same commit (and patch) is flaky; one that failed on a commit

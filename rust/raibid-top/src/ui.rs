@@ -707,6 +707,7 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
         ));
     }
     lines.extend(cache_lines(j, dim));
+    lines.extend(artifact_lines(j, dim));
     lines.push(Line::from(Span::styled(" steps", dim)));
     // Bars on one time axis: from the first step's start to the end (or now).
     let t0 = j.steps.iter().filter_map(|s| s.started_at).min();
@@ -764,6 +765,34 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
 }
 
 /// `1.2 GiB`, `340 KiB`, `12 B`.
+/// The detail's artifact rows (issue 23 §2): one per file (at most 4, then how many more), name, size
+/// and the digest's first 12 hex digits; `raibid artifacts get` or the API fetch them.
+fn artifact_lines(j: &raibid_core::job::Job, dim: Style) -> Vec<Line<'static>> {
+    let Some(set) = &j.artifacts else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for f in set.files.iter().take(4) {
+        let short = f.digest.strip_prefix("sha256:").unwrap_or(&f.digest);
+        out.push(Line::from(vec![
+            Span::styled(" artifact ", dim),
+            Span::raw(format!("{}  {}  ", f.name, fmt_bytes(f.size))),
+            Span::styled(format!("sha256:{}", &short[..short.len().min(12)]), dim),
+        ]));
+    }
+    if set.files.len() > 4 {
+        out.push(Line::from(Span::styled(
+            format!(
+                " artifact … {} more (raibid artifacts {})",
+                set.files.len() - 4,
+                j.id
+            ),
+            dim,
+        )));
+    }
+    out
+}
+
 pub fn fmt_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;

@@ -223,6 +223,30 @@ fn cache_figures_in_the_detail_and_long_agent_names() {
     });
 }
 
+#[test]
+fn artifacts_in_the_detail() {
+    // A succeeded job that uploaded its release binary (issue 23 §2).
+    check("artifacts_detail", || {
+        let mut j = job(1, Status::Succeeded, 900);
+        j.artifacts = Some(raibid_core::artifacts::ArtifactSet {
+            reference: "127.0.0.1:5000/local/hello/artifacts@sha256:00".into(),
+            registry: "127.0.0.1:5000".into(),
+            repository: "local/hello/artifacts".into(),
+            tag: j.id.to_string(),
+            manifest_digest: "sha256:00".into(),
+            files: vec![raibid_core::artifacts::Artifact {
+                name: "target/release/hello".into(),
+                size: 4_321_000,
+                digest: format!("sha256:{}", "ab12".repeat(16)),
+            }],
+            uploaded: now(),
+        });
+        let mut app = app_with(vec![j]);
+        key(&mut app, KeyCode::Enter);
+        app
+    });
+}
+
 /// The row of the screen holding `text`, and the column it starts at (in cells).
 fn find(t: &ratatui::Terminal<ratatui::backend::TestBackend>, text: &str) -> (u16, u16) {
     let b = t.backend().buffer();

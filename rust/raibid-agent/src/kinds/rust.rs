@@ -139,6 +139,10 @@ pub(crate) async fn config(
     ctx.claim.job.pipeline = Some(pipeline.name.clone());
     ctx.deadline = Instant::now() + pipeline.timeout;
     prepare_target(ctx, &pipeline, &checkout, &mut ws.cache, &extras).await;
+    ctx.artifacts = pipeline.artifacts.clone().map(|spec| crate::ctx::Uploads {
+        spec,
+        target: job_paths(ctx).target,
+    });
     ConfigOutcome::Run(Plan { pipeline, extras })
 }
 

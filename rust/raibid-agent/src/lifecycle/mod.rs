@@ -163,6 +163,7 @@ pub(crate) async fn run_job(
             shared.cfg.log_cap_bytes,
         )),
         secrets: Vec::new(),
+        artifacts: None,
     };
     let ws = shared.cfg.workspace_dir.join(&id);
     let outcome = execute(&mut ctx, &ws).await;

@@ -138,6 +138,8 @@ impl Drop for Registry {
 }
 
 pub struct Stack {
+    /// The in-process dispatcher's state (for calling its functions directly).
+    pub state: AppState,
     pub redis: RedisServer,
     pub queue: Queue,
     pub base: String,
@@ -159,6 +161,11 @@ impl Drop for Stack {
 }
 
 pub async fn stack() -> Stack {
+    stack_with(|_| {}).await
+}
+
+/// A stack whose dispatcher settings `f` adjusts (e.g. the artifact registry access).
+pub async fn stack_with(f: impl FnOnce(&mut Settings)) -> Stack {
     require_tools();
     let redis = RedisServer::start().expect("redis-server");
     let queue = Queue::connect(&redis.url(), QueueConfig::default())
@@ -185,9 +192,12 @@ pub async fn stack() -> Stack {
             ..raibid_dispatcher::Intake::default()
         },
     };
+    let mut settings = settings;
+    f(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(queue.clone(), settings);
+    let state2 = state.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         serve(state, listener, async {
@@ -197,6 +207,7 @@ pub async fn stack() -> Stack {
         .ok()
     });
     Stack {
+        state: state2,
         redis,
         queue,
         base,
@@ -220,6 +231,18 @@ impl Stack {
 
     /// Start an agent serving `kinds` (RAIBID_AGENT_KINDS).
     pub fn agent_of(&self, name: &str, kinds: &str, registry: &str, cache: &Path) {
+        self.agent_env(name, kinds, registry, cache, &[])
+    }
+
+    /// Start an agent serving `kinds` with extra environment variables.
+    pub fn agent_env(
+        &self,
+        name: &str,
+        kinds: &str,
+        registry: &str,
+        cache: &Path,
+        extra: &[(&str, &str)],
+    ) {
         let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
             .args(["--name", name, "--block-ms", "300"])
@@ -233,6 +256,7 @@ impl Stack {
             .env("RAIBID_BUILDAH_STORAGE_DRIVER", storage_driver())
             .env("RAIBID_SHUTDOWN_GRACE_SECS", "2")
             .env("RAIBID_LOG", "info")
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 pub use crate::event::Event;
 
+pub mod artifacts;
 pub mod cache_counters;
 pub mod image_cleanup;
 

@@ -15,6 +15,7 @@
 //! bounded log windows of `get_logs`, `budget` the one answer budget every tool answer passes, `schema`
 //! the published tool list.
 
+pub mod artifacts;
 pub mod budget;
 pub mod logs;
 pub mod schedules;

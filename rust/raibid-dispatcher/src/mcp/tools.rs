@@ -396,10 +396,14 @@ fn degrade_job(job: &mut Job, stage: &mut u8, ratio: f64, cut: &mut Option<Strin
         *stage += 1;
         match *stage {
             1 => {
-                if !job.extra.is_empty() || job.image.is_some() {
+                if !job.extra.is_empty() || job.image.is_some() || job.artifacts.is_some() {
                     job.extra.clear();
                     job.image = None;
-                    note(cut, "image details and unknown fields left out");
+                    job.artifacts = None;
+                    note(
+                        cut,
+                        "image details, artifacts (list_artifacts) and unknown fields left out",
+                    );
                     return true;
                 }
             }
@@ -1179,6 +1183,20 @@ impl Raibid {
     }
 
     #[tool(
+        name = "list_artifacts",
+        description = "The files a job uploaded with .raibid.yaml `artifacts:` (e.g. its release binary): name, size, sha256 digest and a download URL (GET with the API token), never the bytes. Empty when the job has none.",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_artifacts(
+        &self,
+        Parameters(req): Parameters<JobRef>,
+    ) -> Result<Json<super::artifacts::ArtifactsAnswer>, String> {
+        check_id(&req.job_id)?;
+        let job = self.state.queue.get(&req.job_id).await.map_err(queue_err)?;
+        budget::fit(super::artifacts::answer(&self.state, &job))
+    }
+
+    #[tool(
         name = "get_failure_summary",
         description = "Why a job failed, in one call: the failing step and its exit code, the compiler errors (code, file:line:column, snippet, and rustc's suggested fixes as data with their applicability), failing tests with their assertion text, warnings as a count (or listed with warnings=true), and the last lines of the failing step. Call it first after wait_for_job reports a failure; get_diagnostics and get_logs page the rest.",
         annotations(read_only_hint = true)
@@ -1525,7 +1543,7 @@ impl Raibid {
 
     #[tool(
         name = "cleanup",
-        description = "Delete a finished job's record, log, diagnostics and patch; for an image job also ask the image agents to remove its local images (pushed tags stay in the registry). Refused for a queued or running job (cancel it first).",
+        description = "Delete a finished job's record, log, diagnostics, patch and uploaded artifacts; for an image job also ask the image agents to remove its local images (pushed tags stay in the registry). Refused for a queued or running job (cancel it first).",
         annotations(destructive_hint = true)
     )]
     async fn cleanup(&self, Parameters(req): Parameters<JobRef>) -> Result<Json<Cleaned>, String> {
@@ -1548,6 +1566,12 @@ impl Raibid {
             )
             .await
             .map_err(|e| queue_err(QueueError::Redis(e)))?;
+        }
+        if let Some(set) = &job.artifacts {
+            // Its artifacts go with it (the sweeper retries a registry that is down now).
+            if let Err(e) = crate::artifacts::delete_set(&self.state, id, set).await {
+                tracing::warn!(job = %id, error = %e, "cleanup: artifacts not deleted yet");
+            }
         }
         let mut con = self.state.queue.redis();
         let n: u64 = redis::cmd("DEL")
