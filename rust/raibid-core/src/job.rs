@@ -420,6 +420,9 @@ pub struct Job {
     /// GPU jobs: the GPU(s) the agent ran it on, as the agent probed them at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<Vec<GpuInfo>>,
+    /// Build matrices: the group this job is (its cells) or the cell it is (group and axis values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<crate::matrix::JobMatrix>,
     /// Fields this version does not know (written by a newer one), kept as they are through every
     /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -452,6 +455,7 @@ impl Job {
             cache: None,
             image: None,
             gpu: None,
+            matrix: None,
             extra: serde_json::Map::new(),
         }
     }
@@ -509,9 +513,27 @@ impl Job {
         Some((f - s).num_microseconds()? as f64 / 1e6)
     }
 
-    /// The commit-status context, `raibid/<pipeline>`.
+    /// The commit-status context, `raibid/<pipeline>`; a matrix cell's adds its values,
+    /// `raibid/ci (features=serde)`.
     pub fn status_context(&self) -> String {
-        format!("raibid/{}", self.pipeline.as_deref().unwrap_or("ci"))
+        let base = format!("raibid/{}", self.pipeline.as_deref().unwrap_or("ci"));
+        crate::matrix::context_of(self, base)
+    }
+
+    /// The cell this job is, when it is one.
+    pub fn matrix_cell(&self) -> Option<&crate::matrix::MatrixCell> {
+        match &self.matrix {
+            Some(crate::matrix::JobMatrix::Cell(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The group this job is, when it is one.
+    pub fn matrix_group(&self) -> Option<&crate::matrix::MatrixGroup> {
+        match &self.matrix {
+            Some(crate::matrix::JobMatrix::Group(g)) => Some(g),
+            _ => None,
+        }
     }
 }
 

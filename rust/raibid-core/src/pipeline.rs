@@ -48,6 +48,8 @@ pub struct Pipeline {
     pub image: Option<crate::image::ImageRequest>,
     /// `gpu: true`: the steps need a GPU; a push of this repository runs on a GPU agent (kind `gpu`).
     pub gpu: bool,
+    /// `matrix:`: the push fans out into one job per cell (`crate::matrix`).
+    pub matrix: Option<crate::matrix::Matrix>,
 }
 
 /// One step.
@@ -83,6 +85,8 @@ struct RawPipeline {
     image: Option<crate::image::ImageRequest>,
     #[serde(default)]
     gpu: bool,
+    #[serde(default)]
+    matrix: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +272,8 @@ impl Pipeline {
                 )));
             }
         }
+        let matrix = crate::matrix::parse_in_pipeline(raw.matrix.as_ref(), raw.image.is_some())
+            .map_err(|e| PipelineError(e.0))?;
         Ok(Pipeline {
             name,
             env: raw.env,
@@ -276,6 +282,7 @@ impl Pipeline {
             secrets: raw.secrets,
             image: raw.image,
             gpu: raw.gpu,
+            matrix,
         })
     }
 
@@ -304,6 +311,7 @@ impl Pipeline {
             secrets: Vec::new(),
             image: None,
             gpu: false,
+            matrix: None,
         }
     }
 }
