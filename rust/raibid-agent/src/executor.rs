@@ -82,7 +82,7 @@ async fn execute_in_slot(
     // config
     ctx.claim.job.begin_step("config", Utc::now());
     ctx.update("step_started").await;
-    let pipeline = match load_pipeline(ws) {
+    let mut pipeline = match load_pipeline(ws) {
         Ok((p, from_file)) => {
             ctx.sys(
                 "config",
@@ -120,6 +120,10 @@ async fn execute_in_slot(
             |_| {},
         )
         .await;
+    }
+    // Build matrix (issue 23 §1): fan out into cells, or take this cell's values. One hook.
+    if let Some(end) = crate::fan_out::after_config(ctx, &mut pipeline).await {
+        return end;
     }
     let mut secrets = Vec::new();
     let repo = ctx.claim.job.source.repo_url.clone();
@@ -323,7 +327,7 @@ pub(crate) async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
             sink,
         )
         .await?;
-        let branch = slots::branch_of(&src.git_ref);
+        let branch = crate::fan_out::slot_branch(&ctx.claim.job, slots::branch_of(&src.git_ref));
         let (slot, slot_lock_ms) = slots::acquire(
             &cache.root,
             &repo_id,

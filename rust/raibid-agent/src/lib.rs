@@ -13,6 +13,7 @@ pub(crate) mod cache;
 pub mod cargo_output;
 pub mod config;
 pub mod executor;
+pub(crate) mod fan_out;
 pub mod git;
 pub mod gpu;
 pub(crate) mod handover;

@@ -78,6 +78,8 @@ pub mod keys {
     pub const NODE_REPOS_SUFFIX: &str = ":repos";
     /// Suffix of a node's live agents: sorted set of agent consumer names scored by their heartbeat expiry (ms, Redis clock).
     pub const NODE_AGENTS_SUFFIX: &str = ":agents";
+    /// Set of matrix group (parent job) ids with a cell not final yet: the dispatcher's reaper settles them (combined status, `fail_fast`) as a backstop to the agents' own settling.
+    pub const MATRIX_GROUPS_OPEN: &str = "raibid:groups:open";
     /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
     pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
 }

@@ -446,6 +446,17 @@ pub fn is_failure(s: Status) -> bool {
     matches!(s, Status::Failed | Status::TimedOut)
 }
 
+/// A group with its cells, as the API, MCP and `raibid-top` show it (`GET /api/v1/groups/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupView {
+    /// The group's (parent) job: the push, its clone and config steps, `matrix.cells`.
+    pub group: crate::job::Job,
+    /// The combined status (`combine`): pending until every cell ended, failed when any failed.
+    pub status: Status,
+    /// The cells' jobs (their newest attempts), in expansion order; a cell whose record expired is left out.
+    pub cells: Vec<crate::job::Job>,
+}
+
 /// `matrix:` as `Pipeline::parse` reads it: absent, or parsed and expanded once to check it (an image
 /// job has no matrix: it builds one image).
 pub fn parse_in_pipeline(v: Option<&Value>, image: bool) -> Result<Option<Matrix>, MatrixError> {
