@@ -80,6 +80,8 @@ pub mod keys {
     pub const NODE_AGENTS_SUFFIX: &str = ":agents";
     /// Set of matrix group (parent job) ids with a cell not final yet: the dispatcher's reaper settles them (combined status, `fail_fast`) as a backstop to the agents' own settling.
     pub const MATRIX_GROUPS_OPEN: &str = "raibid:groups:open";
+    /// Sorted set of matrix group (parent job) ids scored by fan-out time in ms (`GET /api/v1/groups`), pruned past retention.
+    pub const MATRIX_GROUP_INDEX: &str = "raibid:groups:index";
     /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
     pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
 }

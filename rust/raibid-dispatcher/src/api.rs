@@ -133,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/queue", get(queue_stats))
         .route("/agents", get(agents))
         .merge(crate::events::router())
+        .merge(crate::groups::router())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

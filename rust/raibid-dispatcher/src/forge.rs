@@ -180,6 +180,7 @@ impl Gitea {
         state: &str,
         description: &str,
         target_url: &str,
+        context: &str,
     ) -> Result<(), PostError> {
         let permanent = |m: String| PostError {
             transient: false,
@@ -192,7 +193,7 @@ impl Gitea {
         }
         let body = serde_json::json!({
             "state": state,
-            "context": STATUS_CONTEXT,
+            "context": context,
             "description": description,
             "target_url": target_url,
         });
@@ -558,6 +559,8 @@ impl Reporter {
                 status_state(job.status),
                 &description(&job),
                 &target,
+                // A matrix cell's context names its values: `raibid/ci (features=serde)`.
+                &raibid_core::matrix::context_of(&job, STATUS_CONTEXT.to_string()),
             )
             .await
         {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod events;
 pub mod forge;
+pub mod groups;
 pub mod images;
 pub mod mcp;
 pub mod metrics;
@@ -464,6 +465,10 @@ pub async fn reaper(state: AppState) {
         tokio::time::sleep(every).await;
         if let Err(e) = state.queue.reap(&me, lease).await {
             tracing::warn!(error = %e, "reaper: redis unavailable; retrying");
+        }
+        // Matrix groups whose cells ended some other way than their agent's final write.
+        if let Err(e) = state.queue.settle_open_groups().await {
+            tracing::debug!(error = %e, "reaper: could not settle matrix groups");
         }
         if let Err(e) = state.queue.prune_index().await {
             tracing::debug!(error = %e, "reaper: could not prune the job index");

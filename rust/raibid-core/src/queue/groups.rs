@@ -63,7 +63,8 @@ impl Queue {
                 .key(keys::EVENTS_STREAM)
                 .key(keys::JOB_STATUS_COUNTS)
                 .key(&claim.stream)
-                .key(keys::MATRIX_GROUPS_OPEN);
+                .key(keys::MATRIX_GROUPS_OPEN)
+                .key(keys::MATRIX_GROUP_INDEX);
             for c in cells {
                 inv.key(contract::job_key(&c.id));
             }
@@ -78,7 +79,8 @@ impl Queue {
                 .arg(&patch_key)
                 .arg(self.cfg.retention.as_secs().max(1))
                 .arg(parent.id.as_str())
-                .arg(cells.len());
+                .arg(cells.len())
+                .arg(now.timestamp_millis() - self.cfg.retention.as_millis() as i64);
             for a in &cell_args {
                 inv.arg(a);
             }
@@ -310,5 +312,32 @@ impl Queue {
             .query_async(&mut con)
             .await?;
         Ok(job)
+    }
+}
+
+impl Queue {
+    /// Group ids, newest first (`MATRIX_GROUP_INDEX`), `limit` at most, after `cursor` (a group id).
+    pub async fn list_groups(&self, limit: usize, cursor: Option<&str>) -> Result<Vec<String>> {
+        let mut con = self.con.clone();
+        let start: i64 = match cursor {
+            None => 0,
+            Some(c) => {
+                let r: Option<i64> = redis::cmd("ZREVRANK")
+                    .arg(keys::MATRIX_GROUP_INDEX)
+                    .arg(c)
+                    .query_async(&mut con)
+                    .await?;
+                match r {
+                    Some(r) => r + 1,
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
+        Ok(redis::cmd("ZREVRANGE")
+            .arg(keys::MATRIX_GROUP_INDEX)
+            .arg(start)
+            .arg(start + limit as i64 - 1)
+            .query_async(&mut con)
+            .await?)
     }
 }
