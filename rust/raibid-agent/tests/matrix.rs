@@ -527,3 +527,95 @@ async fn a_malformed_or_oversized_matrix_fails_the_config_step_naming_the_proble
     let page = s.get("/groups").await;
     assert_eq!(page["groups"].as_array().unwrap().len(), 0, "{page}");
 }
+
+/// One MCP `tools/call` over the Streamable HTTP transport (JSON-RPC), as a client sends it; returns
+/// the structured answer and the bytes on the wire.
+async fn mcp_call(s: &Stack, name: &str, args: Value) -> (Value, usize) {
+    let r = s
+        .http
+        .post(format!("{}/mcp", s.base))
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}}))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let body = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .rfind(|d| d.contains("\"id\""))
+        .unwrap_or(text.as_str())
+        .to_string();
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert!(v["result"]["isError"] != true, "{name}: {v}");
+    (v["result"]["structuredContent"].clone(), body.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_waits_for_every_cell_and_diagnoses_each_failing_cell_within_the_budget() {
+    let s = stack().await;
+    // 16 cells; 15 fail with a long output (no structured diagnostics: each answer carries its step's
+    // tail), one succeeds. Without fail_fast, every cell runs.
+    let values: Vec<String> = (0..16).map(|i| format!("'c{i:02}'")).collect();
+    let url = repo(
+        &s.tmp.path().join("repo"),
+        &[(
+            ".raibid.yaml",
+            &format!(
+                "matrix:\n  n: [{}]\n  fail_fast: false\nsteps:\n  - name: t\n    run: |\n      i=0; while [ $i -lt 300 ]; do echo \"cell $RAIBID_MATRIX_N line $i $(printf '%0180d' 0)\"; i=$((i+1)); done\n      [ \"$RAIBID_MATRIX_N\" = c00 ] || exit 4\n",
+                values.join(", ")
+            ),
+        )],
+    );
+    s.agent("agent-a");
+    s.agent("agent-b");
+    let id = s.submit(&url).await;
+    s.group_of(&id).await;
+    // wait_for_job on the group: bounded steps until every cell ended.
+    let mut calls = 0;
+    let w = loop {
+        calls += 1;
+        assert!(calls < 20, "the group did not end");
+        let (w, _) = mcp_call(&s, "wait_for_job", json!({"job_id": id, "timeout_secs": 20})).await;
+        if w["finished"] == true {
+            break w;
+        }
+        assert!(w["cells"].as_array().unwrap().iter().any(|c| !is_final(c)), "{w}");
+    };
+    assert_eq!(w["status"], "failed", "{w}");
+    assert_eq!(w["cells"].as_array().unwrap().len(), 16, "{w}");
+    assert!(w["outcome"].as_str().unwrap().contains("16 of 16 cells finished, 15 failed"), "{w}");
+    assert!(w["next"].as_str().unwrap().contains("get_diagnostics"), "{w}");
+    // get_diagnostics on the group: one answer per failing cell, all in one budget.
+    let (d, wire) = mcp_call(&s, "get_diagnostics", json!({"job_id": id})).await;
+    let budget = 25_000 * 3;
+    assert!(wire <= budget, "{wire} bytes");
+    let cells = d["cells"].as_array().unwrap();
+    assert!(!cells.is_empty(), "{d}");
+    let group = s.get(&format!("/groups/{id}")).await;
+    let failing: Vec<&str> = group["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "failed")
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(failing.len(), 15);
+    for c in cells {
+        let cid = c["job_id"].as_str().unwrap();
+        assert!(failing.contains(&cid), "{cid}");
+        assert_eq!(c["status"], "failed");
+        let tail = c["step_tail"]["lines"].as_array().unwrap();
+        assert!(!tail.is_empty(), "{c}");
+    }
+    if cells.len() < 15 {
+        let cut = d["cut"].as_str().unwrap();
+        assert!(cut.contains("failing cells") && cut.contains("get_diagnostics"), "{cut}");
+    }
+    // A cell's own answer is the plain one.
+    let (one, _) = mcp_call(&s, "get_diagnostics", json!({"job_id": failing[3]})).await;
+    assert!(one.get("cells").is_none(), "{one}");
+    assert!(!one["step_tail"]["lines"].as_array().unwrap().is_empty());
+}

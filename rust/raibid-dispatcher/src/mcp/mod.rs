@@ -16,6 +16,7 @@
 //! the published tool list.
 
 pub mod budget;
+pub mod groups;
 pub mod logs;
 pub mod schema;
 pub mod tools;
