@@ -49,6 +49,7 @@ pub fn job(i: usize, status: Status, ago_s: i64) -> Job {
         id: raibid_core::job::JobId::parse(&id(i)).unwrap(),
         kind: Default::default(),
         gpu: None,
+        matrix: None,
         extra: Default::default(),
         cache: None,
         cargo: None,
