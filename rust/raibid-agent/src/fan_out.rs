@@ -48,7 +48,15 @@ pub(crate) async fn after_config(
     let mx = pipeline.matrix.clone()?;
     let cells = match mx.expand() {
         Ok(c) => c,
-        Err(e) => return Some(fail(ctx, format!("{}: {e}", raibid_core::pipeline::PIPELINE_FILE)).await),
+        Err(e) => {
+            return Some(
+                fail(
+                    ctx,
+                    format!("{}: {e}", raibid_core::pipeline::PIPELINE_FILE),
+                )
+                .await,
+            )
+        }
     };
     let now = Utc::now();
     let parent = &ctx.claim.job;
@@ -90,8 +98,11 @@ pub(crate) async fn after_config(
     )
     .await;
     for (j, c) in jobs.iter().zip(&cells) {
-        ctx.sys("config", format!("[raibid]   ({}) → job {}", c.label(), j.id))
-            .await;
+        ctx.sys(
+            "config",
+            format!("[raibid]   ({}) → job {}", c.label(), j.id),
+        )
+        .await;
     }
     ctx.claim.job.pipeline = Some(pipeline.name.clone());
     ctx.claim.job.matrix = Some(JobMatrix::Group(group));

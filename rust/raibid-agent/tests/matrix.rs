@@ -254,7 +254,13 @@ fn label(cell: &Value) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| format!("{}={}", v["axis"].as_str().unwrap(), v["value"].as_str().unwrap()))
+        .map(|v| {
+            format!(
+                "{}={}",
+                v["axis"].as_str().unwrap(),
+                v["value"].as_str().unwrap()
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -306,7 +312,10 @@ async fn a_3x2_matrix_builds_six_cells_in_parallel_each_with_its_env_context_and
             log.contains(&format!("cell features=[{features}] profile={profile}")),
             "{l}: {log}"
         );
-        assert!(log.contains(&format!("built with [{features}]")), "{l}: {log}");
+        assert!(
+            log.contains(&format!("built with [{features}]")),
+            "{l}: {log}"
+        );
         // Its commit-status context names its values.
         let job: raibid_core::job::Job = serde_json::from_value(c.clone()).unwrap();
         assert_eq!(job.status_context(), format!("raibid/ci ({l})"));
@@ -325,8 +334,14 @@ async fn a_3x2_matrix_builds_six_cells_in_parallel_each_with_its_env_context_and
     assert_eq!(keys.len(), 1, "{keys:?}");
     // The group's log says how it fanned out; its record lists the cells.
     let plog = s.log(&id).await;
-    assert!(plog.contains("[raibid] matrix: 6 cells (fail_fast)"), "{plog}");
-    assert_eq!(g["group"]["matrix"]["cells"][5]["label"], "features=small, profile=release");
+    assert!(
+        plog.contains("[raibid] matrix: 6 cells (fail_fast)"),
+        "{plog}"
+    );
+    assert_eq!(
+        g["group"]["matrix"]["cells"][5]["label"],
+        "features=small, profile=release"
+    );
     // The group is listed.
     let page = s.get("/groups").await;
     assert_eq!(page["groups"][0]["group"]["id"], id.as_str(), "{page}");
@@ -359,9 +374,15 @@ async fn fail_fast_cancels_the_other_cells_on_the_first_failure() {
     let g = s.group_final(&id, Duration::from_secs(60)).await;
     assert_eq!(g["status"], "failed", "{g}");
     let reason = g["group"]["failure_reason"].as_str().unwrap();
-    assert!(reason.contains("1 of 4 cells failed") && reason.contains("(n=2)"), "{reason}");
+    assert!(
+        reason.contains("1 of 4 cells failed") && reason.contains("(n=2)"),
+        "{reason}"
+    );
     for c in cells(&g) {
-        let n = c["matrix"]["values"][0]["value"].as_str().unwrap().to_string();
+        let n = c["matrix"]["values"][0]["value"]
+            .as_str()
+            .unwrap()
+            .to_string();
         if n == "2" {
             assert_eq!(c["status"], "failed", "{c}");
         } else {
@@ -396,7 +417,10 @@ async fn cancel_and_retry_act_on_a_whole_group_or_one_cell() {
     let shared = s.shared();
     let url = repo(
         &s.tmp.path().join("repo"),
-        &[(".raibid.yaml", &waiting_pipeline(&shared, "  n: ['1', '2', '3']\n", "none"))],
+        &[(
+            ".raibid.yaml",
+            &waiting_pipeline(&shared, "  n: ['1', '2', '3']\n", "none"),
+        )],
     );
     s.agent("agent-a");
     let id = s.submit(&url).await;
@@ -424,7 +448,10 @@ async fn cancel_and_retry_act_on_a_whole_group_or_one_cell() {
         .call(reqwest::Method::GET, "/groups/01J00000000000000000000000")
         .await;
     assert_eq!(st, 404, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("01J00000000000000000000000"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("01J00000000000000000000000"));
     // Retry one cell: it replaces its old attempt in the group, which is open again until it ends.
     std::fs::write(shared.join("go"), "").unwrap();
     let old = cells(&g)[1]["id"].as_str().unwrap().to_string();
@@ -476,10 +503,15 @@ async fn a_toolchain_axis_sets_rustup_toolchain_and_the_cache_key() {
     assert_eq!(g["status"], "succeeded", "{g}");
     let mut keys = BTreeSet::new();
     for c in cells(&g) {
-        let t = c["matrix"]["values"][0]["value"].as_str().unwrap().to_string();
+        let t = c["matrix"]["values"][0]["value"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let log = s.log(c["id"].as_str().unwrap()).await;
         assert!(log.contains(&format!("toolchain={t} axis={t}")), "{log}");
-        let nightly_rustc = log.lines().any(|l| l.contains("rustc ") && l.contains("-nightly"));
+        let nightly_rustc = log
+            .lines()
+            .any(|l| l.contains("rustc ") && l.contains("-nightly"));
         assert_eq!(nightly_rustc, t == "nightly", "{log}");
         keys.insert(c["cache"]["key"].as_str().unwrap().to_string());
     }
@@ -578,16 +610,33 @@ async fn mcp_waits_for_every_cell_and_diagnoses_each_failing_cell_within_the_bud
     let w = loop {
         calls += 1;
         assert!(calls < 20, "the group did not end");
-        let (w, _) = mcp_call(&s, "wait_for_job", json!({"job_id": id, "timeout_secs": 20})).await;
+        let (w, _) = mcp_call(
+            &s,
+            "wait_for_job",
+            json!({"job_id": id, "timeout_secs": 20}),
+        )
+        .await;
         if w["finished"] == true {
             break w;
         }
-        assert!(w["cells"].as_array().unwrap().iter().any(|c| !is_final(c)), "{w}");
+        assert!(
+            w["cells"].as_array().unwrap().iter().any(|c| !is_final(c)),
+            "{w}"
+        );
     };
     assert_eq!(w["status"], "failed", "{w}");
     assert_eq!(w["cells"].as_array().unwrap().len(), 16, "{w}");
-    assert!(w["outcome"].as_str().unwrap().contains("16 of 16 cells finished, 15 failed"), "{w}");
-    assert!(w["next"].as_str().unwrap().contains("get_diagnostics"), "{w}");
+    assert!(
+        w["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("16 of 16 cells finished, 15 failed"),
+        "{w}"
+    );
+    assert!(
+        w["next"].as_str().unwrap().contains("get_diagnostics"),
+        "{w}"
+    );
     // get_diagnostics on the group: one answer per failing cell, all in one budget.
     let (d, wire) = mcp_call(&s, "get_diagnostics", json!({"job_id": id})).await;
     let budget = 25_000 * 3;
@@ -612,7 +661,10 @@ async fn mcp_waits_for_every_cell_and_diagnoses_each_failing_cell_within_the_bud
     }
     if cells.len() < 15 {
         let cut = d["cut"].as_str().unwrap();
-        assert!(cut.contains("failing cells") && cut.contains("get_diagnostics"), "{cut}");
+        assert!(
+            cut.contains("failing cells") && cut.contains("get_diagnostics"),
+            "{cut}"
+        );
     }
     // A cell's own answer is the plain one.
     let (one, _) = mcp_call(&s, "get_diagnostics", json!({"job_id": failing[3]})).await;

@@ -28,7 +28,7 @@
 use raibid_core::testkit::RedisServer;
 use raibid_dispatcher::{serve, AppState, Settings};
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -258,7 +258,6 @@ fn repo(dir: &Path, files: &[(&str, &str)]) -> String {
     git(dir, &["commit", "-qm", "x"]);
     format!("file://{}", dir.display())
 }
-
 
 fn ms(a: &Value, b: &Value) -> f64 {
     let p = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();

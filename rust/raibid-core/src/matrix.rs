@@ -215,7 +215,9 @@ impl Matrix {
     /// Parse the value of `matrix:`.
     pub fn parse(v: &Value) -> Result<Matrix, MatrixError> {
         let Value::Mapping(m) = v else {
-            return err("matrix: must be a map of axis: [values] (with include, exclude, fail_fast)");
+            return err(
+                "matrix: must be a map of axis: [values] (with include, exclude, fail_fast)",
+            );
         };
         let mut axes: Vec<(String, Vec<String>)> = Vec::new();
         let mut include = Vec::new();
@@ -535,11 +537,13 @@ mod tests {
 
     #[test]
     fn the_cell_limit_is_refused_with_the_count() {
-        let e = parse("a: [1a, 2a, 3a, 4a, 5a]\nb: [1b, 2b, 3b, 4b, 5b]\nc: [x, y, z]\n").unwrap_err();
+        let e =
+            parse("a: [1a, 2a, 3a, 4a, 5a]\nb: [1b, 2b, 3b, 4b, 5b]\nc: [x, y, z]\n").unwrap_err();
         assert!(e.0.contains("75 cells") && e.0.contains("64"), "{e}");
         // 64 is fine.
-        let ok = parse("a: [a1, a2, a3, a4, a5, a6, a7, a8]\nb: [b1, b2, b3, b4, b5, b6, b7, b8]\n")
-            .unwrap();
+        let ok =
+            parse("a: [a1, a2, a3, a4, a5, a6, a7, a8]\nb: [b1, b2, b3, b4, b5, b6, b7, b8]\n")
+                .unwrap();
         assert_eq!(ok.expand().unwrap().len(), 64);
         // A huge product is refused without building it.
         let many: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
@@ -562,10 +566,16 @@ mod tests {
             ("features: [a, a]\n", "matrix.features[1]"),
             ("toolchain: [../../bin]\n", "matrix.toolchain[0]"),
             ("features: [\"a\\nb\"]\n", "matrix.features[0]"),
-            ("features: [a]\nexclude: [{feature: a}]\n", "matrix.exclude[0].feature"),
+            (
+                "features: [a]\nexclude: [{feature: a}]\n",
+                "matrix.exclude[0].feature",
+            ),
             ("features: [a]\ninclude: [x]\n", "matrix.include[0]"),
             ("features: [a]\nfail_fast: yes-please\n", "matrix.fail_fast"),
-            ("features: [a]\nexclude: [{features: a}]\n", "every combination"),
+            (
+                "features: [a]\nexclude: [{features: a}]\n",
+                "every combination",
+            ),
             ("fail_fast: true\n", "no axis"),
             ("[a, b]\n", "matrix:"),
         ];
@@ -577,10 +587,11 @@ mod tests {
 
     #[test]
     fn env_and_well_known_axes() {
-        let cells = parse("features: [serde]\ntoolchain: [nightly]\ntarget: [aarch64-unknown-linux-gnu]\n")
-            .unwrap()
-            .expand()
-            .unwrap();
+        let cells =
+            parse("features: [serde]\ntoolchain: [nightly]\ntarget: [aarch64-unknown-linux-gnu]\n")
+                .unwrap()
+                .expand()
+                .unwrap();
         let env = cells[0].env();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("RAIBID_MATRIX_FEATURES"), Some("serde"));

@@ -28,7 +28,11 @@ async fn lag(q: &Queue) -> i64 {
 }
 
 /// Claim the one queued job and prepare its group of `n` cells (as the agent's hook does).
-async fn parent_and_cells(q: &Queue, c: &mut redis::aio::MultiplexedConnection, n: usize) -> (Claim, Vec<Job>) {
+async fn parent_and_cells(
+    q: &Queue,
+    c: &mut redis::aio::MultiplexedConnection,
+    n: usize,
+) -> (Claim, Vec<Job>) {
     let Enqueued::New(_) = q.enqueue(job(), None).await.unwrap() else {
         panic!()
     };
@@ -114,7 +118,10 @@ async fn a_fan_out_is_n_entries_of_lag_and_its_cells_settle_the_group() {
         .await
         .unwrap();
     assert!(open.is_empty(), "{open:?}");
-    assert_eq!(q.list_groups(10, None).await.unwrap(), vec![claim.job.id.to_string()]);
+    assert_eq!(
+        q.list_groups(10, None).await.unwrap(),
+        vec![claim.job.id.to_string()]
+    );
 }
 
 #[tokio::test]
@@ -144,7 +151,10 @@ async fn a_fan_out_without_the_lease_writes_nothing() {
         .unwrap();
     assert_eq!(len_before, len_after);
     for cell in &cells {
-        assert!(matches!(q.get(&cell.id).await, Err(QueueError::NotFound(_))));
+        assert!(matches!(
+            q.get(&cell.id).await,
+            Err(QueueError::NotFound(_))
+        ));
     }
     assert!(q.list_groups(10, None).await.unwrap().is_empty());
 }
@@ -159,7 +169,11 @@ async fn fail_fast_cancels_queued_cells_and_a_dead_cell_is_settled_by_the_sweep(
         .await
         .unwrap()
         .unwrap();
-    first.job.finish(Status::Failed, Some("step `t` exited with code 1".into()), Utc::now());
+    first.job.finish(
+        Status::Failed,
+        Some("step `t` exited with code 1".into()),
+        Utc::now(),
+    );
     q.finish_claimed(&mut first).await.unwrap();
     let v = q.group(&claim.job.id).await.unwrap();
     assert_eq!(v.status, Status::Failed, "{v:?}");
@@ -169,7 +183,12 @@ async fn fail_fast_cancels_queued_cells_and_a_dead_cell_is_settled_by_the_sweep(
         .as_deref()
         .unwrap()
         .contains("fail_fast: cell (n=0) failed"));
-    assert!(v.group.failure_reason.as_deref().unwrap().contains("1 of 3 cells failed: (n=0) step `t` exited with code 1"));
+    assert!(v
+        .group
+        .failure_reason
+        .as_deref()
+        .unwrap()
+        .contains("1 of 3 cells failed: (n=0) step `t` exited with code 1"));
     // The cancelled cells' entries are still undelivered (lag stays exact until an agent acks them).
     assert_eq!(lag(&q).await, 2);
     // A group whose cell ended behind its back (here: written directly) is settled by the sweep.

@@ -106,9 +106,8 @@ async fn list(
     State(state): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<GroupPage>, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
-    })?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     Ok(Json(
         page(&state, q.limit.unwrap_or(20), q.cursor.as_deref()).await?,
     ))
@@ -121,14 +120,20 @@ async fn show(
     Ok(Json(load(&state, &id).await?))
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     load(&state, &id).await?;
     state.queue.cancel(&id).await?;
     let v = load(&state, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(v)).into_response())
 }
 
-async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     load(&state, &id).await?;
     let job = crate::requests::retry(&state, &id)
         .await?

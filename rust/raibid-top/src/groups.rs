@@ -29,13 +29,21 @@ pub fn toggle(app: &mut App) -> bool {
 
 /// `shown` with the cells of closed groups left out and the cells of open groups right under their
 /// group, in cell order. Cells whose group is not listed stay where they are.
-pub fn arrange(jobs: &[Job], index: &HashMap<String, usize>, shown: &mut Vec<usize>, expanded: &HashSet<String>) {
+pub fn arrange(
+    jobs: &[Job],
+    index: &HashMap<String, usize>,
+    shown: &mut Vec<usize>,
+    expanded: &HashSet<String>,
+) {
     let listed: HashSet<&str> = shown.iter().map(|i| jobs[*i].id.as_str()).collect();
     let mut cells_of: HashMap<&str, Vec<(u32, usize)>> = HashMap::new();
     for i in shown.iter() {
         if let Some(c) = jobs[*i].matrix_cell() {
             if listed.contains(c.group.as_str()) || index.contains_key(&c.group) {
-                cells_of.entry(c.group.as_str()).or_default().push((c.index, *i));
+                cells_of
+                    .entry(c.group.as_str())
+                    .or_default()
+                    .push((c.index, *i));
             }
         }
     }

@@ -26,9 +26,13 @@ fn ids(app: &mut App) -> Vec<String> {
 fn with_group() -> App {
     let mut group = job(2, Status::Running, 50);
     let mut cells: Vec<Job> = Vec::new();
-    for (k, (f, st)) in [("a", Status::Succeeded), ("b", Status::Failed), ("c", Status::Running)]
-        .into_iter()
-        .enumerate()
+    for (k, (f, st)) in [
+        ("a", Status::Succeeded),
+        ("b", Status::Failed),
+        ("c", Status::Running),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut c = job(3 + k, st, 40);
         c.matrix = Some(JobMatrix::Cell(MatrixCell {
@@ -51,7 +55,11 @@ fn with_group() -> App {
             .collect(),
         fail_fast: false,
     }));
-    let mut all = vec![job(1, Status::Succeeded, 60), group, job(9, Status::Queued, 1)];
+    let mut all = vec![
+        job(1, Status::Succeeded, 60),
+        group,
+        job(9, Status::Queued, 1),
+    ];
     all.extend(cells);
     app_with(all)
 }
@@ -62,7 +70,10 @@ fn a_group_is_one_row_that_opens_into_its_cells() {
     // Newest first; the cells (ids 3-5, newer than the group) are not listed while it is closed.
     assert_eq!(ids(&mut app), [id(9), id(2), id(1)]);
     let text = screen(&mut app, 120, 12);
-    assert!(text.contains("▸ alice/parser (3 cells, 1 ok, 1 failed)"), "{text}");
+    assert!(
+        text.contains("▸ alice/parser (3 cells, 1 ok, 1 failed)"),
+        "{text}"
+    );
     // Space on a plain job says so and changes nothing.
     key(&mut app, KeyCode::Char(' '));
     assert_eq!(ids(&mut app), [id(9), id(2), id(1)]);

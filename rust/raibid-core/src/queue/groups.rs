@@ -288,7 +288,9 @@ impl Queue {
             .modify(group, |job| {
                 let reopen = job.status.is_final();
                 let Some(JobMatrix::Group(g)) = job.matrix.as_mut() else {
-                    return Err(QueueError::Conflict(format!("{group} is not a matrix group")));
+                    return Err(QueueError::Conflict(format!(
+                        "{group} is not a matrix group"
+                    )));
                 };
                 let Some(c) = g.cells.get_mut(index as usize) else {
                     return Err(QueueError::Conflict(format!(

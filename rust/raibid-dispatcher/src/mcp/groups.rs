@@ -60,7 +60,11 @@ pub fn group_waited(mut w: Waited, v: &GroupView) -> Waited {
         if failed.is_empty() {
             String::new()
         } else {
-            format!(", {} failed: {}", failed.len(), one_line(&failed.join(" "), 400))
+            format!(
+                ", {} failed: {}",
+                failed.len(),
+                one_line(&failed.join(" "), 400)
+            )
         },
         if w.finished {
             format!("group {}", v.status)

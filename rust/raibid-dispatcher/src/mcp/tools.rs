@@ -1251,7 +1251,11 @@ impl Raibid {
             // A matrix group: every failing cell's answer, in one budget.
             let v = self.state.queue.group(&job.id).await.map_err(queue_err)?;
             let mut cells = Vec::new();
-            for c in v.cells.iter().filter(|c| raibid_core::matrix::is_failure(c.status)) {
+            for c in v
+                .cells
+                .iter()
+                .filter(|c| raibid_core::matrix::is_failure(c.status))
+            {
                 let d = load_diagnostics(&self.state, c).await?;
                 cells.push(diagnostics_answer(&self.state, c, d, &req, limit, min_rank).await);
             }
