@@ -10,52 +10,52 @@
 //!   from that environment (the sandboxed `rustc -vV` runs with `RUSTUP_TOOLCHAIN`), and the cell's slot
 //!   is preferred by branch *and* values (`slot_branch`), so cells do not take turns on one slot.
 //!
-//! The lifecycle refactor (issue 20) re-places the single call (`after_config`) into its config
-//! transition; nothing else of the executor knows about matrices.
+//! Where it is called: the Rust/GPU kinds' config phase (`apply_cell`; a non-cell with `matrix:`
+//! returns `ConfigOutcome::FanOut`), the lifecycle's config transition (`fan_out`), the source phase
+//! (`slot_branch`) and the final write (`fanned_out`: nothing to write for a group).
 
-use crate::runner::JobCtx;
-use crate::LOST;
+use crate::ctx::{End, JobCtx};
+use crate::stop::LOST;
 use chrono::Utc;
 use raibid_core::job::{Job, Status};
-use raibid_core::matrix::{self, GroupCell, JobMatrix, MatrixCell, MatrixGroup};
+use raibid_core::matrix::{self, GroupCell, JobMatrix, Matrix, MatrixCell, MatrixGroup};
 use raibid_core::pipeline::Pipeline;
 use raibid_core::queue::QueueError;
 
-/// After the pipeline was read: `None` to go on with the steps (not a matrix, or a cell whose values
-/// are now in `pipeline.env`), `Some(end)` when the job fanned out (or could not).
-pub(crate) async fn after_config(
-    ctx: &mut JobCtx<'_>,
-    pipeline: &mut Pipeline,
-) -> Option<(Status, Option<String>)> {
-    if let Some(cell) = ctx.claim.job.matrix_cell().cloned() {
-        let env = matrix::env(&cell.values);
-        ctx.sys(
-            "config",
-            format!(
-                "[raibid] matrix cell ({}) of group {}: {}",
-                matrix::label(&cell.values),
-                cell.group,
-                env.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-        )
-        .await;
-        pipeline.env.extend(env);
-        return None;
-    }
-    let mx = pipeline.matrix.clone()?;
+/// A cell takes its values into the pipeline's environment (true); any other job is left alone (false).
+pub(crate) async fn apply_cell(ctx: &mut JobCtx<'_>, pipeline: &mut Pipeline) -> bool {
+    let Some(cell) = ctx.claim.job.matrix_cell().cloned() else {
+        return false;
+    };
+    let env = matrix::env(&cell.values);
+    ctx.sys(
+        "config",
+        format!(
+            "[raibid] matrix cell ({}) of group {}: {}",
+            matrix::label(&cell.values),
+            cell.group,
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    )
+    .await;
+    pipeline.env.extend(env);
+    true
+}
+
+/// Expand the matrix and enqueue the group with its cells (`Queue::fan_out`); this job then ends
+/// without a final write of its own (`LOST` with `fanned_out`: the group settles with its cells).
+pub(crate) async fn fan_out(ctx: &mut JobCtx<'_>, pipeline_name: &str, mx: &Matrix) -> End {
     let cells = match mx.expand() {
         Ok(c) => c,
         Err(e) => {
-            return Some(
-                fail(
-                    ctx,
-                    format!("{}: {e}", raibid_core::pipeline::PIPELINE_FILE),
-                )
-                .await,
+            return fail(
+                ctx,
+                format!("{}: {e}", raibid_core::pipeline::PIPELINE_FILE),
             )
+            .await
         }
     };
     let now = Utc::now();
@@ -68,7 +68,7 @@ pub(crate) async fn after_config(
         .map(|(i, c)| {
             let mut j = Job::new(source.clone(), now);
             j.kind = parent.kind;
-            j.pipeline = Some(pipeline.name.clone());
+            j.pipeline = Some(pipeline_name.to_string());
             j.matrix = Some(JobMatrix::Cell(MatrixCell {
                 group: parent.id.to_string(),
                 index: i as u32,
@@ -104,7 +104,7 @@ pub(crate) async fn after_config(
         )
         .await;
     }
-    ctx.claim.job.pipeline = Some(pipeline.name.clone());
+    ctx.claim.job.pipeline = Some(pipeline_name.to_string());
     ctx.claim.job.matrix = Some(JobMatrix::Group(group));
     ctx.claim.job.end_step("succeeded", None, Utc::now());
     ctx.claim.job.step = None;
@@ -112,18 +112,18 @@ pub(crate) async fn after_config(
     match ctx.shared.queue.fan_out(&mut ctx.claim, &jobs).await {
         Ok(()) => {
             tracing::info!(job = %ctx.claim.job.id, cells = jobs.len(), "matrix fanned out");
-            Some((LOST, None))
+            (LOST, None)
         }
-        Err(QueueError::LeaseLost(_)) => Some((LOST, None)),
-        Err(QueueError::Conflict(m)) => Some((Status::Cancelled, Some(m))),
+        Err(QueueError::LeaseLost(_)) => (LOST, None),
+        Err(QueueError::Conflict(m)) => (Status::Cancelled, Some(m)),
         Err(e) => {
             ctx.claim.job.matrix = None;
-            Some(fail(ctx, format!("could not enqueue the matrix cells: {e}")).await)
+            fail(ctx, format!("could not enqueue the matrix cells: {e}")).await
         }
     }
 }
 
-async fn fail(ctx: &mut JobCtx<'_>, msg: String) -> (Status, Option<String>) {
+async fn fail(ctx: &mut JobCtx<'_>, msg: String) -> End {
     ctx.sys("config", format!("[raibid] {msg}")).await;
     ctx.claim.job.end_step("failed", None, Utc::now());
     let _ = ctx.update("step_finished").await;

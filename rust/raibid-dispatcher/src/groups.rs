@@ -3,7 +3,7 @@
 //! not final, then the group) and `POST .../retry` (the whole group again: a new push job that fans out
 //! anew; one cell is retried with `POST /api/v1/jobs/{cell}/retry`, which replaces it in its group).
 
-use crate::api::ApiError;
+use crate::guard::ApiError;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
