@@ -18,6 +18,7 @@
 pub mod budget;
 pub mod groups;
 pub mod logs;
+pub mod schedules;
 pub mod schema;
 pub mod tools;
 
