@@ -69,6 +69,9 @@ pub(crate) async fn fan_out(ctx: &mut JobCtx<'_>, pipeline_name: &str, mx: &Matr
             let mut j = Job::new(source.clone(), now);
             j.kind = parent.kind;
             j.pipeline = Some(pipeline_name.to_string());
+            // A scheduled push's variant and schedule go with every cell.
+            j.schedule_id = parent.schedule_id.clone();
+            j.env = parent.env.clone();
             j.matrix = Some(JobMatrix::Cell(MatrixCell {
                 group: parent.id.to_string(),
                 index: i as u32,

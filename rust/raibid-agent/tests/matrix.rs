@@ -671,3 +671,45 @@ async fn mcp_waits_for_every_cell_and_diagnoses_each_failing_cell_within_the_bud
     assert!(one.get("cells").is_none(), "{one}");
     assert!(!one["step_tail"]["lines"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_push_s_variant_reaches_every_cell() {
+    let s = stack().await;
+    let url = repo(
+        &s.tmp.path().join("repo"),
+        &[(
+            ".raibid.yaml",
+            "matrix:\n  n: ['1', '2']\nsteps:\n  - name: v\n    run: echo \"cell $RAIBID_MATRIX_N variant=${CARGO_UPDATE:-none}\"\n",
+        )],
+    );
+    s.agent("agent-a");
+    // A job as the scheduler writes it: its variant in the record's `env`.
+    let q = raibid_core::queue::Queue::connect(
+        &s.redis.url(),
+        raibid_core::queue::QueueConfig::default(),
+    )
+    .await
+    .unwrap();
+    let source: raibid_core::job::Source = serde_json::from_value(json!({
+        "repo_url": url, "ref": "refs/heads/main", "sha": null,
+        "trigger": {"kind": "api", "actor": null}, "delivery_id": null, "forge_repo": null
+    }))
+    .unwrap();
+    let mut job = raibid_core::job::Job::new(source, chrono::Utc::now());
+    job.env.insert("CARGO_UPDATE".into(), "1".into());
+    let raibid_core::queue::Enqueued::New(job) = q.enqueue(job, None).await.unwrap() else {
+        panic!()
+    };
+    let id = job.id.to_string();
+    s.group_of(&id).await;
+    let g = s.group_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(g["status"], "succeeded", "{g}");
+    for c in cells(&g) {
+        let n = c["matrix"]["values"][0]["value"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let log = s.log(c["id"].as_str().unwrap()).await;
+        assert!(log.contains(&format!("cell {n} variant=1")), "{log}");
+    }
+}
