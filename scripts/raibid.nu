@@ -203,6 +203,53 @@ export def "artifacts get" [
   {name: $file.name, size: ($file.size | into filesize), digest: $file.digest, path: $dest}
 }
 
+# Build-matrix groups, newest first: one row per push that fanned out (`matrix:` in .raibid.yaml), with
+# its combined status and how many of its cells ended and failed.
+@example "groups that failed" { raibid groups | where status == failed }
+export def "groups" [
+  --limit: int = 20  # at most this many groups (1-100)
+]: nothing -> table {
+  if $limit < 1 or $limit > 100 { fail bad_limit "--limit must be between 1 and 100" --span (metadata $limit).span }
+  call GET $"/groups?limit=($limit)" | get groups | each {|g| $g | group-row }
+}
+
+# One group: its combined status and its cells (one row each: id, values, status, step).
+@example "the failing cells of a group" { raibid groups show 01JD0000000000000000000000 | get cells | where status == failed }
+export def "groups show" [
+  id: string  # the group's id (the push's job id)
+]: nothing -> record {
+  let g = (call GET $"/groups/($id)")
+  ($g | group-row) | upsert cells ($g.cells | each {|c| $c | job-row | insert cell ($c.matrix.values | each {|v| $"($v.axis)=($v.value)" } | str join ', ') | select id cell status step duration })
+}
+
+# Cancel a whole group: every cell not finished yet, then the group (one cell: `jobs cancel <cell>`).
+export def "groups cancel" [
+  id: string  # the group's id
+]: nothing -> record {
+  call POST $"/groups/($id)/cancel" | group-row
+}
+
+# Run a whole group again: a new push job that fans out anew (one cell: `jobs retry <cell>`, which
+# replaces it in its group).
+export def "groups retry" [
+  id: string  # the group's id
+]: nothing -> record {
+  call POST $"/groups/($id)/retry" | normalize-job
+}
+
+def group-row []: record -> record {
+  let g = $in
+  {
+    id: $g.group.id
+    status: $g.status
+    repo: ($g.group.source.repo_url | short-repo)
+    ref: ($g.group.source.ref | str replace --regex '^refs/(heads|tags)/' '')
+    cells: ($g.cells | length)
+    ended: ($g.cells | where status in [succeeded failed cancelled timed_out] | length)
+    failed: ($g.cells | where status in [failed timed_out] | length)
+  }
+}
+
 # Queue figures: stream length, consumer-group lag (what KEDA scales on), pending, oldest waiting job.
 export def "queue" []: nothing -> record {
   call GET "/queue"
@@ -443,6 +490,14 @@ alias "main jobs logs" = jobs logs
 alias "main jobs cancel" = jobs cancel
 # Run a finished job again (a new job whose retry_of is this one).
 alias "main jobs retry" = jobs retry
+# Build-matrix groups, newest first: one row per push that fanned out (`matrix:` in .raibid.yaml), with
+alias "main groups" = groups
+# One group: its combined status and its cells (one row each: id, values, status, step).
+alias "main groups show" = groups show
+# Cancel a whole group: every cell not finished yet, then the group (one cell: `jobs cancel <cell>`).
+alias "main groups cancel" = groups cancel
+# Run a whole group again: a new push job that fans out anew (one cell: `jobs retry <cell>`, which
+alias "main groups retry" = groups retry
 # Queue figures: stream length, consumer-group lag (what KEDA scales on), pending, oldest waiting job.
 alias "main queue" = queue
 # Agents with their current job and last heartbeat.

@@ -173,3 +173,31 @@ def artifacts_are_listed_and_fetched_through_the_cli [] {
     }
   }
 }
+
+@test
+def matrix_groups_listed_shown_cancelled_and_retried_through_the_cli [] {
+  with-stack {|dir|
+    let url = (example-repo $dir "matrix:\n  n: ['1', '2']\nsteps:\n  - name: wait\n    run: sleep 60\n")
+    let job = (raibid jobs submit $url)
+    let deadline = (date now) + 60sec
+    while (raibid groups | where id == $job.id | is-empty) or ((raibid groups show $job.id).cells.0.status != running) {
+      assert ((date now) < $deadline) "the push never fanned out, or its first cell never ran"
+      sleep 100ms
+    }
+    let g = (raibid groups show $job.id)
+    assert equal ($g.cells | get cell) ["n=1" "n=2"]
+    assert equal $g.cells.0.status running
+    let c = (raibid groups cancel $job.id)
+    assert equal $c.cells 2
+    let deadline = (date now) + 30sec
+    while (raibid groups show $job.id | get status) != cancelled {
+      assert ((date now) < $deadline) "the group was not cancelled"
+      sleep 100ms
+    }
+    assert equal (raibid groups show $job.id | get cells | get status) [cancelled cancelled]
+    assert equal (error-code-of { raibid groups cancel $job.id }) conflict
+    let again = (raibid groups retry $job.id)
+    assert equal $again.retry_of $job.id
+    assert equal (error-code-of { raibid groups show 01JD0000000000000000000000 }) not_found
+  }
+}

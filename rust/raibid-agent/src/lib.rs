@@ -19,6 +19,7 @@ pub(crate) mod cache;
 pub mod cargo_output;
 pub mod config;
 pub(crate) mod ctx;
+pub(crate) mod fan_out;
 pub mod git;
 pub mod gpu;
 pub mod isolation;

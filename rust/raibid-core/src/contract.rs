@@ -84,6 +84,10 @@ pub mod keys {
     pub const NODE_AGENTS_SUFFIX: &str = ":agents";
     /// Sorted set of uploaded artifact manifests: `<job id> <host>/<repository>@<digest>` scored by upload time (ms); the dispatcher deletes a manifest from the registry once its job's record is gone (cleanup, retention, the count bound).
     pub const ARTIFACTS_INDEX: &str = "raibid:artifacts";
+    /// Set of matrix group (parent job) ids with a cell not final yet: the dispatcher's reaper settles them (combined status, `fail_fast`) as a backstop to the agents' own settling.
+    pub const MATRIX_GROUPS_OPEN: &str = "raibid:groups:open";
+    /// Sorted set of matrix group (parent job) ids scored by fan-out time in ms (`GET /api/v1/groups`), pruned past retention.
+    pub const MATRIX_GROUP_INDEX: &str = "raibid:groups:index";
     /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
     pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
     /// Sorted set of schedule ids (issue 22 §3), scored by creation time in milliseconds.

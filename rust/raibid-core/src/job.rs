@@ -433,6 +433,9 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<serde_json::Value>")]
     pub artifacts: Option<crate::artifacts::ArtifactSet>,
+    /// Build matrices: the group this job is (its cells) or the cell it is (group and axis values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<crate::matrix::JobMatrix>,
     /// Fields this version does not know (written by a newer one), kept as they are through every
     /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -468,6 +471,7 @@ impl Job {
             image: None,
             gpu: None,
             artifacts: None,
+            matrix: None,
             extra: serde_json::Map::new(),
         }
     }
@@ -525,9 +529,27 @@ impl Job {
         Some((f - s).num_microseconds()? as f64 / 1e6)
     }
 
-    /// The commit-status context, `raibid/<pipeline>`.
+    /// The commit-status context, `raibid/<pipeline>`; a matrix cell's adds its values,
+    /// `raibid/ci (features=serde)`.
     pub fn status_context(&self) -> String {
-        format!("raibid/{}", self.pipeline.as_deref().unwrap_or("ci"))
+        let base = format!("raibid/{}", self.pipeline.as_deref().unwrap_or("ci"));
+        crate::matrix::context_of(self, base)
+    }
+
+    /// The cell this job is, when it is one.
+    pub fn matrix_cell(&self) -> Option<&crate::matrix::MatrixCell> {
+        match &self.matrix {
+            Some(crate::matrix::JobMatrix::Cell(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The group this job is, when it is one.
+    pub fn matrix_group(&self) -> Option<&crate::matrix::MatrixGroup> {
+        match &self.matrix {
+            Some(crate::matrix::JobMatrix::Group(g)) => Some(g),
+            _ => None,
+        }
     }
 }
 

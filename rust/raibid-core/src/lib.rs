@@ -11,6 +11,7 @@ pub mod contract;
 pub mod event;
 pub mod image;
 pub mod job;
+pub mod matrix;
 pub mod pipeline;
 #[cfg(feature = "queue")]
 pub mod queue;

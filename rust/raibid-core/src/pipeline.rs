@@ -50,6 +50,8 @@ pub struct Pipeline {
     pub gpu: bool,
     /// `artifacts:`: files uploaded to the registry after the steps (`crate::artifacts`).
     pub artifacts: Option<crate::artifacts::ArtifactSpec>,
+    /// `matrix:`: the push fans out into one job per cell (`crate::matrix`).
+    pub matrix: Option<crate::matrix::Matrix>,
 }
 
 /// One step.
@@ -87,6 +89,7 @@ struct RawPipeline {
     gpu: bool,
     #[serde(default)]
     artifacts: Option<crate::artifacts::RawArtifacts>,
+    matrix: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +285,8 @@ impl Pipeline {
             Some(a) => Some(crate::artifacts::ArtifactSpec::from_raw(a).map_err(PipelineError)?),
             None => None,
         };
+        let matrix = crate::matrix::parse_in_pipeline(raw.matrix.as_ref(), raw.image.is_some())
+            .map_err(|e| PipelineError(e.0))?;
         Ok(Pipeline {
             name,
             env: raw.env,
@@ -291,6 +296,7 @@ impl Pipeline {
             image: raw.image,
             gpu: raw.gpu,
             artifacts,
+            matrix,
         })
     }
 
@@ -320,6 +326,7 @@ impl Pipeline {
             image: None,
             gpu: false,
             artifacts: None,
+            matrix: None,
         }
     }
 }

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents", get(agents))
         .route("/mirrors", get(crate::mirrors::list))
         .merge(crate::events::router())
+        .merge(crate::groups::router())
         .merge(crate::schedules::router())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));

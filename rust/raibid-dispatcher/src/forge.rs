@@ -265,6 +265,7 @@ impl Gitea {
         state: &str,
         description: &str,
         target_url: &str,
+        context: &str,
     ) -> Result<(), PostError> {
         let permanent = |m: String| PostError {
             transient: false,
@@ -277,7 +278,7 @@ impl Gitea {
         }
         let body = serde_json::json!({
             "state": state,
-            "context": STATUS_CONTEXT,
+            "context": context,
             "description": description,
             "target_url": target_url,
         });
@@ -739,9 +740,11 @@ impl Reporter {
         };
         let target = crate::public::job_page_url(&self.state.settings, &job.id);
         let text = description(&job, diagnostics.as_ref());
+        // A matrix cell's context names its values: `raibid/ci (features=serde)` (issue 23 §1).
+        let context = raibid_core::matrix::context_of(&job, STATUS_CONTEXT.to_string());
         let result = match &self.sink {
             Sink::Gitea(gitea) => gitea
-                .try_post_status(&repo, &sha, state, &text, &target)
+                .try_post_status(&repo, &sha, state, &text, &target, &context)
                 .await
                 .map_err(|e| {
                     if e.transient {
@@ -769,7 +772,7 @@ impl Reporter {
                     }
                 };
                 github
-                    .post_status(&gh_repo, &sha, state, &text, &target, STATUS_CONTEXT)
+                    .post_status(&gh_repo, &sha, state, &text, &target, &context)
                     .await
             }
         };

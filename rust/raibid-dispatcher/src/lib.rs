@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod events;
 pub mod forge;
 pub mod github;
+pub mod groups;
 pub mod guard;
 pub mod images;
 pub mod mcp;

@@ -8,8 +8,8 @@
 //! answers 202 `not_mirrored`, no job), and the GitHub status reporter finds the GitHub repository of a
 //! job's Gitea repository. `GET /api/v1/mirrors` shows the mapping the dispatcher uses.
 
-use crate::guard::ApiError;
 use crate::forge::Gitea;
+use crate::guard::ApiError;
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;

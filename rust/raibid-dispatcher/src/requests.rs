@@ -363,6 +363,7 @@ pub async fn retry(state: &AppState, id: &str) -> Result<Result<Job, Refused>, Q
     job.env = old.env.clone();
     job.image = old
         .image
+        .clone()
         .map(|i| raibid_core::image::ImageJob::new(i.request));
     if job.source.patch.is_some() {
         let mut con = state.queue.redis();
@@ -379,8 +380,19 @@ pub async fn retry(state: &AppState, id: &str) -> Result<Result<Job, Refused>, Q
             }
         }
     }
+    // A matrix cell is retried in its group: the new attempt replaces it there (issue 23 §1).
+    let cell = old.matrix_cell().cloned();
+    if cell.is_some() {
+        job.matrix = old.matrix.clone();
+        job.pipeline = old.pipeline.clone();
+    }
     match state.queue.enqueue(job, None).await? {
-        Enqueued::New(job) => Ok(Ok(job)),
+        Enqueued::New(job) => {
+            if let Some(c) = cell {
+                state.queue.replace_cell(&c.group, c.index, &job.id).await?;
+            }
+            Ok(Ok(job))
+        }
         Enqueued::Duplicate(d) => Ok(Err(Refused::Conflict(format!("duplicate of {d}")))),
     }
 }

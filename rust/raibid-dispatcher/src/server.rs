@@ -53,6 +53,10 @@ pub async fn reaper(state: AppState) {
         if let Err(e) = state.queue.reap(&me, lease).await {
             tracing::warn!(error = %e, "reaper: redis unavailable; retrying");
         }
+        // Matrix groups whose cells ended some other way than their agent's final write (issue 23 §1).
+        if let Err(e) = state.queue.settle_open_groups().await {
+            tracing::debug!(error = %e, "reaper: could not settle matrix groups");
+        }
         if let Err(e) = state.queue.prune_index().await {
             tracing::debug!(error = %e, "reaper: could not prune the job index");
         }

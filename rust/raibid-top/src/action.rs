@@ -128,6 +128,8 @@ pub enum Action {
     SortReverse,
     /// Ask to cancel the selected job.
     AskCancel,
+    /// Open or close the selected matrix group (its cells under it).
+    ToggleGroup,
     /// Retry the selected job.
     Retry,
     /// Show or hide the help overlay.

@@ -76,8 +76,14 @@ static GLOBAL: [Binding; 4] = [
     ),
     b!("Ctrl-C", "quit", Action::Quit, Char('\u{3}')),
 ];
-static JOBS: [Binding; 7] = [
+static JOBS: [Binding; 8] = [
     b!("Enter", "job detail", Action::Open, Enter),
+    b!(
+        "Space",
+        "open / close a matrix group (its cells)",
+        Action::ToggleGroup,
+        Char(' ')
+    ),
     b!("l", "job log", Action::Logs, Char('l')),
     b!(
         "/",
@@ -412,6 +418,8 @@ pub struct App {
     pub loaded: bool,
     /// The dispatcher's URL, for the header.
     pub endpoint: String,
+    /// Matrix groups opened into their cells (`groups`).
+    pub expanded: std::collections::HashSet<String>,
 }
 
 impl App {
@@ -420,6 +428,7 @@ impl App {
         App {
             now,
             views: vec![View::Jobs],
+            expanded: std::collections::HashSet::new(),
             jobs: Vec::new(),
             index: HashMap::new(),
             shown: Vec::new(),
@@ -670,6 +679,13 @@ impl App {
                     } else {
                         self.say(true, "not cancelled");
                     }
+                }
+            }
+            Action::ToggleGroup => {
+                if crate::groups::toggle(self) {
+                    self.refilter = true;
+                } else {
+                    self.say(false, "not a matrix group");
                 }
             }
             Action::Retry => match self.current_job() {
@@ -1074,6 +1090,7 @@ impl App {
                 self.filter_from_sorted();
             }
         }
+        crate::groups::arrange(&self.jobs, &self.index, &mut self.shown, &self.expanded);
         self.dirty = false;
         self.refilter = false;
         self.shown_filter.clone_from(&self.filter);

@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod app;
+pub mod groups;
 pub mod net;
 pub mod schedules;
 pub mod ui;

@@ -433,7 +433,11 @@ fn render_jobs(f: &mut Frame, app: &App, area: Rect) {
                             let (st, sym) = status_style(j.status.as_str());
                             Span::styled(fit(&format!("{sym} {}", j.status.as_str()), w), st)
                         }
-                        Col::Repo => Span::raw(fit(&repo_name(&j.source.repo_url), w)),
+                        Col::Repo => {
+                            let repo = repo_name(&j.source.repo_url);
+                            let text = crate::groups::repo_cell(app, j, &repo).unwrap_or(repo);
+                            Span::raw(fit(&text, w))
+                        }
                         Col::Ref => Span::raw(fit(short_ref(&j.source.git_ref), w)),
                         Col::Sha => Span::raw(
                             j.source

@@ -63,8 +63,17 @@ pub(crate) enum ConfigOutcome<P> {
     HandOver(Box<HandOver>),
     /// The job fails in its config step with this message.
     Fail(String),
-    // Issue 23 §1 (matrix) adds its transition here: `FanOut(..)`, one job per matrix cell, enqueued
-    // by the lifecycle like a hand-over (lifecycle::execute, "config transition").
+    /// The pipeline has `matrix:` and this job is no cell: the lifecycle enqueues one job per cell
+    /// (the group and its cells in one script) and lets this job go, `running` until its cells end
+    /// (issue 23 §1, `crate::fan_out`).
+    FanOut(Box<FanOut>),
+}
+
+/// A fan-out asked for by a kind's config phase: the pipeline's name and its matrix.
+#[derive(Debug, Clone)]
+pub(crate) struct FanOut {
+    pub(crate) pipeline: String,
+    pub(crate) matrix: raibid_core::matrix::Matrix,
 }
 
 /// A hand-over asked for by a kind's config phase.

@@ -16,7 +16,7 @@ pub mod options;
 pub(crate) mod rust;
 
 pub use kind::{CacheUse, Capabilities, ConfigStep, Privileges};
-pub(crate) use kind::{ConfigOutcome, HandOver, Kind};
+pub(crate) use kind::{ConfigOutcome, FanOut, HandOver, Kind};
 pub use options::KindOptions;
 
 use crate::ctx::JobCtx;

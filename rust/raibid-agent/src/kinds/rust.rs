@@ -73,7 +73,7 @@ pub(crate) async fn config(
     extras: StepExtras,
 ) -> ConfigOutcome<Plan> {
     let checkout = ws.checkout();
-    let pipeline = match load_pipeline(&checkout) {
+    let mut pipeline = match load_pipeline(&checkout) {
         Ok((p, from_file)) => {
             ctx.sys(
                 "config",
@@ -110,6 +110,15 @@ pub(crate) async fn config(
             asked_by: "has `gpu: true`",
             image: None,
         }));
+    }
+    // Build matrix (issue 23 §1): a cell takes its values as environment; a push fans out.
+    if !crate::fan_out::apply_cell(ctx, &mut pipeline).await {
+        if let Some(matrix) = pipeline.matrix.clone() {
+            return ConfigOutcome::FanOut(Box::new(super::FanOut {
+                pipeline: pipeline.name.clone(),
+                matrix,
+            }));
+        }
     }
     let mut secrets = Vec::new();
     let repo = ctx.claim.job.source.repo_url.clone();

@@ -69,8 +69,13 @@ async fn phases<K: Kind>(
             return handover::hand_over(ctx, *h).await;
         }
         ConfigOutcome::Fail(msg) => return fail_config(ctx, step, &msg).await,
-        // Issue 23 §1: `ConfigOutcome::FanOut(..)` is handled here (enqueue the cells, end this job),
-        // like the hand-over.
+        // Issue 23 §1: enqueue the group and its cells in one script, let this job go.
+        ConfigOutcome::FanOut(f) => {
+            if !step {
+                ctx.claim.job.begin_step("config", Utc::now());
+            }
+            return crate::fan_out::fan_out(ctx, &f.pipeline, &f.matrix).await;
+        }
     };
     let end = kind.run(ctx, ws, plan).await;
     after::after_steps(ctx, ws, end).await

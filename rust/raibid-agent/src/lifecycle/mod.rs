@@ -236,6 +236,10 @@ pub(crate) async fn run_job(
         }
         return;
     }
+    if status == LOST && crate::fan_out::fanned_out(&claim.job) {
+        // A matrix group: its cells are queued; it ends with their combined status.
+        return;
+    }
     if status == LOST {
         // Lease lost: another agent owns the job now; write nothing.
         tracing::warn!(job = %id, "lease lost; leaving the job to the agent that holds it");

@@ -94,7 +94,7 @@ async fn clone(ctx: &mut JobCtx<'_>) -> Result<JobCache, CloneEnd> {
             sink,
         )
         .await?;
-        let branch = slots::branch_of(&src.git_ref);
+        let branch = crate::fan_out::slot_branch(&ctx.claim.job, slots::branch_of(&src.git_ref));
         let (slot, slot_lock_ms) = slots::acquire(
             &cache.root,
             &repo_id,

@@ -239,7 +239,10 @@ impl Queue {
 
     /// Write the final status and acknowledge the stream entry, in one fenced step.
     pub async fn finish_claimed(&self, claim: &mut Claim) -> Result<()> {
-        self.fenced_write(claim, "job_finished", true).await
+        self.fenced_write(claim, "job_finished", true).await?;
+        // A matrix cell's end may end its group, or (fail_fast) cancel its siblings.
+        self.settle_cell(&claim.job).await;
+        Ok(())
     }
 
     /// A record write by the lease holder, retried on revision conflicts; `last` also acknowledges the
@@ -621,6 +624,18 @@ impl Queue {
     /// until an agent reads and acknowledges it, keeping `lag` exact); a running job is told through the
     /// cancel channel and its agent writes the final status.
     pub async fn cancel(&self, id: &str) -> Result<Job> {
+        let (job, _) = self.load(id).await?;
+        if job.matrix_group().is_some() {
+            // A matrix group: every cell not final yet, then the group (issue 23 §1).
+            return self.cancel_group(id).await;
+        }
+        let job = self.cancel_one(id, "cancelled before it started").await?;
+        self.settle_cell(&job).await;
+        Ok(job)
+    }
+
+    /// Cancel one job (`reason`: a queued job's failure reason).
+    pub(super) async fn cancel_one(&self, id: &str, reason: &str) -> Result<Job> {
         let now = Utc::now();
         let job = self
             .modify(id, |job| {
@@ -632,11 +647,7 @@ impl Queue {
                 }
                 job.cancel_requested = true;
                 if job.status == Status::Queued {
-                    job.finish(
-                        Status::Cancelled,
-                        Some("cancelled before it started".into()),
-                        now,
-                    );
+                    job.finish(Status::Cancelled, Some(reason.into()), now);
                     Ok(Some("job_finished"))
                 } else {
                     Ok(Some("job_cancel_requested"))

@@ -14,10 +14,11 @@
 //!
 //! Submodules: `jobs` (enqueue, claim, fenced writes, cancel, list), `reaper` (requeue, dead letters,
 //! consumer pruning, retention), `logs`, `agents` (heartbeats, names), `events`, `metrics` (figures,
-//! histograms, status counts). The scripts are in `lua/`, one file each, with a shared prelude.
+//! histograms, status counts), `groups` (matrix fan-out, combined status, group cancel and retry). The scripts are in `lua/`, one file each, with a shared prelude.
 
 mod agents;
 mod events;
+mod groups;
 mod jobs;
 mod logs;
 mod metrics;
@@ -172,6 +173,7 @@ struct Scripts {
     ack: Script,
     renew: Script,
     repost: Script,
+    fan_out: Script,
 }
 
 impl Scripts {
@@ -193,6 +195,7 @@ impl Scripts {
             ack: with_prelude(include_str!("lua/ack.lua")),
             renew: with_prelude(include_str!("lua/renew.lua")),
             repost: with_prelude(include_str!("lua/repost.lua")),
+            fan_out: with_prelude(include_str!("lua/fan_out.lua")),
         }
     }
 }

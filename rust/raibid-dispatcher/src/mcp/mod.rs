@@ -17,6 +17,7 @@
 
 pub mod artifacts;
 pub mod budget;
+pub mod groups;
 pub mod logs;
 pub mod schedules;
 pub mod schema;

@@ -314,6 +314,9 @@ pub struct Waited {
     pub outcome: String,
     /// What to call next.
     pub next: String,
+    /// A matrix group: its cells (job id, values, status, step); the group is finished when they all are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cells: Option<Vec<super::groups::CellState>>,
 }
 
 impl Fit for Waited {
@@ -591,6 +594,9 @@ pub struct DiagnosticsAnswer {
     pub cut: Option<String>,
     /// For a job that failed in a step without structured output: that step's last lines.
     pub step_tail: Option<StepTail>,
+    /// A matrix group: the answer of each failing cell (`job_id` names the cell).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<DiagnosticsAnswer>,
     #[serde(skip)]
     #[schemars(skip)]
     offset: u64,
@@ -633,6 +639,10 @@ impl Fit for DiagnosticsAnswer {
     /// (`next_offset`; warnings go first, errors come first in the list); failing tests are cut to
     /// the first ones; their outputs to the last 512 bytes; rendered snippets and messages to 1 kB.
     fn degrade(&mut self, ratio: f64) -> bool {
+        // A matrix group: its cells' answers first (`groups::degrade_cells`).
+        if super::groups::degrade_cells(self, ratio) {
+            return true;
+        }
         loop {
             match self.stage {
                 0 => {
@@ -1040,6 +1050,7 @@ fn waited(job: &Job, secs: f64) -> Waited {
         elapsed_secs: elapsed(job),
         outcome: outcome(job),
         next: next_for(job),
+        cells: None,
     }
 }
 
@@ -1122,7 +1133,7 @@ impl Raibid {
 
     #[tool(
         name = "wait_for_job",
-        description = "Wait until a job is final or `timeout_secs` pass (default 40, at most 50, under the client's call timeout), sending progress notifications meanwhile. Returns a compact status: `finished` (true: final), status, the current or failed step and its exit code, elapsed time and a one-line outcome. While finished is false, call it again. After a failure call get_failure_summary.",
+        description = "Wait until a job is final or `timeout_secs` pass (default 40, at most 50, under the client's call timeout), sending progress notifications meanwhile. Returns a compact status: `finished` (true: final), status, the current or failed step and its exit code, elapsed time and a one-line outcome. While finished is false, call it again. After a failure call get_failure_summary. For a matrix group (the push's job of a `matrix:` pipeline) it waits until every cell ended and lists the cells (`cells`).",
         annotations(read_only_hint = true)
     )]
     async fn wait_for_job(
@@ -1147,6 +1158,10 @@ impl Raibid {
             let now = Instant::now();
             let waited_secs = (now - started).as_secs_f64();
             if job.status.is_final() || now >= deadline || ctx.ct.is_cancelled() {
+                if job.matrix_group().is_some() {
+                    let v = self.state.queue.group(&job.id).await.map_err(queue_err)?;
+                    return budget::fit(super::groups::group_waited(waited(&job, waited_secs), &v));
+                }
                 return budget::fit(waited(&job, waited_secs));
             }
             let note = (job.step.clone(), job.status);
@@ -1228,7 +1243,7 @@ impl Raibid {
 
     #[tool(
         name = "get_diagnostics",
-        description = "Every compiler message of a job (level, code such as E0308, message, file, line, column, rendered snippet, suggested fixes as data), deduplicated and most severe first, paged with offset / next_offset, and failing tests (name, panic message, file:line, captured output). For a step without structured output, that step's last lines. For the failure alone, get_failure_summary is shorter.",
+        description = "Every compiler message of a job (level, code such as E0308, message, file, line, column, rendered snippet, suggested fixes as data), deduplicated and most severe first, paged with offset / next_offset, and failing tests (name, panic message, file:line, captured output). For a step without structured output, that step's last lines. For the failure alone, get_failure_summary is shorter. For a matrix group: one answer per failing cell (`cells`), all within the answer budget.",
         annotations(read_only_hint = true)
     )]
     async fn get_diagnostics(
@@ -1254,7 +1269,22 @@ impl Raibid {
         };
         let job = self.state.queue.get(&req.job_id).await.map_err(queue_err)?;
         let d = load_diagnostics(&self.state, &job).await?;
-        budget::fit(diagnostics_answer(&self.state, &job, d, &req, limit, min_rank).await)
+        let answer = diagnostics_answer(&self.state, &job, d, &req, limit, min_rank).await;
+        if job.matrix_group().is_some() {
+            // A matrix group: every failing cell's answer, in one budget.
+            let v = self.state.queue.group(&job.id).await.map_err(queue_err)?;
+            let mut cells = Vec::new();
+            for c in v
+                .cells
+                .iter()
+                .filter(|c| raibid_core::matrix::is_failure(c.status))
+            {
+                let d = load_diagnostics(&self.state, c).await?;
+                cells.push(diagnostics_answer(&self.state, c, d, &req, limit, min_rank).await);
+            }
+            return budget::fit(super::groups::group_diagnostics(answer, &v, cells));
+        }
+        budget::fit(answer)
     }
 
     #[tool(
@@ -1969,6 +1999,7 @@ async fn diagnostics_answer(
         next_offset: next,
         cut,
         step_tail: tail,
+        cells: Vec::new(),
         offset: offset as u64,
         stage: 0,
     }

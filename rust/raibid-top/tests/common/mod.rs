@@ -50,6 +50,7 @@ pub fn job(i: usize, status: Status, ago_s: i64) -> Job {
         kind: Default::default(),
         gpu: None,
         artifacts: None,
+        matrix: None,
         extra: Default::default(),
         cache: None,
         cargo: None,
