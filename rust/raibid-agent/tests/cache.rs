@@ -1091,6 +1091,88 @@ async fn a_local_source_is_fetched_over_protocol_v2_without_git_fetch() {
         .contains("the source has no refs/heads/no-such-branch"));
 }
 
+/// (issue 19 §3) A wrong ref is not a broken mirror: the good mirror stays (its packs are the same
+/// files), the remote is asked once (no "rebuilding the mirror from scratch", one `git fetch`), and the
+/// failure reason carries git's own one-line reason; so does a repository that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_ref_or_repository_fails_with_gits_reason_and_keeps_the_mirror() {
+    use std::os::unix::fs::MetadataExt;
+    let s = stack().await;
+    let repo = Repo::new(&s.tmp.path().join("repo"));
+    repo.write(
+        ".raibid.yaml",
+        "steps:\n  - name: show\n    run: \"true\"\n",
+    );
+    let sha1 = repo.commit("first");
+    let _a = s.agent("agent-r");
+    let j1 = s.run(&repo.url(), &sha1).await;
+    assert_eq!(j1["status"], "succeeded", "{j1}");
+    let packs = |cache: &Path| -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(the_mirror(cache).join("objects/pack"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().ino(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = packs(&s.cache());
+    assert!(!before.is_empty());
+
+    // The agent's own protocol-v2 client (a plain branch name) and `git fetch` (a name it leaves to
+    // git): each says the ref is not there, once, and the mirror is untouched.
+    for (branch, says) in [
+        ("nope", "the source has no refs/heads/nope"),
+        ("n\u{f6}pe", "couldn't find remote ref refs/heads/n\u{f6}pe"),
+    ] {
+        let id = s.submit(&repo.url(), branch, None).await;
+        let j = s.wait(&id, Duration::from_secs(120), is_final).await;
+        let log = s.log(&id).await;
+        assert_eq!(j["status"], "failed", "{j}\n{log}");
+        let reason = j["failure_reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("clone:"), "{reason}");
+        assert!(
+            reason.contains(says),
+            "git's reason in the failure reason: {reason}\n{log}"
+        );
+        assert!(
+            !log.contains("rebuilding"),
+            "a missing ref is not a broken mirror:\n{log}"
+        );
+        assert!(
+            log.matches(" fetch -q ").count() <= 1,
+            "the remote is asked once:\n{log}"
+        );
+        assert_eq!(
+            packs(&s.cache()),
+            before,
+            "the mirror's packs are the same files"
+        );
+    }
+    // The good ref still works from the same mirror, without a fetch.
+    let j = s.run(&repo.url(), &sha1).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["cache"]["mirror_hit"], true, "{j}");
+
+    // A repository that does not exist: git's reason, not only `could not fetch refs/heads/main`.
+    let missing = format!("file://{}/no-such-repo", s.tmp.path().display());
+    let id = s.submit(&missing, "main", None).await;
+    let j = s.wait(&id, Duration::from_secs(120), is_final).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    let reason = j["failure_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("does not appear to be a git repository"),
+        "{reason}\n{}",
+        s.log(&id).await
+    );
+    assert!(reason.len() < 1024, "bounded: {reason}");
+}
+
 /// Pack files of the (only) mirror in the cache.
 fn mirror_packs(cache: &Path) -> usize {
     let mirror = the_mirror(cache);
