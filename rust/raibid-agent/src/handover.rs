@@ -21,6 +21,7 @@ pub(crate) async fn hand_over(
     let mut job = Job::new(source, Utc::now());
     job.kind = kind;
     job.pipeline = Some(pipeline.to_string());
+    job.handed_over_from = Some(ctx.claim.job.id.clone());
     setup(&mut job);
     let from = ctx.claim.job.id.to_string();
     let id = match ctx
@@ -58,6 +59,7 @@ pub(crate) async fn hand_over(
     )
     .await;
     ctx.claim.job.pipeline = Some(format!("{pipeline}-handover"));
+    ctx.claim.job.handed_over_to = raibid_core::job::JobId::parse(&id).ok();
     ctx.claim.job.end_step("succeeded", None, Utc::now());
     if !ctx.update("step_finished").await {
         return (LOST, None);

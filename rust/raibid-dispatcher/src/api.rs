@@ -621,7 +621,7 @@ async fn submit_job(
     )
     .map_err(ApiError::unprocessable)?;
     match requests::create_job(&state, v, None).await? {
-        Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
+        Enqueued::New(job) => Ok((StatusCode::CREATED, Json(state.answer(&job))).into_response()),
         Enqueued::Duplicate(id) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -651,13 +651,13 @@ fn check_id(id: &str) -> ApiResult<()> {
 
 async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
     check_id(&id)?;
-    Ok(Json(state.queue.get(&id).await?.public()))
+    Ok(Json(state.answer(&state.queue.get(&id).await?)))
 }
 
 async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     check_id(&id)?;
     let job = state.queue.cancel(&id).await?;
-    Ok((StatusCode::ACCEPTED, Json(job.public())).into_response())
+    Ok((StatusCode::ACCEPTED, Json(state.answer(&job))).into_response())
 }
 
 async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -666,7 +666,7 @@ async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Api
         requests::Refused::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
         requests::Refused::Unprocessable(m) => ApiError::unprocessable(m),
     })?;
-    Ok((StatusCode::CREATED, Json(job.public())).into_response())
+    Ok((StatusCode::CREATED, Json(state.answer(&job))).into_response())
 }
 
 #[derive(Debug, Deserialize)]

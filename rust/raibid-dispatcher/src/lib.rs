@@ -391,6 +391,13 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A job as the dispatcher's answers show it: the public record with its page URL.
+    pub fn answer(&self, job: &raibid_core::job::Job) -> raibid_core::job::Job {
+        crate::public::answer(&self.settings, job)
+    }
+}
+
+impl AppState {
     /// State over a connected queue.
     pub fn new(queue: Queue, settings: Settings) -> AppState {
         let (tx, rx) = tokio::sync::watch::channel(false);
