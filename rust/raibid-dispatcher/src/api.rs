@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/queue", get(queue_stats))
         .route("/agents", get(agents))
+        .route("/openapi.json", get(crate::openapi::serve))
         .merge(crate::events::router())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -723,10 +724,13 @@ async fn get_logs(
         lines.retain(|l| l.step == st);
     }
     let truncated = state.queue.log_truncated(&id).await?;
-    Ok(
-        Json(json!({"job": job.id, "status": job.status, "lines": lines, "truncated": truncated}))
-            .into_response(),
-    )
+    Ok(Json(crate::openapi::LogPage {
+        job: job.id.to_string(),
+        status: job.status,
+        lines,
+        truncated,
+    })
+    .into_response())
 }
 
 /// Server-Sent Events: `log` events (one line each, JSON, `id` = its sequence id), then one `end`
@@ -828,7 +832,8 @@ async fn queue_stats(State(state): State<AppState>) -> ApiResult<Response> {
 }
 
 async fn agents(State(state): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(json!({"agents": state.queue.agents().await?})).into_response())
+    let agents = state.queue.agents().await?;
+    Ok(Json(crate::openapi::AgentList { agents }).into_response())
 }
 
 #[cfg(test)]

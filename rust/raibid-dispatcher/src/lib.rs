@@ -8,6 +8,7 @@ pub mod images;
 pub mod mcp;
 pub mod metrics;
 pub mod notify;
+pub mod openapi;
 pub mod public;
 pub mod requests;
 
