@@ -13,9 +13,7 @@
 #![allow(clippy::zombie_processes)]
 
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{serve, AppState, Settings};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,7 +25,7 @@ struct Stack {
     base: String,
     http: reqwest::Client,
     tmp: tempfile::TempDir,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _dispatcher: raibid_testkit::Dispatcher,
     spawned: std::sync::Mutex<Vec<u32>>,
 }
 
@@ -55,37 +53,11 @@ async fn stack() -> Stack {
     )
     .await
     .unwrap();
-    let settings = Settings {
-        api_token: TOKEN.into(),
-        mcp_readonly_token: None,
-        gitea_secret: None,
-        github_secret: None,
-        gitea: None,
-        mirrors: HashMap::new(),
-        public_url: "http://raibid.test".into(),
-        body_limit: 1 << 20,
-        lease: Duration::from_secs(30),
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        // Jobs here clone file:// repositories (and http:// from local test servers).
-        intake: raibid_dispatcher::Intake {
-            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
-            ..raibid_dispatcher::Intake::default()
-        },
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(queue, settings);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(state, listener, async {
-            let _ = rx.await;
-        })
+    // Jobs here clone file:// repositories (and http:// from local test servers): the testkit's default.
+    let dispatcher = raibid_testkit::Dispatcher::start(queue, raibid_testkit::settings(TOKEN))
         .await
-        .ok()
-    });
+        .unwrap();
+    let base = dispatcher.base.clone();
     let tmp = tempfile::tempdir().unwrap();
     // The node's CARGO_HOME lives in the cache (the agent refuses a symlink there); each test has its
     // own, so the few small crates these tests use download once per test.
@@ -95,7 +67,7 @@ async fn stack() -> Stack {
         base,
         http: reqwest::Client::new(),
         tmp,
-        _shutdown: tx,
+        _dispatcher: dispatcher,
         spawned: std::sync::Mutex::new(Vec::new()),
     }
 }
@@ -106,20 +78,17 @@ impl Stack {
     }
 
     fn agent_with(&self, name: &str, extra: &[(&str, &str)], args: &[&str]) -> Child {
-        let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raibid-agent"));
-        cmd.args(["--name", name, "--block-ms", "200"])
+        let mut cmd = raibid_testkit::agent_command(
+            env!("CARGO_BIN_EXE_raibid-agent").as_ref(),
+            name,
+            &self.redis.url(),
+            self.tmp.path(),
+        );
+        cmd.args(["--block-ms", "200"])
             .args(args)
-            .env("RAIBID_REDIS_URL", self.redis.url())
-            .env("RAIBID_ALLOWED_SCHEMES", "file")
-            .env("RAIBID_WORKSPACE_DIR", self.tmp.path().join("ws"))
-            .env("RAIBID_CACHE_DIR", self.cache())
             // Steps run sandboxed (ADR 0011): the marks tests read are in a directory shared with them.
             .env("RAIBID_SANDBOX_SHARED_DIRS", self.shared())
-            .env("RAIBID_LOG", "info")
-            .env_remove("RAIBID_GIT_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log);
+            .env_remove("RAIBID_GIT_TOKEN");
         for (k, v) in extra {
             cmd.env(k, v);
         }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use raibid_core::queue::{Queue, QueueConfig};
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{forge::Gitea, serve, AppState, Settings};
+use raibid_dispatcher::{forge::Gitea, Settings};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -236,7 +236,7 @@ pub struct TestEnv {
     pub gitea: FakeGitea,
     pub http: reqwest::Client,
     pub tmp: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    dispatcher: Option<raibid_testkit::Dispatcher>,
 }
 
 pub struct Options {
@@ -278,50 +278,27 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
     .await
     .expect("connect");
     let gitea = FakeGitea::start().await;
-    let mut settings = Settings {
-        api_token: TOKEN.into(),
-        gitea_secret: Some(GITEA_SECRET.into()),
-        github_secret: Some(GITHUB_SECRET.into()),
-        gitea: Some(Gitea::new(&gitea.base, Some(GITEA_TOKEN.into())).unwrap()),
-        mirrors: raibid_dispatcher::parse_mirrors(opts.mirrors).unwrap(),
-        public_url: "http://raibid.test".into(),
-        body_limit: opts.body_limit,
-        lease: Duration::from_secs(opts.lease_secs),
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        mcp_readonly_token: None,
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        intake: opts.intake.clone(),
-    };
+    // The suites' one Settings (raibid-testkit), with this stack's forge, secrets and options.
+    let mut settings = raibid_testkit::settings(TOKEN);
+    settings.gitea_secret = Some(GITEA_SECRET.into());
+    settings.github_secret = Some(GITHUB_SECRET.into());
+    settings.gitea = Some(Gitea::new(&gitea.base, Some(GITEA_TOKEN.into())).unwrap());
+    settings.mirrors = raibid_dispatcher::parse_mirrors(opts.mirrors).unwrap();
+    settings.body_limit = opts.body_limit;
+    settings.lease = Duration::from_secs(opts.lease_secs);
+    settings.intake = opts.intake.clone();
     (opts.settings)(&mut settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(queue.clone(), settings);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(state, listener, async {
-            let _ = rx.await;
-        })
+    let dispatcher = raibid_testkit::Dispatcher::start(queue.clone(), settings)
         .await
-        .ok()
-    });
+        .unwrap();
     TestEnv {
         redis,
         queue,
-        base,
+        base: dispatcher.base.clone(),
         gitea,
         http: reqwest::Client::new(),
         tmp: tempfile::tempdir().unwrap(),
-        shutdown: Some(tx),
-    }
-}
-
-impl Drop for TestEnv {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        dispatcher: Some(dispatcher),
     }
 }
 
@@ -519,8 +496,7 @@ pub fn hash_map_of(v: &Value) -> HashMap<String, Value> {
 impl TestEnv {
     /// Begin the dispatcher's graceful shutdown (what SIGTERM does), keeping Redis up.
     pub fn stop_dispatcher(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        // Dropping it begins the graceful shutdown; the server task ends on its own.
+        self.dispatcher.take();
     }
 }
