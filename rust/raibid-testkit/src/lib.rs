@@ -136,6 +136,71 @@ pub fn agent_command(
     cmd
 }
 
+/// A private `redis-server` without persistence, optionally with a password (`--requirepass`: the
+/// agent's hardening suites check a password never leaks), killed on drop. [`RedisServer`] is the one with
+/// AOF on, as raibid runs Redis, that can be killed and restarted.
+pub struct EphemeralRedis {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its password, if any.
+    pub password: Option<String>,
+}
+
+impl EphemeralRedis {
+    /// Start one on a free port (retried on a port race).
+    pub fn start(password: Option<&str>) -> anyhow::Result<EphemeralRedis> {
+        use std::process::{Command, Stdio};
+        use std::time::Instant;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(p) = password {
+                cmd.args(["--requirepass", p]);
+            }
+            let mut child = cmd.spawn().map_err(|e| {
+                anyhow::anyhow!("cannot run redis-server ({e}): apt-get install redis-server, or ./scripts/dev.sh test")
+            })?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(EphemeralRedis {
+                        child,
+                        port,
+                        password: password.map(str::to_string),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        anyhow::bail!("redis-server did not start")
+    }
+
+    /// `redis://[:password@]127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+}
+
+impl Drop for EphemeralRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A workspace binary (`raibid-agent`, `raibid-dispatcher`, `raibid-top`) next to the running test or
 /// example (`target/<profile>/deps/…` or `target/<profile>/examples/…`): build it first (`cargo build`;
 /// integration tests of its own crate get it built by cargo, `CARGO_BIN_EXE_<name>`).
