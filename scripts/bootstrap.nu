@@ -13,6 +13,8 @@ use lib/bootstrap.nu [select-stages nu-step ext-step]
 use lib/stages.nu *
 use lib/system.nu
 use lib/log.nu
+use lib/contract.nu [repo-root]
+use lib/node_pools.nu [add-node-pool remove-node-pool node-pools check-node-name]
 
 # Print a plan as text: one block per stage, the commands indented.
 def print-plan [plan: table]: nothing -> nothing {
@@ -117,7 +119,9 @@ def "main join" [
   let selected = (join-stages)
   if $dry_run {
     print-plan (plan $ctx $selected)
+    check-node-name $ctx.facts.hostname
     print $"\nAfterwards, on the first Spark: kubectl get node ($ctx.facts.hostname) \(Ready\)"
+    print $"And in this clone: apps/dgx-spark/nodes/($ctx.facts.hostname)/ written and listed \(its burst pool\); commit and push it."
     return
   }
   system guard-real "join"
@@ -132,6 +136,32 @@ def "main join" [
     }
   }
   log ok $"($ctx.facts.hostname) joined in (log elapsed); on the first Spark: kubectl get node ($ctx.facts.hostname)"
+  pool-changed (add-node-pool (repo-root) $ctx.facts.hostname) $ctx.facts.hostname "add"
+}
+
+# Say what a node-pool change wrote in this clone and what the user still does: commit, push, size.
+def pool-changed [changed: list<string>, node: string, what: string] {
+  if ($changed | is-empty) { log ok $"the GitOps tree already has ($node)'s pool as it should"; return }
+  for c in $changed { log ok $c }
+  let verb = if $what == "add" { "raise" } else { "lower" }
+  log info $"commit and push to the ops repository \(git add apps/dgx-spark && git commit -m 'node ($node)' && git push\); ($verb) the quota and pool sizes with it: docs/operations.md"
+}
+
+# The per-node burst pools in the GitOps tree (apps/dgx-spark/nodes/<node>/, ADR 0013): which nodes have one.
+@example "list" { nu scripts/bootstrap.nu nodes }
+def "main nodes" []: nothing -> list<string> { node-pools (repo-root) }
+
+# Give a node its burst pool in this clone's GitOps tree (what `join` does at its end): writes
+# apps/dgx-spark/nodes/<node>/ and lists it in apps/dgx-spark/kustomization.yaml. Idempotent. Commit and push after.
+@example "add" { nu scripts/bootstrap.nu nodes add spark-3 }
+def "main nodes add" [node: string]: nothing -> nothing {
+  pool-changed (add-node-pool (repo-root) $node) $node "add"
+}
+
+# Take a node's burst pool out of this clone's GitOps tree (what `remove-node --force` does at its end).
+@example "remove" { nu scripts/bootstrap.nu nodes rm spark-3 }
+def "main nodes rm" [node: string]: nothing -> nothing {
+  pool-changed (remove-node-pool (repo-root) $node) $node "rm"
 }
 
 # Remove a Spark from the cluster: drain it (running builds finish or are released within their grace period),
@@ -149,10 +179,12 @@ def "main remove-node" [
   let steps = (remove-node-steps $node $timeout)
   if $dry_run or not $force {
     for s in $steps { print $"  $ ($s.show)" }
+    print $"  and in this clone: apps/dgx-spark/nodes/($node)/ removed and unlisted \(commit and push it\)"
     if not $dry_run { fail needs_force $"removing node ($node) drains and deletes it" --hint $"re-run with --force: nu scripts/bootstrap.nu remove-node ($node) --force" }
     return
   }
   system guard-real "remove a node"
   for s in $steps { log step $s.show; do $s.run }
   log ok $"($node) removed; on it: sudo /usr/local/bin/k3s-agent-uninstall.sh"
+  pool-changed (remove-node-pool (repo-root) $node) $node "rm"
 }

@@ -37,7 +37,7 @@ def run-mirrors [
   if $dry_run {
     log info "dry run: nothing was changed"
   } else if ($rows | any {|r| $r.mirror == "create" }) {
-    log info "new mirrors: put `nu scripts/mirror.nu mapping` into RAIBID_MIRRORS (docs/mirroring.md) so GitHub pushes sync them at once"
+    log info "new mirrors: the dispatcher reads them from Gitea on the next GitHub push (check: nu scripts/raibid.nu mirror status)"
   }
   $rows
 }
@@ -165,8 +165,9 @@ export def "main status" []: nothing -> table {
   }
 }
 
-# The dispatcher's RAIBID_MIRRORS value (github-owner/name=gitea-owner/name,...) for every GitHub mirror in
-# Gitea: with it, a GitHub push webhook makes the dispatcher call mirror-sync instead of building from GitHub.
+# The mapping (github-owner/name=gitea-owner/name,...) of every GitHub mirror in Gitea, in RAIBID_MIRRORS form.
+# The dispatcher reads the same mapping from Gitea itself (`raibid mirror status` shows it); this output is only
+# for an override or for comparing.
 @example "print the value for the apps overlay" { nu scripts/mirror.nu mapping }
 export def "main mapping" []: nothing -> string {
   gitea-mirrors

@@ -27,6 +27,7 @@ export def main []: nothing -> nothing {
   jobs [--status] [--repo] [--limit] [--full]     jobs submit <repo-url> [--ref] [--sha] [--image name[:tag]]
   jobs show <id>    jobs logs <id> [--follow]     jobs cancel <id>    jobs retry <id>
   queue    agents   cache [--dir]    cache mirrors [--dir]    cache prune [--max-bytes] [--older-than] [--force]
+  mirror status [--refresh]   (the GitHub -> Gitea mirror mapping the dispatcher uses)
 In Nushell it returns tables: use scripts/raibid.nu; raibid jobs --status failed | sort-by received"
 }
 
@@ -175,6 +176,34 @@ export def "agents" []: nothing -> table {
   }
 }
 
+# The GitHub → Gitea mirror mapping the dispatcher uses: one row per mirror (`source`: `gitea` = read from
+# Gitea's pull mirrors, `override` = RAIBID_MIRRORS). A GitHub push for a repository not listed builds nothing.
+# Notes on stderr: a failed read of Gitea (the last mapping is shown), no GitHub token (statuses on Gitea only).
+@example "which GitHub repositories build here" { raibid mirror status | get github }
+@example "read Gitea now (after `mirror.nu repo`)" { raibid mirror status --refresh }
+export def "mirror status" [
+  --refresh   # make the dispatcher read Gitea now instead of answering from its cache
+]: nothing -> table {
+  let r = (call GET (if $refresh { "/mirrors?refresh=true" } else { "/mirrors" }))
+  if ($r.error? | is-not-empty) {
+    print -e $"raibid: the dispatcher could not read Gitea \(($r.error)\); this is its last mapping"
+  }
+  if not ($r.github_statuses? | default false) {
+    print -e "raibid: no RAIBID_GITHUB_TOKEN on the dispatcher: commit statuses go to Gitea only (docs/operations.md)"
+  }
+  let read = ($r.read_at? | default null | if $in == null { null } else { into datetime })
+  $r.mirrors | each {|m|
+    {
+      github: $m.github
+      gitea: $m.gitea
+      source: $m.source
+      original_url: ($m.original_url? | default null)
+      github_statuses: ($r.github_statuses? | default false)
+      read_at: $read
+    }
+  }
+}
+
 # The cargo target slots in a node's cache directory: one row per slot with its keys, size, last use and
 # whether a job holds it now (its `flock` lock is taken). `cache mirrors` lists the git mirrors.
 @example "the biggest slots" { raibid cache --dir /var/lib/raibid/cache | sort-by bytes | last 5 }
@@ -299,6 +328,8 @@ alias "main jobs retry" = jobs retry
 alias "main queue" = queue
 # Agents with their current job and last heartbeat.
 alias "main agents" = agents
+# The GitHub → Gitea mirror mapping the dispatcher uses: one row per mirror (`source`: `gitea` = read from
+alias "main mirror status" = mirror status
 # The cargo target slots in a node's cache directory: one row per slot with its keys, size, last use and
 alias "main cache" = cache
 # The git mirrors in a node's cache directory (`git/<repo-id>.git`, one bare repository per repository,

@@ -8,7 +8,7 @@ use errors.nu [fail run-argv]
 use system.nu
 use bootstrap.nu *
 use cluster.nu *
-use secrets.nu [write-config-secret config-file-name]
+use secrets.nu [write-config-secret config-file-name secret-or-null]
 use gitea.nu
 use log.nu
 
@@ -812,6 +812,22 @@ export def existing-tokens [ctx: record]: nothing -> record {
   }
 }
 
+# The GitHub token for commit statuses on mirrored repositories (issue 22), when the owner gives one:
+# RAIBID_GITHUB_TOKEN, its _FILE twin, or `github-token` in the config directory. Never generated: a
+# fine-grained token with only "Commit statuses: write" that the owner makes on GitHub (docs/operations.md).
+def github-token-given [ctx: record]: nothing -> any {
+  with-env {RAIBID_CONFIG_DIR: $ctx.config_dir} { secret-or-null RAIBID_GITHUB_TOKEN }
+}
+
+# The raibid-dispatcher Secret's values: the generated ones, plus RAIBID_GITHUB_TOKEN when one is given now, else
+# the one the Secret already holds (a re-run without it keeps it); without either the key is absent (the
+# Deployment reads it with `optional: true`: statuses go to Gitea only).
+export def dispatcher-secret-values [base: record, given: any, existing: any]: nothing -> record {
+  let kept = if $existing == null { null } else { $existing | get -o RAIBID_GITHUB_TOKEN }
+  let gh = if ($given | is-not-empty) { $given } else { $kept }
+  if ($gh | is-empty) { $base } else { $base | insert RAIBID_GITHUB_TOKEN $gh }
+}
+
 def tokens-steps [ctx: record]: nothing -> list<record> {
   let files = (secret-files "apps/")
   let api = $"($ctx.s.gitea_url)/api/v1"
@@ -850,11 +866,11 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
   | append ($files | each {|f|
     nu-step $"(encrypt-show $f)  # only when its values change" {||
       let values = if $f.name == "raibid-dispatcher" {
-        {
+        dispatcher-secret-values {
           RAIBID_API_TOKEN: (do $local RAIBID_API_TOKEN), RAIBID_GITEA_WEBHOOK_SECRET: (do $local RAIBID_GITEA_WEBHOOK_SECRET)
           RAIBID_GITHUB_WEBHOOK_SECRET: (do $local RAIBID_GITHUB_WEBHOOK_SECRET), RAIBID_GITEA_TOKEN: (do $tok raibid-dispatcher)
           RAIBID_NOTIFY_SECRET: (do $local RAIBID_NOTIFY_SECRET)
-        }
+        } (github-token-given $ctx) (decrypt $ctx $f.path)
       } else if $f.name == "raibid-registry-push" {
         {password: (do $tok raibid-image-push)}
       } else {

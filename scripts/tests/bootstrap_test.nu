@@ -678,3 +678,62 @@ def remove_node_drains_first_and_needs_force [] {
   assert ($out.stderr | str contains "needs_force") $out.stderr
   assert ($out.stdout | str contains "kubectl drain spark-2")
 }
+
+# Issue 21 §3: a joined node's burst pool is written into the GitOps tree by the same definition that made the
+# checked-in ones, listed in the overlay, rendered by kustomize, and removed again without a trace.
+@test
+def node_pools_are_written_listed_rendered_and_removed [] {
+  use ../lib/node_pools.nu *
+  for n in [spark spark-2] {
+    assert equal (node-pool-kustomization $n) (open --raw ($REPO_ROOT | path join apps dgx-spark nodes $n kustomization.yaml)) $"nodes/($n) differs from node-pool-kustomization"
+  }
+  let tmp = (mktemp -d -t raibid-nodes-XXXXXX)
+  cp -r ($REPO_ROOT | path join apps) $tmp
+  let k = ($tmp | path join apps dgx-spark kustomization.yaml)
+  let before = (open --raw $k)
+  assert equal (node-pools $tmp) [spark spark-2]
+  let changed = (add-node-pool $tmp spark-3)
+  assert equal ($changed | length) 2 ($changed | str join "; ")
+  assert equal (node-pools $tmp) [spark spark-2 spark-3]
+  # Every line of the overlay is kept (comments included); the new one follows the last node.
+  let after = (open --raw $k | lines)
+  assert equal ($after | where {|l| $l != "  - nodes/spark-3" }) ($before | lines)
+  assert equal (add-node-pool $tmp spark-3) [] "adding twice changes nothing"
+  # As kustomize-controller builds: no load restrictions (the component references the base's files).
+  let rendered = (^kubectl kustomize --load-restrictor LoadRestrictionsNone ($tmp | path join apps dgx-spark) | complete)
+  assert equal $rendered.exit_code 0 $rendered.stderr
+  let jobs = ($rendered.stdout | from yaml | where kind == ScaledJob | get metadata.name)
+  assert ("raibid-agent-spark-3" in $jobs) ($jobs | str join ", ")
+  assert ($rendered.stdout | str contains "raibid:jobs:node:spark-3")
+  remove-node-pool $tmp spark-3 | ignore
+  assert equal (open --raw $k) $before "removing restores the overlay byte for byte"
+  assert not ($tmp | path join apps dgx-spark nodes spark-3 | path exists)
+  assert equal (remove-node-pool $tmp spark-3) []
+  # Refusals: a name Kubernetes would refuse, the last pool.
+  assert equal (error-code-of { add-node-pool $tmp "Spark_3" }) bad_argument
+  remove-node-pool $tmp spark-2 | ignore
+  assert equal (error-code-of { remove-node-pool $tmp spark }) bad_argument
+  rm -rf $tmp
+  let out = (do { ^$nu.current-exe --no-config-file ($REPO_ROOT | path join scripts bootstrap.nu) nodes } | complete)
+  assert equal $out.exit_code 0 $out.stderr
+  assert ($out.stdout | str contains "spark-2") $out.stdout
+}
+
+# --- the GitHub token for commit statuses (issue 22) -------------------------------------------------------
+
+@test
+def the_github_token_goes_into_the_dispatcher_secret_only_when_given_and_is_kept [] {
+  let base = {RAIBID_API_TOKEN: a, RAIBID_GITEA_TOKEN: g}
+  # Not given, none in the Secret: no key (the Deployment reads it with optional: true).
+  assert equal (dispatcher-secret-values $base null null) $base
+  assert equal (dispatcher-secret-values $base "" {RAIBID_API_TOKEN: a}) $base
+  # Given: written.
+  assert equal (dispatcher-secret-values $base "github_pat_1" null | get RAIBID_GITHUB_TOKEN) "github_pat_1"
+  # A re-run without it keeps the Secret's; a new one replaces it.
+  let existing = ($base | insert RAIBID_GITHUB_TOKEN "github_pat_1")
+  assert equal (dispatcher-secret-values $base null $existing) $existing
+  assert equal (dispatcher-secret-values $base "github_pat_2" $existing | get RAIBID_GITHUB_TOKEN) "github_pat_2"
+  # The key is one the documented layout names.
+  let keys = ($SECRET_FILES | where name == raibid-dispatcher | first | get keys)
+  assert ("RAIBID_GITHUB_TOKEN" in $keys) $"($keys)"
+}

@@ -307,3 +307,27 @@ def show_has_page_handover_pushed_and_the_log_cap [] {
     }
   }
 }
+
+@test
+def mirror_status_shows_the_mapping_the_dispatcher_uses [] {
+  let mirrors = {
+    mirrors: [
+      {github: "Octo/Hello", gitea: "mirrors/hello", source: "gitea", original_url: "https://github.com/Octo/Hello.git"}
+      {github: "acme/tool", gitea: "ci/tool", source: "override", original_url: null}
+    ]
+    read_at: "2026-11-21T10:00:00Z", ttl_secs: 60, error: null, github_hosts: ["github.com"], github_statuses: true
+  }
+  with-fakes {dispatcher: ((state) | insert mirrors $mirrors)} {|f|
+    with-clean-env (api-env $f) {
+      let rows = (raibid mirror status)
+      assert equal ($rows | select github gitea source) [
+        {github: "Octo/Hello", gitea: "mirrors/hello", source: "gitea"}
+        {github: "acme/tool", gitea: "ci/tool", source: "override"}
+      ]
+      assert equal ($rows.0.github_statuses) true
+      assert equal ($rows.0.read_at | describe) datetime
+      assert equal ((raibid mirror status --refresh) | length) 2
+      assert-no-violations $f.dispatcher
+    }
+  }
+}

@@ -872,7 +872,7 @@ def check_secret_refs(objs: list[Obj]) -> list[str]:
 # Defaults in the binaries (clap default_value_t), used when a manifest does not set the variable.
 LEASE_DEFAULT, GRACE_DEFAULT = 30, 600
 KEDA_LINE = (2, 20)          # tested on Kubernetes 1.33-1.35 (the k3s pin is 1.35): docs/support-ranges.yaml
-REDIS_MIN = (7, 4, 9)        # CVE-2026-23479/-25243/-23631: authenticated RCE; every queue operation is Lua + streams
+REDIS_MIN = (7, 4, 10)       # 7.4.9: CVE-2026-23479/-25243/-23631; 7.4.10: stream RESTORE shared-NACK use-after-free (RCE); every queue operation is Lua + streams
 
 
 def _int_env(cont: dict, objs: list[Obj], ns: str | None, name: str, default: int) -> int | None:
@@ -948,7 +948,7 @@ def check_runtime_settings(objs: list[Obj]) -> list[str]:
                 continue
             v = _version(img.split(":", 1)[1])
             if v < REDIS_MIN:
-                errs.append(f"{describe(owner)}: {img} is older than {'.'.join(map(str, REDIS_MIN))} (CVE-2026-23479, CVE-2026-25243, CVE-2026-23631)")
+                errs.append(f"{describe(owner)}: {img} is older than {'.'.join(map(str, REDIS_MIN))} (CVE-2026-23479, CVE-2026-25243, CVE-2026-23631; the stream RESTORE use-after-free fixed in 7.4.10)")
             res = c.get("resources") or {}
             req, lim = (res.get("requests") or {}).get("memory"), (res.get("limits") or {}).get("memory")
             if req != lim:
@@ -1079,6 +1079,42 @@ def check_agent_credentials(objs: list[Obj]) -> list[str]:
         if not once and _int_env(cont, objs, ns, c["CONCURRENCY"], 1) != 1:
             errs.append(f"{d}: {c['CONCURRENCY']} must be 1 in a pod: a second job's step could read this job's "
                         f"clone (same uid)")
+    return errs
+
+
+def check_github_token(objs: list[Obj]) -> list[str]:
+    """The GitHub token for commit statuses (issue 22 §1): only the dispatcher reads it, from the SOPS-encrypted
+    Secret raibid-dispatcher (key RAIBID_GITHUB_TOKEN, optional: bootstrap writes it only when given), never as a
+    literal value; no agent (whose steps are untrusted code) gets it in any form."""
+    c = gitops.read_contract()["env"]
+    tok, tok_file = c["GITHUB_TOKEN"], c["GITHUB_TOKEN_FILE"]
+    errs = []
+    dps = dispatchers(objs)
+    if not dps:
+        return ["no dispatcher found"]
+    for owner, _pod, cont in dps:
+        d = f"{describe(owner)} container {cont.get('name')}"
+        e = env_of(cont, objs, owner["metadata"].get("namespace"))
+        if tok not in e and tok_file not in e:
+            errs.append(f"{d}: neither {tok} nor {tok_file} is set: GitHub commit statuses cannot be turned on")
+        if tok in e:
+            ref = (e[tok].get("valueFrom") or {}).get("secretKeyRef")
+            if not ref:
+                errs.append(f"{d}: {tok} must come from a secretKeyRef of Secret raibid-dispatcher, not a value")
+            else:
+                if ref.get("name") != "raibid-dispatcher" or ref.get("key") != tok:
+                    errs.append(f"{d}: {tok} must come from Secret raibid-dispatcher key {tok}, not "
+                                f"{ref.get('name')}/{ref.get('key')}")
+                if ref.get("optional") is not True:
+                    errs.append(f"{d}: the secretKeyRef of {tok} must be optional: true (the key exists only when "
+                                f"the owner gave bootstrap a GitHub token)")
+    for owner, pod, cont in agents(objs):
+        d = f"{describe(owner)} container {cont.get('name')}"
+        e = env_of(cont, objs, owner["metadata"].get("namespace"))
+        for name, entry in e.items():
+            ref = (entry.get("valueFrom") or {}).get("secretKeyRef") or {}
+            if name in (tok, tok_file) or ref.get("key") == tok or ref.get("name") == "raibid-dispatcher":
+                errs.append(f"{d}: an agent must never get the GitHub token ({name}): its steps are untrusted code")
     return errs
 
 
@@ -1311,6 +1347,7 @@ REPO_CHECKS: list[tuple[str, Check]] = [
     ("runtime-settings", check_runtime_settings),
     ("agent-cache", check_agent_cache),
     ("agent-credentials", check_agent_credentials),
+    ("github-token", check_github_token),
     ("agent-sandbox", check_agent_sandbox),
     ("agent-spread", check_agent_spread),
     ("gpu-pool", check_gpu_pool),

@@ -4,10 +4,10 @@
 //! `raibid:job:{id}:diagnostics` (same retention as the log) and returns the unit counts for the record.
 //! This is the one parse of each line: the same counts feed the job's cache figures ([`CargoOutput::units`]).
 
-use crate::Masker;
+use crate::masking::Masker;
 use raibid_core::cargo_messages::{CargoUnits, Collector, LineOutcome};
 use raibid_core::contract;
-use raibid_core::queue::Queue;
+use raibid_core::queue::{Queue, StampedLine};
 
 /// The diagnostics of one job, collected from its log lines.
 #[derive(Default)]
@@ -18,7 +18,7 @@ pub(crate) struct CargoOutput {
 impl CargoOutput {
     /// Rewrite a batch of `(read at, (step, stream, line))` in place (a replacement keeps the time of
     /// the line it replaces).
-    pub(crate) fn rewrite(&mut self, batch: &mut Vec<crate::runner::Stamped>) {
+    pub(crate) fn rewrite(&mut self, batch: &mut Vec<StampedLine>) {
         // Fast path: nothing that looks like a cargo message and no libtest section to watch is cheap
         // to pass through, but libtest needs every stdout line, so every line goes to the collector.
         let mut out = Vec::with_capacity(batch.len());

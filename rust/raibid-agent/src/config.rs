@@ -110,21 +110,13 @@ pub struct AgentConfig {
     #[arg(long, env = env::BLOCK_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
 
-    /// Image jobs (Buildah): registry, storage, cache bounds.
+    /// Each kind's own options (image jobs: registry, storage, cache bounds; GPU jobs: the probe).
     #[command(flatten)]
-    pub image: crate::image::ImageConfig,
+    pub kind_options: crate::kinds::KindOptions,
 
     /// What steps may read: step user, secret scopes, the Redis URL from a file.
     #[command(flatten)]
     pub hardening: Hardening,
-
-    /// The NVIDIA driver's `nvidia-smi` a `gpu` agent probes at start (a test points it at a fixture).
-    #[arg(long, default_value = "nvidia-smi", hide = true)]
-    pub nvidia_smi: PathBuf,
-
-    /// Where a `gpu` agent looks for NVIDIA device nodes (`nvidia<N>`, `nvidiactl`, `nvidia-uvm`).
-    #[arg(long, default_value = "/dev", hide = true)]
-    pub gpu_device_dir: PathBuf,
 }
 
 /// Options that bound what a build step can read or cost (docs/adr/0009-agent-step-isolation.md).
@@ -226,12 +218,11 @@ impl AgentConfig {
             self.git_token_file.as_ref(),
             self.hardening.redis_url_file.as_ref(),
             self.hardening.secret_scopes_file.as_ref(),
-            self.image.registry_auth_file.as_ref(),
-            self.image.registry_password_file.as_ref(),
         ]
         .into_iter()
         .flatten()
         .cloned()
+        .chain(self.kind_options.credential_files())
         .collect()
     }
 

@@ -160,7 +160,7 @@ pub(crate) struct Limits {
     /// Kill git at this instant.
     pub(crate) deadline: std::time::Instant,
     /// Kill git when the job is stopped (cancel, lease lost, shutdown).
-    pub(crate) stop: tokio::sync::watch::Receiver<crate::Stop>,
+    pub(crate) stop: tokio::sync::watch::Receiver<crate::stop::Stop>,
     /// Run git as this user (the step user): the caches are the steps' to write, so whatever a step
     /// could plant there (repository config, hooks) must never run with the agent's privileges.
     pub(crate) user: Option<crate::isolation::StepUser>,
@@ -224,9 +224,9 @@ pub(crate) async fn git(
 }
 
 /// Resolves when the job is stopped (anything but `Stop::None`); never, if the sender is gone.
-pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<crate::Stop>) {
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<crate::stop::Stop>) {
     loop {
-        if *stop.borrow_and_update() != crate::Stop::None {
+        if *stop.borrow_and_update() != crate::stop::Stop::None {
             return;
         }
         if stop.changed().await.is_err() {
@@ -235,13 +235,13 @@ pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<crate::Stop>
     }
 }
 
-/// git's absolute path, looked up once in the agent's `PATH` (`process::which`: `posix_spawn`, not a
+/// git's absolute path, looked up once in the agent's `PATH` (`lookup::which`: `posix_spawn`, not a
 /// `fork` of the agent, per git process).
 pub(crate) fn program() -> &'static std::ffi::OsStr {
     static GIT: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
     GIT.get_or_init(|| {
         std::env::var_os("PATH")
-            .and_then(|path| crate::process::which("git", &path))
+            .and_then(|path| crate::lookup::which("git", &path))
             .map_or_else(|| "git".into(), |p| p.into_os_string())
     })
 }

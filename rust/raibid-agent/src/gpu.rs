@@ -13,6 +13,18 @@ use anyhow::{bail, Context};
 use raibid_core::job::GpuInfo;
 use std::path::{Path, PathBuf};
 
+/// The GPU kind's options: where its probe looks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GpuConfig {
+    /// The NVIDIA driver's `nvidia-smi` a `gpu` agent probes at start (a test points it at a fixture).
+    #[arg(long, default_value = "nvidia-smi", hide = true)]
+    pub nvidia_smi: PathBuf,
+
+    /// Where a `gpu` agent looks for NVIDIA device nodes (`nvidia<N>`, `nvidiactl`, `nvidia-uvm`).
+    #[arg(long, default_value = "/dev", hide = true)]
+    pub gpu_device_dir: PathBuf,
+}
+
 /// What a GPU agent found at start.
 #[derive(Debug, Clone)]
 pub struct GpuProbe {

@@ -1,68 +1,37 @@
-//! raibid-agent: claims jobs from `raibid:jobs` (consumer group `raibid-agents`), clones the commit into
-//! a fresh workspace, runs the pipeline step by step in its own process group, streams every output
-//! line into the job's log, writes the final status (fenced by its lease) and acknowledges the entry.
+//! raibid-agent: claims jobs from its kinds' streams, clones the commit into a fresh workspace, runs
+//! the job's kind, streams every output line into the job's log, writes the final status (fenced by
+//! its lease) and acknowledges the entry.
 //!
-//! `config` (options), `worker` (claim loop, cancel listener), `runner` (one claimed job: log flusher,
-//! heartbeat, shutdown grace, final write), `executor` (clone, config, steps), `process` (a step's
-//! process group and its output), `masking` (secrets out of log lines), `git` (URL policy, git argv), `isolation` (what a step
-//! can reach: step user, private directories, leftover processes), `secret_scopes` (which repository
-//! gets which secret), `cache` (git mirrors,
-//! cargo target slots, cache keys).
+//! Layers, each using only those below it (ADR 0016):
+//! - `lifecycle`: the claim loop and cancel listener (`claim`), then one claimed job (log flusher,
+//!   heartbeat, shutdown grace; source = clone + patch, config and its transition, after-steps,
+//!   cleanup, final write), which calls a job's kind through `kinds::Kind`;
+//! - `kinds` (`rust`, `image`, `gpu`: what differs between jobs, each with its own options), which
+//!   never call back into the lifecycle;
+//! - `ctx` (what a running job carries) and the utilities taking plain inputs: `process` (a step's
+//!   process group and its output), `cargo_output` (cargo's JSON messages in the log), `masking`
+//!   (secrets out of log lines), `git` (URL policy, git argv), `isolation` (step user, private
+//!   directories, leftover processes), `sandbox`, `secret_scopes` (which repository gets which
+//!   secret), `patch`, `cache` (git mirrors, cargo target slots, cache keys); `config` (options).
 
 pub(crate) mod cache;
 pub mod cargo_output;
 pub mod config;
-pub mod executor;
+pub(crate) mod ctx;
 pub mod git;
 pub mod gpu;
-pub(crate) mod handover;
-pub mod image;
 pub mod isolation;
+pub mod kinds;
+pub(crate) mod lifecycle;
+pub(crate) mod lookup;
 pub mod masking;
 pub mod patch;
 pub mod process;
-pub mod runner;
 pub mod sandbox;
 pub mod secret_scopes;
-pub mod worker;
+pub(crate) mod stop;
 
 pub use config::AgentConfig;
+pub use kinds::image;
+pub use lifecycle::claim::run;
 pub use masking::Masker;
-pub use worker::run;
-
-use raibid_core::job::Status;
-use raibid_core::queue::Queue;
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
-use tokio::sync::watch;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stop {
-    None,
-    Cancel,
-    LeaseLost,
-    /// Shutdown grace expired: kill the step and give the job back to the queue.
-    Release,
-}
-
-/// How `execute` ended when no final status is to be written by this agent.
-pub(crate) const LOST: Status = Status::Running;
-pub(crate) const RELEASED: Status = Status::Queued;
-
-pub(crate) struct Shared {
-    pub(crate) cfg: AgentConfig,
-    pub(crate) queue: Queue,
-    pub(crate) policy: git::UrlPolicy,
-    pub(crate) creds: git::Credentials,
-    pub(crate) masker: Masker,
-    pub(crate) step_user: Option<isolation::StepUser>,
-    /// The sandbox steps run in (None: this agent runs no build steps, e.g. image jobs only).
-    pub(crate) sandbox: Option<sandbox::Sandbox>,
-    /// The GPU(s) this agent found at start (agents serving the `gpu` kind only).
-    pub(crate) gpu: Option<gpu::GpuProbe>,
-    pub(crate) scopes: secret_scopes::SecretScopes,
-    pub(crate) running: Mutex<HashMap<String, watch::Sender<Stop>>>,
-    pub(crate) jobs_done: AtomicU64,
-    pub(crate) cache: cache::Cache,
-}

@@ -4,9 +4,9 @@
 //! directory (not in the working tree) and handed to git as an argv path — never through a shell.
 //! A patch that does not apply fails the job naming the file and the hunk.
 
+use crate::ctx::JobCtx;
 use crate::git;
-use crate::runner::JobCtx;
-use crate::LOST;
+use crate::stop::LOST;
 use chrono::Utc;
 use raibid_core::contract;
 use raibid_core::job::Status;
@@ -190,7 +190,7 @@ fn limits(ctx: &JobCtx<'_>) -> git::Limits {
     let deadline = ctx
         .deadline
         .min(std::time::Instant::now() + std::time::Duration::from_secs(120));
-    crate::executor::git_limits(ctx, deadline)
+    ctx.git_limits(deadline)
 }
 
 /// For a clone that failed: when the job's ref does not exist on the remote, say so and name the

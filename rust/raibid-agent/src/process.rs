@@ -3,8 +3,7 @@
 //! leaves behind is killed when it ends.
 
 use crate::isolation;
-use crate::runner::{JobCtx, LogTx};
-use crate::Stop;
+use crate::stop::Stop;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +20,9 @@ pub const SPLIT_MARK: &str = " [raibid: line continues]";
 pub const ENTRY_OVERHEAD: u64 = 64;
 /// How often a run of identical lines is summarised while it lasts.
 const REPEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Where log lines go: `(step, stream, line)` into the job's log flusher.
+pub(crate) type LogTx = tokio::sync::mpsc::Sender<(String, String, String)>;
 
 pub(crate) enum StepEnd {
     Released,
@@ -403,29 +405,34 @@ pub(crate) struct StepSpec<'a> {
     pub(crate) limit: Duration,
 }
 
-/// `name` as `execvp` would find it in `path`, as an absolute path. Handing std an absolute program
-/// lets it start the child with `posix_spawn` (a vfork) instead of a `fork` of the agent: with a bare
-/// name and a `PATH` of the child's own it cannot use `posix_spawnp`.
-pub(crate) fn which(name: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::split_paths(path).map(|d| d.join(name)).find(|p| {
-        p.is_absolute()
-            && std::fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-    })
-}
-
-/// `sh` as the step's own `PATH` finds it (see [`which`]).
+/// `sh` as the step's own `PATH` finds it (see `lookup::which`).
 fn shell(env: &[(String, String)]) -> std::ffi::OsString {
     let path = env
         .iter()
         .find(|(k, _)| k == "PATH")
         .map_or("/bin:/usr/bin", |(_, v)| v.as_str());
-    which("sh", path.as_ref()).map_or_else(|| "sh".into(), |p| p.into_os_string())
+    crate::lookup::which("sh", path.as_ref()).map_or_else(|| "sh".into(), |p| p.into_os_string())
 }
 
-pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEnd {
+/// Where a step's output goes and what ends it besides its exit and its limit.
+pub(crate) struct StepIo<'a> {
+    /// The job's log.
+    pub(crate) logs: &'a LogTx,
+    /// The job's log budget.
+    pub(crate) budget: &'a Arc<LogBudget>,
+    /// The job's stop signal (cancel, lease lost, shutdown).
+    pub(crate) stop: &'a tokio::sync::watch::Receiver<Stop>,
+    /// The marker every process of the job carries (`isolation::kill_marked`): the job id.
+    pub(crate) marker: &'a str,
+}
+
+/// Run one step in `sandbox` (none: this agent runs no build steps) until it exits, its limit passes
+/// or `io.stop` says so; then nothing of it outlives it.
+pub(crate) async fn run_step(
+    sandbox: Option<&crate::sandbox::Sandbox>,
+    spec: StepSpec<'_>,
+    io: StepIo<'_>,
+) -> StepEnd {
     let StepSpec {
         name,
         script,
@@ -433,7 +440,7 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
         env,
         limit,
     } = spec;
-    let Some(sandbox) = &ctx.shared.sandbox else {
+    let Some(sandbox) = sandbox else {
         return StepEnd::SpawnFailed("this agent runs no build steps (it has no sandbox)".into());
     };
     let sh = shell(env);
@@ -455,8 +462,8 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
                 o,
                 name.to_string(),
                 "stdout",
-                ctx.logs.clone(),
-                ctx.budget.clone(),
+                io.logs.clone(),
+                io.budget.clone(),
             ))
         }),
         child.stderr.take().map(|o| {
@@ -464,15 +471,15 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
                 o,
                 name.to_string(),
                 "stderr",
-                ctx.logs.clone(),
-                ctx.budget.clone(),
+                io.logs.clone(),
+                io.budget.clone(),
             ))
         }),
     ]
     .into_iter()
     .flatten()
     .collect();
-    let mut stop = ctx.stop.clone();
+    let mut stop = io.stop.clone();
     let end = tokio::select! {
         st = child.wait() => match st {
             Ok(s) => {
@@ -491,7 +498,7 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
                 if *stop.borrow_and_update() != Stop::None { break; }
                 if stop.changed().await.is_err() { std::future::pending::<()>().await; }
             }
-        } => match ctx.stopped() { Stop::LeaseLost => StepEnd::LeaseLost, Stop::Release => StepEnd::Released, _ => StepEnd::Cancelled },
+        } => match *io.stop.borrow() { Stop::LeaseLost => StepEnd::LeaseLost, Stop::Release => StepEnd::Released, _ => StepEnd::Cancelled },
     };
     // Whatever happened, nothing of the step outlives it: kill the whole process group, then every
     // process that carries the job's marker (also those that left the group with setsid).
@@ -499,7 +506,7 @@ pub(crate) async fn run_step(ctx: &mut JobCtx<'_>, spec: StepSpec<'_>) -> StepEn
         kill_group(pgid);
     }
     let _ = child.wait().await;
-    let id = ctx.claim.job.id.clone();
+    let id = io.marker.to_string();
     let _ = tokio::task::spawn_blocking(move || isolation::kill_marked(&id)).await;
     // The readers end at EOF once the writers are gone; one whose pipe an unmarked process still
     // holds is aborted (never left detached).

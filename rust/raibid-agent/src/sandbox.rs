@@ -137,7 +137,7 @@ impl Sandbox {
             );
         }
         let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-        let Some(bwrap) = crate::process::which("bwrap", &path) else {
+        let Some(bwrap) = crate::lookup::which("bwrap", &path) else {
             bail!(
                 "build steps run in a bubblewrap sandbox and `bwrap` is not on PATH: install it \
                  (Debian/Ubuntu: apt-get install bubblewrap; the agent image ships it)"

@@ -161,3 +161,77 @@ async fn gpu_jobs_reach_only_gpu_agents_which_record_and_expose_their_gpu() {
     assert_eq!(gj.kind, JobKind::Gpu);
     assert_eq!(gj.agent.as_deref(), Some("agent-gpu"));
 }
+
+/// Issue 20 §1: the hand-over is an explicit transition of the config phase and carries the patch: a
+/// patched Rust job whose `.raibid.yaml` says `gpu: true` becomes a GPU job that runs the commit with
+/// the patch applied (before the lifecycle copied it, the GPU job found its patch gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_patched_job_is_handed_over_to_the_gpu_pool_with_its_patch() {
+    use sha2::Digest;
+    let e = env(None).await;
+    let (dev, smi) = fixture_gpu(&e.tmp.path().join("gpu"));
+    let repo = make_repo(
+        &e.tmp.path().join("patched"),
+        "gpu: true\nsteps:\n  - name: probe\n    run: echo unpatched\n",
+    );
+    let diff = "--- a/.raibid.yaml\n+++ b/.raibid.yaml\n@@ -1,4 +1,4 @@\n gpu: true\n steps:\n   - name: probe\n-    run: echo unpatched\n+    run: echo patched-on-$CUDA_VISIBLE_DEVICES\n";
+    let source: Source = serde_json::from_value(serde_json::json!({
+        "repo_url": repo,
+        "ref": "main",
+        "sha": null,
+        "trigger": {"kind": "api", "actor": "test"},
+        "delivery_id": null,
+        "forge_repo": null,
+        "patch": {"bytes": diff.len(), "sha256": hex::encode(sha2::Sha256::digest(diff.as_bytes()))},
+    }))
+    .unwrap();
+    let job = Job::new(source, chrono::Utc::now());
+    let mut con = e.queue.redis();
+    let _: () = redis::cmd("SET")
+        .arg(raibid_core::contract::job_patch_key(&job.id))
+        .arg(diff)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let id = match e.queue.enqueue(job, None).await.unwrap() {
+        Enqueued::New(j) => j.id.to_string(),
+        Enqueued::Duplicate(id) => id.to_string(),
+    };
+    e.agent("agent-rust", &[("RAIBID_AGENT_KINDS", "rust".into())]);
+    let mut cmd = e.agent_cmd("agent-gpu", &[("RAIBID_AGENT_KINDS", "gpu".into())]);
+    cmd.arg("--gpu-device-dir")
+        .arg(&dev)
+        .arg("--nvidia-smi")
+        .arg(&smi);
+    e.start(cmd);
+    let hj = e.wait_final(&id, Duration::from_secs(60)).await;
+    let hlog: Vec<String> = e.logs(&id).await.into_iter().map(|l| l.line).collect();
+    assert_eq!(hj.status.as_str(), "succeeded", "{hlog:?}");
+    let steps: Vec<&str> = hj.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(steps, ["clone", "patch", "config"], "{hlog:?}");
+    let gid = hlog
+        .iter()
+        .find_map(|l| {
+            l.split("handed over to gpu job ")
+                .nth(1)
+                .map(|r| r.split(' ').next().unwrap_or("").to_string())
+        })
+        .unwrap_or_else(|| panic!("no hand-over line: {hlog:?}"));
+    let gj = e.wait_final(&gid, Duration::from_secs(60)).await;
+    let glog: Vec<String> = e.logs(&gid).await.into_iter().map(|l| l.line).collect();
+    assert_eq!(
+        gj.status.as_str(),
+        "succeeded",
+        "{glog:?}\n{}",
+        e.agent_log("agent-gpu")
+    );
+    assert_eq!(gj.kind, JobKind::Gpu);
+    assert_eq!(
+        gj.source.patch, hj.source.patch,
+        "the record keeps the patch"
+    );
+    assert!(
+        glog.iter().any(|l| l == &format!("patched-on-{UUID}")),
+        "the GPU job ran the patched pipeline: {glog:?}"
+    );
+}

@@ -66,6 +66,10 @@ pub mod keys {
     pub const JOB_NOTIFIED_SUFFIX: &str = ":notified";
     /// Consumer group of the dispatcher's `notify_url` sender on `EVENTS_STREAM`.
     pub const NOTIFY_GROUP: &str = "raibid-notifiers";
+    /// Consumer group of the dispatcher's GitHub commit-status reporter on `EVENTS_STREAM` (its own group: a GitHub outage never holds Gitea statuses back).
+    pub const GITHUB_STATUS_REPORTER_GROUP: &str = "raibid-github-status-reporters";
+    /// Prefix of a posted-status marker: `raibid:status:{forge}:{job id}:{state}` (set once the forge took it; a transition is posted once).
+    pub const STATUS_POSTED_PREFIX: &str = "raibid:status:";
     /// Prefix of a push de-duplication key: `raibid:push:{sha256 of forge, repo, ref, sha}` → job id (TTL: the dedup window).
     pub const PUSH_DEDUP_PREFIX: &str = "raibid:push:";
     /// Prefix of a node's own job stream: `raibid:jobs:node:<node>` (Rust jobs routed to the node holding the repository's warm cache; group `raibid-agents`; its own KEDA ScaledJob).
@@ -221,6 +225,14 @@ pub mod env {
     pub const PUSH_DEDUP_SECS: &str = "RAIBID_PUSH_DEDUP_SECS";
     /// Longest delay in seconds between two retries of a commit status Gitea did not take.
     pub const STATUS_RETRY_MAX_SECS: &str = "RAIBID_STATUS_RETRY_MAX_SECS";
+    /// GitHub token for commit statuses on the GitHub repositories Gitea mirrors (fine-grained: "Commit statuses: write" only). Unset: no GitHub statuses.
+    pub const GITHUB_TOKEN: &str = "RAIBID_GITHUB_TOKEN";
+    /// File holding the GitHub token.
+    pub const GITHUB_TOKEN_FILE: &str = "RAIBID_GITHUB_TOKEN_FILE";
+    /// GitHub REST API base URL (`https://api.github.com`; GitHub Enterprise Server: `https://HOST/api/v3`).
+    pub const GITHUB_API_URL: &str = "RAIBID_GITHUB_API_URL";
+    /// Seconds the mirror mapping read from Gitea is trusted before it is read again (a miss reads it at once).
+    pub const MIRROR_CACHE_SECS: &str = "RAIBID_MIRROR_CACHE_SECS";
 }
 
 /// HTTP paths of the dispatcher.
@@ -388,6 +400,11 @@ pub fn job_diagnostics_key(id: &str) -> String {
 /// Build a job's patch key.
 pub fn job_patch_key(id: &str) -> String {
     format!("{}{id}{}", keys::JOB_PREFIX, keys::JOB_PATCH_SUFFIX)
+}
+
+/// Build a posted-status marker key: `raibid:status:{forge}:{job id}:{state}`.
+pub fn status_posted_key(forge: &str, id: &str, state: &str) -> String {
+    format!("{}{forge}:{id}:{state}", keys::STATUS_POSTED_PREFIX)
 }
 
 /// Build a job's notification marker key.

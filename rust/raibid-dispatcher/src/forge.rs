@@ -1,9 +1,12 @@
-//! Calls to Gitea: `POST /api/v1/repos/{owner}/{repo}/mirror-sync` and
-//! `POST /api/v1/repos/{owner}/{repo}/statuses/{sha}`, and the commit-status reporter that turns job
-//! events into statuses.
+//! Calls to Gitea: `POST /api/v1/repos/{owner}/{repo}/mirror-sync`,
+//! `POST /api/v1/repos/{owner}/{repo}/statuses/{sha}` and the repository search the mirror mapping is
+//! read from, and the commit-status reporter (the outbox) that turns job events into statuses: one
+//! consumer group for Gitea, one for GitHub (`crate::github`), the same code.
 
+use crate::github::{GhError, GitHub};
 use crate::AppState;
-use raibid_core::contract::keys;
+use raibid_core::cargo_messages::Diagnostics;
+use raibid_core::contract::{self, keys};
 use raibid_core::event::Event;
 use raibid_core::job::{Job, Status};
 use raibid_core::queue::QueueError;
@@ -73,6 +76,22 @@ impl Gitea {
         r
     }
 
+    /// `GET /api/v1{path}`: the status and the JSON body (null when there is none).
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut r = self.http.get(format!("{}/api/v1{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.header("Authorization", format!("token {t}"));
+        }
+        // The URL stays out of the error (and so out of log lines): the base may carry credentials.
+        let resp = r.send().await.map_err(|e| e.without_url())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .json::<serde_json::Value>()
+            .await
+            .unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
+    }
+
     /// Ask Gitea to sync a pull mirror now.
     pub async fn mirror_sync(&self, full: &str) -> anyhow::Result<()> {
         let (o, r) = split_repo(full).ok_or_else(|| anyhow::anyhow!("bad repository name"))?;
@@ -94,7 +113,44 @@ impl Gitea {
 /// context, or Gitea shows the pending one forever. The pipeline's `name:` goes into the description.
 pub const STATUS_CONTEXT: &str = "raibid/ci";
 
-fn description(job: &Job) -> String {
+/// The one-line outcome of a failed job: the first compiler error with its file:line, else the first
+/// failing test (with its panic's file:line), else the failure reason (the step that failed and its
+/// exit code).
+pub fn failure_line(reason: Option<&str>, d: &Diagnostics) -> Option<String> {
+    let at = |file: &Option<String>, line: Option<u32>| match (file, line) {
+        (Some(f), Some(l)) => format!(" at {f}:{l}"),
+        (Some(f), None) => format!(" in {f}"),
+        _ => String::new(),
+    };
+    if let Some(c) = d.compiler.iter().find(|c| c.level.starts_with("error")) {
+        let code = c
+            .code
+            .as_deref()
+            .map(|k| format!("[{k}]"))
+            .unwrap_or_default();
+        return Some(format!(
+            "error{code}: {}{}",
+            c.message.lines().next().unwrap_or(""),
+            at(&c.file, c.line)
+        ));
+    }
+    if let Some(t) = d.tests.first() {
+        let panic = t
+            .panic_message
+            .as_deref()
+            .and_then(|m| m.lines().next())
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        return Some(format!(
+            "test {} failed{panic}{}",
+            t.name,
+            at(&t.file, t.line)
+        ));
+    }
+    reason.map(str::to_string)
+}
+
+fn description(job: &Job, diagnostics: Option<&Diagnostics>) -> String {
     let d = match job.status {
         Status::Queued => "queued".to_string(),
         Status::Running => format!("running on {}", job.agent.as_deref().unwrap_or("an agent")),
@@ -104,17 +160,17 @@ fn description(job: &Job) -> String {
             job.agent.as_deref().unwrap_or("an agent")
         ),
         Status::Succeeded => "all steps passed".to_string(),
-        _ => job
-            .failure_reason
-            .clone()
+        _ => diagnostics
+            .and_then(|d| failure_line(job.failure_reason.as_deref(), d))
+            .or_else(|| job.failure_reason.clone())
             .unwrap_or_else(|| job.status.to_string()),
     };
     let d = match job.pipeline.as_deref() {
         Some(name) if name != "ci" => format!("{name}: {d}"),
         _ => d,
     };
-    // Gitea limits descriptions; keep it short.
-    d.chars().take(140).collect()
+    // Gitea and GitHub limit descriptions (GitHub: 140 characters); one line, cut with `…`.
+    crate::github::fit_description(&d)
 }
 
 /// How the reporter retries posts Gitea did not take.
@@ -150,10 +206,34 @@ impl Default for RetryPolicy {
 enum Outcome {
     /// Posted, or nothing to post: acknowledge.
     Done,
-    /// Gitea refused it for good (4xx) or it is too old: acknowledge and count as failed.
+    /// The forge refused it for good (4xx) or it is too old: acknowledge and count as failed.
     GaveUp,
-    /// Gitea or Redis unavailable: leave it pending and retry later.
-    Retry,
+    /// The forge or Redis unavailable: leave it pending and retry later, not before the wait the
+    /// forge asked for (GitHub's `retry-after` / `x-ratelimit-reset`).
+    Retry(Option<Duration>),
+}
+
+/// Where a reporter posts: each forge has its own consumer group on `raibid:events`, so an outage of
+/// one never holds the other's statuses back.
+#[derive(Clone)]
+enum Sink {
+    Gitea(Gitea),
+    GitHub(GitHub),
+}
+
+impl Sink {
+    fn name(&self) -> &'static str {
+        match self {
+            Sink::Gitea(_) => "gitea",
+            Sink::GitHub(_) => "github",
+        }
+    }
+    fn group(&self) -> &'static str {
+        match self {
+            Sink::Gitea(_) => keys::STATUS_REPORTER_GROUP,
+            Sink::GitHub(_) => keys::GITHUB_STATUS_REPORTER_GROUP,
+        }
+    }
 }
 
 /// A post that failed: transient (5xx, 408, 429, network) or not.
@@ -216,10 +296,13 @@ impl Gitea {
     }
 }
 
-/// The commit-status reporter: one consumer of the group `raibid-status-reporters` on `raibid:events`.
+/// The commit-status reporter: one consumer of the group `raibid-status-reporters` (Gitea) or
+/// `raibid-github-status-reporters` (GitHub) on `raibid:events`.
 struct Reporter {
     state: AppState,
-    gitea: Gitea,
+    sink: Sink,
+    /// The wait the forge asked for with the last failure.
+    hint: Option<Duration>,
     consumer: String,
     policy: RetryPolicy,
     /// Delay before the next retry of this consumer's pending entries.
@@ -298,6 +381,54 @@ pub async fn status_reporter(state: AppState) {
         tracing::info!("no Gitea URL configured: commit statuses are not reported");
         return;
     };
+    run_reporter(state, Sink::Gitea(gitea)).await
+}
+
+/// The same reporter for GitHub: statuses of jobs whose Gitea repository mirrors a GitHub repository,
+/// posted there too (same context, description and target URL as on Gitea).
+pub async fn github_status_reporter(state: AppState) {
+    let Some(github) = state.settings.intake.github.clone() else {
+        tracing::info!("no GitHub token configured: commit statuses are reported to Gitea only");
+        return;
+    };
+    if state.settings.gitea.is_none()
+        && state
+            .mirrors
+            .snapshot(None, false, true)
+            .await
+            .mirrors
+            .is_empty()
+    {
+        tracing::info!(
+            "no Gitea URL and no mirror override: no job has a GitHub repository to report to"
+        );
+    }
+    run_reporter(state, Sink::GitHub(github)).await
+}
+
+/// Create the GitHub reporter's group at the stream's end (`$`): a first start does not post the
+/// statuses of every job in the stream's history.
+pub async fn ensure_github_group(state: &AppState) {
+    if state.settings.intake.github.is_none() {
+        return;
+    }
+    let mut con = state.queue.redis();
+    let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys::EVENTS_STREAM)
+        .arg(keys::GITHUB_STATUS_REPORTER_GROUP)
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut con)
+        .await;
+    if let Err(e) = r {
+        if e.code() != Some("BUSYGROUP") {
+            tracing::warn!(error = %e, "GitHub status reporter: cannot create its group yet");
+        }
+    }
+}
+
+async fn run_reporter(state: AppState, sink: Sink) {
     let consumer = format!(
         "{}-{}",
         gethostname::gethostname().to_string_lossy(),
@@ -306,11 +437,13 @@ pub async fn status_reporter(state: AppState) {
     let policy = state.settings.intake.status_retry.clone();
     let mut r = Reporter {
         state,
-        gitea,
+        sink,
+        hint: None,
         consumer,
         backoff: policy.base,
         policy,
-        retry_at: None,
+        // First this consumer's own pending entries (a restart under the same name resumes them).
+        retry_at: Some(Instant::now()),
         housekeeping_at: Instant::now(),
     };
     r.run().await
@@ -349,14 +482,14 @@ impl Reporter {
         let r: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(keys::EVENTS_STREAM)
-            .arg(keys::STATUS_REPORTER_GROUP)
+            .arg(self.sink.group())
             .arg("0")
             .arg("MKSTREAM")
             .query_async(&mut con)
             .await;
         match r {
             Ok(()) => tracing::warn!(
-                group = keys::STATUS_REPORTER_GROUP,
+                group = self.sink.group(),
                 "status reporter: consumer group was missing (Redis flushed?); created it again"
             ),
             Err(e) if e.code() == Some("BUSYGROUP") => {}
@@ -376,17 +509,23 @@ impl Reporter {
             tokio::time::sleep_until(at.into()).await;
             // This consumer's own pending entries, oldest first (id 0 reads the PEL, not new entries).
             let own = self.read(con, "0", Duration::ZERO).await?;
+            let backlog = !own.is_empty();
             let mut ok = self.process(own).await;
             if ok {
                 ok = self.take_over_stale().await?;
             }
             if ok {
-                tracing::info!("status reporter: Gitea takes statuses again; backlog posted");
+                if backlog {
+                    tracing::info!(
+                        forge = self.sink.name(),
+                        "status reporter: the forge takes statuses again; backlog posted"
+                    );
+                }
                 self.retry_at = None;
                 self.backoff = self.policy.base;
             } else {
                 self.backoff = (self.backoff * 2).min(self.policy.max);
-                self.retry_at = Some(Instant::now() + self.backoff);
+                self.retry_at = Some(Instant::now() + self.wait());
             }
             return Ok(());
         }
@@ -411,7 +550,18 @@ impl Reporter {
     }
 
     fn fail(&mut self) {
-        self.retry_at = Some(Instant::now() + self.backoff);
+        self.retry_at = Some(Instant::now() + self.wait());
+    }
+
+    /// The next wait: the backoff, or longer when the forge asked for it.
+    fn wait(&mut self) -> Duration {
+        match self.hint.take() {
+            Some(h) if h > self.backoff => {
+                tracing::info!(forge = self.sink.name(), wait = ?h, "status reporter: waiting as the forge asked (retry-after / rate limit)");
+                h
+            }
+            _ => self.backoff,
+        }
     }
 
     async fn read(
@@ -421,7 +571,7 @@ impl Reporter {
         block: Duration,
     ) -> redis::RedisResult<Vec<StreamId>> {
         let mut opts = StreamReadOptions::default()
-            .group(keys::STATUS_REPORTER_GROUP, &self.consumer)
+            .group(self.sink.group(), &self.consumer)
             .count(100);
         if id == ">" {
             opts = opts.block(block.as_millis() as usize);
@@ -443,7 +593,7 @@ impl Reporter {
             let reply: StreamAutoClaimReply = con
                 .xautoclaim_options(
                     keys::EVENTS_STREAM,
-                    keys::STATUS_REPORTER_GROUP,
+                    self.sink.group(),
                     &self.consumer,
                     self.policy.stale.as_millis() as usize,
                     &start,
@@ -470,7 +620,7 @@ impl Reporter {
     async fn prune_consumers(&self) -> redis::RedisResult<()> {
         let mut con = self.state.queue.redis();
         let info: StreamInfoConsumersReply = con
-            .xinfo_consumers(keys::EVENTS_STREAM, keys::STATUS_REPORTER_GROUP)
+            .xinfo_consumers(keys::EVENTS_STREAM, self.sink.group())
             .await?;
         for c in info.consumers {
             if c.name != self.consumer
@@ -478,7 +628,7 @@ impl Reporter {
                 && c.idle as u128 > self.policy.prune_idle.as_millis()
             {
                 let _: i64 = con
-                    .xgroup_delconsumer(keys::EVENTS_STREAM, keys::STATUS_REPORTER_GROUP, &c.name)
+                    .xgroup_delconsumer(keys::EVENTS_STREAM, self.sink.group(), &c.name)
                     .await?;
                 tracing::info!(consumer = %c.name, "status reporter: removed a reporter that is gone");
             }
@@ -491,7 +641,8 @@ impl Reporter {
     async fn process(&mut self, entries: Vec<StreamId>) -> bool {
         for e in entries {
             let outcome = self.handle(&e).await;
-            if outcome == Outcome::Retry {
+            if let Outcome::Retry(hint) = outcome {
+                self.hint = hint;
                 return false;
             }
             if outcome == Outcome::GaveUp {
@@ -502,7 +653,7 @@ impl Reporter {
             }
             let mut con = self.state.queue.redis();
             let r: redis::RedisResult<i64> = con
-                .xack(keys::EVENTS_STREAM, keys::STATUS_REPORTER_GROUP, &[&e.id])
+                .xack(keys::EVENTS_STREAM, self.sink.group(), &[&e.id])
                 .await;
             if let Err(err) = r {
                 // Posted but not acknowledged: it is posted again later (a status is idempotent).
@@ -527,7 +678,7 @@ impl Reporter {
             .map(|ms| (chrono::Utc::now().timestamp_millis() - ms).max(0) as u128)
             .unwrap_or(0);
         if age > self.policy.give_up.as_millis() {
-            tracing::warn!(job = %ev.job, "status reporter: event too old; its status is given up");
+            tracing::warn!(job = %ev.job, forge = self.sink.name(), "status reporter: event too old; its status is given up");
             return Outcome::GaveUp;
         }
         let mut job = match self.state.queue.get(&ev.job).await {
@@ -535,7 +686,7 @@ impl Reporter {
             Err(QueueError::NotFound(_)) => return Outcome::Done,
             Err(err) => {
                 tracing::warn!(job = %ev.job, error = %err, "status reporter: cannot read the job");
-                return Outcome::Retry;
+                return Outcome::Retry(None);
             }
         };
         if !ev.status.is_final() {
@@ -545,44 +696,129 @@ impl Reporter {
             }
             job.status = ev.status;
         }
-        let (Some(repo), Some(sha)) = (job.source.forge_repo.as_deref(), job.source.sha.as_deref())
+        let (Some(repo), Some(sha)) = (job.source.forge_repo.clone(), job.source.sha.clone())
         else {
             return Outcome::Done;
         };
+        let state = status_state(job.status);
+        // One post per transition: the forge took this state for this job already (a redelivered or
+        // duplicated event), or GitHub does not have the commit (said once, in the log).
+        let posted = contract::status_posted_key(self.sink.name(), &job.id, state);
+        let unknown = contract::status_posted_key(self.sink.name(), &job.id, UNKNOWN_COMMIT);
+        let mut con = self.state.queue.redis();
+        let seen: redis::RedisResult<(Option<String>, Option<String>)> = redis::pipe()
+            .cmd("GET")
+            .arg(&posted)
+            .cmd("GET")
+            .arg(&unknown)
+            .query_async(&mut con)
+            .await;
+        match seen {
+            Ok((None, None)) => {}
+            Ok(_) => return Outcome::Done,
+            Err(err) => {
+                tracing::warn!(job = %job.id, error = %err, "status reporter: cannot read its markers");
+                return Outcome::Retry(None);
+            }
+        }
+        let diagnostics = if matches!(job.status, Status::Failed | Status::TimedOut) {
+            let raw: redis::RedisResult<Option<String>> = redis::cmd("GET")
+                .arg(contract::job_diagnostics_key(&job.id))
+                .query_async(&mut con)
+                .await;
+            raw.ok()
+                .flatten()
+                .and_then(|r| serde_json::from_str::<Diagnostics>(&r).ok())
+        } else {
+            None
+        };
         let target = crate::public::job_page_url(&self.state.settings, &job.id);
-        match self
-            .gitea
-            .try_post_status(
-                repo,
-                sha,
-                status_state(job.status),
-                &description(&job),
-                &target,
-            )
-            .await
-        {
+        let text = description(&job, diagnostics.as_ref());
+        let result = match &self.sink {
+            Sink::Gitea(gitea) => gitea
+                .try_post_status(&repo, &sha, state, &text, &target)
+                .await
+                .map_err(|e| {
+                    if e.transient {
+                        GhError::Transient {
+                            message: e.message,
+                            retry_after: None,
+                        }
+                    } else {
+                        GhError::Refused { message: e.message }
+                    }
+                }),
+            Sink::GitHub(github) => {
+                let gh_repo = match self
+                    .state
+                    .mirrors
+                    .github_for_gitea(self.state.settings.gitea.as_ref(), &repo)
+                    .await
+                {
+                    Ok(Some(r)) => r,
+                    // Not a mirror of a GitHub repository: nothing to post there.
+                    Ok(None) => return Outcome::Done,
+                    Err(err) => {
+                        tracing::warn!(job = %job.id, error = %err, "GitHub status: the mirror mapping is unavailable; retrying");
+                        return Outcome::Retry(None);
+                    }
+                };
+                github
+                    .post_status(&gh_repo, &sha, state, &text, &target, STATUS_CONTEXT)
+                    .await
+            }
+        };
+        let keep = self.state.queue.config().retention.as_secs().max(1);
+        match result {
             Ok(()) => {
                 self.state
                     .counters
                     .statuses_posted
                     .fetch_add(1, Ordering::Relaxed);
+                let r: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(&posted)
+                    .arg(&e.id)
+                    .arg("EX")
+                    .arg(keep)
+                    .query_async(&mut con)
+                    .await;
+                if let Err(err) = r {
+                    tracing::warn!(job = %job.id, error = %err, "status reporter: posted, but its marker was not written");
+                }
                 Outcome::Done
             }
-            Err(err) if err.transient => {
+            Err(GhError::Transient {
+                message,
+                retry_after,
+            }) => {
                 self.state
                     .counters
                     .statuses_retried
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(job = %job.id, error = %err, retry_in = ?self.backoff, "commit status not posted; retrying");
-                Outcome::Retry
+                tracing::warn!(job = %job.id, forge = self.sink.name(), error = %message, retry_in = ?retry_after.unwrap_or(self.backoff).max(self.backoff), "commit status not posted; retrying");
+                Outcome::Retry(retry_after)
             }
-            Err(err) => {
-                tracing::warn!(job = %job.id, error = %err, "commit status refused by Gitea; given up");
+            Err(GhError::UnknownCommit { message }) => {
+                tracing::warn!(job = %job.id, forge = self.sink.name(), sha = %sha, error = %message, "commit status dropped: the forge does not have this commit");
+                let _: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(&unknown)
+                    .arg(&e.id)
+                    .arg("EX")
+                    .arg(keep)
+                    .query_async(&mut con)
+                    .await;
+                Outcome::GaveUp
+            }
+            Err(GhError::Refused { message }) => {
+                tracing::warn!(job = %job.id, forge = self.sink.name(), error = %message, "commit status refused by the forge; given up");
                 Outcome::GaveUp
             }
         }
     }
 }
+
+/// The marker state of a commit the forge does not have (`raibid:status:{forge}:{job}:unknown_commit`).
+const UNKNOWN_COMMIT: &str = "unknown_commit";
 
 #[cfg(test)]
 mod tests {
@@ -615,6 +851,53 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_is_summed_up_by_its_first_error_test_or_step() {
+        use raibid_core::cargo_messages::{CompilerMessage, FailingTest};
+        let step = Some("step `test` exited with code 101");
+        let mut d = Diagnostics::default();
+        assert_eq!(failure_line(step, &d).as_deref(), step);
+        d.tests.push(FailingTest {
+            name: "tests::adds".into(),
+            panic_message: Some("assertion `left == right` failed\n  left: 1".into()),
+            file: Some("src/lib.rs".into()),
+            line: Some(12),
+            column: Some(5),
+            output: String::new(),
+            output_truncated: false,
+            step: Some("test".into()),
+        });
+        assert_eq!(
+            failure_line(step, &d).unwrap(),
+            "test tests::adds failed: assertion `left == right` failed at src/lib.rs:12"
+        );
+        let msg = |level: &str, code: Option<&str>, m: &str, line: u32| CompilerMessage {
+            level: level.into(),
+            code: code.map(str::to_string),
+            message: m.into(),
+            file: Some("src/main.rs".into()),
+            line: Some(line),
+            column: Some(9),
+            rendered: None,
+            target: None,
+            step: None,
+            count: 1,
+            suggestions: Vec::new(),
+        };
+        d.compiler.push(msg(
+            "warning",
+            Some("unused_variables"),
+            "unused variable: `x`",
+            2,
+        ));
+        d.compiler
+            .push(msg("error", Some("E0308"), "mismatched types", 7));
+        assert_eq!(
+            failure_line(step, &d).unwrap(),
+            "error[E0308]: mismatched types at src/main.rs:7"
+        );
+    }
+
+    #[test]
     fn descriptions_name_the_pipeline() {
         let mut j = Job::new(
             raibid_core::job::Source {
@@ -633,8 +916,8 @@ mod tests {
             chrono::Utc::now(),
         );
         j.status = Status::Succeeded;
-        assert_eq!(description(&j), "all steps passed");
+        assert_eq!(description(&j, None), "all steps passed");
         j.pipeline = Some("lint".into());
-        assert_eq!(description(&j), "lint: all steps passed");
+        assert_eq!(description(&j, None), "lint: all steps passed");
     }
 }

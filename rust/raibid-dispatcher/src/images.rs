@@ -4,7 +4,7 @@
 //! its next job and in `raibid-agent --image-gc`. Pushed tags in the registry are not touched (they
 //! are the published result).
 
-use crate::api::ApiError;
+use crate::guard::ApiError;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

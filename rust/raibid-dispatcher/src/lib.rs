@@ -4,13 +4,19 @@
 pub mod api;
 pub mod events;
 pub mod forge;
+pub mod github;
+pub mod guard;
 pub mod images;
 pub mod mcp;
 pub mod metrics;
+pub mod mirrors;
 pub mod notify;
 pub mod openapi;
 pub mod public;
 pub mod requests;
+pub mod server;
+
+pub use server::{reaper, serve};
 
 use anyhow::Context;
 use clap::Parser;
@@ -21,7 +27,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 /// raibid-dispatcher — webhooks in, jobs out.
 ///
@@ -75,10 +80,29 @@ pub struct DispatcherConfig {
     #[arg(long, env = env::GITEA_TOKEN_FILE)]
     pub gitea_token_file: Option<PathBuf>,
 
-    /// GitHub repositories mirrored in Gitea: `gh-owner/name=gitea-owner/name,...`. A push to one of
-    /// them triggers a Gitea mirror-sync instead of a job (Gitea's push webhook then makes the job).
+    /// Override of the mirror mapping read from Gitea: `gh-owner/name=gitea-owner/name,...`. A push to a
+    /// mirrored GitHub repository triggers a Gitea mirror-sync (Gitea's push webhook then makes the job);
+    /// the mapping comes from Gitea (its pull mirrors' original_url), these entries win over it.
     #[arg(long, env = env::MIRRORS, default_value = "")]
     pub mirrors: String,
+
+    /// Seconds the mirror mapping read from Gitea is trusted; a push for a repository not in it reads
+    /// Gitea again at once.
+    #[arg(long, env = env::MIRROR_CACHE_SECS, default_value_t = 60)]
+    pub mirror_cache_secs: u64,
+
+    /// GitHub token for commit statuses on the GitHub repositories Gitea mirrors (fine-grained, with
+    /// only "Commit statuses: write"). Unset: statuses go to Gitea only.
+    #[arg(long, env = env::GITHUB_TOKEN, hide_env_values = true)]
+    pub github_token: Option<String>,
+
+    /// File holding the GitHub token.
+    #[arg(long, env = env::GITHUB_TOKEN_FILE)]
+    pub github_token_file: Option<PathBuf>,
+
+    /// GitHub REST API base URL (GitHub Enterprise Server: https://HOST/api/v3).
+    #[arg(long, env = env::GITHUB_API_URL, default_value = github::DEFAULT_API_URL)]
+    pub github_api_url: String,
 
     /// Public base URL of this dispatcher (links in commit statuses).
     #[arg(long, env = env::URL, default_value = "http://127.0.0.1:8080")]
@@ -274,6 +298,12 @@ pub struct Intake {
     pub allowed_hosts: Vec<String>,
     /// Commit-status retries.
     pub status_retry: forge::RetryPolicy,
+    /// GitHub client for commit statuses on mirrored repositories (none: Gitea only).
+    pub github: Option<github::GitHub>,
+    /// GitHub API base URL (its host tells GitHub repositories apart in Gitea's `original_url`).
+    pub github_api_url: String,
+    /// How long the mirror mapping read from Gitea is trusted.
+    pub mirror_ttl: std::time::Duration,
     /// Where image jobs may push (the agents' `RAIBID_REGISTRY`, `RAIBID_REGISTRY_ALLOWED`,
     /// `RAIBID_REGISTRY_RESERVED_NAMESPACES`).
     pub registries: raibid_core::image::RegistryPolicy,
@@ -286,6 +316,9 @@ impl Default for Intake {
             allowed_schemes: csv_list("https,http,ssh"),
             allowed_hosts: Vec::new(),
             status_retry: forge::RetryPolicy::default(),
+            github: None,
+            github_api_url: github::DEFAULT_API_URL.to_string(),
+            mirror_ttl: std::time::Duration::from_secs(60),
             registries: raibid_core::image::RegistryPolicy::default(),
         }
     }
@@ -303,6 +336,12 @@ impl Settings {
                 )
             })?;
         let gitea_token = secret(&cfg.gitea_token, &cfg.gitea_token_file, "Gitea token")?;
+        github::check_api_url(&cfg.github_api_url)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", env::GITHUB_API_URL))?;
+        let github = match secret(&cfg.github_token, &cfg.github_token_file, "GitHub token")? {
+            Some(t) => Some(github::GitHub::new(&cfg.github_api_url, t)?),
+            None => None,
+        };
         let gitea = match (&cfg.gitea_url, gitea_token) {
             (Some(url), token) if !url.is_empty() => Some(forge::Gitea::new(url, token)?),
             _ => None,
@@ -345,6 +384,9 @@ impl Settings {
                     max: std::time::Duration::from_secs(cfg.status_retry_max_secs),
                     ..forge::RetryPolicy::default()
                 },
+                github,
+                github_api_url: cfg.github_api_url.clone(),
+                mirror_ttl: std::time::Duration::from_secs(cfg.mirror_cache_secs),
                 registries: raibid_core::image::RegistryPolicy::from_lists(
                     cfg.registry.as_deref(),
                     &cfg.registry_allowed,
@@ -385,6 +427,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Counters.
     pub counters: Arc<Counters>,
+    /// The mirror mapping (read from Gitea, cached; `RAIBID_MIRRORS` overrides).
+    pub mirrors: Arc<mirrors::Mirrors>,
     /// Turns true when the server starts shutting down: long-lived responses (SSE) end then, so the
     /// graceful shutdown does not wait on them.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -402,7 +446,13 @@ impl AppState {
     /// State over a connected queue.
     pub fn new(queue: Queue, settings: Settings) -> AppState {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let mirrors = Arc::new(mirrors::Mirrors::new(
+            &settings.mirrors,
+            settings.intake.mirror_ttl,
+            github::web_hosts(&settings.intake.github_api_url),
+        ));
         AppState {
+            mirrors,
             queue,
             settings: Arc::new(settings),
             counters: Arc::new(Counters::default()),
@@ -431,57 +481,4 @@ pub async fn connect_queue(url: &str, qcfg: QueueConfig, attempts: u32) -> anyho
         "cannot reach redis: {}",
         last.map(|e| e.to_string()).unwrap_or_default()
     ))
-}
-
-/// Serve on `listener` until `shutdown` resolves; in-flight requests finish first.
-pub async fn serve(
-    state: AppState,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let reporter = tokio::spawn(forge::status_reporter(state.clone()));
-    let reaper = tokio::spawn(reaper(state.clone()));
-    let notifier = tokio::spawn(notify::notifier(state.clone()));
-    let stop_tx = state.stop_tx.clone();
-    let app = api::router(state);
-    tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // In-flight requests finish; live log streams end now instead of holding the shutdown.
-            let _ = stop_tx.send(true);
-        })
-        .await?;
-    reporter.abort();
-    reaper.abort();
-    notifier.abort();
-    Ok(())
-}
-
-/// Reclaim jobs whose agent stopped renewing its lease: requeue them, or dead-letter them after the
-/// configured number of attempts. Runs in every replica; `XAUTOCLAIM` keeps them from colliding.
-pub async fn reaper(state: AppState) {
-    let lease = state.settings.lease;
-    let every = (lease / 4).max(std::time::Duration::from_millis(250));
-    let me = format!(
-        "raibid-reaper-{}-{}",
-        gethostname::gethostname().to_string_lossy(),
-        std::process::id()
-    );
-    loop {
-        tokio::time::sleep(every).await;
-        if let Err(e) = state.queue.reap(&me, lease).await {
-            tracing::warn!(error = %e, "reaper: redis unavailable; retrying");
-        }
-        if let Err(e) = state.queue.prune_index().await {
-            tracing::debug!(error = %e, "reaper: could not prune the job index");
-        }
-        match state.queue.prune_consumers(lease * 10).await {
-            Ok(gone) if !gone.is_empty() => {
-                tracing::info!(consumers = ?gone, "removed consumers of agents that are gone")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "reaper: could not prune consumers"),
-        }
-    }
 }

@@ -32,6 +32,12 @@ async fn run(cfg: DispatcherConfig) -> anyhow::Result<()> {
             "no GitHub webhook secret configured: /webhooks/github refuses every delivery"
         );
     }
+    match &settings.intake.github {
+        Some(g) => {
+            tracing::info!(api = %g.base(), "commit statuses go to GitHub too, for the repositories Gitea mirrors")
+        }
+        None => tracing::info!("no GitHub token: commit statuses go to Gitea only"),
+    }
     let qcfg = cfg.queue_config();
     let queue = connect_queue(&cfg.redis_url, qcfg, 30).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -238,6 +238,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             .json(200, "figures", s::<QueueStats>),
         ep("GET", api("/agents"), "Agents with a live heartbeat.", Bearer)
             .json(200, "agents", s::<AgentList>),
+        ep("GET", api("/mirrors"), "The GitHub → Gitea mirror mapping the dispatcher uses.", Bearer)
+            .query(s::<crate::mirrors::MirrorsQuery>)
+            .json(200, "the mapping", s::<crate::mirrors::Snapshot>),
         ep("GET", http::EVENTS_PATH, "The live feed raibid-top watches (Server-Sent Events).", Bearer)
             .text(200, "the event stream", "text/event-stream"),
         ep("GET", http::DEAD_LETTERS_PATH, "Jobs that exhausted their attempts.", Bearer)

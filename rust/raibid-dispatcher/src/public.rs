@@ -152,7 +152,10 @@ fn summary(job: &Job) -> String {
     let mut row = |k: &str, v: &str| {
         let _ = write!(o, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
     };
-    row("repository", &crate::api::redact_url(&job.source.repo_url));
+    row(
+        "repository",
+        &crate::guard::redact_url(&job.source.repo_url),
+    );
     row("ref", &job.source.git_ref);
     row(
         "commit",

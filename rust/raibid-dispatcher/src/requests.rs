@@ -155,7 +155,7 @@ pub fn check_policy(
     notify_url: Option<&str>,
     image: Option<&raibid_core::image::ImageRequest>,
 ) -> Result<(), String> {
-    crate::api::check_clone_url(&state.settings.intake, repo_url)
+    crate::guard::check_clone_url(&state.settings.intake, repo_url)
         .map_err(|e| e.message().to_string())?;
     if let Some(u) = notify_url {
         if state.settings.notify_secret.is_none() {

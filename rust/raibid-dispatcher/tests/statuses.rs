@@ -235,12 +235,20 @@ async fn events_a_dead_reporter_left_pending_are_taken_over_and_it_is_pruned() {
     wait_taken(&env, "success", Duration::from_secs(15)).await;
     let before = statuses(&env).len();
     // A reporter in another replica reads the job's final event and dies before posting it. In one
-    // transaction, so the live reporter (blocked on the group) is served only after it.
+    // transaction, so the live reporter (blocked on the group) is served only after it. The status
+    // was never posted in that story: its marker (one post per transition) goes.
+    let mut con = redis_con(&env).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(raibid_core::contract::status_posted_key(
+            "gitea", &id, "success",
+        ))
+        .query_async(&mut con)
+        .await
+        .unwrap();
     let event: Value = serde_json::json!({
         "type": "job_finished", "job": id, "status": "succeeded", "step": null, "agent": "agent-dead-reporter",
         "ts": chrono::Utc::now().to_rfc3339(),
     });
-    let mut con = redis_con(&env).await;
     let _: redis::Value = redis::pipe()
         .atomic()
         .cmd("XADD")

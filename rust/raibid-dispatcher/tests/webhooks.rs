@@ -321,12 +321,16 @@ async fn api_requires_the_bearer_token_but_health_and_metrics_are_open() {
 }
 
 #[tokio::test]
-async fn github_push_for_a_mirrored_repo_triggers_mirror_sync_else_a_job() {
+async fn github_push_for_a_mirrored_repo_triggers_mirror_sync_else_202_not_mirrored_and_no_job() {
+    // `Octo/Hello` is mirrored by override (RAIBID_MIRRORS), `acme/tool` by Gitea itself (a pull
+    // mirror whose original_url is on github.com): no hand-copied variable for it.
     let env = spawn_app(Options {
         mirrors: "Octo/Hello=mirrors/hello",
         ..Options::default()
     })
     .await;
+    env.gitea
+        .add_mirror("ci/acme-tool", "https://github.com/acme/tool.git");
     let mk = |full: &str| {
         serde_json::to_vec(&json!({
             "ref": "refs/heads/main", "before": SHA, "after": "3333333333333333333333333333333333333333",
@@ -349,13 +353,32 @@ async fn github_push_for_a_mirrored_repo_triggers_mirror_sync_else_a_job() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
-    let calls = env.gitea.calls();
+    let syncs = || {
+        env.gitea
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.ends_with("/mirror-sync"))
+            .collect::<Vec<_>>()
+    };
+    let calls = syncs();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].method, "POST");
     assert_eq!(calls[0].path, "/api/v1/repos/mirrors/hello/mirror-sync");
     assert_eq!(
         calls[0].auth.as_deref(),
         Some(format!("token {GITEA_TOKEN}").as_str())
+    );
+    // Mirrored in Gitea only: found there.
+    let r = send(mk("acme/tool"), "72d3162e-cc78-11e3-81ab-4c9367dc0960")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "mirror_sync", "{v}");
+    assert_eq!(v["gitea_repo"], "ci/acme-tool");
+    assert_eq!(
+        syncs().last().unwrap().path,
+        "/api/v1/repos/ci/acme-tool/mirror-sync"
     );
     assert!(
         env.gitea.violations().is_empty(),
@@ -368,20 +391,22 @@ async fn github_push_for_a_mirrored_repo_triggers_mirror_sync_else_a_job() {
         "a mirrored repo's job comes from Gitea's own webhook"
     );
 
-    // Not mirrored: a job, de-duplicated by X-GitHub-Delivery.
+    // Not mirrored: 202 with a body that says so, and no job.
     for _ in 0..2 {
         let r = send(mk("someone/else"), "72d3162e-cc78-11e3-81ab-4c9367dc0959")
             .await
             .unwrap();
-        assert!(r.status().is_success());
+        assert_eq!(r.status().as_u16(), 202);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["status"], "not_mirrored", "{v}");
+        let m = v["message"].as_str().unwrap();
+        assert!(
+            m.contains("someone/else") && m.contains("not mirrored") && m.contains("no job"),
+            "{m}"
+        );
     }
-    assert_eq!(env.job_count().await, 1);
-    let (_, v) = env.api_get("/api/v1/jobs").await;
-    assert_eq!(v["jobs"][0]["source"]["trigger"]["kind"], "github_push");
-    assert_eq!(
-        v["jobs"][0]["source"]["repo_url"],
-        "https://github.com/someone/else.git"
-    );
+    assert_eq!(env.job_count().await, 0);
+    assert_eq!(stream_len(&env).await, 0);
     // A ping is answered.
     let body = b"{\"zen\":\"x\"}".to_vec();
     let sig = format!("sha256={}", sign_hex(GITHUB_SECRET.as_bytes(), &body));

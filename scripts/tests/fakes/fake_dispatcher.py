@@ -40,6 +40,7 @@ ROUTES = [
     ("POST", r"/api/v1/jobs/(?P<id>[^/]+)/retry", "retry", set()),
     ("GET", r"/api/v1/queue", "queue", set()),
     ("GET", r"/api/v1/agents", "agents", set()),
+    ("GET", r"/api/v1/mirrors", "mirrors", {"refresh"}),
 ]
 
 
@@ -58,7 +59,7 @@ def new_id():
 class FakeDispatcher(FakeServer):
     def __init__(self, state, args):
         super().__init__(state)
-        for k, v in (("jobs", []), ("logs", {}), ("live", {}), ("queue", {}), ("agents", [])):
+        for k, v in (("jobs", []), ("logs", {}), ("live", {}), ("queue", {}), ("agents", []), ("mirrors", {})):
             state.setdefault(k, v)
 
     def job(self, id):
@@ -212,6 +213,18 @@ class FakeDispatcher(FakeServer):
 
     def h_agents(self, req):
         return 200, {"agents": self.state["agents"]}, {}
+
+    def h_mirrors(self, req):
+        # The dispatcher's `mirrors::Snapshot` (GET /api/v1/mirrors, docs/api.md).
+        q = req["query"].get("refresh")
+        if q is not None and q not in ("true", "false"):
+            raise err(400, "malformed_request", f"refresh={q} is not a boolean")
+        m = {"mirrors": [], "read_at": None, "ttl_secs": 60, "error": None, "github_hosts": ["github.com"],
+             "github_statuses": False}
+        m.update(self.state["mirrors"])
+        if q == "true":
+            m["read_at"] = now()
+        return 200, m, {}
 
 
 if __name__ == "__main__":

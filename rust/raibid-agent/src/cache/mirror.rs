@@ -115,7 +115,7 @@ pub(crate) fn list(root: &Path) -> Vec<(String, u64, i64)> {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
-        v.push((id.to_string(), super::slots::du(&e.path()), last));
+        v.push((id.to_string(), super::du(&e.path()), last));
     }
     v
 }
@@ -141,7 +141,7 @@ pub(crate) async fn update(
     let lock = super::lock::lock(
         &base.join(format!("{repo_id}.lock")),
         limits.deadline,
-        || *stop.borrow() != crate::Stop::None,
+        || *stop.borrow() != crate::stop::Stop::None,
     )
     .await
     .map_err(CloneError::from)?;
@@ -231,7 +231,7 @@ pub(crate) async fn invalidate(root: &Path, repo_id: &str, limits: &Limits) {
     if let Ok(_l) = super::lock::lock(
         &base.join(format!("{repo_id}.lock")),
         limits.deadline,
-        || *stop.borrow() != crate::Stop::None,
+        || *stop.borrow() != crate::stop::Stop::None,
     )
     .await
     {
@@ -416,85 +416,12 @@ fn pack_totals(dir: &Path) -> (u64, u64) {
             let p = e.path();
             match p.extension().and_then(|x| x.to_str()) {
                 Some("pack") => bytes += e.metadata().map(|m| m.len()).unwrap_or(0),
-                Some("idx") => objects += idx_count(&p).unwrap_or(0),
+                Some("idx") => objects += super::pack::idx_count(&p).unwrap_or(0),
                 _ => {}
             }
         }
     }
     (objects, bytes)
-}
-
-pub(crate) fn idx_count(p: &Path) -> Option<u64> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(p).ok()?;
-    let mut head = [0u8; 4];
-    f.read_exact(&mut head).ok()?;
-    // v2: magic \377tOc, version, then 256 fan-out entries; v1: fan-out right away.
-    let off = if head == [0xff, b't', b'O', b'c'] {
-        8
-    } else {
-        0
-    };
-    f.seek(SeekFrom::Start(off + 255 * 4)).ok()?;
-    let mut n = [0u8; 4];
-    f.read_exact(&mut n).ok()?;
-    Some(u64::from(u32::from_be_bytes(n)))
-}
-
-/// Whether the mirror holds object `sha`: a binary search in each pack index (the mirror keeps every
-/// fetched object in packs), then a look for a loose object; no git process on the warm path.
-pub(crate) fn has_commit(dir: &Path, sha: &str) -> bool {
-    let Ok(want) = hex::decode(sha) else {
-        return false;
-    };
-    if want.len() != 20 {
-        return false;
-    }
-    let loose = dir.join("objects").join(&sha[..2]).join(&sha[2..]);
-    if loose.exists() {
-        return true;
-    }
-    let Ok(rd) = std::fs::read_dir(dir.join("objects/pack")) else {
-        return false;
-    };
-    rd.flatten().any(|e| {
-        let p = e.path();
-        p.extension().is_some_and(|x| x == "idx")
-            && p.with_extension("pack").exists()
-            && idx_contains(&p, &want).unwrap_or(false)
-    })
-}
-
-/// Look `want` up in a version-2 pack index (fan-out table, then sorted 20-byte names), reading
-/// only the fan-out entries and the names the binary search visits.
-pub(crate) fn idx_contains(p: &Path, want: &[u8]) -> Option<bool> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(p).ok()?;
-    let mut head = [0u8; 8];
-    f.read_exact_at(&mut head, 0).ok()?;
-    if head[..4] != [0xff, b't', b'O', b'c'] {
-        return None;
-    }
-    let fan = |i: usize| -> Option<u64> {
-        let mut n = [0u8; 4];
-        f.read_exact_at(&mut n, 8 + i as u64 * 4).ok()?;
-        Some(u64::from(u32::from_be_bytes(n)))
-    };
-    let first = usize::from(*want.first()?);
-    let mut lo = if first == 0 { 0 } else { fan(first - 1)? };
-    let mut hi = fan(first)?;
-    let names = 8 + 256 * 4;
-    let mut name = [0u8; 20];
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        f.read_exact_at(&mut name, names + mid * 20).ok()?;
-        match name.as_slice().cmp(want) {
-            std::cmp::Ordering::Equal => return Some(true),
-            std::cmp::Ordering::Less => lo = mid + 1,
-            std::cmp::Ordering::Greater => hi = mid,
-        }
-    }
-    Some(false)
 }
 
 /// Why a mirror update did not fetch.
@@ -555,7 +482,7 @@ async fn fetch(
     log: Sink<'_>,
 ) -> Result<(String, bool, u64, u64), Failure> {
     if let Some(sha) = sha {
-        if has_commit(dir, sha) {
+        if super::pack::has_commit(dir, sha) {
             log(format!("[raibid] mirror has {sha}; nothing to fetch"));
             return Ok((sha.to_string(), true, 0, 0));
         }
@@ -614,7 +541,7 @@ async fn fetch(
     let mut failed_lines = if o.ok { Vec::new() } else { o.lines };
     let sha = match sha {
         Some(s) => {
-            if !has_commit(dir, s) {
+            if !super::pack::has_commit(dir, s) {
                 // The ref moved on (or the sha is on no ref): ask for the commit itself.
                 let o = run(
                     dir,
@@ -642,7 +569,7 @@ async fn fetch(
                 if !o.ok && remote_refused(&o.lines) {
                     return Err(Failure::Remote(could_not_fetch(s, &o.lines)));
                 }
-                fetched_ok = o.ok && has_commit(dir, s);
+                fetched_ok = o.ok && super::pack::has_commit(dir, s);
                 if !o.ok {
                     failed_lines = o.lines;
                 }

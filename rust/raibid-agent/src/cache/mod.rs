@@ -18,13 +18,14 @@ pub(crate) mod gitdir;
 pub(crate) mod key;
 pub(crate) mod lock;
 pub(crate) mod mirror;
+pub(crate) mod pack;
 pub(crate) mod slots;
 pub(crate) mod upload_pack;
 pub(crate) mod worktree;
 
 use raibid_core::cache_stats::CacheStats;
 use raibid_core::cargo_messages::CargoUnits;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A log sink for cache operations (lines go to the job's log of the current step).
 pub(crate) type Sink<'a> = &'a (dyn Fn(String) + Sync);
@@ -94,12 +95,24 @@ impl Cache {
     }
 }
 
-/// A job's hold on the cache: its slot (locked), key and figures.
-pub(crate) struct JobCache {
-    pub(crate) repo_id: String,
-    pub(crate) slot: slots::Slot,
-    pub(crate) key: Option<String>,
-    pub(crate) stats: CacheStats,
+/// Bytes on disk under `p` (allocated blocks; reflinked or hard-linked data counts in full).
+pub(crate) fn du(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
 }
 
 /// Once the job's output is complete: its unit counts (from the log flusher's parse of cargo's

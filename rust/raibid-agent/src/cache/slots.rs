@@ -21,8 +21,9 @@
 
 use super::lock::{self, FileLock};
 use super::mirror::run;
-use super::{CloneError, Sink};
+use super::{du, CloneError, Sink};
 use crate::git::{Credentials, Limits};
+use raibid_core::cache_stats::CacheStats;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -160,7 +161,7 @@ pub(crate) async fn acquire(
     let stop = limits.stop.clone();
     // Choosing (and creating) a slot is brief and serialised per repository.
     let _select = lock::lock(&repo_dir.join(".select.lock"), limits.deadline, || {
-        *stop.borrow() != crate::Stop::None
+        *stop.borrow() != crate::stop::Stop::None
     })
     .await
     .map_err(CloneError::from)?;
@@ -476,26 +477,6 @@ fn cargo_locks(target: &Path) -> Option<Vec<FileLock>> {
     Some(held)
 }
 
-/// Bytes on disk under `p` (allocated blocks; reflinked or hard-linked data counts in full).
-pub(crate) fn du(p: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
-}
-
 /// One line of the eviction pass: a target directory (`key`), a slot's checkout (`slot`, no key) or a
 /// repository's git mirror (`mirror`).
 #[derive(Debug, Clone, Serialize)]
@@ -741,6 +722,14 @@ fn remove_aside(parent: &Path, name: &str) {
     } else {
         let _ = std::fs::remove_dir_all(&from);
     }
+}
+
+/// A job's hold on the cache: its slot (locked), key and figures.
+pub(crate) struct JobCache {
+    pub(crate) repo_id: String,
+    pub(crate) slot: Slot,
+    pub(crate) key: Option<String>,
+    pub(crate) stats: CacheStats,
 }
 
 #[cfg(test)]

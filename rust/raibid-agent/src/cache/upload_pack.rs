@@ -319,12 +319,12 @@ async fn converse(
         Some(s) if s == tip => wants.push(tip.clone()),
         Some(s) => {
             wants.push(s.to_string());
-            if !super::mirror::has_commit(mirror, &tip) {
+            if !super::pack::has_commit(mirror, &tip) {
                 wants.push(tip.clone());
             }
         }
         None => {
-            if !super::mirror::has_commit(mirror, &tip) {
+            if !super::pack::has_commit(mirror, &tip) {
                 wants.push(tip.clone());
             }
         }
@@ -419,11 +419,11 @@ async fn converse(
     let idx = mirror.join(format!("objects/pack/pack-{hash}.idx"));
     for w in &wants {
         let want = hex::decode(w).map_err(|e| e.to_string())?;
-        if super::mirror::idx_contains(&idx, &want) != Some(true) {
+        if super::pack::idx_contains(&idx, &want) != Some(true) {
             return Err(format!("the pack lacks {w}"));
         }
     }
-    let objects = super::mirror::idx_count(&idx).unwrap_or(0);
+    let objects = super::pack::idx_count(&idx).unwrap_or(0);
     let bytes = std::fs::metadata(idx.with_extension("pack"))
         .map(|m| m.len())
         .unwrap_or(0);

@@ -1,8 +1,13 @@
 //! Test harness: a real Redis (own process, free port), the real dispatcher on port 0, real agents
-//! in-process, real git repositories, and a fake Gitea. Gitea cannot run here, so the fake checks every
-//! call against the upstream API contract in shared/reference/forgejo-11-gitea-1.22-api.swagger.json
-//! (path template, method, auth header, body fields and types) and answers like Gitea.
+//! in-process, real git repositories, a fake Gitea and a fake GitHub. Gitea cannot run here, so the fake
+//! checks every call against the upstream API contract in
+//! shared/reference/forgejo-11-gitea-1.22-api.swagger.json (path template, method, auth header, query
+//! parameters, body fields and types; its repository answers against the `Repository` definition) and
+//! answers like Gitea. GitHub cannot either: `github.rs` checks calls and answers against GitHub's
+//! OpenAPI description (tests/fixtures/github).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod github;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -48,6 +53,8 @@ pub struct FakeGitea {
     pub violations: Arc<Mutex<Vec<String>>>,
     /// While set and in the future, every call is answered 503 (a Gitea outage).
     pub down_until: Arc<Mutex<Option<Instant>>>,
+    /// Repositories Gitea has (the search answers the mirrors among them).
+    pub repos: Arc<Mutex<Vec<Value>>>,
 }
 
 struct Swagger {
@@ -168,25 +175,168 @@ impl Swagger {
     }
 }
 
+impl Swagger {
+    /// Query parameters of a GET must be parameters of the operation.
+    fn check_query(&self, tmpl: &str, method: &str, query: &str) -> Vec<String> {
+        let op = &self.doc["paths"][tmpl][method.to_ascii_lowercase()];
+        let params = op["parameters"].as_array().cloned().unwrap_or_default();
+        let mut errs = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match params.iter().find(|p| p["name"] == k && p["in"] == "query") {
+                None => errs.push(format!("{method} {tmpl}: unknown query parameter `{k}`")),
+                Some(p) => {
+                    let ok = match p["type"].as_str().unwrap_or("") {
+                        "integer" => v.parse::<i64>().is_ok(),
+                        "boolean" => v == "true" || v == "false",
+                        _ => true,
+                    };
+                    if !ok {
+                        errs.push(format!("{method} {tmpl}: `{k}={v}` is not a {}", p["type"]));
+                    }
+                }
+            }
+        }
+        errs
+    }
+
+    /// An answer's object against a definition: every field is a property of it, of its type.
+    fn check_object(&self, def: &str, v: &Value) -> Vec<String> {
+        let schema = &self.doc["definitions"][def];
+        let Some(obj) = v.as_object() else {
+            return vec![format!("answer is not a {def} object")];
+        };
+        let mut errs = Vec::new();
+        for (k, val) in obj {
+            let Some(ps) = schema["properties"].get(k) else {
+                errs.push(format!("{def} has no field `{k}`"));
+                continue;
+            };
+            let ty = if ps.get("$ref").is_some() {
+                "object"
+            } else {
+                ps["type"].as_str().unwrap_or("")
+            };
+            let ok = val.is_null()
+                || match ty {
+                    "string" => val.is_string(),
+                    "boolean" => val.is_boolean(),
+                    "integer" => val.is_i64() || val.is_u64(),
+                    "array" => val.is_array(),
+                    "object" => val.is_object(),
+                    _ => true,
+                };
+            if !ok {
+                errs.push(format!("{def}.{k} should be {ty}"));
+            }
+        }
+        errs
+    }
+
+    /// The template that matches a path (under the base path).
+    fn template(&self, path: &str) -> Option<String> {
+        let rel = path.strip_prefix("/api/v1")?;
+        let segs: Vec<&str> = rel.split('/').collect();
+        self.doc["paths"]
+            .as_object()?
+            .keys()
+            .find(|tmpl| {
+                let t: Vec<&str> = tmpl.split('/').collect();
+                t.len() == segs.len()
+                    && t.iter()
+                        .zip(&segs)
+                        .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
+            })
+            .cloned()
+    }
+}
+
+/// A Gitea pull mirror as `GET /repos/search` shows it (fields of the swagger's `Repository`).
+pub fn mirror_repo(full_name: &str, original_url: &str) -> Value {
+    let (owner, name) = full_name.split_once('/').unwrap();
+    serde_json::json!({
+        "id": 1, "name": name, "full_name": full_name,
+        "owner": {"id": 1, "login": owner, "username": owner},
+        "mirror": true, "original_url": original_url, "mirror_interval": "8h0m0s",
+        "mirror_updated": "2026-01-01T00:00:00Z", "empty": false, "private": false,
+        "default_branch": "main",
+        "clone_url": format!("http://gitea/{full_name}.git"), "html_url": format!("http://gitea/{full_name}"),
+    })
+}
+
 impl FakeGitea {
+    /// Make `full_name` a pull mirror of `original_url` (as `mirror.nu` does with `/repos/migrate`).
+    pub fn add_mirror(&self, full_name: &str, original_url: &str) {
+        self.repos
+            .lock()
+            .unwrap()
+            .push(mirror_repo(full_name, original_url));
+    }
+
+    /// Calls of the repository search (the mirror mapping's reads).
+    pub fn searches(&self) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.path == "/api/v1/repos/search")
+            .count()
+    }
+
     pub async fn start() -> FakeGitea {
         let swagger = Arc::new(Swagger::load());
         let calls = Arc::new(Mutex::new(Vec::new()));
         let violations = Arc::new(Mutex::new(Vec::new()));
         let down_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
-        let (c, v, s, d) = (
+        let repos: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
+        let (c, v, s, d, rp) = (
             calls.clone(),
             violations.clone(),
             swagger.clone(),
             down_until.clone(),
+            repos.clone(),
         );
         let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let (c, v, s, d) = (c.clone(), v.clone(), s.clone(), d.clone());
+            let (c, v, s, d, rp) = (c.clone(), v.clone(), s.clone(), d.clone(), rp.clone());
             async move {
                 let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::String("<not json>".into())) };
                 let auth = headers.get("authorization").and_then(|h| h.to_str().ok()).map(str::to_string);
-                let errs = s.check(method.as_str(), uri.path(), auth.as_deref(), &body);
+                let mut errs = s.check(method.as_str(), uri.path(), auth.as_deref(), &body);
+                if let (Some(tmpl), Some(q)) = (s.template(uri.path()), uri.query()) {
+                    errs.extend(s.check_query(&tmpl, method.as_str(), q));
+                }
                 let down = d.lock().unwrap().is_some_and(|t| Instant::now() < t);
+                if !down && errs.is_empty() && method == Method::GET {
+                    // Reads: the repository search (mode=mirror) and one repository.
+                    let q: HashMap<String, String> = uri.query().unwrap_or("").split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                    let all = rp.lock().unwrap().clone();
+                    let (status, answer) = if uri.path() == "/api/v1/repos/search" {
+                        let mirrors: Vec<Value> = all.into_iter().filter(|r| q.get("mode").map(String::as_str) != Some("mirror") || r["mirror"] == true).collect();
+                        let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(30);
+                        let page: usize = q.get("page").and_then(|l| l.parse().ok()).unwrap_or(1);
+                        let data: Vec<Value> = mirrors.into_iter().skip((page.max(1) - 1) * limit).take(limit).collect();
+                        (200, serde_json::json!({"ok": true, "data": data}))
+                    } else {
+                        let full = uri.path().trim_start_matches("/api/v1/repos/").to_string();
+                        match all.into_iter().find(|r| r["full_name"].as_str() == Some(full.as_str())) {
+                            Some(r) => (200, r),
+                            None => (404, serde_json::json!({"message": "The target couldn't be found."})),
+                        }
+                    };
+                    // What the fake answers is checked too: the search's SearchResults of Repository.
+                    let mut answer_errs = Vec::new();
+                    if status == 200 {
+                        if let Some(data) = answer.get("data") {
+                            answer_errs.extend(s.check_object("SearchResults", &answer));
+                            for r in data.as_array().unwrap() {
+                                answer_errs.extend(s.check_object("Repository", r));
+                            }
+                        } else {
+                            answer_errs.extend(s.check_object("Repository", &answer));
+                        }
+                    }
+                    v.lock().unwrap().extend(answer_errs);
+                    c.lock().unwrap().push(Call { method: method.to_string(), path: uri.path().to_string(), auth, body: body.clone(), answered: status });
+                    return (StatusCode::from_u16(status).unwrap(), axum::Json(answer)).into_response();
+                }
                 let answered = if down { 503 } else if !errs.is_empty() { 422 } else if uri.path().ends_with("/mirror-sync") { 200 } else { 201 };
                 c.lock().unwrap().push(Call { method: method.to_string(), path: uri.path().to_string(), auth, body: body.clone(), answered });
                 if down {
@@ -211,6 +361,7 @@ impl FakeGitea {
             calls,
             violations,
             down_until,
+            repos,
         }
     }
 
@@ -234,6 +385,9 @@ pub struct TestEnv {
     pub queue: Queue,
     pub base: String,
     pub gitea: FakeGitea,
+    pub github: github::FakeGitHub,
+    /// The dispatcher's settings (a restart starts it again with them).
+    pub settings: Settings,
     pub http: reqwest::Client,
     pub tmp: tempfile::TempDir,
     dispatcher: Option<raibid_testkit::Dispatcher>,
@@ -278,7 +432,13 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
     .await
     .expect("connect");
     let gitea = FakeGitea::start().await;
-    // The suites' one Settings (raibid-testkit), with this stack's forge, secrets and options.
+    let gh = github::FakeGitHub::start().await;
+    let mut intake = opts.intake.clone();
+    intake.github_api_url = gh.base.clone();
+    intake.github = Some(
+        raibid_dispatcher::github::GitHub::new(&gh.base, github::GITHUB_TOKEN.into()).unwrap(),
+    );
+    // The suites' one Settings (raibid-testkit), with this stack's forges, secrets and options.
     let mut settings = raibid_testkit::settings(TOKEN);
     settings.gitea_secret = Some(GITEA_SECRET.into());
     settings.github_secret = Some(GITHUB_SECRET.into());
@@ -286,9 +446,9 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
     settings.mirrors = raibid_dispatcher::parse_mirrors(opts.mirrors).unwrap();
     settings.body_limit = opts.body_limit;
     settings.lease = Duration::from_secs(opts.lease_secs);
-    settings.intake = opts.intake.clone();
+    settings.intake = intake;
     (opts.settings)(&mut settings);
-    let dispatcher = raibid_testkit::Dispatcher::start(queue.clone(), settings)
+    let dispatcher = raibid_testkit::Dispatcher::start(queue.clone(), settings.clone())
         .await
         .unwrap();
     TestEnv {
@@ -296,6 +456,8 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
         queue,
         base: dispatcher.base.clone(),
         gitea,
+        github: gh,
+        settings,
         http: reqwest::Client::new(),
         tmp: tempfile::tempdir().unwrap(),
         dispatcher: Some(dispatcher),
@@ -498,5 +660,25 @@ impl TestEnv {
     pub fn stop_dispatcher(&mut self) {
         // Dropping it begins the graceful shutdown; the server task ends on its own.
         self.dispatcher.take();
+    }
+
+    /// Stop the dispatcher and start a new one (same Redis, same settings, a new port): a restart.
+    /// Waits until the old one stopped answering, so nothing of it runs on.
+    pub async fn restart_dispatcher(&mut self) {
+        let old = self.base.clone();
+        self.stop_dispatcher();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{old}/healthz")).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the old dispatcher does not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let d = raibid_testkit::Dispatcher::start(self.queue.clone(), self.settings.clone())
+            .await
+            .unwrap();
+        self.base = d.base.clone();
+        self.dispatcher = Some(d);
     }
 }

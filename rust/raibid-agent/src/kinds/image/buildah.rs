@@ -3,9 +3,9 @@
 //! whole process tree.
 
 use super::ImageConfig;
+use crate::process::LogTx;
 use crate::process::{kill_group, StepEnd, MAX_LINE, SPLIT_MARK};
-use crate::runner::LogTx;
-use crate::Stop;
+use crate::stop::Stop;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,8 +1,14 @@
-//! The claim loop: one worker per slot blocked on XREADGROUP, and the cancel listener.
+//! The claim loop (the lifecycle's first phase): one worker per slot blocked on XREADGROUP on its
+//! kinds' streams, the agent's start-up (what the served kinds' capabilities need: a GPU probe, a
+//! sandbox), and the cancel listener.
 
+use super::run_job;
+use crate::config::AgentConfig;
+use crate::ctx::Shared;
+use crate::git;
 use crate::isolation;
-use crate::runner::run_job;
-use crate::{git, AgentConfig, Masker, Shared, Stop};
+use crate::masking::Masker;
+use crate::stop::Stop;
 use anyhow::Context;
 use raibid_core::contract;
 use raibid_core::contract::env;
@@ -24,10 +30,21 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     let scopes = crate::secret_scopes::SecretScopes::parse(&cfg.secret_scopes()?)?;
     let redis_url = cfg.redis_url()?;
     let qcfg = cfg.queue_config()?;
+    // What the served kinds declare: a GPU to probe, build steps to sandbox.
+    let caps: Vec<crate::kinds::Capabilities> = qcfg
+        .kinds
+        .iter()
+        .map(|k| crate::kinds::capabilities(*k))
+        .collect();
     let queue = connect_with_backoff(&redis_url, qcfg, &shutdown).await?;
     let Some(queue) = queue else { return Ok(()) };
-    if cfg.image.image_gc {
-        return crate::image::gc_command(&cfg, Some(&queue)).await;
+    if cfg.kind_options.image.image_gc {
+        return crate::kinds::image::gc_command(
+            &cfg.cache_dir,
+            &cfg.kind_options.image,
+            Some(&queue),
+        )
+        .await;
     }
     // `--once` is one job: one slot, whatever --concurrency says.
     let slots: Vec<String> = if cfg.concurrency == 1 || cfg.once {
@@ -41,15 +58,19 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     isolation::prepare_private_dir(&cfg.cache_dir, step_user.as_ref())?;
     isolation::prepare_private_dir(&cfg.cache_dir.join("cargo"), step_user.as_ref())?;
     // A GPU agent declares the capability only once it found a GPU; without one it does not start.
-    let gpu = if serves(&cfg, "gpu") {
-        let p = crate::gpu::probe(&cfg.nvidia_smi, &cfg.gpu_device_dir).await?;
+    let gpu = if caps.iter().any(|c| c.gpu) {
+        let g = &cfg.kind_options.gpu;
+        let p = crate::gpu::probe(&g.nvidia_smi, &g.gpu_device_dir).await?;
         tracing::info!(gpus = ?p.gpus, visible = %p.visible, "GPU found");
         Some(p)
     } else {
         None
     };
     // Build steps run only in a sandbox: an agent that runs them and cannot start one does not start.
-    let sandbox = if qcfg_runs_steps(&cfg) {
+    let sandbox = if caps
+        .iter()
+        .any(|c| c.privileges == crate::kinds::Privileges::SandboxedSteps)
+    {
         Some(
             crate::sandbox::Sandbox::probe(
                 step_user.clone(),
@@ -110,18 +131,6 @@ pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::R
     names.release().await;
     tracing::info!(agent = %name, jobs = shared.jobs_done.load(Ordering::Relaxed), "agent stopped");
     result
-}
-
-/// Does this agent run build steps in its own processes (the `rust` kind)?
-fn qcfg_runs_steps(cfg: &AgentConfig) -> bool {
-    serves(cfg, "rust") || serves(cfg, "gpu")
-}
-
-/// Does this agent serve `kind`?
-fn serves(cfg: &AgentConfig, kind: &str) -> bool {
-    cfg.kinds
-        .split(',')
-        .any(|k| k.trim().eq_ignore_ascii_case(kind))
 }
 
 pub(crate) async fn connect_with_backoff(

@@ -1,8 +1,19 @@
-//! One claimed job: the log flusher, the heartbeat, the shutdown grace, then the final write.
+//! The lifecycle every job shares, whatever its kind: claim (`claim`: the claim loop) and lease (the
+//! log flusher, the heartbeat, the shutdown grace: `run_job`), workspace, source (clone + patch: `source`), config (the kind's, and the
+//! transition its outcome asks for: `execute`, `handover`), the kind's run, the after-steps hook
+//! (`after`), report, cleanup and the final write (fenced by the lease). Kinds (`crate::kinds`) are
+//! called through `kinds::Kind` and never call back into this module (ADR 0016).
 
-use crate::executor::execute;
-use crate::{Masker, Shared, Stop, LOST, RELEASED};
+mod after;
+pub(crate) mod claim;
+mod execute;
+mod handover;
+mod source;
+
+use crate::ctx::{JobCtx, Shared};
+use crate::stop::{Stop, LOST, RELEASED};
 use chrono::Utc;
+use execute::execute;
 use raibid_core::queue::{Claim, QueueError};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -14,52 +25,8 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(30);
 /// When a job's heartbeat first beats (then every third of the lease).
 const FIRST_BEAT: Duration = Duration::from_millis(500);
 
-pub(crate) type LogTx = mpsc::Sender<(String, String, String)>;
 /// A log line `(step, stream, line)` with the moment the agent read it (its `ts` in the log).
-pub(crate) type Stamped = raibid_core::queue::StampedLine;
-
-/// Everything a running job needs.
-pub(crate) struct JobCtx<'a> {
-    pub(crate) shared: &'a Shared,
-    pub(crate) claim: Claim,
-    pub(crate) logs: LogTx,
-    pub(crate) stop: watch::Receiver<Stop>,
-    pub(crate) deadline: Instant,
-    pub(crate) masker: Arc<Mutex<Masker>>,
-    /// The job's log budget, shared by its steps' output pumps.
-    pub(crate) budget: Arc<crate::process::LogBudget>,
-    /// (name, value) of the pipeline's secrets.
-    pub(crate) secrets: Vec<(String, String)>,
-}
-
-impl JobCtx<'_> {
-    pub(crate) async fn sys(&self, step: &str, line: impl Into<String>) {
-        let _ = self
-            .logs
-            .send((step.to_string(), "system".into(), line.into()))
-            .await;
-    }
-
-    pub(crate) async fn update(&mut self, event: &'static str) -> bool {
-        match self
-            .shared
-            .queue
-            .update_claimed(&mut self.claim, event)
-            .await
-        {
-            Ok(()) => true,
-            Err(QueueError::LeaseLost(_)) => false,
-            Err(e) => {
-                tracing::warn!(job = %self.claim.job.id, error = %e, "could not update job record");
-                true
-            }
-        }
-    }
-
-    pub(crate) fn stopped(&self) -> Stop {
-        *self.stop.borrow()
-    }
-}
+type Stamped = raibid_core::queue::StampedLine;
 
 pub(crate) async fn run_job(
     shared: &Arc<Shared>,
@@ -205,7 +172,7 @@ pub(crate) async fn run_job(
         secrets: Vec::new(),
     };
     let ws = shared.cfg.workspace_dir.join(&id);
-    let outcome = execute(&mut ctx, &ws, shutdown).await;
+    let outcome = execute(&mut ctx, &ws).await;
     let _ = tokio::fs::remove_dir_all(&ws).await;
     // Let the flusher write everything before the final status.
     let JobCtx {

@@ -95,6 +95,18 @@ impl Default for ImageConfig {
 
 impl ImageConfig {
     /// Where image jobs may push (`raibid_core::image::RegistryPolicy`).
+    /// Files holding the registry credentials (hidden from every sandboxed step).
+    pub(crate) fn credential_files(&self) -> Vec<PathBuf> {
+        [
+            self.registry_auth_file.as_ref(),
+            self.registry_password_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
     pub fn policy(&self) -> raibid_core::image::RegistryPolicy {
         raibid_core::image::RegistryPolicy::from_lists(
             self.registry.as_deref(),
@@ -129,7 +141,7 @@ mod tests {
     fn the_agent_command_is_consistent_with_the_image_options() {
         // Flattened options share one namespace with the agent's own: a clash panics at parse time.
         use clap::CommandFactory;
-        crate::AgentConfig::command().debug_assert();
+        crate::config::AgentConfig::command().debug_assert();
     }
 
     #[test]

@@ -20,112 +20,90 @@ pub mod storage;
 pub use buildah::Buildah;
 pub use config::ImageConfig;
 
+use super::{CacheUse, Capabilities, ConfigOutcome, ConfigStep, HandOver, Kind, Privileges};
+use crate::ctx::{End, JobCtx, Workspace};
 use crate::process::StepEnd;
-use crate::runner::JobCtx;
-use crate::{Stop, LOST, RELEASED};
+use crate::stop::{Stop, LOST, RELEASED};
 use chrono::Utc;
 use raibid_core::contract::env;
 use raibid_core::image::{
     local_reference, ImageJob, Phase, PhaseTime, Pushed, DEFAULT_CONTAINERFILES,
 };
-use raibid_core::job::Status;
+use raibid_core::job::{JobKind, Status};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The outcome of a phase that did not succeed.
 type Failure = (Status, String);
 
-/// A push whose `.raibid.yaml` has `image:` (read by the Rust agent in its `config` step) becomes an
-/// image job in the image pool (ADR 0006): a new job of kind `image` with the same source (commit
-/// resolved), de-duplicated on this job's id so a reclaimed attempt does not enqueue a second one. This
-/// job ends `succeeded` under the commit-status context `raibid/<name>-handover`; the image job reports
-/// under `raibid/<name>`.
-pub(crate) async fn hand_over(
-    ctx: &mut JobCtx<'_>,
-    pipeline: &str,
-    req: raibid_core::image::ImageRequest,
-) -> (Status, Option<String>) {
-    // The image pool builds the commit as pushed: a patch would be silently dropped; and where the image
-    // may go is checked before it is handed over.
-    let refused = if ctx.claim.job.source.patch.is_some() {
-        Some("the job has a patch, and an image job builds the commit as it is in the repository (it cannot apply a patch); commit and push the change".to_string())
-    } else {
-        ctx.shared
-            .cfg
-            .image
-            .policy()
-            .check(&req, &ctx.claim.job.source.repo_url)
-            .err()
-            .map(|e| e.to_string())
-    };
-    if let Some(msg) = refused {
-        let msg = format!(
-            "{} has `image:`, not handed over: {msg}",
-            raibid_core::pipeline::PIPELINE_FILE
-        );
-        ctx.sys("config", format!("[raibid] {msg}")).await;
-        ctx.claim.job.end_step("failed", None, Utc::now());
-        let _ = ctx.update("step_finished").await;
-        return (Status::Failed, Some(format!("config: {msg}")));
-    }
-    crate::handover::hand_over(ctx, pipeline, raibid_core::job::JobKind::Image, |job| {
-        job.image = Some(ImageJob::new(req));
-    })
-    .await
+/// The `image` kind.
+pub(crate) struct Image;
+
+/// What the config phase decided: everything that can be decided before building.
+pub(crate) struct Plan {
+    img: ImageJob,
+    b: Buildah,
+    /// One image job at a time per storage: then every working container in it is this job's.
+    lock: storage::StorageLock,
+    private: PathBuf,
+    context: PathBuf,
+    containerfile: PathBuf,
+    secret_args: Vec<String>,
+    authfile: Option<PathBuf>,
+    registry: Option<String>,
+    tags: Vec<String>,
 }
 
-/// Run an image job: clone, building, testing, publishing. Same contract as `executor::execute`.
-pub(crate) async fn execute(
-    ctx: &mut JobCtx<'_>,
-    ws: &Path,
-    slot: &mut Option<crate::cache::JobCache>,
-) -> (Status, Option<String>) {
-    ctx.claim.job.timestamps.started = Some(Utc::now());
-    let _ = tokio::fs::remove_dir_all(ws).await;
-    let Some(img) = ctx.claim.job.image.clone() else {
-        return fail_config(ctx, "an image job needs an `image` request").await;
-    };
-    // clone
-    ctx.claim.job.begin_step("clone", Utc::now());
-    if !ctx.update("step_started").await {
-        return (LOST, None);
-    }
-    // The clone goes through the repository's git mirror into a slot's stable checkout (held, and so
-    // locked, until the job ends); that checkout is the build context's root.
-    let (st, failure, cache) = match crate::executor::clone(ctx).await {
-        Ok(jc) => ("succeeded", None, Some(jc)),
-        Err((st, failure)) => (st, failure, None),
-    };
-    ctx.claim.job.end_step(st, None, Utc::now());
-    if let Some((status, reason)) = failure {
-        if status == LOST {
-            return (LOST, None);
+impl Kind for Image {
+    type Plan = Plan;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            kind: JobKind::Image,
+            privileges: Privileges::RootlessBuildah,
+            caches: &[CacheUse::GitMirror, CacheUse::BuildahStorage],
+            gpu: false,
+            // An image job builds the commit as pushed (ADR 0006).
+            patch: false,
+            config_step: ConfigStep::OnFailure,
         }
-        if !ctx.update("step_finished").await {
-            return (LOST, None);
+    }
+
+    /// Where the image may go is checked before a `.raibid.yaml` hand-over (again at submit, and
+    /// again by the image agent against its own configuration).
+    fn admit(&self, ctx: &JobCtx<'_>, h: &HandOver) -> Result<(), String> {
+        let Some(req) = &h.image else {
+            return Err("no image request".into());
+        };
+        ctx.shared
+            .cfg
+            .kind_options
+            .image
+            .policy()
+            .check(req, &ctx.claim.job.source.repo_url)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn config(&self, ctx: &mut JobCtx<'_>, ws: &mut Workspace) -> ConfigOutcome<Plan> {
+        match config(ctx, ws).await {
+            Ok(plan) => ConfigOutcome::Run(plan),
+            Err(msg) => ConfigOutcome::Fail(msg),
         }
-        return (status, reason);
     }
-    if !ctx.update("step_finished").await {
-        return (LOST, None);
+
+    async fn run(&self, ctx: &mut JobCtx<'_>, ws: &mut Workspace, plan: Plan) -> End {
+        run(ctx, &ws.checkout(), plan).await
     }
-    let Some(cache) = cache else {
-        return (Status::Failed, Some("clone: no checkout".into()));
-    };
-    let checkout = cache.slot.src();
-    // Handed back to the executor, which records the slot's figures and releases it after the job.
-    *slot = Some(cache);
-    // The job's private directory (auth file, secrets, digest files): beside the workspace, never in the
-    // build context.
-    let private = ws.with_extension("image");
-    let _ = tokio::fs::remove_dir_all(&private).await;
-    if let Err(e) = create_private_dir(&private) {
-        return fail_config(ctx, &format!("cannot create {}: {e}", private.display())).await;
+
+    async fn cleanup(&self, dir: &Path) {
+        let _ = tokio::fs::remove_dir_all(private_dir(dir)).await;
     }
-    let b = Buildah::under(&ctx.shared.cfg.cache_dir, &ctx.shared.cfg.image);
-    let outcome = run_phases(ctx, &checkout, &private, &b, img).await;
-    let _ = tokio::fs::remove_dir_all(&private).await;
-    outcome
+}
+
+/// The job's private directory (auth file, secrets, digest files): beside the workspace, never in the
+/// build context.
+fn private_dir(ws: &Path) -> PathBuf {
+    ws.with_extension("image")
 }
 
 fn create_private_dir(p: &Path) -> std::io::Result<()> {
@@ -134,16 +112,6 @@ fn create_private_dir(p: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(p)
-}
-
-async fn fail_config(ctx: &mut JobCtx<'_>, msg: &str) -> (Status, Option<String>) {
-    ctx.claim.job.begin_step("config", Utc::now());
-    ctx.sys("config", format!("[raibid] {msg}")).await;
-    ctx.claim.job.end_step("failed", None, Utc::now());
-    if !ctx.update("step_finished").await {
-        return (LOST, None);
-    }
-    (Status::Failed, Some(format!("config: {msg}")))
 }
 
 /// Resolve `rel` below the workspace, refusing anything that leaves it (symlinks included).
@@ -159,34 +127,42 @@ fn inside(ws: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(p)
 }
 
-async fn run_phases(
-    ctx: &mut JobCtx<'_>,
-    ws: &Path,
-    private: &Path,
-    b: &Buildah,
-    mut img: ImageJob,
-) -> (Status, Option<String>) {
+/// The config phase: the image request, the registry, the credentials, the secrets, the
+/// Containerfile and the context, then the storage lock. `Err`: the job fails in its config step.
+async fn config(ctx: &mut JobCtx<'_>, ws: &Workspace) -> Result<Plan, String> {
+    let Some(img) = ctx.claim.job.image.clone() else {
+        return Err("an image job needs an `image` request".into());
+    };
+    let checkout = ws.checkout();
+    let ws_root = checkout.as_path();
+    let private = private_dir(&ws.dir);
+    let _ = tokio::fs::remove_dir_all(&private).await;
+    if let Err(e) = create_private_dir(&private) {
+        return Err(format!("cannot create {}: {e}", private.display()));
+    }
+    let b = Buildah::under(
+        &ctx.shared.cfg.cache_dir,
+        &ctx.shared.cfg.kind_options.image,
+    );
     let req = img.request.clone();
-    let icfg = ctx.shared.cfg.image.clone();
+    let icfg = ctx.shared.cfg.kind_options.image.clone();
     // Checked at submit and at the hand-over already; here again against this agent's configuration
     // (the registry its credentials belong to, the reserved namespaces, the repository's owner).
-    if let Err(e) = icfg.policy().check(&req, &ctx.claim.job.source.repo_url) {
-        return fail_config(ctx, &e.to_string()).await;
-    }
+    icfg.policy()
+        .check(&req, &ctx.claim.job.source.repo_url)
+        .map_err(|e| e.to_string())?;
     // Everything that can be decided before building is decided now: the registry, the credentials,
     // the secrets, the Containerfile and the context.
     let registry = if req.publish {
         match req.registry.clone().or_else(|| icfg.registry.clone()) {
             Some(r) if raibid_core::image::valid_registry(&r) => Some(r),
             Some(r) => {
-                return fail_config(ctx, &format!("the configured registry `{r}` is not host[:port][/namespace]")).await
+                return Err(format!(
+                    "the configured registry `{r}` is not host[:port][/namespace]"
+                ))
             }
             None => {
-                return fail_config(
-                    ctx,
-                    &format!("publish is on but no registry is configured (set {} on the agent, or image.registry)", env::REGISTRY),
-                )
-                .await
+                return Err(format!("publish is on but no registry is configured (set {} on the agent, or image.registry)", env::REGISTRY))
             }
         }
     } else {
@@ -194,13 +170,11 @@ async fn run_phases(
     };
     let mut masked = Vec::new();
     let authfile = match &registry {
-        Some(r) => match auth::auth_file(&icfg, r, private) {
-            Ok((f, secrets)) => {
-                masked.extend(secrets);
-                f
-            }
-            Err(e) => return fail_config(ctx, &e).await,
-        },
+        Some(r) => {
+            let (f, secrets) = auth::auth_file(&icfg, r, &private)?;
+            masked.extend(secrets);
+            f
+        }
         None => None,
     };
     let mut secret_args = Vec::new();
@@ -215,23 +189,18 @@ async fn run_phases(
         match value {
             Some(v) => {
                 let f = private.join(format!("secret-{name}"));
-                if let Err(e) = auth::write_private(&f, v.as_bytes()) {
-                    return fail_config(ctx, &format!("writing secret `{name}`: {e}")).await;
-                }
+                auth::write_private(&f, v.as_bytes())
+                    .map_err(|e| format!("writing secret `{name}`: {e}"))?;
                 masked.push(v);
                 secret_args.push("--secret".to_string());
                 secret_args.push(format!("id={name},src={}", f.display()));
             }
             None => {
-                return fail_config(
-                    ctx,
-                    &format!(
-                        "secret `{name}` is not available to this repository (the agent needs {}{name} and a scope for the repository in {})",
-                        env::SECRET_PREFIX,
-                        env::SECRET_SCOPES
-                    ),
-                )
-                .await
+                return Err(format!(
+                    "secret `{name}` is not available to this repository (the agent needs {}{name} and a scope for the repository in {})",
+                    env::SECRET_PREFIX,
+                    env::SECRET_SCOPES
+                ))
             }
         }
     }
@@ -239,36 +208,27 @@ async fn run_phases(
         *m = m.with(masked);
     }
     let context_rel = req.context.clone().unwrap_or_else(|| ".".into());
-    let context = match inside(ws, &context_rel) {
+    let context = match inside(ws_root, &context_rel) {
         Ok(p) if p.is_dir() => p,
-        Ok(_) => {
-            return fail_config(
-                ctx,
-                &format!("image.context: `{context_rel}` is not a directory"),
-            )
-            .await
-        }
-        Err(e) => return fail_config(ctx, &format!("image.context: {e}")).await,
+        Ok(_) => return Err(format!("image.context: `{context_rel}` is not a directory")),
+        Err(e) => return Err(format!("image.context: {e}")),
     };
     let containerfile = match &req.containerfile {
-        Some(c) => match inside(ws, c) {
+        Some(c) => match inside(ws_root, c) {
             Ok(p) if p.is_file() => p,
-            Ok(_) => {
-                return fail_config(ctx, &format!("image.containerfile: `{c}` is not a file")).await
-            }
-            Err(e) => return fail_config(ctx, &format!("image.containerfile: {e}")).await,
+            Ok(_) => return Err(format!("image.containerfile: `{c}` is not a file")),
+            Err(e) => return Err(format!("image.containerfile: {e}")),
         },
         None => {
             let found = DEFAULT_CONTAINERFILES
                 .iter()
-                .find_map(|n| inside(ws, n).ok().filter(|p| p.is_file()));
+                .find_map(|n| inside(ws_root, n).ok().filter(|p| p.is_file()));
             match found {
                 Some(p) => p,
-                None => return fail_config(
-                    ctx,
-                    "image.containerfile: the repository has neither Containerfile nor Dockerfile",
-                )
-                .await,
+                None => return Err(
+                    "image.containerfile: the repository has neither Containerfile nor Dockerfile"
+                        .into(),
+                ),
             }
         }
     };
@@ -277,7 +237,7 @@ async fn run_phases(
         &ctx.claim.job.source.git_ref,
     );
     // One image job at a time per storage: then every working container in it is this job's.
-    let lock = match storage::try_lock(b) {
+    let lock = match storage::try_lock(&b) {
         Ok(Some(l)) => l,
         Ok(None) => {
             ctx.sys(
@@ -288,26 +248,50 @@ async fn run_phases(
             let b2 = b.clone();
             match tokio::task::spawn_blocking(move || storage::lock(&b2)).await {
                 Ok(Ok(l)) => l,
-                Ok(Err(e)) => return fail_config(ctx, &format!("buildah storage lock: {e}")).await,
-                Err(e) => return fail_config(ctx, &format!("buildah storage lock: {e}")).await,
+                Ok(Err(e)) => return Err(format!("buildah storage lock: {e}")),
+                Err(e) => return Err(format!("buildah storage lock: {e}")),
             }
         }
-        Err(e) => {
-            return fail_config(
-                ctx,
-                &format!("buildah storage at {}: {e}", b.root.display()),
-            )
-            .await
-        }
+        Err(e) => return Err(format!("buildah storage at {}: {e}", b.root.display())),
     };
-    pending_cleanups(ctx, b).await;
+    pending_cleanups(ctx, &b).await;
+    Ok(Plan {
+        img,
+        b,
+        lock,
+        private,
+        context,
+        containerfile,
+        secret_args,
+        authfile,
+        registry,
+        tags,
+    })
+}
+
+/// The run phase: building, testing, publishing; then no working container stays behind and the
+/// image cache is collected.
+async fn run(ctx: &mut JobCtx<'_>, ws: &Path, plan: Plan) -> End {
+    let Plan {
+        mut img,
+        b,
+        lock,
+        private,
+        context,
+        containerfile,
+        secret_args,
+        authfile,
+        registry,
+        tags,
+    } = plan;
+    let icfg = ctx.shared.cfg.kind_options.image.clone();
     let local = local_reference(&ctx.claim.job.id);
     let result = phases(
         ctx,
-        b,
+        &b,
         &mut img,
         Inputs {
-            private,
+            private: &private,
             root: ws,
             context: &context,
             containerfile: &containerfile,
@@ -320,11 +304,11 @@ async fn run_phases(
     )
     .await;
     // Whatever happened: no working container stays behind.
-    if let Err(e) = storage::remove_working_containers(b).await {
+    if let Err(e) = storage::remove_working_containers(&b).await {
         tracing::warn!(job = %ctx.claim.job.id, error = %e, "could not remove working containers");
     }
     let max_age = Duration::from_secs(icfg.image_cache_max_age_hours.saturating_mul(3600));
-    match storage::gc(b, icfg.image_cache_max_bytes, max_age).await {
+    match storage::gc(&b, icfg.image_cache_max_bytes, max_age).await {
         Ok(r) if !r.removed.is_empty() => {
             tracing::info!(removed = ?r.removed, bytes_before = r.bytes_before, bytes_after = r.bytes_after, "image cache GC")
         }
@@ -468,7 +452,7 @@ async fn phases(
     i: Inputs<'_>,
 ) -> PhaseResult {
     let req = img.request.clone();
-    let icfg = ctx.shared.cfg.image.clone();
+    let icfg = ctx.shared.cfg.kind_options.image.clone();
     // building
     let p = Phase::Building;
     if !begin(ctx, img, p).await {
@@ -797,10 +781,11 @@ async fn pending_cleanups(ctx: &JobCtx<'_>, b: &Buildah) {
 
 /// `raibid-agent --image-gc`: pending cleanups, then the size/age GC; prints what it did.
 pub async fn gc_command(
-    cfg: &crate::AgentConfig,
+    cache_dir: &Path,
+    icfg: &ImageConfig,
     queue: Option<&raibid_core::queue::Queue>,
 ) -> anyhow::Result<()> {
-    let b = Buildah::under(&cfg.cache_dir, &cfg.image);
+    let b = Buildah::under(cache_dir, icfg);
     let bc = b.clone();
     let _lock = tokio::task::spawn_blocking(move || storage::lock(&bc)).await??;
     if let Some(q) = queue {
@@ -816,8 +801,8 @@ pub async fn gc_command(
         .map_err(anyhow::Error::msg)?;
     let r = storage::gc(
         &b,
-        cfg.image.image_cache_max_bytes,
-        Duration::from_secs(cfg.image.image_cache_max_age_hours.saturating_mul(3600)),
+        icfg.image_cache_max_bytes,
+        Duration::from_secs(icfg.image_cache_max_age_hours.saturating_mul(3600)),
     )
     .await
     .map_err(anyhow::Error::msg)?;
