@@ -28,6 +28,7 @@ export def main []: nothing -> nothing {
   jobs show <id>    jobs logs <id> [--follow]     jobs cancel <id>    jobs retry <id>
   queue    agents   cache [--dir]    cache mirrors [--dir]    cache prune [--max-bytes] [--older-than] [--force]
   mirror status [--refresh]   (the GitHub -> Gitea mirror mapping the dispatcher uses)
+  schedule list    schedule add <repo-url> <cron> [--ref] [--timezone] [--vars]    schedule rm|run|pause|resume <id>
 In Nushell it returns tables: use scripts/raibid.nu; raibid jobs --status failed | sort-by received"
 }
 
@@ -298,6 +299,85 @@ export def "cache prune" [
   $out
 }
 
+# Scheduled builds: one row per schedule with its next run and the status of its last job.
+@example "what runs tonight" { raibid schedule list | where not paused | sort-by next_run }
+export def "schedule list" []: nothing -> table {
+  (call GET "/schedules").schedules | each {|s| $s | schedule-row }
+}
+
+# Add a schedule: build a repository's ref on a cron expression (5 fields, or 6 with seconds first, or
+# @daily …) read in an IANA time zone, optionally as a pipeline variant: variables every step sees
+# (`--vars {CARGO_UPDATE: "1"}` or `--vars CARGO_UPDATE=1,FEATURES=all`).
+@example "nightly cargo update + test at 03:00 Berlin time" { raibid schedule add https://git.example/o/r.git "0 3 * * *" --timezone Europe/Berlin --vars {CARGO_UPDATE: "1"} }
+export def "schedule add" [
+  repo_url: string           # clone URL
+  cron: string               # cron expression, e.g. "0 3 * * *"
+  --ref: string = "main"     # branch name or full ref
+  --timezone: string = "UTC" # IANA time zone of the expression
+  --vars: any                # pipeline variant: a record, or KEY=VALUE pairs separated by commas
+  --paused                   # create it paused
+  --skip-unchanged           # skip a due time whose commit this schedule already built successfully
+]: nothing -> record {
+  let variant = match ($vars | describe | str replace --regex '<.*' '') {
+    "nothing" => { {} }
+    "record" => $vars
+    "string" => ($vars | split row ',' | where {|p| ($p | str trim) != "" } | each {|p|
+      let kv = ($p | split row --number 2 '=')
+      if ($kv | length) != 2 { fail bad_vars $"'($p)' is not KEY=VALUE" --span (metadata $vars).span }
+      {k: ($kv.0 | str trim), v: $kv.1}
+    } | reduce --fold {} {|r, acc| $acc | insert $r.k $r.v })
+    _ => { fail bad_vars "--vars takes a record or KEY=VALUE,KEY2=VALUE2" --span (metadata $vars).span }
+  }
+  let body = {repo_url: $repo_url, ref: $ref, cron: $cron, timezone: $timezone, env: $variant, paused: $paused, skip_unchanged: $skip_unchanged}
+  call POST "/schedules" --body $body | schedule-row
+}
+
+# Delete a schedule (its jobs stay).
+export def "schedule rm" [
+  id: string  # schedule id (sch_…)
+]: nothing -> record {
+  call DELETE $"/schedules/($id)" | ignore
+  {id: $id, deleted: true}
+}
+
+# Run a schedule now (a job like its due times make; paused or not).
+export def "schedule run" [
+  id: string  # schedule id (sch_…)
+]: nothing -> record {
+  call POST $"/schedules/($id)/run" | normalize-job
+}
+
+# Pause a schedule: no due time fires until it is resumed.
+export def "schedule pause" [
+  id: string  # schedule id (sch_…)
+]: nothing -> record {
+  call PATCH $"/schedules/($id)" --body {paused: true} | schedule-row
+}
+
+# Resume a paused schedule: it fires from its next due time (the ones that passed while paused do not).
+export def "schedule resume" [
+  id: string  # schedule id (sch_…)
+]: nothing -> record {
+  call PATCH $"/schedules/($id)" --body {paused: false} | schedule-row
+}
+
+def schedule-row []: record -> record {
+  let s = $in
+  let date = {|v| if $v == null { null } else { $v | into datetime } }
+  {
+    id: $s.id
+    repo: ($s.repo_url | short-repo)
+    ref: ($s.ref | str replace --regex '^refs/(heads|tags)/' '')
+    cron: $s.cron
+    timezone: $s.timezone
+    env: ($s.env? | default {})
+    paused: $s.paused
+    next_run: (do $date $s.next_run)
+    last_status: $s.last_status
+    last_job: $s.last_job
+  }
+}
+
 def cache-root [dir: any]: nothing -> path {
   if $dir != null { return $dir }
   $env.RAIBID_CACHE_DIR? | default "/tmp/raibid/cache"
@@ -336,3 +416,15 @@ alias "main cache" = cache
 alias "main cache mirrors" = cache mirrors
 # Delete slots no job holds: the least recently used first until the total is under --max-bytes, and/or
 alias "main cache prune" = cache prune
+# Scheduled builds: one row per schedule with its next run and the status of its last job.
+alias "main schedule list" = schedule list
+# Add a schedule: build a repository's ref on a cron expression (5 fields, or 6 with seconds first, or
+alias "main schedule add" = schedule add
+# Delete a schedule (its jobs stay).
+alias "main schedule rm" = schedule rm
+# Run a schedule now (a job like its due times make; paused or not).
+alias "main schedule run" = schedule run
+# Pause a schedule: no due time fires until it is resumed.
+alias "main schedule pause" = schedule pause
+# Resume a paused schedule: it fires from its next due time (the ones that passed while paused do not).
+alias "main schedule resume" = schedule resume

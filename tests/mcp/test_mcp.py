@@ -20,7 +20,7 @@ from conftest import TOKEN, git, make_crate
 
 TOOLS = {"submit_job", "wait_for_job", "get_job", "get_failure_summary", "get_diagnostics", "get_logs", "list_jobs",
          "cancel_job", "retry_job", "queue_status", "cleanup", "validate_config",
-         "find_flaky_tests", "get_test_history"}
+         "find_flaky_tests", "get_test_history", "list_schedules"}
 
 
 @asynccontextmanager
@@ -235,4 +235,26 @@ def test_no_token_is_401_and_a_wrong_origin_is_403(stack):
                     async with ClientSession(read, write) as s:
                         with anyio.fail_after(10):
                             await s.initialize()
+    run(go)
+
+
+def test_list_schedules_shows_a_schedule_made_through_the_rest_api(stack):
+    """Issue 22 §3: schedules are made with the REST API; MCP lists them (read-only)."""
+    body = json.dumps({"repo_url": "file:///srv/hello", "ref": "main", "cron": "0 3 * * *",
+                       "timezone": "Europe/Berlin", "env": {"CARGO_UPDATE": "1"}, "paused": True}).encode()
+    req = urllib.request.Request(f"{stack.url}/api/v1/schedules", data=body, method="POST", headers={
+        "content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 201
+        made = json.loads(r.read())
+
+    async def go():
+        async with session(stack) as s:
+            got = await call(s, "list_schedules", {})
+            mine = [x for x in got["schedules"] if x["id"] == made["id"]]
+            assert len(mine) == 1, got
+            m = mine[0]
+            assert (m["ref"], m["cron"], m["timezone"], m["env"], m["paused"]) == (
+                "refs/heads/main", "0 3 * * *", "Europe/Berlin", {"CARGO_UPDATE": "1"}, True)
+            assert m["next_run"] is None and got["cut"] is None
     run(go)

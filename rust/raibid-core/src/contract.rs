@@ -84,6 +84,12 @@ pub mod keys {
     pub const NODE_AGENTS_SUFFIX: &str = ":agents";
     /// Hash of cache counters summed over all jobs (jobs by restore kind, units fresh/total, lock/restore ms, fetched objects/bytes).
     pub const CACHE_COUNTERS: &str = "raibid:metrics:cache";
+    /// Sorted set of schedule ids (issue 22 §3), scored by creation time in milliseconds.
+    pub const SCHEDULES: &str = "raibid:schedules";
+    /// Prefix of a schedule hash: `raibid:schedule:{id}` (fields `record` JSON, `paused`, `last_due` ms, `last_job`, `pending`).
+    pub const SCHEDULE_PREFIX: &str = "raibid:schedule:";
+    /// The forge name of a scheduled job's delivery de-duplication key: `raibid:delivery:schedule:{id}:{due ms}` (one job per due time).
+    pub const SCHEDULE_DELIVERY_FORGE: &str = "schedule";
 }
 
 /// Environment variables. Both binaries, the Nushell scripts and the manifests use these names.
@@ -233,6 +239,8 @@ pub mod env {
     pub const GITHUB_API_URL: &str = "RAIBID_GITHUB_API_URL";
     /// Seconds the mirror mapping read from Gitea is trusted before it is read again (a miss reads it at once).
     pub const MIRROR_CACHE_SECS: &str = "RAIBID_MIRROR_CACHE_SECS";
+    /// Milliseconds between two looks of the dispatcher's scheduler for due schedules (0 turns the scheduler off in this replica).
+    pub const SCHEDULE_TICK_MS: &str = "RAIBID_SCHEDULE_TICK_MS";
 }
 
 /// HTTP paths of the dispatcher.
@@ -259,6 +267,8 @@ pub mod http {
     pub const EVENTS_PATH: &str = "/api/v1/events";
     /// Dead letters: jobs that exhausted their attempts, with the reason.
     pub const DEAD_LETTERS_PATH: &str = "/api/v1/dead-letters";
+    /// Scheduled builds: list and create; `/{id}` get, patch (pause/resume), delete; `/{id}/run` run now.
+    pub const SCHEDULES_PATH: &str = "/api/v1/schedules";
     /// Default dispatcher port (container port and Service port).
     pub const DEFAULT_PORT: &str = "8080";
 }
@@ -410,4 +420,9 @@ pub fn status_posted_key(forge: &str, id: &str, state: &str) -> String {
 /// Build a job's notification marker key.
 pub fn job_notified_key(id: &str) -> String {
     format!("{}{id}{}", keys::JOB_PREFIX, keys::JOB_NOTIFIED_SUFFIX)
+}
+
+/// Build a schedule key: `raibid:schedule:{id}`.
+pub fn schedule_key(id: &str) -> String {
+    format!("{}{id}", keys::SCHEDULE_PREFIX)
 }

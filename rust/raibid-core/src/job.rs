@@ -285,6 +285,8 @@ pub enum TriggerKind {
     Api,
     /// A retry of an earlier job.
     Retry,
+    /// A schedule came due (or was run now): `schedule_id` names it.
+    Schedule,
 }
 
 /// Who or what triggered a job.
@@ -433,6 +435,13 @@ pub struct Job {
     pub failure_reason: Option<String>,
     /// The job this one retries.
     pub retry_of: Option<String>,
+    /// The schedule that made this job (`trigger.kind` is `schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
+    /// A pipeline variant: variables every step sees (a schedule's `env`, e.g. `CARGO_UPDATE=1`),
+    /// over the pipeline's own `env`, under its secrets; only names `schedule::variant_key_allowed` accepts.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
     /// A user asked to cancel it.
     #[serde(default)]
     pub cancel_requested: bool,
@@ -490,6 +499,8 @@ impl Job {
             steps: Vec::new(),
             failure_reason: None,
             retry_of: None,
+            schedule_id: None,
+            env: std::collections::BTreeMap::new(),
             cancel_requested: false,
             cargo: None,
             cache: None,

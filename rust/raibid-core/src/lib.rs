@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod queue_view;
 pub mod retry;
+pub mod schedule;
 pub mod secret_source;
 #[cfg(feature = "testkit")]
 pub mod testkit;

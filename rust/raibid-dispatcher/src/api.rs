@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(crate::openapi::serve))
         .route("/mirrors", get(crate::mirrors::list))
         .merge(crate::events::router())
+        .merge(crate::schedules::router())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -68,6 +68,11 @@ impl Gitea {
         })
     }
 
+    /// The base URL (no trailing `/`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
         let mut r = self.http.post(format!("{}/api/v1{path}", self.base));
         if let Some(t) = &self.token {

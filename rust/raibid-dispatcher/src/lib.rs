@@ -14,6 +14,7 @@ pub mod notify;
 pub mod openapi;
 pub mod public;
 pub mod requests;
+pub mod schedules;
 pub mod server;
 
 pub use server::{reaper, serve};
@@ -194,6 +195,11 @@ pub struct DispatcherConfig {
     /// Longest delay in seconds between two retries of a commit status Gitea did not take.
     #[arg(long, env = env::STATUS_RETRY_MAX_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub status_retry_max_secs: u64,
+
+    /// Milliseconds between two looks of the scheduler for due schedules (every replica runs one;
+    /// each due time fires once whatever their number). 0: no scheduler in this replica.
+    #[arg(long, env = env::SCHEDULE_TICK_MS, default_value_t = 1000)]
+    pub schedule_tick_ms: u64,
 }
 
 /// Split a comma-separated list into trimmed, lower-case, non-empty items.
@@ -287,7 +293,8 @@ pub struct Settings {
     pub intake: Intake,
 }
 
-/// What the dispatcher accepts (beyond well-formed input) and how it retries commit statuses.
+/// What the dispatcher accepts (beyond well-formed input), how it retries commit statuses and how
+/// often its scheduler looks for due schedules.
 #[derive(Debug, Clone)]
 pub struct Intake {
     /// Window of the (repository, ref, sha) push de-duplication; zero: off.
@@ -307,6 +314,8 @@ pub struct Intake {
     /// Where image jobs may push (the agents' `RAIBID_REGISTRY`, `RAIBID_REGISTRY_ALLOWED`,
     /// `RAIBID_REGISTRY_RESERVED_NAMESPACES`).
     pub registries: raibid_core::image::RegistryPolicy,
+    /// How often the scheduler looks for due schedules (zero: not in this replica).
+    pub schedule_tick: std::time::Duration,
 }
 
 impl Default for Intake {
@@ -320,6 +329,7 @@ impl Default for Intake {
             github_api_url: github::DEFAULT_API_URL.to_string(),
             mirror_ttl: std::time::Duration::from_secs(60),
             registries: raibid_core::image::RegistryPolicy::default(),
+            schedule_tick: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -392,6 +402,7 @@ impl Settings {
                     &cfg.registry_allowed,
                     &cfg.registry_reserved_namespaces,
                 ),
+                schedule_tick: std::time::Duration::from_millis(cfg.schedule_tick_ms),
             },
         })
     }

@@ -195,8 +195,20 @@ impl Mirrors {
             if let Some(m) = cache.from_gitea.iter().find(|m| pick(m)) {
                 return Ok(Some(m.clone()));
             }
-            if age.is_some_and(|a| a < MISS_REFRESH_FLOOR) {
-                return Ok(None);
+            // A miss just after a read: wait out the floor, then read again (unless another miss did
+            // meanwhile), so a mirror created a moment ago is found and Gitea is read at most every 2 s.
+            if let Some(a) = age.filter(|a| *a < MISS_REFRESH_FLOOR) {
+                let seen = cache.read;
+                drop(cache);
+                tokio::time::sleep(MISS_REFRESH_FLOOR - a).await;
+                cache = self.cache.lock().await;
+                if cache.read != seen {
+                    let found = cache.from_gitea.iter().find(|m| pick(m)).cloned();
+                    return match (&found, &cache.error) {
+                        (None, Some(e)) => Err(e.clone()),
+                        _ => Ok(found),
+                    };
+                }
             }
         }
         self.refresh(&mut cache, gitea).await;

@@ -241,6 +241,26 @@ pub fn endpoints() -> Vec<Endpoint> {
         ep("GET", api("/mirrors"), "The GitHub → Gitea mirror mapping the dispatcher uses.", Bearer)
             .query(s::<crate::mirrors::MirrorsQuery>)
             .json(200, "the mapping", s::<crate::mirrors::Snapshot>),
+        ep("POST", http::SCHEDULES_PATH, "Create a schedule (cron in an IANA time zone).", Bearer)
+            .body(s::<crate::schedules::CreateSchedule>)
+            .json(201, "the schedule", s::<raibid_core::schedule::ScheduleView>)
+            .json(422, "a bad value, naming the field", s::<ErrorBody>),
+        ep("GET", http::SCHEDULES_PATH, "Every schedule, oldest first.", Bearer)
+            .json(200, "schedules", s::<raibid_core::schedule::ScheduleList>),
+        ep("GET", format!("{}/{{id}}", http::SCHEDULES_PATH), "One schedule.", Bearer)
+            .json(200, "the schedule", s::<raibid_core::schedule::ScheduleView>)
+            .json(404, "no such schedule", s::<ErrorBody>),
+        ep("PATCH", format!("{}/{{id}}", http::SCHEDULES_PATH), "Pause, resume or change a schedule.", Bearer)
+            .body(s::<crate::schedules::UpdateSchedule>)
+            .json(200, "the schedule", s::<raibid_core::schedule::ScheduleView>)
+            .json(404, "no such schedule", s::<ErrorBody>)
+            .json(422, "a bad value, naming the field", s::<ErrorBody>),
+        ep("DELETE", format!("{}/{{id}}", http::SCHEDULES_PATH), "Delete a schedule (its jobs stay).", Bearer)
+            .text(204, "deleted", "text/plain")
+            .json(404, "no such schedule", s::<ErrorBody>),
+        ep("POST", format!("{}/{{id}}/run", http::SCHEDULES_PATH), "Run a schedule's job now.", Bearer)
+            .json(201, "the job", s::<Job>)
+            .json(404, "no such schedule", s::<ErrorBody>),
         ep("GET", http::EVENTS_PATH, "The live feed raibid-top watches (Server-Sent Events).", Bearer)
             .text(200, "the event stream", "text/event-stream"),
         ep("GET", http::DEAD_LETTERS_PATH, "Jobs that exhausted their attempts.", Bearer)

@@ -358,6 +358,9 @@ pub async fn retry(state: &AppState, id: &str) -> Result<Result<Job, Refused>, Q
     let mut job = Job::new(source, Utc::now());
     job.retry_of = Some(id.to_string());
     job.kind = old.kind;
+    // A scheduled job's retry builds the same variant (and stays listed under its schedule).
+    job.schedule_id = old.schedule_id.clone();
+    job.env = old.env.clone();
     job.image = old
         .image
         .map(|i| raibid_core::image::ImageJob::new(i.request));

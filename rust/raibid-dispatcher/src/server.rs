@@ -2,7 +2,7 @@
 //! and image cleanup) and the background tasks (status reporter, reaper, notifier). Above every other
 //! module: nothing imports this file but the crate root's re-export (ADR 0016).
 
-use crate::{api, forge, notify, AppState};
+use crate::{api, forge, notify, schedules, AppState};
 use tokio::net::TcpListener;
 
 /// Serve on `listener` until `shutdown` resolves; in-flight requests finish first.
@@ -17,6 +17,7 @@ pub async fn serve(
     let github_reporter = tokio::spawn(forge::github_status_reporter(state.clone()));
     let reaper = tokio::spawn(reaper(state.clone()));
     let notifier = tokio::spawn(notify::notifier(state.clone()));
+    let scheduler = tokio::spawn(schedules::scheduler(state.clone()));
     let stop_tx = state.stop_tx.clone();
     let app = api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "dispatcher listening");
@@ -31,6 +32,7 @@ pub async fn serve(
     github_reporter.abort();
     reaper.abort();
     notifier.abort();
+    scheduler.abort();
     Ok(())
 }
 

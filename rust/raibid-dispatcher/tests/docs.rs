@@ -384,6 +384,19 @@ fn routes_in_source() -> Vec<(String, String, Vec<String>)> {
                 return v.clone();
             }
         }
+        // schedules.rs: `rel` is SCHEDULES_PATH relative to the API prefix, `format!("{rel}/…")` below it.
+        let schedules = consts.get("SCHEDULES_PATH").cloned().unwrap_or_default();
+        if file == "schedules.rs" {
+            if e == "rel" {
+                return schedules;
+            }
+            if let Some(rest) = e
+                .strip_prefix("&format!(\"{rel}")
+                .and_then(|x| x.strip_suffix("\")"))
+            {
+                return format!("{schedules}{}", rest.replace("{{", "{").replace("}}", "}"));
+            }
+        }
         match e {
             "&crate::public::route_path()" => raibid_dispatcher::public::route_path(),
             _ => panic!(

@@ -18,6 +18,8 @@ pub enum View {
     Agents,
     /// Dead letters.
     Dead,
+    /// Scheduled builds.
+    Schedules,
 }
 
 impl View {
@@ -29,6 +31,7 @@ impl View {
             View::Logs => "logs",
             View::Agents => "agents",
             View::Dead => "dead",
+            View::Schedules => "schedules",
         }
     }
 }
@@ -60,6 +63,8 @@ pub enum Net {
     Event(LiveEvent),
     /// Dead letters.
     Dead(Vec<DeadLetter>),
+    /// Schedules.
+    Schedules(Vec<raibid_core::schedule::ScheduleView>),
     /// Log lines of a job (in order), in batches.
     Log {
         /// Job id.
@@ -176,6 +181,8 @@ pub enum Command {
     CloseLog,
     /// Load the dead letters.
     LoadDead,
+    /// Load the schedules.
+    LoadSchedules,
     /// Leave.
     Quit,
 }

@@ -62,7 +62,7 @@ static EDGES: [Binding; 2] = [
 static GLOBAL: [Binding; 4] = [
     b!(
         ":",
-        "command: jobs, agents, dead, submit <repo-url> [ref], q",
+        "command: jobs, agents, dead, schedules, submit <url>, q",
         Action::BeginCommand,
         Char(':')
     ),
@@ -140,7 +140,7 @@ pub fn bindings(view: View) -> Vec<&'static [Binding]> {
         View::Jobs => &JOBS,
         View::Detail => &DETAIL,
         View::Logs => &LOGS,
-        View::Agents | View::Dead => &LISTS,
+        View::Agents | View::Dead | View::Schedules => &LISTS,
     };
     vec![own, &MOVE, &EDGES, &GLOBAL]
 }
@@ -382,6 +382,8 @@ pub struct App {
     pub queue: Option<QueueStats>,
     /// Dead letters.
     pub dead: Vec<DeadLetter>,
+    /// Schedules (`:schedules`).
+    pub schedules: Vec<raibid_core::schedule::ScheduleView>,
     /// The log view.
     pub log: LogView,
     /// Input mode.
@@ -436,6 +438,7 @@ impl App {
             agents: BTreeMap::new(),
             queue: None,
             dead: Vec::new(),
+            schedules: Vec::new(),
             log: LogView {
                 follow: true,
                 ..LogView::default()
@@ -695,6 +698,9 @@ impl App {
                 if v == View::Dead {
                     out.push(Command::LoadDead);
                 }
+                if v == View::Schedules {
+                    out.push(Command::LoadSchedules);
+                }
             }
             Action::Submit { repo_url, git_ref } => {
                 self.say(true, format!("submitting {repo_url} {git_ref}…"));
@@ -756,6 +762,7 @@ impl App {
             "jobs" | "j" => self.update(Action::Show(View::Jobs)),
             "agents" | "a" => self.update(Action::Show(View::Agents)),
             "dead" | "d" => self.update(Action::Show(View::Dead)),
+            "schedules" | "sched" => self.update(Action::Show(View::Schedules)),
             "q" | "quit" => self.update(Action::Quit),
             "submit" => match (words.next(), words.next()) {
                 (Some(url), r) => self.update(Action::Submit {
@@ -770,7 +777,9 @@ impl App {
             other => {
                 self.say(
                     false,
-                    format!("unknown command `{other}`: try jobs, agents, dead, submit, q"),
+                    format!(
+                        "unknown command `{other}`: try jobs, agents, dead, schedules, submit, q"
+                    ),
                 );
                 Vec::new()
             }
@@ -806,6 +815,7 @@ impl App {
             }
             Net::Event(e) => out.extend(self.event(e)),
             Net::Dead(d) => self.dead = d,
+            Net::Schedules(s) => self.schedules = s,
             Net::Log {
                 job,
                 lines,
@@ -947,6 +957,7 @@ impl App {
             View::Jobs => self.shown.len(),
             View::Agents => self.agents_shown().len(),
             View::Dead => self.dead_shown().len(),
+            View::Schedules => crate::schedules::shown(self).len(),
             View::Logs => self.log.rows.len(),
             View::Detail => 0,
         }

@@ -8,6 +8,7 @@
 pub mod action;
 pub mod app;
 pub mod net;
+pub mod schedules;
 pub mod ui;
 
 use action::{Action, Command};

@@ -73,7 +73,7 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
         let r = self
             .http
             .get(self.url(path))
@@ -472,6 +472,7 @@ async fn commands(client: Client, mut rx: UnboundedReceiver<Command>, tx: Unboun
                     t.abort();
                 }
             }
+            Command::LoadSchedules => crate::schedules::load(client.clone(), tx.clone()),
             Command::LoadDead => {
                 let (client, tx) = (client.clone(), tx.clone());
                 tokio::spawn(async move {

@@ -34,6 +34,7 @@ pub fn draw(f: &mut Frame, app: &mut App) {
         View::Logs => render_logs(f, app, body),
         View::Agents => render_agents(f, app, body),
         View::Dead => render_dead(f, app, body),
+        View::Schedules => crate::schedules::render(f, app, body),
     }
     render_status(f, app, status);
     if app.help {

@@ -305,6 +305,13 @@ async fn prepare_target(
     for s in &pipeline.steps {
         all.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
+    all.extend(
+        ctx.claim
+            .job
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     let k = key::key(&jc.repo_id, &vv, &all);
     let sink = ctx.sys_sink("config");
     let limits = ctx.git_limits(ctx.deadline);
@@ -430,10 +437,16 @@ pub(crate) fn step_env(
         job.source.sha.clone().unwrap_or_default(),
     ));
     env.push(("RAIBID_STEP".into(), step.name.clone()));
+    // A schedule's pipeline variant (issue 22 §3) overrides the pipeline's env; secrets still win.
+    let variant = job
+        .env
+        .iter()
+        .filter(|(k, _)| raibid_core::schedule::variant_key_allowed(k));
     for (k, v) in pipeline
         .env
         .iter()
         .chain(step.env.iter())
+        .chain(variant)
         .chain(ctx.secrets.iter().map(|(k, v)| (k, v)))
     {
         env.retain(|(ek, _)| ek != k);

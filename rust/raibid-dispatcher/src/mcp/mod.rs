@@ -17,6 +17,7 @@
 
 pub mod budget;
 pub mod logs;
+pub mod schedules;
 pub mod schema;
 pub mod tools;
 

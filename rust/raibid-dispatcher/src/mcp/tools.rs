@@ -1065,8 +1065,13 @@ impl Raibid {
     pub fn new(state: AppState) -> Raibid {
         Raibid {
             state,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + super::schedules::router(),
         }
+    }
+
+    /// The dispatcher's state (tools defined in other modules).
+    pub(crate) fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// The tool router (for schema tests).

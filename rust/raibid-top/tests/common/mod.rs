@@ -92,6 +92,8 @@ pub fn job(i: usize, status: Status, ago_s: i64) -> Job {
         steps: Vec::new(),
         failure_reason: None,
         retry_of: None,
+        schedule_id: None,
+        env: Default::default(),
         cancel_requested: false,
     };
     if status == Status::Queued {
