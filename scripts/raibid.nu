@@ -91,12 +91,16 @@ export def "jobs submit" [
   call POST "/jobs" --body $body | normalize-job
 }
 
-# One job with its steps and timestamps.
+# One job with its steps and timestamps, its public page (`page_url`), the hand-over links
+# (`handed_over_to`, `handed_over_from`), an image job's pushed references and digests (`pushed`) and,
+# when its log hit the cap, how much was kept (`log_truncated`).
 @example "why did it fail?" { raibid jobs show 01JD0000000000000000000000 | get failure_reason }
+@example "what an image job pushed" { raibid jobs show 01JD0000000000000000000000 | get pushed }
 export def "jobs show" [
   id: string  # job id
 ]: nothing -> record {
-  call GET $"/jobs/($id)" | normalize-job
+  let j = (call GET $"/jobs/($id)" | normalize-job)
+  if ($j.image? | default null) == null { $j } else { $j | insert pushed ($j.image.pushed? | default []) }
 }
 
 # Log lines of a job, as records; `--follow` prints them live as plain lines (`[step] line`, as `tail -f`
@@ -109,7 +113,13 @@ export def "jobs logs" [
 ]: nothing -> any {
   if not $follow {
     let r = (call GET $"/jobs/($id)/logs")
-    if $r.truncated { print -e "raibid: the log was truncated by the dispatcher's size limit" }
+    if $r.truncated {
+      let cut = (call GET $"/jobs/($id)" | get log_truncated? | default null)
+      let how = if $cut == null { "" } else {
+        $": kept ($cut.kept_lines) lines \(($cut.kept_bytes | into filesize)\), dropped ($cut.dropped_lines) lines \(($cut.dropped_bytes | into filesize)\)"
+      }
+      print -e $"raibid: the log hit its size cap($how)"
+    }
     return ($r.lines | each {|l| $l | update ts { into datetime } })
   }
   # Fails early (404, 401) with the API's message before streaming starts.

@@ -280,6 +280,34 @@ def ctrl_c_stops_follow_quietly [] {
   }
 }
 
+# Issue 19 §3: what happened is in what the CLI returns: the public page, the hand-over both ways, an
+# image job's pushed references and digests, and how much of a capped log was kept.
+@test
+def show_has_page_handover_pushed_and_the_log_cap [] {
+  let page = {|n| $"http://127.0.0.1:8080/public/jobs/(id $n)/0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f" }
+  let rust = (job (id 1) succeeded "octo/app" | insert handed_over_to (id 2) | insert page_url (do $page 1)
+    | insert log_truncated {kept_lines: 1950, kept_bytes: 243712, dropped_lines: 98210, dropped_bytes: 7012044})
+  let digest = $"sha256:('ab' | fill -c 'ab' -w 64)"
+  let img = (job (id 2) succeeded "octo/app" | insert kind image | insert handed_over_from (id 1) | insert page_url (do $page 2)
+    | insert image {request: {name: "octo/app", publish: true}, phases: {}, pushed: [{reference: "git.raibid.internal/octo/app:edge", digest: $digest}]})
+  with-fakes {dispatcher: ((state) | update jobs [$rust $img])} {|f|
+    with-clean-env (api-env $f) {
+      let r = (raibid jobs show (id 1))
+      assert equal $r.handed_over_to (id 2)
+      assert equal $r.page_url (do $page 1)
+      assert equal $r.log_truncated.kept_lines 1950
+      let i = (raibid jobs show (id 2))
+      assert equal $i.handed_over_from (id 1)
+      assert equal $i.pushed [{reference: "git.raibid.internal/octo/app:edge", digest: $digest}]
+      # The log's note says how much was kept, not only that it was cut.
+      let out = (nu-run $f $"use scripts/raibid.nu; raibid jobs logs (id 1) | length")
+      assert str contains $out.stderr "kept 1950 lines"
+      assert str contains $out.stderr "dropped 98210 lines"
+      assert-no-violations $f.dispatcher
+    }
+  }
+}
+
 @test
 def mirror_status_shows_the_mapping_the_dispatcher_uses [] {
   let mirrors = {

@@ -27,9 +27,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{serve, AppState, Settings};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,7 +42,7 @@ struct Bench {
     http: reqwest::Client,
     tmp: PathBuf,
     agent: Option<Child>,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _dispatcher: raibid_testkit::Dispatcher,
 }
 
 impl Drop for Bench {
@@ -79,37 +77,13 @@ async fn bench(tmp: &Path, cache: &Path) -> Bench {
     )
     .await
     .unwrap();
-    let settings = Settings {
-        api_token: TOKEN.into(),
-        mcp_readonly_token: None,
-        gitea_secret: None,
-        github_secret: None,
-        gitea: None,
-        mirrors: HashMap::new(),
-        public_url: "http://raibid.bench".into(),
-        body_limit: 1 << 20,
-        lease: Duration::from_secs(30),
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        // Jobs here clone file:// repositories (and http:// from local test servers).
-        intake: raibid_dispatcher::Intake {
-            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
-            ..raibid_dispatcher::Intake::default()
-        },
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(queue, settings);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(state, listener, async {
-            let _ = rx.await;
-        })
+    // Jobs here clone file:// repositories (and http:// from local test servers).
+    let mut settings = raibid_testkit::settings(TOKEN);
+    settings.public_url = "http://raibid.bench".into();
+    let dispatcher = raibid_testkit::Dispatcher::start(queue, settings)
         .await
-        .ok()
-    });
+        .unwrap();
+    let base = dispatcher.base.clone();
     let log = std::fs::File::create(tmp.join("agent.log")).unwrap();
     let agent = Command::new(agent_bin())
         .args(["--name", "bench-agent", "--block-ms", "2000"])
@@ -129,7 +103,7 @@ async fn bench(tmp: &Path, cache: &Path) -> Bench {
         http: reqwest::Client::new(),
         tmp: tmp.to_path_buf(),
         agent: Some(agent),
-        _shutdown: tx,
+        _dispatcher: dispatcher,
     }
 }
 

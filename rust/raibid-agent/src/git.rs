@@ -329,6 +329,53 @@ fn base64(s: &str) -> String {
     out
 }
 
+/// Longest reason taken from git's output into a job's failure reason.
+pub const MAX_GIT_REASON: usize = 240;
+
+/// Git's own one-line reason from a failed command's output: its first `fatal:` line (git's first
+/// fatal is the specific one: `'/x' does not appear to be a git repository`, `couldn't find remote ref
+/// refs/heads/nope`), else its first `error:` line, else its last non-empty line; without the prefix,
+/// credentials in URLs replaced by `***`, control characters dropped, cut at [`MAX_GIT_REASON`] bytes
+/// on a character boundary with `…`. The job's secrets are masked later, with the whole reason.
+pub fn one_line_reason(lines: &[String]) -> Option<String> {
+    let pick = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+    };
+    let raw = pick("fatal:")
+        .or_else(|| pick("error:"))
+        .or_else(|| lines.iter().rev().map(|l| l.trim()).find(|l| !l.is_empty()))?;
+    let redacted: Vec<String> = raw
+        .split(' ')
+        .map(|w| {
+            let t = w.trim_matches(|c| matches!(c, '\'' | '"' | ',' | '(' | ')'));
+            if t.contains("://") && t.contains('@') {
+                w.replace(t, &redact_url(t))
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    let mut s: String = redacted
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    if s.is_empty() {
+        return None;
+    }
+    if s.len() > MAX_GIT_REASON {
+        let mut end = MAX_GIT_REASON - '…'.len_utf8();
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    Some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +439,31 @@ mod tests {
         assert_eq!(base64("fo"), "Zm8=");
         assert_eq!(base64("foo"), "Zm9v");
         assert_eq!(base64("foobar"), "Zm9vYmFy");
+    }
+    #[test]
+    fn one_line_reason_is_gits_first_fatal_bounded_and_redacted() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            one_line_reason(&l(&[
+                "fatal: '/srv/nope' does not appear to be a git repository",
+                "fatal: Could not read from remote repository.",
+                "",
+                "Please make sure you have the correct access rights",
+            ]))
+            .as_deref(),
+            Some("'/srv/nope' does not appear to be a git repository")
+        );
+        assert_eq!(
+            one_line_reason(&l(&["error: x", "warning: y"])).as_deref(),
+            Some("x")
+        );
+        let r = one_line_reason(&l(&[
+            "fatal: unable to access 'https://user:s3cret@git.test/o/r.git/': 403",
+        ]))
+        .unwrap();
+        assert!(!r.contains("s3cret") && r.contains("***"), "{r}");
+        let r = one_line_reason(&l(&[&format!("fatal: {}", "é".repeat(400))])).unwrap();
+        assert!(r.len() <= MAX_GIT_REASON && r.ends_with('…'), "{}", r.len());
+        assert_eq!(one_line_reason(&l(&["", "  "])), None);
     }
 }

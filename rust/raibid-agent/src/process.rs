@@ -49,6 +49,9 @@ pub struct LogBudget {
     over: AtomicBool,
     dropped_lines: AtomicU64,
     dropped_bytes: AtomicU64,
+    /// Lines and bytes of step output sent before the cap was reached (the log's head).
+    head_lines: AtomicU64,
+    head_bytes: AtomicU64,
     /// A step stream's tail: at most this many lines and bytes.
     tail_lines: usize,
     tail_bytes: usize,
@@ -83,6 +86,8 @@ impl LogBudget {
             over: AtomicBool::new(false),
             dropped_lines: AtomicU64::new(0),
             dropped_bytes: AtomicU64::new(0),
+            head_lines: AtomicU64::new(0),
+            head_bytes: AtomicU64::new(0),
             tail_lines: ((cap_lines / 32) as usize).clamp(1, 200),
             tail_bytes: ((cap_bytes / 32) as usize).clamp(1024, 64 * 1024),
         }
@@ -98,6 +103,10 @@ impl LogBudget {
         if l <= self.max_lines && b <= self.max_bytes {
             Admit::Send
         } else if !self.over.swap(true, Ordering::Relaxed) {
+            // What was sent before this line: the head of the log (other pumps may have counted a
+            // line meanwhile; those are not sent either).
+            self.head_lines.store(l - 1, Ordering::Relaxed);
+            self.head_bytes.store(b - cost, Ordering::Relaxed);
             Admit::Marker
         } else {
             Admit::Drop
@@ -138,9 +147,18 @@ impl LogBudget {
         )
     }
 
+    /// Lines and bytes (with overhead) of step output sent before the cap was reached.
+    pub fn head(&self) -> (u64, u64) {
+        (
+            self.head_lines.load(Ordering::Relaxed),
+            self.head_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     fn marker(&self) -> String {
+        let (lines, bytes) = self.head();
         format!(
-            "[raibid] log cap reached ({} lines / {} bytes with per-line overhead kept): further output is dropped, except the last lines of each step, kept at its end",
+            "[raibid] log cap reached: kept the first {lines} lines ({bytes} bytes with per-line overhead) of output (the cap: {} lines / {} bytes); further output is dropped, except the last lines of each step, kept at its end",
             self.max_lines, self.max_bytes
         )
     }
@@ -204,9 +222,10 @@ impl Sink {
         if self.tail.is_empty() && self.dropped.0 == 0 {
             return;
         }
-        let (kept_lines, kept_bytes) = (self.budget.max_lines, self.budget.max_bytes);
+        let (kept_lines, kept_bytes) = self.budget.head();
+        let tail_bytes: u64 = self.tail.iter().map(|t| t.2).sum();
         let marker = format!(
-            "[raibid] log cap: this job's log kept its first {kept_lines} lines / {kept_bytes} bytes; {} lines ({} bytes) of step `{}` ({}) after them were dropped; its last {} lines follow",
+            "[raibid] log cap: this job's log kept its first {kept_lines} lines ({kept_bytes} bytes) of output; {} lines ({} bytes) of step `{}` ({}) after them were dropped; its last {} lines ({tail_bytes} bytes) follow",
             self.dropped.0,
             self.dropped.1,
             self.step,
@@ -516,6 +535,12 @@ mod tests {
             assert_eq!(b.admit(ENTRY_OVERHEAD), Admit::Send);
         }
         assert_eq!(b.admit(ENTRY_OVERHEAD), Admit::Marker);
+        assert_eq!(b.head(), (775, 775 * ENTRY_OVERHEAD), "what was kept");
+        assert!(
+            b.marker().contains("kept the first 775 lines (49600 bytes"),
+            "{}",
+            b.marker()
+        );
         assert_eq!(b.admit(ENTRY_OVERHEAD), Admit::Drop);
         assert!(b.admit_tail(ENTRY_OVERHEAD), "the tails have their reserve");
         let b = LogBudget::new(1_000_000, 100_000);

@@ -13,9 +13,7 @@
 #![allow(clippy::zombie_processes)]
 
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{serve, AppState, Settings};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,7 +25,7 @@ struct Stack {
     base: String,
     http: reqwest::Client,
     tmp: tempfile::TempDir,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _dispatcher: raibid_testkit::Dispatcher,
     spawned: std::sync::Mutex<Vec<u32>>,
 }
 
@@ -55,37 +53,11 @@ async fn stack() -> Stack {
     )
     .await
     .unwrap();
-    let settings = Settings {
-        api_token: TOKEN.into(),
-        mcp_readonly_token: None,
-        gitea_secret: None,
-        github_secret: None,
-        gitea: None,
-        mirrors: HashMap::new(),
-        public_url: "http://raibid.test".into(),
-        body_limit: 1 << 20,
-        lease: Duration::from_secs(30),
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        // Jobs here clone file:// repositories (and http:// from local test servers).
-        intake: raibid_dispatcher::Intake {
-            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
-            ..raibid_dispatcher::Intake::default()
-        },
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(queue, settings);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(state, listener, async {
-            let _ = rx.await;
-        })
+    // Jobs here clone file:// repositories (and http:// from local test servers): the testkit's default.
+    let dispatcher = raibid_testkit::Dispatcher::start(queue, raibid_testkit::settings(TOKEN))
         .await
-        .ok()
-    });
+        .unwrap();
+    let base = dispatcher.base.clone();
     let tmp = tempfile::tempdir().unwrap();
     // The node's CARGO_HOME lives in the cache (the agent refuses a symlink there); each test has its
     // own, so the few small crates these tests use download once per test.
@@ -95,7 +67,7 @@ async fn stack() -> Stack {
         base,
         http: reqwest::Client::new(),
         tmp,
-        _shutdown: tx,
+        _dispatcher: dispatcher,
         spawned: std::sync::Mutex::new(Vec::new()),
     }
 }
@@ -106,20 +78,17 @@ impl Stack {
     }
 
     fn agent_with(&self, name: &str, extra: &[(&str, &str)], args: &[&str]) -> Child {
-        let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raibid-agent"));
-        cmd.args(["--name", name, "--block-ms", "200"])
+        let mut cmd = raibid_testkit::agent_command(
+            env!("CARGO_BIN_EXE_raibid-agent").as_ref(),
+            name,
+            &self.redis.url(),
+            self.tmp.path(),
+        );
+        cmd.args(["--block-ms", "200"])
             .args(args)
-            .env("RAIBID_REDIS_URL", self.redis.url())
-            .env("RAIBID_ALLOWED_SCHEMES", "file")
-            .env("RAIBID_WORKSPACE_DIR", self.tmp.path().join("ws"))
-            .env("RAIBID_CACHE_DIR", self.cache())
             // Steps run sandboxed (ADR 0011): the marks tests read are in a directory shared with them.
             .env("RAIBID_SANDBOX_SHARED_DIRS", self.shared())
-            .env("RAIBID_LOG", "info")
-            .env_remove("RAIBID_GIT_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log);
+            .env_remove("RAIBID_GIT_TOKEN");
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -1089,6 +1058,88 @@ async fn a_local_source_is_fetched_over_protocol_v2_without_git_fetch() {
         .log(&id5)
         .await
         .contains("the source has no refs/heads/no-such-branch"));
+}
+
+/// (issue 19 §3) A wrong ref is not a broken mirror: the good mirror stays (its packs are the same
+/// files), the remote is asked once (no "rebuilding the mirror from scratch", one `git fetch`), and the
+/// failure reason carries git's own one-line reason; so does a repository that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_ref_or_repository_fails_with_gits_reason_and_keeps_the_mirror() {
+    use std::os::unix::fs::MetadataExt;
+    let s = stack().await;
+    let repo = Repo::new(&s.tmp.path().join("repo"));
+    repo.write(
+        ".raibid.yaml",
+        "steps:\n  - name: show\n    run: \"true\"\n",
+    );
+    let sha1 = repo.commit("first");
+    let _a = s.agent("agent-r");
+    let j1 = s.run(&repo.url(), &sha1).await;
+    assert_eq!(j1["status"], "succeeded", "{j1}");
+    let packs = |cache: &Path| -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(the_mirror(cache).join("objects/pack"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().ino(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = packs(&s.cache());
+    assert!(!before.is_empty());
+
+    // The agent's own protocol-v2 client (a plain branch name) and `git fetch` (a name it leaves to
+    // git): each says the ref is not there, once, and the mirror is untouched.
+    for (branch, says) in [
+        ("nope", "the source has no refs/heads/nope"),
+        ("n\u{f6}pe", "couldn't find remote ref refs/heads/n\u{f6}pe"),
+    ] {
+        let id = s.submit(&repo.url(), branch, None).await;
+        let j = s.wait(&id, Duration::from_secs(120), is_final).await;
+        let log = s.log(&id).await;
+        assert_eq!(j["status"], "failed", "{j}\n{log}");
+        let reason = j["failure_reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("clone:"), "{reason}");
+        assert!(
+            reason.contains(says),
+            "git's reason in the failure reason: {reason}\n{log}"
+        );
+        assert!(
+            !log.contains("rebuilding"),
+            "a missing ref is not a broken mirror:\n{log}"
+        );
+        assert!(
+            log.matches(" fetch -q ").count() <= 1,
+            "the remote is asked once:\n{log}"
+        );
+        assert_eq!(
+            packs(&s.cache()),
+            before,
+            "the mirror's packs are the same files"
+        );
+    }
+    // The good ref still works from the same mirror, without a fetch.
+    let j = s.run(&repo.url(), &sha1).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["cache"]["mirror_hit"], true, "{j}");
+
+    // A repository that does not exist: git's reason, not only `could not fetch refs/heads/main`.
+    let missing = format!("file://{}/no-such-repo", s.tmp.path().display());
+    let id = s.submit(&missing, "main", None).await;
+    let j = s.wait(&id, Duration::from_secs(120), is_final).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    let reason = j["failure_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("does not appear to be a git repository"),
+        "{reason}\n{}",
+        s.log(&id).await
+    );
+    assert!(reason.len() < 1024, "bounded: {reason}");
 }
 
 /// Pack files of the (only) mirror in the cache.

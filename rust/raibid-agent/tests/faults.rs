@@ -8,12 +8,11 @@
 
 use raibid_core::queue::{Queue, QueueConfig};
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{serve, AppState, Settings};
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "fault-suite-token";
@@ -25,7 +24,7 @@ struct Stack {
     base: String,
     http: reqwest::Client,
     tmp: tempfile::TempDir,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _dispatcher: raibid_testkit::Dispatcher,
     /// Every agent process started, killed when the stack is dropped (also when a test fails).
     spawned: std::sync::Mutex<Vec<u32>>,
 }
@@ -54,44 +53,20 @@ async fn stack(max_attempts: u32) -> Stack {
         ..QueueConfig::default()
     };
     let queue = Queue::connect(&redis.url(), qcfg).await.unwrap();
-    let settings = Settings {
-        api_token: TOKEN.into(),
-        mcp_readonly_token: None,
-        gitea_secret: None,
-        github_secret: None,
-        gitea: None,
-        mirrors: HashMap::new(),
-        public_url: "http://raibid.test".into(),
-        body_limit: 1 << 20,
-        lease: Duration::from_secs(LEASE),
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        // Jobs here clone file:// repositories.
-        intake: raibid_dispatcher::Intake {
-            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
-            ..raibid_dispatcher::Intake::default()
-        },
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(queue.clone(), settings);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(state, listener, async {
-            let _ = rx.await;
-        })
+    // Jobs here clone file:// repositories (the testkit's default schemes include file).
+    let mut settings = raibid_testkit::settings(TOKEN);
+    settings.lease = Duration::from_secs(LEASE);
+    let dispatcher = raibid_testkit::Dispatcher::start(queue.clone(), settings)
         .await
-        .ok()
-    });
+        .unwrap();
+    let base = dispatcher.base.clone();
     Stack {
         redis,
         queue,
         base,
         http: reqwest::Client::new(),
         tmp: tempfile::tempdir().unwrap(),
-        _shutdown: tx,
+        _dispatcher: dispatcher,
         spawned: std::sync::Mutex::new(Vec::new()),
     }
 }
@@ -105,22 +80,18 @@ impl Stack {
     }
 
     fn agent(&self, name: &str) -> Child {
-        let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
-            .args(["--name", name, "--block-ms", "300"])
-            .env("RAIBID_REDIS_URL", self.redis.url())
-            .env("RAIBID_ALLOWED_SCHEMES", "file")
-            .env("RAIBID_WORKSPACE_DIR", self.tmp.path().join("ws"))
-            .env("RAIBID_CACHE_DIR", self.tmp.path().join("cache"))
-            // Steps run sandboxed (ADR 0011): the marks tests read are in a directory shared with them.
-            .env("RAIBID_SANDBOX_SHARED_DIRS", self.shared())
-            .env("RAIBID_LEASE_SECS", LEASE.to_string())
-            .env("RAIBID_SHUTDOWN_GRACE_SECS", "2")
-            .env("RAIBID_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = raibid_testkit::agent_command(
+            env!("CARGO_BIN_EXE_raibid-agent").as_ref(),
+            name,
+            &self.redis.url(),
+            self.tmp.path(),
+        )
+        // Steps run sandboxed (ADR 0011): the marks tests read are in a directory shared with them.
+        .env("RAIBID_SANDBOX_SHARED_DIRS", self.shared())
+        .env("RAIBID_LEASE_SECS", LEASE.to_string())
+        .env("RAIBID_SHUTDOWN_GRACE_SECS", "2")
+        .spawn()
+        .unwrap();
         if let Ok(mut v) = self.spawned.lock() {
             v.push(child.id());
         }

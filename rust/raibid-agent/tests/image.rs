@@ -415,7 +415,10 @@ async fn a_pipeline_with_an_image_section_is_handed_over_to_the_image_pool() {
                 .map(|r| r.split(' ').next().unwrap().to_string())
         })
         .unwrap_or_else(|| panic!("no hand-over line: {lines:?}"));
+    // Issue 19 §3: the hand-over is in both records, not only in the log.
+    assert_eq!(j["handed_over_to"], handed.as_str(), "{j}");
     let img = s.wait_final(&handed, LONG).await;
+    assert_eq!(img["handed_over_from"], id.as_str(), "{img}");
     assert_eq!(img["status"], "succeeded", "{img}\n{}", s.agent_log(AGENT));
     assert_eq!(img["kind"], "image");
     assert_eq!(img["agent"], AGENT);

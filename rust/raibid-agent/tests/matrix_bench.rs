@@ -26,9 +26,8 @@
 #![allow(clippy::zombie_processes, dead_code)]
 
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{serve, AppState, Settings};
+use raibid_dispatcher::{serve, AppState};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,26 +62,8 @@ async fn stack() -> Stack {
     )
     .await
     .unwrap();
-    let settings = Settings {
-        api_token: TOKEN.into(),
-        mcp_readonly_token: None,
-        gitea_secret: None,
-        github_secret: None,
-        gitea: None,
-        mirrors: HashMap::new(),
-        public_url: "http://raibid.test".into(),
-        body_limit: 1 << 20,
-        lease: Duration::from_secs(30),
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        // Jobs here clone file:// repositories (and http:// from local test servers).
-        intake: raibid_dispatcher::Intake {
-            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
-            ..raibid_dispatcher::Intake::default()
-        },
-    };
+    // Jobs here clone file:// repositories (and http:// from local test servers).
+    let settings = raibid_testkit::settings(TOKEN);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(queue, settings);

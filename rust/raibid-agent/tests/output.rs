@@ -152,21 +152,63 @@ async fn a_noisy_step_does_not_eat_the_failing_steps_output() {
     const CAP_BYTES: u64 = 256 * 1024;
     const CAP_LINES: u64 = 2_000;
     let e = env(None).await;
+    // The noisy step waits, once past the cap, until the test has looked at the running job.
+    let shared = e.tmp.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let go = shared.join("go");
     let repo = make_repo(
         &e.tmp.path().join("noisy"),
-        "steps:\n  - name: noisy\n    run: seq 1 100000\n  - name: failing\n    run: |\n      seq 1 5000 | sed 's/^/progress /'\n      echo 'assertion `left == right` failed: left: 1, right: 2'\n      exit 101\n",
+        &format!("steps:\n  - name: noisy\n    run: |\n      seq 1 100000\n      while [ ! -e {} ]; do sleep 0.05; done\n  - name: failing\n    run: |\n      seq 1 5000 | sed 's/^/progress /'\n      echo 'assertion `left == right` failed: left: 1, right: 2'\n      exit 101\n", go.display()),
     );
     e.agent(
         "agent-noisy",
         &[
             ("RAIBID_LOG_CAP_BYTES", CAP_BYTES.to_string()),
             ("RAIBID_LOG_CAP_LINES", CAP_LINES.to_string()),
+            (
+                "RAIBID_SANDBOX_SHARED_DIRS",
+                shared.to_string_lossy().into_owned(),
+            ),
         ],
     );
     let id = e.submit(&repo).await;
+    // Issue 19 §3: while the job runs, once the cap marker is in the log, the API's flag says so, and
+    // the marker says how much was kept (the lines before it), not only the limits.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (marker, before) = loop {
+        let lines = e.logs(&id).await;
+        if let Some(i) = lines
+            .iter()
+            .position(|l| l.line.starts_with("[raibid] log cap reached"))
+        {
+            let output = lines[..i].iter().filter(|l| l.stream != "system").count();
+            break (lines[i].line.clone(), output);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cap marker: {} lines",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        marker.contains(&format!("kept the first {before} lines (")),
+        "the marker says how much was kept ({before} lines of output before it): {marker}"
+    );
+    assert!(
+        e.queue.log_truncated(&id).await.unwrap(),
+        "the API's `truncated` is true as soon as the cap was hit"
+    );
+    assert!(!e.job(&id).await.status.is_final(), "still running");
+    std::fs::write(&go, "").unwrap();
     let j = e.wait_final(&id, Duration::from_secs(120)).await;
     assert_eq!(j.status.as_str(), "failed");
     let lines = e.logs(&id).await;
+    // The record says how much was kept and dropped (raibid-top's detail, get_job, the CLI).
+    let cut = j.log_truncated.clone().expect("the record's log_truncated");
+    assert_eq!(cut.kept_lines, lines.len() as u64, "{cut:?}");
+    assert!(cut.dropped_lines > 0 && cut.dropped_bytes > 0, "{cut:?}");
+    assert!(cut.kept_bytes > 0 && cut.kept_bytes <= CAP_BYTES, "{cut:?}");
     let failing: Vec<&str> = lines
         .iter()
         .filter(|l| l.step == "failing")
@@ -178,10 +220,11 @@ async fn a_noisy_step_does_not_eat_the_failing_steps_output() {
         &failing[failing.len().saturating_sub(5)..]
     );
     assert!(
-        failing.iter().any(
-            |l| l.starts_with("[raibid] log cap: this job's log kept its first")
-                && l.contains("of step `failing` (stdout) after them were dropped")
-        ),
+        failing
+            .iter()
+            .any(|l| l.starts_with(&format!(
+                "[raibid] log cap: this job's log kept its first {before} lines ("
+            )) && l.contains("of step `failing` (stdout) after them were dropped")),
         "a marker says what was kept: {:?}",
         &failing[..failing.len().min(5)]
     );

@@ -202,7 +202,7 @@ impl LiveEvent {
 }
 
 /// An entry of the dead-letter stream as `GET /api/v1/dead-letters` returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetter {
     /// Dead-letter stream entry id (when it was dead-lettered).
     pub entry: String,

@@ -33,6 +33,7 @@ pub fn bound_reason(reason: &str) -> String {
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(try_from = "String", into = "String")]
+#[schemars(description = "A job id: a ULID (26 Crockford base32 characters, sortable by time).")]
 pub struct JobId(String);
 
 /// Why a string is not a job id.
@@ -324,6 +325,7 @@ pub struct Source {
 /// A patch submitted with a job: its size and digest (the diff itself is in `raibid:job:{id}:patch`,
 /// so the record every reader loads stays small; the agent checks the digest before applying it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(description = "A submitted patch: its size and digest.")]
 pub struct PatchRef {
     /// Size of the unified diff in bytes.
     pub bytes: u64,
@@ -364,6 +366,7 @@ pub struct StepResult {
 /// One GPU as a GPU agent found it at start (`nvidia-smi -q`: product name, UUID, driver and CUDA
 /// version) and as the job's steps see it (`NVIDIA_VISIBLE_DEVICES`/`CUDA_VISIBLE_DEVICES`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(description = "The GPU a GPU agent ran the job on.")]
 pub struct GpuInfo {
     /// Product name (e.g. `NVIDIA GB10`).
     pub name: String,
@@ -373,6 +376,31 @@ pub struct GpuInfo {
     pub driver_version: String,
     /// CUDA version the driver supports (e.g. `13.0`).
     pub cuda_version: String,
+}
+
+// Lines: entries of the job's log stream (the agent's own lines and markers included); bytes: as the
+// cap counts them (each line's fields plus a per-entry overhead). Short docs: they are in MCP's schema.
+/// Log kept and dropped at the cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogTruncation {
+    /// Lines kept.
+    pub kept_lines: u64,
+    /// Bytes kept.
+    pub kept_bytes: u64,
+    /// Lines dropped.
+    pub dropped_lines: u64,
+    /// Bytes dropped.
+    pub dropped_bytes: u64,
+}
+
+impl fmt::Display for LogTruncation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "kept {} lines ({} bytes), dropped {} lines ({} bytes)",
+            self.kept_lines, self.kept_bytes, self.dropped_lines, self.dropped_bytes
+        )
+    }
 }
 
 /// A job record as stored in `raibid:job:{id}` and returned by the API.
@@ -393,6 +421,7 @@ pub struct Job {
     pub agent: Option<String>,
     /// Lease token of the current claim; a final write must present it (fencing). Never shown by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
     pub lease: Option<String>,
     /// What to build.
     pub source: Source,
@@ -436,6 +465,20 @@ pub struct Job {
     /// Build matrices: the group this job is (its cells) or the cell it is (group and axis values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<crate::matrix::JobMatrix>,
+    /// The job that handed this one over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub handed_over_from: Option<JobId>,
+    /// The job this one was handed over to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub handed_over_to: Option<JobId>,
+    /// Set when the log hit its cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_truncated: Option<LogTruncation>,
+    /// The job's public page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_url: Option<String>,
     /// Fields this version does not know (written by a newer one), kept as they are through every
     /// rewrite of the record (issue 8 §8: a newer record is never silently damaged or dropped).
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -472,6 +515,10 @@ impl Job {
             gpu: None,
             artifacts: None,
             matrix: None,
+            handed_over_from: None,
+            handed_over_to: None,
+            log_truncated: None,
+            page_url: None,
             extra: serde_json::Map::new(),
         }
     }
@@ -480,6 +527,7 @@ impl Job {
     pub fn public(&self) -> Job {
         let mut j = self.clone();
         j.lease = None;
+        j.page_url = None;
         j
     }
 

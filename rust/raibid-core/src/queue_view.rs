@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One log line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LogLine {
     /// Stream entry id (monotonic; use as a resume cursor).
     pub seq: String,
@@ -20,7 +20,7 @@ pub struct LogLine {
 }
 
 /// Queue figures: the totals over every agent type, and each type's own stream in `kinds`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueueStats {
     /// Stream name (for the totals: the job streams, comma-separated).
     pub stream: String,
@@ -43,7 +43,7 @@ pub struct QueueStats {
 }
 
 /// An agent as seen through its heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgentInfo {
     /// Consumer name.
     pub id: String,

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/queue", get(queue_stats))
         .route("/agents", get(agents))
+        .route("/openapi.json", get(crate::openapi::serve))
         .route("/mirrors", get(crate::mirrors::list))
         .merge(crate::events::router())
         .merge(crate::groups::router())
@@ -381,7 +382,7 @@ async fn submit_job(
     )
     .map_err(ApiError::unprocessable)?;
     match requests::create_job(&state, v, None).await? {
-        Enqueued::New(job) => Ok((StatusCode::CREATED, Json(job.public())).into_response()),
+        Enqueued::New(job) => Ok((StatusCode::CREATED, Json(state.answer(&job))).into_response()),
         Enqueued::Duplicate(id) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -411,13 +412,13 @@ fn check_id(id: &str) -> ApiResult<()> {
 
 async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
     check_id(&id)?;
-    Ok(Json(state.queue.get(&id).await?.public()))
+    Ok(Json(state.answer(&state.queue.get(&id).await?)))
 }
 
 async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     check_id(&id)?;
     let job = state.queue.cancel(&id).await?;
-    Ok((StatusCode::ACCEPTED, Json(job.public())).into_response())
+    Ok((StatusCode::ACCEPTED, Json(state.answer(&job))).into_response())
 }
 
 async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -426,7 +427,7 @@ async fn retry_job(State(state): State<AppState>, Path(id): Path<String>) -> Api
         requests::Refused::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
         requests::Refused::Unprocessable(m) => ApiError::unprocessable(m),
     })?;
-    Ok((StatusCode::CREATED, Json(job.public())).into_response())
+    Ok((StatusCode::CREATED, Json(state.answer(&job))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -483,10 +484,13 @@ async fn get_logs(
         lines.retain(|l| l.step == st);
     }
     let truncated = state.queue.log_truncated(&id).await?;
-    Ok(
-        Json(json!({"job": job.id, "status": job.status, "lines": lines, "truncated": truncated}))
-            .into_response(),
-    )
+    Ok(Json(crate::openapi::LogPage {
+        job: job.id.to_string(),
+        status: job.status,
+        lines,
+        truncated,
+    })
+    .into_response())
 }
 
 /// Server-Sent Events: `log` events (one line each, JSON, `id` = its sequence id), then one `end`
@@ -588,7 +592,8 @@ async fn queue_stats(State(state): State<AppState>) -> ApiResult<Response> {
 }
 
 async fn agents(State(state): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(json!({"agents": state.queue.agents().await?})).into_response())
+    let agents = state.queue.agents().await?;
+    Ok(Json(crate::openapi::AgentList { agents }).into_response())
 }
 
 #[cfg(test)]

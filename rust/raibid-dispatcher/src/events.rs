@@ -477,7 +477,7 @@ async fn dead_letters(State(state): State<AppState>) -> Response {
                     reason,
                 })
                 .collect();
-            Json(json!({ "dead_letters": list })).into_response()
+            Json(crate::openapi::DeadLetterList { dead_letters: list }).into_response()
         }
         Err(e) => {
             tracing::warn!(error = %e, "dead letters: redis unavailable");

@@ -13,7 +13,6 @@ use axum::Json;
 use raibid_core::image::local_reference;
 use raibid_core::job::{is_valid_job_id, JobKind};
 use raibid_core::queue::image_cleanup::request_cleanup;
-use serde_json::json;
 use std::time::Duration;
 
 /// Cleanup requests are kept this long; the agents' cache GC has removed older images anyway.
@@ -57,7 +56,18 @@ pub async fn delete_job_images(
         .map_err(|e| ApiError::from(raibid_core::queue::QueueError::Redis(e)))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"job": id, "cleanup": "requested", "local_image": local_reference(&id), "pushed": job.image.map(|i| i.pushed).unwrap_or_default()})),
+        Json(crate::openapi::ImageCleanup {
+            job: id.clone(),
+            cleanup: "requested".into(),
+            local_image: local_reference(&id),
+            pushed: job
+                .image
+                .map(|i| i.pushed)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| serde_json::to_value(p).ok())
+                .collect(),
+        }),
     )
         .into_response())
 }

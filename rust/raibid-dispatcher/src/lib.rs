@@ -13,6 +13,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod mirrors;
 pub mod notify;
+pub mod openapi;
 pub mod public;
 pub mod requests;
 pub mod schedules;
@@ -479,6 +480,13 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A job as the dispatcher's answers show it: the public record with its page URL.
+    pub fn answer(&self, job: &raibid_core::job::Job) -> raibid_core::job::Job {
+        crate::public::answer(&self.settings, job)
+    }
+}
+
+impl AppState {
     /// State over a connected queue.
     pub fn new(queue: Queue, settings: Settings) -> AppState {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -518,4 +526,3 @@ pub async fn connect_queue(url: &str, qcfg: QueueConfig, attempts: u32) -> anyho
         last.map(|e| e.to_string()).unwrap_or_default()
     ))
 }
-

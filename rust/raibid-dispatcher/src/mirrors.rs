@@ -30,7 +30,7 @@ const PAGE: usize = 50;
 const MAX_PAGES: usize = 100;
 
 /// One mirror.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Mirror {
     /// GitHub repository, `owner/name` as GitHub spells it.
     pub github: String,
@@ -59,7 +59,7 @@ pub struct Mirrors {
 }
 
 /// What `GET /api/v1/mirrors` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Snapshot {
     /// Every mirror the dispatcher knows (overrides first, then Gitea's, by GitHub name).
     pub mirrors: Vec<Mirror>,
@@ -272,8 +272,9 @@ impl Mirrors {
 }
 
 /// `GET /api/v1/mirrors[?refresh=true]`: the mapping the dispatcher uses.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct MirrorsQuery {
+    /// `true`: read Gitea now instead of trusting the cached mapping.
     #[serde(default)]
     refresh: bool,
 }

@@ -52,6 +52,14 @@ pub fn job_page_url(settings: &crate::Settings, job_id: &str) -> String {
     )
 }
 
+/// A job as the dispatcher's answers show it (REST, MCP `get_job`, what `raibid-top` and the CLI
+/// read): the public record with its page URL, so a user finds the page without a forge.
+pub fn answer(settings: &crate::Settings, job: &Job) -> Job {
+    let mut j = job.public();
+    j.page_url = Some(job_page_url(settings, &j.id));
+    j
+}
+
 /// The route's path template.
 pub fn route_path() -> String {
     format!("{}/{{id}}/{{token}}", http::PUBLIC_JOBS_PATH)

@@ -324,7 +324,7 @@ pub async fn list_jobs(
         .queue
         .list_filtered(&filter, limit as usize, q.cursor.as_deref())
         .await?;
-    let jobs = page.iter().map(Job::public).collect();
+    let jobs = page.iter().map(|j| state.answer(j)).collect();
     Ok(Ok(JobPage { jobs, next_cursor }))
 }
 

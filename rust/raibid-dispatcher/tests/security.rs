@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use raibid_core::job::{Job, Source, Trigger, TriggerKind};
 use raibid_core::queue::{Queue, QueueConfig};
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{serve, AppState, Settings};
+use raibid_dispatcher::{serve, AppState};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::time::Duration;
@@ -317,25 +317,11 @@ async fn replica(
     tokio::task::JoinHandle<()>,
 ) {
     let queue = Queue::connect(redis, QueueConfig::default()).await.unwrap();
-    let settings = Settings {
-        api_token: TOKEN.into(),
-        mcp_readonly_token: None,
-        gitea_secret: None,
-        github_secret: None,
-        gitea: None,
-        mirrors: Default::default(),
-        public_url: "http://raibid.test".into(),
-        body_limit: 1 << 20,
-        lease: Duration::from_secs(3),
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        notify_secret: Some(secret.into()),
-        notify_allowed_hosts: allowed,
-        intake: raibid_dispatcher::Intake {
-            allowed_schemes: raibid_dispatcher::csv_list("file,https"),
-            ..raibid_dispatcher::Intake::default()
-        },
-    };
+    let mut settings = raibid_testkit::settings(TOKEN);
+    settings.lease = Duration::from_secs(3);
+    settings.notify_secret = Some(secret.into());
+    settings.notify_allowed_hosts = allowed;
+    settings.intake.allowed_schemes = raibid_dispatcher::csv_list("file,https");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -102,6 +102,8 @@ async fn a_named_pipeline_reports_pending_and_final_under_one_context_linking_a_
     let target = calls[1].body["target_url"].as_str().unwrap().to_string();
     let path = target.strip_prefix("http://raibid.test").unwrap();
     assert!(path.starts_with(&format!("/public/jobs/{id}/")), "{target}");
+    // Issue 19 §3: the same page is in the job's record as the API answers it.
+    assert_eq!(job["page_url"], target.as_str(), "{job}");
     let r = env.http.get(env.url(path)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(r
@@ -303,4 +305,83 @@ async fn events_a_dead_reporter_left_pending_are_taken_over_and_it_is_pruned() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     agent.stop().await;
+}
+
+/// Issue 19 §3: locally nothing told the user where a job's page is. Every answer carrying a job (the
+/// submit, GET, the list, MCP `get_job`) has its `page_url`; the page opens without the token, and a
+/// job that is not final refreshes itself (a final one does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_job_answer_carries_its_public_page_and_a_running_page_refreshes_itself() {
+    let env = spawn_app(Options::default()).await;
+    let (url, _) = make_repo(&env.tmp.path().join("r"), &[]);
+    let (s, job) = env
+        .api_post(
+            "/api/v1/jobs",
+            serde_json::json!({"repo_url": url, "ref": "main"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let page = job["page_url"].as_str().expect("page_url").to_string();
+    assert!(
+        page.starts_with(&format!("http://raibid.test/public/jobs/{id}/")),
+        "{page}"
+    );
+    let (_, got) = env.api_get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(got["page_url"], page.as_str(), "{got}");
+    let (_, list) = env.api_get("/api/v1/jobs").await;
+    assert_eq!(list["jobs"][0]["page_url"], page.as_str(), "{list}");
+    let r = env
+        .http
+        .post(env.url("/mcp"))
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "get_job", "arguments": {"job_id": id}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert!(body.contains(&page), "MCP get_job: {body}");
+    // The page of a job that is not final refreshes itself; the record never stores the URL.
+    let path = page.strip_prefix("http://raibid.test").unwrap();
+    let html = env
+        .http
+        .get(env.url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("http-equiv=\"refresh\""), "{html}");
+    let stored: Value = serde_json::from_str(
+        &redis::cmd("HGET")
+            .arg(raibid_core::contract::job_key(&id))
+            .arg("record")
+            .query_async::<String>(&mut redis_con(&env).await)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(stored.get("page_url").is_none(), "{stored}");
+    let (s, _) = env
+        .api_post(&format!("/api/v1/jobs/{id}/cancel"), serde_json::json!({}))
+        .await;
+    assert_eq!(s, 202);
+    let html = env
+        .http
+        .get(env.url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("cancelled") && !html.contains("http-equiv=\"refresh\""),
+        "{html}"
+    );
 }

@@ -406,26 +406,9 @@ async fn live_benchmarks() {
     println!("\nenqueued {n} jobs in {:.1} s", t0.elapsed().as_secs_f64());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let settings = raibid_dispatcher::Settings {
-        api_token: TOKEN.into(),
-        mcp_readonly_token: None,
-        gitea_secret: None,
-        github_secret: None,
-        gitea: None,
-        mirrors: Default::default(),
-        public_url: format!("http://{addr}"),
-        body_limit: 1 << 20,
-        lease: Duration::from_secs(30),
-        // Jobs here clone file:// repositories.
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        intake: raibid_dispatcher::Intake {
-            allowed_schemes: raibid_dispatcher::csv_list("file,http,https,ssh"),
-            ..raibid_dispatcher::Intake::default()
-        },
-    };
+    // Jobs here clone file:// repositories; page links point at this dispatcher.
+    let mut settings = raibid_testkit::settings(TOKEN);
+    settings.public_url = format!("http://{addr}");
     let state = raibid_dispatcher::AppState::new(queue.clone(), settings);
     tokio::spawn(raibid_dispatcher::serve(
         state,

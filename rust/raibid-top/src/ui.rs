@@ -710,7 +710,13 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
             ),
         ));
     }
-    lines.extend(cache_lines(j, dim));
+    lines.extend(facts_lines(j, dim, room));
+    if j.kind == raibid_core::job::JobKind::Image {
+        // An image job builds no cargo target: only what its git mirror did.
+        lines.extend(cache_lines(j, dim).into_iter().skip(2));
+    } else {
+        lines.extend(cache_lines(j, dim));
+    }
     lines.extend(artifact_lines(j, dim));
     lines.push(Line::from(Span::styled(" steps", dim)));
     // Bars on one time axis: from the first step's start to the end (or now).
@@ -766,6 +772,75 @@ fn render_detail(f: &mut Frame, app: &App, area: Rect) {
         Paragraph::new(lines).block(title_block(format!(" job {} ", short_id(&j.id)))),
         area,
     );
+}
+
+/// What else the user needs on screen (issue 19 §3): the public page, the hand-over in either
+/// direction, an image job's pushed references and digests, and a log cut by the cap.
+fn facts_lines(j: &Job, dim: Style, room: usize) -> Vec<Line<'static>> {
+    let kv = |k: &str, v: Span<'static>| Line::from(vec![Span::styled(format!(" {k:<9}"), dim), v]);
+    let mut out = Vec::new();
+    if let Some(u) = &j.page_url {
+        // Whole, never cut: on as many rows as it needs (a cut link is of no use).
+        let chars: Vec<char> = u.chars().collect();
+        for (i, part) in chars.chunks(room.max(20)).enumerate() {
+            let k = if i == 0 { "page" } else { "" };
+            out.push(kv(k, Span::raw(part.iter().collect::<String>())));
+        }
+    }
+    if let Some(to) = &j.handed_over_to {
+        out.push(kv(
+            "handover",
+            Span::raw(fit(&format!("handed over to job {to}"), room)),
+        ));
+    }
+    if let Some(from) = &j.handed_over_from {
+        out.push(kv(
+            "handover",
+            Span::raw(fit(&format!("handed over from job {from}"), room)),
+        ));
+    }
+    if let Some(img) = &j.image {
+        let r = &img.request;
+        let mut what = r.name.clone();
+        if let Some(reg) = &r.registry {
+            what = format!("{reg}/{what}");
+        }
+        if !r.publish {
+            what.push_str("  (not published)");
+        }
+        if let Some(p) = img.failed_phase {
+            what.push_str(&format!("  failed in {}", p.as_str()));
+        }
+        out.push(kv("image", Span::raw(fit(&what, room))));
+        for p in &img.pushed {
+            out.push(kv(
+                "pushed",
+                Span::raw(fit(&format!("{}  {}", p.reference, p.digest), room)),
+            ));
+        }
+        if r.publish && img.pushed.is_empty() && j.status.is_final() {
+            out.push(kv("pushed", Span::styled("nothing", dim)));
+        }
+    }
+    if let Some(t) = &j.log_truncated {
+        out.push(kv(
+            "log",
+            Span::styled(
+                fit(
+                    &format!(
+                        "truncated at the cap: kept {} lines ({}), dropped {} lines ({})",
+                        t.kept_lines,
+                        fmt_bytes(t.kept_bytes),
+                        t.dropped_lines,
+                        fmt_bytes(t.dropped_bytes)
+                    ),
+                    room,
+                ),
+                Style::new().fg(Color::Yellow),
+            ),
+        ));
+    }
+    out
 }
 
 /// `1.2 GiB`, `340 KiB`, `12 B`.

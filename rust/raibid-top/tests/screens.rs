@@ -371,3 +371,73 @@ fn below_80x24_the_warning_itself_fits() {
         assert!(last.starts_with(says), "{w}×{h}: {last}");
     }
 }
+
+/// Issue 19 §3: what happened is on screen. A Rust job handed over to an image job links to it (and
+/// the image job back), the image job shows its pushed references and digests and no cargo cache row,
+/// every job shows its public page, and a log cut by the cap says how much was kept.
+#[test]
+fn handover_image_detail_page_url_and_truncated_log() {
+    use raibid_core::image::{ImageJob, ImageRequest, Pushed};
+    use raibid_core::job::{JobKind, LogTruncation};
+    let make = || {
+        let mut rust = job(0, Status::Succeeded, 1800);
+        let mut img = job(1, Status::Succeeded, 1700);
+        rust.handed_over_to = Some(img.id.clone());
+        rust.pipeline = Some("app-handover".into());
+        rust.log_truncated = Some(LogTruncation {
+            kept_lines: 1_950,
+            kept_bytes: 243_712,
+            dropped_lines: 98_210,
+            dropped_bytes: 7_012_044,
+        });
+        img.kind = JobKind::Image;
+        img.handed_over_from = Some(rust.id.clone());
+        let req = ImageRequest::from_json(
+            serde_json::json!({"name": "team/app", "tags": ["edge", "v1"]}),
+        )
+        .unwrap();
+        let mut ij = ImageJob::new(req);
+        ij.pushed = vec![
+            Pushed {
+                reference: "gitea.local:3000/team/app:edge".into(),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+            },
+            Pushed {
+                reference: "gitea.local:3000/team/app:v1".into(),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+            },
+        ];
+        img.image = Some(ij);
+        for j in [&mut rust, &mut img] {
+            j.page_url = Some(format!(
+                "http://raibid.test:8080/public/jobs/{}/{}",
+                j.id,
+                "0f".repeat(16)
+            ));
+        }
+        (rust, img)
+    };
+    for (w, h) in SIZES {
+        let (rust, img) = make();
+        let (rid, iid) = (rust.id.to_string(), img.id.to_string());
+        // Newest first: the image job (1) is the first row, the Rust job (0) the second.
+        let mut app = app_with(vec![rust, img]);
+        key(&mut app, KeyCode::Enter);
+        let s = screen(&mut app, w, h);
+        insta::assert_snapshot!(format!("image_detail_{w}x{h}"), s);
+        assert!(s.contains("pushed") && s.contains("team/app:edge"), "{s}");
+        assert!(s.contains(&format!("handed over from job {rid}")), "{s}");
+        assert!(s.contains("page") && s.contains("/public/jobs/"), "{s}");
+        assert!(
+            !s.contains(" slot ") && !s.contains("units fresh"),
+            "no cargo cache row: {s}"
+        );
+        key(&mut app, KeyCode::Esc);
+        key(&mut app, KeyCode::Char('j'));
+        key(&mut app, KeyCode::Enter);
+        let s = screen(&mut app, w, h);
+        insta::assert_snapshot!(format!("handover_detail_{w}x{h}"), s);
+        assert!(s.contains(&format!("handed over to job {iid}")), "{s}");
+        assert!(s.contains("truncated at the cap: kept 1950 lines"), "{s}");
+    }
+}

@@ -162,7 +162,7 @@ class FakeDispatcher(FakeServer):
         if req["query"].get("follow") == "true":
             self.stream(req["handler"], job, lines + self.state["live"].get(id, []))
             return None, None, None
-        return 200, {"job": id, "status": job["status"], "lines": lines, "truncated": False}, {}
+        return 200, {"job": id, "status": job["status"], "lines": lines, "truncated": bool(job.get("log_truncated"))}, {}
 
     def stream(self, h, job, lines):
         h.send_response(200)

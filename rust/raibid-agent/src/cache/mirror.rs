@@ -186,14 +186,17 @@ pub(crate) async fn update(
                     lock: Some(lock),
                 })
             }
-            Err(CloneError::Failed(e)) if !rebuilt => {
+            // The repository or the ref is not there (or refused us): a fact about the remote, the
+            // mirror is fine: keep it, and do not ask the remote the same question twice.
+            Err(Failure::Remote(e)) => return Err(CloneError::Failed(e)),
+            Err(Failure::Local(CloneError::Failed(e))) if !rebuilt => {
                 log(format!(
                     "[raibid] mirror update failed ({e}); rebuilding the mirror from scratch"
                 ));
                 invalidate_locked(&dir);
                 rebuilt = true;
             }
-            Err(e) => return Err(e),
+            Err(Failure::Local(e)) => return Err(e),
         }
     }
 }
@@ -421,6 +424,54 @@ fn pack_totals(dir: &Path) -> (u64, u64) {
     (objects, bytes)
 }
 
+/// Why a mirror update did not fetch.
+enum Failure {
+    /// The remote answered: no such repository or ref, or it refused us. Rebuilding the mirror would
+    /// not change that.
+    Remote(String),
+    /// Anything else (the mirror may be at fault: rebuilt once), or a timeout / stop.
+    Local(CloneError),
+}
+
+impl From<CloneError> for Failure {
+    fn from(e: CloneError) -> Failure {
+        Failure::Local(e)
+    }
+}
+
+/// What git says when the remote, not the local repository, is why a fetch failed (git runs in the C
+/// locale: these are its own words).
+const REMOTE_REFUSALS: [&str; 12] = [
+    "couldn't find remote ref",
+    "does not appear to be a git repository",
+    "could not read from remote repository",
+    "not our ref",
+    "repository not found",
+    "' not found",
+    "authentication failed",
+    "unable to access",
+    "could not resolve host",
+    "terminal prompts disabled",
+    "permission denied",
+    "the requested url returned error",
+];
+
+fn remote_refused(lines: &[String]) -> bool {
+    lines.iter().any(|l| {
+        let l = l.to_ascii_lowercase();
+        (l.starts_with("fatal:") || l.starts_with("error:") || l.starts_with("remote:"))
+            && REMOTE_REFUSALS.iter().any(|p| l.contains(p))
+    })
+}
+
+/// `could not fetch <ref>: <git's one-line reason>`.
+fn could_not_fetch(git_ref: &str, lines: &[String]) -> String {
+    match git::one_line_reason(lines) {
+        Some(why) => format!("could not fetch {git_ref}: {why}"),
+        None => format!("could not fetch {git_ref}"),
+    }
+}
+
 async fn fetch(
     dir: &Path,
     url: &str,
@@ -429,7 +480,7 @@ async fn fetch(
     creds: &Credentials,
     limits: &Limits,
     log: Sink<'_>,
-) -> Result<(String, bool, u64, u64), CloneError> {
+) -> Result<(String, bool, u64, u64), Failure> {
     if let Some(sha) = sha {
         if super::pack::has_commit(dir, sha) {
             log(format!("[raibid] mirror has {sha}; nothing to fetch"));
@@ -443,9 +494,16 @@ async fn fetch(
                 let sha = sha.map_or(f.tip, str::to_string);
                 return Ok(fetched(dir, sha, f.objects, f.bytes, creds, limits, log).await);
             }
-            Err(super::upload_pack::FastFetch::TimedOut) => return Err(CloneError::TimedOut),
-            Err(super::upload_pack::FastFetch::Stopped) => return Err(CloneError::Stopped),
-            Err(super::upload_pack::FastFetch::Unsupported(why)) => {
+            Err(super::upload_pack::FastFetch::TimedOut) => return Err(CloneError::TimedOut.into()),
+            Err(super::upload_pack::FastFetch::Stopped) => return Err(CloneError::Stopped.into()),
+            Err(super::upload_pack::FastFetch::NoRef(why)) if sha.is_none() => {
+                log(format!("[raibid] {why}"));
+                return Err(Failure::Remote(format!("could not fetch {git_ref}: {why}")));
+            }
+            Err(
+                super::upload_pack::FastFetch::Unsupported(why)
+                | super::upload_pack::FastFetch::NoRef(why),
+            ) => {
                 log(format!("[raibid] {why}; fetching with git fetch"));
             }
         }
@@ -475,7 +533,12 @@ async fn fetch(
         log,
     )
     .await?;
+    // With a sha, a missing ref is not the end: the commit itself is asked for below.
+    if !o.ok && sha.is_none() && remote_refused(&o.lines) {
+        return Err(Failure::Remote(could_not_fetch(git_ref, &o.lines)));
+    }
     let mut fetched_ok = o.ok;
+    let mut failed_lines = if o.ok { Vec::new() } else { o.lines };
     let sha = match sha {
         Some(s) => {
             if !super::pack::has_commit(dir, s) {
@@ -503,7 +566,13 @@ async fn fetch(
                     log,
                 )
                 .await?;
+                if !o.ok && remote_refused(&o.lines) {
+                    return Err(Failure::Remote(could_not_fetch(s, &o.lines)));
+                }
                 fetched_ok = o.ok && super::pack::has_commit(dir, s);
+                if !o.ok {
+                    failed_lines = o.lines;
+                }
             }
             s.to_string()
         }
@@ -524,7 +593,7 @@ async fn fetch(
         }
     };
     if !fetched_ok {
-        return Err(CloneError::Failed(format!("could not fetch {git_ref}")));
+        return Err(CloneError::Failed(could_not_fetch(git_ref, &failed_lines)).into());
     }
     let (objects1, bytes1) = pack_totals(dir);
     let (objects, bytes) = (

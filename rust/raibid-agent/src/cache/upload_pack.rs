@@ -31,11 +31,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub(crate) enum FastFetch {
     /// Not for this client (the reason is logged): use `git fetch`.
     Unsupported(String),
+    /// The source answered and has no such ref: a fact about the source, not about the mirror (no
+    /// `git fetch` would find it either).
+    NoRef(String),
     /// The deadline passed (processes killed).
     TimedOut,
     /// The job was stopped (processes killed).
     Stopped,
 }
+
+/// How the answer without the wanted ref starts.
+const NO_REF: &str = "the source has no ";
 
 /// The local repository a `file://` URL names, if it is one this client handles.
 pub(crate) fn local_source(url: &str) -> Option<PathBuf> {
@@ -218,7 +224,13 @@ pub(crate) async fn fetch(
     let r = {
         let work = converse(mirror, full_ref, sha, limits, &mut up, &mut index);
         tokio::select! {
-            r = work => r.map_err(FastFetch::Unsupported),
+            r = work => r.map_err(|e| {
+                if e.starts_with(NO_REF) {
+                    FastFetch::NoRef(e)
+                } else {
+                    FastFetch::Unsupported(e)
+                }
+            }),
             _ = tokio::time::sleep_until(deadline) => Err(FastFetch::TimedOut),
             _ = git::stopped(&mut stop) => Err(FastFetch::Stopped),
         }
@@ -300,7 +312,7 @@ async fn converse(
             _ => return Err("unexpected delimiter in the ls-refs answer".into()),
         }
     }
-    let tip = tip.ok_or_else(|| format!("the source has no {full_ref}"))?;
+    let tip = tip.ok_or_else(|| format!("{NO_REF}{full_ref}"))?;
     // Each lookup of a missing commit reads every pack index: only the ones not known already.
     let mut wants = Vec::new();
     match sha {

@@ -34,6 +34,7 @@ pub(super) fn new_job(
     job.kind = to.kind;
     job.pipeline = Some(h.pipeline.clone());
     job.image = h.image.clone().map(ImageJob::new);
+    job.handed_over_from = Some(from.id.clone());
     Ok(job)
 }
 
@@ -108,6 +109,7 @@ pub(super) async fn hand_over(ctx: &mut JobCtx<'_>, h: HandOver) -> End {
     )
     .await;
     ctx.claim.job.pipeline = Some(format!("{}-handover", h.pipeline));
+    ctx.claim.job.handed_over_to = raibid_core::job::JobId::parse(&id).ok();
     ctx.claim.job.end_step("succeeded", None, Utc::now());
     if !ctx.update("step_finished").await {
         return (LOST, None);

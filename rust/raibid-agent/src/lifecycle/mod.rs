@@ -55,7 +55,12 @@ pub(crate) async fn run_job(
         }
     });
     let masker = Arc::new(Mutex::new(shared.masker.clone()));
+    let budget = Arc::new(crate::process::LogBudget::new(
+        shared.cfg.log_cap_lines,
+        shared.cfg.log_cap_bytes,
+    ));
     let flusher = {
+        let budget = budget.clone();
         let masker = masker.clone();
         let shared = shared.clone();
         let id = id.clone();
@@ -64,6 +69,7 @@ pub(crate) async fn run_job(
         tokio::spawn(async move {
             let mut cargo = crate::cargo_output::CargoOutput::default();
             let mut batch = Vec::with_capacity(256);
+            let mut marked = false;
             while let Some(first) = stamped_rx.recv().await {
                 batch.push(first);
                 while batch.len() < 500 {
@@ -86,6 +92,10 @@ pub(crate) async fn run_job(
                     Err(e) => tracing::warn!(job = %id, error = %e, "log append failed"),
                 }
                 batch.clear();
+                // The cap was reached: the API says `truncated` from now on, not only at the end.
+                if !marked && budget.exhausted() {
+                    marked = shared.queue.mark_log_truncated(&id).await.is_ok();
+                }
             }
             cargo
         })
@@ -158,10 +168,7 @@ pub(crate) async fn run_job(
         stop: stop_rx,
         deadline,
         masker,
-        budget: Arc::new(crate::process::LogBudget::new(
-            shared.cfg.log_cap_lines,
-            shared.cfg.log_cap_bytes,
-        )),
+        budget,
         secrets: Vec::new(),
         artifacts: None,
     };
@@ -194,6 +201,15 @@ pub(crate) async fn run_job(
         if let Err(e) = shared.queue.mark_log_truncated(&id).await {
             tracing::warn!(job = %id, error = %e, "could not mark the log truncated");
         }
+        // And the record says how much was kept (raibid-top's detail, get_job, the CLI).
+        let (kept_lines, kept_bytes) = shared.queue.log_size(&id).await.unwrap_or_default();
+        let (dropped_lines, dropped_bytes) = budget.dropped_total();
+        claim.job.log_truncated = Some(raibid_core::job::LogTruncation {
+            kept_lines,
+            kept_bytes,
+            dropped_lines,
+            dropped_bytes,
+        });
     }
     crate::cache::record_job(
         &shared.queue,

@@ -6,9 +6,8 @@
 
 use raibid_core::queue::{Queue, QueueConfig};
 use raibid_core::testkit::{free_port, RedisServer};
-use raibid_dispatcher::{serve, AppState, Settings};
+use raibid_dispatcher::{AppState, Settings};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -145,7 +144,7 @@ pub struct Stack {
     pub base: String,
     pub http: reqwest::Client,
     pub tmp: tempfile::TempDir,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _dispatcher: raibid_testkit::Dispatcher,
     agents: std::sync::Mutex<Vec<Child>>,
 }
 
@@ -171,49 +170,25 @@ pub async fn stack_with(f: impl FnOnce(&mut Settings)) -> Stack {
     let queue = Queue::connect(&redis.url(), QueueConfig::default())
         .await
         .unwrap();
-    let settings = Settings {
-        api_token: TOKEN.into(),
-        mcp_readonly_token: None,
-        gitea_secret: None,
-        github_secret: None,
-        gitea: None,
-        mirrors: HashMap::new(),
-        public_url: "http://raibid.test".into(),
-        body_limit: 8 << 20,
-        lease: Duration::from_secs(30),
-        // Jobs here clone file:// repositories; the benchmark submits one commit several times.
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        intake: raibid_dispatcher::Intake {
-            allowed_schemes: raibid_dispatcher::csv_list("file"),
-            push_dedup: Duration::ZERO,
-            ..raibid_dispatcher::Intake::default()
-        },
-    };
-    let mut settings = settings;
+    let mut settings = raibid_testkit::settings(TOKEN);
+    settings.body_limit = 8 << 20;
+    // Jobs here clone file:// repositories; the benchmark submits one commit several times.
+    settings.intake.allowed_schemes = raibid_dispatcher::csv_list("file");
+    settings.intake.push_dedup = Duration::ZERO;
     f(&mut settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(queue.clone(), settings);
-    let state2 = state.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(state, listener, async {
-            let _ = rx.await;
-        })
+    let dispatcher = raibid_testkit::Dispatcher::start_with(state.clone())
         .await
-        .ok()
-    });
+        .unwrap();
+    let base = dispatcher.base.clone();
     Stack {
-        state: state2,
+        state,
         redis,
         queue,
         base,
         http: reqwest::Client::new(),
         tmp: tempfile::tempdir().unwrap(),
-        _shutdown: tx,
+        _dispatcher: dispatcher,
         agents: std::sync::Mutex::new(Vec::new()),
     }
 }
@@ -243,24 +218,21 @@ impl Stack {
         cache: &Path,
         extra: &[(&str, &str)],
     ) {
-        let log = std::fs::File::create(self.tmp.path().join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raibid-agent"))
-            .args(["--name", name, "--block-ms", "300"])
-            .env("RAIBID_REDIS_URL", self.redis.url())
-            .env("RAIBID_AGENT_KINDS", kinds)
-            .env("RAIBID_ALLOWED_SCHEMES", "file")
-            .env("RAIBID_WORKSPACE_DIR", self.tmp.path().join("ws"))
-            .env("RAIBID_CACHE_DIR", cache)
-            .env("RAIBID_REGISTRY", registry)
-            .env("RAIBID_REGISTRY_INSECURE", "true")
-            .env("RAIBID_BUILDAH_STORAGE_DRIVER", storage_driver())
-            .env("RAIBID_SHUTDOWN_GRACE_SECS", "2")
-            .env("RAIBID_LOG", "info")
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = raibid_testkit::agent_command(
+            env!("CARGO_BIN_EXE_raibid-agent").as_ref(),
+            name,
+            &self.redis.url(),
+            self.tmp.path(),
+        )
+        .env("RAIBID_AGENT_KINDS", kinds)
+        .env("RAIBID_CACHE_DIR", cache)
+        .env("RAIBID_REGISTRY", registry)
+        .env("RAIBID_REGISTRY_INSECURE", "true")
+        .env("RAIBID_BUILDAH_STORAGE_DRIVER", storage_driver())
+        .env("RAIBID_SHUTDOWN_GRACE_SECS", "2")
+        .envs(extra.iter().copied())
+        .spawn()
+        .unwrap();
         self.agents.lock().unwrap().push(child);
     }
 

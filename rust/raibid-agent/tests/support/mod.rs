@@ -8,53 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A private redis-server (no persistence), killed on drop.
-pub struct Redis {
-    child: Child,
-    pub port: u16,
-    pub password: Option<String>,
+/// A private redis-server (no persistence, optionally a password), killed on drop: the testkit's.
+pub struct Redis(raibid_testkit::EphemeralRedis);
+
+impl std::ops::Deref for Redis {
+    type Target = raibid_testkit::EphemeralRedis;
+    fn deref(&self) -> &raibid_testkit::EphemeralRedis {
+        &self.0
+    }
 }
 
 impl Redis {
     pub fn start(password: Option<&str>) -> Redis {
-        for _ in 0..5 {
-            let port = raibid_core::testkit::free_port().unwrap();
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            if let Some(p) = password {
-                cmd.args(["--requirepass", p]);
-            }
-            let mut child = cmd
-                .spawn()
-                .expect("redis-server (apt-get install redis-server, or ./scripts/dev.sh test)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Redis {
-                        child,
-                        port,
-                        password: password.map(str::to_string),
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start");
-    }
-
-    pub fn url(&self) -> String {
-        match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
-        }
+        Redis(raibid_testkit::EphemeralRedis::start(password).expect("redis-server"))
     }
 
     /// `INFO memory` used_memory in bytes.
@@ -71,13 +37,6 @@ impl Redis {
             .trim()
             .parse()
             .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -128,20 +128,22 @@ impl Queue {
             .unwrap_or_default())
     }
 
-    /// Record that the job's log is not whole (the agent dropped some of its output: its per-job
-    /// budget, `log_truncated` as the Redis-side cap sets it).
+    /// Record that the job's log is not whole: the agent dropped some of its output (its per-job
+    /// budget), as soon as it did. `log_truncated` becomes `2`: unlike the Redis-side cap's `1`, it
+    /// does not end the appends (the steps' kept tails and the agent's own lines still come), and it
+    /// never replaces a `1`.
     pub async fn mark_log_truncated(&self, job_id: &str) -> Result<()> {
         let mut con = self.con.clone();
-        let _: () = redis::cmd("HSET")
+        let _: () = redis::cmd("HSETNX")
             .arg(contract::job_key(job_id))
             .arg("log_truncated")
-            .arg("1")
+            .arg("2")
             .query_async(&mut con)
             .await?;
         Ok(())
     }
 
-    /// Whether the job's log was truncated.
+    /// Whether the job's log was truncated (by the Redis-side cap or by the agent's budget).
     pub async fn log_truncated(&self, job_id: &str) -> Result<bool> {
         let mut con = self.con.clone();
         let v: Option<String> = redis::cmd("HGET")
@@ -149,6 +151,18 @@ impl Queue {
             .arg("log_truncated")
             .query_async(&mut con)
             .await?;
-        Ok(v.as_deref() == Some("1"))
+        Ok(matches!(v.as_deref(), Some("1" | "2")))
+    }
+
+    /// What the job's log holds: (lines, bytes as the cap counts them).
+    pub async fn log_size(&self, job_id: &str) -> Result<(u64, u64)> {
+        let mut con = self.con.clone();
+        let v: (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(contract::job_key(job_id))
+            .arg("log_entries")
+            .arg("log_bytes")
+            .query_async(&mut con)
+            .await?;
+        Ok((v.0.unwrap_or(0), v.1.unwrap_or(0)))
     }
 }

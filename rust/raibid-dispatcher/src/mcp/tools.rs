@@ -1194,7 +1194,9 @@ impl Raibid {
     async fn get_job(&self, Parameters(req): Parameters<JobRef>) -> Result<Json<JobView>, String> {
         check_id(&req.job_id)?;
         let job = self.state.queue.get(&req.job_id).await.map_err(queue_err)?;
-        budget::fit(JobView::new(job))
+        let mut view = JobView::new(job);
+        view.job.page_url = self.state.answer(&view.job).page_url;
+        budget::fit(view)
     }
 
     #[tool(

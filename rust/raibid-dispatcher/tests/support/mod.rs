@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use raibid_core::queue::{Queue, QueueConfig};
 use raibid_core::testkit::RedisServer;
-use raibid_dispatcher::{forge::Gitea, serve, AppState, Settings};
+use raibid_dispatcher::{forge::Gitea, Settings};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -390,7 +390,7 @@ pub struct TestEnv {
     pub settings: Settings,
     pub http: reqwest::Client,
     pub tmp: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    dispatcher: Option<raibid_testkit::Dispatcher>,
 }
 
 pub struct Options {
@@ -438,61 +438,29 @@ pub async fn spawn_app(opts: Options) -> TestEnv {
     intake.github = Some(
         raibid_dispatcher::github::GitHub::new(&gh.base, github::GITHUB_TOKEN.into()).unwrap(),
     );
-    let mut settings = Settings {
-        api_token: TOKEN.into(),
-        gitea_secret: Some(GITEA_SECRET.into()),
-        github_secret: Some(GITHUB_SECRET.into()),
-        gitea: Some(Gitea::new(&gitea.base, Some(GITEA_TOKEN.into())).unwrap()),
-        mirrors: raibid_dispatcher::parse_mirrors(opts.mirrors).unwrap(),
-        public_url: "http://raibid.test".into(),
-        body_limit: opts.body_limit,
-        lease: Duration::from_secs(opts.lease_secs),
-        mcp_allowed_hosts: Vec::new(),
-        mcp_allowed_origins: Vec::new(),
-        mcp_readonly_token: None,
-        notify_secret: None,
-        notify_allowed_hosts: Vec::new(),
-        intake,
-    };
+    // The suites' one Settings (raibid-testkit), with this stack's forges, secrets and options.
+    let mut settings = raibid_testkit::settings(TOKEN);
+    settings.gitea_secret = Some(GITEA_SECRET.into());
+    settings.github_secret = Some(GITHUB_SECRET.into());
+    settings.gitea = Some(Gitea::new(&gitea.base, Some(GITEA_TOKEN.into())).unwrap());
+    settings.mirrors = raibid_dispatcher::parse_mirrors(opts.mirrors).unwrap();
+    settings.body_limit = opts.body_limit;
+    settings.lease = Duration::from_secs(opts.lease_secs);
+    settings.intake = intake;
     (opts.settings)(&mut settings);
-    let (base, tx) = start_dispatcher(&queue, settings.clone()).await;
+    let dispatcher = raibid_testkit::Dispatcher::start(queue.clone(), settings.clone())
+        .await
+        .unwrap();
     TestEnv {
         redis,
         queue,
-        base,
+        base: dispatcher.base.clone(),
         gitea,
         github: gh,
         settings,
         http: reqwest::Client::new(),
         tmp: tempfile::tempdir().unwrap(),
-        shutdown: Some(tx),
-    }
-}
-
-/// The dispatcher on a free port; the sender stops it (graceful shutdown, as SIGTERM).
-async fn start_dispatcher(
-    queue: &Queue,
-    settings: Settings,
-) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(queue.clone(), settings);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(state, listener, async {
-            let _ = rx.await;
-        })
-        .await
-        .ok()
-    });
-    (base, tx)
-}
-
-impl Drop for TestEnv {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        dispatcher: Some(dispatcher),
     }
 }
 
@@ -690,9 +658,8 @@ pub fn hash_map_of(v: &Value) -> HashMap<String, Value> {
 impl TestEnv {
     /// Begin the dispatcher's graceful shutdown (what SIGTERM does), keeping Redis up.
     pub fn stop_dispatcher(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        // Dropping it begins the graceful shutdown; the server task ends on its own.
+        self.dispatcher.take();
     }
 
     /// Stop the dispatcher and start a new one (same Redis, same settings, a new port): a restart.
@@ -708,8 +675,10 @@ impl TestEnv {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (base, tx) = start_dispatcher(&self.queue, self.settings.clone()).await;
-        self.base = base;
-        self.shutdown = Some(tx);
+        let d = raibid_testkit::Dispatcher::start(self.queue.clone(), self.settings.clone())
+            .await
+            .unwrap();
+        self.base = d.base.clone();
+        self.dispatcher = Some(d);
     }
 }
