@@ -5,6 +5,7 @@
 # and `join` / `remove-node` write and remove them with it.
 
 use errors.nu [fail]
+use contract.nu [load-contract]
 
 const OVERLAY = "apps/dgx-spark"
 
@@ -21,7 +22,7 @@ export def node-pool-kustomization [node: string]: nothing -> string {
   check-node-name $node
   [
     $"# The per-node burst pool of node ($node) \(apps/components/node-pool, ADR 0013\), listed in"
-    $"# apps/dgx-spark/kustomization.yaml: it reads raibid:jobs:node:($node), where the dispatcher publishes a repository's"
+    $"# apps/dgx-spark/kustomization.yaml: it reads ((load-contract).keys.NODE_JOBS_STREAM_PREFIX)($node), where the dispatcher publishes a repository's"
     "# job when this node holds its warm cache and has a free agent; the overlay gives it its sizing (labelSelector"
     "# raibid.dev/node)."
     "apiVersion: kustomize.config.k8s.io/v1beta1"
