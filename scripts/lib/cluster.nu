@@ -27,7 +27,7 @@ export const SECRET_FILES = [
   ["infrastructure/controllers/secrets/redis-auth.sops.yaml", "redis-auth", "raibid-system", [password]]
   ["infrastructure/configs/secrets/redis-auth.sops.yaml", "redis-auth", "raibid-builds", [password]]
   ["apps/dgx-spark/secrets/raibid-dispatcher.sops.yaml", "raibid-dispatcher", "raibid-system",
-    [RAIBID_API_TOKEN, RAIBID_GITEA_WEBHOOK_SECRET, RAIBID_GITHUB_WEBHOOK_SECRET, RAIBID_GITEA_TOKEN, RAIBID_NOTIFY_SECRET, RAIBID_GITHUB_TOKEN]]
+    [RAIBID_API_TOKEN, RAIBID_GITEA_WEBHOOK_SECRET, RAIBID_GITHUB_WEBHOOK_SECRET, RAIBID_GITEA_TOKEN, RAIBID_NOTIFY_SECRET, RAIBID_REGISTRY_PASSWORD, RAIBID_GITHUB_TOKEN]]
   ["apps/dgx-spark/secrets/raibid-agent.sops.yaml", "raibid-agent", "raibid-builds", [RAIBID_GIT_TOKEN]]
   ["apps/dgx-spark/secrets/raibid-registry-push.sops.yaml", "raibid-registry-push", "raibid-builds", [password]]
 ]

@@ -29,7 +29,7 @@ export const TOKENS = [
   [raibid-agent [read:repository] $GITEA_ADMIN "Secret raibid-agent (clones)"]
   [raibid-flux [read:repository] $GITEA_ADMIN "Secret flux-system (Flux reads the ops repository)"]
   [raibid-registry [read:package] $GITEA_ADMIN "registries.yaml (containerd pulls the raibid images)"]
-  [raibid-image-push [write:package] $PUSH_USER "Secret raibid-registry-push (image agents push to Gitea's OCI registry)"]
+  [raibid-image-push [write:package] $PUSH_USER "Secrets raibid-registry-push (agents push images and artifacts to Gitea's OCI registry) and raibid-dispatcher (artifact downloads)"]
 ]
 
 # --- context and small helpers ---------------------------------------------------------------------------
@@ -870,6 +870,8 @@ def tokens-steps [ctx: record]: nothing -> list<record> {
           RAIBID_API_TOKEN: (do $local RAIBID_API_TOKEN), RAIBID_GITEA_WEBHOOK_SECRET: (do $local RAIBID_GITEA_WEBHOOK_SECRET)
           RAIBID_GITHUB_WEBHOOK_SECRET: (do $local RAIBID_GITHUB_WEBHOOK_SECRET), RAIBID_GITEA_TOKEN: (do $tok raibid-dispatcher)
           RAIBID_NOTIFY_SECRET: (do $local RAIBID_NOTIFY_SECRET)
+          # Artifact downloads and deletions (ADR 0018): the push user's token, as the agents have it.
+          RAIBID_REGISTRY_PASSWORD: (do $tok raibid-image-push)
         } (github-token-given $ctx) (decrypt $ctx $f.path)
       } else if $f.name == "raibid-registry-push" {
         {password: (do $tok raibid-image-push)}

@@ -336,7 +336,7 @@ def bootstrap_tokens_carry_documented_scopes_and_only_image_agents_can_push [] {
   # and the dispatcher enforce the same registry and reserved namespaces.
   assert equal ($TOKENS | where name == raibid-image-push | get 0.owner) $PUSH_USER
   let cm = {|f| open ($REPO_ROOT | path join apps base raibid $f) | get data }
-  assert equal (do $cm agent-image-config.yaml | get RAIBID_REGISTRY_USERNAME) $PUSH_USER
+  assert equal (do $cm agent-config.yaml | get RAIBID_REGISTRY_USERNAME) $PUSH_USER
   let agents = (do $cm agent-config.yaml)
   let disp = (open ($REPO_ROOT | path join apps base raibid dispatcher.yaml) | where kind == Deployment | first | get spec.template.spec.containers.0.env
     | reduce --fold {} {|e, acc| $acc | insert $e.name ($e.value? | default null) })
@@ -352,11 +352,8 @@ def bootstrap_tokens_carry_documented_scopes_and_only_image_agents_can_push [] {
     let vols = ($pod.volumes | where {|v| ($v.secret?.secretName? | default "") == raibid-registry-push })
     assert equal $vols [] $"($m): the push token is mounted as a file"
     let refs = ($pod.containers.0.env | where {|e| ($e.valueFrom?.secretKeyRef?.name? | default "") == raibid-registry-push })
-    if ($m | str starts-with agent-image) {
-      assert equal ($refs | each {|e| [$e.name $e.valueFrom.secretKeyRef.key] }) [[RAIBID_REGISTRY_PASSWORD password]] $"($m): the push token is not RAIBID_REGISTRY_PASSWORD"
-    } else {
-      assert equal $refs [] $"($m): a Rust agent gets the registry push token"
-    }
+    # Every agent publishes (images; artifacts, ADR 0018): the push token as env, never a file.
+    assert equal ($refs | each {|e| [$e.name $e.valueFrom.secretKeyRef.key] }) [[RAIBID_REGISTRY_PASSWORD password]] $"($m): the push token is not RAIBID_REGISTRY_PASSWORD"
   }
 }
 

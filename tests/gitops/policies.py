@@ -1070,7 +1070,8 @@ def check_agent_credentials(objs: list[Obj]) -> list[str]:
             if c[k] in e:
                 errs.append(f"{d}: {c[k]} set: a credential file is readable by the agent's steps (same uid); "
                             f"use {c[k].removesuffix('_FILE')} from a secretKeyRef")
-        wanted = [c["GIT_TOKEN"]] + ([c["REGISTRY_PASSWORD"]] if "image" in agent_kinds(cont, objs, ns) else [])
+        # Every kind publishes to the registry: images, and artifacts (ADR 0018).
+        wanted = [c["GIT_TOKEN"], c["REGISTRY_PASSWORD"]]
         for k in wanted:
             ref = ((e.get(k) or {}).get("valueFrom") or {}).get("secretKeyRef")
             if not ref:
