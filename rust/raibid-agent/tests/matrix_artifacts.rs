@@ -64,9 +64,7 @@ async fn a_3x2_matrix_with_an_artifact_gives_each_cell_its_own_artifact_download
         &s.tmp.path().join("matrix-art"),
         &[("README", "cells\n"), (".raibid.yaml", PIPELINE)],
     );
-    let id = s
-        .submit_ok(json!({"repo_url": repo, "ref": "main"}))
-        .await;
+    let id = s.submit_ok(json!({"repo_url": repo, "ref": "main"})).await;
     let g = group_final(&s, &id, Duration::from_secs(300)).await;
     assert_eq!(g["status"], "succeeded", "{g}");
     let cells = g["cells"].as_array().unwrap().clone();
