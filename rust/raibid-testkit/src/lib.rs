@@ -1,5 +1,5 @@
 //! Test support shared by the suites and benches of every crate (a dev-dependency only: no binary
-//! links it, ADR 0018): a private Redis, the dispatcher served in this process from test `Settings`,
+//! links it, ADR 0020): a private Redis, the dispatcher served in this process from test `Settings`,
 //! and the agent binary as a child process. One place builds these, so a new `Settings` field or a new
 //! way to start Redis is one change, not one per suite.
 //!
