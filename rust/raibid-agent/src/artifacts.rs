@@ -10,8 +10,7 @@
 //! sizes come from the open descriptor and reads stop at that size. A symlink swapped in after the check
 //! cannot redirect a read: there is no check-then-open by path.
 //!
-//! Interface: [`after_steps`], one call after the steps (ADR note in the issue 20 kinds refactor: the lead
-//! places it on the lifecycle's after-steps seam).
+//! Interface: [`after_steps`], called once by the lifecycle's after-steps phase (`lifecycle/after.rs`).
 
 use crate::ctx::JobCtx;
 use crate::stop::{Stop, LOST, RELEASED};
@@ -429,14 +428,11 @@ fn target_of(ctx: &JobCtx<'_>) -> Result<Target, String> {
 /// `lifecycle/after.rs` through the job's context), `ws` the checkout.
 pub(crate) async fn after_steps(
     ctx: &mut JobCtx<'_>,
-    spec: Option<&ArtifactSpec>,
+    spec: &ArtifactSpec,
     ws: &Path,
     target: Option<std::path::PathBuf>,
     outcome: (Status, Option<String>),
 ) -> (Status, Option<String>) {
-    let Some(spec) = spec.cloned() else {
-        return outcome;
-    };
     let status = outcome.0;
     let wanted = match status {
         Status::Succeeded => true,
@@ -451,7 +447,7 @@ pub(crate) async fn after_steps(
         return (LOST, None);
     }
     let started = std::time::Instant::now();
-    let result = run(ctx, &spec, ws, target).await;
+    let result = run(ctx, spec, ws, target).await;
     let secs = started.elapsed().as_secs_f64();
     match result {
         Ok(set) => {

@@ -399,9 +399,8 @@ fn routes_in_source() -> Vec<(String, String, Vec<String>)> {
         }
         match e {
             "&crate::public::route_path()" => raibid_dispatcher::public::route_path(),
-            // axum's catch-all `{*name}` is OpenAPI's `{name}` (a path with slashes).
             "&crate::public::artifact_route_path()" => {
-                raibid_dispatcher::public::artifact_route_path().replace("{*", "{")
+                raibid_dispatcher::public::artifact_route_path()
             }
             _ => panic!(
                 "{file}: route path `{e}` is not a string literal or a contract::http const; use one, or teach tests/docs.rs `resolve` about it"
@@ -461,6 +460,7 @@ fn routes_in_source() -> Vec<(String, String, Vec<String>)> {
                     _ => {}
                 }
             }
+            // axum's catch-all `{*name}` is OpenAPI's `{name}` (a path with slashes).
             let path = resolve(&call[..cut], &name).replace("{*", "{");
             let methods: Vec<String> = if kw == ".route_service(" {
                 Vec::new()

@@ -14,5 +14,5 @@ pub(super) async fn after_steps(ctx: &mut JobCtx<'_>, ws: &Workspace, end: End) 
     let Some(up) = ctx.artifacts.take() else {
         return end;
     };
-    crate::artifacts::after_steps(ctx, Some(&up.spec), &ws.checkout(), up.target, end).await
+    crate::artifacts::after_steps(ctx, &up.spec, &ws.checkout(), up.target, end).await
 }
